@@ -1,0 +1,229 @@
+"""Facts about a compose service, gathered in one round trip, and the compose commands to act on it.
+
+Supports Compose v2 (`docker compose`) and v1 (`docker-compose`); which one a host has is a fact.
+Container state comes from `docker inspect` JSON, never from human-readable tables.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from remediations.connection import Remote, must
+from remediations.errors import CommandResult, HostError
+from remediations.inventory import Host
+
+MARK = "@@"
+HTTP_BODY_LIMIT = 300
+
+
+@dataclass(frozen=True)
+class Project:
+    """A compose project on a host, from inventory vars."""
+
+    directory: str
+    name: str
+    files: tuple[str, ...]
+
+    @classmethod
+    def from_host(cls, host: Host) -> Project:
+        directory = str(host.require("compose_project_dir"))
+        files = host.get("compose_files") or ["compose.yaml"]
+        if isinstance(files, str):
+            files = [files]
+        name = str(host.get("compose_project_name") or directory.rstrip("/").rsplit("/", 1)[-1])
+        return cls(directory, name, tuple(str(f) for f in files))
+
+    def argv(self, variant: str, *args: str) -> list[str]:
+        base = ["docker", "compose"] if variant == "v2" else ["docker-compose"]
+        files = [arg for f in self.files for arg in ("-f", f)]
+        return [*base, "-p", self.name, *files, *args]
+
+    def command(self, variant: str, *args: str) -> str:
+        """Shell text that runs compose in the project directory, every argument quoted."""
+        return f"cd {shlex.quote(self.directory)} && {shlex.join(self.argv(variant, *args))}"
+
+
+@dataclass(frozen=True)
+class Container:
+    id: str
+    name: str
+    state: str
+    started_at: str
+    health: str | None
+    health_output: str
+    image_id: str
+
+    @classmethod
+    def from_inspect(cls, data: dict[str, Any]) -> Container:
+        state = data.get("State") or {}
+        health = state.get("Health") or None
+        log = (health or {}).get("Log") or []
+        last = log[-1] if log else {}
+        return cls(
+            id=str(data.get("Id", ""))[:12],
+            name=str(data.get("Name", "")).lstrip("/"),
+            state=str(state.get("Status", "unknown")),
+            started_at=str(state.get("StartedAt", "")),
+            health=(health or {}).get("Status"),
+            health_output=str(last.get("Output", "")).strip()[-HTTP_BODY_LIMIT:],
+            image_id=str(data.get("Image", "")),
+        )
+
+
+@dataclass(frozen=True)
+class ServiceFacts:
+    """What is true of one service right now."""
+
+    service: str
+    variant: str
+    containers: tuple[Container, ...] = ()
+    http_url: str | None = None
+    http_exit: int | None = None
+    http_output: str = ""
+    error: str = ""
+
+    def verdict(self) -> tuple[bool, str]:
+        """(healthy, why), in words for the result line."""
+        if self.error:
+            return False, self.error
+        if not self.containers:
+            return False, f"no {self.service} container exists"
+        for c in self.containers:
+            if c.state != "running":
+                return False, f"container {c.name} is {c.state}"
+            if c.health == "starting":
+                return False, f"container {c.name} health check is still starting"
+            if c.health == "unhealthy":
+                detail = f": {c.health_output}" if c.health_output else ""
+                return False, f"container {c.name} is unhealthy{detail}"
+        if self.http_url and self.http_exit != 0:
+            detail = self.http_output.strip() or f"exit {self.http_exit}"
+            return False, f"{self.http_url} failed: {detail}"
+        checks = []
+        if any(c.health for c in self.containers):
+            checks.append("docker health healthy")
+        if self.http_url:
+            checks.append(f"{self.http_url} answers")
+        return True, "running" + (", " + ", ".join(checks) if checks else " (no health check)")
+
+    @property
+    def healthy(self) -> bool:
+        return self.verdict()[0]
+
+    def restarted_since(self, before: ServiceFacts) -> bool:
+        """Every container started after the one it replaces (or is new)."""
+        old = {c.name: c.started_at for c in before.containers}
+        return bool(self.containers) and all(c.started_at != old.get(c.name) for c in self.containers)
+
+
+def facts_command(project: Project, service: str, http_url: str | None, http_timeout: float) -> str:
+    """One shell command that prints every fact about the service in marked sections."""
+    q = shlex.quote
+    timeout = str(max(1, int(http_timeout)))
+    lines = [
+        f"cd {q(project.directory)} 2>/dev/null || {{ echo '{MARK}error'; "
+        f"echo {q('project directory ' + project.directory + ' does not exist')}; exit 0; }}",
+        "if docker compose version >/dev/null 2>&1; then v=v2; "
+        "elif docker-compose version >/dev/null 2>&1; then v=v1; else v=none; fi",
+        f'echo "{MARK}compose $v"',
+        "case $v in",
+        f"  v2) ids=$({shlex.join(project.argv('v2', 'ps', '-a', '-q', service))} 2>&1) ;;",
+        f"  v1) ids=$({shlex.join(project.argv('v1', 'ps', '-a', '-q', service))} 2>&1) ;;",
+        "  *) ids= ;;",
+        "esac",
+        f'echo "{MARK}ps $?"; printf "%s\\n" "$ids"',
+        f'echo "{MARK}inspect"',
+        # ids are hex container ids; anything else is compose's error text, reported as such.
+        'case "$ids" in *[!0-9a-f[:space:]]*) ;; ?*) docker inspect $ids ;; esac',
+    ]
+    if http_url:
+        lines += [
+            "if command -v curl >/dev/null 2>&1; then "
+            f"out=$(curl -fsS -m {timeout} {q(http_url)} 2>&1); rc=$?; "
+            "elif command -v wget >/dev/null 2>&1; then "
+            f"out=$(wget -q -O- -T {timeout} {q(http_url)} 2>&1); rc=$?; "
+            "else out='no curl or wget on the host'; rc=127; fi",
+            f'echo "{MARK}http $rc"; printf "%s\\n" "$out" | head -c {HTTP_BODY_LIMIT}',
+        ]
+    return "\n".join(lines)
+
+
+def parse_facts(service: str, http_url: str | None, result: CommandResult) -> ServiceFacts:
+    """Pure parser of `facts_command` output."""
+    sections = _sections(result.stdout)
+    if "error" in sections:
+        return ServiceFacts(service, "none", error=sections["error"][1].strip())
+    variant = sections.get("compose", ("none", ""))[0]
+    if variant == "none":
+        return ServiceFacts(service, variant, error="neither 'docker compose' nor 'docker-compose' works")
+    ps_code, ps_out = sections.get("ps", ("1", ""))
+    if ps_code != "0" and ps_out.strip() and not _all_hex(ps_out):
+        return ServiceFacts(service, variant, error=f"compose ps failed: {ps_out.strip()[-300:]}")
+    inspect_text = sections.get("inspect", ("", ""))[1].strip()
+    containers: tuple[Container, ...] = ()
+    if inspect_text:
+        try:
+            containers = tuple(Container.from_inspect(c) for c in json.loads(inspect_text))
+        except (ValueError, TypeError, AttributeError):
+            return ServiceFacts(service, variant, error="docker inspect printed something that is not JSON")
+    http_exit = None
+    http_output = ""
+    if http_url and "http" in sections:
+        code, http_output = sections["http"]
+        http_exit = int(code) if code.lstrip("-").isdigit() else 1
+    return ServiceFacts(service, variant, containers, http_url, http_exit, http_output.strip())
+
+
+def _all_hex(text: str) -> bool:
+    return all(all(ch in "0123456789abcdef" for ch in word) for word in text.split())
+
+
+def _sections(output: str) -> dict[str, tuple[str, str]]:
+    """`@@name arg` lines start sections; returns name -> (arg, body)."""
+    sections: dict[str, tuple[str, str]] = {}
+    name: str | None = None
+    arg = ""
+    body: list[str] = []
+    for line in output.splitlines():
+        if line.startswith(MARK):
+            if name is not None:
+                sections[name] = (arg, "\n".join(body))
+            head, _, arg = line[len(MARK) :].partition(" ")
+            name, body = head, []
+        elif name is not None:
+            body.append(line)
+    if name is not None:
+        sections[name] = (arg, "\n".join(body))
+    return sections
+
+
+def gather(
+    remote: Remote, project: Project, service: str, http_url: str | None, timeout: float
+) -> ServiceFacts:
+    result = remote.run(facts_command(project, service, http_url, timeout), timeout=timeout + 30)
+    if result.exit_code not in (0,):
+        raise HostError(f"gathering facts failed (exit {result.exit_code}): {result.tail()}", result)
+    return parse_facts(service, http_url, result)
+
+
+def container_logs(remote: Remote, containers: Sequence[Container], lines: int = 20) -> str:
+    """The last log lines of each container, for a failure message."""
+    if not containers:
+        return ""
+    parts = []
+    for c in containers:
+        result = remote.run(shlex.join(["docker", "logs", "--tail", str(lines), c.id]) + " 2>&1", timeout=30)
+        text = result.stdout.strip()
+        if text:
+            parts.append(f"[{c.name}] " + " | ".join(text.splitlines()[-lines:]))
+    return "; ".join(parts)
+
+
+def compose_run(
+    remote: Remote, project: Project, variant: str, what: str, *args: str, timeout: float = 300
+) -> CommandResult:
+    return must(remote.run(project.command(variant, *args), timeout=timeout), what)

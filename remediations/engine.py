@@ -1,0 +1,335 @@
+"""The engine: select hosts, fan out in bounded batches, lock, run a remediation, keep every result.
+
+A remediation is a `Remediation`: it names its task, the inventory vars it requires, whether it
+changes hosts (and so takes the host lock), and a `run(ctx)` that gathers facts, decides, applies
+(unless ctx.check) and verifies, recording steps on `ctx`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from remediations import connection
+from remediations.audit import Actor, AuditLog, audit_path
+from remediations.connection import Remote
+from remediations.errors import HostError, UsageError
+from remediations.inventory import Host, Inventory
+from remediations.lock import DEFAULT_LOCK_DIR, HostLock
+from remediations.notify import NotifyConfig, send, summary
+from remediations.redact import Redactor
+from remediations.results import HostResult, RunResult, Status, StepResult, timed
+
+DEFAULT_PARALLEL = 10
+DEFAULT_LOCK_WAIT = 60.0
+
+
+@dataclass(frozen=True)
+class MaxFail:
+    """Past how many failed hosts the remaining batches are not started: a count or a percentage."""
+
+    count: int | None = None
+    percent: float | None = None
+
+    @classmethod
+    def parse(cls, text: str | None) -> MaxFail:
+        if text is None or str(text).strip() == "":
+            return cls()
+        text = str(text).strip()
+        try:
+            if text.endswith("%"):
+                percent = float(text[:-1])
+                if not 0 <= percent <= 100:
+                    raise ValueError
+                return cls(percent=percent)
+            count = int(text)
+            if count < 0:
+                raise ValueError
+            return cls(count=count)
+        except ValueError:
+            raise UsageError(
+                f"--max-fail {text!r}: give a count (0 stops at the first failure) or a percentage "
+                "such as 25%"
+            ) from None
+
+    def exceeded(self, failed: int, total: int) -> bool:
+        if self.count is not None:
+            return failed > self.count
+        if self.percent is not None and total:
+            return failed * 100.0 / total > self.percent
+        return False
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    check: bool = False
+    diff: bool = False
+    parallel: int = DEFAULT_PARALLEL
+    serial: int | None = None
+    max_fail: MaxFail = field(default_factory=MaxFail)
+    lock_wait: float = DEFAULT_LOCK_WAIT
+    connect_timeout: float = connection.CONNECT_TIMEOUT
+
+    def __post_init__(self) -> None:
+        if self.parallel < 1:
+            raise UsageError(f"--parallel {self.parallel}: give at least 1")
+        if self.serial is not None and self.serial < 1:
+            raise UsageError(f"--serial {self.serial}: give at least 1 (or leave it out)")
+        if self.lock_wait < 0:
+            raise UsageError(f"--lock-wait {self.lock_wait}: give a number of seconds, 0 or more")
+
+
+class HostContext:
+    """What a remediation sees of one host during one run."""
+
+    def __init__(
+        self,
+        host: Host,
+        remote: Remote,
+        options: RunOptions,
+        redactor: Redactor,
+        result: HostResult,
+        arguments: Mapping[str, Any],
+    ) -> None:
+        self.host = host
+        self.remote = remote
+        self.options = options
+        self.redactor = redactor
+        self.result = result
+        self.arguments = arguments
+
+    @property
+    def check(self) -> bool:
+        return self.options.check
+
+    def var(self, name: str, default: Any = None) -> Any:
+        return self.host.get(name, default)
+
+    def record(
+        self, step: str, status: Status, message: str, *, diff: str = "", duration: float = 0.0, **data: Any
+    ) -> StepResult:
+        return self.result.add(
+            StepResult(
+                step,
+                status,
+                self.redactor.text(message),
+                self.redactor.text(diff) if self.options.diff else "",
+                duration,
+                self.redactor.data(data),
+            )
+        )
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[StepTimer]:
+        """Time a step; the block sets its outcome with `timer.done(status, message)`.
+
+        A HostError raised inside records the step as failed and propagates to end the host.
+        """
+        timer = StepTimer()
+        with timed() as clock:
+            try:
+                yield timer
+            except HostError as exc:
+                clock.stop()
+                self.record(name, Status.FAILED, str(exc), duration=clock.elapsed)
+                raise _Recorded(exc) from exc
+        self.record(name, timer.status, timer.message, diff=timer.diff, duration=clock.elapsed, **timer.data)
+
+
+class StepTimer:
+    def __init__(self) -> None:
+        self.status = Status.OK
+        self.message = ""
+        self.diff = ""
+        self.data: dict[str, Any] = {}
+
+    def done(self, status: Status, message: str, diff: str = "", **data: Any) -> None:
+        self.status, self.message, self.diff = status, message, diff
+        self.data.update(data)
+
+
+class _Recorded(Exception):
+    """A HostError whose step result is already recorded."""
+
+
+class Remediation:
+    """Base of every remediation; subclasses set the class vars and implement `run`."""
+
+    task: ClassVar[str] = ""
+    changes_hosts: ClassVar[bool] = True
+    required_vars: ClassVar[tuple[str, ...]] = ()
+    default_serial: ClassVar[int | None] = None
+
+    def validate(self, host: Host) -> None:
+        """Raise UsageError for anything missing on `host`, before any host is touched."""
+        for name in self.required_vars:
+            host.require(name)
+
+    def run(self, ctx: HostContext) -> None:
+        raise NotImplementedError
+
+    def arguments(self) -> dict[str, Any]:
+        """The task's own arguments, for audit records (secrets are redacted on the way out)."""
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+
+Listener = Callable[[HostResult], None]
+
+
+class Engine:
+    """Runs one remediation over selected hosts and keeps every host's result."""
+
+    def __init__(
+        self,
+        inventory: Inventory,
+        options: RunOptions,
+        *,
+        actor: Actor | None = None,
+        listener: Listener | None = None,
+        connect: Callable[[Host, float], Remote] = connection.connect,
+    ) -> None:
+        self.inventory = inventory
+        self.options = options
+        self.actor = actor or Actor.current()
+        self.listener = listener
+        self.connect = connect
+        self.global_vars = _common_vars(inventory)
+        self.redactor = Redactor(secret_names=self.global_vars.get("secret_vars") or ())
+        for host in inventory.hosts.values():
+            self.redactor.learn(host.vars)
+        self.audit = AuditLog(audit_path(self.global_vars.get("audit_log")), self.actor, self.redactor)
+        self.notify_config = NotifyConfig.load(self.global_vars)
+        self.warnings: list[str] = []
+
+    def run(self, remediation: Remediation, hosts: Sequence[Host]) -> RunResult:
+        arguments = {**remediation.arguments(), **_option_arguments(self.options)}
+        for host in hosts:
+            remediation.validate(host)
+        run = RunResult(remediation.task, self.options.check)
+        serial = self.options.serial or (None if self.options.check else remediation.default_serial)
+        batches = _batches(list(hosts), serial)
+        with timed() as clock:
+            for index, batch in enumerate(batches):
+                workers = min(self.options.parallel, len(batch))
+                with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="host") as pool:
+                    results = list(pool.map(lambda h: self._host(remediation, h, arguments, run), batch))
+                run.hosts.extend(results)
+                failed = len(run.failed)
+                remaining = [h for b in batches[index + 1 :] for h in b]
+                if remaining and self._max_fail().exceeded(failed, len(hosts)):
+                    run.stopped_early = (
+                        f"{failed} host(s) failed; {len(remaining)} remaining host(s) not started"
+                    )
+                    for host in remaining:
+                        skipped = HostResult(host.name)
+                        skipped.add(
+                            StepResult(
+                                "start", Status.SKIPPED, "not started: the rollout stopped after a failure"
+                            )
+                        )
+                        run.hosts.append(skipped)
+                        self._finish(run, skipped, arguments)
+                    break
+        run.duration = clock.elapsed
+        self._notify(run)
+        return run
+
+    def _max_fail(self) -> MaxFail:
+        """A rolling run stops at its first failed batch unless --max-fail says otherwise."""
+        limit = self.options.max_fail
+        return limit if limit.count is not None or limit.percent is not None else MaxFail(count=0)
+
+    def _host(
+        self, remediation: Remediation, host: Host, arguments: Mapping[str, Any], run: RunResult
+    ) -> HostResult:
+        result = HostResult(host.name)
+        with timed() as clock:
+            remote: Remote | None = None
+            try:
+                with timed() as connecting:
+                    remote = self.connect(host, self.options.connect_timeout)
+                ctx = HostContext(host, remote, self.options, self.redactor, result, arguments)
+                if remediation.changes_hosts and not self.options.check:
+                    with HostLock(
+                        remote,
+                        self.actor.holder(remediation.task),
+                        self.options.lock_wait,
+                        str(host.get("lock_dir", DEFAULT_LOCK_DIR)),
+                    ):
+                        remediation.run(ctx)
+                else:
+                    remediation.run(ctx)
+            except _Recorded:
+                pass
+            except HostError as exc:
+                step = "connect" if remote is None else "run"
+                duration = connecting.elapsed if remote is None else 0.0
+                result.add(StepResult(step, Status.FAILED, self.redactor.text(str(exc)), duration=duration))
+            except Exception as exc:  # a bug must not hide the other hosts' results
+                result.add(
+                    StepResult(
+                        "run",
+                        Status.FAILED,
+                        self.redactor.text(f"internal error: {type(exc).__name__}: {exc}"),
+                    )
+                )
+            finally:
+                if remote is not None:
+                    remote.close()
+        result.duration = clock.elapsed
+        self._finish(run, result, arguments)
+        return result
+
+    def _finish(self, run: RunResult, result: HostResult, arguments: Mapping[str, Any]) -> None:
+        try:
+            self.audit.host(run, result, arguments)
+        except OSError as exc:
+            self.warnings.append(f"audit log {self.audit.path} not written: {exc.strerror}")
+        if self.listener is not None:
+            self.listener(result)
+
+    def _notify(self, run: RunResult) -> None:
+        if not self.notify_config.wants(run):
+            return
+        self.warnings.extend(
+            send(self.notify_config, summary(run, self.actor.holder(run.task)), self.redactor)
+        )
+
+
+def _common_vars(inventory: Inventory) -> dict[str, Any]:
+    """Vars every host shares (in practice, `all` vars): where run-wide settings live."""
+    hosts = list(inventory.hosts.values())
+    if not hosts:
+        return {}
+    first = dict(hosts[0].vars)
+    return {k: v for k, v in first.items() if all(h.vars.get(k) == v for h in hosts[1:])}
+
+
+def _batches(hosts: list[Host], serial: int | None) -> list[list[Host]]:
+    if not serial:
+        return [hosts] if hosts else []
+    return [hosts[i : i + serial] for i in range(0, len(hosts), serial)]
+
+
+def _option_arguments(options: RunOptions) -> dict[str, Any]:
+    return {
+        "check": options.check,
+        "diff": options.diff,
+        "serial": options.serial,
+        "parallel": options.parallel,
+    }
+
+
+def poll(until: Callable[[], bool], timeout: float, interval: float = 1.0) -> bool:
+    """Call `until` every `interval` seconds until it returns True or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if until():
+            return True
+        if time.monotonic() + interval > deadline:
+            return False
+        time.sleep(interval)

@@ -1,0 +1,153 @@
+"""restart-api: restart the api service of a compose project and wait until it is healthy.
+
+facts   the service's containers (docker inspect), its Docker health and its HTTP health URL,
+        checked from the host itself;
+decide  restart, or (with if_unhealthy) nothing when it is healthy; recreate when no container exists;
+apply   `compose restart -t STOP SERVICE`, then wait for health; if it stays unhealthy, escalate once
+        to `compose up -d --force-recreate --no-deps SERVICE` and wait again;
+verify  the containers started anew and are healthy, or fail with the last health output and logs.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import ClassVar
+
+from remediations.compose import Project, ServiceFacts, compose_run, container_logs, gather
+from remediations.engine import HostContext, Remediation
+from remediations.inventory import Host
+from remediations.results import Status
+
+DEFAULT_HEALTH_TIMEOUT = 60.0
+DEFAULT_STOP_TIMEOUT = 10
+POLL_INTERVAL = 1.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    action: str  # "none" | "restart" | "recreate"
+    reason: str
+
+
+def decide(facts: ServiceFacts, if_unhealthy: bool) -> Plan:
+    """Pure: what to do about the service, and why."""
+    healthy, why = facts.verdict()
+    if facts.error:
+        return Plan("none", f"cannot act: {facts.error}")
+    if if_unhealthy and healthy:
+        return Plan("none", f"{facts.service} is healthy ({why}); not restarted")
+    if not facts.containers:
+        return Plan("recreate", f"{why}; it will be created")
+    state = "healthy" if healthy else f"unhealthy: {why}"
+    return Plan("restart", f"{facts.service} is {state}")
+
+
+class RestartApi(Remediation):
+    task: ClassVar[str] = "restart-api"
+    required_vars: ClassVar[tuple[str, ...]] = ("compose_project_dir",)
+    default_serial: ClassVar[int | None] = 1
+
+    def __init__(self, service: str | None = None, if_unhealthy: bool = False) -> None:
+        self.service = service
+        self.if_unhealthy = if_unhealthy
+
+    def validate(self, host: Host) -> None:
+        super().validate(host)
+        Project.from_host(host)
+        if not (self.service or host.get("api_service")):
+            host.require("api_service")
+
+    def run(self, ctx: HostContext) -> None:
+        project = Project.from_host(ctx.host)
+        service = str(self.service or ctx.var("api_service"))
+        url = ctx.var("api_health_url") or None
+        timeout = float(ctx.var("health_timeout", DEFAULT_HEALTH_TIMEOUT))
+        stop_timeout = int(ctx.var("stop_timeout", DEFAULT_STOP_TIMEOUT))
+        probe_timeout = min(timeout, 10.0)
+
+        def facts() -> ServiceFacts:
+            return gather(ctx.remote, project, service, url, probe_timeout)
+
+        with ctx.step("facts") as step:
+            before = facts()
+            healthy, why = before.verdict()
+            step.done(
+                Status.OK,
+                f"{service}: {'healthy' if healthy else 'unhealthy'} ({why})",
+                healthy=healthy,
+                compose=before.variant,
+                started_at=[c.started_at for c in before.containers],
+            )
+        plan = decide(before, self.if_unhealthy)
+        if before.error:
+            ctx.record("decide", Status.FAILED, plan.reason)
+            return
+        if plan.action == "none":
+            ctx.record("decide", Status.OK, plan.reason)
+            return
+        if ctx.check:
+            ctx.record("decide", Status.CHANGED, f"would {plan.action} {service} ({plan.reason})")
+            return
+
+        def wait(after: ServiceFacts) -> tuple[ServiceFacts, float]:
+            start = time.monotonic()
+            current = after
+            while time.monotonic() - start < timeout:
+                current = facts()
+                if current.restarted_since(after) and current.healthy:
+                    break
+                time.sleep(POLL_INTERVAL)
+            return current, time.monotonic() - start
+
+        if plan.action == "restart":
+            with ctx.step("restart") as step:
+                compose_run(
+                    ctx.remote,
+                    project,
+                    before.variant,
+                    f"compose restart {service}",
+                    "restart",
+                    "-t",
+                    str(stop_timeout),
+                    service,
+                    timeout=stop_timeout + 120,
+                )
+                current, waited = wait(before)
+                ok, why = current.verdict()
+                if ok and current.restarted_since(before):
+                    step.done(Status.CHANGED, f"restarted {service}; healthy after {waited:.1f}s ({why})")
+                    return
+                step.done(
+                    Status.CHANGED,
+                    f"restarted {service}; still unhealthy after {waited:.0f}s "
+                    f"({why}); escalating to recreate",
+                )
+            before = current
+        with ctx.step("recreate") as step:
+            compose_run(
+                ctx.remote,
+                project,
+                before.variant,
+                f"compose up --force-recreate {service}",
+                "up",
+                "-d",
+                "--force-recreate",
+                "--no-deps",
+                "-t",
+                str(stop_timeout),
+                service,
+                timeout=stop_timeout + 300,
+            )
+            current, waited = wait(before)
+            ok, why = current.verdict()
+            if ok and current.restarted_since(before):
+                step.done(Status.CHANGED, f"recreated {service}; healthy after {waited:.1f}s ({why})")
+                return
+            logs = container_logs(ctx.remote, current.containers)
+            step.done(
+                Status.FAILED,
+                f"{service} still unhealthy after "
+                f"{'restart and ' if plan.action == 'restart' else ''}recreate "
+                f"({waited:.0f}s): {why}" + (f"; last logs: {logs}" if logs else ""),
+            )
