@@ -1,0 +1,96 @@
+"""The shared front end: run one remediation with the common flags, report, and return an exit code.
+
+`tasks.py` (Invoke) is a thin layer over `execute`; a team's own fabfile can call it too.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from remediations.errors import UsageError
+
+if TYPE_CHECKING:  # the engine pulls in paramiko: imported when a task runs, not at `inv --list`
+    from remediations.engine import Remediation, RunOptions
+    from remediations.results import RunResult
+
+
+@dataclass(frozen=True)
+class Flags:
+    """The flags every remediation task takes."""
+
+    host: str | None = None
+    inventory: str | None = None
+    check: bool = False
+    diff: bool = False
+    json: bool = False
+    parallel: int = 10
+    serial: int | None = None
+    max_fail: str | None = None
+    lock_wait: float = 60.0
+
+    def options(self) -> RunOptions:
+        from remediations.engine import MaxFail, RunOptions
+
+        return RunOptions(
+            check=self.check,
+            diff=self.diff,
+            parallel=int(self.parallel),
+            serial=int(self.serial) if self.serial else None,
+            max_fail=MaxFail.parse(self.max_fail),
+            lock_wait=float(self.lock_wait),
+        )
+
+
+COMMON_HELP = {
+    "host": "host, group, comma list or glob from the inventory (e.g. prod, api1,api2, 'web*'); "
+    "'!name' excludes",
+    "inventory": "inventory YAML (default: $REMEDIATIONS_INVENTORY, else inventories/hosts.yml)",
+    "check": "gather facts and show the plan; change nothing",
+    "diff": "show what would change / changed, secrets masked",
+    "json": "print the run's results as JSON (for scripts and cron)",
+    "parallel": "at most N hosts at once (default 10)",
+    "serial": "rolling batches of N hosts; later batches wait for earlier ones",
+    "max-fail": "stop starting batches after more than N failed hosts, or more than P% (default 0 "
+    "for rolling runs)",
+    "lock-wait": "seconds to wait for another run's lock on a host (default 60)",
+}
+
+
+def execute(
+    make: Callable[[], Remediation], flags: Flags, *, task: str, arguments: Mapping[str, Any] | None = None
+) -> tuple[int, RunResult | None]:
+    """Run the remediation `make()` builds on the hosts `flags.host` selects.
+
+    Bad input prints one line to stderr, is audited, and returns exit code 2 with nothing run.
+    """
+    from remediations import inventory as inventory_mod
+    from remediations.audit import Actor, AuditLog, audit_path
+    from remediations.engine import Engine
+    from remediations.output import Reporter
+    from remediations.redact import Redactor
+
+    reporter = Reporter(as_json=flags.json, show_diff=flags.diff)
+    try:
+        if not flags.host:
+            raise UsageError("--host is required: a host, a group, a comma list or a glob")
+        options = flags.options()
+        remediation = make()
+        inv = inventory_mod.load(inventory_mod.inventory_path(flags.inventory))
+        hosts = inv.select(flags.host)
+        engine = Engine(inv, options, listener=reporter.host_done)
+        run = engine.run(remediation, hosts)
+    except UsageError as exc:
+        message = str(exc)
+        redactor = Redactor()
+        record = {"host": flags.host, "check": flags.check, **(arguments or {})}
+        print(f"error: {redactor.data(message)}", file=sys.stderr)
+        try:
+            AuditLog(audit_path(), Actor.current(), redactor).usage_error(task, record, message)
+        except OSError as err:
+            print(f"warning: audit log not written: {err.strerror}", file=sys.stderr)
+        return UsageError.exit_code, None
+    reporter.summary(run, engine.warnings)
+    return run.exit_code, run
