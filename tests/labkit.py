@@ -1,0 +1,108 @@
+"""Helpers for tests on the lab of real hosts: run the real front end, read real container state."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from remediations import lab
+
+ROOT = Path(__file__).resolve().parent.parent
+LAB_INVENTORY = ROOT / "inventories" / "lab.yml"
+COMPOSE = ["docker", "compose", "-p", "shop", "-f", "/srv/shop/compose.yaml"]
+
+
+@dataclass
+class Ran:
+    code: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> dict[str, Any]:
+        return json.loads(self.stdout)  # type: ignore[no-any-return]
+
+    def host(self, name: str) -> dict[str, Any]:
+        for host in self.json()["hosts"]:
+            if host["host"] == name:
+                return host  # type: ignore[no-any-return]
+        raise AssertionError(f"no result for {name} in {self.stdout}")
+
+
+def inv(*args: str, audit: Path, inventory: Path = LAB_INVENTORY, timeout: float = 240,
+        env: dict[str, str] | None = None) -> Ran:
+    """Run `inv ARGS --inventory …` as the on-call engineer would, in a fresh process."""
+    environ = {**os.environ, "REMEDIATIONS_AUDIT_LOG": str(audit), "NO_COLOR": "1", **(env or {})}
+    done = subprocess.run(
+        [sys.executable, "-m", "invoke", *args, "--inventory", str(inventory)],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=environ, check=False,
+    )
+    return Ran(done.returncode, done.stdout, done.stderr)
+
+
+def audit_lines(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_inventory(path: Path, *, all_vars: dict[str, Any] | None = None,
+                    host_vars: dict[str, dict[str, Any]] | None = None) -> Path:
+    """A copy of the lab inventory with some vars changed."""
+    data = yaml.safe_load(LAB_INVENTORY.read_text())
+    data["all"].setdefault("vars", {}).update(all_vars or {})
+    for group in data["all"]["children"].values():
+        for name, body in (group.get("hosts") or {}).items():
+            if host_vars and name in host_vars:
+                body.update(host_vars[name])
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def api_container(host: str) -> dict[str, Any]:
+    """`docker inspect` of the api container on a lab host, read inside the host."""
+    ids = lab.exec_on(host, [*COMPOSE, "ps", "-a", "-q", "api"]).stdout.decode().split()
+    assert len(ids) == 1, f"expected one api container on {host}, got {ids}"
+    data = json.loads(lab.exec_on(host, ["docker", "inspect", ids[0]]).stdout)
+    return data[0]  # type: ignore[no-any-return]
+
+
+def started_at(host: str) -> str:
+    return str(api_container(host)["State"]["StartedAt"])
+
+
+def health(host: str) -> str:
+    return str(api_container(host)["State"].get("Health", {}).get("Status"))
+
+
+def break_until_restart(host: str) -> None:
+    """Remove the health file inside the container: unhealthy until it restarts."""
+    container = api_container(host)["Id"]
+    lab.exec_on(host, ["docker", "exec", container, "rm", "-f", "/tmp/www/health"])
+
+
+def break_persistently(host: str) -> None:
+    """Remove the health file on the host: restart and recreate cannot help."""
+    lab.exec_on(host, ["rm", "-f", "/srv/shop/www/health"])
+
+
+def repair(host: str) -> None:
+    lab.exec_on(host, ["sh", "-c", "printf '%s\\n' '{\"status\":\"ok\"}' > /srv/shop/www/health"])
+    lab.exec_on(host, [*COMPOSE, "up", "-d", "--wait", "api"], timeout=120)
+
+
+def wait_health(host: str, want: str, timeout: float = 30) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if health(host) == want:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{host}: health never became {want} (now {health(host)})")
