@@ -73,16 +73,15 @@ class RestartApi(Remediation):
             before = facts()
             healthy, why = before.verdict()
             step.done(
-                Status.OK,
+                Status.FAILED if before.error else Status.OK,
                 f"{service}: {'healthy' if healthy else 'unhealthy'} ({why})",
                 healthy=healthy,
                 compose=before.variant,
                 started_at=[c.started_at for c in before.containers],
             )
-        plan = decide(before, self.if_unhealthy)
         if before.error:
-            ctx.record("decide", Status.FAILED, plan.reason)
-            return
+            return  # the facts step failed and says why
+        plan = decide(before, self.if_unhealthy)
         if plan.action == "none":
             ctx.record("decide", Status.OK, plan.reason)
             return
