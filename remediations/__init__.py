@@ -2,10 +2,14 @@
 
 Use it from Python without Invoke:
 
-    from remediations import api
-    result = api.run("restart-api", host="prod", inventory="inventories/prod.yml")
+    from remediations import inventory
+    from remediations.engine import Engine, RunOptions
+    from remediations.restart_api import RestartApi
 
-The facade lives in `remediations.api`; this module stays import-light so `inv --list` is quick.
+    inv = inventory.load("inventories/hosts.yml")
+    run = Engine(inv, RunOptions(check=True)).run(RestartApi(), inv.select("prod"))
+
+This module stays import-light so that `inv --list` is quick.
 """
 
 __version__ = "0.1.0"

@@ -94,7 +94,8 @@ def break_persistently(host: str) -> None:
 
 def repair(host: str) -> None:
     lab.exec_on(host, ["sh", "-c", "printf '%s\\n' '{\"status\":\"ok\"}' > /srv/shop/www/health"])
-    lab.exec_on(host, [*COMPOSE, "up", "-d", "--wait", "api"], timeout=120)
+    if health(host) != "healthy":  # `up --wait` alone leaves an unhealthy container as it is
+        lab.exec_on(host, [*COMPOSE, "up", "-d", "--force-recreate", "--wait", "api"], timeout=120)
 
 
 def wait_health(host: str, want: str, timeout: float = 30) -> None:

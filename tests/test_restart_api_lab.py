@@ -267,7 +267,7 @@ def test_lock_wait_expires_with_a_clear_message(healthy_api: Any, tmp_path: Path
 
 
 def test_secrets_are_redacted_in_output_and_audit(healthy_api: Any, audit: Path, tmp_path: Path) -> None:
-    secret = "lab-health-key-7f3a9c"
+    secret = "lab-health-key-7f3a9c"  # noqa: S105 (a test value to search for)
     inventory = labkit.write_inventory(
         tmp_path / "inv.yml",
         all_vars={

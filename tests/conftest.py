@@ -1,0 +1,24 @@
+"""Shared fixtures: the lab of real hosts is brought up once per test session, on demand."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from remediations import lab as lab_mod
+
+
+@pytest.fixture(scope="session")
+def lab() -> Iterator[lab_mod.LabStatus]:
+    """The lab of real hosts (sshd, dockerd, PostgreSQL, S3 in network namespaces), up and healthy.
+
+    Built (or repaired) once per session. It is left up at the end, so a developer can look at it;
+    `scripts/test` takes it down when the whole run ends.
+    """
+    if os.geteuid() != 0:
+        pytest.skip("the lab needs root (network namespaces, dockerd)")
+    status = lab_mod.up()
+    assert status.up, f"lab did not come up: {status.to_dict()}"
+    yield status
