@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -177,15 +178,26 @@ def parse(text: str, source: str = "<inventory>") -> Inventory:
     return _Builder(source).build(data)
 
 
+@dataclass
+class _GroupDef:
+    """One group, merged over every place the file mentions it (as Ansible merges them)."""
+
+    hosts: list[str] = field(default_factory=list)
+    vars: dict[str, Any] = field(default_factory=dict)
+    children: list[str] = field(default_factory=list)
+
+
 class _Builder:
-    """Walks the group tree once, recording memberships and the vars each host inherits."""
+    """Reads every group definition, merges repeated ones, then resolves membership and vars.
+
+    A group may be defined in one place and referenced elsewhere as an empty child
+    (`prod: {children: {web: }}`): Ansible merges the two, and so does this.
+    """
 
     def __init__(self, source: str) -> None:
         self.source = source
-        self.inventory = Inventory(source)
-        # host -> [(depth, group, vars)] and host -> merged host-level vars
-        self.group_vars: dict[str, list[tuple[int, str, Mapping[str, Any]]]] = {}
-        self.host_vars: dict[str, dict[str, Any]] = {}
+        self.defs: dict[str, _GroupDef] = {}
+        self.host_vars: dict[str, dict[str, Any]] = {}  # in order of first appearance
 
     def build(self, data: Mapping[str, Any]) -> Inventory:
         top = dict(data)
@@ -196,15 +208,22 @@ class _Builder:
             children = dict(self._mapping(all_group.get("children") or {}, "all.children"))
             children.update(top)
             all_group["children"] = children
-        self._walk("all", all_group, depth=0, path=("all",))
-        for name, entries in self.group_vars.items():
+        self._collect("all", all_group, ("all",))
+        depth: dict[str, int] = {}
+        self._depths("all", 0, ("all",), depth)
+        members: dict[str, list[str]] = {}
+        inventory = Inventory(self.source)
+        for group in self.defs:
+            inventory.groups[group] = self._members(group, members)
+        for host, own in self.host_vars.items():
+            groups = sorted((g for g, hosts in inventory.groups.items() if host in hosts),
+                            key=lambda g: (depth.get(g, 0), g))
             merged: dict[str, Any] = {}
-            for _depth, _group, variables in sorted(entries, key=lambda e: (e[0], e[1])):
-                merged.update(variables)
-            merged.update(self.host_vars.get(name, {}))
-            groups = tuple(sorted({g for _, g, _ in entries}))
-            self.inventory.hosts[name] = Host(name, merged, groups, self.source)
-        return self.inventory
+            for group in groups:
+                merged.update(self.defs[group].vars)
+            merged.update(own)
+            inventory.hosts[host] = Host(host, merged, tuple(sorted(groups)), self.source)
+        return inventory
 
     def _mapping(self, value: Any, key: str) -> Mapping[str, Any]:
         if value is None:
@@ -213,7 +232,7 @@ class _Builder:
             raise UsageError(f"{self.source}: {key}: expected a mapping, got {type(value).__name__}")
         return value
 
-    def _walk(self, group: str, body: Any, depth: int, path: tuple[str, ...]) -> list[str]:
+    def _collect(self, group: str, body: Any, path: tuple[str, ...]) -> None:
         where = ".".join(path)
         body = self._mapping(body, where)
         unknown = set(body) - GROUP_KEYS
@@ -222,25 +241,40 @@ class _Builder:
                 f"{self.source}: {where}: unknown key {sorted(unknown)[0]!r} "
                 "(a group holds only hosts, vars and children)"
             )
-        group_vars = self._mapping(body.get("vars"), f"{where}.vars")
-        members: list[str] = []
+        definition = self.defs.setdefault(group, _GroupDef())
+        definition.vars.update(self._mapping(body.get("vars"), f"{where}.vars"))
         for host, host_body in self._mapping(body.get("hosts"), f"{where}.hosts").items():
             host = str(host)
             self.host_vars.setdefault(host, {}).update(self._mapping(host_body, f"{where}.hosts.{host}"))
-            self.group_vars.setdefault(host, [])
-            members.append(host)
+            if host not in definition.hosts:
+                definition.hosts.append(host)
         for child, child_body in self._mapping(body.get("children"), f"{where}.children").items():
             child = str(child)
             if child in path:
                 raise UsageError(f"{self.source}: {where}.children.{child}: group contains itself")
-            members.extend(
-                h for h in self._walk(child, child_body, depth + 1, (*path, child)) if h not in members
-            )
-        for host in members:
-            self.group_vars[host].append((depth, group, group_vars))
-        existing = self.inventory.groups.setdefault(group, [])
-        existing.extend(h for h in members if h not in existing)
-        return members
+            if child not in definition.children:
+                definition.children.append(child)
+            self._collect(child, child_body, (*path, child))
+
+    def _depths(self, group: str, level: int, path: tuple[str, ...], depth: dict[str, int]) -> None:
+        """A group's depth is its longest distance from `all`, as Ansible orders group vars."""
+        if depth.get(group, -1) >= level:
+            return
+        depth[group] = level
+        for child in self.defs[group].children:
+            if child in path:
+                raise UsageError(
+                    f"{self.source}: group {child!r} contains itself (through {' -> '.join(path)})"
+                )
+            self._depths(child, level + 1, (*path, child), depth)
+
+    def _members(self, group: str, memo: dict[str, list[str]]) -> list[str]:
+        if group not in memo:
+            found = list(self.defs[group].hosts)
+            for child in self.defs[group].children:
+                found.extend(h for h in self._members(child, memo) if h not in found)
+            memo[group] = found
+        return memo[group]
 
 
 def parse_ssh_common_args(args: str, where: str) -> SSHOptions:
@@ -266,8 +300,10 @@ def parse_ssh_common_args(args: str, where: str) -> SSHOptions:
         if word.startswith("-J"):
             jump = value
             continue
-        key, _, val = value.replace(" ", "=", 1).partition("=")
-        options[key.lower()] = val
+        match = re.match(r"\s*([A-Za-z]+)\s*(?:=|\s)\s*(.*)\Z", value, re.DOTALL)
+        if match is None:
+            raise UsageError(f"{where}: ansible_ssh_common_args: option {value!r} has no value")
+        options[match.group(1).lower()] = match.group(2)
     if "proxyjump" in options:
         jump = options["proxyjump"]
     if "proxycommand" in options and jump is None:
@@ -288,15 +324,21 @@ def _jump_from_proxy_command(command: str, where: str) -> str:
     if not words or os.path.basename(words[0]) != "ssh" or "-W" not in words:
         raise UsageError(f"{where}: ProxyCommand {command!r} is not supported; use ProxyJump (or -J)")
     port = None
+    user = None
     target = None
     rest = iter(words[1:])
     for word in rest:
-        if word == "-p":
-            port = next(rest, None)
-        elif word in ("-W", "-i", "-o", "-l"):
+        if word in ("-p", "-l"):
+            value = next(rest, None)
+            port, user = (value, user) if word == "-p" else (port, value)
+        elif word.startswith(("-p", "-l")) and len(word) > 2:
+            port, user = (word[2:], user) if word.startswith("-p") else (port, word[2:])
+        elif word in ("-W", "-i", "-o", "-F", "-J"):
             next(rest, None)
         elif not word.startswith("-"):
             target = word
     if target is None:
         raise UsageError(f"{where}: ProxyCommand {command!r} names no jump host")
+    if user and "@" not in target:
+        target = f"{user}@{target}"
     return f"{target}:{port}" if port else target

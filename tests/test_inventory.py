@@ -160,12 +160,6 @@ def test_top_level_groups_without_all() -> None:
     assert inventory.hosts["w1"].groups == ("all", "web")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: inventory.py _Builder._walk: a group referenced again as an empty child "
-    "(`prod: children: {web: }`, the usual Ansible group-of-groups form) gets no members; "
-    "Ansible merges the group definitions so prod contains web's hosts",
-)
 def test_group_of_groups_referencing_a_group_defined_elsewhere() -> None:
     inventory = inv(
         """
@@ -356,12 +350,6 @@ def test_parse_ssh_common_args(args: str, expected: SSHOptions) -> None:
     assert parse_ssh_common_args(args, "inv.yml: host h") == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: inventory.py parse_ssh_common_args: `value.replace(' ', '=', 1)` turns the first "
-    "space of a KEY=VALUE option's value into '=' (UserKnownHostsFile=/a /b -> '/a=/b'; "
-    "ProxyCommand=ssh -W ... -> 'ssh=-W ...', rejected as unsupported)",
-)
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
@@ -374,11 +362,6 @@ def test_parse_ssh_common_args_key_equals_value_with_spaces(args: str, expected:
     assert parse_ssh_common_args(args, "inv.yml: host h") == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: inventory.py _jump_from_proxy_command skips `-l USER` (and ignores `-pPORT`), so "
-    "`ssh -W %h:%p -l u -p 2200 jump` becomes jump 'jump' instead of 'u@jump:2200'",
-)
 def test_proxy_command_login_name_is_kept() -> None:
     options = parse_ssh_common_args("-o 'ProxyCommand ssh -W %h:%p -l u -p 2200 jump'", "w")
     assert options.proxy_jump == "u@jump:2200"
