@@ -84,15 +84,16 @@ def restart_api(c: Context, flags: Flags, service: str | None = None, if_unhealt
     return code
 
 
-@task(help={"extra-api-hosts": "also start N bench hosts with the api project (for benchmarks)"})
-def lab_up(c: Context, extra_api_hosts: int = 0) -> None:
+@task(help={"extra-api-hosts": "run N bench hosts with the api project (for benchmarks); "
+                               "default: keep those running now"})
+def lab_up(c: Context, extra_api_hosts: int = -1) -> None:
     """Start the lab of real hosts on this machine (needs root): namespaces, sshd, dockerd, S3.
 
     Idempotent: repairs what a crashed run left half-built. Hosts are described by inventories/lab.yml.
     """
     from remediations import lab
 
-    status = lab.up(extra_api_hosts=extra_api_hosts)
+    status = lab.up(extra_api_hosts=None if extra_api_hosts < 0 else extra_api_hosts)
     print(status)
 
 

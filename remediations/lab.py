@@ -1349,11 +1349,18 @@ def _bench_inventory(hosts: Sequence[HostSpec]) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def up(extra_api_hosts: int = 0) -> LabStatus:
-    """Build the lab, or repair it to its baseline; idempotent. Returns ``status()``."""
+def up(extra_api_hosts: int | None = None) -> LabStatus:
+    """Build the lab, or repair it to its baseline; idempotent. Returns ``status()``.
+
+    ``extra_api_hosts`` bench hosts are added (or removed down to that number); ``None`` keeps the
+    bench hosts that run now, so a test session starting the lab does not pull them from under a
+    benchmark.
+    """
     _require_root()
-    hosts = lab_hosts(extra_api_hosts)
     with _locked():
+        if extra_api_hosts is None:
+            extra_api_hosts = sum(1 for h in _discovered_hosts() if _BENCH_RE.match(h.name))
+        hosts = lab_hosts(extra_api_hosts)
         t0 = time.monotonic()
         wanted = {h.name for h in hosts}
         surplus = [h for h in _discovered_hosts() if h.name not in wanted]
@@ -1496,7 +1503,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
     p_up = sub.add_parser("up", help="build or repair the lab")
-    p_up.add_argument("--extra-api-hosts", type=int, default=0, metavar="N")
+    p_up.add_argument("--extra-api-hosts", type=int, default=None, metavar="N",
+                      help="bench hosts to run (default: keep those running now)")
     p_down = sub.add_parser("down", help="stop and remove everything")
     p_down.add_argument("--purge", action="store_true", help=f"also delete {LAB_ROOT}")
     p_status = sub.add_parser("status", help="show what runs")
