@@ -93,8 +93,7 @@ def lab_up(c: Context, extra_api_hosts: int = -1) -> None:
     """
     from remediations import lab
 
-    status = lab.up(extra_api_hosts=None if extra_api_hosts < 0 else extra_api_hosts)
-    print(status)
+    lab.print_status(lab.up(extra_api_hosts=None if extra_api_hosts < 0 else extra_api_hosts))
 
 
 @task()
@@ -111,7 +110,10 @@ def lab_status(c: Context) -> None:
     """Show each lab host and which of its services are up."""
     from remediations import lab
 
-    print(lab.status())
+    status = lab.status()
+    lab.print_status(status)
+    if not status.up:
+        raise Exit("lab: something is down (inv lab.up repairs it)", code=3)
 
 
 lab_ns = Collection("lab")

@@ -1484,7 +1484,7 @@ def start_sshd(host: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _print_status(st: LabStatus) -> None:
+def print_status(st: LabStatus) -> None:
     def mark(value: bool | None) -> str:
         return "-" if value is None else ("up" if value else "DOWN")
 
@@ -1515,14 +1515,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         if args.command == "up":
-            _print_status(up(args.extra_api_hosts))
+            print_status(up(args.extra_api_hosts))
         elif args.command == "down":
             down(purge=args.purge)
         elif args.json:
             print(json.dumps(status().to_dict(), indent=2))
         else:
             st = status()
-            _print_status(st)
+            print_status(st)
             return 0 if st.up else 3
     except LabError as exc:
         print(f"lab {args.command} failed: {exc}", file=sys.stderr)

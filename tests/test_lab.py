@@ -1,0 +1,119 @@
+"""The lab itself: `up` is idempotent and repairs a half-broken lab; `down` leaves nothing behind.
+
+Checked from the outside (/proc, `ip`, mountinfo, iptables), not through the lab's own bookkeeping.
+These tests take the shared lab down and bring it back, so they leave it up and healthy.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from remediations import lab as lab_mod
+from tests import labkit
+
+pytestmark = pytest.mark.lab
+
+LAB_NAMES = ("api1", "api2", "db1")
+
+
+def sh(*argv: str) -> str:
+    return subprocess.run(argv, capture_output=True, text=True, check=False).stdout
+
+
+def marked_processes() -> list[tuple[int, str]]:
+    """Processes anywhere on the machine whose environment carries the lab's marker."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = Path(f"/proc/{entry.name}/environ").read_bytes()
+            comm = Path(f"/proc/{entry.name}/comm").read_text().strip()
+        except OSError:
+            continue
+        if b"RMLAB_HOST=" in environ:
+            found.append((int(entry.name), comm))
+    return found
+
+
+def host_pids(host: str, comm: str) -> set[int]:
+    """PIDs of `comm` processes living in the host's network namespace."""
+    want = os.stat(f"/run/netns/{host}").st_ino
+    pids = set()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            if Path(f"/proc/{entry.name}/comm").read_text().strip() != comm:
+                continue
+            if os.stat(f"/proc/{entry.name}/ns/net").st_ino == want:
+                pids.add(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+def leftovers() -> list[str]:
+    """Everything the lab could leave behind, described; empty when the machine is clean."""
+    found = [f"process {pid} ({comm})" for pid, comm in marked_processes()]
+    netns = sh("ip", "netns", "list")
+    found += [f"netns {name}" for name in LAB_NAMES if name in netns.split()]
+    links = sh("ip", "-o", "link", "show")
+    if "rmlab0" in links:
+        found.append("bridge rmlab0")
+    found += [f"link {line.split(':')[1].strip()}" for line in links.splitlines() if "master rmlab0" in line]
+    mounts = Path("/proc/self/mountinfo").read_text()
+    found += [f"mount {line.split()[4]}" for line in mounts.splitlines() if "remediations-lab" in line]
+    if "rmlab0" in sh("iptables", "-S", "FORWARD"):
+        found.append("iptables FORWARD rule for rmlab0")
+    return found
+
+
+def test_up_twice_restarts_nothing(lab: Any) -> None:
+    before = {h: (host_pids(h, "sshd"), host_pids(h, "dockerd")) for h in ("api1", "api2")}
+    started = labkit.started_at("api1")
+    status = lab_mod.up()
+    assert status.up
+    after = {h: (host_pids(h, "sshd"), host_pids(h, "dockerd")) for h in ("api1", "api2")}
+    assert after == before
+    assert all(sshd for sshd, _ in after.values()), after
+    assert labkit.started_at("api1") == started
+
+
+def test_up_repairs_what_a_crash_left_half_broken(lab: Any, tmp_path: Path) -> None:
+    # A killed sshd and dockerd on api2, and db1's network link gone.
+    for pid in host_pids("api2", "sshd") | host_pids("api2", "dockerd"):
+        os.kill(pid, signal.SIGKILL)
+    subprocess.run(["ip", "-n", "db1", "link", "del", "eth0"], check=True)
+    broken = lab_mod.status()
+    assert not broken.up
+    assert broken.hosts["api2"].sshd is False and broken.hosts["api2"].dockerd is False
+    assert broken.hosts["db1"].sshd is False
+
+    status = lab_mod.up()
+    assert status.up, status.to_dict()
+    assert labkit.health("api2") == "healthy"
+    # And it is a real sshd again, with the host key the lab's known_hosts trusts.
+    ran = labkit.inv("restart-api", "--host", "api2", "--check", "--json", audit=tmp_path / "audit.jsonl")
+    assert ran.code == 0, ran.stderr + ran.stdout
+    assert ran.host("api2")["status"] == "changed"
+
+
+def test_down_leaves_nothing_behind_and_up_comes_back(lab: Any) -> None:
+    assert leftovers(), "the lab should be up before this test"
+    try:
+        lab_mod.down()
+        assert leftovers() == []
+        # A second down on a clean machine is fine too.
+        lab_mod.down()
+        assert leftovers() == []
+    finally:
+        status = lab_mod.up()
+    assert status.up, status.to_dict()
+    assert labkit.health("api1") == "healthy"
