@@ -11,6 +11,7 @@ A notification that fails is reported as a warning and never fails the remediati
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import urllib.error
@@ -91,9 +92,10 @@ def _post_json(url: str, payload: Mapping[str, Any]) -> None:
 
 def send(config: NotifyConfig, text: str, redactor: Redactor) -> list[str]:
     """Post `text` to every configured channel; returns one warning per channel that failed."""
-    text = redactor.text(text)
+    # Learn the channel secrets first: a token set only in the environment is not an inventory var.
     redactor.add_value(config.telegram_bot_token)
     redactor.add_value(config.slack_webhook)
+    text = redactor.text(text)
     warnings = []
     targets: list[tuple[str, str, dict[str, Any]]] = []
     if config.slack_webhook:
@@ -110,7 +112,7 @@ def send(config: NotifyConfig, text: str, redactor: Redactor) -> list[str]:
     for name, url, payload in targets:
         try:
             _post_json(url, payload)
-        except (urllib.error.URLError, OSError, ValueError) as exc:
+        except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
             reason = getattr(exc, "reason", None) or exc
             warnings.append(redactor.text(f"notification to {name} failed: {reason}"))
     return warnings

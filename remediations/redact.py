@@ -50,6 +50,11 @@ class Redactor:
         for name, value in variables.items():
             if isinstance(value, Mapping):
                 self.learn(value)
+            elif self.is_secret(str(name)) and isinstance(value, list | tuple):
+                # Output shows each item (one password of several), never the list's repr.
+                for item in value:
+                    if item not in (None, ""):
+                        self.add_value(item)
             elif self.is_secret(str(name)) and value not in (None, ""):
                 self.add_value(value)
 
