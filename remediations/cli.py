@@ -14,6 +14,7 @@ from remediations.errors import UsageError
 
 if TYPE_CHECKING:  # the engine pulls in paramiko: imported when a task runs, not at `inv --list`
     from remediations.engine import Remediation, RunOptions
+    from remediations.inventory import Host, Inventory
     from remediations.results import RunResult
 
 
@@ -60,26 +61,40 @@ COMMON_HELP = {
 
 
 def execute(
-    make: Callable[[], Remediation], flags: Flags, *, task: str, arguments: Mapping[str, Any] | None = None
+    make: Callable[[], Remediation],
+    flags: Flags,
+    *,
+    task: str,
+    arguments: Mapping[str, Any] | None = None,
+    targets: Callable[[Inventory], list[Host]] | None = None,
 ) -> tuple[int, RunResult | None]:
     """Run the remediation `make()` builds on the hosts `flags.host` selects.
 
+    `targets` is for tasks that run on the controller (S3): it builds the hosts when --host is not
+    given, and then a missing default inventory is no error (an empty one is used).
     Bad input prints one line to stderr, is audited, and returns exit code 2 with nothing run.
     """
     from remediations import inventory as inventory_mod
     from remediations.audit import Actor, AuditLog, audit_path
-    from remediations.engine import Engine
+    from remediations.engine import Engine, run_wide_vars
     from remediations.output import Reporter
     from remediations.redact import Redactor
 
     reporter = Reporter(as_json=flags.json, show_diff=flags.diff)
+    audit_log: str | None = None  # the inventory's audit_log var, once the inventory is read
     try:
-        if not flags.host:
+        if not flags.host and targets is None:
             raise UsageError("--host is required: a host, a group, a comma list or a glob")
         options = flags.options()
         remediation = make()
-        inv = inventory_mod.load(inventory_mod.inventory_path(flags.inventory))
-        hosts = inv.select(flags.host)
+        path = inventory_mod.inventory_path(flags.inventory)
+        if targets is not None and not flags.host and path == inventory_mod.DEFAULT_INVENTORY \
+                and not path.exists():
+            inv = inventory_mod.Inventory(str(path))
+        else:
+            inv = inventory_mod.load(path)
+        audit_log = run_wide_vars(inv).get("audit_log")
+        hosts = inv.select(flags.host) if flags.host else targets(inv) if targets else []
         engine = Engine(inv, options, listener=reporter.host_done)
         run = engine.run(remediation, hosts)
     except UsageError as exc:
@@ -88,7 +103,7 @@ def execute(
         record = {"host": flags.host, "check": flags.check, **(arguments or {})}
         print(f"error: {redactor.data(message)}", file=sys.stderr)
         try:
-            AuditLog(audit_path(), Actor.current(), redactor).usage_error(task, record, message)
+            AuditLog(audit_path(audit_log), Actor.current(), redactor).usage_error(task, record, message)
         except OSError as err:
             print(f"warning: audit log not written: {err.strerror}", file=sys.stderr)
         return UsageError.exit_code, None

@@ -56,10 +56,14 @@ class Container:
     health: str | None
     health_output: str
     image_id: str
+    service: str = ""
+    image_ref: str = ""  # the image name the container was created from, such as local/api:1
 
     @classmethod
     def from_inspect(cls, data: dict[str, Any]) -> Container:
         state = data.get("State") or {}
+        config = data.get("Config") or {}
+        labels = config.get("Labels") or {}
         health = state.get("Health") or None
         log = (health or {}).get("Log") or []
         last = log[-1] if log else {}
@@ -71,6 +75,8 @@ class Container:
             health=(health or {}).get("Status"),
             health_output=str(last.get("Output", "")).strip()[-HTTP_BODY_LIMIT:],
             image_id=str(data.get("Image", "")),
+            service=str(labels.get("com.docker.compose.service", "")),
+            image_ref=str(config.get("Image", "")),
         )
 
 
@@ -130,12 +136,14 @@ def facts_command(project: Project, service: str, http_url: str | None, http_tim
         "if docker compose version >/dev/null 2>&1; then v=v2; "
         "elif docker-compose version >/dev/null 2>&1; then v=v1; else v=none; fi",
         f'echo "{MARK}compose $v"',
+        # stderr apart: compose prints warnings there that must not be taken for container ids
+        'e=$(mktemp)',
         "case $v in",
-        f"  v2) ids=$({shlex.join(project.argv('v2', 'ps', '-a', '-q', service))} 2>&1) ;;",
-        f"  v1) ids=$({shlex.join(project.argv('v1', 'ps', '-a', '-q', service))} 2>&1) ;;",
+        f"  v2) ids=$({shlex.join(project.argv('v2', 'ps', '-a', '-q', service))} 2>\"$e\") ;;",
+        f"  v1) ids=$({shlex.join(project.argv('v1', 'ps', '-a', '-q', service))} 2>\"$e\") ;;",
         "  *) ids= ;;",
         "esac",
-        f'echo "{MARK}ps $?"; printf "%s\\n" "$ids"',
+        f'echo "{MARK}ps $?"; printf "%s\\n" "$ids"; echo "{MARK}pserr"; head -c 2000 "$e"; rm -f "$e"',
         f'echo "{MARK}inspect"',
         # ids are hex container ids; anything else is compose's error text, reported as such.
         'case "$ids" in *[!0-9a-f[:space:]]*) ;; ?*) docker inspect $ids ;; esac',
@@ -161,9 +169,17 @@ def parse_facts(service: str, http_url: str | None, result: CommandResult) -> Se
     if variant == "none":
         return ServiceFacts(service, variant, error="neither 'docker compose' nor 'docker-compose' works")
     ps_code, ps_out = sections.get("ps", ("1", ""))
-    if ps_code != "0" and ps_out.strip() and not _all_hex(ps_out):
-        return ServiceFacts(service, variant, error=f"compose ps failed: {ps_out.strip()[-300:]}")
+    ps_err = sections.get("pserr", ("", ""))[1].strip()
+    if ps_code != "0":
+        detail = ps_err or ps_out.strip() or f"exit {ps_code}"
+        return ServiceFacts(service, variant, error=f"compose ps failed: {detail[-300:]}")
+    ids = _ids(ps_out)
     inspect_text = sections.get("inspect", ("", ""))[1].strip()
+    if ids and not inspect_text:
+        noise = next((line for line in ps_out.splitlines() if line.strip() and not _all_hex(line)), "")
+        said = f" (compose printed: {noise.strip()[:200]})" if noise else ""
+        shown = " ".join(i[:12] for i in ids)
+        return ServiceFacts(service, variant, error=f"containers {shown} could not be inspected{said}")
     containers: tuple[Container, ...] = ()
     if inspect_text:
         try:
@@ -176,6 +192,11 @@ def parse_facts(service: str, http_url: str | None, result: CommandResult) -> Se
         code, http_output = sections["http"]
         http_exit = int(code) if code.lstrip("-").isdigit() else 1
     return ServiceFacts(service, variant, containers, http_url, http_exit, http_output.strip())
+
+
+def _ids(text: str) -> list[str]:
+    """Container ids among the lines of `compose ps -q` output (anything else is noise)."""
+    return [w for w in (line.strip() for line in text.splitlines()) if len(w) >= 12 and _all_hex(w)]
 
 
 def _all_hex(text: str) -> bool:
@@ -227,3 +248,110 @@ def compose_run(
     remote: Remote, project: Project, variant: str, what: str, *args: str, timeout: float = 300
 ) -> CommandResult:
     return must(remote.run(project.command(variant, *args), timeout=timeout), what)
+
+
+# ------------------------------------------------------------------ every service of a project
+
+
+@dataclass(frozen=True)
+class ProjectFacts:
+    """Every service of a compose project (as its compose files define them) and its containers."""
+
+    variant: str
+    services: tuple[str, ...]
+    facts: dict[str, ServiceFacts]
+    error: str = ""
+
+    def unknown(self, wanted: Sequence[str]) -> list[str]:
+        return [s for s in wanted if s not in self.services]
+
+
+def project_facts_command(project: Project, http_urls: dict[str, str], http_timeout: float) -> str:
+    """One shell command: compose variant, the project's services, all its containers, HTTP probes."""
+    q = shlex.quote
+    timeout = str(max(1, int(http_timeout)))
+    lines = [
+        f"cd {q(project.directory)} 2>/dev/null || {{ echo '{MARK}error'; "
+        f"echo {q('project directory ' + project.directory + ' does not exist')}; exit 0; }}",
+        "if docker compose version >/dev/null 2>&1; then v=v2; "
+        "elif docker-compose version >/dev/null 2>&1; then v=v1; else v=none; fi",
+        f'echo "{MARK}compose $v"',
+        'e=$(mktemp)',  # stderr apart, as in facts_command
+        "case $v in",
+        f"  v2) svc=$({shlex.join(project.argv('v2', 'config', '--services'))} 2>\"$e\"); src=$?;"
+        f" ids=$({shlex.join(project.argv('v2', 'ps', '-a', '-q'))} 2>>\"$e\"); psrc=$? ;;",
+        f"  v1) svc=$({shlex.join(project.argv('v1', 'config', '--services'))} 2>\"$e\"); src=$?;"
+        f" ids=$({shlex.join(project.argv('v1', 'ps', '-a', '-q'))} 2>>\"$e\"); psrc=$? ;;",
+        "  *) svc= ; src=1; ids= ; psrc=1 ;;",
+        "esac",
+        f'echo "{MARK}services $src"; printf "%s\\n" "$svc"',
+        f'echo "{MARK}ps $psrc"; printf "%s\\n" "$ids"; echo "{MARK}pserr"; head -c 2000 "$e"; rm -f "$e"',
+        f'echo "{MARK}inspect"',
+        'case "$ids" in *[!0-9a-f[:space:]]*) ;; ?*) docker inspect $ids ;; esac',
+    ]
+    for service, url in sorted(http_urls.items()):
+        lines += [
+            "if command -v curl >/dev/null 2>&1; then "
+            f"out=$(curl -fsS -m {timeout} {q(url)} 2>&1); rc=$?; "
+            "elif command -v wget >/dev/null 2>&1; then "
+            f"out=$(wget -q -O- -T {timeout} {q(url)} 2>&1); rc=$?; "
+            "else out='no curl or wget on the host'; rc=127; fi",
+            f'echo "{MARK}http:{service} $rc"; printf "%s\n" "$out" | head -c {HTTP_BODY_LIMIT}',
+        ]
+    return "\n".join(lines)
+
+
+def parse_project_facts(http_urls: dict[str, str], result: CommandResult) -> ProjectFacts:
+    """Pure parser of `project_facts_command` output."""
+    sections = _sections(result.stdout)
+    if "error" in sections:
+        return ProjectFacts("none", (), {}, error=sections["error"][1].strip())
+    variant = sections.get("compose", ("none", ""))[0]
+    if variant == "none":
+        return ProjectFacts(variant, (), {}, error="neither 'docker compose' nor 'docker-compose' works")
+    errors = sections.get("pserr", ("", ""))[1].strip()
+    code, text = sections.get("services", ("1", ""))
+    if code != "0":
+        failed = (errors or text).strip()[-300:]
+        return ProjectFacts(variant, (), {}, error=f"compose config failed: {failed}")
+    services = tuple(line.strip() for line in text.splitlines() if line.strip())
+    ps_code, ps_out = sections.get("ps", ("1", ""))
+    if ps_code != "0":
+        failed = (errors or ps_out).strip()[-300:]
+        return ProjectFacts(variant, services, {}, error=f"compose ps failed: {failed}")
+    inspect_text = sections.get("inspect", ("", ""))[1].strip()
+    if _ids(ps_out) and not inspect_text:
+        return ProjectFacts(variant, services, {}, error="the project's containers could not be inspected")
+    try:
+        containers = [Container.from_inspect(c) for c in json.loads(inspect_text)] if inspect_text else []
+    except (ValueError, TypeError, AttributeError):
+        return ProjectFacts(variant, services, {}, error="docker inspect printed something that is not JSON")
+    facts: dict[str, ServiceFacts] = {}
+    for service in services:
+        url = http_urls.get(service)
+        http_exit = None
+        http_output = ""
+        if url and f"http:{service}" in sections:
+            rc, http_output = sections[f"http:{service}"]
+            http_exit = int(rc) if rc.lstrip("-").isdigit() else 1
+        mine = tuple(c for c in containers if c.service == service)
+        facts[service] = ServiceFacts(service, variant, mine, url, http_exit, http_output.strip())
+    return ProjectFacts(variant, services, facts)
+
+
+def gather_project(
+    remote: Remote, project: Project, http_urls: dict[str, str], timeout: float
+) -> ProjectFacts:
+    result = remote.run(project_facts_command(project, http_urls, timeout), timeout=timeout * 2 + 30)
+    if result.exit_code != 0:
+        raise HostError(f"gathering facts failed (exit {result.exit_code}): {result.tail()}", result)
+    return parse_project_facts(http_urls, result)
+
+
+def health_urls(host: Host, api_service: str | None = None) -> dict[str, str]:
+    """Service -> HTTP health URL: the `health_urls` mapping, plus `api_health_url` for the api."""
+    urls = {str(k): str(v) for k, v in (host.get("health_urls") or {}).items() if v}
+    api = api_service or host.get("api_service")
+    if api and host.get("api_health_url"):
+        urls.setdefault(str(api), str(host.get("api_health_url")))
+    return urls

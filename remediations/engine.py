@@ -94,7 +94,9 @@ class HostContext:
         redactor: Redactor,
         result: HostResult,
         arguments: Mapping[str, Any],
+        task: str = "",
     ) -> None:
+        self.task = task
         self.host = host
         self.remote = remote
         self.options = options
@@ -197,7 +199,7 @@ class Engine:
         self.actor = actor or Actor.current()
         self.listener = listener
         self.connect = connect
-        self.global_vars = _common_vars(inventory)
+        self.global_vars = run_wide_vars(inventory)
         self.redactor = Redactor(secret_names=self.global_vars.get("secret_vars") or ())
         for host in inventory.hosts.values():
             self.redactor.learn(host.vars)
@@ -209,6 +211,8 @@ class Engine:
         arguments = {**remediation.arguments(), **_option_arguments(self.options)}
         for host in hosts:
             remediation.validate(host)
+            if not host.is_local:
+                host.ssh_options  # noqa: B018 - raises UsageError for options that are bad input
         run = RunResult(remediation.task, self.options.check)
         serial = self.options.serial or (None if self.options.check else remediation.default_serial)
         batches = _batches(list(hosts), serial)
@@ -252,7 +256,9 @@ class Engine:
             try:
                 with timed() as connecting:
                     remote = self.connect(host, self.options.connect_timeout)
-                ctx = HostContext(host, remote, self.options, self.redactor, result, arguments)
+                ctx = HostContext(
+                    host, remote, self.options, self.redactor, result, arguments, remediation.task
+                )
                 if remediation.changes_hosts and not self.options.check:
                     with HostLock(
                         remote,
@@ -300,7 +306,7 @@ class Engine:
         )
 
 
-def _common_vars(inventory: Inventory) -> dict[str, Any]:
+def run_wide_vars(inventory: Inventory) -> dict[str, Any]:
     """Vars every host shares (in practice, `all` vars): where run-wide settings live."""
     hosts = list(inventory.hosts.values())
     if not hosts:
@@ -333,3 +339,6 @@ def poll(until: Callable[[], bool], timeout: float, interval: float = 1.0) -> bo
         if time.monotonic() + interval > deadline:
             return False
         time.sleep(interval)
+
+
+_common_vars = run_wide_vars  # the earlier name, kept for modules not yet moved over
