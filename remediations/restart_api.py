@@ -11,9 +11,11 @@ verify  the containers started anew and are healthy, or fail with the last healt
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
+from remediations import images
 from remediations.compose import Project, ServiceFacts, compose_run, container_logs, gather
 from remediations.engine import HostContext, Remediation
 from remediations.inventory import Host
@@ -89,64 +91,85 @@ class RestartApi(Remediation):
             ctx.record("decide", Status.CHANGED, f"would {plan.action} {service} ({plan.reason})")
             return
 
-        def wait(after: ServiceFacts) -> tuple[ServiceFacts, float]:
-            start = time.monotonic()
-            current = after
-            while time.monotonic() - start < timeout:
-                current = facts()
-                if current.restarted_since(after) and current.healthy:
-                    break
-                time.sleep(POLL_INTERVAL)
-            return current, time.monotonic() - start
+        recover(ctx, project, service, before, plan.action, facts, timeout, stop_timeout)
 
-        if plan.action == "restart":
-            with ctx.step("restart") as step:
-                compose_run(
-                    ctx.remote,
-                    project,
-                    before.variant,
-                    f"compose restart {service}",
-                    "restart",
-                    "-t",
-                    str(stop_timeout),
-                    service,
-                    timeout=stop_timeout + 120,
-                )
-                current, waited = wait(before)
-                ok, why = current.verdict()
-                if ok and current.restarted_since(before):
-                    step.done(Status.CHANGED, f"restarted {service}; healthy after {waited:.1f}s ({why})")
-                    return
-                step.done(
-                    Status.CHANGED,
-                    f"restarted {service}; still unhealthy after {waited:.0f}s "
-                    f"({why}); escalating to recreate",
-                )
-            before = current
-        with ctx.step("recreate") as step:
-            compose_run(
-                ctx.remote,
-                project,
-                before.variant,
-                f"compose up --force-recreate {service}",
-                "up",
-                "-d",
-                "--force-recreate",
-                "--no-deps",
-                "-t",
-                str(stop_timeout),
-                service,
-                timeout=stop_timeout + 300,
-            )
+
+def recover(
+    ctx: HostContext,
+    project: Project,
+    service: str,
+    before: ServiceFacts,
+    action: str,
+    facts: Callable[[], ServiceFacts],
+    timeout: float,
+    stop_timeout: int,
+    step_prefix: str = "",
+) -> bool:
+    """Bring a service back: `restart` (escalating once to a recreate), `recreate`, or `start`
+    (`up -d` of a missing or stopped container). Records its steps; True when healthy at the end.
+
+    Every container replacement is written to the host's image record (see `images`), so that
+    rollback knows what ran before.
+    """
+
+    def wait(after: ServiceFacts) -> tuple[ServiceFacts, float]:
+        start = time.monotonic()
+        current = after
+        while time.monotonic() - start < timeout:
+            current = facts()
+            if current.restarted_since(after) and current.healthy:
+                break
+            time.sleep(POLL_INTERVAL)
+        return current, time.monotonic() - start
+
+    if action == "restart":
+        with ctx.step(f"{step_prefix}restart") as step:
+            compose_run(ctx.remote, project, before.variant, f"compose restart {service}",
+                        "restart", "-t", str(stop_timeout), service, timeout=stop_timeout + 120)  # fmt: skip
             current, waited = wait(before)
             ok, why = current.verdict()
             if ok and current.restarted_since(before):
-                step.done(Status.CHANGED, f"recreated {service}; healthy after {waited:.1f}s ({why})")
-                return
-            logs = container_logs(ctx.remote, current.containers)
+                step.done(Status.CHANGED, f"restarted {service}; healthy after {waited:.1f}s ({why})")
+                return True
             step.done(
-                Status.FAILED,
-                f"{service} still unhealthy after "
-                f"{'restart and ' if plan.action == 'restart' else ''}recreate "
-                f"({waited:.0f}s): {why}" + (f"; last logs: {logs}" if logs else ""),
+                Status.CHANGED,
+                f"restarted {service}; still unhealthy after {waited:.0f}s ({why}); escalating to recreate",
             )
+        before = current
+    step_name = "start" if action == "start" else "recreate"
+    if action == "start":
+        verb, args = "started", ["up", "-d", "--no-deps", service]
+    else:
+        verb = "recreated"
+        args = ["up", "-d", "--force-recreate", "--no-deps", "-t", str(stop_timeout), service]
+    with ctx.step(f"{step_prefix}{step_name}") as step:
+        compose_run(ctx.remote, project, before.variant, f"compose {' '.join(args[:-1])} {service}", *args,
+                    timeout=stop_timeout + 300)  # fmt: skip
+        current, waited = wait(before)
+        note_replacement(ctx, project, service, before, current)
+        ok, why = current.verdict()
+        if ok and current.restarted_since(before):
+            step.done(Status.CHANGED, f"{verb} {service}; healthy after {waited:.1f}s ({why})")
+            return True
+        logs = container_logs(ctx.remote, current.containers)
+        tried = {"restart": "restart and recreate", "recreate": "recreate", "start": "start"}[action]
+        step.done(
+            Status.FAILED,
+            f"{service} still unhealthy after {tried} ({waited:.0f}s): {why}"
+            + (f"; last logs: {logs}" if logs else ""),
+        )
+        return False
+
+
+def note_replacement(
+    ctx: HostContext, project: Project, service: str, before: ServiceFacts, after: ServiceFacts
+) -> None:
+    """Record which image the service ran before its container was replaced (for rollback)."""
+    old = {c.name: c for c in before.containers}
+    for container in after.containers:
+        previous = old.get(container.name) or (before.containers[0] if before.containers else None)
+        if previous is None or previous.id == container.id:
+            continue  # a new service, or the same container (restarted, not replaced)
+        images.record(ctx.remote, ctx.host, project.name, service, ctx.task,
+                      previous.image_id, container.image_id, container.image_ref)  # fmt: skip
+        return

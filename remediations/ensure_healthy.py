@@ -1,0 +1,106 @@
+"""ensure-healthy: every service of the compose project (or the named ones) running and healthy.
+
+facts   the project's services (`compose config --services`) and all its containers (docker inspect),
+        plus each configured HTTP health URL, in one round trip;
+decide  per service: healthy or still starting → left alone; missing, exited or created → start
+        (`up -d --no-deps`); running but unhealthy → restart, escalating once to a recreate;
+apply   one service at a time, each waited on until healthy;
+verify  each acted-on service is healthy afterwards, or its step fails with the last health output
+        and log lines. The other services are still seen to.
+
+Cron-safe: a healthy service is never touched, so running it every few minutes is harmless.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+from remediations.compose import Project, ServiceFacts, gather_project, health_urls
+from remediations.engine import HostContext, Remediation
+from remediations.errors import HostError, UsageError
+from remediations.inventory import Host
+from remediations.restart_api import DEFAULT_HEALTH_TIMEOUT, DEFAULT_STOP_TIMEOUT, recover
+from remediations.results import Status
+
+STOPPED = ("exited", "created", "dead")
+
+
+@dataclass(frozen=True)
+class ServicePlan:
+    service: str
+    action: str  # "none" | "start" | "restart"
+    reason: str
+
+
+def decide(facts: ServiceFacts) -> ServicePlan:
+    """Pure: what to do about one service, and why."""
+    name = facts.service
+    healthy, why = facts.verdict()
+    if healthy:
+        return ServicePlan(name, "none", f"{name} is healthy ({why})")
+    if not facts.containers:
+        return ServicePlan(name, "start", f"{name} has no container")
+    stopped = [c for c in facts.containers if c.state in STOPPED]
+    if stopped:
+        return ServicePlan(name, "start", f"container {stopped[0].name} is {stopped[0].state}")
+    if any(c.health == "starting" for c in facts.containers) and all(
+        c.state == "running" and c.health in ("starting", "healthy") for c in facts.containers
+    ):
+        return ServicePlan(name, "none", f"{name} is still starting; left alone")
+    return ServicePlan(name, "restart", why)
+
+
+class EnsureHealthy(Remediation):
+    task: ClassVar[str] = "ensure-healthy"
+    required_vars: ClassVar[tuple[str, ...]] = ("compose_project_dir",)
+
+    def __init__(self, services: Sequence[str] = ()) -> None:
+        for name in services:
+            if not name or not all(ch.isalnum() or ch in "._-" for ch in name):
+                raise UsageError(f"--service {name!r}: not a compose service name")
+        self.services = list(dict.fromkeys(services))
+
+    def validate(self, host: Host) -> None:
+        super().validate(host)
+        Project.from_host(host)
+
+    def run(self, ctx: HostContext) -> None:
+        project = Project.from_host(ctx.host)
+        urls = health_urls(ctx.host)
+        timeout = float(ctx.var("health_timeout", DEFAULT_HEALTH_TIMEOUT))
+        stop_timeout = int(ctx.var("stop_timeout", DEFAULT_STOP_TIMEOUT))
+        probe = min(timeout, 10.0)
+
+        with ctx.step("facts") as step:
+            pf = gather_project(ctx.remote, project, urls, probe)
+            if pf.error:
+                raise HostError(pf.error)
+            unknown = pf.unknown(self.services)
+            if unknown:
+                names = ", ".join(map(repr, unknown))
+                raise HostError(f"unknown service {names}: the project has {', '.join(pf.services)}")
+            wanted = self.services or list(pf.services)
+            plans = [decide(pf.facts[s]) for s in wanted]
+            bad = [p.service for p in plans if p.action != "none"]
+            step.done(
+                Status.OK,
+                f"{len(wanted) - len(bad)} of {len(wanted)} service(s) healthy"
+                + (f"; not healthy: {', '.join(bad)}" if bad else ""),
+                services={p.service: p.action for p in plans},
+            )
+        for plan in plans:
+            if plan.action == "none":
+                ctx.record(plan.service, Status.OK, plan.reason)
+            elif ctx.check:
+                would = f"would {plan.action} {plan.service} ({plan.reason})"
+                ctx.record(plan.service, Status.CHANGED, would)
+            else:
+                service = plan.service
+
+                def facts(service: str = service) -> ServiceFacts:
+                    return gather_project(ctx.remote, project, urls, probe).facts[service]
+
+                recover(ctx, project, service, pf.facts[service], plan.action, facts, timeout, stop_timeout,
+                        step_prefix=f"{service}: ")  # fmt: skip

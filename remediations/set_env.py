@@ -1,0 +1,260 @@
+"""set-env: set or unset variables in the env file compose reads for a service, then recreate it.
+
+The non-Kubernetes form of `kubectl set env` (MAINTENANCE_MODE, READ_ONLY_MODE, RATE_LIMIT_MODE):
+
+facts   the project's services and containers; the service's `env_file` (from the compose files, or
+        the `env_files` var); that file's text, owner and mode; the env the container runs with;
+decide  nothing when the file and the running container already agree with the request; a recreate
+        alone when the file has it but the container still runs the old env (an interrupted run);
+apply   a dated backup (`cp -p`), the new file written to a temp file and renamed over the old one
+        (same owner and mode; 0600 for a new file; the content goes over stdin, never a command
+        line), `up -d --force-recreate --no-deps SERVICE`, wait until healthy;
+verify  the container runs with the new values. If it does not become healthy, the backup is put
+        back and the service recreated again, and the host fails saying so.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import posixpath
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import yaml
+
+from remediations import envfile
+from remediations.compose import MARK, Project, ServiceFacts, _sections, gather_project, health_urls
+from remediations.connection import Remote, must
+from remediations.engine import HostContext, Remediation
+from remediations.errors import HostError
+from remediations.inventory import Host
+from remediations.restart_api import DEFAULT_HEALTH_TIMEOUT, DEFAULT_STOP_TIMEOUT, recover
+from remediations.results import Status
+
+
+@dataclass(frozen=True)
+class EnvFileFacts:
+    path: str  # absolute
+    exists: bool
+    text: str
+    owner: str  # "uid:gid"
+    mode: str  # octal, such as "600"
+
+
+def env_file_of(service: str, compose_texts: Sequence[str], project_dir: str) -> list[str]:
+    """Pure: the env files compose reads for `service`, absolute, in order (later ones win)."""
+    files: list[str] = []
+    for text in compose_texts:
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError:
+            continue
+        body = ((data.get("services") or {}) if isinstance(data, dict) else {}).get(service) or {}
+        entry = body.get("env_file") if isinstance(body, dict) else None
+        if entry is None:
+            continue
+        entries = entry if isinstance(entry, list) else [entry]
+        found = []
+        for item in entries:
+            path = item.get("path") if isinstance(item, dict) else item
+            if path:
+                found.append(posixpath.normpath(posixpath.join(project_dir, str(path))))
+        files = found  # a later compose file replaces the list, as compose merges env_file
+    return files
+
+
+def services_reading(path: str, compose_texts: Sequence[str], project_dir: str) -> list[str]:
+    """Pure: every service whose env files include `path`."""
+    names: set[str] = set()
+    for text in compose_texts:
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError:
+            continue
+        names.update((data.get("services") or {}) if isinstance(data, dict) else {})
+    return sorted(n for n in names if path in env_file_of(n, compose_texts, project_dir))
+
+
+def _read_files_command(paths: Sequence[str]) -> str:
+    parts = []
+    for i, path in enumerate(paths):
+        q = shlex.quote(path)
+        parts.append(
+            f"if [ -f {q} ]; then echo '{MARK}file{i} '$(stat -c '%u:%g:%a' {q}); cat {q}; "
+            f"else echo '{MARK}file{i} missing'; fi"
+        )
+    return "\n".join(parts)
+
+
+def read_files(remote: Remote, paths: Sequence[str]) -> list[EnvFileFacts]:
+    result = must(remote.run(_read_files_command(paths), timeout=30), "reading files")
+    sections = _sections(result.stdout)
+    out = []
+    for i, path in enumerate(paths):
+        head, body = sections.get(f"file{i}", ("missing", ""))
+        if head == "missing":
+            out.append(EnvFileFacts(path, False, "", "", ""))
+        else:
+            uid, gid, mode = [*head.split(":"), "", "", ""][:3]
+            out.append(EnvFileFacts(path, True, body + ("\n" if body else ""), f"{uid}:{gid}", mode))
+    return out
+
+
+def container_env(remote: Remote, facts: ServiceFacts) -> dict[str, str]:
+    """The env of the service's first container (secret values are parsed here, never printed)."""
+    if not facts.containers:
+        return {}
+    cid = facts.containers[0].id
+    command = shlex.join(["docker", "inspect", "--format", "{{json .Config.Env}}", cid])
+    result = remote.run(command, timeout=30)
+    if result.exit_code != 0:
+        return {}
+    try:
+        items = json.loads(result.stdout)
+    except ValueError:
+        return {}
+    return dict(item.split("=", 1) for item in items if "=" in item)
+
+
+def write_file_command(path: str, owner: str, mode: str, backup: str | None) -> str:
+    """Shell text: back up (same owner and mode), then write stdin to a temp file and rename it."""
+    q = shlex.quote
+    tmp = f"{path}.remediations-tmp"
+    steps = ["set -e", "umask 077"]
+    if backup:
+        steps.append(f"cp -p {q(path)} {q(backup)}")
+    steps.append(f"cat > {q(tmp)}")
+    if owner:
+        steps += [f"chown {q(owner)} {q(tmp)}", f"chmod {q(mode)} {q(tmp)}"]
+    else:
+        steps.append(f"chmod 600 {q(tmp)}")
+    steps += [f"sync {q(tmp)} 2>/dev/null || true", f"mv -f {q(tmp)} {q(path)}"]
+    return "\n".join(steps)
+
+
+def backup_name(path: str, now: dt.datetime | None = None) -> str:
+    stamp = (now or dt.datetime.now(dt.UTC)).strftime("%Y%m%dT%H%M%SZ")
+    return f"{path}.{stamp}.bak"
+
+
+class SetEnv(Remediation):
+    task: ClassVar[str] = "set-env"
+    required_vars: ClassVar[tuple[str, ...]] = ("compose_project_dir",)
+
+    def __init__(self, service: str, assignments: Sequence[str] = (), unset: Sequence[str] = ()) -> None:
+        self.service = service
+        self.values, self.unset = envfile.parse_assignments(assignments, unset)
+
+    def arguments(self) -> dict[str, Any]:
+        # Values are shown as NAME=VALUE so the redactor masks the secret-looking ones.
+        return {"service": self.service, "set": [f"{k}={v}" for k, v in self.values.items()],
+                "unset": list(self.unset)}  # fmt: skip
+
+    def validate(self, host: Host) -> None:
+        super().validate(host)
+        Project.from_host(host)
+
+    def run(self, ctx: HostContext) -> None:
+        project = Project.from_host(ctx.host)
+        service = self.service
+        urls = {k: v for k, v in health_urls(ctx.host).items() if k == service}
+        timeout = float(ctx.var("health_timeout", DEFAULT_HEALTH_TIMEOUT))
+        stop_timeout = int(ctx.var("stop_timeout", DEFAULT_STOP_TIMEOUT))
+        probe = min(timeout, 10.0)
+        secret_names = list(ctx.var("secret_vars") or [])
+        for name, value in self.values.items():
+            if ctx.redactor.is_secret(name) or name in secret_names:
+                ctx.redactor.add_value(value)
+
+        def facts() -> ServiceFacts:
+            return gather_project(ctx.remote, project, urls, probe).facts[service]
+
+        with ctx.step("facts") as step:
+            pf = gather_project(ctx.remote, project, urls, probe)
+            if pf.error:
+                raise HostError(pf.error)
+            if service not in pf.services:
+                raise HostError(f"unknown service {service!r}: the project has {', '.join(pf.services)}")
+            compose_paths = [posixpath.join(project.directory, f) for f in project.files]
+            compose_texts = [f.text for f in read_files(ctx.remote, compose_paths)]
+            explicit = (ctx.var("env_files") or {}).get(service)
+            paths = (
+                [posixpath.join(project.directory, str(explicit))]
+                if explicit
+                else env_file_of(service, compose_texts, project.directory)
+            )
+            if not paths:
+                raise HostError(
+                    f"{service} reads no env_file: add `env_file: .env` to it in the compose file, "
+                    "or set the env_files var"
+                )
+            files = read_files(ctx.remote, paths)
+            # The file that sets a name wins over earlier ones; new names go to the last file.
+            target = next((f for f in reversed(files) if set(envfile.parse(f.text)) & {*self.values,
+                           *self.unset}), files[-1])  # fmt: skip
+            for name, value in envfile.parse(target.text).items():
+                if ctx.redactor.is_secret(name) or name in secret_names:
+                    ctx.redactor.add_value(value)
+            before = pf.facts[service]
+            running = container_env(ctx.remote, before)
+            new_text, changes = envfile.edit(target.text, self.values, self.unset)
+            stale = [n for n, v in self.values.items() if before.containers and running.get(n) != v]
+            readers = services_reading(target.path, compose_texts, project.directory)
+            sharing = [s for s in readers if s != service]
+            step.done(Status.OK, f"{service} reads {target.path}"
+                      + (f" (also read by {', '.join(sharing)})" if sharing else ""),
+                      env_file=target.path, services_sharing=sharing)  # fmt: skip
+
+        summary = envfile.describe(changes, secret_names)
+        diff = envfile.masked_diff(target.path, target.text, new_text, secret_names) if changes else ""
+        if not changes and not stale:
+            ctx.record("decide", Status.OK, f"{target.path} already has it and {service} runs with it")
+            return
+        if not changes:
+            plan = f"{target.path} already has it, but {service} still runs the old value(s) of " \
+                   f"{', '.join(sorted(set(stale)))}: recreate {service}"  # fmt: skip
+        else:
+            plan = f"{summary} in {target.path}; recreate {service}"
+        if sharing and changes:
+            plan += f" ({', '.join(sharing)} also read(s) this file and keep the old values until recreated)"
+        if ctx.check:
+            ctx.record("decide", Status.CHANGED, f"would set {plan}", diff=diff)
+            return
+
+        backup = None
+        if changes:
+            with ctx.step("write") as step:
+                backup = backup_name(target.path) if target.exists else None
+                owner, mode = (target.owner, target.mode) if target.exists else ("", "600")
+                command = write_file_command(target.path, owner, mode, backup)
+                must(ctx.remote.run(command, stdin=new_text.encode(), timeout=30), f"writing {target.path}")
+                step.done(Status.CHANGED, f"{summary} in {target.path}"
+                          + (f"; backup {backup}" if backup else " (new file, mode 0600)"),
+                          diff=diff, backup=backup)  # fmt: skip
+        healthy = recover(ctx, project, service, before, "recreate", facts, timeout, stop_timeout)
+        if healthy:
+            now = container_env(ctx.remote, facts())
+            wrong = [n for n, v in self.values.items() if now.get(n) != v]
+            with ctx.step("verify") as step:
+                if wrong:
+                    step.done(Status.FAILED, f"{service} was recreated but does not run with "
+                              f"{', '.join(wrong)} as set (is it overridden by `environment:`?)")  # fmt: skip
+                else:
+                    done = f"{summary} in {target.path}" if changes else f"{target.path} unchanged"
+                    kept = f" (backup {backup})" if backup else ""
+                    step.done(Status.CHANGED, f"{done}{kept}; {service} recreated, healthy, runs with it")
+            return
+        if backup is None:
+            return  # nothing of ours to undo: the recreate step says why it failed
+        with ctx.step("rollback") as step:
+            restore = f"cp -p {shlex.quote(backup)} {shlex.quote(target.path)}"
+            must(ctx.remote.run(restore, timeout=30), f"restoring {target.path}")
+            back = recover(ctx, project, service, facts(), "recreate", facts, timeout, stop_timeout)
+            step.done(
+                Status.FAILED,
+                f"{service} was unhealthy with the change; {target.path} restored from {backup} and "
+                + ("the service is healthy again" if back else "the service is STILL unhealthy"),
+            )
