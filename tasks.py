@@ -36,7 +36,9 @@ COMMON_PARAMS = [
 COMMON_NAMES = {p.name for p in COMMON_PARAMS}
 
 
-def remediation_task(help: dict[str, str] | None = None) -> Callable[[Callable[..., Any]], Any]:
+def remediation_task(
+    help: dict[str, str] | None = None, iterable: list[str] | None = None
+) -> Callable[[Callable[..., Any]], Any]:
     """An Invoke task whose body receives `Flags` plus its own arguments; exits with the run's code."""
 
     def decorate(body: Callable[..., Any]) -> Any:
@@ -54,7 +56,7 @@ def remediation_task(help: dict[str, str] | None = None) -> Callable[[Callable[.
         )
         wrapper.__name__ = body.__name__
         wrapper.__doc__ = body.__doc__
-        return task(help={**COMMON_HELP, **(help or {})})(wrapper)
+        return task(help={**COMMON_HELP, **(help or {})}, iterable=iterable or [])(wrapper)
 
     return decorate
 
@@ -123,3 +125,522 @@ lab_ns.add_task(lab_status, "status")
 
 ns = Collection(restart_api)
 ns.add_collection(lab_ns)
+
+
+# Firewall (issue 6): block-ip, unblock-ip, unblock-expired, list-blocks.
+
+FIREWALL_TARGET_HELP = {
+    "ip": "source to block: an IPv4/IPv6 address or CIDR range (host bits set in a range are refused)",
+    "port": "only traffic to this port (1-65535); default: every port",
+    "proto": "tcp or udp; default: both (with --port) or every protocol",
+}
+
+
+@remediation_task(
+    help={
+        **FIREWALL_TARGET_HELP,
+        "ttl": "lift the block after this long (90s, 30m, 24h, 7d, 1h30m) with unblock-expired; "
+        "default: no expiry",
+        "comment": "why, recorded on the host and shown by list-blocks (no quotes or backslashes)",
+        "enable": "if ufw is inactive, allow the SSH port the controller is connected on, then enable "
+        "ufw (without it an inactive ufw fails the host)",
+    }
+)
+def block_ip(
+    c: Context,
+    flags: Flags,
+    ip: str | None = None,
+    port: str | None = None,
+    proto: str | None = None,
+    ttl: str | None = None,
+    comment: str | None = None,
+    enable: bool = False,
+) -> int:
+    """Block a source address or range: a ufw deny above the allow rules, and a DROP in DOCKER-USER.
+
+    Docker-published ports bypass ufw, so where the host runs Docker the block is mirrored into the
+    DOCKER-USER chain (IPv4, and IPv6 when Docker has that chain). Already blocked: ok. Refused with
+    nothing changed: a range containing the controller's address (as the host sees it) or
+    overlapping the firewall_allowlist inventory var; an inactive ufw unless --enable. The block,
+    its comment and expiry are recorded on the host (firewall_state_dir, default
+    /var/lib/remediations). Runs under the host lock.
+    """
+    from remediations.firewall import BlockIp
+
+    code, _ = execute(
+        lambda: BlockIp(ip, port, proto, ttl, comment, enable),
+        flags,
+        task="block-ip",
+        arguments={"ip": ip, "port": port, "proto": proto, "ttl": ttl, "comment": comment, "enable": enable},
+    )
+    return code
+
+
+@remediation_task(help=FIREWALL_TARGET_HELP)
+def unblock_ip(
+    c: Context, flags: Flags, ip: str | None = None, port: str | None = None, proto: str | None = None
+) -> int:
+    """Lift a block in every layer (ufw, DOCKER-USER) and remove its record; not blocked: ok.
+
+    Without --port/--proto every block of that exact address or range is lifted, whatever port or
+    protocol it was narrowed to.
+    """
+    from remediations.firewall import UnblockIp
+
+    code, _ = execute(
+        lambda: UnblockIp(ip, port, proto),
+        flags,
+        task="unblock-ip",
+        arguments={"ip": ip, "port": port, "proto": proto},
+    )
+    return code
+
+
+@remediation_task()
+def unblock_expired(c: Context, flags: Flags) -> int:
+    """Lift every block whose --ttl has passed (by the host's clock); nothing expired: ok. Cron-safe."""
+    from remediations.firewall import UnblockExpired
+
+    code, _ = execute(UnblockExpired, flags, task="unblock-expired")
+    return code
+
+
+@remediation_task()
+def list_blocks(c: Context, flags: Flags) -> int:
+    """Show each recorded block: the layers that hold it (ufw, DOCKER-USER), its expiry and comment."""
+    from remediations.firewall import ListBlocks, listing
+
+    code, run = execute(ListBlocks, flags, task="list-blocks")
+    if run is not None and not flags.json:
+        print(listing(run.hosts))
+    return code
+
+
+ns.add_task(block_ip)
+ns.add_task(unblock_ip)
+ns.add_task(unblock_expired)
+ns.add_task(list_blocks)
+
+
+# S3 version restore (issue 4): restore-s3-object, restore-s3-prefix, s3-bucket-check.
+# They run on the controller: without --host the target is `s3:BUCKET` (local, the inventory's shared
+# vars); --check implies --diff, so the plan lists every key.
+
+S3_HELP = {
+    "bucket": "the bucket (required)",
+    "tier": "retrieval tier for archived (GLACIER, DEEP_ARCHIVE) versions: Expedited, Standard, Bulk "
+    "(default Standard)",
+    "restore-days": "days a retrieved archived version stays readable (default 7)",
+    "workers": "copies in flight at once (default 16); the HTTP connection pool is at least as large",
+    "host": "optional: an inventory host with ansible_connection: local whose vars (s3_endpoint_url, "
+    "s3_region, aws_profile) to use; default: the inventory's shared vars",
+}
+
+
+def _s3_flags(flags: Flags) -> Flags:
+    import dataclasses
+
+    return dataclasses.replace(flags, diff=flags.diff or flags.check)
+
+
+@remediation_task(
+    help={
+        **S3_HELP,
+        "key": "the object's key (required)",
+        "version-id": "make this version the current one",
+        "at": "make current the version that was current at this time: ISO 8601 with a timezone "
+        "(2024-05-01T09:30:00Z) or relative ('2h ago', '1d ago')",
+        "undelete": "if the current version is a delete marker, remove it (and any stacked on it) so the "
+        "previous version shows again",
+    }
+)
+def restore_s3_object(
+    c: Context,
+    flags: Flags,
+    bucket: str | None = None,
+    key: str | None = None,
+    version_id: str | None = None,
+    at: str | None = None,
+    undelete: bool = False,
+    tier: str = "Standard",
+    restore_days: int = 7,
+    workers: int = 16,
+) -> int:
+    """Restore one S3 object to an earlier version: give exactly one of --version-id, --at, --undelete.
+
+    The chosen version is copied over the key as a new current version (history is kept; no data
+    version is deleted), with its content type, metadata and tags; parts are copied along the
+    source's own part boundaries for multipart objects and objects over 5 GiB. Already holding that
+    content: ok, no new version. An archived version gets a retrieval started (pending); run again to
+    copy it once readable. Refused when bucket versioning is not Enabled. Endpoint: AWS_ENDPOINT_URL,
+    else the s3_endpoint_url inventory var; credentials: the standard AWS chain.
+    """
+    from remediations.s3restore import RestoreObject, Tuning, controller_targets
+
+    code, _ = execute(
+        lambda: RestoreObject(
+            bucket, key, version_id=version_id, at=at, undelete=undelete,
+            tuning=Tuning(workers=int(workers), tier=tier, restore_days=int(restore_days)),
+        ),
+        _s3_flags(flags),
+        task="restore-s3-object",
+        arguments={"bucket": bucket, "key": key, "version_id": version_id, "at": at, "undelete": undelete},
+        targets=controller_targets(bucket),
+    )
+    return code
+
+
+@remediation_task(
+    help={
+        **S3_HELP,
+        "prefix": "restore every key under this prefix (required; '' for the whole bucket)",
+        "at": "the time to restore to: ISO 8601 with a timezone or relative ('2h ago') (required)",
+        "to-bucket": "write the restored keys into this bucket instead (versioning must be Enabled)",
+        "to-prefix": "write the restored keys under this prefix instead of --prefix",
+        "delete-new": "hide keys created after --at behind a delete marker (reversible with "
+        "restore-s3-object --undelete); default: leave them and list them",
+    }
+)
+def restore_s3_prefix(
+    c: Context,
+    flags: Flags,
+    bucket: str | None = None,
+    prefix: str | None = None,
+    at: str | None = None,
+    to_bucket: str | None = None,
+    to_prefix: str | None = None,
+    delete_new: bool = False,
+    tier: str = "Standard",
+    restore_days: int = 7,
+    workers: int = 16,
+) -> int:
+    """Restore every key under a prefix to its state at a time.
+
+    Overwritten keys get their version of that time back and deleted keys come back (copies: history
+    is kept); keys created later are left alone and listed (--delete-new hides them). Copies run in a
+    bounded pool, throttling and 5xx are retried with backoff (at most 5 attempts per request), and a
+    progress line shows on a terminal. --check lists every key and what would happen to it. A second
+    run finds nothing to do.
+    """
+    from remediations.s3restore import RestorePrefix, Tuning, controller_targets
+
+    code, _ = execute(
+        lambda: RestorePrefix(
+            bucket, prefix, at, to_bucket=to_bucket, to_prefix=to_prefix, delete_new=delete_new,
+            tuning=Tuning(workers=int(workers), tier=tier, restore_days=int(restore_days)),
+        ),
+        _s3_flags(flags),
+        task="restore-s3-prefix",
+        arguments={"bucket": bucket, "prefix": prefix, "at": at, "to_bucket": to_bucket,
+                   "to_prefix": to_prefix, "delete_new": delete_new},
+        targets=controller_targets(bucket),
+    )
+    return code
+
+
+@remediation_task(
+    help={
+        "bucket": S3_HELP["bucket"],
+        "host": S3_HELP["host"],
+        "retention-days": "noncurrent versions must be kept at least this long (default: the "
+        "s3_noncurrent_retention_days inventory var, else 30)",
+    }
+)
+def s3_bucket_check(c: Context, flags: Flags, bucket: str | None = None, retention_days: int | None = None
+                    ) -> int:
+    """Report whether a bucket keeps what a restore needs; changes nothing.
+
+    Checks that versioning is Enabled and that no enabled lifecycle rule expires noncurrent versions
+    sooner than the retention. Each finding fails its step (exit code 1), so cron can alert on it.
+    """
+    from remediations.s3restore import BucketCheck, controller_targets
+
+    code, _ = execute(
+        lambda: BucketCheck(bucket, int(retention_days) if retention_days is not None else None),
+        flags,
+        task="s3-bucket-check",
+        arguments={"bucket": bucket, "retention_days": retention_days},
+        targets=controller_targets(bucket),
+    )
+    return code
+
+
+ns.add_task(restore_s3_object)
+ns.add_task(restore_s3_prefix)
+ns.add_task(s3_bucket_check)
+
+
+# ---------------------------------------------------------------- compose services (ensure, env, rollback)
+
+
+@remediation_task(
+    help={"service": "only this service (repeatable; default: every service of the project)"},
+    iterable=["service"],
+)
+def ensure_healthy(c: Context, flags: Flags, service: list[str] | None = None) -> int:
+    """Start missing or exited services, restart (then recreate) unhealthy ones; leave healthy ones alone.
+
+    Cron-safe: a healthy service is never touched.
+    """
+    from remediations.ensure_healthy import EnsureHealthy
+
+    services = list(service or [])
+    code, _ = execute(lambda: EnsureHealthy(services), flags, task="ensure-healthy",
+                      arguments={"service": services})  # fmt: skip
+    return code
+
+
+@remediation_task(
+    help={
+        "service": "the compose service whose env file is edited and which is recreated",
+        "set": "NAME=VALUE to set (repeatable)",
+        "unset": "NAME to remove (repeatable)",
+    },
+    iterable=["set", "unset"],
+)
+def set_env(
+    c: Context, flags: Flags, service: str | None = None, set: list[str] | None = None,
+    unset: list[str] | None = None,
+) -> int:  # fmt: skip
+    """Set or unset variables in the service's env file (backup kept), recreate it, wait until healthy.
+
+    Example: inv set-env --host prod --service api --set MAINTENANCE_MODE=1
+    Already set: ok, nothing recreated. Unhealthy afterwards: the backup is restored.
+    """
+    from remediations.errors import UsageError
+    from remediations.set_env import SetEnv
+
+    def make() -> SetEnv:
+        if not service:
+            raise UsageError("--service is required: the compose service whose env to change")
+        return SetEnv(service, list(set or []), list(unset or []))
+
+    names = [item.split("=", 1)[0] + "=…" for item in (set or [])]
+    code, _ = execute(make, flags, task="set-env",
+                      arguments={"service": service, "set": names, "unset": list(unset or [])})  # fmt: skip
+    return code
+
+
+@remediation_task(help={"service": "the compose service to put back on its previous image"})
+def rollback(c: Context, flags: Flags, service: str | None = None) -> int:
+    """Put a service back on the image it ran before the last change a remediation made."""
+    from remediations.errors import UsageError
+    from remediations.rollback import Rollback
+
+    def make() -> Rollback:
+        if not service:
+            raise UsageError("--service is required: the compose service to roll back")
+        return Rollback(service)
+
+    code, _ = execute(make, flags, task="rollback", arguments={"service": service})
+    return code
+
+
+ns.add_task(ensure_healthy)
+ns.add_task(set_env)
+ns.add_task(rollback)
+
+
+# --- Docker space, disk-full runbook, daily health check -----------------------------------------
+
+PRUNE_HELP = {
+    "older-than": "only objects created before this long ago: 168h (default), 30m, 7d, 0s",
+    "all": "remove every unused image, not only dangling ones (and all unused build cache)",
+    "volumes": "also remove volumes no container uses (their data is gone for good; listed in the result)",
+}
+
+
+@remediation_task(
+    help={
+        **PRUNE_HELP,
+        "if-disk-above": "do nothing unless the filesystem holding Docker's data is fuller than PCT (0-100)",
+    }
+)
+def prune(
+    c: Context, flags: Flags, older_than: str = "168h", all: bool = False, volumes: bool = False,
+    if_disk_above: str | None = None,
+) -> int:  # fmt: skip
+    """Reclaim Docker space: stopped containers, dangling (--all: unused) images, networks, build cache.
+
+    Only objects older than --older-than; volumes never, unless --volumes, and then only volumes no
+    container uses, named in the result. --check lists what would go and the bytes it would reclaim.
+    A second run finds nothing to reclaim and reports ok.
+    """
+    from remediations.prune import Prune, options_from_flags
+
+    code, _ = execute(
+        lambda: Prune(options_from_flags(older_than, all, volumes, if_disk_above)),
+        flags,
+        task="prune",
+        arguments={"older_than": older_than, "all": all, "volumes": volumes, "if_disk_above": if_disk_above},
+    )
+    return code
+
+
+@remediation_task(
+    help={
+        "max-age-days": "delete backup files older than N days (default: var backup_max_age_days, else 7)",
+        "keep-newest": "never delete the newest K backup files (default: backup_keep_newest, else 3)",
+        "journal-days": "journalctl --vacuum-time in days, where journald keeps a journal (default 7)",
+        **PRUNE_HELP,
+    }
+)
+def disk_cleanup(
+    c: Context, flags: Flags, max_age_days: str | None = None, keep_newest: str | None = None,
+    journal_days: int = 7, older_than: str = "168h", all: bool = False, volumes: bool = False,
+) -> int:  # fmt: skip
+    """The disk-full runbook: biggest users, old local backups, the journal, then a Docker prune.
+
+    Reports the sizes of Docker's data, the backup directory, /var/log and the WAL archive; deletes
+    backup files in backup_dir older than --max-age-days (never the newest --keep-newest, never outside
+    that directory, never through a symlink); vacuums journald; prunes Docker as `inv prune` does.
+    Disk use before and after is in the result.
+    """
+    from remediations.disk import CleanupOptions, DiskCleanup, nonnegative_option
+    from remediations.prune import options_from_flags
+
+    def make() -> DiskCleanup:
+        return DiskCleanup(
+            CleanupOptions(
+                max_age_days=nonnegative_option(max_age_days, "--max-age-days"),
+                keep_newest=_optional_int(nonnegative_option(keep_newest, "--keep-newest")),
+                journal_days=int(nonnegative_option(journal_days, "--journal-days") or 0),
+                prune=options_from_flags(older_than, all, volumes, None),
+            )
+        )
+
+    code, _ = execute(make, flags, task="disk-cleanup",
+                      arguments={"max_age_days": max_age_days, "keep_newest": keep_newest,
+                                 "journal_days": journal_days, "older_than": older_than, "all": all,
+                                 "volumes": volumes})  # fmt: skip
+    return code
+
+
+def _optional_int(value: float | None) -> int | None:
+    return None if value is None else int(value)
+
+
+@remediation_task(help={"service": "check only these compose services (comma list; default: all of them)"})
+def health(c: Context, flags: Flags, service: str | None = None) -> int:
+    """The daily health check, read-only: services, HTTP health, disks, backup age, log errors, probes.
+
+    Per host in one round trip. Thresholds and probes come from inventory vars (health_*). Prints a
+    table of every check (green / yellow / red); --json carries each with its value and threshold.
+    Exit code 1 when any check is red.
+    """
+    from remediations.health import Health, render_table
+    from remediations.output import use_colour
+
+    services = [s.strip() for s in (service or "").split(",") if s.strip()]
+    code, run = execute(lambda: Health(services), flags, task="health", arguments={"service": service})
+    if run is not None and not flags.json:
+        import sys
+
+        table = render_table(run, colour=use_colour(sys.stdout))
+        if table:
+            print("\n" + table)
+    return code
+
+
+ns.add_task(prune)
+ns.add_task(disk_cleanup)
+ns.add_task(health)
+
+
+# -------------------------------------------------------- PostgreSQL: WAL archive, backups, drill, cron
+
+
+@remediation_task(
+    help={"drop-inactive-slot": "also drop this replication slot, only if it exists and is inactive"}
+)
+def wal_cleanup(c: Context, flags: Flags, drop_inactive_slot: str | None = None) -> int:
+    """Delete archived WAL segments (wal_archive_dir) that no retained base backup needs.
+
+    The cut point is the start segment of the oldest of the wal_keep_base_backups (default 2) newest
+    base backups, from their .backup history files, as pg_archivecleanup computes it. A segment is
+    deleted only when it is in S3 (wal_s3_bucket, wal_s3_prefix) with the same size; the first one
+    that is not keeps itself and every newer one, and fails the host. pg_wal/ is never touched. The
+    result also says what holds pg_wal/: replication slots (and the WAL each retains), archiver
+    failures, the age of the last archived segment. --check lists what it would delete (--diff: the
+    files).
+    """
+    from remediations.wal import WalCleanup
+
+    code, _ = execute(lambda: WalCleanup(drop_inactive_slot), flags, task="wal-cleanup",
+                      arguments={"drop_inactive_slot": drop_inactive_slot})  # fmt: skip
+    return code
+
+
+@remediation_task()
+def backup_check(c: Context, flags: Flags) -> int:
+    """Check the newest dump and base backup in S3 (and backup_local_dir): age, size, readability.
+
+    Read-only. Age against backup_rpo_hours (default 26), size against dump_min_bytes /
+    basebackup_min_bytes; the dump must read back with pg_restore --list and a full read. Without
+    --host it runs on the controller with the inventory's all vars. Exit code 1 when a check is red.
+    """
+    from remediations.backups import BackupCheck
+    from remediations.postgres import controller_targets
+
+    code, _ = execute(BackupCheck, flags, task="backup-check", targets=controller_targets)
+    return code
+
+
+@remediation_task(help={"dump": "restore this dump (key, or name under dump_s3_prefix), not the newest"})
+def restore_test(c: Context, flags: Flags, dump: str | None = None) -> int:
+    """The weekly restore drill: the newest dump from S3 into a scratch database, then checks.
+
+    On the restore host (--host, default the group 'restore'): restore into restore_database
+    (default restore_test_scratch; never one of restore_protected_databases), check
+    restore_check_tables (table: minimum rows) and restore_freshness_column against the RPO, then
+    always drop the scratch database. Writes JSON (restore_test_json) and Prometheus textfile metrics
+    (restore_test_metrics) atomically. Exit code 1 on failure; --check says what it would do.
+    """
+    from remediations.restore_test import run_task
+
+    return run_task(execute, flags, dump)
+
+
+@remediation_task(
+    help={
+        "task": "the cron-safe task to schedule: restore-test, backup-check, wal-cleanup, "
+        "ensure-healthy, health, unblock-expired",
+        "schedule": "cron expression, e.g. '0 4 * * 0' (or @daily, @hourly, …)",
+        "args": "extra arguments for the task, e.g. '--host db1' (quoted into the entry)",
+        "name": "the entry's name in its marker comment (default: the task); one entry per name",
+        "remove": "remove the entry instead",
+        "user": "whose crontab (crontab -u; default: the connection's user)",
+        "log": "file the runs' output is appended to (default /var/log/remediations/cron-NAME.log)",
+    }
+)
+def install_cron(c: Context, flags: Flags, task: str | None = None, schedule: str | None = None,
+                 args: str = "", name: str | None = None, remove: bool = False, user: str | None = None,
+                 log: str | None = None) -> int:  # fmt: skip
+    """Install (or --remove) a crontab entry that runs a cron-safe task under flock; idempotent.
+
+    Without --host the crontab is the controller's. The entry is found by its marker comment, runs
+    `inv TASK --inventory THIS-INVENTORY ARGS` from the project folder under `flock -n` (runs never
+    overlap) and appends its output to --log. Installing it again: ok.
+    """
+    import os
+
+    from remediations.cron import InstallCron
+    from remediations.inventory import inventory_path
+    from remediations.postgres import controller_targets
+
+    inventory = os.path.abspath(inventory_path(flags.inventory))
+    code, _ = execute(
+        lambda: InstallCron(task, schedule, args=args, name=name, remove=remove, user=user, log=log,
+                            inventory=inventory),
+        flags,
+        task="install-cron",
+        arguments={"task": task, "schedule": schedule, "args": args, "name": name, "remove": remove},
+        targets=controller_targets,
+    )  # fmt: skip
+    return code
+
+
+ns.add_task(wal_cleanup)
+ns.add_task(backup_check)
+ns.add_task(restore_test)
+ns.add_task(install_cron)
