@@ -1,0 +1,1142 @@
+"""block-ip, unblock-ip, unblock-expired, list-blocks: deny a source address in ufw, above the allow
+rules, and in Docker's DOCKER-USER chain (Docker-published ports bypass ufw), with an optional expiry
+recorded on the host.
+
+facts   one round trip: ufw's own rule tuples (/etc/ufw/user.rules, user6.rules), whether its chains
+        are loaded, IPV6= from /etc/default/ufw, `iptables -S DOCKER-USER` (and ip6tables), the state
+        file of recorded blocks, the host's clock, and the SSH connection the controller came in on;
+decide  pure functions of (request, facts): the commands to run and the new state file, "nothing to
+        do because ...", or a refusal (lockout guard, ufw inactive) with nothing changed;
+apply   one round trip: the commands, stopping at the first failure, then the facts again;
+verify  those facts must show the block in every layer the host has (or gone from every layer).
+
+Every change runs under the engine's per-host lock: ufw is not safe to run concurrently.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import json
+import re
+import shlex
+import string
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from remediations.compose import MARK
+from remediations.compose import _sections as sections
+from remediations.connection import Remote
+from remediations.engine import HostContext, Remediation
+from remediations.errors import CommandResult, HostError, UsageError
+from remediations.inventory import Host
+from remediations.results import HostResult, Status
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+DEFAULT_STATE_DIR = "/var/lib/remediations"
+STATE_FILE_NAME = "firewall-blocks.json"
+UFW_COMMENT = "remediations block-ip"  # on every rule we add, so a reader of `ufw status` knows why
+DOCKER_COMMENT = "remediations block-ip"
+DOCKER_CHAIN = "DOCKER-USER"
+PROTOCOLS = ("tcp", "udp")
+COMMENT_MAX = 200
+COMMAND_TIMEOUT = 120.0
+_ADDRESS_CHARS = frozenset(string.hexdigits + ":./")
+_TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_TTL_RE = re.compile(r"(\d+)([smhdw])")
+_ANY_DST = ("0.0.0.0/0", "::/0")
+
+
+# ---------------------------------------------------------------------------------------------
+# Arguments: parsed and checked before any host is touched (UsageError: one line, exit 2)
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_network(text: str | None, flag: str = "--ip") -> tuple[Network, str]:
+    """An address or CIDR range from the command line, and a note when it was normalised.
+
+    Refused: anything but hex digits, '.', ':' and '/', a bad address or prefix length, host bits
+    set in a range (ambiguous: the range or the one address?), /0, and IPv4-mapped IPv6 ranges.
+    An IPv4-mapped IPv6 address is normalised to its IPv4 address (the note says so).
+    """
+    raw = (text or "").strip()
+    if not raw:
+        raise UsageError(f"{flag} is required: an IPv4 or IPv6 address or CIDR range, e.g. 203.0.113.7")
+    shown = raw if len(raw) <= 60 else raw[:57] + "..."
+    if not set(raw) <= _ADDRESS_CHARS or raw.count("/") > 1:
+        raise UsageError(f"{flag} {shown!r}: not an IPv4 or IPv6 address or CIDR range")
+    address_text, slash, prefix_text = raw.partition("/")
+    try:
+        address = ipaddress.ip_address(address_text)
+    except ValueError:
+        raise UsageError(f"{flag} {shown!r}: {address_text!r} is not an IPv4 or IPv6 address") from None
+    if slash:
+        if not prefix_text.isdigit() or not 0 <= int(prefix_text) <= address.max_prefixlen:
+            raise UsageError(
+                f"{flag} {shown!r}: prefix length must be a number from 1 to {address.max_prefixlen} "
+                f"for IPv{address.version}"
+            )
+        prefix = int(prefix_text)
+    else:
+        prefix = address.max_prefixlen
+    network = ipaddress.ip_network((address, prefix), strict=False)
+    if network.network_address != address:
+        raise UsageError(
+            f"{flag} {shown!r} has host bits set: give {network} for the whole range, or "
+            f"{address} for that one address (refused rather than guessed)"
+        )
+    if prefix == 0:
+        raise UsageError(f"{flag} {shown!r} is every IPv{address.version} address; refusing to block it")
+    note = ""
+    if isinstance(network, ipaddress.IPv6Network) and network.network_address.ipv4_mapped is not None:
+        if prefix != 128:
+            raise UsageError(f"{flag} {shown!r} is an IPv4-mapped IPv6 range; give the IPv4 range")
+        mapped = network.network_address.ipv4_mapped
+        note = f"{raw} is the IPv4-mapped form of {mapped}; blocking {mapped}"
+        network = ipaddress.IPv4Network(mapped)
+    return network, note
+
+
+def parse_port(value: str | int | None) -> int | None:
+    if value is None or str(value).strip() == "":
+        return None
+    text = str(value).strip()
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise UsageError(f"--port {text[:20]!r}: give a port number from 1 to 65535")
+    return int(text)
+
+
+def parse_proto(value: str | None) -> str | None:
+    if value is None or str(value).strip() == "":
+        return None
+    text = str(value).strip().lower()
+    if text not in PROTOCOLS:
+        raise UsageError(f"--proto {str(value)[:20]!r}: give tcp or udp (or leave it out for both)")
+    return text
+
+
+def parse_ttl(value: str | None) -> int | None:
+    """'90s', '30m', '24h', '7d', '2w', or combined ('1h30m'), in seconds; None for no expiry."""
+    if value is None or str(value).strip() == "":
+        return None
+    text = str(value).strip().lower()
+    parts = _TTL_RE.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise UsageError(f"--ttl {str(value)[:30]!r}: give a duration such as 90s, 30m, 24h, 7d or 1h30m")
+    seconds = sum(int(n) * _TTL_UNITS[u] for n, u in parts)
+    if seconds <= 0:
+        raise UsageError(f"--ttl {text!r}: must be longer than 0s")
+    return seconds
+
+
+def parse_comment(value: str | None) -> str:
+    """Free text for the state file; ufw's parser rejects quotes, so they are refused here."""
+    text = (value or "").strip()
+    if len(text) > COMMENT_MAX:
+        raise UsageError(f"--comment is {len(text)} characters; keep it under {COMMENT_MAX}")
+    bad = sorted({ch for ch in text if ch in "'\"\\" or not ch.isprintable()})
+    if bad:
+        raise UsageError(
+            f"--comment: characters {''.join(bad)!r} are not allowed (quotes, backslash, control)"
+        )
+    return text
+
+
+def parse_allowlist(value: Any, where: str) -> tuple[Network, ...]:
+    """The inventory var `firewall_allowlist`: addresses or ranges that are never blocked."""
+    if value is None or value == "":
+        return ()
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        raise UsageError(f"{where}: firewall_allowlist must be a list of addresses or CIDR ranges")
+    return tuple(parse_network(str(item), flag=f"{where}: firewall_allowlist entry")[0] for item in items)
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(abs(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            parts.append(f"{seconds // size}{unit}")
+            seconds %= size
+    return "".join(parts[:2])
+
+
+def format_time(epoch: int) -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+# ---------------------------------------------------------------------------------------------
+# What is blocked: a source, optionally narrowed to a port and protocol
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """Deny incoming traffic from `network` (to `port`/`proto` when given; a port alone means tcp+udp)."""
+
+    network: Network
+    port: int | None = None
+    proto: str | None = None
+
+    @property
+    def v6(self) -> bool:
+        return self.network.version == 6
+
+    @property
+    def source(self) -> str:
+        """The source as ufw writes it in its tuples: a single address without /32 or /128."""
+        if self.network.prefixlen == self.network.max_prefixlen:
+            return str(self.network.network_address)
+        return str(self.network)
+
+    def label(self) -> str:
+        where = ""
+        if self.port is not None:
+            where = f" port {self.port}/{self.proto or 'tcp+udp'}"
+        elif self.proto:
+            where = f" {self.proto} (all ports)"
+        return self.source + where
+
+    def ufw_args(self) -> list[str]:
+        """The rule in ufw's syntax, after the action: `[proto P] from SRC [to any port N]`."""
+        args = ["proto", self.proto] if self.proto else []
+        args += ["from", self.source]
+        if self.port is not None:
+            args += ["to", "any", "port", str(self.port)]
+        return args
+
+    def docker_keys(self) -> list[tuple[str | None, int | None]]:
+        """(proto, port) of each DOCKER-USER rule this target needs (iptables needs -p for a port)."""
+        if self.port is not None and self.proto is None:
+            return [(p, self.port) for p in PROTOCOLS]
+        return [(self.proto, self.port)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ip": self.source, "port": self.port, "proto": self.proto}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Target:
+        network = ipaddress.ip_network(str(data["ip"]), strict=True)
+        port = data.get("port")
+        proto = data.get("proto")
+        return cls(network, int(port) if port is not None else None, str(proto) if proto else None)
+
+
+def docker_rule_spec(network: Network, proto: str | None, port: int | None) -> list[str]:
+    """An iptables rule spec for DOCKER-USER. After Docker's DNAT the destination port is the
+    container's, so a published port is matched on the original destination port (conntrack)."""
+    spec = ["-s", str(network)]
+    if proto:
+        spec += ["-p", proto]
+    if port is not None:
+        spec += ["-m", "conntrack", "--ctorigdstport", str(port), "--ctdir", "ORIGINAL"]
+    return [*spec, "-m", "comment", "--comment", DOCKER_COMMENT, "-j", "DROP"]
+
+
+def lockout_reason(target: Target, controller: Address | None, allowlist: Sequence[Network]) -> str:
+    """Why blocking `target` would lock us (or an allowlisted range) out, or "" when it would not."""
+    network = target.network
+    if controller is not None and controller.version == network.version and controller in network:
+        return (
+            f"refusing to block {network}: it contains {controller}, the address this controller "
+            "connects from (as the host sees it); nothing changed"
+        )
+    for allowed in allowlist:
+        if allowed.version == network.version and network.overlaps(allowed):
+            return (
+                f"refusing to block {network}: it overlaps {allowed} in firewall_allowlist; nothing changed"
+            )
+    return ""
+
+
+# ---------------------------------------------------------------------------------------------
+# ufw's rules, from its own files (never from `ufw status` text)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UfwRule:
+    """One `### tuple ###` line of user.rules / user6.rules, in file order (= evaluation order)."""
+
+    action: str  # allow, deny, reject, limit (ufw's logging suffix removed)
+    proto: str
+    dport: str
+    dst: str
+    sport: str
+    src: str
+    direction: str  # in, out, or in_IFACE ...
+    forward: bool = False
+    app: bool = False
+    comment: str = ""
+    v6: bool = False
+
+    @property
+    def incoming(self) -> bool:
+        return self.direction == "in" and not self.forward and not self.app
+
+    def src_network(self) -> Network | None:
+        try:
+            return ipaddress.ip_network(self.src, strict=False)
+        except ValueError:
+            return None
+
+    def blocks(self, target: Target) -> bool:
+        """This is the deny rule `ufw deny TARGET` writes (comment aside)."""
+        return (
+            self.incoming
+            and self.action == "deny"
+            and self.proto == (target.proto or "any")
+            and self.dport == (str(target.port) if target.port is not None else "any")
+            and self.dst in _ANY_DST
+            and self.sport == "any"
+            and self.src_network() == target.network
+        )
+
+    def as_target(self) -> Target | None:
+        """The target whose block this rule is, when it has block-ip's shape."""
+        network = self.src_network()
+        if (
+            network is None
+            or not self.incoming
+            or self.action != "deny"
+            or self.dst not in _ANY_DST
+            or self.sport != "any"
+            or self.proto not in ("any", *PROTOCOLS)
+            or not (self.dport == "any" or self.dport.isdigit())
+        ):
+            return None
+        port = int(self.dport) if self.dport.isdigit() else None
+        return Target(network, port, None if self.proto == "any" else self.proto)
+
+    def admits(self) -> bool:
+        """An incoming allow (or limit) rule: a deny below it may never be reached."""
+        return self.incoming and self.action in ("allow", "limit")
+
+    def allows_tcp_port(self, port: int, source: Address | None) -> bool:
+        if not self.admits() or self.proto not in ("tcp", "any") or self.dst not in _ANY_DST:
+            return False
+        network = self.src_network()
+        if network is None or (network.prefixlen and (source is None or source not in network)):
+            return False
+        return _port_in(self.dport, port)
+
+
+def _port_in(dport: str, port: int) -> bool:
+    if dport == "any":
+        return True
+    for part in dport.split(","):
+        low, _, high = part.partition(":")
+        if low.isdigit() and (high or low).isdigit() and int(low) <= port <= int(high or low):
+            return True
+    return False
+
+
+def parse_user_rules(text: str, v6: bool) -> tuple[UfwRule, ...]:
+    """The rule tuples ufw keeps in user.rules (or user6.rules); malformed lines skipped as ufw does."""
+    rules = []
+    for line in text.splitlines():
+        if not line.startswith("### tuple ###"):
+            continue
+        body = line[len("### tuple ###") :]
+        comment = ""
+        if " comment=" in body:
+            body, _, hexed = body.partition(" comment=")
+            try:
+                comment = bytes.fromhex(hexed.strip()).decode(errors="replace")
+            except ValueError:
+                comment = ""
+        fields = body.split()
+        if len(fields) not in (7, 9):
+            continue
+        action, forward = fields[0], False
+        if action.startswith("route:"):
+            action, forward = action[len("route:") :], True
+        rules.append(
+            UfwRule(
+                action=action.split("_", 1)[0],
+                proto=fields[1],
+                dport=fields[2],
+                dst=fields[3],
+                sport=fields[4],
+                src=fields[5],
+                direction=fields[-1],
+                forward=forward,
+                app=len(fields) == 9 and (fields[6] != "-" or fields[7] != "-"),
+                comment=comment,
+                v6=v6,
+            )
+        )
+    return tuple(rules)
+
+
+def rule_position(rules: Sequence[UfwRule], target: Target) -> tuple[int | None, int | None]:
+    """(index of the target's deny rule, index of the first allow rule), either None when absent."""
+    ours = next((i for i, r in enumerate(rules) if r.blocks(target)), None)
+    first_allow = next((i for i, r in enumerate(rules) if r.admits()), None)
+    return ours, first_allow
+
+
+# ---------------------------------------------------------------------------------------------
+# Docker's DOCKER-USER chain, from `iptables -S` (iptables' own rule syntax)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DockerRule:
+    """A DROP rule block-ip put in DOCKER-USER (recognised by its comment)."""
+
+    v6: bool
+    network: Network
+    proto: str | None
+    port: int | None
+    spec: tuple[str, ...]  # as `iptables -S` prints it, after `-A DOCKER-USER`: what -D needs
+
+
+def parse_docker_rules(text: str, v6: bool) -> tuple[DockerRule, ...]:
+    rules = []
+    for line in text.splitlines():
+        try:
+            words = shlex.split(line)
+        except ValueError:
+            continue
+        if words[:2] != ["-A", DOCKER_CHAIN] or len(words) % 2:
+            continue
+        options: dict[str, str] = {}
+        for name, value in zip(words[2::2], words[3::2], strict=True):
+            options[name] = value
+        if options.get("--comment") != DOCKER_COMMENT or options.get("-j") != "DROP":
+            continue
+        try:
+            network = ipaddress.ip_network(options.get("-s", ""), strict=True)
+        except ValueError:
+            continue
+        port_text = options.get("--ctorigdstport")
+        port = int(port_text) if port_text and port_text.isdigit() else None
+        rules.append(DockerRule(v6, network, options.get("-p"), port, tuple(words[2:])))
+    return tuple(rules)
+
+
+# ---------------------------------------------------------------------------------------------
+# The host's record of blocks (expiry and comment)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BlockRecord:
+    target: Target
+    comment: str = ""
+    created: int = 0
+    ttl: int | None = None
+    expires: int | None = None
+
+    def expired(self, now: int) -> bool:
+        return self.expires is not None and self.expires <= now
+
+    def expiry_text(self, now: int) -> str:
+        if self.expires is None:
+            return "no expiry"
+        if self.expired(now):
+            return f"EXPIRED {format_duration(now - self.expires)} ago ({format_time(self.expires)})"
+        return f"expires in {format_duration(self.expires - now)} ({format_time(self.expires)})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.target.to_dict(),
+            "comment": self.comment,
+            "created": self.created,
+            "ttl": self.ttl,
+            "expires": self.expires,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BlockRecord:
+        ttl, expires = data.get("ttl"), data.get("expires")
+        return cls(
+            Target.from_dict(data),
+            str(data.get("comment") or ""),
+            int(data.get("created") or 0),
+            int(ttl) if ttl is not None else None,
+            int(expires) if expires is not None else None,
+        )
+
+
+def parse_state(text: str) -> tuple[BlockRecord, ...]:
+    """The state file's records; raises ValueError when it is not what we write."""
+    if not text.strip():
+        return ()
+    data = json.loads(text)
+    if not isinstance(data, dict) or not isinstance(data.get("blocks"), list):
+        raise ValueError("no 'blocks' list")
+    try:
+        return tuple(BlockRecord.from_dict(item) for item in data["blocks"])
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"bad record: {exc}") from None
+
+
+def render_state(records: Iterable[BlockRecord]) -> str:
+    return json.dumps({"version": 1, "blocks": [r.to_dict() for r in records]}, indent=2) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Facts: one round trip
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StatePath:
+    directory: str
+
+    @property
+    def file(self) -> str:
+        return f"{self.directory.rstrip('/')}/{STATE_FILE_NAME}"
+
+    @classmethod
+    def from_host(cls, host: Host) -> StatePath:
+        return cls(str(host.get("firewall_state_dir") or DEFAULT_STATE_DIR))
+
+
+@dataclass(frozen=True)
+class FirewallFacts:
+    now: int = 0
+    controller: Address | None = None  # the controller's address as the host sees it
+    ssh_port: int | None = None  # the host's port the controller's SSH session came in on
+    ufw_installed: bool = False
+    ufw_active: bool = False  # ufw's chains are loaded in iptables
+    ufw_enabled_conf: bool = False  # ENABLED=yes in /etc/ufw/ufw.conf
+    ipv6: bool = False  # IPV6=yes in /etc/default/ufw
+    rules4: tuple[UfwRule, ...] = ()
+    rules6: tuple[UfwRule, ...] = ()
+    docker4: bool = False  # DOCKER-USER exists in iptables: the host runs Docker
+    docker6: bool = False
+    docker_rules: tuple[DockerRule, ...] = ()
+    records: tuple[BlockRecord, ...] = ()
+    error: str = ""
+
+    def rules(self, v6: bool) -> tuple[UfwRule, ...]:
+        return self.rules6 if v6 else self.rules4
+
+    def has_docker(self, v6: bool) -> bool:
+        return self.docker6 if v6 else self.docker4
+
+    def record(self, target: Target) -> BlockRecord | None:
+        return next((r for r in self.records if r.target == target), None)
+
+    def docker_rules_for(self, target: Target) -> list[DockerRule]:
+        keys = target.docker_keys()
+        return [
+            r
+            for r in self.docker_rules
+            if r.v6 == target.v6 and r.network == target.network and (r.proto, r.port) in keys
+        ]
+
+    def docker_missing(self, target: Target) -> list[tuple[str | None, int | None]]:
+        have = {(r.proto, r.port) for r in self.docker_rules_for(target)}
+        return [key for key in target.docker_keys() if key not in have]
+
+
+_CONNECTION_SCRIPT = r"""
+conn=${SSH_CONNECTION:-}
+p=$$
+# sudo drops SSH_CONNECTION: look for it in the environment of the ancestors (the SSH session)
+while [ -z "$conn" ] && [ "${p:-1}" -gt 1 ]; do
+  conn=$(tr '\0' '\n' < "/proc/$p/environ" 2>/dev/null | sed -n 's/^SSH_CONNECTION=//p' | head -n 1)
+  p=$(sed -n 's/^PPid:[[:space:]]*//p' "/proc/$p/status" 2>/dev/null)
+done
+"""
+
+
+def facts_command(state: StatePath) -> str:
+    """Shell text that prints every fact in marked sections; every value quoted."""
+    q = shlex.quote
+    return "\n".join(
+        [
+            f'echo "{MARK}now $(date +%s)"',
+            _CONNECTION_SCRIPT.strip(),
+            f'echo "{MARK}ssh $conn"',
+            f'if command -v ufw >/dev/null 2>&1; then echo "{MARK}ufw yes"; else echo "{MARK}ufw no"; fi',
+            f'iptables -w 10 -n -L ufw-user-input >/dev/null 2>&1; echo "{MARK}active $?"',
+            f'echo "{MARK}conf"; cat /etc/ufw/ufw.conf 2>/dev/null',
+            f'echo "{MARK}default"; cat /etc/default/ufw 2>/dev/null',
+            f'echo "{MARK}rules4"; cat /etc/ufw/user.rules 2>/dev/null',
+            f'echo "{MARK}rules6"; cat /etc/ufw/user6.rules 2>/dev/null',
+            *(
+                f'd=$({tool} -w 10 -S {DOCKER_CHAIN} 2>/dev/null); echo "{MARK}{name} $?"; echo "$d"'
+                for tool, name in (("iptables", "docker4"), ("ip6tables", "docker6"))
+            ),
+            f"if [ -e {q(state.file)} ]; then echo '{MARK}state present'; cat {q(state.file)}; "
+            f"else echo '{MARK}state absent'; fi",
+            f'echo "{MARK}end"',
+        ]
+    )
+
+
+def _key_values(text: str) -> dict[str, str]:
+    values = {}
+    for line in text.splitlines():
+        key, eq, value = line.strip().partition("=")
+        if eq and not key.startswith("#"):
+            values[key.strip()] = value.strip().strip("'\"")
+    return values
+
+
+def parse_facts(output: str, state: StatePath) -> FirewallFacts:
+    """Pure parser of `facts_command` output."""
+    found = sections(output)
+    if "end" not in found:
+        return FirewallFacts(error="the facts command did not finish: " + output.strip()[-300:])
+    now_text = found.get("now", ("", ""))[0]
+    controller: Address | None = None
+    ssh_port: int | None = None
+    words = found.get("ssh", ("", ""))[0].split()
+    if len(words) == 4:
+        try:
+            controller = ipaddress.ip_address(words[0].split("%")[0])
+        except ValueError:
+            controller = None
+        if isinstance(controller, ipaddress.IPv6Address) and controller.ipv4_mapped is not None:
+            controller = controller.ipv4_mapped
+        ssh_port = int(words[3]) if words[3].isdigit() else None
+    records: tuple[BlockRecord, ...] = ()
+    state_arg, state_text = found.get("state", ("absent", ""))
+    if state_arg == "present":
+        try:
+            records = parse_state(state_text)
+        except ValueError as exc:
+            return FirewallFacts(
+                error=f"state file {state.file} is not what block-ip writes ({exc}); fix or remove it"
+            )
+    docker4_rc, docker4_text = found.get("docker4", ("1", ""))
+    docker6_rc, docker6_text = found.get("docker6", ("1", ""))
+    return FirewallFacts(
+        now=int(now_text) if now_text.isdigit() else 0,
+        controller=controller,
+        ssh_port=ssh_port,
+        ufw_installed=found.get("ufw", ("no", ""))[0] == "yes",
+        ufw_active=found.get("active", ("1", ""))[0] == "0",
+        ufw_enabled_conf=_key_values(found.get("conf", ("", ""))[1]).get("ENABLED", "").lower() == "yes",
+        ipv6=_key_values(found.get("default", ("", ""))[1]).get("IPV6", "").lower() == "yes",
+        rules4=parse_user_rules(found.get("rules4", ("", ""))[1], v6=False),
+        rules6=parse_user_rules(found.get("rules6", ("", ""))[1], v6=True),
+        docker4=docker4_rc == "0",
+        docker6=docker6_rc == "0",
+        docker_rules=(
+            (parse_docker_rules(docker4_text, v6=False) if docker4_rc == "0" else ())
+            + (parse_docker_rules(docker6_text, v6=True) if docker6_rc == "0" else ())
+        ),
+        records=records,
+    )
+
+
+def gather(remote: Remote, state: StatePath) -> FirewallFacts:
+    result = remote.run(facts_command(state), timeout=COMMAND_TIMEOUT)
+    if not result.ok:
+        raise HostError(f"gathering firewall facts failed (exit {result.exit_code}): {result.tail()}", result)
+    return parse_facts(result.stdout, state)
+
+
+# ---------------------------------------------------------------------------------------------
+# Layers: where a block holds right now
+# ---------------------------------------------------------------------------------------------
+
+
+def layers(target: Target, facts: FirewallFacts) -> tuple[list[str], list[str]]:
+    """(layers that hold the block, problems with the ones that should but do not)."""
+    holding: list[str] = []
+    problems: list[str] = []
+    ours, first_allow = rule_position(facts.rules(target.v6), target)
+    if ours is None:
+        problems.append("no ufw deny rule")
+    elif first_allow is not None and first_allow < ours:
+        problems.append(f"the ufw deny rule is below an allow rule (rule {ours + 1}) and may never match")
+    elif not facts.ufw_active:
+        problems.append("the ufw deny rule is there but ufw is inactive")
+    else:
+        holding.append("ufw")
+    if facts.has_docker(target.v6):
+        missing = facts.docker_missing(target)
+        if missing:
+            partial = len(missing) < len(target.docker_keys())
+            which = f" for {missing[0][0]}" if partial else ""
+            problems.append(f"no {DOCKER_CHAIN} rule{which}")
+        else:
+            holding.append(DOCKER_CHAIN)
+    return holding, problems
+
+
+def describe(target: Target, facts: FirewallFacts) -> str:
+    holding, problems = layers(target, facts)
+    text = f"{target.label()}: " + (f"blocked in {' and '.join(holding)}" if holding else "not blocked")
+    if problems:
+        text += " (" + "; ".join(problems) + ")"
+    elif not facts.has_docker(target.v6):
+        text += f" (no {DOCKER_CHAIN} chain for IPv{target.network.version}: no Docker layer on this host)"
+    record = facts.record(target)
+    if record is not None:
+        text += f"; {record.expiry_text(facts.now)}"
+    return text
+
+
+# ---------------------------------------------------------------------------------------------
+# Decide: pure
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to run, in order, and the state file to write; or nothing, with the reason; or a refusal."""
+
+    commands: tuple[str, ...] = ()
+    changes: tuple[str, ...] = ()  # in words, for check mode and the result
+    state: tuple[BlockRecord, ...] | None = None  # the state file to write (None: leave it)
+    reason: str = ""  # why nothing is to be done
+    refused: str = ""  # why the host fails with nothing changed
+    notes: tuple[str, ...] = ()
+
+    @property
+    def nothing(self) -> bool:
+        return not self.refused and not self.commands and self.state is None
+
+
+@dataclass(frozen=True)
+class BlockRequest:
+    target: Target
+    ttl: int | None = None
+    comment: str = ""
+    enable: bool = False
+    notes: tuple[str, ...] = field(default=())
+
+
+def ufw_command(*args: str) -> str:
+    return shlex.join(["ufw", *args])
+
+
+def _iptables(v6: bool) -> str:
+    return "ip6tables" if v6 else "iptables"
+
+
+def decide_block(request: BlockRequest, facts: FirewallFacts, allowlist: Sequence[Network]) -> Plan:
+    target = request.target
+    family = f"IPv{target.network.version}"
+    if facts.error:
+        return Plan(refused=facts.error)
+    if not facts.ufw_installed:
+        return Plan(refused="ufw is not installed on this host; nothing changed")
+    refusal = lockout_reason(target, facts.controller, allowlist)
+    if refusal:
+        return Plan(refused=refusal)
+    if target.v6 and not facts.ipv6:
+        return Plan(
+            refused="ufw has IPV6=no in /etc/default/ufw, so it cannot hold an IPv6 rule; nothing changed"
+        )
+
+    commands: list[str] = []
+    changes: list[str] = []
+    notes = list(request.notes)
+    enable_after: list[str] = []
+    if not facts.ufw_active:
+        if not request.enable:
+            return Plan(
+                refused="ufw is inactive on this host, so a deny rule would not take effect; nothing "
+                "changed. --enable first allows the SSH port the controller uses, then enables ufw"
+            )
+        if facts.controller is None or facts.ssh_port is None:
+            notes.append("not connected over SSH: no SSH allow rule needed")
+        else:
+            rules = facts.rules(facts.controller.version == 6)
+            if not any(r.allows_tcp_port(facts.ssh_port, facts.controller) for r in rules):
+                commands.append(ufw_command("allow", f"{facts.ssh_port}/tcp"))
+                changes.append(f"allow SSH {facts.ssh_port}/tcp in ufw (the controller's connection)")
+        enable_after = [ufw_command("--force", "enable")]
+
+    ours, first_allow = rule_position(facts.rules(target.v6), target)
+    deny = ufw_command("prepend", "deny", *target.ufw_args(), "comment", UFW_COMMENT)
+    if ours is None:
+        commands.append(deny)
+        changes.append(f"add a ufw deny for {target.label()} at the top of the {family} rules")
+    elif first_allow is not None and first_allow < ours:
+        commands += [ufw_command("delete", "deny", *target.ufw_args()), deny]
+        changes.append(
+            f"move the ufw deny for {target.label()} from rule {ours + 1} (below an allow rule, never "
+            "reached) to the top"
+        )
+    commands += enable_after
+    if enable_after:
+        changes.append("enable ufw")
+
+    if facts.has_docker(target.v6):
+        for proto, port in reversed(facts.docker_missing(target)):
+            spec = docker_rule_spec(target.network, proto, port)
+            commands.append(shlex.join([_iptables(target.v6), "-w", "10", "-I", DOCKER_CHAIN, "1", *spec]))
+            changes.append(f"add a DROP for {target.label()} to {DOCKER_CHAIN} ({family}{_for(proto)})")
+    else:
+        notes.append(f"no {DOCKER_CHAIN} chain for {family} (no Docker): ufw only")
+
+    state = _block_state(request, facts)
+    if state is not None:
+        changes.append(_state_change(request, facts))
+    if not commands and state is None:
+        return Plan(reason=f"already blocked: {describe(target, facts)}", notes=tuple(notes))
+    return Plan(tuple(commands), tuple(changes), state, notes=tuple(notes))
+
+
+def _for(proto: str | None) -> str:
+    return f", {proto}" if proto else ""
+
+
+def _block_state(request: BlockRequest, facts: FirewallFacts) -> tuple[BlockRecord, ...] | None:
+    """The state file with this block recorded, or None when the record is already as asked.
+
+    A re-run with the same --ttl keeps the recorded expiry (so the run is idempotent); a different
+    --ttl (or none) sets a new expiry from now.
+    """
+    existing = facts.record(request.target)
+    if existing is not None and existing.ttl == request.ttl and existing.comment == request.comment:
+        return None
+    expires = facts.now + request.ttl if request.ttl is not None else None
+    record = BlockRecord(
+        request.target,
+        request.comment,
+        existing.created if existing else facts.now,
+        request.ttl,
+        expires,
+    )
+    others = [r for r in facts.records if r.target != request.target]
+    return (*others, record)
+
+
+def _state_change(request: BlockRequest, facts: FirewallFacts) -> str:
+    existing = facts.record(request.target)
+    expiry = (
+        f"expiry in {format_duration(request.ttl)} ({format_time(facts.now + request.ttl)})"
+        if request.ttl is not None
+        else "no expiry"
+    )
+    verb = "update the record of" if existing else "record"
+    return f"{verb} the block on the host ({expiry}" + (
+        f", comment {request.comment!r})" if request.comment else ")"
+    )
+
+
+def _removal(targets: Sequence[Target], facts: FirewallFacts) -> tuple[list[str], list[str]]:
+    """Commands (and words) that take every given target out of ufw and DOCKER-USER."""
+    commands: list[str] = []
+    changes: list[str] = []
+    seen: set[DockerRule] = set()
+    for target in targets:
+        if any(r.blocks(target) for r in facts.rules(target.v6)):
+            commands.append(ufw_command("delete", "deny", *target.ufw_args()))
+            changes.append(f"delete the ufw deny for {target.label()}")
+        for rule in facts.docker_rules_for(target):
+            if rule in seen:
+                continue
+            seen.add(rule)
+            commands.append(shlex.join([_iptables(rule.v6), "-w", "10", "-D", DOCKER_CHAIN, *rule.spec]))
+            changes.append(f"delete the {DOCKER_CHAIN} DROP for {target.label()}{_for(rule.proto)}")
+    return commands, changes
+
+
+def matching_targets(target: Target, facts: FirewallFacts) -> list[Target]:
+    """The blocks an unblock of `target` lifts: exactly it, or with no --port/--proto every block of
+    that source (whatever port or protocol it was narrowed to)."""
+    if target.port is not None or target.proto is not None:
+        return [target]
+    found = [target]
+    candidates = [r.as_target() for r in facts.rules(target.v6)] + [r.target for r in facts.records]
+    candidates += [Target(r.network, r.port, r.proto) for r in facts.docker_rules if r.v6 == target.v6]
+    for candidate in candidates:
+        if candidate is not None and candidate.network == target.network and candidate not in found:
+            # a DOCKER-USER pair (tcp+udp) belongs to the port-only block
+            if (
+                candidate.port is not None
+                and candidate.proto
+                and Target(candidate.network, candidate.port) in found
+            ):
+                continue
+            found.append(candidate)
+    return found
+
+
+def decide_unblock(target: Target, facts: FirewallFacts) -> Plan:
+    if facts.error:
+        return Plan(refused=facts.error)
+    targets = matching_targets(target, facts)
+    commands, changes = _removal(targets, facts)
+    remaining = tuple(r for r in facts.records if r.target not in targets)
+    state = remaining if len(remaining) != len(facts.records) else None
+    if state is not None:
+        changes.append("remove the record of the block from the host")
+    if not commands and state is None:
+        return Plan(
+            reason=f"{target.label()} is not blocked (no ufw deny, no {DOCKER_CHAIN} rule, no record)"
+        )
+    return Plan(tuple(commands), tuple(changes), state)
+
+
+def decide_expired(facts: FirewallFacts) -> Plan:
+    if facts.error:
+        return Plan(refused=facts.error)
+    expired = [r for r in facts.records if r.expired(facts.now)]
+    if not expired:
+        pending = [r.expires for r in facts.records if r.expires is not None]
+        when = f"; next expiry {format_time(min(pending))}" if pending else ""
+        return Plan(reason=f"no expired blocks ({len(facts.records)} recorded{when})")
+    commands, changes = _removal([r.target for r in expired], facts)
+    remaining = tuple(r for r in facts.records if not r.expired(facts.now))
+    lifted = ", ".join(r.target.label() for r in expired)
+    changes.append(f"remove the record of {len(expired)} expired block(s): {lifted}")
+    return Plan(tuple(commands), tuple(changes), remaining)
+
+
+# ---------------------------------------------------------------------------------------------
+# Apply and verify: the commands, then the facts again, in one round trip
+# ---------------------------------------------------------------------------------------------
+
+
+def apply_command(plan: Plan, state: StatePath) -> str:
+    """The plan's commands under `set -e`, then the new state file from stdin, then the facts."""
+    body = list(plan.commands)
+    if plan.state is not None:
+        q = shlex.quote
+        tmp = f"{state.file}.tmp"
+        body += [f"mkdir -p {q(state.directory)}", f"cat > {q(tmp)}", f"mv {q(tmp)} {q(state.file)}"]
+    script = "\n".join(["set -e", *body])
+    return "\n".join(
+        [
+            f"out=$(sh -c {shlex.quote(script)} 2>&1); rc=$?",
+            f'echo "{MARK}apply $rc"; printf "%s\\n" "$out"',
+            facts_command(state),
+        ]
+    )
+
+
+def apply(remote: Remote, plan: Plan, state: StatePath) -> tuple[FirewallFacts, CommandResult]:
+    stdin = render_state(plan.state).encode() if plan.state is not None else b""
+    result = remote.run(apply_command(plan, state), stdin=stdin, timeout=COMMAND_TIMEOUT)
+    found = sections(result.stdout)
+    code, output = found.get("apply", ("", result.stderr))
+    if code != "0":
+        detail = "\n".join(output.strip().splitlines()[-5:]) or result.tail()
+        raise HostError(
+            f"applying the firewall change failed (exit {code or result.exit_code}): {detail}", result
+        )
+    return parse_facts(result.stdout, state), result
+
+
+# ---------------------------------------------------------------------------------------------
+# The remediations
+# ---------------------------------------------------------------------------------------------
+
+
+def allowlist_of(host: Host) -> tuple[Network, ...]:
+    return parse_allowlist(host.get("firewall_allowlist"), f"{host.source}: host {host.name}")
+
+
+Check = Callable[[FirewallFacts], str]  # "" when the facts show the intended state, else what is wrong
+Outcome = Callable[[FirewallFacts], tuple[str, dict[str, Any]]]  # the result line and its data
+
+
+def carry_out(ctx: HostContext, plan: Plan, check: Check, outcome: Outcome) -> None:
+    """Record the decision; unless in check mode, apply the plan and verify that it took."""
+    notes = "".join(f"; {n}" for n in plan.notes)
+    if plan.refused:
+        ctx.record("decide", Status.FAILED, plan.refused)
+        return
+    if plan.nothing:
+        ctx.record("decide", Status.OK, plan.reason + notes)
+        return
+    diff = "\n".join(f"+ {c}" for c in plan.commands)
+    if plan.state is not None:
+        diff += f"\n+ write the state file ({len(plan.state)} block(s))"
+    if ctx.check:
+        ctx.record("decide", Status.CHANGED, "would " + "; ".join(plan.changes) + notes, diff=diff.strip())
+        return
+    with ctx.step("apply") as step:
+        after, _ = apply(ctx.remote, plan, StatePath.from_host(ctx.host))
+        problem = after.error or check(after)
+        if problem:
+            raise HostError(f"ran: {'; '.join(plan.changes)}; but afterwards: {problem}")
+        message, data = outcome(after)
+        done = "; ".join(plan.changes)
+        step.done(Status.CHANGED, f"{message} (done: {done}){notes}", diff=diff.strip(), **data)
+
+
+class _Firewall(Remediation):
+    """Shared by the firewall tasks: the facts step."""
+
+    def facts(self, ctx: HostContext) -> FirewallFacts:
+        with ctx.step("facts") as step:
+            facts = gather(ctx.remote, StatePath.from_host(ctx.host))
+            if facts.error:
+                step.done(Status.FAILED, facts.error)
+                return facts
+            ufw = "no ufw"
+            if facts.ufw_installed:
+                ufw = "ufw active" if facts.ufw_active else "ufw INACTIVE"
+            docker = f"{DOCKER_CHAIN} present" if facts.docker4 or facts.docker6 else f"no {DOCKER_CHAIN}"
+            step.done(
+                Status.OK,
+                f"{ufw}, {len(facts.rules4) + len(facts.rules6)} ufw rules, {docker}, "
+                f"{len(facts.records)} recorded block(s)",
+                controller=str(facts.controller) if facts.controller else None,
+                ssh_port=facts.ssh_port,
+            )
+        return facts
+
+
+def _target_from_flags(ip: str | None, port: str | int | None, proto: str | None) -> tuple[Target, str]:
+    network, note = parse_network(ip)
+    return Target(network, parse_port(port), parse_proto(proto)), note
+
+
+class BlockIp(_Firewall):
+    """Deny a source in ufw (above the allow rules) and in DOCKER-USER; record expiry and comment."""
+
+    task: ClassVar[str] = "block-ip"
+
+    def __init__(
+        self,
+        ip: str | None,
+        port: str | int | None = None,
+        proto: str | None = None,
+        ttl: str | None = None,
+        comment: str | None = None,
+        enable: bool = False,
+    ) -> None:
+        target, note = _target_from_flags(ip, port, proto)
+        self.request = BlockRequest(
+            target, parse_ttl(ttl), parse_comment(comment), enable, (note,) if note else ()
+        )
+
+    def arguments(self) -> dict[str, Any]:
+        r = self.request
+        return {**r.target.to_dict(), "ttl": r.ttl, "comment": r.comment, "enable": r.enable}
+
+    def validate(self, host: Host) -> None:
+        super().validate(host)
+        refusal = lockout_reason(self.request.target, None, allowlist_of(host))
+        if refusal:
+            raise UsageError(f"host {host.name}: {refusal}")
+
+    def run(self, ctx: HostContext) -> None:
+        before = self.facts(ctx)
+        if before.error:
+            return
+        target = self.request.target
+
+        def check(after: FirewallFacts) -> str:
+            _, problems = layers(target, after)
+            if after.record(target) is None:
+                problems.append("the block is not recorded in the state file")
+            return "; ".join(problems)
+
+        def outcome(after: FirewallFacts) -> tuple[str, dict[str, Any]]:
+            return describe(target, after), {"layers": layers(target, after)[0]}
+
+        carry_out(ctx, decide_block(self.request, before, allowlist_of(ctx.host)), check, outcome)
+
+
+class UnblockIp(_Firewall):
+    """Lift a block in every layer (ufw, DOCKER-USER) and forget its record."""
+
+    task: ClassVar[str] = "unblock-ip"
+
+    def __init__(self, ip: str | None, port: str | int | None = None, proto: str | None = None) -> None:
+        self.target, _ = _target_from_flags(ip, port, proto)
+
+    def arguments(self) -> dict[str, Any]:
+        return self.target.to_dict()
+
+    def run(self, ctx: HostContext) -> None:
+        before = self.facts(ctx)
+        if before.error:
+            return
+        targets = matching_targets(self.target, before)
+
+        def check(after: FirewallFacts) -> str:
+            left = [t.label() for t in targets if layers(t, after)[0] or after.record(t) is not None]
+            return f"still blocked: {', '.join(left)}" if left else ""
+
+        def outcome(after: FirewallFacts) -> tuple[str, dict[str, Any]]:
+            return f"{self.target.label()} unblocked in every layer", {"lifted": [t.label() for t in targets]}
+
+        carry_out(ctx, decide_unblock(self.target, before), check, outcome)
+
+
+class UnblockExpired(_Firewall):
+    """Lift every recorded block whose expiry has passed (by the host's clock); cron-safe."""
+
+    task: ClassVar[str] = "unblock-expired"
+
+    def run(self, ctx: HostContext) -> None:
+        before = self.facts(ctx)
+        if before.error:
+            return
+        expired = [r.target for r in before.records if r.expired(before.now)]
+
+        def check(after: FirewallFacts) -> str:
+            left = [t.label() for t in expired if layers(t, after)[0] or after.record(t) is not None]
+            return f"still blocked: {', '.join(left)}" if left else ""
+
+        def outcome(after: FirewallFacts) -> tuple[str, dict[str, Any]]:
+            labels = [t.label() for t in expired]
+            return f"lifted {len(labels)} expired block(s): {', '.join(labels)}; {len(after.records)} left", {
+                "lifted": labels
+            }
+
+        carry_out(ctx, decide_expired(before), check, outcome)
+
+
+class ListBlocks(_Firewall):
+    """Each recorded block with the layers that hold it, its comment and its expiry. Changes nothing."""
+
+    task: ClassVar[str] = "list-blocks"
+    changes_hosts: ClassVar[bool] = False
+
+    def run(self, ctx: HostContext) -> None:
+        facts = self.facts(ctx)
+        if facts.error:
+            return
+        for record in facts.records:
+            holding, problems = layers(record.target, facts)
+            ctx.record(
+                "block",
+                Status.OK,
+                block_line(record, facts),
+                **record.to_dict(),
+                layers=holding,
+                problems=problems,
+                expired=record.expired(facts.now),
+            )
+        expired = sum(r.expired(facts.now) for r in facts.records)
+        summary = f"{len(facts.records)} block(s)" + (f", {expired} expired" if expired else "")
+        if facts.records:
+            summary += ": " + "; ".join(block_line(r, facts) for r in facts.records)
+        ctx.record("list", Status.OK, summary)
+
+
+def block_line(record: BlockRecord, facts: FirewallFacts) -> str:
+    holding, problems = layers(record.target, facts)
+    text = f"{record.target.label()} [{', '.join(holding) or 'in no layer'}]"
+    if problems:
+        text += " (" + "; ".join(problems) + ")"
+    text += f", {record.expiry_text(facts.now)}"
+    if record.comment:
+        text += f", comment {record.comment!r}"
+    return text
+
+
+def listing(run_hosts: Iterable[HostResult]) -> str:
+    """The blocks of a list-blocks run, one line each under its host, for a person to read."""
+    lines = []
+    for host in run_hosts:
+        blocks = [s for s in host.steps if s.step == "block"]
+        failed = host.status == Status.FAILED
+        lines.append(f"{host.host}: {host.message}" if failed else f"{host.host}: {len(blocks)} block(s)")
+        lines += [f"  {s.message}" for s in blocks]
+    return "\n".join(lines)

@@ -1,0 +1,359 @@
+"""block-ip / unblock-ip / unblock-expired / list-blocks on the lab: real ufw, real iptables, real
+traffic from a second namespace. Every test restores the host's firewall as it found it, and no test
+blocks the controller (198.18.0.1)."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import shlex
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from remediations import firewall as fw
+from remediations import inventory, lab
+from remediations.connection import connect
+from remediations.lock import HostLock
+from tests import labkit
+
+pytestmark = pytest.mark.lab
+
+STATE_FILE = f"{fw.DEFAULT_STATE_DIR}/{fw.STATE_FILE_NAME}"
+UFW_FILES = ("/etc/ufw/user.rules", "/etc/ufw/user6.rules", "/etc/ufw/ufw.conf")
+
+
+def sh(host: str, script: str, check: bool = True) -> str:
+    return lab.exec_on(host, ["sh", "-c", script], check=check).stdout.decode()
+
+
+def read(host: str, path: str) -> str | None:
+    done = lab.exec_on(host, ["cat", path], check=False)
+    return done.stdout.decode() if done.returncode == 0 else None
+
+
+def ufw_active(host: str) -> bool:
+    return lab.exec_on(host, ["iptables", "-n", "-L", "ufw-user-input"], check=False).returncode == 0
+
+
+def tuples(host: str, v6: bool = False) -> list[fw.UfwRule]:
+    return list(fw.parse_user_rules(read(host, UFW_FILES[1 if v6 else 0]) or "", v6))
+
+
+def docker_rules(host: str) -> str:
+    return sh(host, "iptables -S DOCKER-USER; ip6tables -S DOCKER-USER 2>/dev/null || true")
+
+
+def firewall_now(host: str) -> tuple[Any, ...]:
+    """Everything block-ip may touch on the host, for 'nothing changed' assertions."""
+    return (*(read(host, f) for f in UFW_FILES), docker_rules(host), read(host, STATE_FILE), ufw_active(host))
+
+
+def records(host: str) -> list[dict[str, Any]]:
+    text = read(host, STATE_FILE)
+    return json.loads(text)["blocks"] if text else []  # type: ignore[no-any-return]
+
+
+class Firewall:
+    """Runs the tasks against one lab host and reports what they said."""
+
+    def __init__(self, host: str, audit: Path, inventory_path: Path = labkit.LAB_INVENTORY) -> None:
+        self.host = host
+        self.audit = audit
+        self.inventory = inventory_path
+
+    def run(self, task: str, *args: str) -> labkit.Ran:
+        return labkit.inv(
+            task, "--host", self.host, "--json", *args, audit=self.audit, inventory=self.inventory
+        )
+
+    def status(self, task: str, *args: str) -> tuple[str, str]:
+        ran = self.run(task, *args)
+        host = ran.host(self.host)
+        return host["status"], host["message"]
+
+
+def restore(host: str, saved: dict[str, str | None], was_active: bool) -> None:
+    """Put back the firewall files, ufw's on/off state, the state file; drop our DOCKER-USER rules."""
+    for tool, v6 in (("iptables", False), ("ip6tables", True)):
+        listed = lab.exec_on(host, [tool, "-S", "DOCKER-USER"], check=False).stdout.decode()
+        for rule in fw.parse_docker_rules(listed, v6):
+            lab.exec_on(host, [tool, "-w", "10", "-D", "DOCKER-USER", *rule.spec])
+    if not was_active:
+        lab.exec_on(host, ["ufw", "--force", "disable"], check=False)
+    for path, content in saved.items():
+        if content is None:
+            lab.exec_on(host, ["rm", "-f", path])
+        else:
+            lab.exec_on(host, ["sh", "-c", 'cat > "$1"', "sh", path], input=content.encode())
+    if was_active:
+        lab.exec_on(host, ["ufw", "reload"])
+
+
+@pytest.fixture
+def saved_firewall(lab: Any) -> Iterator[Any]:
+    """Snapshot api1's and api2's firewall; restore both afterwards, whatever the test did."""
+    snapshots = {}
+    for host in ("api1", "api2"):
+        saved = {path: read(host, path) for path in (*UFW_FILES, STATE_FILE)}
+        snapshots[host] = (saved, ufw_active(host))
+    try:
+        yield snapshots
+    finally:
+        for host, (saved, was_active) in snapshots.items():
+            restore(host, saved, was_active)
+
+
+@pytest.fixture
+def api1(saved_firewall: Any, tmp_path: Path) -> Firewall:
+    """api1 with ufw active (allow 22/tcp) and no recorded blocks."""
+    sh("api1", "ufw allow 22/tcp >/dev/null && ufw --force enable >/dev/null")
+    lab.exec_on("api1", ["rm", "-f", STATE_FILE])
+    assert ufw_active("api1")
+    return Firewall("api1", tmp_path / "audit.jsonl")
+
+
+@pytest.fixture
+def api2_inactive(saved_firewall: Any, tmp_path: Path) -> Firewall:
+    """api2 with ufw inactive and no user rules: what --enable starts from."""
+    sh("api2", "ufw --force disable >/dev/null; ufw --force reset >/dev/null; rm -f /etc/ufw/*.rules.*_*")
+    lab.exec_on("api2", ["rm", "-f", STATE_FILE])
+    assert not ufw_active("api2")
+    return Firewall("api2", tmp_path / "audit.jsonl")
+
+
+# ---------------------------------------------------------------------------------------------
+# The quartets
+# ---------------------------------------------------------------------------------------------
+
+
+def test_block_and_unblock_quartets(api1: Firewall) -> None:
+    args = (
+        "--ip",
+        "203.0.113.0/24",
+        "--port",
+        "443",
+        "--proto",
+        "tcp",
+        "--ttl",
+        "1h",
+        "--comment",
+        "ddos wave 3",
+    )
+    target = fw.Target(ipaddress.ip_network("203.0.113.0/24"), 443, "tcp")
+    untouched = firewall_now("api1")
+
+    status, message = api1.status("block-ip", "--check", *args)
+    assert status == "changed" and "would add a ufw deny for 203.0.113.0/24 port 443/tcp" in message
+    assert firewall_now("api1") == untouched
+
+    ran = api1.run("block-ip", *args)
+    assert ran.code == 0, ran.stderr
+    host = ran.host("api1")
+    assert host["status"] == "changed", host
+    assert "blocked in ufw and DOCKER-USER" in host["message"]
+    assert host["steps"][-1]["data"]["layers"] == ["ufw", "DOCKER-USER"]
+    rules = tuples("api1")
+    assert rules[0].blocks(target), "the deny must be the first rule, above the allow rules"
+    assert any(r.admits() for r in rules[1:])
+    assert "--ctorigdstport 443" in docker_rules("api1")
+    [record] = records("api1")
+    assert (record["ip"], record["port"], record["proto"], record["comment"]) == (
+        "203.0.113.0/24",
+        443,
+        "tcp",
+        "ddos wave 3",
+    )
+    assert record["expires"] - record["created"] == 3600
+
+    assert api1.status("block-ip", *args)[0] == "ok"
+    assert records("api1") == [record]  # the expiry is not pushed on by a re-run
+    status, message = api1.status("block-ip", "--check", *args)
+    assert (status, "already blocked") == ("ok", message[: len("already blocked")])
+
+    listed = api1.run("list-blocks")
+    [block] = [s for s in listed.host("api1")["steps"] if s["step"] == "block"]
+    assert block["data"]["layers"] == ["ufw", "DOCKER-USER"] and "ddos wave 3" in block["message"]
+    assert "expires in" in block["message"]
+
+    blocked = firewall_now("api1")
+    status, message = api1.status("unblock-ip", "--check", "--ip", "203.0.113.0/24")
+    assert status == "changed" and "would delete the ufw deny" in message
+    assert firewall_now("api1") == blocked
+    assert api1.status("unblock-ip", "--ip", "203.0.113.0/24")[0] == "changed"
+    assert not any(r.blocks(target) for r in tuples("api1"))
+    assert "remediations block-ip" not in docker_rules("api1")
+    assert records("api1") == []
+    assert api1.status("unblock-ip", "--ip", "203.0.113.0/24")[0] == "ok"
+    assert api1.status("unblock-ip", "--check", "--ip", "203.0.113.0/24")[0] == "ok"
+
+
+def test_enable_quartet(api2_inactive: Firewall) -> None:
+    api2 = api2_inactive
+    before = firewall_now("api2")
+    status, message = api2.status("block-ip", "--ip", "203.0.113.7")
+    assert status == "failed" and "ufw is inactive" in message
+    assert firewall_now("api2") == before
+
+    args = ("--ip", "203.0.113.7", "--enable")
+    status, message = api2.status("block-ip", "--check", *args)
+    assert status == "changed" and "allow SSH 22/tcp" in message and "enable ufw" in message
+    assert firewall_now("api2") == before
+
+    assert api2.status("block-ip", *args)[0] == "changed"
+    assert ufw_active("api2")
+    rules = tuples("api2")
+    assert rules[0].blocks(fw.Target(ipaddress.ip_network("203.0.113.7/32")))
+    assert any(r.allows_tcp_port(22, ipaddress.ip_address("198.18.0.1")) for r in rules)
+    assert api2.status("block-ip", *args)[0] == "ok"  # the controller still gets in
+    assert api2.status("block-ip", "--check", *args)[0] == "ok"
+    assert api2.status("unblock-ip", "--ip", "203.0.113.7")[0] == "changed"
+
+
+def test_ipv6_block_is_ufw_only_without_a_docker_ipv6_chain(api1: Firewall) -> None:
+    target = fw.Target(ipaddress.ip_network("2001:db8::/32"))
+    status, message = api1.status("block-ip", "--ip", "2001:db8::/32")
+    assert status == "changed" and "blocked in ufw" in message and "no Docker layer" in message
+    assert tuples("api1", v6=True)[0].blocks(target)
+    assert api1.status("block-ip", "--ip", "2001:db8::/32")[0] == "ok"
+    assert api1.status("unblock-ip", "--ip", "2001:DB8::/32")[0] == "changed"
+    assert not any(r.blocks(target) for r in tuples("api1", v6=True))
+
+
+def test_a_plain_ufw_deny_below_the_allow_rules_is_moved_up(api1: Firewall) -> None:
+    target = fw.Target(ipaddress.ip_network("203.0.113.9/32"))
+    sh("api1", "ufw deny from 203.0.113.9 >/dev/null")  # what the runbook did: appended, never reached
+    assert not tuples("api1")[0].blocks(target)
+    status, message = api1.status("block-ip", "--ip", "203.0.113.9")
+    assert status == "changed" and "move the ufw deny" in message
+    assert tuples("api1")[0].blocks(target)
+    assert sum(r.blocks(target) for r in tuples("api1")) == 1
+    assert api1.status("unblock-ip", "--ip", "203.0.113.9")[0] == "changed"
+
+
+# ---------------------------------------------------------------------------------------------
+# Real traffic from a blocked address
+# ---------------------------------------------------------------------------------------------
+
+
+def wait_for(probe: Any, timeout: float = 20) -> bool:
+    deadline = time.monotonic() + timeout
+    while not probe():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.3)
+    return True
+
+
+def test_blocked_address_loses_sshd_and_published_port_controller_keeps_access(api1: Firewall) -> None:
+    address = "198.18.0.11"
+    name = "fwtest-web"
+    lab.exec_on("api1", ["docker", "rm", "-f", name], check=False)
+    lab.exec_on("api1", ["docker", "run", "-d", "--name", name, "-p", f"{address}:18080:8080",
+                         "local/busybox:1", "httpd", "-f", "-p", "8080"])  # fmt: skip
+    try:
+        with lab.client("198.18.0.200", name="fwtest") as outsider:
+            assert outsider.can_connect(address, 22)
+            assert wait_for(lambda: outsider.can_connect(address, 18080)), "test container never answered"
+
+            status, message = api1.status("block-ip", "--ip", "198.18.0.200", "--comment", "traffic test")
+            assert status == "changed" and "blocked in ufw and DOCKER-USER" in message
+            assert not outsider.can_connect(address, 22)
+            assert not outsider.can_connect(address, 18080)
+            assert api1.status("list-blocks")[0] == "ok"  # the controller still connects
+
+            # ufw alone does not protect the published port: take the DOCKER-USER rule away...
+            sh("api1", "iptables -S DOCKER-USER | grep -F 198.18.0.200 | cut -d' ' -f3- | "
+                       "while read -r rule; do eval \"iptables -D DOCKER-USER $rule\"; done")  # fmt: skip
+            assert outsider.can_connect(address, 18080)
+            assert not outsider.can_connect(address, 22)
+            # ...and block-ip repairs that layer.
+            status, message = api1.status("block-ip", "--ip", "198.18.0.200", "--comment", "traffic test")
+            assert status == "changed" and "add a DROP for 198.18.0.200 to DOCKER-USER" in message
+            assert not outsider.can_connect(address, 18080)
+
+            assert api1.status("unblock-ip", "--ip", "198.18.0.200")[0] == "changed"
+            assert outsider.can_connect(address, 22)
+            assert outsider.can_connect(address, 18080)
+    finally:
+        lab.exec_on("api1", ["docker", "rm", "-f", name], check=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Expiry, the lockout guard, the lock, bad input
+# ---------------------------------------------------------------------------------------------
+
+
+def test_unblock_expired_lifts_only_expired_blocks(api1: Firewall) -> None:
+    assert api1.status("block-ip", "--ip", "203.0.113.20", "--ttl", "2s")[0] == "changed"
+    assert api1.status("block-ip", "--ip", "203.0.113.21", "--ttl", "1h", "--comment", "keep")[0] == "changed"
+
+    def expired_listed() -> bool:
+        steps = api1.run("list-blocks").host("api1")["steps"]
+        return any(s["step"] == "block" and s["data"]["expired"] for s in steps)
+
+    assert wait_for(expired_listed, 15), "the 2s block never showed as expired"
+    status, message = api1.status("unblock-expired")
+    assert status == "changed" and "203.0.113.20" in message and "203.0.113.21" not in message.split("; ")[0]
+    assert [r["ip"] for r in records("api1")] == ["203.0.113.21"]
+    assert not any(r.blocks(fw.Target(ipaddress.ip_network("203.0.113.20/32"))) for r in tuples("api1"))
+    assert api1.status("unblock-expired")[0] == "ok"
+    assert api1.status("unblock-ip", "--ip", "203.0.113.21")[0] == "changed"
+
+
+def test_lockout_guard_refuses_the_controllers_range(api1: Firewall) -> None:
+    before = firewall_now("api1")
+    for mode in (("--check",), ()):
+        status, message = api1.status("block-ip", *mode, "--ip", "198.18.0.0/24")
+        assert status == "failed" and "contains 198.18.0.1" in message and "nothing changed" in message
+    assert firewall_now("api1") == before
+
+
+def test_allowlist_refuses_before_connecting(api1: Firewall, tmp_path: Path) -> None:
+    path = labkit.write_inventory(tmp_path / "inv.yml", all_vars={"firewall_allowlist": ["203.0.113.0/26"]})
+    guarded = Firewall("api1", api1.audit, path)
+    before = firewall_now("api1")
+    ran = guarded.run("block-ip", "--ip", "203.0.113.0/24")
+    assert ran.code == 2 and "overlaps 203.0.113.0/26 in firewall_allowlist" in ran.stderr
+    assert firewall_now("api1") == before
+    assert [r.get("host") for r in labkit.audit_lines(api1.audit)] == [None]  # nothing ran on a host
+
+
+def test_block_ip_waits_for_the_host_lock(api1: Firewall) -> None:
+    inv = inventory.load(labkit.LAB_INVENTORY)
+    remote = connect(inv.hosts["api1"])
+    before = firewall_now("api1")
+    try:
+        with HostLock(remote, "someone else's run", wait=5):
+            status, message = api1.status("block-ip", "--ip", "203.0.113.30", "--lock-wait", "1")
+    finally:
+        remote.close()
+    assert status == "failed" and "someone else's run" in message
+    assert firewall_now("api1") == before
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (("--ip", "300.1.1.1"), "not an IPv4 or IPv6 address"),
+        (("--ip", "1.2.3.4/33"), "prefix length"),
+        (("--ip", "1.2.3.4; rm -rf /"), "not an IPv4 or IPv6 address or CIDR range"),
+        (("--ip", ""), "--ip is required"),
+        (("--ip", "1.2.3.5/24"), "host bits set: give 1.2.3.0/24"),
+        (("--ip", "1.2.3.4", "--port", "70000"), "--port"),
+        (("--ip", "1.2.3.4", "--proto", "icmp"), "--proto"),
+        (("--ip", "1.2.3.4", "--ttl", "soon"), "--ttl"),
+    ],
+)
+def test_bad_input_is_one_line_and_runs_nothing(
+    lab: Any, tmp_path: Path, args: tuple[str, ...], says: str
+) -> None:
+    audit = tmp_path / "audit.jsonl"
+    ran = labkit.inv("block-ip", "--host", "api1", *args, audit=audit)
+    assert ran.code == 2
+    assert says in ran.stderr and len(ran.stderr.strip().splitlines()) == 1, ran.stderr
+    assert [r.get("host") for r in labkit.audit_lines(audit)] == [None]
+    assert shlex.split(ran.stderr)[0] == "error:"
