@@ -19,7 +19,7 @@ from tests import labkit
 
 pytestmark = pytest.mark.lab
 
-LAB_NAMES = ("api1", "api2", "db1")
+LAB_NAMES = ("api1", "api2", "db1", "dbrestore")
 
 
 def sh(*argv: str) -> str:
