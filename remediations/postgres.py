@@ -1,0 +1,280 @@
+"""Shared by the PostgreSQL remediations (wal-cleanup, backup-check, restore-test).
+
+PostgreSQL on a host: its client tools run there over the run's connection, as the database's OS user
+(`postgres_os_user`, default postgres) through `runuser` when the connection is root and `sudo -n`
+otherwise, over the local socket: no password is needed and none is ever on a command line.
+`postgres_bin_dir` names the tools' directory (default: the PATH, Debian's wrappers);
+`postgres_port` (default 5432) and `postgres_socket_dir` (default the tools' own) pick the cluster.
+
+S3 runs on the controller with boto3: the standard AWS credential chain (environment, profile,
+instance role; `aws_profile` picks a profile), `s3_endpoint_url` (or AWS_ENDPOINT_URL_S3 /
+AWS_ENDPOINT_URL) and `s3_region`. boto3 is imported only when a task needs it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shlex
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from remediations.errors import CommandResult, HostError, UsageError
+from remediations.inventory import Host
+
+MARK = "@@"
+DEFAULT_OS_USER = "postgres"
+DEFAULT_PORT = 5432
+
+# Runs a command as another OS user: runuser when we are root, sudo otherwise; from / so that the
+# tools do not complain about a home directory they cannot read.
+AS_USER = (
+    'as_user() { u=$1; shift; ( cd / && if [ "$(id -un)" = "$u" ]; then "$@"; '
+    'elif [ "$(id -u)" = 0 ] && command -v runuser >/dev/null 2>&1; then runuser -u "$u" -- "$@"; '
+    'else sudo -n -u "$u" -- "$@"; fi ); }'
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Output sections and small formatting helpers (pure)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Section:
+    name: str
+    arg: str
+    body: str
+
+
+def parse_sections(output: str) -> list[Section]:
+    """`@@name arg` lines start sections; a name may repeat (one section per file)."""
+    found: list[Section] = []
+    name: str | None = None
+    arg = ""
+    body: list[str] = []
+    for line in output.splitlines():
+        if line.startswith(MARK):
+            if name is not None:
+                found.append(Section(name, arg, "\n".join(body)))
+            head, _, arg = line[len(MARK) :].partition(" ")
+            name, body = head, []
+        elif name is not None:
+            body.append(line)
+    if name is not None:
+        found.append(Section(name, arg, "\n".join(body)))
+    return found
+
+
+def human_bytes(count: float) -> str:
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"  # pragma: no cover
+
+
+def human_age(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
+def positive_number(host: Host, name: str, default: float) -> float:
+    """A numeric inventory var; a bad value is bad input naming the var."""
+    value = host.get(name, default)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = -1.0
+    if number <= 0:
+        raise UsageError(f"{host.source}: host {host.name}: {name} must be a positive number, got {value!r}")
+    return number
+
+
+# --------------------------------------------------------------------------------------------
+# PostgreSQL tools on a host
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PgTarget:
+    """How to run PostgreSQL's client tools on a host (from inventory vars)."""
+
+    os_user: str = DEFAULT_OS_USER
+    bin_dir: str = ""
+    port: int = DEFAULT_PORT
+    socket_dir: str = ""
+
+    @classmethod
+    def from_host(cls, host: Host) -> PgTarget:
+        try:
+            port = int(host.get("postgres_port", DEFAULT_PORT))
+        except (TypeError, ValueError):
+            raise UsageError(
+                f"{host.source}: host {host.name}: postgres_port must be a port number"
+            ) from None
+        return cls(
+            os_user=str(host.get("postgres_os_user") or DEFAULT_OS_USER),
+            bin_dir=str(host.get("postgres_bin_dir") or ""),
+            port=port,
+            socket_dir=str(host.get("postgres_socket_dir") or ""),
+        )
+
+    def tool(self, name: str) -> str:
+        return f"{self.bin_dir.rstrip('/')}/{name}" if self.bin_dir else name
+
+    def argv(self, tool: str, *args: str) -> list[str]:
+        """A client tool with the connection options (port, socket directory)."""
+        connection = ["-p", str(self.port), *(["-h", self.socket_dir] if self.socket_dir else [])]
+        return [self.tool(tool), *connection, *args]
+
+    def shell(self, tool: str, *args: str) -> str:
+        """Shell text that runs the tool as the database's OS user; every argument quoted."""
+        return f"as_user {shlex.quote(self.os_user)} {shlex.join(self.argv(tool, *args))}"
+
+    def psql(self, database: str = "postgres", *args: str) -> str:
+        """psql reading SQL from stdin, unaligned tuples only, stopping at the first error."""
+        return self.shell(
+            "psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-d", database, *args, "-f", "-"
+        )
+
+
+def sql_literal(text: str) -> str:
+    """A PostgreSQL string literal (standard_conforming_strings, on by default since 9.1)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def sql_identifier(name: str) -> str:
+    """A quoted identifier; `schema.table` becomes two quoted parts."""
+    return ".".join('"' + part.replace('"', '""') + '"' for part in name.split("."))
+
+
+def script(*lines: str) -> str:
+    """Shell text with the as_user helper defined first."""
+    return "\n".join([AS_USER, *lines])
+
+
+def must_ok(result: CommandResult, what: str) -> CommandResult:
+    if not result.ok:
+        raise HostError(f"{what} failed (exit {result.exit_code}): {result.tail()}", result)
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# S3 on the controller
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class S3Object:
+    key: str
+    size: int
+    modified: dt.datetime
+
+
+def s3_endpoint(host_vars: Mapping[str, Any]) -> str | None:
+    """The standard environment (AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL) wins over `s3_endpoint_url`."""
+    for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+        if os.environ.get(name):
+            return os.environ[name]
+    value = host_vars.get("s3_endpoint_url")
+    return str(value) if value else None
+
+
+class S3Store:
+    """A boto3 S3 client for one host's settings; failures become one readable HostError line."""
+
+    def __init__(self, host_vars: Mapping[str, Any]) -> None:
+        import boto3
+        from botocore.config import Config
+
+        self.endpoint = s3_endpoint(host_vars)
+        session = boto3.session.Session(
+            profile_name=str(host_vars["aws_profile"]) if host_vars.get("aws_profile") else None,
+            region_name=str(host_vars["s3_region"]) if host_vars.get("s3_region") else None,
+        )
+        credentials = session.get_credentials()
+        frozen = credentials.get_frozen_credentials() if credentials is not None else None
+        self.secrets = [
+            s
+            for s in (
+                getattr(frozen, "access_key", None),
+                getattr(frozen, "secret_key", None),
+                getattr(frozen, "token", None),
+            )
+            if s
+        ]
+        # Standard retries cover exactly the transient failures (throttling, 5xx, connection
+        # errors), with backoff and an explicit stop; every call here is safe to repeat.
+        self.client: Any = session.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name=session.region_name or "us-east-1",
+            config=Config(
+                connect_timeout=5, read_timeout=60, retries={"mode": "standard", "max_attempts": 3}
+            ),
+        )
+
+    def where(self, bucket: str, prefix: str = "") -> str:
+        return f"s3://{bucket}/{prefix}" + (f" at {self.endpoint}" if self.endpoint else "")
+
+    def explain(self, exc: Exception) -> str:
+        from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+
+        if isinstance(exc, ClientError):
+            error = exc.response.get("Error", {})
+            code = str(error.get("Code") or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode"))
+            text = {
+                "NoSuchBucket": "the bucket does not exist",
+                "NoSuchKey": "no such object",
+                "404": "no such object",
+            }.get(code) or f"{code}: {error.get('Message') or ''}".rstrip(": ")
+        elif isinstance(exc, EndpointConnectionError):
+            text = f"cannot reach the S3 endpoint {self.endpoint or 'AWS'}"
+        elif isinstance(exc, NoCredentialsError):
+            text = "no AWS credentials (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or aws_profile)"
+        else:
+            text = f"{type(exc).__name__}: {exc}"
+        for secret in self.secrets:
+            text = text.replace(secret, "*****")
+        return text
+
+    @contextmanager
+    def failing(self, what: str) -> Iterator[None]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            yield
+        except (ClientError, BotoCoreError) as exc:
+            raise HostError(f"{what}: {self.explain(exc)}") from None
+
+    def list(self, bucket: str, prefix: str) -> list[S3Object]:
+        """Every object under `prefix` (paginated)."""
+        found: list[S3Object] = []
+        with self.failing(f"listing {self.where(bucket, prefix)}"):
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+                for item in page.get("Contents") or []:
+                    found.append(S3Object(str(item["Key"]), int(item["Size"]), item["LastModified"]))
+        return found
+
+    def download(self, bucket: str, key: str, path: str) -> None:
+        with self.failing(f"downloading s3://{bucket}/{key}"):
+            self.client.download_file(bucket, key, path)
+
+
+def controller_targets(inventory: Any) -> list[Host]:
+    """The target when --host is left out of a controller-side task: the controller itself
+    (`localhost`, ansible_connection local) with the vars every inventory host shares (`all` vars)."""
+    from remediations.engine import _common_vars
+
+    shared = {**_common_vars(inventory), "ansible_connection": "local"}
+    return [Host("localhost", shared, (), inventory.source)]

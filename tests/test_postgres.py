@@ -1,0 +1,456 @@
+"""Pure parts of the PostgreSQL remediations: WAL names, cut points, keep sets, cron, metrics."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from remediations import backups, cron, restore_test, wal
+from remediations.errors import UsageError
+from remediations.inventory import Host
+from remediations.postgres import S3Object, sql_identifier, sql_literal
+
+SEG = "00000001000000000000000{}"
+
+
+def seg(n: int, tli: int = 1) -> str:
+    return f"{tli:08X}{n // 256:08X}{n % 256:08X}"
+
+
+def history(n: int, offset: str = "00000028", time: str = "2026-01-01 00:00:00 UTC") -> tuple[str, str]:
+    name = f"{seg(n)}.{offset}.backup"
+    text = (
+        f"START WAL LOCATION: 0/{n:X}000028 (file {seg(n)})\nSTOP WAL LOCATION: 0/{n:X}000100 (file "
+        f"{seg(n)})\nCHECKPOINT LOCATION: 0/{n:X}000060\nBACKUP METHOD: streamed\nBACKUP FROM: primary\n"
+        f"START TIME: {time}\nLABEL: nightly\nSTART TIMELINE: 1\n"
+    )
+    return name, text
+
+
+@pytest.mark.parametrize(
+    ("timeline", "lsn", "name"),
+    [
+        (1, 0x0, "000000010000000000000000"),
+        (1, 0x2000028, "000000010000000000000002"),
+        (1, 0xFFFFFFFF, "0000000100000000000000FF"),
+        (1, 0x100000000, "000000010000000100000000"),
+        (2, 0x16B374D848, "0000000200000016000000B3"),
+    ],
+)
+def test_segment_name(timeline: int, lsn: int, name: str) -> None:
+    assert wal.segment_name(timeline, lsn) == name
+
+
+@pytest.mark.parametrize(("text", "value"), [("0/0", 0), ("16/B374D848", 0x16B374D848), ("1/0", 1 << 32)])
+def test_parse_lsn(text: str, value: int) -> None:
+    assert wal.parse_lsn(text) == value
+
+
+@pytest.mark.parametrize(
+    ("name", "suffix", "expected"),
+    [
+        ("000000010000000000000001", "", True),
+        ("000000010000000000000001.partial", "", True),
+        ("000000010000000000000001.00000028.backup", "", False),
+        ("00000002.history", "", False),
+        ("000000010000000000000001.gz", ".gz", True),
+        ("000000010000000000000001.gz", "", False),
+        ("00000001000000000000000g", "", False),
+        ("000000010000000000000001.tmp.123", "", False),
+    ],
+)
+def test_is_segment(name: str, suffix: str, expected: bool) -> None:
+    assert wal.is_segment(name, suffix) is expected
+
+
+def test_parse_history_reads_start_segment_time_and_label() -> None:
+    name, text = history(8)
+    backup = wal.parse_history(name, text)
+    assert backup == wal.BaseBackup(name, seg(8), "2026-01-01 00:00:00 UTC", "nightly")
+    assert wal.parse_history("notes.txt", text) is None
+    # unreadable content: the file name still names the start segment
+    assert wal.parse_history(name, "garbage") == wal.BaseBackup(name, seg(8))
+
+
+def backups_at(*numbers: int) -> list[wal.BaseBackup]:
+    found = [wal.parse_history(*history(n)) for n in numbers]
+    return [b for b in found if b is not None]
+
+
+@pytest.mark.parametrize(
+    ("starts", "keep", "kept"),
+    [
+        ([5, 8, 11], 2, [8, 11]),
+        ([11, 5, 8], 2, [8, 11]),  # order of discovery does not matter
+        ([5, 8, 11], 1, [11]),
+        ([5, 8, 11], 5, [5, 8, 11]),
+        ([5], 2, [5]),
+    ],
+)
+def test_keep_set(starts: list[int], keep: int, kept: list[int]) -> None:
+    assert [b.start_segment for b in wal.keep_set(backups_at(*starts), keep)] == [seg(n) for n in kept]
+
+
+FILES = [wal.ArchiveFile(seg(n), 16) for n in range(1, 12)] + [
+    wal.ArchiveFile(f"{seg(5)}.00000028.backup", 300),
+    wal.ArchiveFile("00000002.history", 40),
+    wal.ArchiveFile(f"{seg(3)}.partial", 16),
+    wal.ArchiveFile(f"00000002{seg(4)[8:]}", 16),  # another timeline: ordered by its segment alone
+]
+
+
+@pytest.mark.parametrize(
+    ("uploaded", "deleted", "held"),
+    [
+        ("all", [seg(n) for n in (1, 2, 3)] + [f"{seg(3)}.partial", f"00000002{seg(4)[8:]}", seg(4)], ""),
+        ("none", [], f"{seg(1)} is missing"),
+        ("all-but-3", [seg(1), seg(2)], f"{seg(3)} is missing"),
+        ("3-differs", [seg(1), seg(2)], f"{seg(3)} has 15 bytes"),
+    ],
+)
+def test_decide_stops_at_the_first_segment_not_in_s3(uploaded: str, deleted: list[str], held: str) -> None:
+    everything = {f.name: f.size for f in FILES}
+    sizes = {
+        "all": everything,
+        "all-but-3": {k: v for k, v in everything.items() if k != seg(3)},
+        "3-differs": {**everything, seg(3): 15},
+        "none": {},
+    }[uploaded]
+    plan = wal.decide(FILES, backups_at(5, 8, 11), 3, sizes, "s3://b/wal/")
+    assert plan.cut is not None and plan.cut.start_segment == seg(5)
+    assert sorted(f.name for f in plan.delete) == sorted(deleted)
+    assert held in plan.held
+    if held:
+        assert "kept it and" in plan.held
+
+
+@pytest.mark.parametrize(
+    ("starts", "reason"),
+    [([], "no base backup history file"), ([1], "no archived segment older than")],
+)
+def test_decide_nothing(starts: list[int], reason: str) -> None:
+    plan = wal.decide(FILES, backups_at(*starts), 2, None)
+    assert not plan.delete and reason in plan.nothing_because
+
+
+@pytest.mark.skipif(
+    not Path("/usr/lib/postgresql/15/bin/pg_archivecleanup").exists(),
+    reason="pg_archivecleanup (Debian postgresql) not installed",
+)
+@pytest.mark.parametrize("cut", [seg(5), seg(8), f"{seg(8)}.00000028.backup", "000000020000000000000006"])
+def test_older_than_cut_matches_pg_archivecleanup(tmp_path: Path, cut: str) -> None:
+    """The same files pg_archivecleanup -n would remove, on a real directory."""
+    for f in FILES:
+        (tmp_path / f.name).write_bytes(b"x")
+    done = subprocess.run(
+        ["/usr/lib/postgresql/15/bin/pg_archivecleanup", "-n", str(tmp_path), cut],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    theirs = sorted(Path(line).name for line in done.stdout.split())
+    cut_segment = cut[:24]
+    ours = sorted(f.name for f in wal.older_than_cut(FILES, cut_segment))
+    assert ours == theirs
+    assert shutil.which("true")
+
+
+@pytest.mark.parametrize(
+    ("realpath", "data_directory", "inside"),
+    [
+        ("/var/lib/postgresql/wal-archive", "/var/lib/postgresql/15/main", False),
+        ("/var/lib/postgresql/15/main/pg_wal", "/var/lib/postgresql/15/main", True),
+        ("/var/lib/postgresql/15/main/pg_wal/archive_status", "/var/lib/postgresql/15/main", True),
+        ("/srv/pg/pg_wal", "", True),
+        ("/srv/pg_wal_archive", "/srv/data", False),
+    ],
+)
+def test_inside_pg_wal(realpath: str, data_directory: str, inside: bool) -> None:
+    assert wal.inside_pg_wal(realpath, data_directory) is inside
+
+
+SLOTS = [
+    wal.Slot("idle", "physical", False, "reserved", 48 * 1024**2),
+    wal.Slot("busy", "logical", True, "", 0),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "action", "words"),
+    [("idle", "drop", "48.0 MiB"), ("busy", "refuse", "is active"), ("gone", "none", "no replication slot")],
+)
+def test_decide_slot(name: str, action: str, words: str) -> None:
+    got, why = wal.decide_slot(SLOTS, name)
+    assert got == action and words in why
+
+
+def test_pg_wal_report_names_inactive_slots_and_failures() -> None:
+    pg = wal.PgFacts(
+        wal_files=6,
+        wal_bytes=96 * 1024**2,
+        slots=SLOTS,
+        archiver={
+            "failed_count": 3,
+            "last_failed_wal": seg(9),
+            "last_failed_time": "2026-01-02",
+            "last_archived_time": "2026-01-01",
+            "last_archived_wal": seg(8),
+            "last_archived_age": 7200.0,
+        },
+    )
+    text = wal.pg_wal_report(pg)
+    assert "inactive physical slot 'idle' retains 48.0 MiB" in text
+    assert "archiver is FAILING: 3 failure(s)" in text
+    assert "last archived 000000010000000000000008 2.0h ago" in text
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        "0 4 * * 0",
+        "*/5 * * * *",
+        "0 0 1 jan,jul *",
+        "30 2 * * mon-fri",
+        "0 3 1-15/2 * 7",
+        "@daily",
+        " 0  4 * * 0 ",
+    ],
+)
+def test_valid_schedules(schedule: str) -> None:
+    assert cron.validate_schedule(schedule) == " ".join(schedule.split())
+
+
+@pytest.mark.parametrize(
+    ("schedule", "words"),
+    [
+        ("every sunday", "5 fields"),
+        ("0 4 * *", "5 fields"),
+        ("60 4 * * 0", "minute 60 is outside 0-59"),
+        ("0 24 * * 0", "hour 24"),
+        ("0 4 0 * *", "day of month 0"),
+        ("0 4 * 13 *", "month 13"),
+        ("0 4 * * 8", "day of week 8"),
+        ("0 4 * * funday", "not a number"),
+        ("*/0 * * * *", "step"),
+        ("5-1 * * * *", "backwards"),
+        ("0 4 * * 0;rm", "characters"),
+        ("@sometimes", "5 fields"),
+    ],
+)
+def test_invalid_schedules(schedule: str, words: str) -> None:
+    with pytest.raises(UsageError, match="not a cron expression") as caught:
+        cron.validate_schedule(schedule)
+    assert words in str(caught.value)
+
+
+JOB = cron.Job("restore-test", "0 4 * * 0", "cd /p && flock -n /run/lock/x.lock inv restore-test >> /l 2>&1")
+
+
+@pytest.mark.parametrize(
+    ("current", "job", "action", "expected"),
+    [
+        ("", JOB, "add", f"{cron.marker('restore-test')}\n{JOB.line}\n"),
+        ("MAILTO=x\n", JOB, "add", f"MAILTO=x\n{cron.marker('restore-test')}\n{JOB.line}\n"),
+        (f"{cron.marker('restore-test')}\n{JOB.line}\n", JOB, "none", None),
+        (
+            f"a\n{cron.marker('restore-test')}\n0 5 * * * old\nb\n",
+            JOB,
+            "replace",
+            f"a\n{cron.marker('restore-test')}\n{JOB.line}\nb\n",
+        ),
+        (f"a\n{cron.marker('restore-test')}\n{JOB.line}\nb\n", None, "remove", "a\nb\n"),
+        ("a\n", None, "none", None),
+        (
+            f"{cron.marker('other')}\nx\n",
+            JOB,
+            "add",
+            f"{cron.marker('other')}\nx\n{cron.marker('restore-test')}\n{JOB.line}\n",
+        ),
+    ],
+)
+def test_edit_crontab(current: str, job: cron.Job | None, action: str, expected: str | None) -> None:
+    text, got = cron.edit(current, "restore-test", job)
+    assert got == action
+    assert text == (current if expected is None else expected)
+
+
+def test_job_line_quotes_arguments_and_escapes_percent() -> None:
+    command = cron.job_command(
+        "wal-cleanup",
+        ["--host", "db 1", "--x=%d"],
+        project="/srv/my project",
+        inv="/v/inv",
+        inventory="/i.yml",
+        lock="/run/lock/l",
+        log="/var/log/r.log",
+    )
+    line = cron.Job("w", "@daily", command).line
+    assert line == (
+        "@daily cd '/srv/my project' && flock -n /run/lock/l /v/inv wal-cleanup --inventory /i.yml "
+        "--host 'db 1' --x=\\%d >> /var/log/r.log 2>&1"
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"task": "restart-api", "schedule": "@daily"}, "cron-safe"),
+        ({"task": "restore-test", "schedule": "nightly"}, "not a cron expression"),
+        ({"task": "restore-test", "schedule": "@daily", "args": "--inventory x"}, "--inventory"),
+        ({"task": "restore-test", "schedule": "@daily", "name": "Bad Name"}, "--name"),
+        ({"task": "restore-test", "schedule": "@daily", "log": "rel.log"}, "absolute"),
+    ],
+)
+def test_install_cron_bad_input(kwargs: dict[str, str], words: str) -> None:
+    task, schedule = kwargs.pop("task"), kwargs.pop("schedule")
+    with pytest.raises(UsageError) as caught:
+        cron.InstallCron(task, schedule, **kwargs)  # type: ignore[arg-type]
+    assert words in str(caught.value)
+
+
+NOW = dt.datetime(2026, 1, 10, 12, 0, tzinfo=dt.UTC)
+
+
+def obj(key: str, size: int, hours_ago: float) -> S3Object:
+    return S3Object(key, size, NOW - dt.timedelta(hours=hours_ago))
+
+
+def test_newest_dump_and_base_backup() -> None:
+    dumps = [obj("dumps/a.dump", 10, 30), obj("dumps/b.dump", 20, 2), obj("dumps/", 0, 1)]
+    assert backups.newest_dump(dumps) == backups.Backup("dumps/b.dump", 20, NOW - dt.timedelta(hours=2))
+    bases = [
+        obj("bb/1/base.tar.gz", 100, 50),
+        obj("bb/2/base.tar.gz", 300, 3),
+        obj("bb/2/pg_wal.tar.gz", 5, 2.9),
+        obj("bb/single.tar", 7, 40),
+    ]
+    newest = backups.newest_base_backup(bases, "bb/")
+    assert newest is not None and (newest.name, newest.size) == ("bb/2/", 305)
+    assert backups.newest_dump([]) is None
+
+
+@pytest.mark.parametrize(
+    ("backup", "ok", "words"),
+    [
+        (backups.Backup("d", 5000, NOW - dt.timedelta(hours=2)), True, "2.0h old"),
+        (backups.Backup("d", 5000, NOW - dt.timedelta(hours=30)), False, "older than the RPO of 26h"),
+        (backups.Backup("d", 10, NOW - dt.timedelta(hours=2)), False, "smaller than 1.0 KiB"),
+        (None, False, "no dump found"),
+    ],
+)
+def test_backup_verdict(backup: backups.Backup | None, ok: bool, words: str) -> None:
+    got, why = backups.verdict("dump", backup, NOW, 26, 1024)
+    assert got is ok and words in why
+
+
+def host(**variables: object) -> Host:
+    return Host("r1", {"backup_s3_bucket": "b", **variables}, (), "inv.yml")
+
+
+@pytest.mark.parametrize(
+    ("variables", "words"),
+    [
+        ({"restore_database": "shop", "restore_protected_databases": ["shop"]}, "production database"),
+        ({"restore_database": "postgres"}, "production database"),
+        ({"restore_database": "Bad-Name"}, "plain lower-case name"),
+        ({"restore_check_tables": {"orders; drop": 1}}, "[schema.]table"),
+        ({"restore_freshness_column": "orders"}, "[schema.]table.column"),
+        ({"backup_rpo_hours": 0}, "positive number"),
+    ],
+)
+def test_restore_settings_refused(variables: dict[str, object], words: str) -> None:
+    with pytest.raises(UsageError) as caught:
+        restore_test.settings(host(**variables))
+    assert words in str(caught.value)
+
+
+SETTINGS = restore_test.settings(
+    host(
+        restore_check_tables={"orders": 100, "public.customers": 10},
+        restore_freshness_column="orders.created_at",
+        backup_rpo_hours=24,
+    )
+)
+
+
+@pytest.mark.parametrize(
+    ("exists", "measured", "problems"),
+    [
+        (
+            {"t:orders": True, "t:public.customers": True, "c:orders.created_at": True},
+            {"t:orders": 150, "t:public.customers": 10, "newest_age": 60.0},
+            [],
+        ),
+        (
+            {"t:orders": True, "t:public.customers": False, "c:orders.created_at": True},
+            {"t:orders": 150, "newest_age": 60.0},
+            ["table public.customers is missing"],
+        ),
+        (
+            {"t:orders": True, "t:public.customers": True, "c:orders.created_at": True},
+            {"t:orders": 99, "t:public.customers": 10, "newest_age": 90000.0},
+            ["orders has 99 rows, fewer than the minimum 100", "older than the RPO of 24h"],
+        ),
+        (
+            {"t:orders": True, "t:public.customers": True, "c:orders.created_at": False},
+            {"t:orders": 100, "t:public.customers": 10},
+            ["column orders.created_at is missing"],
+        ),
+        (
+            {"t:orders": True, "t:public.customers": True, "c:orders.created_at": True},
+            {"t:orders": 100, "t:public.customers": 10, "newest_age": None},
+            ["has no values"],
+        ),
+    ],
+)
+def test_restore_checks(exists: dict[str, bool], measured: dict[str, object], problems: list[str]) -> None:
+    outcome = restore_test.evaluate(SETTINGS, exists, measured)
+    assert outcome.ok is (not problems)
+    for words in problems:
+        assert any(words in p for p in outcome.problems), outcome.problems
+    assert len(outcome.problems) == len(problems)
+
+
+def test_metrics_text() -> None:
+    text = restore_test.metrics_text(
+        'db"1',
+        {
+            "success": True,
+            "duration_seconds": 12.5,
+            "phases": {"restore": 3.0},
+            "last_success_timestamp": 1700000000.4,
+            "rows": {"orders": 150},
+        },
+    )
+    assert 'restore_test_success{restore_host="db\\"1"} 1\n' in text
+    assert 'restore_test_duration_seconds{restore_host="db\\"1"} 12.500\n' in text
+    assert 'restore_test_phase_duration_seconds{restore_host="db\\"1",phase="restore"} 3.000\n' in text
+    assert 'restore_test_last_success_timestamp_seconds{restore_host="db\\"1"} 1700000000\n' in text
+    assert 'restore_test_rows{restore_host="db\\"1",table="orders"} 150\n' in text
+    failed = restore_test.metrics_text("h", {"success": False, "last_success_timestamp": None})
+    assert 'restore_test_success{restore_host="h"} 0' in failed
+    assert 'restore_test_last_success_timestamp_seconds{restore_host="h"} 0' in failed
+
+
+def test_write_atomically_replaces_whole_files(tmp_path: Path) -> None:
+    target = tmp_path / "sub" / "m.prom"
+    restore_test.write_atomically(str(target), "one\n")
+    restore_test.write_atomically(str(target), "two\n")
+    assert target.read_text() == "two\n"
+    assert [p.name for p in target.parent.iterdir()] == ["m.prom"]
+
+
+@pytest.mark.parametrize(
+    ("name", "quoted"),
+    [("orders", '"orders"'), ("public.orders", '"public"."orders"'), ('we"ird', '"we""ird"')],
+)
+def test_sql_identifier(name: str, quoted: str) -> None:
+    assert sql_identifier(name) == quoted
+
+
+def test_sql_literal() -> None:
+    assert sql_literal("it's") == "'it''s'"

@@ -1,0 +1,371 @@
+"""wal-cleanup, backup-check, restore-test and install-cron on the lab: real PostgreSQL with WAL
+archiving to a local archive and to S3 (moto), real pg_basebackup / pg_dump / pg_restore, real cron."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from remediations import lab
+from tests import labkit, pglab
+from tests.labkit import inv
+
+pytestmark = pytest.mark.lab
+
+
+def run(*args: str, audit: Path, inventory: Path = labkit.LAB_INVENTORY) -> labkit.Ran:
+    return inv(*args, "--json", audit=audit, inventory=inventory, env=pglab.AWS_ENV)
+
+
+def steps(ran: labkit.Ran, host: str) -> dict[str, dict[str, Any]]:
+    return {s["step"]: s for s in ran.host(host)["steps"]}
+
+
+@pytest.fixture
+def audit(tmp_path: Path) -> Path:
+    return tmp_path / "audit.jsonl"
+
+
+@pytest.fixture(scope="module")
+def shop(lab: Any) -> Iterator[None]:
+    """db1 has the shop database, two base backups with WAL between them, a dump and a base backup
+    in S3; everything the archive holds is also in S3."""
+    pglab.make_shop()
+    pglab.base_backup()
+    pglab.switch_wal(count=2)
+    pglab.base_backup(upload=True)
+    pglab.switch_wal(count=1)
+    pglab.dump_shop()
+    yield
+
+
+def old_segments() -> list[str]:
+    """Archived segments older than the cut point of the 2 newest base backups (as pg_archivecleanup)."""
+    from remediations import wal
+
+    files = [wal.ArchiveFile(n, s) for n, s in pglab.archived().items()]
+    found = [
+        wal.parse_history(n, (pglab.archive_dir() / n).read_text())
+        for n in pglab.archived()
+        if n.endswith(".backup")
+    ]
+    kept = wal.keep_set([b for b in found if b is not None], 2)
+    return [f.name for f in wal.older_than_cut(files, kept[0].start_segment)]
+
+
+def test_wal_cleanup_quartet_and_faults(shop: None, audit: Path, tmp_path: Path) -> None:
+    pglab.base_backup()  # a new base backup: the cut point moves, older segments become deletable
+    doomed = old_segments()
+    assert doomed
+    check = run("wal-cleanup", "--host", "db1", "--check", "--diff", audit=audit)
+    assert check.code == 0, check.stderr + check.stdout
+    assert check.host("db1")["status"] == "changed"
+    decide = steps(check, "db1")["decide"]
+    assert decide["data"]["count"] == len(doomed) and decide["data"]["bytes"] == 16 * 1024**2 * len(doomed)
+    assert all(f"- {name}" in decide["diff"] for name in doomed)
+    assert set(doomed) <= set(pglab.archived()), "check mode deleted something"
+    assert "pg_wal/ holds" in steps(check, "db1")["pg_wal"]["message"]
+
+    # Faults first, with nothing lost: S3 unreachable, then a segment missing from S3.
+    bad_s3 = labkit.write_inventory(
+        tmp_path / "bad-s3.yml", all_vars={"s3_endpoint_url": "http://198.18.0.1:9"}
+    )
+    ran = run("wal-cleanup", "--host", "db1", audit=audit, inventory=bad_s3)
+    assert ran.code == 1 and "cannot reach the S3 endpoint" in ran.host("db1")["message"]
+    assert set(doomed) <= set(pglab.archived())
+
+    s3 = pglab.s3()
+    missing = doomed[len(doomed) // 2]
+    body = s3.get_object(Bucket=pglab.BUCKET, Key=f"wal/{missing}")["Body"].read()
+    s3.delete_object(Bucket=pglab.BUCKET, Key=f"wal/{missing}")
+    try:
+        ran = run("wal-cleanup", "--host", "db1", audit=audit)
+        assert ran.code == 1
+        assert f"{missing} is missing from s3://{pglab.BUCKET}/wal/" in ran.host("db1")["message"]
+        left = pglab.archived()
+        older = doomed[: doomed.index(missing)]
+        assert not set(older) & set(left), "segments before the missing one are deleted"
+        assert set(doomed[doomed.index(missing) :]) <= set(left), "the missing one and newer ones are kept"
+    finally:
+        s3.put_object(Bucket=pglab.BUCKET, Key=f"wal/{missing}", Body=body)
+
+    apply = run("wal-cleanup", "--host", "db1", audit=audit)
+    assert apply.code == 0, apply.stdout
+    assert apply.host("db1")["status"] == "changed"
+    assert not set(doomed) & set(pglab.archived())
+    assert any(n.endswith(".backup") for n in pglab.archived()), "history files are kept"
+    again = run("wal-cleanup", "--host", "db1", audit=audit)
+    assert again.code == 0 and again.host("db1")["status"] == "ok", again.stdout
+    check_again = run("wal-cleanup", "--host", "db1", "--check", audit=audit)
+    assert check_again.host("db1")["status"] == "ok"
+    # pg_wal/ itself was never touched: PostgreSQL still archives and answers.
+    pglab.switch_wal()
+
+
+def test_wal_cleanup_missing_archive_dir(shop: None, audit: Path, tmp_path: Path) -> None:
+    inventory = labkit.write_inventory(
+        tmp_path / "inv.yml", host_vars={"db1": {"wal_archive_dir": "/nonexistent/wal"}}
+    )
+    before = pglab.archived()
+    ran = run("wal-cleanup", "--host", "db1", audit=audit, inventory=inventory)
+    assert ran.code == 1
+    assert "archive directory /nonexistent/wal does not exist" in ran.host("db1")["message"]
+    assert pglab.archived().keys() >= before.keys()
+
+
+def test_drop_inactive_slot_only_on_request(shop: None, audit: Path) -> None:
+    pglab.sql(
+        "db1",
+        "select pg_drop_replication_slot(slot_name) from pg_replication_slots "
+        "where slot_name = 'rmtest_idle'",
+    )
+    pglab.sql("db1", "select pg_create_physical_replication_slot('rmtest_idle', true)")
+    try:
+        report = run("wal-cleanup", "--host", "db1", "--check", audit=audit)
+        assert "inactive physical slot 'rmtest_idle' retains" in steps(report, "db1")["pg_wal"]["message"]
+        check = run(
+            "wal-cleanup", "--host", "db1", "--drop-inactive-slot", "rmtest_idle", "--check", audit=audit
+        )
+        assert steps(check, "db1")["drop-slot"]["status"] == "changed"
+        assert (
+            pglab.sql("db1", "select count(*) from pg_replication_slots where slot_name = 'rmtest_idle'")
+            == "1"
+        )
+        drop = run("wal-cleanup", "--host", "db1", "--drop-inactive-slot", "rmtest_idle", audit=audit)
+        assert steps(drop, "db1")["drop-slot"]["status"] == "changed", drop.stdout
+        assert (
+            pglab.sql("db1", "select count(*) from pg_replication_slots where slot_name = 'rmtest_idle'")
+            == "0"
+        )
+        again = run("wal-cleanup", "--host", "db1", "--drop-inactive-slot", "rmtest_idle", audit=audit)
+        assert steps(again, "db1")["drop-slot"]["status"] == "ok"
+    finally:
+        pglab.sql(
+            "db1",
+            "select pg_drop_replication_slot(slot_name) from pg_replication_slots "
+            "where slot_name = 'rmtest_idle'",
+        )
+
+
+def test_backup_check_green_then_red(shop: None, audit: Path, tmp_path: Path) -> None:
+    pglab.dump_shop()
+    ran = run("backup-check", audit=audit)
+    assert ran.code == 0, ran.stdout + ran.stderr
+    got = steps(ran, "localhost")
+    assert got["s3-dump"]["status"] == "ok" and "readable" in got["s3-dump"]["message"]
+    assert got["s3-basebackup"]["status"] == "ok"
+
+    stale = labkit.write_inventory(tmp_path / "rpo.yml", all_vars={"backup_rpo_hours": 1e-6})
+    ran = run("backup-check", audit=audit, inventory=stale)
+    assert ran.code == 1 and "older than the RPO" in steps(ran, "localhost")["s3-dump"]["message"]
+
+    unreachable = labkit.write_inventory(
+        tmp_path / "s3.yml", all_vars={"s3_endpoint_url": "http://198.18.0.1:9"}
+    )
+    ran = run("backup-check", audit=audit, inventory=unreachable)
+    assert ran.code == 1 and "cannot reach the S3 endpoint" in ran.host("localhost")["message"]
+
+    key = pglab.dump_shop(truncate_to=3000)  # the newest dump is now a truncated one
+    try:
+        ran = run("backup-check", audit=audit)
+        assert ran.code == 1
+        assert "NOT readable by pg_restore" in steps(ran, "localhost")["s3-dump"]["message"]
+        assert "lab-test-secret-key" not in ran.stdout + audit.read_text()
+    finally:
+        pglab.s3().delete_object(Bucket=pglab.BUCKET, Key=key)
+
+
+@pytest.fixture
+def results(tmp_path: Path) -> Path:
+    return labkit.write_inventory(
+        tmp_path / "restore.yml",
+        all_vars={
+            "restore_test_json": str(tmp_path / "{host}.json"),
+            "restore_test_metrics": str(tmp_path / "prom" / "restore_test_{host}.prom"),
+        },
+    )
+
+
+def scratch_exists() -> bool:
+    return (
+        pglab.sql("dbrestore", "select count(*) from pg_database where datname = 'restore_test_scratch'")
+        == "1"
+    )
+
+
+def test_restore_test_passes_and_cleans_up_a_leftover(shop: None, audit: Path, results: Path) -> None:
+    pglab.dump_shop()
+    # a scratch database left behind by a killed earlier run
+    pglab.sql("dbrestore", "drop database if exists restore_test_scratch")
+    pglab.sql(
+        "dbrestore",
+        "create database restore_test_scratch; comment on database restore_test_scratch is "
+        "'remediations restore-test scratch database'",
+    )
+    check = run("restore-test", "--check", audit=audit, inventory=results)
+    assert check.code == 0 and "would restore" in check.host("dbrestore")["message"]
+    ran = run("restore-test", audit=audit, inventory=results)
+    assert ran.code == 0, ran.stdout + ran.stderr
+    got = steps(ran, "dbrestore")
+    assert got["cleanup"]["status"] == "changed"
+    assert got["checks"]["status"] == "ok" and "orders" in got["checks"]["data"]["rows"]
+    assert {"download", "restore", "checks", "drop", "report"} <= got.keys()
+    assert not scratch_exists()
+    report = json.loads((results.parent / "dbrestore.json").read_text())
+    assert report["success"] is True and report["rows"]["orders"] >= 100
+    assert set(report["phases"]) == {"download", "restore", "checks"}
+    metrics = (results.parent / "prom" / "restore_test_dbrestore.prom").read_text()
+    assert 'restore_test_success{restore_host="dbrestore"} 1' in metrics
+    assert (
+        f'restore_test_rows{{restore_host="dbrestore",table="orders"}} {report["rows"]["orders"]}' in metrics
+    )
+    assert (
+        "restore_test_duration_seconds{" in metrics
+        and "restore_test_last_success_timestamp_seconds{" in metrics
+    )
+    assert not any(p.name.endswith(".tmp") for p in (results.parent / "prom").iterdir())
+
+    # A corrupt (truncated) dump fails, the scratch database is dropped, the last success is kept.
+    key = pglab.dump_shop(truncate_to=3000)
+    try:
+        bad = run("restore-test", audit=audit, inventory=results)
+    finally:
+        pglab.s3().delete_object(Bucket=pglab.BUCKET, Key=key)
+    assert bad.code == 1
+    assert "pg_restore failed" in steps(bad, "dbrestore")["restore"]["message"]
+    assert steps(bad, "dbrestore")["drop"]["status"] == "ok"
+    assert not scratch_exists()
+    failed = json.loads((results.parent / "dbrestore.json").read_text())
+    assert failed["success"] is False and failed["last_success_timestamp"] == report["last_success_timestamp"]
+    assert (
+        'restore_test_success{restore_host="dbrestore"} 0'
+        in (results.parent / "prom" / "restore_test_dbrestore.prom").read_text()
+    )
+
+
+def test_restore_test_refusals_and_faults(shop: None, audit: Path, tmp_path: Path, results: Path) -> None:
+    protected = labkit.write_inventory(
+        tmp_path / "prod.yml", host_vars={"dbrestore": {"restore_database": "shop"}}
+    )
+    ran = run("restore-test", audit=audit, inventory=protected)
+    assert ran.code == 2 and "production database" in ran.stderr
+
+    too_few = labkit.write_inventory(
+        tmp_path / "few.yml",
+        host_vars={
+            "dbrestore": {
+                "restore_check_tables": {"orders": 10**9},
+                "restore_test_json": str(tmp_path / "r.json"),
+                "restore_test_metrics": str(tmp_path / "r.prom"),
+            }
+        },
+    )
+    ran = run("restore-test", audit=audit, inventory=too_few)
+    assert ran.code == 1 and "fewer than the minimum" in steps(ran, "dbrestore")["checks"]["message"]
+    assert not scratch_exists()
+
+    # Another run holds the restore host's lock: this one fails on it.
+    proc = subprocess.Popen(
+        [
+            "nsenter",
+            "--net=/run/netns/dbrestore",
+            "--mount=/run/remediations-lab/mnt/dbrestore",
+            "--",
+            "flock",
+            "/run/lock/remediations.lock",
+            "-c",
+            "echo locked; sleep 60",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
+        ran = run("restore-test", "--lock-wait", "1", audit=audit, inventory=results)
+        assert ran.code == 1 and "locked by another run" in ran.host("dbrestore")["message"]
+    finally:
+        proc.kill()
+        proc.wait()
+
+    # PostgreSQL down on the restore host.
+    ctl = ["runuser", "-u", "postgres", "--", f"{pglab.BIN}/pg_ctl", "-D", lab.PG_DATA]
+    lab.exec_on("dbrestore", [*ctl, "-m", "fast", "-w", "stop"], timeout=60)
+    try:
+        ran = run("restore-test", audit=audit, inventory=results)
+        assert ran.code == 1 and "does not answer" in ran.host("dbrestore")["message"]
+    finally:
+        lab.exec_on(
+            "dbrestore",
+            [*ctl, "-l", f"/var/log/postgresql/postgresql-{lab.PG_VERSION}-lab.log", "-w", "start"],
+            timeout=90,
+        )
+
+
+@pytest.fixture
+def cron_name() -> Iterator[str]:
+    name = f"rmtest-{os.getpid()}"
+    yield name
+    text = subprocess.run(["crontab", "-l"], capture_output=True, text=True, check=False).stdout
+    from remediations import cron
+
+    cleaned, action = cron.edit(text, name, None)
+    if action != "none":
+        subprocess.run(["crontab", "-"], input=cleaned, text=True, check=True)
+
+
+def crontab() -> str:
+    return subprocess.run(["crontab", "-l"], capture_output=True, text=True, check=False).stdout
+
+
+def test_install_cron_quartet(audit: Path, cron_name: str, tmp_path: Path) -> None:
+    log = str(tmp_path / "logs" / "cron.log")
+    args = (
+        "install-cron",
+        "--task",
+        "restore-test",
+        "--schedule",
+        "0 4 * * 0",
+        "--name",
+        cron_name,
+        "--log",
+        log,
+    )
+    before = crontab()
+    check = run(*args, "--check", audit=audit)
+    assert check.code == 0 and check.host("localhost")["status"] == "changed", check.stdout + check.stderr
+    assert crontab() == before
+    apply = run(*args, audit=audit)
+    assert apply.host("localhost")["status"] == "changed", apply.stdout
+    lines = crontab().splitlines()
+    at = lines.index(f"# remediations: {cron_name} (managed by inv install-cron; do not edit)")
+    entry = lines[at + 1]
+    assert (
+        entry.startswith("0 4 * * 0 cd ")
+        and f"flock -n /run/lock/remediations-cron-{cron_name}.lock" in entry
+    )
+    assert f"restore-test --inventory {labkit.LAB_INVENTORY}" in entry and f">> {log} 2>&1" in entry
+    assert Path(log).parent.is_dir()
+    assert run(*args, audit=audit).host("localhost")["status"] == "ok"
+    assert run(*args, "--check", audit=audit).host("localhost")["status"] == "ok"
+    bad = run(
+        "install-cron",
+        "--task",
+        "restore-test",
+        "--schedule",
+        "every sunday",
+        "--name",
+        cron_name,
+        audit=audit,
+    )
+    assert bad.code == 2 and "not a cron expression" in bad.stderr
+    remove = run("install-cron", "--task", "restore-test", "--name", cron_name, "--remove", audit=audit)
+    assert remove.host("localhost")["status"] == "changed"
+    assert cron_name not in crontab() and crontab().strip() == before.strip()
+    again = run("install-cron", "--task", "restore-test", "--name", cron_name, "--remove", audit=audit)
+    assert again.host("localhost")["status"] == "ok"
