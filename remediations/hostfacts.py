@@ -1,0 +1,188 @@
+"""Small pure pieces shared by prune, disk-cleanup and health: sections, sizes, durations, filesystems.
+
+A fact-gathering command prints `@@name arg` lines that start sections (the same convention as
+`compose.facts_command`); here a name may repeat (one `@@fs PATH` section per filesystem), so
+sections are kept as an ordered list.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import shlex
+from dataclasses import dataclass
+
+from remediations.errors import UsageError
+
+MARK = "@@"
+
+
+@dataclass(frozen=True)
+class Section:
+    name: str
+    arg: str
+    body: str
+
+
+def parse_sections(output: str) -> list[Section]:
+    """`@@name arg` lines start sections; the lines after one, up to the next, are its body."""
+    found: list[Section] = []
+    name: str | None = None
+    arg = ""
+    body: list[str] = []
+    for line in output.splitlines():
+        if line.startswith(MARK):
+            if name is not None:
+                found.append(Section(name, arg, "\n".join(body)))
+            name, _, arg = line[len(MARK) :].partition(" ")
+            body = []
+        elif name is not None:
+            body.append(line)
+    if name is not None:
+        found.append(Section(name, arg, "\n".join(body)))
+    return found
+
+
+def section_map(sections: list[Section]) -> dict[str, Section]:
+    """The last section of each name (for names that occur once)."""
+    return {s.name: s for s in sections}
+
+
+# --- sizes and durations -------------------------------------------------------------------------
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "tb": 1000**4,
+    "pb": 1000**5,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
+}
+_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """Bytes of one size value as Docker prints it in JSON ("1.982MB", "15B", "0B", "2.1GiB")."""
+    match = _SIZE.match(text or "0B")
+    if not match or match.group(2).lower() not in _UNITS:
+        raise ValueError(f"not a size: {text!r}")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+def human_bytes(count: int) -> str:
+    """1234567 -> '1.2 MB' (decimal units, as Docker prints them)."""
+    value = float(count)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(value) < 1000 or unit == "TB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{count} B"  # pragma: no cover - the loop always returns
+
+
+_DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(s|m|h|d)?$")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str, flag: str) -> int:
+    """Whole seconds of '168h', '30m', '7d', '0s' or a bare number of seconds; UsageError otherwise."""
+    match = _DURATION.match(str(text).strip())
+    if not match:
+        raise UsageError(f"{flag} {text!r}: give a duration of 0 or more such as 168h, 30m, 7d or 0s")
+    return int(float(match.group(1)) * _SECONDS[match.group(2) or "s"])
+
+
+def docker_time(text: str) -> float:
+    """Unix time of a timestamp from Docker JSON: RFC 3339 ('2024-01-01T00:00:00.123456789Z') or the
+    CLI's '2024-01-01 00:00:00.123 +0000 UTC'."""
+    value = text.strip()
+    if value.endswith(" UTC") and " +" in value:  # Go's time.String(): drop the zone name
+        value = value[: -len(" UTC")]
+    value = value.replace("Z", "+00:00")
+    # Python parses at most microseconds: trim nanoseconds.
+    value = re.sub(r"(\.\d{6})\d+", r"\1", value)
+    for fmt in (
+        "%Y-%m-%dT%H:%M:%S.%f%z",
+        "%Y-%m-%dT%H:%M:%S%z",
+        "%Y-%m-%d %H:%M:%S.%f %z",
+        "%Y-%m-%d %H:%M:%S %z",
+    ):
+        try:
+            return dt.datetime.strptime(value, fmt).timestamp()
+        except ValueError:
+            continue
+    raise ValueError(f"not a Docker timestamp: {text!r}")
+
+
+def host_time(text: str) -> float:
+    """The host's clock from `date +%s.%N` (a date without %N prints it literally: whole seconds)."""
+    value = text.strip()
+    try:
+        return float(value)
+    except ValueError:
+        return float(value.split(".", 1)[0])
+
+
+# --- filesystems ----------------------------------------------------------------------------------
+
+# `stat -f` prints numbers only: total blocks, free blocks, blocks available to non-root, block size.
+STAT_FS_FORMAT = "%b %f %a %S"
+
+
+def fs_snippet(path: str, label: str = "fs") -> str:
+    """Shell text printing `@@LABEL PATH` then the usage numbers of the filesystem holding PATH."""
+    quoted = shlex.quote(path)
+    return (
+        f"echo {shlex.quote(f'{MARK}{label} {path}')}; "
+        f"stat -f -c {shlex.quote(STAT_FS_FORMAT)} {quoted} 2>&1 || true"
+    )
+
+
+@dataclass(frozen=True)
+class FsUsage:
+    """Use of the filesystem holding `path`, as df computes it (used / (used + available))."""
+
+    path: str
+    total: int
+    used: int
+    available: int
+
+    @property
+    def percent(self) -> float:
+        usable = self.used + self.available
+        return 100.0 * self.used / usable if usable else 0.0
+
+    @classmethod
+    def parse(cls, path: str, body: str) -> FsUsage:
+        words = body.split()
+        if len(words) != 4 or not all(w.isdigit() for w in words):
+            raise ValueError(f"{path}: {body.strip() or 'no filesystem data'}")
+        blocks, free, available, size = (int(w) for w in words)
+        return cls(path, blocks * size, (blocks - free) * size, available * size)
+
+    def describe(self) -> str:
+        return f"{self.path} {self.percent:.0f}% used ({human_bytes(self.available)} free)"
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "path": self.path,
+            "percent": round(self.percent, 1),
+            "used": self.used,
+            "available": self.available,
+            "total": self.total,
+        }
+
+
+def check_percent(value: object, flag: str) -> float:
+    """A percentage 0..100 or UsageError."""
+    try:
+        number = float(str(value))
+    except ValueError:
+        raise UsageError(f"{flag} {value!r}: give a percentage from 0 to 100") from None
+    if not 0 <= number <= 100:
+        raise UsageError(f"{flag} {value!r}: give a percentage from 0 to 100")
+    return number
