@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from remediations.errors import CommandResult, HostError, UsageError
+from remediations.hostfacts import Section as Section
+from remediations.hostfacts import parse_sections as parse_sections
 from remediations.inventory import Host
 
 MARK = "@@"
@@ -40,32 +42,6 @@ AS_USER = (
 # --------------------------------------------------------------------------------------------
 # Output sections and small formatting helpers (pure)
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Section:
-    name: str
-    arg: str
-    body: str
-
-
-def parse_sections(output: str) -> list[Section]:
-    """`@@name arg` lines start sections; a name may repeat (one section per file)."""
-    found: list[Section] = []
-    name: str | None = None
-    arg = ""
-    body: list[str] = []
-    for line in output.splitlines():
-        if line.startswith(MARK):
-            if name is not None:
-                found.append(Section(name, arg, "\n".join(body)))
-            head, _, arg = line[len(MARK) :].partition(" ")
-            name, body = head, []
-        elif name is not None:
-            body.append(line)
-    if name is not None:
-        found.append(Section(name, arg, "\n".join(body)))
-    return found
 
 
 def human_bytes(count: float) -> str:
