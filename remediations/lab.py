@@ -646,6 +646,10 @@ def _ensure_host_net(host: HostSpec) -> None:
         f"route replace default via {BRIDGE_ADDRESS} dev eth0\n"
     )
     _run(["ip", "-n", host.name, "-batch", "-"], input=batch.encode())
+    if not has_eth0:
+        # A new link has a new MAC address: forget the old one, or the controller keeps sending to
+        # it until the neighbour entry goes stale (about 30 s).
+        _run(["ip", "neigh", "flush", "to", host.address, "dev", BRIDGE], check=False)
 
 
 def _remove_host_net(host: HostSpec) -> None:
@@ -859,7 +863,7 @@ def _start_sshd(host: HostSpec) -> None:
     logfile = host.dir / "sshd.log"
     _in_host(host, ["/usr/sbin/sshd", "-f", str(_sshd_config_path(host)), "-E", str(logfile)])
     try:
-        _wait_for(f"sshd on {host.address}:22", lambda: _tcp_open(host.address, 22), 15, 0.05)
+        _wait_for(f"sshd on {host.address}:22", lambda: _tcp_open(host.address, 22), 30, 0.05)
     except LabError as exc:
         raise LabError(f"{exc}\nsshd log {logfile}:\n{_file_tail(logfile)}") from None
 
@@ -947,7 +951,10 @@ def _docker_running(host: HostSpec) -> bool:
 
 def _docker_answers(host: HostSpec) -> bool:
     probe = ["docker", "info", "--format", "{{.ServerVersion}}"]
-    return _in_host(host, probe, check=False, timeout=10).returncode == 0
+    try:
+        return _in_host(host, probe, check=False, timeout=10).returncode == 0
+    except LabTimeoutError:  # a daemon still starting (or busy): not answering yet
+        return False
 
 
 def _dockerd_argv(host: HostSpec, driver: str) -> list[str]:
@@ -968,6 +975,8 @@ def _launch_dockerd(host: HostSpec, driver: str) -> bool:
     daemon_json = {"log-level": "warn", "log-driver": "json-file", "log-opts": {"max-size": "1m"}}
     _write_if_changed(host.dir / "daemon.json", json.dumps(daemon_json, indent=2).encode())
     logfile = host.dir / "dockerd.log"
+    # A dockerd that was killed leaves its pid file behind, and a new one refuses to start.
+    _in_host(host, ["rm", "-f", "/run/docker.pid"], check=False)
     with logfile.open("ab") as out:
         subprocess.run(
             ["setsid", "-f", *_ns_argv(host, _dockerd_argv(host, driver))],
@@ -999,6 +1008,13 @@ def _ensure_dockerd(host: HostSpec) -> None:
             _wait_for(f"dockerd on {host.name}", lambda: _docker_answers(host), 30, 0.3)
             return
         _stop_dockerd(host)  # running but deaf: restart it
+    # A dockerd that was killed leaves its containerd (and the shims under it) running; a new dockerd
+    # cannot start its own containerd while they hold the socket. They belong to nobody now.
+    procs = _scan()
+    orphans = {p.pid for p in _host_procs(host, procs, net_only=True) if p.comm.startswith("containerd")}
+    if orphans:
+        log.info("%s: stopping containerd left behind by a dead dockerd", host.name)
+        _stop_pids(_with_descendants(orphans, procs) - _protected_pids(), signal.SIGTERM, 5)
     driver = _storage_driver(host)
     if _launch_dockerd(host, driver):
         return

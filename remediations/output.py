@@ -27,7 +27,10 @@ def use_colour(stream: TextIO) -> bool:
 class Reporter:
     """Thread-safe: hosts finish in worker threads."""
 
-    def __init__(self, stream: TextIO = sys.stdout, as_json: bool = False, show_diff: bool = False) -> None:
+    def __init__(
+        self, stream: TextIO | None = None, as_json: bool = False, show_diff: bool = False
+    ) -> None:
+        stream = stream or sys.stdout  # looked up now: sys.stdout may have been replaced since import
         self.stream = stream
         self.as_json = as_json
         self.show_diff = show_diff

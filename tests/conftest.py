@@ -19,6 +19,6 @@ def lab() -> Iterator[lab_mod.LabStatus]:
     """
     if os.geteuid() != 0:
         pytest.skip("the lab needs root (network namespaces, dockerd)")
-    status = lab_mod.up()
+    status = lab_mod.up(extra_api_hosts=0)  # the baseline: no bench hosts left by a benchmark
     assert status.up, f"lab did not come up: {status.to_dict()}"
     yield status

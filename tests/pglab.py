@@ -120,6 +120,24 @@ def base_backup(host: str = "db1", upload: bool = False) -> str:
     raise AssertionError("no new .backup history file in the archive")
 
 
+def sync_archive_to_s3(host: str = "db1") -> int:
+    """Upload every archived file that S3 lacks (or holds at another size); returns how many.
+
+    The lab's S3 (moto) keeps objects in memory, so a lab restart loses the uploads of files that the
+    host's archive directory (on disk) still holds: the state no real archive_command leaves behind.
+    """
+    client = s3()
+    have: dict[str, int] = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix="wal/"):
+        have.update({o["Key"]: o["Size"] for o in page.get("Contents", [])})
+    sent = 0
+    for name, size in archived(host).items():
+        if have.get(f"wal/{name}") != size:
+            client.upload_file(str(archive_dir(host) / name), BUCKET, f"wal/{name}")
+            sent += 1
+    return sent
+
+
 def s3() -> Any:
     import boto3
 

@@ -36,6 +36,7 @@ def audit(tmp_path: Path) -> Path:
 def shop(lab: Any) -> Iterator[None]:
     """db1 has the shop database, two base backups with WAL between them, a dump and a base backup
     in S3; everything the archive holds is also in S3."""
+    pglab.sync_archive_to_s3()
     pglab.make_shop()
     pglab.base_backup()
     pglab.switch_wal(count=2)
