@@ -19,6 +19,7 @@ Usage (root; starts the lab with N bench hosts if needed):
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import statistics
@@ -90,9 +91,16 @@ def timed(argv: list[str], env: dict[str, str] | None = None, cwd: Path | None =
     done = subprocess.run(argv, capture_output=True, env=env, cwd=cwd, check=False)
     wall = time.monotonic() - t0
     if done.returncode != 0:
+        output = done.stdout.decode()
+        try:  # our own --json: name the hosts that failed and why, not the tail of the JSON
+            failed = [f"{h['host']}: {h['message']}" for h in json.loads(output)["hosts"]
+                      if h["status"] == "failed"]  # fmt: skip
+            output = "\n".join(failed) or output[-1500:]
+        except (ValueError, KeyError, TypeError):
+            output = output[-1500:]
         sys.exit(
             f"benchmark command failed ({done.returncode}): {shlex.join(argv)[:300]}\n"
-            f"{done.stdout.decode()[-1500:]}\n{done.stderr.decode()[-1500:]}"
+            f"{output}\n{done.stderr.decode()[-1500:]}"
         )
     return wall
 
