@@ -14,9 +14,9 @@ from typing import Any
 
 from remediations.connection import Remote, must
 from remediations.errors import CommandResult, HostError
+from remediations.hostfacts import MARK, sections_by_name
 from remediations.inventory import Host
 
-MARK = "@@"
 HTTP_BODY_LIMIT = 300
 
 
@@ -126,72 +126,106 @@ class ServiceFacts:
         return bool(self.containers) and all(c.started_at != old.get(c.name) for c in self.containers)
 
 
-def facts_command(project: Project, service: str, http_url: str | None, http_timeout: float) -> str:
-    """One shell command that prints every fact about the service in marked sections."""
+def _preamble(project: Project) -> list[str]:
+    """Shell lines: enter the project directory (or report it missing), find the compose variant,
+    and make a temp file "$e" for compose's stderr, kept apart: compose prints warnings there that
+    must not be taken for container ids."""
     q = shlex.quote
-    timeout = str(max(1, int(http_timeout)))
-    lines = [
+    return [
         f"cd {q(project.directory)} 2>/dev/null || {{ echo '{MARK}error'; "
         f"echo {q('project directory ' + project.directory + ' does not exist')}; exit 0; }}",
         "if docker compose version >/dev/null 2>&1; then v=v2; "
         "elif docker-compose version >/dev/null 2>&1; then v=v1; else v=none; fi",
         f'echo "{MARK}compose $v"',
-        # stderr apart: compose prints warnings there that must not be taken for container ids
         'e=$(mktemp)',
+    ]
+
+
+def _inspect_lines() -> list[str]:
+    """Shell lines after "$ids" is set: compose's stderr, then `docker inspect` of the ids."""
+    return [
+        f'echo "{MARK}pserr"; head -c 2000 "$e"; rm -f "$e"',
+        f'echo "{MARK}inspect"',
+        # ids are hex container ids; anything else is compose's error text, reported as such.
+        'case "$ids" in *[!0-9a-f[:space:]]*) ;; ?*) docker inspect $ids ;; esac',
+    ]
+
+
+def _http_probe(url: str, section: str, http_timeout: float) -> str:
+    """Shell text fetching `url` from the host (curl, else wget) into section `@@SECTION exit`."""
+    q = shlex.quote
+    timeout = str(max(1, int(http_timeout)))
+    return (
+        "if command -v curl >/dev/null 2>&1; then "
+        f"out=$(curl -fsS -m {timeout} {q(url)} 2>&1); rc=$?; "
+        "elif command -v wget >/dev/null 2>&1; then "
+        f"out=$(wget -q -O- -T {timeout} {q(url)} 2>&1); rc=$?; "
+        "else out='no curl or wget on the host'; rc=127; fi\n"
+        f'echo "{MARK}{section} $rc"; printf "%s\\n" "$out" | head -c {HTTP_BODY_LIMIT}'
+    )
+
+
+def facts_command(project: Project, service: str, http_url: str | None, http_timeout: float) -> str:
+    """One shell command that prints every fact about the service in marked sections."""
+    lines = [
+        *_preamble(project),
         "case $v in",
         f"  v2) ids=$({shlex.join(project.argv('v2', 'ps', '-a', '-q', service))} 2>\"$e\") ;;",
         f"  v1) ids=$({shlex.join(project.argv('v1', 'ps', '-a', '-q', service))} 2>\"$e\") ;;",
         "  *) ids= ;;",
         "esac",
-        f'echo "{MARK}ps $?"; printf "%s\\n" "$ids"; echo "{MARK}pserr"; head -c 2000 "$e"; rm -f "$e"',
-        f'echo "{MARK}inspect"',
-        # ids are hex container ids; anything else is compose's error text, reported as such.
-        'case "$ids" in *[!0-9a-f[:space:]]*) ;; ?*) docker inspect $ids ;; esac',
+        f'echo "{MARK}ps $?"; printf "%s\\n" "$ids"',
+        *_inspect_lines(),
     ]
     if http_url:
-        lines += [
-            "if command -v curl >/dev/null 2>&1; then "
-            f"out=$(curl -fsS -m {timeout} {q(http_url)} 2>&1); rc=$?; "
-            "elif command -v wget >/dev/null 2>&1; then "
-            f"out=$(wget -q -O- -T {timeout} {q(http_url)} 2>&1); rc=$?; "
-            "else out='no curl or wget on the host'; rc=127; fi",
-            f'echo "{MARK}http $rc"; printf "%s\\n" "$out" | head -c {HTTP_BODY_LIMIT}',
-        ]
+        lines.append(_http_probe(http_url, "http", http_timeout))
     return "\n".join(lines)
 
 
-def parse_facts(service: str, http_url: str | None, result: CommandResult) -> ServiceFacts:
-    """Pure parser of `facts_command` output."""
-    sections = _sections(result.stdout)
-    if "error" in sections:
-        return ServiceFacts(service, "none", error=sections["error"][1].strip())
-    variant = sections.get("compose", ("none", ""))[0]
-    if variant == "none":
-        return ServiceFacts(service, variant, error="neither 'docker compose' nor 'docker-compose' works")
+def _containers(
+    sections: dict[str, tuple[str, str]],
+) -> tuple[tuple[Container, ...], str]:
+    """Pure: the inspected containers of the ps/inspect sections, or an error in words."""
     ps_code, ps_out = sections.get("ps", ("1", ""))
     ps_err = sections.get("pserr", ("", ""))[1].strip()
     if ps_code != "0":
         detail = ps_err or ps_out.strip() or f"exit {ps_code}"
-        return ServiceFacts(service, variant, error=f"compose ps failed: {detail[-300:]}")
+        return (), f"compose ps failed: {detail[-300:]}"
     ids = _ids(ps_out)
     inspect_text = sections.get("inspect", ("", ""))[1].strip()
     if ids and not inspect_text:
         noise = next((line for line in ps_out.splitlines() if line.strip() and not _all_hex(line)), "")
         said = f" (compose printed: {noise.strip()[:200]})" if noise else ""
-        shown = " ".join(i[:12] for i in ids)
-        return ServiceFacts(service, variant, error=f"containers {shown} could not be inspected{said}")
-    containers: tuple[Container, ...] = ()
-    if inspect_text:
-        try:
-            containers = tuple(Container.from_inspect(c) for c in json.loads(inspect_text))
-        except (ValueError, TypeError, AttributeError):
-            return ServiceFacts(service, variant, error="docker inspect printed something that is not JSON")
-    http_exit = None
-    http_output = ""
-    if http_url and "http" in sections:
-        code, http_output = sections["http"]
-        http_exit = int(code) if code.lstrip("-").isdigit() else 1
-    return ServiceFacts(service, variant, containers, http_url, http_exit, http_output.strip())
+        return (), f"containers {' '.join(i[:12] for i in ids)} could not be inspected{said}"
+    if not inspect_text:
+        return (), ""
+    try:
+        return tuple(Container.from_inspect(c) for c in json.loads(inspect_text)), ""
+    except (ValueError, TypeError, AttributeError):
+        return (), "docker inspect printed something that is not JSON"
+
+
+def _http(sections: dict[str, tuple[str, str]], section: str) -> tuple[int | None, str]:
+    """Pure: (exit code, output) of an HTTP probe section; (None, "") when it did not run."""
+    if section not in sections:
+        return None, ""
+    code, output = sections[section]
+    return (int(code) if code.lstrip("-").isdigit() else 1), output.strip()
+
+
+def parse_facts(service: str, http_url: str | None, result: CommandResult) -> ServiceFacts:
+    """Pure parser of `facts_command` output."""
+    sections = sections_by_name(result.stdout)
+    if "error" in sections:
+        return ServiceFacts(service, "none", error=sections["error"][1].strip())
+    variant = sections.get("compose", ("none", ""))[0]
+    if variant == "none":
+        return ServiceFacts(service, variant, error="neither 'docker compose' nor 'docker-compose' works")
+    containers, error = _containers(sections)
+    if error:
+        return ServiceFacts(service, variant, error=error)
+    http_exit, http_output = _http(sections, "http") if http_url else (None, "")
+    return ServiceFacts(service, variant, containers, http_url, http_exit, http_output)
 
 
 def _ids(text: str) -> list[str]:
@@ -201,25 +235,6 @@ def _ids(text: str) -> list[str]:
 
 def _all_hex(text: str) -> bool:
     return all(all(ch in "0123456789abcdef" for ch in word) for word in text.split())
-
-
-def _sections(output: str) -> dict[str, tuple[str, str]]:
-    """`@@name arg` lines start sections; returns name -> (arg, body)."""
-    sections: dict[str, tuple[str, str]] = {}
-    name: str | None = None
-    arg = ""
-    body: list[str] = []
-    for line in output.splitlines():
-        if line.startswith(MARK):
-            if name is not None:
-                sections[name] = (arg, "\n".join(body))
-            head, _, arg = line[len(MARK) :].partition(" ")
-            name, body = head, []
-        elif name is not None:
-            body.append(line)
-    if name is not None:
-        sections[name] = (arg, "\n".join(body))
-    return sections
 
 
 def gather(
@@ -268,15 +283,8 @@ class ProjectFacts:
 
 def project_facts_command(project: Project, http_urls: dict[str, str], http_timeout: float) -> str:
     """One shell command: compose variant, the project's services, all its containers, HTTP probes."""
-    q = shlex.quote
-    timeout = str(max(1, int(http_timeout)))
     lines = [
-        f"cd {q(project.directory)} 2>/dev/null || {{ echo '{MARK}error'; "
-        f"echo {q('project directory ' + project.directory + ' does not exist')}; exit 0; }}",
-        "if docker compose version >/dev/null 2>&1; then v=v2; "
-        "elif docker-compose version >/dev/null 2>&1; then v=v1; else v=none; fi",
-        f'echo "{MARK}compose $v"',
-        'e=$(mktemp)',  # stderr apart, as in facts_command
+        *_preamble(project),
         "case $v in",
         f"  v2) svc=$({shlex.join(project.argv('v2', 'config', '--services'))} 2>\"$e\"); src=$?;"
         f" ids=$({shlex.join(project.argv('v2', 'ps', '-a', '-q'))} 2>>\"$e\"); psrc=$? ;;",
@@ -285,25 +293,16 @@ def project_facts_command(project: Project, http_urls: dict[str, str], http_time
         "  *) svc= ; src=1; ids= ; psrc=1 ;;",
         "esac",
         f'echo "{MARK}services $src"; printf "%s\\n" "$svc"',
-        f'echo "{MARK}ps $psrc"; printf "%s\\n" "$ids"; echo "{MARK}pserr"; head -c 2000 "$e"; rm -f "$e"',
-        f'echo "{MARK}inspect"',
-        'case "$ids" in *[!0-9a-f[:space:]]*) ;; ?*) docker inspect $ids ;; esac',
+        f'echo "{MARK}ps $psrc"; printf "%s\\n" "$ids"',
+        *_inspect_lines(),
     ]
-    for service, url in sorted(http_urls.items()):
-        lines += [
-            "if command -v curl >/dev/null 2>&1; then "
-            f"out=$(curl -fsS -m {timeout} {q(url)} 2>&1); rc=$?; "
-            "elif command -v wget >/dev/null 2>&1; then "
-            f"out=$(wget -q -O- -T {timeout} {q(url)} 2>&1); rc=$?; "
-            "else out='no curl or wget on the host'; rc=127; fi",
-            f'echo "{MARK}http:{service} $rc"; printf "%s\n" "$out" | head -c {HTTP_BODY_LIMIT}',
-        ]
+    lines += [_http_probe(url, f"http:{service}", http_timeout) for service, url in sorted(http_urls.items())]
     return "\n".join(lines)
 
 
 def parse_project_facts(http_urls: dict[str, str], result: CommandResult) -> ProjectFacts:
     """Pure parser of `project_facts_command` output."""
-    sections = _sections(result.stdout)
+    sections = sections_by_name(result.stdout)
     if "error" in sections:
         return ProjectFacts("none", (), {}, error=sections["error"][1].strip())
     variant = sections.get("compose", ("none", ""))[0]
@@ -315,27 +314,15 @@ def parse_project_facts(http_urls: dict[str, str], result: CommandResult) -> Pro
         failed = (errors or text).strip()[-300:]
         return ProjectFacts(variant, (), {}, error=f"compose config failed: {failed}")
     services = tuple(line.strip() for line in text.splitlines() if line.strip())
-    ps_code, ps_out = sections.get("ps", ("1", ""))
-    if ps_code != "0":
-        failed = (errors or ps_out).strip()[-300:]
-        return ProjectFacts(variant, services, {}, error=f"compose ps failed: {failed}")
-    inspect_text = sections.get("inspect", ("", ""))[1].strip()
-    if _ids(ps_out) and not inspect_text:
-        return ProjectFacts(variant, services, {}, error="the project's containers could not be inspected")
-    try:
-        containers = [Container.from_inspect(c) for c in json.loads(inspect_text)] if inspect_text else []
-    except (ValueError, TypeError, AttributeError):
-        return ProjectFacts(variant, services, {}, error="docker inspect printed something that is not JSON")
+    containers, error = _containers(sections)
+    if error:
+        return ProjectFacts(variant, services, {}, error=error)
     facts: dict[str, ServiceFacts] = {}
     for service in services:
         url = http_urls.get(service)
-        http_exit = None
-        http_output = ""
-        if url and f"http:{service}" in sections:
-            rc, http_output = sections[f"http:{service}"]
-            http_exit = int(rc) if rc.lstrip("-").isdigit() else 1
+        http_exit, http_output = _http(sections, f"http:{service}") if url else (None, "")
         mine = tuple(c for c in containers if c.service == service)
-        facts[service] = ServiceFacts(service, variant, mine, url, http_exit, http_output.strip())
+        facts[service] = ServiceFacts(service, variant, mine, url, http_exit, http_output)
     return ProjectFacts(variant, services, facts)
 
 

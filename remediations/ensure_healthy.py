@@ -17,11 +17,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-from remediations.compose import Project, ServiceFacts, gather_project, health_urls
+from remediations.compose import Project, ServiceFacts
 from remediations.engine import HostContext, Remediation
-from remediations.errors import HostError, UsageError
 from remediations.inventory import Host
-from remediations.restart_api import DEFAULT_HEALTH_TIMEOUT, DEFAULT_STOP_TIMEOUT, recover
+from remediations.restart_api import ServiceSettings, check_service_name, recover
 from remediations.results import Status
 
 STOPPED = ("exited", "created", "dead")
@@ -58,8 +57,7 @@ class EnsureHealthy(Remediation):
 
     def __init__(self, services: Sequence[str] = ()) -> None:
         for name in services:
-            if not name or not all(ch.isalnum() or ch in "._-" for ch in name):
-                raise UsageError(f"--service {name!r}: not a compose service name")
+            check_service_name(name, "not a compose service name")
         self.services = list(dict.fromkeys(services))
 
     def validate(self, host: Host) -> None:
@@ -67,20 +65,10 @@ class EnsureHealthy(Remediation):
         Project.from_host(host)
 
     def run(self, ctx: HostContext) -> None:
-        project = Project.from_host(ctx.host)
-        urls = health_urls(ctx.host)
-        timeout = float(ctx.var("health_timeout", DEFAULT_HEALTH_TIMEOUT))
-        stop_timeout = int(ctx.var("stop_timeout", DEFAULT_STOP_TIMEOUT))
-        probe = min(timeout, 10.0)
+        settings = ServiceSettings.of(ctx.host)
 
         with ctx.step("facts") as step:
-            pf = gather_project(ctx.remote, project, urls, probe)
-            if pf.error:
-                raise HostError(pf.error)
-            unknown = pf.unknown(self.services)
-            if unknown:
-                names = ", ".join(map(repr, unknown))
-                raise HostError(f"unknown service {names}: the project has {', '.join(pf.services)}")
+            pf = settings.gather(ctx.remote, self.services)
             wanted = self.services or list(pf.services)
             plans = [decide(pf.facts[s]) for s in wanted]
             bad = [p.service for p in plans if p.action != "none"]
@@ -97,10 +85,6 @@ class EnsureHealthy(Remediation):
                 would = f"would {plan.action} {plan.service} ({plan.reason})"
                 ctx.record(plan.service, Status.CHANGED, would)
             else:
-                service = plan.service
-
-                def facts(service: str = service) -> ServiceFacts:
-                    return gather_project(ctx.remote, project, urls, probe).facts[service]
-
-                recover(ctx, project, service, pf.facts[service], plan.action, facts, timeout, stop_timeout,
-                        step_prefix=f"{service}: ")  # fmt: skip
+                recover(ctx, settings.project, plan.service, pf.facts[plan.service], plan.action,
+                        settings.facts_of(ctx.remote, plan.service), settings.timeout, settings.stop_timeout,
+                        step_prefix=f"{plan.service}: ")  # fmt: skip

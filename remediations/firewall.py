@@ -25,11 +25,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from remediations.compose import MARK
-from remediations.compose import _sections as sections
 from remediations.connection import Remote
 from remediations.engine import HostContext, Remediation
 from remediations.errors import CommandResult, HostError, UsageError
+from remediations.hostfacts import MARK
+from remediations.hostfacts import sections_by_name as sections
 from remediations.inventory import Host
 from remediations.results import HostResult, Status
 

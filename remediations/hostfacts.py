@@ -43,6 +43,11 @@ def parse_sections(output: str) -> list[Section]:
     return found
 
 
+def sections_by_name(output: str) -> dict[str, tuple[str, str]]:
+    """name -> (arg, body) of the last section of each name (for names that occur once)."""
+    return {s.name: (s.arg, s.body) for s in parse_sections(output)}
+
+
 def section_map(sections: list[Section]) -> dict[str, Section]:
     """The last section of each name (for names that occur once)."""
     return {s.name: s for s in sections}
@@ -74,14 +79,16 @@ def parse_size(text: str) -> int:
     return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
 
 
-def human_bytes(count: int) -> str:
-    """1234567 -> '1.2 MB' (decimal units, as Docker prints them)."""
+def human_bytes(count: float, binary: bool = False) -> str:
+    """1234567 -> '1.2 MB' (decimal units, as Docker prints them); binary: '1.2 MiB' (as PostgreSQL)."""
+    base = 1024 if binary else 1000
+    units = ("B", "KiB", "MiB", "GiB", "TiB") if binary else ("B", "kB", "MB", "GB", "TB")
     value = float(count)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(value) < 1000 or unit == "TB":
-            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{count} B"  # pragma: no cover - the loop always returns
+    for unit in units[:-1]:
+        if abs(value) < base:
+            return f"{value:.0f} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= base
+    return f"{value:.1f} {units[-1]}"
 
 
 _DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(s|m|h|d)?$")

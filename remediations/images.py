@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from remediations.connection import Remote, must
+from remediations.hostfacts import MARK, sections_by_name
 from remediations.inventory import Host
 
 DEFAULT_STATE_DIR = "/var/lib/remediations"
@@ -72,6 +73,18 @@ def read(remote: Remote, host: Host) -> dict[str, list[Replacement]]:
     path = shlex.quote(state_path(host))
     result = remote.run(f"cat {path} 2>/dev/null || true", timeout=30)
     return parse(result.stdout)
+
+
+def read_with_images(remote: Remote, host: Host) -> tuple[dict[str, list[Replacement]], set[str]]:
+    """The record and the ids of every image on the host, in one round trip."""
+    path = shlex.quote(state_path(host))
+    command = (
+        f"echo '{MARK}record'; cat {path} 2>/dev/null; "
+        f"echo '{MARK}ids'; docker image ls -a -q --no-trunc"
+    )
+    found = sections_by_name(remote.run(command, timeout=30).stdout)
+    ids = {line.strip() for line in found.get("ids", ("", ""))[1].splitlines() if line.strip()}
+    return parse(found.get("record", ("", ""))[1]), ids
 
 
 def record(

@@ -21,12 +21,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from remediations import hostfacts
 from remediations.errors import CommandResult, HostError, UsageError
+from remediations.hostfacts import MARK as MARK
 from remediations.hostfacts import Section as Section
 from remediations.hostfacts import parse_sections as parse_sections
 from remediations.inventory import Host
 
-MARK = "@@"
 DEFAULT_OS_USER = "postgres"
 DEFAULT_PORT = 5432
 
@@ -45,12 +46,7 @@ AS_USER = (
 
 
 def human_bytes(count: float) -> str:
-    value = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"  # pragma: no cover
+    return hostfacts.human_bytes(count, binary=True)
 
 
 def human_age(seconds: float) -> str:
@@ -250,7 +246,6 @@ class S3Store:
 def controller_targets(inventory: Any) -> list[Host]:
     """The target when --host is left out of a controller-side task: the controller itself
     (`localhost`, ansible_connection local) with the vars every inventory host shares (`all` vars)."""
-    from remediations.engine import _common_vars
+    from remediations.engine import controller_host
 
-    shared = {**_common_vars(inventory), "ansible_connection": "local"}
-    return [Host("localhost", shared, (), inventory.source)]
+    return [controller_host(inventory, "localhost")]

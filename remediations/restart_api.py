@@ -11,13 +11,24 @@ verify  the containers started anew and are healthy, or fail with the last healt
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
 from remediations import images
-from remediations.compose import Project, ServiceFacts, compose_run, container_logs, gather
+from remediations.compose import (
+    Project,
+    ProjectFacts,
+    ServiceFacts,
+    compose_run,
+    container_logs,
+    gather,
+    gather_project,
+    health_urls,
+)
+from remediations.connection import Remote
 from remediations.engine import HostContext, Remediation
+from remediations.errors import HostError, UsageError
 from remediations.inventory import Host
 from remediations.results import Status
 
@@ -30,6 +41,48 @@ POLL_INTERVAL = 1.0
 class Plan:
     action: str  # "none" | "restart" | "recreate"
     reason: str
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """What every compose-service remediation reads from a host's vars, read in one place."""
+
+    project: Project
+    urls: dict[str, str]  # service -> HTTP health URL
+    timeout: float  # seconds to wait for health after a restart or recreate
+    stop_timeout: int
+    probe: float  # timeout of one HTTP probe
+
+    @classmethod
+    def of(cls, host: Host, services: Sequence[str] = ()) -> ServiceSettings:
+        """Settings for `host`; with `services`, only their health URLs are probed."""
+        urls = health_urls(host)
+        if services:
+            urls = {k: v for k, v in urls.items() if k in services}
+        timeout = float(host.get("health_timeout", DEFAULT_HEALTH_TIMEOUT))
+        stop_timeout = int(host.get("stop_timeout", DEFAULT_STOP_TIMEOUT))
+        return cls(Project.from_host(host), urls, timeout, stop_timeout, min(timeout, 10.0))
+
+    def gather(self, remote: Remote, known: Sequence[str] = ()) -> ProjectFacts:
+        """The project's facts; a HostError when they cannot be had or a `known` service is not in it."""
+        facts = gather_project(remote, self.project, self.urls, self.probe)
+        if facts.error:
+            raise HostError(facts.error)
+        unknown = facts.unknown(known)
+        if unknown:
+            names = ", ".join(map(repr, unknown))
+            raise HostError(f"unknown service {names}: the project has {', '.join(facts.services)}")
+        return facts
+
+    def facts_of(self, remote: Remote, service: str) -> Callable[[], ServiceFacts]:
+        """A re-reader of one service's facts, for waiting on it."""
+        return lambda: self.gather(remote).facts[service]
+
+
+def check_service_name(name: str, what: str) -> None:
+    """UsageError unless `name` can be a compose service name."""
+    if not name or not all(ch.isalnum() or ch in "._-" for ch in name):
+        raise UsageError(f"--service {name!r}: {what}")
 
 
 def decide(facts: ServiceFacts, if_unhealthy: bool) -> Plan:
@@ -61,15 +114,13 @@ class RestartApi(Remediation):
             host.require("api_service")
 
     def run(self, ctx: HostContext) -> None:
-        project = Project.from_host(ctx.host)
+        settings = ServiceSettings.of(ctx.host)
+        project = settings.project
         service = str(self.service or ctx.var("api_service"))
         url = ctx.var("api_health_url") or None
-        timeout = float(ctx.var("health_timeout", DEFAULT_HEALTH_TIMEOUT))
-        stop_timeout = int(ctx.var("stop_timeout", DEFAULT_STOP_TIMEOUT))
-        probe_timeout = min(timeout, 10.0)
 
-        def facts() -> ServiceFacts:
-            return gather(ctx.remote, project, service, url, probe_timeout)
+        def facts() -> ServiceFacts:  # one service only: cheaper than the whole project's facts
+            return gather(ctx.remote, project, service, url, settings.probe)
 
         with ctx.step("facts") as step:
             before = facts()
@@ -91,7 +142,7 @@ class RestartApi(Remediation):
             ctx.record("decide", Status.CHANGED, f"would {plan.action} {service} ({plan.reason})")
             return
 
-        recover(ctx, project, service, before, plan.action, facts, timeout, stop_timeout)
+        recover(ctx, project, service, before, plan.action, facts, settings.timeout, settings.stop_timeout)
 
 
 def recover(

@@ -16,11 +16,11 @@ import shlex
 from typing import ClassVar
 
 from remediations import images
-from remediations.compose import Project, ServiceFacts, gather_project, health_urls
+from remediations.compose import Project, ServiceFacts
 from remediations.engine import HostContext, Remediation
-from remediations.errors import HostError, UsageError
+from remediations.errors import HostError
 from remediations.inventory import Host
-from remediations.restart_api import DEFAULT_HEALTH_TIMEOUT, DEFAULT_STOP_TIMEOUT, recover
+from remediations.restart_api import ServiceSettings, check_service_name, recover
 from remediations.results import Status
 
 
@@ -53,8 +53,7 @@ class Rollback(Remediation):
     required_vars: ClassVar[tuple[str, ...]] = ("compose_project_dir",)
 
     def __init__(self, service: str) -> None:
-        if not service or not all(ch.isalnum() or ch in "._-" for ch in service):
-            raise UsageError(f"--service {service!r}: give the compose service to roll back")
+        check_service_name(service, "give the compose service to roll back")
         self.service = service
 
     def validate(self, host: Host) -> None:
@@ -62,29 +61,17 @@ class Rollback(Remediation):
         Project.from_host(host)
 
     def run(self, ctx: HostContext) -> None:
-        project = Project.from_host(ctx.host)
         service = self.service
-        urls = {k: v for k, v in health_urls(ctx.host).items() if k == service}
-        timeout = float(ctx.var("health_timeout", DEFAULT_HEALTH_TIMEOUT))
-        stop_timeout = int(ctx.var("stop_timeout", DEFAULT_STOP_TIMEOUT))
-        probe = min(timeout, 10.0)
-
-        def facts() -> ServiceFacts:
-            return gather_project(ctx.remote, project, urls, probe).facts[service]
+        settings = ServiceSettings.of(ctx.host, [service])
+        project = settings.project
+        facts = settings.facts_of(ctx.remote, service)
 
         with ctx.step("facts") as step:
-            pf = gather_project(ctx.remote, project, urls, probe)
-            if pf.error:
-                raise HostError(pf.error)
-            if service not in pf.services:
-                raise HostError(f"unknown service {service!r}: the project has {', '.join(pf.services)}")
-            before = pf.facts[service]
-            history = images.read(ctx.remote, ctx.host).get(f"{project.name}/{service}", [])
+            before = settings.gather(ctx.remote, [service]).facts[service]
+            records, on_host = images.read_with_images(ctx.remote, ctx.host)
+            history = records.get(f"{project.name}/{service}", [])
             change = images.rollback_target(history)
-            present = False
-            if change is not None:
-                probe_cmd = shlex.join(["docker", "image", "inspect", "--format", "{{.Id}}", change.before])
-                present = ctx.remote.run(probe_cmd, timeout=30).exit_code == 0
+            present = change is not None and change.before in on_host
             action, reason, change = decide(service, before, history, present)
             if action == "fail":
                 step.done(Status.FAILED, reason, record=images.state_path(ctx.host))
@@ -110,7 +97,8 @@ class Rollback(Remediation):
             if result.exit_code != 0:
                 raise HostError(f"docker tag {short(change.before)} {ref} failed: {result.tail()}", result)
             step.done(Status.CHANGED, f"{ref} now names {short(change.before)}")
-        if not recover(ctx, project, service, before, "recreate", facts, timeout, stop_timeout):
+        if not recover(ctx, project, service, before, "recreate", facts, settings.timeout,
+                       settings.stop_timeout):  # fmt: skip
             return
         with ctx.step("verify") as step:
             after = facts()

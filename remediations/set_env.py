@@ -26,12 +26,13 @@ from typing import Any, ClassVar
 import yaml
 
 from remediations import envfile
-from remediations.compose import MARK, Project, ServiceFacts, _sections, gather_project, health_urls
+from remediations.compose import Project, ServiceFacts
 from remediations.connection import Remote, must
 from remediations.engine import HostContext, Remediation
 from remediations.errors import HostError
+from remediations.hostfacts import MARK, sections_by_name
 from remediations.inventory import Host
-from remediations.restart_api import DEFAULT_HEALTH_TIMEOUT, DEFAULT_STOP_TIMEOUT, recover
+from remediations.restart_api import ServiceSettings, recover
 from remediations.results import Status
 
 
@@ -78,7 +79,8 @@ def services_reading(path: str, compose_texts: Sequence[str], project_dir: str) 
     return sorted(n for n in names if path in env_file_of(n, compose_texts, project_dir))
 
 
-def _read_files_command(paths: Sequence[str]) -> str:
+def _read_files_command(paths: Sequence[str], facts: ServiceFacts | None = None) -> str:
+    """Each file's owner, mode and text; with `facts`, also the env its first container runs with."""
     parts = []
     for i, path in enumerate(paths):
         q = shlex.quote(path)
@@ -86,12 +88,28 @@ def _read_files_command(paths: Sequence[str]) -> str:
             f"if [ -f {q} ]; then echo '{MARK}file{i} '$(stat -c '%u:%g:%a' {q}); cat {q}; "
             f"else echo '{MARK}file{i} missing'; fi"
         )
+    if facts is not None and facts.containers:
+        container = facts.containers[0].id
+        inspect = shlex.join(["docker", "inspect", "--format", "{{json .Config.Env}}", container])
+        parts.append(f"echo '{MARK}env'; {inspect} 2>/dev/null")
     return "\n".join(parts)
 
 
-def read_files(remote: Remote, paths: Sequence[str]) -> list[EnvFileFacts]:
-    result = must(remote.run(_read_files_command(paths), timeout=30), "reading files")
-    sections = _sections(result.stdout)
+def _parse_env(text: str) -> dict[str, str]:
+    """Pure: `docker inspect --format '{{json .Config.Env}}'` output as a dict (secrets never printed)."""
+    try:
+        items = json.loads(text) if text.strip() else []
+    except ValueError:
+        return {}
+    return dict(item.split("=", 1) for item in items if isinstance(item, str) and "=" in item)
+
+
+def read_files(
+    remote: Remote, paths: Sequence[str], facts: ServiceFacts | None = None
+) -> tuple[list[EnvFileFacts], dict[str, str]]:
+    """The files, and (with `facts`) the env the service's first container runs with: one round trip."""
+    result = must(remote.run(_read_files_command(paths, facts), timeout=30), "reading files")
+    sections = sections_by_name(result.stdout)
     out = []
     for i, path in enumerate(paths):
         head, body = sections.get(f"file{i}", ("missing", ""))
@@ -100,23 +118,7 @@ def read_files(remote: Remote, paths: Sequence[str]) -> list[EnvFileFacts]:
         else:
             uid, gid, mode = [*head.split(":"), "", "", ""][:3]
             out.append(EnvFileFacts(path, True, body + ("\n" if body else ""), f"{uid}:{gid}", mode))
-    return out
-
-
-def container_env(remote: Remote, facts: ServiceFacts) -> dict[str, str]:
-    """The env of the service's first container (secret values are parsed here, never printed)."""
-    if not facts.containers:
-        return {}
-    cid = facts.containers[0].id
-    command = shlex.join(["docker", "inspect", "--format", "{{json .Config.Env}}", cid])
-    result = remote.run(command, timeout=30)
-    if result.exit_code != 0:
-        return {}
-    try:
-        items = json.loads(result.stdout)
-    except ValueError:
-        return {}
-    return dict(item.split("=", 1) for item in items if "=" in item)
+    return out, _parse_env(sections.get("env", ("", ""))[1])
 
 
 def write_file_command(path: str, owner: str, mode: str, backup: str | None) -> str:
@@ -158,28 +160,19 @@ class SetEnv(Remediation):
         Project.from_host(host)
 
     def run(self, ctx: HostContext) -> None:
-        project = Project.from_host(ctx.host)
         service = self.service
-        urls = {k: v for k, v in health_urls(ctx.host).items() if k == service}
-        timeout = float(ctx.var("health_timeout", DEFAULT_HEALTH_TIMEOUT))
-        stop_timeout = int(ctx.var("stop_timeout", DEFAULT_STOP_TIMEOUT))
-        probe = min(timeout, 10.0)
+        settings = ServiceSettings.of(ctx.host, [service])
+        project, timeout, stop_timeout = settings.project, settings.timeout, settings.stop_timeout
+        facts = settings.facts_of(ctx.remote, service)
         secret_names = list(ctx.var("secret_vars") or [])
         for name, value in self.values.items():
             if ctx.redactor.is_secret(name) or name in secret_names:
                 ctx.redactor.add_value(value)
 
-        def facts() -> ServiceFacts:
-            return gather_project(ctx.remote, project, urls, probe).facts[service]
-
         with ctx.step("facts") as step:
-            pf = gather_project(ctx.remote, project, urls, probe)
-            if pf.error:
-                raise HostError(pf.error)
-            if service not in pf.services:
-                raise HostError(f"unknown service {service!r}: the project has {', '.join(pf.services)}")
+            pf = settings.gather(ctx.remote, [service])
             compose_paths = [posixpath.join(project.directory, f) for f in project.files]
-            compose_texts = [f.text for f in read_files(ctx.remote, compose_paths)]
+            compose_texts = [f.text for f in read_files(ctx.remote, compose_paths)[0]]
             explicit = (ctx.var("env_files") or {}).get(service)
             paths = (
                 [posixpath.join(project.directory, str(explicit))]
@@ -191,15 +184,14 @@ class SetEnv(Remediation):
                     f"{service} reads no env_file: add `env_file: .env` to it in the compose file, "
                     "or set the env_files var"
                 )
-            files = read_files(ctx.remote, paths)
+            before = pf.facts[service]
+            files, running = read_files(ctx.remote, paths, before)
             # The file that sets a name wins over earlier ones; new names go to the last file.
             target = next((f for f in reversed(files) if set(envfile.parse(f.text)) & {*self.values,
                            *self.unset}), files[-1])  # fmt: skip
             for name, value in envfile.parse(target.text).items():
                 if ctx.redactor.is_secret(name) or name in secret_names:
                     ctx.redactor.add_value(value)
-            before = pf.facts[service]
-            running = container_env(ctx.remote, before)
             new_text, changes = envfile.edit(target.text, self.values, self.unset)
             stale = [n for n, v in self.values.items() if before.containers and running.get(n) != v]
             readers = services_reading(target.path, compose_texts, project.directory)
@@ -236,7 +228,7 @@ class SetEnv(Remediation):
                           diff=diff, backup=backup)  # fmt: skip
         healthy = recover(ctx, project, service, before, "recreate", facts, timeout, stop_timeout)
         if healthy:
-            now = container_env(ctx.remote, facts())
+            now = read_files(ctx.remote, [], facts())[1]
             wrong = [n for n, v in self.values.items() if now.get(n) != v]
             with ctx.step("verify") as step:
                 if wrong:
