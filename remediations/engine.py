@@ -174,6 +174,10 @@ class Remediation:
     def run(self, ctx: HostContext) -> None:
         raise NotImplementedError
 
+    def notify_anyway(self, run: RunResult, hosts: Sequence[Host]) -> bool:
+        """True to notify about this run whatever `notify_on` says (e.g. a drill's success)."""
+        return False
+
     def arguments(self) -> dict[str, Any]:
         """The task's own arguments, for audit records (secrets are redacted on the way out)."""
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}
@@ -239,7 +243,7 @@ class Engine:
                         self._finish(run, skipped, arguments)
                     break
         run.duration = clock.elapsed
-        self._notify(run)
+        self._notify(run, remediation.notify_anyway(run, hosts))
         return run
 
     def _max_fail(self) -> MaxFail:
@@ -298,8 +302,8 @@ class Engine:
         if self.listener is not None:
             self.listener(result)
 
-    def _notify(self, run: RunResult) -> None:
-        if not self.notify_config.wants(run):
+    def _notify(self, run: RunResult, anyway: bool = False) -> None:
+        if not (anyway or self.notify_config.wants(run)):
             return
         self.warnings.extend(
             send(self.notify_config, summary(run, self.actor.holder(run.task)), self.redactor)
@@ -341,4 +345,8 @@ def poll(until: Callable[[], bool], timeout: float, interval: float = 1.0) -> bo
         time.sleep(interval)
 
 
-_common_vars = run_wide_vars  # the earlier name, kept for modules not yet moved over
+
+def controller_host(inventory: Inventory, name: str) -> Host:
+    """The controller itself as a target (`ansible_connection: local`), with the run-wide vars:
+    for tasks whose work is done from the controller (S3, backup checks, cron)."""
+    return Host(name, {**run_wide_vars(inventory), "ansible_connection": "local"}, (), inventory.source)

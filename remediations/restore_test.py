@@ -54,7 +54,7 @@ from remediations.postgres import (
     sql_identifier,
     sql_literal,
 )
-from remediations.results import Status
+from remediations.results import RunResult, Status
 
 DEFAULT_SCRATCH = "restore_test_scratch"
 ALWAYS_PROTECTED = ("postgres", "template0", "template1")
@@ -322,6 +322,12 @@ class RestoreTest(Remediation):
         super().validate(host)
         settings(host)
 
+    def notify_anyway(self, run: RunResult, hosts: Sequence[Host]) -> bool:
+        """A successful drill is announced too where `restore_test_notify_success` says so."""
+        if run.check or run.exit_code != 0:
+            return False
+        return any(settings(h).notify_success for h in hosts)
+
     def run(self, ctx: HostContext) -> None:
         conf = settings(ctx.host)
         pg = PgTarget.from_host(ctx.host)
@@ -517,33 +523,9 @@ def stop_on_signals() -> Iterator[None]:
 
 
 def run_task(execute: Callable[..., tuple[int, Any]], flags: Any, dump: str | None) -> int:
-    """`inv restore-test`: the run, then a success notification when `restore_test_notify_success`."""
+    """`inv restore-test` (on the `restore` group unless --host says otherwise)."""
     if not flags.host:
         flags = replace(flags, host="restore")
     with stop_on_signals():
-        code, run = execute(lambda: RestoreTest(dump), flags, task="restore-test", arguments={"dump": dump})
-    if code == 0 and run is not None and not run.check:
-        _notify_success(flags, run)
+        code, _ = execute(lambda: RestoreTest(dump), flags, task="restore-test", arguments={"dump": dump})
     return int(code)
-
-
-def _notify_success(flags: Any, run: Any) -> None:
-    from remediations import inventory
-    from remediations.audit import Actor
-    from remediations.engine import _common_vars
-    from remediations.notify import NotifyConfig, send, summary
-    from remediations.redact import Redactor
-
-    inv = inventory.load(inventory.inventory_path(flags.inventory))
-    wanted = [h for h in run.hosts if truthy(inv.hosts[h.host].get("restore_test_notify_success", False))]
-    if not wanted:
-        return
-    shared = _common_vars(inv)
-    config = NotifyConfig.load(shared)
-    if config.wants(run):  # the engine has sent it already
-        return
-    redactor = Redactor(secret_names=shared.get("secret_vars") or ())
-    for host in inv.hosts.values():
-        redactor.learn(host.vars)
-    for warning in send(config, summary(run, Actor.current().holder(run.task)), redactor):
-        print(f"warning: {warning}")

@@ -42,7 +42,7 @@ from botocore.exceptions import (
     ProfileNotFound,
 )
 
-from remediations.engine import HostContext, Remediation, run_wide_vars
+from remediations.engine import HostContext, Remediation, controller_host
 from remediations.errors import HostError, UsageError
 from remediations.inventory import Host, Inventory
 from remediations.results import Status
@@ -766,8 +766,7 @@ def controller_targets(bucket: str | None) -> Callable[[Inventory], list[Host]]:
     """
 
     def targets(inventory: Inventory) -> list[Host]:
-        shared = {**run_wide_vars(inventory), "ansible_connection": "local"}
-        return [Host(f"s3:{bucket}", shared, (), inventory.source)]
+        return [controller_host(inventory, f"s3:{bucket}")]
 
     return targets
 

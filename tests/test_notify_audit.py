@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -27,6 +27,7 @@ from remediations import inventory, notify
 from remediations.audit import Actor, AuditLog, audit_path
 from remediations.engine import Engine, HostContext, MaxFail, Remediation, RunOptions
 from remediations.errors import HostError
+from remediations.inventory import Host
 from remediations.notify import NotifyConfig, send, summary
 from remediations.redact import MASK, Redactor
 from remediations.results import HostResult, RunResult, Status, StepResult
@@ -435,6 +436,31 @@ def test_engine_notify_on_from_environment(
     monkeypatch.setenv("REMEDIATIONS_NOTIFY_ON", "never")
     engine_run(path, Touch())
     assert len(server.requests) == 1
+
+
+class Announced(Touch):
+    """Asks to be announced whatever notify_on says, when the run succeeded (as restore-test does)."""
+
+    def notify_anyway(self, run: RunResult, hosts: Sequence[Host]) -> bool:
+        return not run.check and run.exit_code == 0
+
+
+def test_a_remediation_can_ask_to_be_announced_whatever_notify_on_says(
+    tmp_path: Path, server: Recorder
+) -> None:
+    path = write_inventory(
+        tmp_path, {"h1": {}}, notify_slack_webhook=server.url + WEBHOOK_PATH, notify_on="never"
+    )
+    engine_run(path, Touch())
+    assert server.requests == []  # notify_on: never
+    engine_run(path, Announced())
+    [request] = server.requests
+    text = request.json()["text"]
+    assert text.startswith("touch by ") and text.endswith(": 1 ok"), text
+    engine_run(path, Announced(), RunOptions(check=True))  # a check run is not announced
+    engine_run(write_inventory(tmp_path, {"h1": {"fail": True}}, notify_slack_webhook=server.url
+                               + WEBHOOK_PATH, notify_on="never"), Announced())  # fmt: skip
+    assert len(server.requests) == 1  # nor a failed one
 
 
 def test_failed_notification_is_a_warning_not_a_failure(tmp_path: Path, server: Recorder) -> None:
