@@ -62,6 +62,7 @@ KNOWN_HOSTS = LAB_ROOT / "ssh" / "known_hosts"
 S3_ENDPOINT = "http://198.18.0.1:9000"
 BENCH_INVENTORY = LAB_ROOT / "bench.yml"
 PG_PASSWORD_FILE = LAB_ROOT / "pg_password"
+PG_PASSFILE = LAB_ROOT / "pgpass"  # libpq's format, for the postgres_admin_passfile var
 STATE_DIR = "/var/lib/remediations"  # private per host
 CLIENT_ADDRESS = "198.18.0.200"
 
@@ -775,16 +776,29 @@ def _ensure_mntns(host: HostSpec) -> None:
 
 
 def _ensure_state_mount(host: HostSpec) -> None:
-    """A private /var/lib/remediations per host, where remediations keep host-side state.
+    """A private /var/lib/remediations per host, where remediations keep host-side state, and a
+    private /root: a host's root home is its own, not the controller's (whose dotfiles, sourced by
+    every SSH command, would make the lab's hosts slow in ways real ones are not).
 
     Added to a live mount namespace too (processes in it, sshd included, see it at once), so hosts
-    of a lab built before this mount existed get it on the next ``up``.
+    of a lab built before these mounts existed get them on the next ``up``.
     """
-    source = host.dir / "remediations"
-    source.mkdir(parents=True, exist_ok=True)
+    state = host.dir / "remediations"
+    state.mkdir(parents=True, exist_ok=True)
     Path(STATE_DIR).mkdir(parents=True, exist_ok=True)
-    script = 'mountpoint -q "$2" || mount --bind "$1" "$2"'
-    _run(["nsenter", f"--mount={host.mntns}", "--", "sh", "-c", script, "sh", str(source), STATE_DIR])
+    home = host.dir / "root"
+    if not home.is_dir():
+        home.mkdir(mode=0o700, parents=True)
+        for name in (".bashrc", ".profile"):  # Debian's stock root dotfiles
+            skel = Path("/etc/skel") / name
+            if skel.exists():
+                shutil.copy2(skel, home / name)
+    script = (
+        'for pair in "$@"; do src=${pair%%=*}; dst=${pair#*=}; '
+        'mountpoint -q "$dst" || mount --bind "$src" "$dst"; done'
+    )
+    pairs = [f"{state}={STATE_DIR}", f"{home}=/root"]
+    _run(["nsenter", f"--mount={host.mntns}", "--", "sh", "-c", script, "sh", *pairs])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1063,6 +1077,7 @@ def _write_shop_files(host: HostSpec) -> None:
     """Restore /srv/shop to its baseline (extra files that tests left there stay)."""
     shop = host.dir / "srv" / "shop"
     (shop / "www").mkdir(parents=True, exist_ok=True)
+    (shop / "pins").mkdir(exist_ok=True)
     _write_if_changed(shop / "compose.yaml", (_ASSETS / "compose.yaml").read_bytes())
     _write_if_changed(shop / ".env", (_ASSETS / "env").read_bytes(), mode=0o600)
     _write_if_changed(shop / "www" / "health", (_ASSETS / "health").read_bytes())
@@ -1120,7 +1135,9 @@ def _pg_bin(tool: str) -> str:
 def _pg_password() -> str:
     if not PG_PASSWORD_FILE.exists():
         _write_if_changed(PG_PASSWORD_FILE, secrets.token_urlsafe(18).encode(), mode=0o600)
-    return PG_PASSWORD_FILE.read_text().strip()
+    password = PG_PASSWORD_FILE.read_text().strip()
+    _write_if_changed(PG_PASSFILE, f"*:*:*:postgres:{password}\n".encode(), mode=0o600)
+    return password
 
 
 def _as_postgres(argv: Sequence[str]) -> list[str]:
