@@ -14,7 +14,10 @@ import select
 import shlex
 import socket
 import subprocess
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Protocol
 
 import paramiko
@@ -47,6 +50,10 @@ class Remote(Protocol):
     ) -> CommandResult: ...
 
     def open_process(self, command: str) -> Process: ...
+
+    def forward(self, host: str, port: int) -> AbstractContextManager[tuple[str, int]]:
+        """A local address whose connections reach host:port as the host sees it (in a `with`)."""
+        ...
 
     def close(self) -> None: ...
 
@@ -241,8 +248,74 @@ class SSHRemote:
     def open_process(self, command: str) -> SSHProcess:
         return SSHProcess(self._channel(command))
 
+    @contextmanager
+    def forward(self, host: str, port: int) -> Iterator[tuple[str, int]]:
+        """Local port forwarding over this connection (SSH direct-tcpip), on 127.0.0.1 only."""
+        forwarder = _Forwarder(self.transport, (host, port))
+        try:
+            yield forwarder.address
+        finally:
+            forwarder.close()
+
     def close(self) -> None:
         self.connection.close()
+
+
+class _Forwarder:
+    """Accepts on an ephemeral loopback port; each connection is piped through its own SSH channel."""
+
+    def __init__(self, transport: paramiko.Transport, destination: tuple[str, int]) -> None:
+        self.transport = transport
+        self.destination = destination
+        self.server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(16)
+        self.server.settimeout(0.2)
+        self.address: tuple[str, int] = self.server.getsockname()
+        self.stop = threading.Event()
+        self.threads: list[threading.Thread] = []
+        self._spawn(self._accept)
+
+    def _spawn(self, target: object, *args: object) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True)  # type: ignore[arg-type]
+        self.threads.append(thread)
+        thread.start()
+
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                client, peer = self.server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self._spawn(self._pipe, client, peer)
+
+    def _pipe(self, client: socket.socket, peer: tuple[str, int]) -> None:
+        try:
+            channel = self.transport.open_channel("direct-tcpip", self.destination, peer, timeout=15)
+        except (paramiko.SSHException, OSError, EOFError):
+            client.close()  # the client sees the connection closed: its own error says so
+            return
+        with client, channel:
+            while not self.stop.is_set():
+                ready, _, _ = select.select([client, channel], [], [], 0.2)
+                if client in ready:
+                    data = client.recv(65536)
+                    if not data:
+                        break
+                    channel.sendall(data)
+                if channel in ready:
+                    data = channel.recv(65536)
+                    if not data:
+                        break
+                    client.sendall(data)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.server.close()
+        for thread in self.threads:
+            thread.join(timeout=2)
 
 
 class SSHProcess:
@@ -315,6 +388,11 @@ class LocalRemote:
 
     def open_process(self, command: str) -> LocalProcess:
         return LocalProcess(command, self.host)
+
+    @contextmanager
+    def forward(self, host: str, port: int) -> Iterator[tuple[str, int]]:
+        """The controller is the host: its own address is reached directly."""
+        yield (host, port)
 
     def close(self) -> None:
         """Nothing to close."""

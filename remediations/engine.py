@@ -95,8 +95,10 @@ class HostContext:
         result: HostResult,
         arguments: Mapping[str, Any],
         task: str = "",
+        holder: str = "",
     ) -> None:
         self.task = task
+        self.holder = holder or task  # who holds the host locks of this run (user@machine: task)
         self.host = host
         self.remote = remote
         self.options = options
@@ -166,6 +168,10 @@ class Remediation:
     required_vars: ClassVar[tuple[str, ...]] = ()
     default_serial: ClassVar[int | None] = None
 
+    def prepare(self, inventory: Inventory) -> None:
+        """Resolve what the remediation needs from the inventory besides its targets (other hosts);
+        raise UsageError for bad input. Called once, before any host is touched."""
+
     def validate(self, host: Host) -> None:
         """Raise UsageError for anything missing on `host`, before any host is touched."""
         for name in self.required_vars:
@@ -213,6 +219,7 @@ class Engine:
 
     def run(self, remediation: Remediation, hosts: Sequence[Host]) -> RunResult:
         arguments = {**remediation.arguments(), **_option_arguments(self.options)}
+        remediation.prepare(self.inventory)
         for host in hosts:
             remediation.validate(host)
             if not host.is_local:
@@ -261,7 +268,8 @@ class Engine:
                 with timed() as connecting:
                     remote = self.connect(host, self.options.connect_timeout)
                 ctx = HostContext(
-                    host, remote, self.options, self.redactor, result, arguments, remediation.task
+                    host, remote, self.options, self.redactor, result, arguments, remediation.task,
+                    self.actor.holder(remediation.task),
                 )
                 if remediation.changes_hosts and not self.options.check:
                     with HostLock(

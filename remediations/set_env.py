@@ -121,13 +121,25 @@ def read_files(
     return out, _parse_env(sections.get("env", ("", ""))[1])
 
 
-def write_file_command(path: str, owner: str, mode: str, backup: str | None) -> str:
-    """Shell text: back up (same owner and mode), then write stdin to a temp file and rename it."""
+def write_file_command(
+    path: str, owner: str, mode: str, backup: str | None, backup_mode: str | None = None
+) -> str:
+    """Shell text: back up (same owner and mode, or `backup_mode`), then write stdin to a temp file
+    and rename it."""
     q = shlex.quote
     tmp = f"{path}.remediations-tmp"
     steps = ["set -e", "umask 077"]
     if backup:
-        steps.append(f"cp -p {q(path)} {q(backup)}")
+        if backup_mode:  # created under umask 077, so never readable by others, even for a moment
+            steps += [
+                f"rm -f {q(backup)}",
+                f"cp {q(path)} {q(backup)}",
+                f"chmod {q(backup_mode)} {q(backup)}",
+                f"chown --reference={q(path)} {q(backup)}",
+                f"touch -r {q(path)} {q(backup)}",
+            ]
+        else:
+            steps.append(f"cp -p {q(path)} {q(backup)}")
     steps.append(f"cat > {q(tmp)}")
     if owner:
         steps += [f"chown {q(owner)} {q(tmp)}", f"chmod {q(mode)} {q(tmp)}"]
