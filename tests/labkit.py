@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,13 +39,23 @@ class Ran:
         raise AssertionError(f"no result for {name} in {self.stdout}")
 
 
-def inv(*args: str, audit: Path, inventory: Path = LAB_INVENTORY, timeout: float = 240,
-        env: dict[str, str] | None = None) -> Ran:
+def inv(
+    *args: str,
+    audit: Path,
+    inventory: Path = LAB_INVENTORY,
+    timeout: float = 240,
+    env: dict[str, str] | None = None,
+) -> Ran:
     """Run `inv ARGS --inventory …` as the on-call engineer would, in a fresh process."""
     environ = {**os.environ, "REMEDIATIONS_AUDIT_LOG": str(audit), "NO_COLOR": "1", **(env or {})}
     done = subprocess.run(
         [sys.executable, "-m", "invoke", *args, "--inventory", str(inventory)],
-        cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=environ, check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=environ,
+        check=False,
     )
     return Ran(done.returncode, done.stdout, done.stderr)
 
@@ -52,8 +66,9 @@ def audit_lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def write_inventory(path: Path, *, all_vars: dict[str, Any] | None = None,
-                    host_vars: dict[str, dict[str, Any]] | None = None) -> Path:
+def write_inventory(
+    path: Path, *, all_vars: dict[str, Any] | None = None, host_vars: dict[str, dict[str, Any]] | None = None
+) -> Path:
     """A copy of the lab inventory with some vars changed."""
     data = yaml.safe_load(LAB_INVENTORY.read_text())
     data["all"].setdefault("vars", {}).update(all_vars or {})
@@ -107,3 +122,46 @@ def wait_health(host: str, want: str, timeout: float = 30) -> None:
             return
         time.sleep(0.5)
     raise AssertionError(f"{host}: health never became {want} (now {health(host)})")
+
+
+BASELINE_ENV = (Path(lab.__file__).parent / "lab_assets" / "env").read_text()
+SHOP_ENV = "/srv/shop/.env"
+
+
+def reset_shop(host: str, state_files: str = "/var/lib/remediations/images.json") -> None:
+    """The shop project at its baseline: the lab's .env (0600), no env backups, no `state_files`,
+    no pins, every service up and the api healthy."""
+    lab.exec_on(host, ["sh", "-c", f"cat > {SHOP_ENV} && chmod 600 {SHOP_ENV}"], input=BASELINE_ENV.encode())
+    lab.exec_on(host, ["sh", "-c", f"rm -f {SHOP_ENV}.*.bak /srv/shop/pins/* {state_files}"])
+    repair(host)
+    lab.exec_on(host, [*COMPOSE, "up", "-d", "--wait"], check=False, timeout=120)
+    if health(host) != "healthy":
+        lab.exec_on(host, [*COMPOSE, "up", "-d", "--force-recreate", "--wait", "api"], timeout=120)
+
+
+@contextlib.contextmanager
+def private_moto(setup_calls: int) -> Iterator[str]:
+    """A moto server of the test's own on loopback that enforces IAM after `setup_calls` requests
+    (the lab's shared one accepts any key). Yields its endpoint URL."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(setup_calls)},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(10)

@@ -38,12 +38,7 @@ def env_of(service: str) -> dict[str, str]:
 
 def reset() -> None:
     """The baseline: the lab's .env, local/busybox:1 as built, no image record, everything healthy."""
-    lab_mod.exec_on(HOST, ["sh", "-c", f"cat > {ENV} && chmod 600 {ENV}"], input=BASELINE_ENV.encode())
-    sh(f"rm -f {ENV}.*.bak /var/lib/remediations/images.json")
-    labkit.repair(HOST)
-    sh(f"cd /srv/shop && {' '.join(COMPOSE)} up -d --wait", check=False)
-    if labkit.health(HOST) != "healthy":
-        sh(f"cd /srv/shop && {' '.join(COMPOSE)} up -d --force-recreate --wait api")
+    labkit.reset_shop(HOST)
 
 
 @pytest.fixture

@@ -11,9 +11,6 @@ import datetime as dt
 import hashlib
 import json
 import os
-import socket
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -35,6 +32,7 @@ from remediations.s3restore import (
     controller_targets,
     iso,
 )
+from tests import labkit
 from tests.labkit import audit_lines, inv
 
 pytestmark = pytest.mark.lab
@@ -498,27 +496,7 @@ def denying_endpoint(lab: Any) -> Iterator[tuple[str, dict[str, str]]]:
 
     (The lab's shared server does not check permissions, and switching that on would break others.)
     """
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3"}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+    with labkit.private_moto(setup_calls=3) as endpoint:
         client(endpoint).create_bucket(Bucket="locked")  # 1
         iam = boto3.client(
             "iam",
@@ -533,9 +511,6 @@ def denying_endpoint(lab: Any) -> Iterator[tuple[str, dict[str, str]]]:
             endpoint,
             {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]},
         )
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 def test_front_end_bad_input(
