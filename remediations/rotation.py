@@ -439,6 +439,7 @@ def restore_env(side: EnvSide, backup: str, old: dict[str, str], prefix: str = "
     q = shlex.quote
     must(ctx.remote.run(f"cp -p {q(backup)} {q(side.file.path)}", timeout=30), f"restoring {side.file.path}")
     side.values = dict(old)
+    refresh_running(side)  # what each service runs now (a failed recreate may have replaced it)
     return recreate(side, old, prefix)
 
 
@@ -447,6 +448,13 @@ def describe_services(side: EnvSide) -> str:
     if side.left_alone:
         text += f" (also read by {', '.join(side.left_alone)}, left alone: they keep the old value)"
     return text
+
+
+def left_alone(side: EnvSide) -> str:
+    if not side.left_alone:
+        return ""
+    names = ", ".join(side.left_alone)
+    return f"; {names} also read(s) the file and still run(s) the old value (not in --service)"
 
 
 def age_text(seconds: float) -> str:
@@ -574,8 +582,8 @@ class RotateSecret(Remediation):
         if not problem:
             save_record(ctx.remote, ctx.host, replace(record, status="done", message="rotated"))
             ctx.record("finish", Status.CHANGED, f"rotated {self.name} in {side.label()}; "
-                       f"{', '.join(side.services) or 'no service'} recreated, healthy, running with it; "
-                       f"{record.backup} rolls it back")  # fmt: skip
+                       f"{', '.join(side.services) or 'no service'} recreated, healthy, running with it"
+                       f"{left_alone(side)}; {record.backup} rolls it back")  # fmt: skip
             return
         with ctx.step("rollback") as step:
             again = restore_env(side, record.backup, old)
@@ -630,7 +638,7 @@ class RotationStatus(Remediation):
                 f"{record.kind}:{record.name}",
                 Status.OK if ok else Status.FAILED,
                 status_line(record),
-                **{k: v for k, v in record.to_dict().items() if k != "message"},
+                rotation={k: v for k, v in record.to_dict().items() if k != "message"},
             )
 
 
