@@ -406,14 +406,27 @@ class LocalProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
         )
+        self.buffer = b""
 
     def readline(self, timeout: float) -> str | None:
+        """One line of stdout, or None on timeout or end of output (read unbuffered: a select on a
+        buffered reader would miss lines already in its buffer)."""
         assert self.proc.stdout is not None
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        if not ready:
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buffer:
+            remaining = deadline - time.monotonic()
+            ready, _, _ = select.select([fd], [], [], max(remaining, 0))
+            if not ready:
+                return None
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            self.buffer += chunk
+        if b"\n" not in self.buffer:
             return None
-        line = self.proc.stdout.readline()
-        return line.decode(errors="replace").rstrip("\n") if line else None
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line.decode(errors="replace")
 
     def finish(self, timeout: float = 10.0) -> None:
         assert self.proc.stdin is not None

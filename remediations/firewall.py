@@ -969,9 +969,15 @@ def carry_out(ctx: HostContext, plan: Plan, check: Check, outcome: Outcome) -> N
 class _Firewall(Remediation):
     """Shared by the firewall tasks: the facts step."""
 
+    def facts_under_lock(self, host: Host) -> str:
+        return facts_command(StatePath.from_host(host))
+
     def facts(self, ctx: HostContext) -> FirewallFacts:
         with ctx.step("facts") as step:
-            facts = gather(ctx.remote, StatePath.from_host(ctx.host))
+            state = StatePath.from_host(ctx.host)
+            # Under the lock the facts came with it (same round trip); in --check they are read here.
+            prefetched = ctx.prefetched
+            facts = gather(ctx.remote, state) if prefetched is None else parse_facts(prefetched, state)
             if facts.error:
                 step.done(Status.FAILED, facts.error)
                 return facts

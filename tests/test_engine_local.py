@@ -656,3 +656,20 @@ def test_host_status_is_the_worst_step_and_its_message() -> None:
     assert (host.status, host.message) == (Status.CHANGED, "second change")
     assert HostResult("empty").status == Status.SKIPPED
     assert UsageError.exit_code == 2
+
+
+def test_facts_under_lock_come_with_the_lock_and_the_lock_still_holds(tmp_path: Path) -> None:
+    from remediations.connection import LocalRemote
+    from remediations.errors import LockTimeout
+    from remediations.inventory import Host
+    from remediations.lock import HostLock
+
+    host = Host("here", {"ansible_connection": "local"}, (), "test")
+    lock_dir = str(tmp_path / "lock")
+    then = "echo one; echo 'two words'; echo oops >&2; exit 3"
+    with HostLock(LocalRemote(host), "me", wait=5, lock_dir=lock_dir, then=then) as lock:
+        assert lock.output == "one\ntwo words\noops\n"  # stderr too; the exit status ends the output
+        with pytest.raises(LockTimeout, match=r"locked by another run \(me\)"):
+            HostLock(LocalRemote(host), "other", wait=0, lock_dir=lock_dir).acquire()
+    with HostLock(LocalRemote(host), "other", wait=0, lock_dir=lock_dir) as again:
+        assert again.output is None  # nothing asked, nothing read
