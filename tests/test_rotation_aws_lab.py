@@ -191,3 +191,38 @@ def test_rotate_aws_key_app_unhealthy_deletes_the_new_key(iam_lab: dict[str, Any
     )
     assert keys(iam_lab) == {old["id"]: "Active"} and env_keys() == (old["id"], old["secret"])
     assert labkit.health(HOST) == "healthy"
+
+
+def test_rotate_aws_key_interrupted_after_the_write_is_finished_by_a_rerun(
+    iam_lab: dict[str, Any], audit: Path, inventory: Path
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    old = iam_lab["app"]
+    admin = iam_lab["admin"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "invoke", "rotate-aws-key", "--user", USER, "--env-host", HOST, "--inventory",
+         str(inventory)],
+        cwd=labkit.ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "REMEDIATIONS_AUDIT_LOG": str(audit), "AWS_ACCESS_KEY_ID": admin["id"],
+             "AWS_SECRET_ACCESS_KEY": admin["secret"]},
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while env_keys()[0] == old["id"]:  # the new key reached the env file: the controller dies now
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it wrote"
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    new_id, new_secret = env_keys()
+    assert keys(iam_lab) == {old["id"]: "Active", new_id: "Active"}  # nothing retired yet
+    rerun = run(iam_lab, audit, inventory)
+    assert rerun.code == 0, rerun.stdout + rerun.stderr
+    assert f"was interrupted after writing {new_id} to the env file: finishing it" in rerun.stdout
+    assert keys(iam_lab) == {old["id"]: "Inactive", new_id: "Active"}
+    assert env_keys() == (new_id, new_secret) and running("api")[ID_KEY] == new_id
+    assert_nowhere(new_secret, rerun.stdout, audit.read_text())
+    assert json.loads(sh(HOST, f"cat {RECORDS}"))[-1]["status"] == "done"
