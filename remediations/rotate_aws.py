@@ -23,7 +23,6 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
-from dataclasses import replace
 from typing import Any, ClassVar
 
 from remediations import rotation
@@ -193,10 +192,7 @@ class RotateAwsKey(Remediation):
             contexts = rotation.open_env_contexts(ctx, self._env_hosts, stack)
             sides = rotation.gather_sides(contexts, [id_key, secret_key], self.services, public=[id_key])
             current = rotation.agreed_values(sides)
-            records = [
-                rotation.latest(rotation.read_records(s.ctx.remote, s.host), KIND, self.user, s.file.path)
-                for s in sides
-            ]
+            records = rotation.latest_of(sides, KIND, self.user)
             self.rotate(ctx, sides, records, current[id_key], current[secret_key])
 
     def rotate(
@@ -209,7 +205,9 @@ class RotateAwsKey(Remediation):
             step.done(Status.OK, f"IAM user {user} has {len(keys)} access key(s): {listed}")
         unfinished = [r for r in records if r is not None and r.unfinished]
         if unfinished:
-            self.resume(ctx, sides, unfinished[0], keys, key_id, secret)
+            self.resume(
+                ctx, sides, [r or unfinished[0] for r in records], unfinished[0], keys, key_id, secret
+            )
             return
         ids = {k["AccessKeyId"]: k for k in keys}
         if key_id not in ids:
@@ -232,7 +230,7 @@ class RotateAwsKey(Remediation):
                     f"(aws iam delete-access-key --user-name {user} --access-key-id {other['AccessKeyId']}); "
                     "nothing changed"
                 )
-            if not self.retire(ctx, sides, ours, other):
+            if not self.retire(ctx, sides, [r or ours for r in records], ours, other):
                 return
         recent = [r for r in done if rotation.recent_enough(r, self.max_age)]
         if len(recent) == len(sides) and recent[0].detail.get("new_key") == key_id:
@@ -255,26 +253,28 @@ class RotateAwsKey(Remediation):
             )
             return
         detail = {"user": user, "old_key": key_id}
-        saved = [
-            rotation.save_record(s.ctx.remote, s.host, rotation.new_record(KIND, user, self.task, s, detail))
-            for s in sides
-        ]
+        saved = rotation.save_all(
+            sides, [rotation.new_record(KIND, user, self.task, s, detail) for s in sides]
+        )
         with ctx.step("create") as step:
             created = iam.client.create_access_key(UserName=user)["AccessKey"]
             new_id, new_secret = str(created["AccessKeyId"]), str(created["SecretAccessKey"])
             ctx.redactor.add_value(new_secret)
             step.done(Status.CHANGED, f"created access key {new_id} for {user}")
         values = {self.env_keys[0]: new_id, self.env_keys[1]: new_secret}
-        for i, side in enumerate(sides):
-            rotation.write_env(side, values, saved[i].backup, step=f"set {side.host.name}")
-            saved[i] = rotation.save_record(
-                side.ctx.remote,
-                side.host,
-                replace(saved[i], status="set", detail={**detail, "new_key": new_id}),
-            )
+        for side, record in zip(sides, saved, strict=True):
+            rotation.write_env(side, values, record.backup, step=f"set {side.host.name}")
+        saved = rotation.save_all(sides, saved, status="set", detail={"new_key": new_id})
         self.test_and_finish(ctx, sides, saved, new_id, new_secret, key_id, secret)
 
-    def retire(self, ctx: HostContext, sides: list[EnvSide], record: Record, key: dict[str, Any]) -> bool:
+    def retire(
+        self,
+        ctx: HostContext,
+        sides: list[EnvSide],
+        records: list[Record],
+        record: Record,
+        key: dict[str, Any],
+    ) -> bool:
         """The old key of a finished rotation: deleted after the grace period or with --delete-old.
         True when the run goes on to rotate (only with --delete-old: a later run that deletes the old
         key after the grace period does only that)."""
@@ -306,18 +306,7 @@ class RotateAwsKey(Remediation):
             return False
         with ctx.step("retire") as step:
             self._iam.client.delete_access_key(UserName=user, AccessKeyId=key_id)
-            for side in sides:
-                latest = (
-                    rotation.latest(
-                        rotation.read_records(side.ctx.remote, side.host), KIND, user, side.file.path
-                    )
-                    or record
-                )
-                rotation.save_record(
-                    side.ctx.remote,
-                    side.host,
-                    replace(latest, detail={**latest.detail, "old_key_state": "deleted"}),
-                )
+            rotation.save_all(sides, records, detail={"old_key_state": "deleted"})
             why = "--delete-old" if self.delete_old and age < self.grace else "the grace period is over"
             step.done(
                 Status.CHANGED, f"deleted the old key {key_id}, inactive since {record.updated} ({why})"
@@ -328,6 +317,7 @@ class RotateAwsKey(Remediation):
         self,
         ctx: HostContext,
         sides: list[EnvSide],
+        records: list[Record],
         record: Record,
         keys: list[dict[str, Any]],
         key_id: str,
@@ -357,20 +347,9 @@ class RotateAwsKey(Remediation):
             with ctx.step("resume") as step:
                 for orphan in orphans:
                     iam.client.delete_access_key(UserName=user, AccessKeyId=orphan)
-                for side in sides:
-                    latest = (
-                        rotation.latest(
-                            rotation.read_records(side.ctx.remote, side.host), KIND, user, side.file.path
-                        )
-                        or record
-                    )
-                    rotation.save_record(
-                        side.ctx.remote,
-                        side.host,
-                        replace(
-                            latest, status="abandoned", message="interrupted before the env file was written"
-                        ),
-                    )
+                rotation.save_all(
+                    sides, records, status="abandoned", message="interrupted before the env file was written"
+                )
                 step.done(
                     Status.CHANGED,
                     f"closed the unfinished rotation {record.id} (the env file still "
@@ -397,10 +376,6 @@ class RotateAwsKey(Remediation):
             Status.OK,
             f"rotation {record.id} was interrupted after writing {key_id} to the env file: finishing it",
         )
-        records = [
-            rotation.latest(rotation.read_records(s.ctx.remote, s.host), KIND, user, s.file.path) or record
-            for s in sides
-        ]
         self.test_and_finish(ctx, sides, records, key_id, secret, old_id, old.get(self.env_keys[1], ""))
 
     def test_and_finish(
@@ -445,12 +420,9 @@ class RotateAwsKey(Remediation):
                     )
                 ]
                 iam.client.delete_access_key(UserName=user, AccessKeyId=new_id)
-                for side, record in zip(sides, records, strict=True):
-                    rotation.save_record(
-                        side.ctx.remote,
-                        side.host,
-                        replace(record, status="failed" if still else "rolled-back", message=problem),
-                    )
+                rotation.save_all(
+                    sides, records, status="failed" if still else "rolled-back", message=problem
+                )
                 step.done(
                     Status.FAILED,
                     f"{problem}; rolled back: env files restored, the new key {new_id} "
@@ -464,17 +436,13 @@ class RotateAwsKey(Remediation):
             if self.delete_old:
                 iam.client.delete_access_key(UserName=user, AccessKeyId=old_id)
                 state = "deleted"
-            for side, record in zip(sides, records, strict=True):
-                rotation.save_record(
-                    side.ctx.remote,
-                    side.host,
-                    replace(
-                        record,
-                        status="done",
-                        message="rotated",
-                        detail={**record.detail, "new_key": new_id, "old_key_state": state},
-                    ),
-                )
+            rotation.save_all(
+                sides,
+                records,
+                status="done",
+                message="rotated",
+                detail={"new_key": new_id, "old_key_state": state},
+            )
             apps = "; ".join(f"{', '.join(s.services)} on {s.host.name}" for s in sides)
             step.done(
                 Status.CHANGED,

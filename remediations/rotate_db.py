@@ -25,7 +25,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from remediations import rotation
@@ -152,10 +151,7 @@ class RotateDbPassword(Remediation):
             contexts = rotation.open_env_contexts(ctx, self._env_hosts, stack)
             sides = rotation.gather_sides(contexts, [self.env_key], self.services)
             old = rotation.agreed_values(sides)[self.env_key]
-            records = [
-                rotation.latest(rotation.read_records(s.ctx.remote, s.host), KIND, self.role, s.file.path)
-                for s in sides
-            ]
+            records = rotation.latest_of(sides, KIND, self.role)
             db = Postgres(ctx)
             with db.reachable(), db.admin() as admin:
                 self.rotate(ctx, admin, db, sides, records, old)
@@ -184,7 +180,9 @@ class RotateDbPassword(Remediation):
 
         unfinished = [r for r in records if r is not None and r.unfinished]
         if unfinished:
-            self.resume(ctx, admin, db, sides, unfinished[0], current, works)
+            self.resume(
+                ctx, admin, db, sides, [r or unfinished[0] for r in records], unfinished[0], current, works
+            )
             return
         if works:
             raise HostError(f"the password in {key} does not log in as {role} ({works}): the app and the "
@@ -207,10 +205,9 @@ class RotateDbPassword(Remediation):
         new = rotation.generate(self.length, self.alphabet)
         ctx.redactor.add_value(new)
         detail = {"role": role, "db_host": ctx.host.name}
-        saved = [
-            rotation.save_record(s.ctx.remote, s.host, rotation.new_record(KIND, role, self.task, s, detail))
-            for s in sides
-        ]
+        saved = rotation.save_all(
+            sides, [rotation.new_record(KIND, role, self.task, s, detail) for s in sides]
+        )
         for side, record in zip(sides, saved, strict=True):
             rotation.write_env(side, {key: new}, record.backup, step=f"set {side.host.name}")
         self.switch(ctx, admin, db, sides, saved, new, current)
@@ -221,6 +218,7 @@ class RotateDbPassword(Remediation):
         admin: psycopg.Connection[Any],
         db: Postgres,
         sides: list[EnvSide],
+        records: list[Record],
         record: Record,
         current: str,
         works: str,
@@ -228,10 +226,6 @@ class RotateDbPassword(Remediation):
         """An interrupted rotation: the env file holds the new value (finish) or not (roll back)."""
         role, key = self.role, self.env_key
         old = rotation.backup_value(sides[0], record)
-        records = [
-            rotation.latest(rotation.read_records(s.ctx.remote, s.host), KIND, role, s.file.path) or record
-            for s in sides
-        ]
         if old is None or old[key] == current:
             # The env files were not written: the role may or may not have been changed after them.
             if ctx.check:
@@ -242,9 +236,8 @@ class RotateDbPassword(Remediation):
             with ctx.step("resume") as step:
                 if works:
                     set_password(admin, role, current)
-                for side, rec in zip(sides, records, strict=True):
-                    rotation.save_record(side.ctx.remote, side.host, replace(rec, status="abandoned",
-                                         message="interrupted before the env file was written"))  # fmt: skip
+                rotation.save_all(sides, records, status="abandoned",
+                                  message="interrupted before the env file was written")  # fmt: skip
                 step.done(Status.CHANGED if works else Status.OK,
                           f"unfinished rotation {record.id} had not written the env file; "
                           + (f"{role}'s password put back to the one in {key}" if works
@@ -287,8 +280,7 @@ class RotateDbPassword(Remediation):
                 step.done(Status.CHANGED, f"role {role} has the new password (SCRAM verifier); a login "
                           "with it works")  # fmt: skip
         if not problem:
-            records = [rotation.save_record(s.ctx.remote, s.host, replace(r, status="switched"))
-                       for s, r in zip(sides, records, strict=True)]  # fmt: skip
+            records = rotation.save_all(sides, records, status="switched")
             for side in sides:
                 problem = rotation.recreate(side, {key: new}, prefix=f"{side.host.name} ")
                 if problem:
@@ -298,10 +290,7 @@ class RotateDbPassword(Remediation):
             return
         with ctx.step("finish") as step:
             refused = db.login(role, old)
-            for side, record in zip(sides, records, strict=True):
-                rotation.save_record(
-                    side.ctx.remote, side.host, replace(record, status="done", message="rotated")
-                )
+            rotation.save_all(sides, records, status="done", message="rotated")
             apps = "; ".join(f"{', '.join(s.services)} on {s.host.name}" for s in sides)
             if refused != "refused":
                 step.done(Status.FAILED, f"rotated, but a login with the OLD password was not refused "
@@ -325,15 +314,17 @@ class RotateDbPassword(Remediation):
         with ctx.step("rollback") as step:
             set_password(admin, role, old)
             works = db.login(role, old)
-            still = []
-            for side, record in zip(sides, records, strict=True):
-                again = rotation.restore_env(side, record.backup, {key: old}, prefix=f"{side.host.name} ")
-                if again:
-                    still.append(again)
-                status = "failed" if again or works else "rolled-back"
-                rotation.save_record(
-                    side.ctx.remote, side.host, replace(record, status=status, message=problem)
+            still = [
+                again
+                for side, record in zip(sides, records, strict=True)
+                if (
+                    again := rotation.restore_env(
+                        side, record.backup, {key: old}, prefix=f"{side.host.name} "
+                    )
                 )
+            ]
+            status = "failed" if still or works else "rolled-back"
+            rotation.save_all(sides, records, status=status, message=problem)
             back = f"{role} has the old password again"
             back += f" but a login fails ({works})" if works else ""
             back += "; env files restored from their backups; "

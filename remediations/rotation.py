@@ -226,6 +226,22 @@ def save_record(remote: Remote, host: Host, record: Record) -> Record:
     return record
 
 
+def latest_of(sides: Sequence[EnvSide], kind: str, name: str) -> list[Record | None]:
+    """The newest record of this secret on each env host (one read per host)."""
+    return [latest(read_records(s.ctx.remote, s.host), kind, name, s.file.path) for s in sides]
+
+
+def save_all(
+    sides: Sequence[EnvSide], records: Sequence[Record], detail: dict[str, Any] | None = None, **changes: Any
+) -> list[Record]:
+    """Each side's record with `changes` (and `detail` merged into its own), saved on its host."""
+    saved = []
+    for side, record in zip(sides, records, strict=True):
+        merged = {**changes, "detail": {**record.detail, **detail}} if detail else changes
+        saved.append(save_record(side.ctx.remote, side.host, replace(record, **merged)))
+    return saved
+
+
 def latest(records: Iterable[Record], kind: str, name: str, env_file: str) -> Record | None:
     found = [r for r in records if r.same_secret(kind, name, env_file)]
     return found[-1] if found else None
