@@ -38,7 +38,7 @@ from typing import IO, Any, ClassVar
 import yaml
 
 from remediations import connection, envfile, images
-from remediations.compose import ServiceFacts
+from remediations.compose import ProjectFacts, ServiceFacts
 from remediations.connection import Remote, must
 from remediations.engine import HostContext, Remediation
 from remediations.errors import HostError, UsageError
@@ -53,6 +53,7 @@ from remediations.set_env import (
     backup_name,
     env_file_of,
     read_files,
+    running_envs,
     services_reading,
     write_file_command,
 )
@@ -379,17 +380,17 @@ def gather_env(
         ctx, settings, target, list(keys), chosen, [s for s in readers if s not in chosen],
         {k: current.get(k, "") for k in keys}, {}, {s: pf.facts[s] for s in chosen},
     )  # fmt: skip
-    refresh_running(side)
+    refresh_running(side, pf)
     return side
 
 
-def refresh_running(side: EnvSide) -> None:
-    """The keys' values in the env of each chosen service's first container (none: not running)."""
-    for service in side.services:
-        facts = side.settings.gather(side.ctx.remote).facts[service]
-        side.before[service] = facts
-        env = read_files(side.ctx.remote, [], facts)[1] if facts.containers else {}
-        side.running[service] = {k: env[k] for k in side.keys if k in env}
+def refresh_running(side: EnvSide, pf: ProjectFacts | None = None) -> None:
+    """The chosen services' facts (`pf`, or gathered now) and the keys' values in the env of each
+    one's first container (none: not running): two round trips for all of them."""
+    pf = pf if pf is not None else side.settings.gather(side.ctx.remote)
+    side.before.update({s: pf.facts[s] for s in side.services})
+    envs = running_envs(side.ctx.remote, {s: side.before[s] for s in side.services})
+    side.running = {s: {k: envs[s][k] for k in side.keys if k in envs[s]} for s in side.services}
 
 
 def backup_value(side: EnvSide, record: Record) -> dict[str, str] | None:

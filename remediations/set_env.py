@@ -19,7 +19,7 @@ import datetime as dt
 import json
 import posixpath
 import shlex
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -89,10 +89,25 @@ def _read_files_command(paths: Sequence[str], facts: ServiceFacts | None = None)
             f"else echo '{MARK}file{i} missing'; fi"
         )
     if facts is not None and facts.containers:
-        container = facts.containers[0].id
-        inspect = shlex.join(["docker", "inspect", "--format", "{{json .Config.Env}}", container])
-        parts.append(f"echo '{MARK}env'; {inspect} 2>/dev/null")
+        parts.append(_env_command("env", facts))
     return "\n".join(parts)
+
+
+def _env_command(section: str, facts: ServiceFacts) -> str:
+    """A marked section with the env the service's first container runs with."""
+    inspect = shlex.join(["docker", "inspect", "--format", "{{json .Config.Env}}", facts.containers[0].id])
+    return f"echo '{MARK}{section}'; {inspect} 2>/dev/null"
+
+
+def running_envs(remote: Remote, facts: Mapping[str, ServiceFacts]) -> dict[str, dict[str, str]]:
+    """The env each service's first container runs with ({} when it has none): one round trip."""
+    names = [name for name, f in facts.items() if f.containers]
+    if not names:
+        return {name: {} for name in facts}
+    command = "\n".join(_env_command(f"env{i}", facts[name]) for i, name in enumerate(names))
+    sections = sections_by_name(must(remote.run(command, timeout=30), "reading containers' env").stdout)
+    found = {name: _parse_env(sections.get(f"env{i}", ("", ""))[1]) for i, name in enumerate(names)}
+    return {name: found.get(name, {}) for name in facts}
 
 
 def _parse_env(text: str) -> dict[str, str]:
