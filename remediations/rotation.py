@@ -51,6 +51,7 @@ from remediations.results import Status
 from remediations.set_env import (
     EnvFileFacts,
     backup_name,
+    compose_services,
     env_file_of,
     read_files,
     running_envs,
@@ -268,17 +269,14 @@ def new_record(
 def interpolating(key: str, compose_texts: Sequence[str]) -> list[str]:
     """Pure: services whose compose definition interpolates ${KEY} (from the project's .env)."""
     pattern = re.compile(r"\$\{?" + re.escape(key) + r"(?![A-Za-z0-9_])")
-    names: set[str] = set()
-    for text in compose_texts:
-        try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError:
-            continue
-        services = (data.get("services") or {}) if isinstance(data, dict) else {}
-        for name, body in services.items():
-            if pattern.search(yaml.safe_dump(body)):
-                names.add(str(name))
-    return sorted(names)
+    return sorted(
+        {
+            str(name)
+            for services in compose_services(compose_texts)
+            for name, body in services.items()
+            if pattern.search(yaml.safe_dump(body))
+        }
+    )
 
 
 @dataclass

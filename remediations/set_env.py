@@ -45,15 +45,24 @@ class EnvFileFacts:
     mode: str  # octal, such as "600"
 
 
-def env_file_of(service: str, compose_texts: Sequence[str], project_dir: str) -> list[str]:
-    """Pure: the env files compose reads for `service`, absolute, in order (later ones win)."""
-    files: list[str] = []
+def compose_services(compose_texts: Sequence[str]) -> list[dict[str, Any]]:
+    """Pure: the `services:` mapping of each compose file, in order ({} for one that is not YAML)."""
+    found: list[dict[str, Any]] = []
     for text in compose_texts:
         try:
             data = yaml.safe_load(text) or {}
         except yaml.YAMLError:
-            continue
-        body = ((data.get("services") or {}) if isinstance(data, dict) else {}).get(service) or {}
+            data = {}
+        services = data.get("services") if isinstance(data, dict) else None
+        found.append(services if isinstance(services, dict) else {})
+    return found
+
+
+def env_file_of(service: str, compose_texts: Sequence[str], project_dir: str) -> list[str]:
+    """Pure: the env files compose reads for `service`, absolute, in order (later ones win)."""
+    files: list[str] = []
+    for services in compose_services(compose_texts):
+        body = services.get(service) or {}
         entry = body.get("env_file") if isinstance(body, dict) else None
         if entry is None:
             continue
@@ -69,13 +78,7 @@ def env_file_of(service: str, compose_texts: Sequence[str], project_dir: str) ->
 
 def services_reading(path: str, compose_texts: Sequence[str], project_dir: str) -> list[str]:
     """Pure: every service whose env files include `path`."""
-    names: set[str] = set()
-    for text in compose_texts:
-        try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError:
-            continue
-        names.update((data.get("services") or {}) if isinstance(data, dict) else {})
+    names = {str(name) for services in compose_services(compose_texts) for name in services}
     return sorted(n for n in names if path in env_file_of(n, compose_texts, project_dir))
 
 

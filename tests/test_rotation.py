@@ -155,3 +155,21 @@ def test_aws_and_db_input() -> None:
     for bad in ("", "x" * 64, None):
         with pytest.raises(UsageError, match="--role"):
             check_role(bad)
+
+
+def test_env_files_and_their_readers_as_compose_merges_them() -> None:
+    from remediations.set_env import env_file_of, services_reading
+
+    base = """
+services:
+  api: {image: x, env_file: .env}
+  worker: {image: x, env_file: [.env, {path: ./worker.env, required: false}]}
+  db: {image: x}
+"""
+    override = "services:\n  api: {env_file: [conf/api.env]}\n"
+    assert env_file_of("api", [base], "/srv/shop") == ["/srv/shop/.env"]
+    assert env_file_of("api", [base, override, "not: [yaml"], "/srv/shop") == ["/srv/shop/conf/api.env"]
+    assert env_file_of("worker", [base], "/srv/shop") == ["/srv/shop/.env", "/srv/shop/worker.env"]
+    assert env_file_of("db", [base], "/srv/shop") == []
+    assert services_reading("/srv/shop/.env", [base], "/srv/shop") == ["api", "worker"]
+    assert services_reading("/srv/shop/.env", [base, override], "/srv/shop") == ["worker"]
