@@ -91,6 +91,18 @@ def human_bytes(count: float, binary: bool = False) -> str:
     return f"{value:.1f} {units[-1]}"
 
 
+def human_age(seconds: float) -> str:
+    """An age or a duration for a result line: '45s', '12m', '3.5h', '2.0d'."""
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
 _DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(s|m|h|d)?$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 

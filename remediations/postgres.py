@@ -25,6 +25,7 @@ from remediations import hostfacts
 from remediations.errors import CommandResult, HostError, UsageError
 from remediations.hostfacts import MARK as MARK
 from remediations.hostfacts import Section as Section
+from remediations.hostfacts import human_age as human_age
 from remediations.hostfacts import parse_sections as parse_sections
 from remediations.inventory import Host
 
@@ -47,17 +48,6 @@ AS_USER = (
 
 def human_bytes(count: float) -> str:
     return hostfacts.human_bytes(count, binary=True)
-
-
-def human_age(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f}h"
-    return f"{seconds / 86400:.1f}d"
 
 
 def positive_number(host: Host, name: str, default: float) -> float:

@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 from remediations import rotation
 from remediations.engine import HostContext, Remediation, controller_host
 from remediations.errors import HostError, UsageError
+from remediations.hostfacts import human_age
 from remediations.inventory import Host, Inventory
 from remediations.results import Status
 from remediations.rotation import EnvSide, Record
@@ -237,8 +238,8 @@ class RotateAwsKey(Remediation):
             ctx.record(
                 "decide",
                 Status.OK,
-                f"{user}'s key was rotated {rotation.age_text(recent[0].age())} "
-                f"ago (--max-age {rotation.age_text(self.max_age)}); {key_id} is in use; nothing to "
+                f"{user}'s key was rotated {human_age(recent[0].age())} "
+                f"ago (--max-age {human_age(self.max_age)}); {key_id} is in use; nothing to "
                 "do",
             )
             return
@@ -292,9 +293,9 @@ class RotateAwsKey(Remediation):
             ctx.record(
                 "retire",
                 Status.OK,
-                f"rotated {rotation.age_text(age)} ago; the old key {key_id} is "
-                f"inactive and is deleted after the grace period ({rotation.age_text(self.grace)}, "
-                f"{rotation.age_text(self.grace - age)} left) or with --delete-old",
+                f"rotated {human_age(age)} ago; the old key {key_id} is "
+                f"inactive and is deleted after the grace period ({human_age(self.grace)}, "
+                f"{human_age(self.grace - age)} left) or with --delete-old",
             )
             return False
         if ctx.check:
@@ -451,7 +452,6 @@ class RotateAwsKey(Remediation):
                 + (
                     ""
                     if self.delete_old
-                    else f" (deleted after {rotation.age_text(self.grace)} by a "
-                    "later run, or with --delete-old)"
+                    else f" (deleted after {human_age(self.grace)} by a later run, or with --delete-old)"
                 ),
             )

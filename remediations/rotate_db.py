@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from remediations import rotation
 from remediations.engine import HostContext, Remediation
 from remediations.errors import HostError, UsageError
+from remediations.hostfacts import human_age
 from remediations.inventory import Host, Inventory
 from remediations.results import Status
 from remediations.rotation import EnvSide, Record
@@ -189,9 +190,9 @@ class RotateDbPassword(Remediation):
                             "database disagree already; fix that first, nothing changed")  # fmt: skip
         done = [r for r in records if rotation.recent_enough(r, self.max_age)]
         if len(done) == len(sides) and not any(s.stale({key: current}) for s in sides):
-            age = rotation.age_text(min(r.age() for r in done if r is not None))
+            age = human_age(min(r.age() for r in done if r is not None))
             ctx.record("decide", Status.OK, f"{role}'s password was rotated {age} "
-                       f"ago (--max-age {rotation.age_text(self.max_age)}); nothing to do. --max-age 0 "
+                       f"ago (--max-age {human_age(self.max_age)}); nothing to do. --max-age 0 "
                        "rotates it now")  # fmt: skip
             return
         where = "; ".join(f"{s.label()} (recreate {rotation.describe_services(s)})" for s in sides)

@@ -42,7 +42,7 @@ from remediations.compose import ProjectFacts, ServiceFacts
 from remediations.connection import Remote, must
 from remediations.engine import HostContext, Remediation
 from remediations.errors import HostError, UsageError
-from remediations.hostfacts import parse_duration
+from remediations.hostfacts import human_age, parse_duration
 from remediations.inventory import Host, Inventory
 from remediations.lock import DEFAULT_LOCK_DIR, HostLock
 from remediations.redact import MASK
@@ -472,16 +472,6 @@ def left_alone(side: EnvSide) -> str:
     return f"; {names} also read(s) the file and still run(s) the old value (not in --service)"
 
 
-def age_text(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f}h"
-    return f"{seconds / 86400:.1f}d"
-
-
 def recent_enough(record: Record | None, max_age: int) -> bool:
     return record is not None and record.status == "done" and record.age() < max_age
 
@@ -543,8 +533,8 @@ class RotateSecret(Remediation):
             return
         if self._value is None and recent_enough(record, self.max_age) and not side.stale({key: current}):
             assert record is not None
-            ctx.record("decide", Status.OK, f"{key} was rotated {age_text(record.age())} ago (--max-age "
-                       f"{age_text(self.max_age)}); nothing to do. --max-age 0 rotates it now")  # fmt: skip
+            ctx.record("decide", Status.OK, f"{key} was rotated {human_age(record.age())} ago (--max-age "
+                       f"{human_age(self.max_age)}); nothing to do. --max-age 0 rotates it now")  # fmt: skip
             return
         plan = (f"rotate {key} in {side.label()} (backup first), recreate {describe_services(side)}, "
                 "wait until healthy; roll back to the backup if not")  # fmt: skip
