@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -22,3 +23,9 @@ def lab() -> Iterator[lab_mod.LabStatus]:
     status = lab_mod.up(extra_api_hosts=0)  # the baseline: no bench hosts left by a benchmark
     assert status.up, f"lab did not come up: {status.to_dict()}"
     yield status
+
+
+@pytest.fixture
+def audit(tmp_path: Path) -> Path:
+    """The audit log a test's runs write (REMEDIATIONS_AUDIT_LOG), one per test."""
+    return tmp_path / "audit.jsonl"

@@ -72,11 +72,6 @@ def write_inventory(tmp_path: Path, hosts: dict[str, dict[str, Any]], **all_vars
 
 
 @pytest.fixture
-def audit(tmp_path: Path) -> Path:
-    return tmp_path / "audit.jsonl"
-
-
-@pytest.fixture
 def good_inventory(tmp_path: Path) -> Path:
     return write_inventory(tmp_path, {"local1": {"compose_project_dir": str(tmp_path / "no such project")}})
 

@@ -48,11 +48,6 @@ def baseline(lab: Any) -> Iterator[None]:
     reset()
 
 
-@pytest.fixture
-def audit(tmp_path: Path) -> Path:
-    return tmp_path / "audit.jsonl"
-
-
 # ------------------------------------------------------------------------------------------ set-env
 
 

@@ -67,11 +67,6 @@ def shop_running() -> list[str]:
 
 
 @pytest.fixture
-def audit(tmp_path: Path) -> Path:
-    return tmp_path / "audit.jsonl"
-
-
-@pytest.fixture
 def docker_clean(lab: Any) -> Iterator[None]:
     sh(HOST, CLEANUP, check=False)
     yield

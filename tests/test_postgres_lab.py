@@ -27,11 +27,6 @@ def steps(ran: labkit.Ran, host: str) -> dict[str, dict[str, Any]]:
     return {s["step"]: s for s in ran.host(host)["steps"]}
 
 
-@pytest.fixture
-def audit(tmp_path: Path) -> Path:
-    return tmp_path / "audit.jsonl"
-
-
 @pytest.fixture(scope="module")
 def shop(lab: Any) -> Iterator[None]:
     """db1 has the shop database, two base backups with WAL between them, a dump and a base backup

@@ -18,11 +18,6 @@ FAST = {"health_timeout": 8}
 
 
 @pytest.fixture
-def audit(tmp_path: Path) -> Path:
-    return tmp_path / "audit.jsonl"
-
-
-@pytest.fixture
 def healthy_api(lab: Any) -> Any:
     """Both api hosts healthy before and after the test, whatever the test broke."""
     for host in ("api1", "api2"):

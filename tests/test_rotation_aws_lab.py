@@ -70,11 +70,6 @@ def iam_lab(lab: Any) -> Iterator[dict[str, Any]]:
 
 
 @pytest.fixture
-def audit(tmp_path: Path) -> Path:
-    return tmp_path / "audit.jsonl"
-
-
-@pytest.fixture
 def inventory(tmp_path: Path, iam_lab: dict[str, Any]) -> Path:
     return labkit.write_inventory(tmp_path / "inventory.yml", all_vars={
         "health_timeout": 15, "aws_endpoint_url": iam_lab["endpoint"], "aws_verify_bucket": BUCKET,

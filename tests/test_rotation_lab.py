@@ -88,11 +88,6 @@ def baseline(lab: Any) -> Iterator[None]:
 
 
 @pytest.fixture
-def audit(tmp_path: Path) -> Path:
-    return tmp_path / "audit.jsonl"
-
-
-@pytest.fixture
 def inventory(tmp_path: Path) -> Path:
     return labkit.write_inventory(tmp_path / "inventory.yml", all_vars=FAST)
 
