@@ -47,7 +47,14 @@ def archive_dir(host: str = "db1") -> Path:
 
 
 def archived(host: str = "db1") -> dict[str, int]:
-    return {p.name: p.stat().st_size for p in archive_dir(host).iterdir() if p.is_file()}
+    """The archive's finished files, by name and size.
+
+    pg_archive_wal copies to NAME.tmp.PID and renames it, so a snapshot taken while the archiver runs
+    may catch a temporary file that is gone a moment later; it is not an archived file.
+    """
+    return {
+        p.name: p.stat().st_size for p in archive_dir(host).iterdir() if ".tmp." not in p.name and p.is_file()
+    }
 
 
 def wait_archived(host: str = "db1", timeout: float = 60) -> None:

@@ -108,6 +108,7 @@ def test_wal_cleanup_missing_archive_dir(shop: None, audit: Path, tmp_path: Path
     inventory = labkit.write_inventory(
         tmp_path / "inv.yml", host_vars={"db1": {"wal_archive_dir": "/nonexistent/wal"}}
     )
+    pglab.wait_archived()  # the previous test's last switch may still be on its way to the archive
     before = pglab.archived()
     ran = run("wal-cleanup", "--host", "db1", audit=audit, inventory=inventory)
     assert ran.code == 1
