@@ -1,14 +1,23 @@
-"""Compose env files (`env_file:`), read and edited line by line: comments, blank lines and order kept.
+r"""Compose env files (`env_file:`), read and edited line by line: comments, blank lines and order kept.
 
-The syntax is compose's: `NAME=value`, `NAME="value"` (backslash escapes), `NAME='value'` (literal),
-an unquoted value ending at ` #` (an inline comment), an optional `export ` prefix. Edits touch only
-the line of the variable they change; a new variable is appended; an unset removes its line(s).
+The syntax is compose's, as `docker compose config` reads it (the tests compare the two):
+- `NAME='value'` is literal but for `\'` (a quote);
+- `NAME="value"` knows the escapes `\\ \" \$ \n \t \r \a \b \f \v` (any other backslash stays),
+  then interpolates;
+- `NAME=value` ends at ` #` (an inline comment), has no escapes, and interpolates;
+- interpolation: `$$` is one `$`; `$NAME`, `${NAME}`, `${NAME:-default}` (and `-`, `:+`, `+`, `:?`, `?`)
+  take a variable set earlier in the file, else from `environ` (compose's own environment and the
+  project's `.env`, which only the caller knows), else nothing;
+- a quoted value may run over several lines; an optional `export ` prefix; lines end at `\n` only.
+Edits touch only the line of the variable they change; a new variable is appended; an unset removes
+its line(s). A value is written so that compose reads it back unchanged.
 """
 
 from __future__ import annotations
 
 import difflib
 import re
+from collections import ChainMap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -51,35 +60,118 @@ def parse_assignments(items: Sequence[str], unset: Sequence[str]) -> tuple[dict[
     return values, names
 
 
-def _value(raw: str) -> str:
-    raw = raw.strip()
-    if raw.startswith("'"):
-        end = raw.find("'", 1)
-        return raw[1:end] if end > 0 else raw[1:]
-    if raw.startswith('"'):
-        out = []
-        i = 1
-        while i < len(raw) and raw[i] != '"':
-            if raw[i] == "\\" and i + 1 < len(raw):
+_VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_OPERATOR = re.compile(r":?[-+?]")
+# Compose's escapes in double quotes (`\0` is read as a lone backslash); any other backslash stays.
+_ESCAPES = {"\\": "\\", '"': '"', "$": "$$", "n": "\n", "t": "\t", "r": "\r", "a": "\a", "b": "\b",
+            "f": "\f", "v": "\v", "0": "\\"}  # fmt: skip
+
+
+def _substitute(value: str | None, operator: str, word: str) -> str:
+    if operator in (":-", "-"):
+        return word if value is None or (operator == ":-" and not value) else value
+    if operator in (":+", "+"):
+        return word if value is not None and (operator == "+" or value) else ""
+    return value or ""  # `:?` and `?` make compose refuse to start when unset; the value is then moot
+
+
+def _interpolate(raw: str, env: Mapping[str, str], at: int = 0, inside: bool = False) -> tuple[str, int]:
+    """`raw` with `$$`, `$NAME` and `${NAME…}` read as compose reads them (a default may itself hold
+    references), and where the reading stopped: at the end, or at the `}` that closes `inside`."""
+    out = []
+    i = at
+    while i < len(raw) and not (inside and raw[i] == "}"):
+        name = _VARIABLE.match(raw, i + 1) if raw[i] == "$" else None
+        braced = _VARIABLE.match(raw, i + 2) if raw.startswith("${", i) else None
+        if raw.startswith("$$", i):
+            out.append("$")
+            i += 2
+        elif name:
+            out.append(env.get(name.group(0), ""))
+            i = name.end()
+        elif braced:
+            operator = _OPERATOR.match(raw, braced.end())
+            word, end = (
+                _interpolate(raw, env, operator.end(), inside=True) if operator else ("", braced.end())
+            )
+            if not raw.startswith("}", end):  # not a reference after all: compose would refuse it
+                out.append("$")
                 i += 1
-                out.append({"n": "\n", "t": "\t"}.get(raw[i], raw[i]))
-            else:
-                out.append(raw[i])
+                continue
+            out.append(_substitute(env.get(braced.group(0)), operator.group(0) if operator else "", word))
+            i = end + 1
+        else:
+            out.append(raw[i])
             i += 1
-        return "".join(out)
-    comment = re.search(r"\s#", raw)
-    return (raw[: comment.start()] if comment else raw).strip()
+    return "".join(out), i
 
 
-def parse(text: str) -> dict[str, str]:
-    """Pure: the variables an env file sets (the last assignment of a name wins, as in compose)."""
-    found: dict[str, str] = {}
-    for line in text.splitlines():
-        if line.lstrip().startswith("#"):
+def _unescape(raw: str) -> str:
+    """Compose's escapes in double quotes, read before it interpolates: `\\$` becomes `$$`."""
+    return re.sub(r"\\(.)", lambda m: _ESCAPES.get(m.group(1), m.group(0)), raw, flags=re.DOTALL)
+
+
+def _closing(raw: str) -> int | None:
+    """Where the quote that opens `raw` closes: the first one not escaped by a backslash."""
+    end = 1
+    while end < len(raw) and raw[end] != raw[0]:
+        end += 2 if raw[end] == "\\" else 1
+    return end if end < len(raw) else None
+
+
+def _value(raw: str, env: Mapping[str, str]) -> str:
+    raw = raw.strip()
+    if raw[:1] in ("'", '"'):
+        body = raw[1 : _closing(raw)]
+        return body.replace("\\'", "'") if raw[0] == "'" else _interpolate(_unescape(body), env)[0]
+    comment = raw.find(" #")  # a space, not any blank, starts an inline comment
+    return _interpolate((raw[:comment] if comment >= 0 else raw).strip(), env)[0]
+
+
+_LINE = re.compile(r"[^\n]*\n|[^\n]+\Z")
+
+
+@dataclass(frozen=True)
+class _Entry:
+    lines: list[str]  # with their endings
+    name: str | None = None  # None: a comment, a blank line, or a line compose would not read
+    raw: str = ""  # what follows `=`, its lines joined
+
+
+def _entries(text: str) -> list[_Entry]:
+    """The file cut into assignments and other lines. Only `\n` ends a line (str.splitlines would also
+    split at a form feed inside a value), and a quoted value runs on to its closing quote, over lines
+    if need be, as compose reads it. A quote that never closes makes compose refuse the file; here it
+    is read to the end of its line."""
+    lines = _LINE.findall(text)
+    out: list[_Entry] = []
+    i = 0
+    while i < len(lines):
+        match = None if lines[i].lstrip().startswith("#") else _ASSIGNMENT.match(lines[i].removesuffix("\n"))
+        if not match:
+            out.append(_Entry(lines[i : i + 1]))
+            i += 1
             continue
-        match = _ASSIGNMENT.match(line)
-        if match:
-            found[match.group(1)] = _value(match.group(2))
+        raw, last = match.group(2), i
+        if raw.lstrip()[:1] in ("'", '"'):
+            joined = raw
+            for j in range(i + 1, len(lines) + 1):
+                if _closing(joined.lstrip()) is not None:
+                    raw, last = joined, j - 1
+                    break
+                if j < len(lines):
+                    joined += "\n" + lines[j].removesuffix("\n")
+        out.append(_Entry(lines[i : last + 1], match.group(1), raw))
+        i = last + 1
+    return out
+
+
+def parse(text: str, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Pure: the variables an env file sets, as compose reads them (the last assignment wins)."""
+    found: dict[str, str] = {}
+    for entry in _entries(text):
+        if entry.name is not None:
+            found[entry.name] = _value(entry.raw, ChainMap(found, dict(environ or {})))
     return found
 
 
@@ -87,9 +179,9 @@ def render_value(value: str) -> str:
     """A value written so that compose reads it back unchanged."""
     if _PLAIN.match(value):
         return value
-    if "'" not in value:
+    if "'" not in value and "\\" not in value:  # in single quotes, `\'` is a quote
         return f"'{value}'"
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$").replace("\r", "\\r")
     return f'"{escaped}"'
 
 
@@ -102,27 +194,21 @@ def edit(text: str, values: Mapping[str, str], unset: Sequence[str]) -> tuple[st
         return text, []
     to_set = {c.name: c.new for c in changes if c.new is not None}
     to_drop = {c.name for c in changes if c.new is None}
-    lines = text.splitlines(keepends=True)
+    entries = _entries(text)
     out: list[str] = []
     written: set[str] = set()
     # Rewrite the last assignment of each name (the one compose uses); drop earlier duplicates of it.
-    last = {}
-    for i, line in enumerate(lines):
-        match = None if line.lstrip().startswith("#") else _ASSIGNMENT.match(line.rstrip("\r\n"))
-        if match:
-            last[match.group(1)] = i
-    for i, line in enumerate(lines):
-        match = None if line.lstrip().startswith("#") else _ASSIGNMENT.match(line.rstrip("\r\n"))
-        name = match.group(1) if match else None
-        if name in to_drop:
+    last = {entry.name: i for i, entry in enumerate(entries)}
+    for i, entry in enumerate(entries):
+        if entry.name in to_drop:
             continue
-        if name in to_set:
-            if last[name] == i:
-                ending = "\r\n" if line.endswith("\r\n") else "\n"
-                out.append(f"{name}={render_value(to_set[name] or '')}{ending}")
-                written.add(name)
+        if entry.name in to_set:
+            if last[entry.name] == i:
+                ending = "\r\n" if entry.lines[-1].endswith("\r\n") else "\n"
+                out.append(f"{entry.name}={render_value(to_set[entry.name] or '')}{ending}")
+                written.add(entry.name)
             continue
-        out.append(line)
+        out += entry.lines
     if out and not out[-1].endswith("\n"):
         out[-1] += "\n"
     out += [f"{n}={render_value(v or '')}\n" for n, v in to_set.items() if n not in written]
@@ -130,17 +216,17 @@ def edit(text: str, values: Mapping[str, str], unset: Sequence[str]) -> tuple[st
 
 
 def masked_diff(path: str, old: str, new: str, secret_names: Sequence[str] = ()) -> str:
-    """A unified diff of the file in which every secret-looking variable's value is masked."""
+    """A unified diff of the file in which every secret-looking variable's value, all its lines, is
+    masked."""
+    secret = {s.lower() for s in secret_names}
 
     def mask(text: str) -> list[str]:
         lines = []
-        for line in text.splitlines(keepends=True):
-            match = _ASSIGNMENT.match(line.rstrip("\r\n"))
-            if match and not line.lstrip().startswith("#"):
-                name = match.group(1)
-                if is_secret_name(name) or name.lower() in {s.lower() for s in secret_names}:
-                    line = f"{name}={MASK}\n"
-            lines.append(line if line.endswith("\n") else line + "\n")
+        for entry in _entries(text):
+            if entry.name is not None and (is_secret_name(entry.name) or entry.name.lower() in secret):
+                lines.append(f"{entry.name}={MASK}\n")
+            else:
+                lines += [line if line.endswith("\n") else line + "\n" for line in entry.lines]
         return lines
 
     return "".join(difflib.unified_diff(mask(old), mask(new), f"{path} (before)", f"{path} (after)"))
