@@ -270,14 +270,17 @@ class Engine:
         result = HostResult(host.name)
         with timed() as clock:
             remote: Remote | None = None
+            phase = "connect"  # the step a failure outside the remediation's own steps is recorded as
             try:
                 with timed() as connecting:
                     remote = self.connect(host, self.options.connect_timeout)
+                phase = "run"
                 ctx = HostContext(
                     host, remote, self.options, self.redactor, result, arguments, remediation.task,
                     self.actor.holder(remediation.task),
                 )
                 if remediation.changes_hosts and not self.options.check:
+                    phase = "lock"
                     with HostLock(
                         remote,
                         self.actor.holder(remediation.task),
@@ -285,20 +288,21 @@ class Engine:
                         str(host.get("lock_dir", DEFAULT_LOCK_DIR)),
                         then=remediation.facts_under_lock(host),
                     ) as lock:
+                        phase = "run"
                         ctx.prefetched = lock.output
                         remediation.run(ctx)
+                        phase = "unlock"
                 else:
                     remediation.run(ctx)
             except _Recorded:
                 pass
             except HostError as exc:
-                step = "connect" if remote is None else "run"
-                duration = connecting.elapsed if remote is None else 0.0
-                result.add(StepResult(step, Status.FAILED, self.redactor.text(str(exc)), duration=duration))
+                duration = connecting.elapsed if phase == "connect" else 0.0
+                result.add(StepResult(phase, Status.FAILED, self.redactor.text(str(exc)), duration=duration))
             except Exception as exc:  # a bug must not hide the other hosts' results
                 result.add(
                     StepResult(
-                        "run",
+                        phase,
                         Status.FAILED,
                         self.redactor.text(f"internal error: {type(exc).__name__}: {exc}"),
                     )

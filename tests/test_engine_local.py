@@ -555,6 +555,7 @@ def test_second_run_fails_with_lock_timeout_naming_the_holder(
         "host is locked by another run (alice@ctl-a task=hold run=run-a); gave up after 1s. "
         "Wait for it to finish, or raise --lock-wait"
     )
+    assert [step.step for step in host.steps] == ["lock"]
     assert started == []
     assert run.exit_code == 1
     assert lock_file(tmp_path).with_suffix(".lock.holder").read_text() == "alice@ctl-a task=hold run=run-a\n"
