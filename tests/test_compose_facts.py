@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import shlex
 import subprocess
 import threading
@@ -22,6 +21,7 @@ from remediations.compose import Container, Project, ServiceFacts, facts_command
 from remediations.errors import CommandResult, UsageError
 from remediations.inventory import Host
 from remediations.restart_api import Plan, decide
+from tests import labkit
 
 URL = "http://127.0.0.1:8080/health"
 API_ID = "04fb962ee8f0e28224e7e70c3b7139cb2101d5553e692e2f551501d53d311c0f"
@@ -567,18 +567,9 @@ def test_http_probe_in_a_real_shell(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def api1() -> str:
-    """api1 with its dockerd up; skipped (not started: that takes half a minute) when the lab is down."""
-    if os.geteuid() != 0:
-        pytest.skip("the lab needs root")
-    from remediations import lab
-
-    try:
-        status = lab.status().hosts.get("api1")
-    except Exception as exc:  # a lab that was never built cannot report its status
-        pytest.skip(f"lab status unavailable: {exc}")
-    if status is None or not (status.netns and status.dockerd):
-        pytest.skip("lab host api1 is not up (python -m remediations.lab up)")
+def api1(lab: Any) -> str:
+    """api1 with the shop project at its baseline (the lab is brought up if it is not)."""
+    labkit.reset_shop("api1")
     return "api1"
 
 
