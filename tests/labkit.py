@@ -66,6 +66,21 @@ def audit_lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def write_local_inventory(tmp_path: Path, hosts: dict[str, dict[str, Any]], **all_vars: Any) -> Path:
+    """An inventory of local hosts (`ansible_connection: local`), each with its own target_dir and a
+    lock_dir under tmp_path: for engine tests that need no lab."""
+    body = {name: {"target_dir": str(tmp_path / "hosts" / name), **own} for name, own in hosts.items()}
+    data = {
+        "all": {
+            "vars": {"ansible_connection": "local", "lock_dir": str(tmp_path / "lock"), **all_vars},
+            "hosts": body,
+        }
+    }
+    path = tmp_path / "hosts.yml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
 def write_inventory(
     path: Path, *, all_vars: dict[str, Any] | None = None, host_vars: dict[str, dict[str, Any]] | None = None
 ) -> Path:

@@ -26,6 +26,7 @@ from remediations.errors import HostError, UsageError
 from remediations.inventory import Inventory
 from remediations.redact import MASK
 from remediations.results import HostResult, RunResult, Status, StepResult
+from tests import labkit
 
 NOTIFY_ENV = (
     "REMEDIATIONS_SLACK_WEBHOOK",
@@ -48,16 +49,7 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def local_inventory(tmp_path: Path, hosts: dict[str, dict[str, Any]], **all_vars: Any) -> Inventory:
     """A real inventory file of local hosts, each with its own target_dir under tmp_path."""
-    body = {name: {"target_dir": str(tmp_path / "hosts" / name), **own} for name, own in hosts.items()}
-    data = {
-        "all": {
-            "vars": {"ansible_connection": "local", "lock_dir": str(tmp_path / "lock"), **all_vars},
-            "hosts": body,
-        }
-    }
-    path = tmp_path / "hosts.yml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return inventory.load(path)
+    return inventory.load(labkit.write_local_inventory(tmp_path, hosts, **all_vars))
 
 
 def names(n: int) -> dict[str, dict[str, Any]]:

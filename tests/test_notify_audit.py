@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-import yaml
 
 from remediations import audit as audit_mod
 from remediations import inventory, notify
@@ -31,6 +30,7 @@ from remediations.inventory import Host
 from remediations.notify import NotifyConfig, send, summary
 from remediations.redact import MASK, Redactor
 from remediations.results import HostResult, RunResult, Status, StepResult
+from tests.labkit import write_local_inventory as write_inventory
 
 NOTIFY_ENV = (
     "REMEDIATIONS_SLACK_WEBHOOK",
@@ -386,19 +386,6 @@ class Touch(Remediation):
             target.parent.mkdir(parents=True, exist_ok=True)
             ctx.remote.run(f"touch '{target}'")
             step.done(Status.CHANGED, "touched")
-
-
-def write_inventory(tmp_path: Path, hosts: dict[str, dict[str, Any]], **all_vars: Any) -> Path:
-    body = {name: {"target_dir": str(tmp_path / "hosts" / name), **own} for name, own in hosts.items()}
-    data = {
-        "all": {
-            "vars": {"ansible_connection": "local", "lock_dir": str(tmp_path / "lock"), **all_vars},
-            "hosts": body,
-        }
-    }
-    path = tmp_path / "hosts.yml"
-    path.write_text(yaml.safe_dump(data))
-    return path
 
 
 def engine_run(
