@@ -169,9 +169,10 @@ def _entries(text: str) -> list[_Entry]:
 def parse(text: str, environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """Pure: the variables an env file sets, as compose reads them (the last assignment wins)."""
     found: dict[str, str] = {}
+    lookup = ChainMap(found, dict(environ or {}))  # what the file set so far comes first
     for entry in _entries(text):
         if entry.name is not None:
-            found[entry.name] = _value(entry.raw, ChainMap(found, dict(environ or {})))
+            found[entry.name] = _value(entry.raw, lookup)
     return found
 
 
