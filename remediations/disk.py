@@ -29,6 +29,7 @@ from remediations.hostfacts import (
     MARK,
     FsUsage,
     Section,
+    check_non_negative,
     fs_snippet,
     human_bytes,
     parse_sections,
@@ -381,13 +382,13 @@ class DiskCleanup(Remediation):
         value = self.options.max_age_days
         if value is None:
             value = host.get("backup_max_age_days", DEFAULT_MAX_AGE_DAYS)
-        return _non_negative(value, f"{host.name}: backup_max_age_days / --max-age-days", float)
+        return check_non_negative(value, f"{host.name}: backup_max_age_days / --max-age-days", float)
 
     def _keep(self, host: Host) -> int:
         value = self.options.keep_newest
         if value is None:
             value = host.get("backup_keep_newest", DEFAULT_KEEP_NEWEST)
-        return int(_non_negative(value, f"{host.name}: backup_keep_newest / --keep-newest", int))
+        return int(check_non_negative(value, f"{host.name}: backup_keep_newest / --keep-newest", int))
 
     def run(self, ctx: HostContext) -> None:
         places = Places.from_host(ctx.host)
@@ -494,18 +495,8 @@ def _freed(before: DiskFacts, after: DiskFacts) -> int | None:
     return None if first is None or second is None else second.available - first.available
 
 
-def _non_negative(value: object, what: str, kind: type[int] | type[float]) -> float:
-    try:
-        number = kind(str(value))
-    except ValueError:
-        raise UsageError(f"{what} {value!r}: give a number, 0 or more") from None
-    if number < 0:
-        raise UsageError(f"{what} {value!r}: give a number, 0 or more (not negative)")
-    return float(number)
-
-
 def nonnegative_option(value: object, flag: str) -> float | None:
     """A command-line number that must be 0 or more, or None when not given."""
     if value is None or value == "":
         return None
-    return _non_negative(value, flag, float)
+    return check_non_negative(value, flag, float)

@@ -26,7 +26,15 @@ from remediations.compose import Container, Project
 from remediations.disk import check_backup_dir
 from remediations.engine import HostContext, Remediation
 from remediations.errors import HostError, UsageError
-from remediations.hostfacts import MARK, STAT_FS_FORMAT, FsUsage, check_percent, fs_snippet, parse_sections
+from remediations.hostfacts import (
+    MARK,
+    STAT_FS_FORMAT,
+    FsUsage,
+    check_non_negative,
+    check_percent,
+    fs_snippet,
+    parse_sections,
+)
 from remediations.inventory import Host
 from remediations.results import RunResult, Status
 
@@ -147,14 +155,14 @@ class Settings:
             backup_dir=backup_dir,
             backup_glob=str(host.get("backup_glob") or "*"),
             backup_s3=str(s3) if s3 else None,
-            backup_max_age_hours=_non_negative(
+            backup_max_age_hours=check_non_negative(
                 host.get(
                     "health_backup_max_age_hours", host.get("backup_rpo_hours", DEFAULT_BACKUP_MAX_AGE_HOURS)
                 ),
                 f"{where}: health_backup_max_age_hours",
             ),
             log_errors_max=int(
-                _non_negative(
+                check_non_negative(
                     host.get("health_log_errors_max", DEFAULT_LOG_ERRORS_MAX),
                     f"{where}: health_log_errors_max",
                 )
@@ -162,16 +170,6 @@ class Settings:
             error_pattern=_pattern(host.get("health_error_pattern", DEFAULT_ERROR_PATTERN), where),
             probes=_probes(host.get("health_probes") or [], where),
         )
-
-
-def _non_negative(value: object, what: str) -> float:
-    try:
-        number = float(str(value))
-    except ValueError:
-        raise UsageError(f"{what} {value!r}: give a number, 0 or more") from None
-    if number < 0:
-        raise UsageError(f"{what} {value!r}: give a number, 0 or more (not negative)")
-    return number
 
 
 def _pattern(value: object, where: str) -> str:

@@ -196,6 +196,17 @@ class FsUsage:
         }
 
 
+def check_non_negative(value: object, what: str, kind: type[int] | type[float] = float) -> float:
+    """A number 0 or more (an int when `kind` is int: "2.5" is refused) or UsageError."""
+    try:
+        number = kind(str(value))
+    except ValueError:
+        raise UsageError(f"{what} {value!r}: give a number, 0 or more") from None
+    if number < 0:
+        raise UsageError(f"{what} {value!r}: give a number, 0 or more (not negative)")
+    return float(number)
+
+
 def check_percent(value: object, flag: str) -> float:
     """A percentage 0..100 or UsageError."""
     try:
