@@ -41,6 +41,7 @@ def broken_api(lab: Any) -> Iterator[Any]:
     yield lab
     lab_mod.heal_link("api1")
     _drop_flow("api1", None)
+    lab_mod.kill_ssh_sessions("api1")  # a session a failed test left holding the lock
     labkit.repair("api1")
 
 
