@@ -100,6 +100,24 @@ class AuditLog:
         if records:
             self.write_lines(records)
 
+    def started(self, run: RunResult, host: str, arguments: Mapping[str, Any], holder: str) -> None:
+        """Written before the first change on a host, so that even a run killed with SIGKILL leaves
+        a trace of what it was doing where (its step records come only at the end)."""
+        self.write_lines(
+            [
+                self._record(
+                    run.task,
+                    arguments,
+                    check=run.check,
+                    host=host,
+                    step="start",
+                    status="started",
+                    message=f"started {run.task} on {host}, holding its lock ({holder})",
+                    duration=0.0,
+                )
+            ]
+        )
+
     def usage_error(self, task: str, arguments: Mapping[str, Any], message: str) -> None:
         self.write_lines(
             [

@@ -8,6 +8,7 @@ command line (secrets) travels on stdin.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import select
@@ -29,7 +30,16 @@ from tenacity import (
     wait_exponential,
 )
 
-from remediations.errors import CommandResult, HostError, HostKeyRefused, HostUnreachable
+from remediations import interrupt
+from remediations.errors import (
+    CommandResult,
+    ConnectionLost,
+    DeadlineExceeded,
+    HostError,
+    HostKeyRefused,
+    HostUnreachable,
+    Interrupted,
+)
 from remediations.inventory import Host
 
 if TYPE_CHECKING:
@@ -38,12 +48,66 @@ if TYPE_CHECKING:
 DEFAULT_KNOWN_HOSTS = ("~/.ssh/known_hosts", "/etc/ssh/ssh_known_hosts")
 CONNECT_TIMEOUT = 10.0
 TIMED_OUT = 124
+COMMAND_TIMEOUT = 600.0  # a command given no timeout of its own
+CHANNEL_TIMEOUT = 30.0  # opening a channel and starting a command on it
+KEEPALIVE_INTERVAL = 5  # seconds of silence before the client sends an SSH keepalive
+
+
+class Guard:
+    """What may still be sent to one host in this run.
+
+    Nothing once the run was told to stop (`interrupt`), once the host's deadline passed, or once
+    the connection was lost: a lost connection is never silently reopened, because the run's host
+    lock rode on it and the host may be half-changed.
+    """
+
+    def __init__(self) -> None:
+        self.deadline: float | None = None  # time.monotonic() past which nothing is sent
+        self.budget = 0.0  # the deadline's length, for messages
+        self.lost: str | None = None  # why the connection is gone; first reason wins
+        self._lock = threading.Lock()
+
+    def set_deadline(self, seconds: float | None) -> None:
+        self.budget = seconds or 0.0
+        self.deadline = None if seconds is None else time.monotonic() + seconds
+
+    def lose(self, reason: str) -> bool:
+        """Mark the connection lost; False if it already was."""
+        with self._lock:
+            if self.lost is not None:
+                return False
+            self.lost = reason
+            return True
+
+    def check(self) -> None:
+        """Raise unless a new command may be sent now."""
+        if self.lost is not None:
+            raise ConnectionLost(self.lost)
+        name = interrupt.requested()
+        if name is not None:
+            raise Interrupted(f"interrupted by {name}")
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise DeadlineExceeded(self.expired())
+
+    def expired(self) -> str:
+        return f"the run's deadline on this host ({self.budget:.0f}s) passed; nothing more was sent to it"
+
+    def admit(self, timeout: float | None) -> tuple[float, bool]:
+        """The seconds the next command may take, and whether the deadline (not its own timeout)
+        is what bounds it; raises when nothing may be sent."""
+        self.check()
+        wanted = COMMAND_TIMEOUT if timeout is None else timeout
+        if self.deadline is None:
+            return wanted, False
+        remaining = self.deadline - time.monotonic()
+        return (remaining, True) if remaining < wanted else (wanted, False)
 
 
 class Remote(Protocol):
     """What a remediation may do on a host."""
 
     name: str
+    guard: Guard
 
     def run(
         self, command: str, *, stdin: bytes | None = None, timeout: float | None = None
@@ -55,6 +119,10 @@ class Remote(Protocol):
         """A local address whose connections reach host:port as the host sees it (in a `with`)."""
         ...
 
+    def lose(self, reason: str) -> None:
+        """The connection is lost for the rest of the run (see `Guard`)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -62,6 +130,15 @@ class Process(Protocol):
     """A long-running command whose stdin we hold (the host lock is one)."""
 
     def readline(self, timeout: float) -> str | None: ...
+
+    def send(self, data: bytes) -> bool:
+        """Write to the process's stdin; False when it can no longer be written."""
+        ...
+
+    @property
+    def ended(self) -> bool:
+        """The process exited (or its channel closed)."""
+        ...
 
     def finish(self, timeout: float = 10.0) -> None: ...
 
@@ -129,6 +206,7 @@ class SSHRemote:
     def __init__(self, host: Host, connect_timeout: float = CONNECT_TIMEOUT) -> None:
         self.name = host.name
         self.host = host
+        self.guard = Guard()
         self.connection = self._build(host, connect_timeout)
 
     @staticmethod
@@ -181,11 +259,15 @@ class SSHRemote:
         return SSHRemote._build(jump, connect_timeout, via_jump=True)
 
     def open(self) -> None:
-        """Connect, retrying only transient network errors, with an explicit stop."""
+        """Connect, retrying only transient network errors, with an explicit stop. Called once: a
+        connection that drops later is lost for the rest of the run (see `Guard`)."""
         try:
             for attempt in connect_retrying():
                 with attempt:
                     self.connection.open()
+            transport = self.connection.client.get_transport()
+            if transport is not None:
+                transport.set_keepalive(KEEPALIVE_INTERVAL)
         except HostKeyRefused:
             raise
         except paramiko.BadHostKeyException as exc:
@@ -203,28 +285,70 @@ class SSHRemote:
 
     @property
     def transport(self) -> paramiko.Transport:
-        if not self.connection.is_connected:
-            self.open()
+        """The open transport; ConnectionLost once it dropped (never reopened behind the run's back)."""
+        if self.guard.lost is not None:
+            raise ConnectionLost(self.guard.lost)
         transport = self.connection.client.get_transport()
-        if transport is None:
-            raise HostUnreachable(f"connection to {self.host.address} is closed")
+        if transport is None or not transport.is_active():
+            self.lose(f"the SSH connection to {self.host.address} dropped")
+            raise ConnectionLost(str(self.guard.lost))
         return transport
 
+    def lose(self, reason: str) -> None:
+        """The connection is lost for the rest of the run: close it, so that whatever is waiting on
+        it (a command, a channel request) ends now and nothing more is sent."""
+        self.guard.lose(reason)
+        transport = self.connection.client.get_transport()
+        if transport is not None:
+            transport.close()
+
+    def _lost_now(self) -> bool:
+        transport = self.connection.client.get_transport()
+        if self.guard.lost is None and (transport is None or not transport.is_active()):
+            self.guard.lose(f"the SSH connection to {self.host.address} dropped")
+        return self.guard.lost is not None
+
     def _channel(self, command: str) -> paramiko.Channel:
+        """A channel running `command`; a host that does not answer the requests within
+        CHANNEL_TIMEOUT is lost (paramiko's exec_command would wait for ever)."""
+        self.guard.check()
+        transport = self.transport
+        watchdog = threading.Timer(
+            CHANNEL_TIMEOUT,
+            self.lose,
+            (f"{self.host.address} did not answer a request to start a command "
+             f"within {CHANNEL_TIMEOUT:.0f}s",),
+        )
+        watchdog.daemon = True
+        watchdog.start()
         try:
-            channel = self.transport.open_session()
+            channel = transport.open_session(timeout=CHANNEL_TIMEOUT)
             channel.exec_command(wrap_become(self.host, command))
         except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise HostUnreachable(f"lost the connection to {self.host.address}: {exc}") from None
+            if self._lost_now():
+                raise ConnectionLost(str(self.guard.lost)) from None
+            raise HostError(f"could not start a command on {self.host.address}: {exc}") from None
+        finally:
+            watchdog.cancel()
         return channel
 
     def run(self, command: str, *, stdin: bytes | None = None, timeout: float | None = None) -> CommandResult:
+        allowed, by_deadline = self.guard.admit(timeout)
+        deadline = time.monotonic() + allowed
         channel = self._channel(command)
-        if stdin is not None:
-            channel.sendall(stdin)
-        channel.shutdown_write()
+        try:
+            if stdin is not None:
+                channel.settimeout(max(deadline - time.monotonic(), 0.1))
+                channel.sendall(stdin)
+            channel.shutdown_write()
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            channel.close()
+            if self._lost_now():
+                raise ConnectionLost(str(self.guard.lost)) from None
+            if by_deadline:
+                raise DeadlineExceeded(self.guard.expired()) from None
+            raise HostError(f"could not send input to a command on {self.host.address}: {exc}") from None
         out, err = bytearray(), bytearray()
-        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             while channel.recv_ready():
                 out += channel.recv(65536)
@@ -234,15 +358,21 @@ class SSHRemote:
                 break
             if channel.closed and channel.eof_received and not channel.recv_ready():
                 break
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
+            if channel.closed and self._lost_now():
+                raise ConnectionLost(str(self.guard.lost))
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 channel.close()
+                if by_deadline:
+                    raise DeadlineExceeded(self.guard.expired())
                 return CommandResult(
-                    command, TIMED_OUT, out.decode(errors="replace"), f"timed out after {timeout:.0f}s"
+                    command, TIMED_OUT, out.decode(errors="replace"), f"timed out after {allowed:.0f}s"
                 )
-            select.select([channel], [], [], min(remaining or 1.0, 1.0))
+            select.select([channel], [], [], min(remaining, 1.0))
         code = channel.recv_exit_status()
         channel.close()
+        if code == -1 and self._lost_now():  # closed without an exit status: the connection died
+            raise ConnectionLost(str(self.guard.lost))
         return CommandResult(command, code, out.decode(errors="replace"), err.decode(errors="replace"))
 
     def open_process(self, command: str) -> SSHProcess:
@@ -344,6 +474,18 @@ class SSHProcess:
         line, _, self.buffer = self.buffer.partition(b"\n")
         return line.decode(errors="replace")
 
+    @property
+    def ended(self) -> bool:
+        return bool(self.channel.closed or self.channel.exit_status_ready())
+
+    def send(self, data: bytes) -> bool:
+        try:
+            self.channel.settimeout(5.0)
+            self.channel.sendall(data)
+            return True
+        except (OSError, EOFError, paramiko.SSHException):
+            return False
+
     def finish(self, timeout: float = 10.0) -> None:
         """Close stdin (the process ends on EOF) and wait for it to exit."""
         try:
@@ -361,11 +503,13 @@ class LocalRemote:
     def __init__(self, host: Host) -> None:
         self.name = host.name
         self.host = host
+        self.guard = Guard()
 
     def open(self) -> None:
         """Nothing to connect."""
 
     def run(self, command: str, *, stdin: bytes | None = None, timeout: float | None = None) -> CommandResult:
+        timeout, by_deadline = self.guard.admit(timeout)
         try:
             done = subprocess.run(
                 ["sh", "-c", wrap_become(self.host, command)],
@@ -375,6 +519,8 @@ class LocalRemote:
                 check=False,
             )
         except subprocess.TimeoutExpired as exc:
+            if by_deadline:
+                raise DeadlineExceeded(self.guard.expired()) from None
             out = exc.stdout or b""
             return CommandResult(
                 command, TIMED_OUT, out.decode(errors="replace"), f"timed out after {timeout:.0f}s"
@@ -387,7 +533,11 @@ class LocalRemote:
         )
 
     def open_process(self, command: str) -> LocalProcess:
+        self.guard.check()
         return LocalProcess(command, self.host)
+
+    def lose(self, reason: str) -> None:
+        self.guard.lose(reason)
 
     @contextmanager
     def forward(self, host: str, port: int) -> Iterator[tuple[str, int]]:
@@ -428,9 +578,23 @@ class LocalProcess:
         line, _, self.buffer = self.buffer.partition(b"\n")
         return line.decode(errors="replace")
 
+    @property
+    def ended(self) -> bool:
+        return self.proc.poll() is not None
+
+    def send(self, data: bytes) -> bool:
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(data)
+            self.proc.stdin.flush()
+            return True
+        except (OSError, ValueError):
+            return False
+
     def finish(self, timeout: float = 10.0) -> None:
         assert self.proc.stdin is not None
-        self.proc.stdin.close()
+        with contextlib.suppress(OSError):
+            self.proc.stdin.close()
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:

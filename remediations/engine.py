@@ -7,17 +7,16 @@ changes hosts (and so takes the host lock), and a `run(ctx)` that gathers facts,
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from remediations import connection
+from remediations import connection, interrupt
 from remediations.audit import Actor, AuditLog, audit_path
 from remediations.connection import Remote
-from remediations.errors import HostError, UsageError
+from remediations.errors import ConnectionLost, DeadlineExceeded, HostError, Interrupted, UsageError
 from remediations.inventory import Host, Inventory
 from remediations.lock import DEFAULT_LOCK_DIR, HostLock
 from remediations.notify import NotifyConfig, send, summary
@@ -26,6 +25,7 @@ from remediations.results import HostResult, RunResult, Status, StepResult, time
 
 DEFAULT_PARALLEL = 10
 DEFAULT_LOCK_WAIT = 60.0
+DEFAULT_DEADLINE = 1800.0  # seconds a remediation may take on one host, unless it says otherwise
 
 
 @dataclass(frozen=True)
@@ -128,21 +128,53 @@ class HostContext:
             )
         )
 
+    def last_done(self) -> str:
+        """The last step recorded on this host, in a few words, for "interrupted after …"."""
+        if not self.result.steps:
+            return "before any step"
+        last = self.result.steps[-1]
+        message = " ".join(last.message.split())
+        message = message if len(message) <= 100 else message[:99] + "…"
+        return f"{last.step} ({last.status.value}: {message})"
+
     @contextmanager
     def step(self, name: str) -> Iterator[StepTimer]:
         """Time a step; the block sets its outcome with `timer.done(status, message)`.
 
-        A HostError raised inside records the step as failed and propagates to end the host.
+        A HostError raised inside records the step as failed and propagates to end the host. No
+        step starts once the run was told to stop.
         """
+        stopping = interrupt.requested()
+        if stopping:
+            self.record(name, Status.FAILED, f"interrupted by {stopping} after {self.last_done()}; "
+                        f"{name} was not started")  # fmt: skip
+            raise _Recorded(Interrupted(stopping))
         timer = StepTimer()
         with timed() as clock:
             try:
                 yield timer
             except HostError as exc:
                 clock.stop()
-                self.record(name, Status.FAILED, str(exc), duration=clock.elapsed)
+                message = incident_message(exc, name, self.last_done(), self.check)
+                self.record(name, Status.FAILED, message, duration=clock.elapsed)
                 raise _Recorded(exc) from exc
         self.record(name, timer.status, timer.message, diff=timer.diff, duration=clock.elapsed, **timer.data)
+
+
+def incident_message(exc: HostError, during: str, after: str, check: bool) -> str:
+    """The failure of a step, said so that the next person knows what state the host is in."""
+    if isinstance(exc, ConnectionLost):
+        if check:
+            return f"connection lost during {during} (after {after}): {exc}; nothing was changed (check mode)"
+        return (
+            f"connection lost after {after}, during {during}; the host may be half-changed: {during} "
+            f"was in progress. Not reconnected, nothing more was sent ({exc})"
+        )
+    if isinstance(exc, Interrupted):
+        return f"{exc} after {after}, during {during}; {during} was stopped before it finished"
+    if isinstance(exc, DeadlineExceeded):
+        return f"{exc}; {during} was in progress (after {after})"
+    return str(exc)
 
 
 class StepTimer:
@@ -180,6 +212,11 @@ class Remediation:
 
     def run(self, ctx: HostContext) -> None:
         raise NotImplementedError
+
+    def deadline(self, host: Host) -> float:
+        """Seconds the whole remediation may take on `host` (connect to unlock); past it the host
+        fails and nothing more is sent to it. The `run_deadline` var overrides it."""
+        return float(host.get("run_deadline", DEFAULT_DEADLINE))
 
     def facts_under_lock(self, host: Host) -> str:
         """Shell text to run as soon as the host lock is held, its output handed to `run` as
@@ -233,7 +270,7 @@ class Engine:
         run = RunResult(remediation.task, self.options.check)
         serial = self.options.serial or (None if self.options.check else remediation.default_serial)
         batches = _batches(list(hosts), serial)
-        with timed() as clock:
+        with timed() as clock, interrupt.handled():
             for index, batch in enumerate(batches):
                 workers = min(self.options.parallel, len(batch))
                 with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="host") as pool:
@@ -241,23 +278,31 @@ class Engine:
                 run.hosts.extend(results)
                 failed = len(run.failed)
                 remaining = [h for b in batches[index + 1 :] for h in b]
+                stopping = interrupt.requested()
+                if stopping:
+                    run.interrupted = stopping
+                    run.stopped_early = f"interrupted by {stopping}" + (
+                        f"; {len(remaining)} remaining host(s) not started" if remaining else ""
+                    )
+                    why = f"not started: the run was interrupted by {stopping}"
+                    self._skip(run, remaining, arguments, why)
+                    break
                 if remaining and self._max_fail().exceeded(failed, len(hosts)):
                     run.stopped_early = (
                         f"{failed} host(s) failed; {len(remaining)} remaining host(s) not started"
                     )
-                    for host in remaining:
-                        skipped = HostResult(host.name)
-                        skipped.add(
-                            StepResult(
-                                "start", Status.SKIPPED, "not started: the rollout stopped after a failure"
-                            )
-                        )
-                        run.hosts.append(skipped)
-                        self._finish(run, skipped, arguments)
+                    self._skip(run, remaining, arguments, "not started: the rollout stopped after a failure")
                     break
         run.duration = clock.elapsed
         self._notify(run, remediation.notify_anyway(run, hosts))
         return run
+
+    def _skip(self, run: RunResult, hosts: Sequence[Host], arguments: Mapping[str, Any], why: str) -> None:
+        for host in hosts:
+            skipped = HostResult(host.name)
+            skipped.add(StepResult("start", Status.SKIPPED, why))
+            run.hosts.append(skipped)
+            self._finish(run, skipped, arguments)
 
     def _max_fail(self) -> MaxFail:
         """A rolling run stops at its first failed batch unless --max-fail says otherwise."""
@@ -268,12 +313,21 @@ class Engine:
         self, remediation: Remediation, host: Host, arguments: Mapping[str, Any], run: RunResult
     ) -> HostResult:
         result = HostResult(host.name)
+        stopping = interrupt.requested()
+        if stopping:  # a host the pool had not started when the signal came
+            why = f"not started: the run was interrupted by {stopping}"
+            result.add(StepResult("start", Status.SKIPPED, why))
+            self._finish(run, result, arguments)
+            return result
         with timed() as clock:
             remote: Remote | None = None
+            ctx: HostContext | None = None
             phase = "connect"  # the step a failure outside the remediation's own steps is recorded as
             try:
                 with timed() as connecting:
                     remote = self.connect(host, self.options.connect_timeout)
+                # The deadline counts from the connection: the lock wait is part of it.
+                remote.guard.set_deadline(remediation.deadline(host) + self.options.lock_wait)
                 phase = "run"
                 ctx = HostContext(
                     host, remote, self.options, self.redactor, result, arguments, remediation.task,
@@ -290,6 +344,7 @@ class Engine:
                     ) as lock:
                         phase = "run"
                         ctx.prefetched = lock.output
+                        self._started(run, host, arguments, ctx.holder)
                         remediation.run(ctx)
                         phase = "unlock"
                 else:
@@ -298,7 +353,10 @@ class Engine:
                 pass
             except HostError as exc:
                 duration = connecting.elapsed if phase == "connect" else 0.0
-                result.add(StepResult(phase, Status.FAILED, self.redactor.text(str(exc)), duration=duration))
+                message = str(exc)
+                if ctx is not None and phase != "connect":
+                    message = incident_message(exc, phase, ctx.last_done(), self.options.check)
+                result.add(StepResult(phase, Status.FAILED, self.redactor.text(message), duration=duration))
             except Exception as exc:  # a bug must not hide the other hosts' results
                 result.add(
                     StepResult(
@@ -313,6 +371,12 @@ class Engine:
         result.duration = clock.elapsed
         self._finish(run, result, arguments)
         return result
+
+    def _started(self, run: RunResult, host: Host, arguments: Mapping[str, Any], holder: str) -> None:
+        try:
+            self.audit.started(run, host.name, arguments, holder)
+        except OSError as exc:
+            self.warnings.append(f"audit log {self.audit.path} not written: {exc.strerror}")
 
     def _finish(self, run: RunResult, result: HostResult, arguments: Mapping[str, Any]) -> None:
         try:
@@ -352,18 +416,6 @@ def _option_arguments(options: RunOptions) -> dict[str, Any]:
         "serial": options.serial,
         "parallel": options.parallel,
     }
-
-
-def poll(until: Callable[[], bool], timeout: float, interval: float = 1.0) -> bool:
-    """Call `until` every `interval` seconds until it returns True or `timeout` passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if until():
-            return True
-        if time.monotonic() + interval > deadline:
-            return False
-        time.sleep(interval)
-
 
 
 def controller_host(inventory: Inventory, name: str) -> Host:

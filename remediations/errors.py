@@ -52,3 +52,16 @@ class HostKeyRefused(HostError):
 
 class LockTimeout(HostError):
     """Another run holds the host's lock for longer than we were willing to wait."""
+
+
+class ConnectionLost(HostError):
+    """The connection (or the host lock that rides on it) died during the run. Never followed by a
+    silent reconnect: the host may be half-changed and the run no longer holds its lock."""
+
+
+class DeadlineExceeded(HostError):
+    """The remediation's own deadline on this host passed; nothing more is sent to the host."""
+
+
+class Interrupted(HostError):
+    """The run was told to stop (SIGINT, SIGTERM): no new step or command is started."""

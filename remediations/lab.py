@@ -1547,6 +1547,33 @@ def stop_sshd(host: str) -> None:
     _wait_for(f"{host}:22 to close", lambda: not _tcp_open(spec.address, 22, 0.3), 10)
 
 
+def kill_ssh_sessions(host: str) -> int:
+    """SIGKILL every SSH session on the host (its sshd keeps listening): the connections drop as if
+    the link had reset. Returns how many session processes were killed."""
+    _require_root()
+    spec = _host(host)
+    procs = _scan()
+    listener = _sshd_listener(spec, procs)
+    sessions = {pid for pid in _sshd_pids(spec, procs) if pid != listener}
+    _signal(sessions, signal.SIGKILL)
+    return len(sessions)
+
+
+def cut_link(host: str) -> None:
+    """Partition the host: its link to the bridge goes down, packets both ways are lost (no reset,
+    no ICMP), as when a provider's network fails."""
+    _require_root()
+    _run(["ip", "link", "set", _host(host).veth, "down"])
+
+
+def heal_link(host: str) -> None:
+    """End a partition made by `cut_link`."""
+    _require_root()
+    spec = _host(host)
+    _run(["ip", "link", "set", spec.veth, "master", BRIDGE, "up"])
+    _wait_for(f"{host}:22 after the partition", lambda: _tcp_open(spec.address, 22, 0.5), 30)
+
+
 def start_sshd(host: str) -> None:
     """Start the host's sshd again (no-op when it runs)."""
     _require_root()

@@ -1,26 +1,41 @@
 """The per-host lock: one changing remediation at a time on a host.
 
 The lock is an flock on a file under /run/lock on the host, taken over the run's own connection by a
-small shell that holds it until its stdin closes. When the controller dies, the SSH session ends,
-stdin closes and the lock is released: no stale lock survives its holder.
+small shell that holds it as a lease: the controller writes a heartbeat byte every BEAT_INTERVAL
+seconds and the shell answers each one. Either side notices the other is gone within a bound:
+- the host releases the lock when no heartbeat came for BEAT_RELEASE seconds (the controller died
+  or was cut off: TCP alone would keep the dead run's session, and its lock, for hours);
+- the controller declares the connection lost when no answer came for BEAT_LOST seconds, sooner
+  than the host releases, so a run never goes on believing it holds a lock the host let go. A lost
+  connection is never reopened (see `connection.Guard`): the host fails, "may be half-changed".
+A host without `timeout(1)` holds the lock until its stdin closes, as before (no bound).
 """
 
 from __future__ import annotations
 
+import contextlib
 import shlex
+import threading
+import time
 from types import TracebackType
 
+from remediations import interrupt
 from remediations.connection import Process, Remote
-from remediations.errors import HostError, LockTimeout
+from remediations.errors import HostError, Interrupted, LockTimeout
 
 DEFAULT_LOCK_DIR = "/run/lock"
 BUSY_EXIT = 75
 THEN_END = "@@lock-then-end "
+BEAT_INTERVAL = 2.0  # seconds between the controller's heartbeats
+BEAT_LOST = 10.0  # the controller gives the connection up after this long without an answer
+BEAT_RELEASE = 20  # the host releases the lock after this long without a heartbeat
 
 # $1 lock file, $2 seconds to wait, $3 who we are (written next to the lock for the next waiter),
-# $4 a command to run as soon as the lock is held (the remediation's facts: saves a round trip).
+# $4 a command to run as soon as the lock is held (the remediation's facts: saves a round trip),
+# $5 seconds without a heartbeat after which the lock is released (0: hold until stdin closes).
+# Children get `9>&-` so that nothing but this shell holds the lock's file descriptor.
 LOCK_SCRIPT = r"""
-lock=$1; wait=$2; holder=$3; then=${4:-}
+lock=$1; wait=$2; holder=$3; then=${4:-}; beat=${5:-0}
 mkdir -p "$(dirname "$lock")" || exit 1
 exec 9>>"$lock" || exit 1
 if ! flock -w "$wait" 9; then
@@ -30,10 +45,18 @@ fi
 printf '%s\n' "$holder" > "$lock.holder"
 echo LOCKED
 if [ -n "$then" ]; then
-  sh -c "$then" </dev/null 2>&1
+  sh -c "$then" </dev/null 2>&1 9>&-
   printf '\n%s %s\n' "@@lock-then-end" "$?"
 fi
-cat >/dev/null
+if [ "$beat" -gt 0 ] && command -v timeout >/dev/null 2>&1; then
+  echo HEARTBEAT
+  while got=$(timeout "$beat" dd bs=64 count=1 2>/dev/null 9>&-) && [ -n "$got" ]; do
+    echo beat
+  done
+else
+  echo NOHEARTBEAT
+  cat >/dev/null 9>&-
+fi
 : > "$lock.holder"
 """
 
@@ -51,15 +74,28 @@ class HostLock:
         self.process: Process | None = None
         self.then = then
         self.output: str | None = None  # what `then` printed (stdout and stderr), once the lock is held
+        self.heartbeat = False  # whether the host answers heartbeats (has timeout(1))
+        self._stop = threading.Event()
+        self._beater: threading.Thread | None = None
 
     def acquire(self) -> None:
-        argv = ["sh", "-c", LOCK_SCRIPT, "lock", self.path, str(int(self.wait)), self.holder, self.then]
+        argv = ["sh", "-c", LOCK_SCRIPT, "lock", self.path, str(int(self.wait)), self.holder, self.then,
+                str(BEAT_RELEASE)]  # fmt: skip
         process = self.remote.open_process(shlex.join(argv))
-        line = process.readline(timeout=self.wait + 15)
+        line = self._first_line(process)
         if line == "LOCKED":
             self.process = process
             if self.then:
                 self.output = self._then_output(process)
+            mode = process.readline(timeout=15)
+            if mode == "HEARTBEAT":
+                self.heartbeat = True
+                self._beater = threading.Thread(
+                    target=self._beat, name=f"lock-{self.remote.name}", daemon=True
+                )
+                self._beater.start()
+            elif mode != "NOHEARTBEAT":
+                self.remote.lose(f"the host lock on {self.remote.name} stopped answering once taken")
             return
         process.finish(timeout=2)
         if line and line.startswith("BUSY"):
@@ -69,6 +105,21 @@ class HostLock:
                 "Wait for it to finish, or raise --lock-wait"
             )
         raise HostError(f"could not take the host lock {self.path} (is flock installed?)")
+
+    def _first_line(self, process: Process) -> str | None:
+        """LOCKED or BUSY; waiting stops early when the run is told to stop or the process ends."""
+        give_up = time.monotonic() + self.wait + 15
+        while time.monotonic() < give_up:
+            line = process.readline(timeout=0.5)
+            if line is not None:
+                return line
+            stopping = interrupt.requested()
+            if stopping:
+                process.finish(timeout=2)
+                raise Interrupted(f"interrupted by {stopping} while waiting for the host lock")
+            if process.ended:
+                return process.readline(timeout=0.1)
+        return None
 
     def _then_output(self, process: Process) -> str | None:
         """The output of `then`, up to its end marker; None when it did not finish in time."""
@@ -81,9 +132,38 @@ class HostLock:
                 return "\n".join(lines[:-1] if lines and lines[-1] == "" else lines) + "\n"
             lines.append(line)
 
+    def _beat(self) -> None:
+        """Heartbeats until released; on silence, the connection is lost (and closed)."""
+        process = self.process
+        assert process is not None
+        while not self._stop.wait(BEAT_INTERVAL):
+            sent = time.monotonic()
+            if not process.send(b"b"):
+                self._lost("the host lock's channel can no longer be written")
+                return
+            while True:
+                answer = process.readline(timeout=0.5)
+                if answer == "beat" or self._stop.is_set():
+                    break
+                if answer is None and process.ended:
+                    self._lost(f"the host lock on {self.remote.name} ended")
+                    return
+                if answer is None and time.monotonic() - sent >= BEAT_LOST:
+                    self._lost(f"no answer from {self.remote.name} for {BEAT_LOST:.0f}s (link or host down)")
+                    return
+
+    def _lost(self, reason: str) -> None:
+        if not self._stop.is_set():
+            self.remote.lose(f"{reason}; the host releases the run's lock within {BEAT_RELEASE}s")
+
     def release(self) -> None:
+        self._stop.set()
+        if self._beater is not None:
+            self._beater.join(timeout=BEAT_LOST + 5)
+            self._beater = None
         if self.process is not None:
-            self.process.finish()
+            with contextlib.suppress(Exception):  # a lost connection has nothing left to close
+                self.process.finish()
             self.process = None
 
     def __enter__(self) -> HostLock:

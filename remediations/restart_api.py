@@ -79,6 +79,15 @@ class ServiceSettings:
         return lambda: self.gather(remote).facts[service]
 
 
+def service_deadline(host: Host) -> float:
+    """A bound on one compose-service recovery: facts, a restart and a recreate (each up to the stop
+    timeout plus a minute to start), two health waits, the logs; `run_deadline` overrides it."""
+    if host.get("run_deadline") is not None:
+        return float(host.get("run_deadline"))
+    settings = ServiceSettings.of(host)
+    return 120.0 + 2 * (settings.timeout + settings.stop_timeout + 60.0)
+
+
 def check_service_name(name: str, what: str) -> None:
     """UsageError unless `name` can be a compose service name."""
     if not name or not all(ch.isalnum() or ch in "._-" for ch in name):
@@ -112,6 +121,9 @@ class RestartApi(Remediation):
         Project.from_host(host)
         if not (self.service or host.get("api_service")):
             host.require("api_service")
+
+    def deadline(self, host: Host) -> float:
+        return service_deadline(host)
 
     def run(self, ctx: HostContext) -> None:
         settings = ServiceSettings.of(ctx.host)

@@ -91,6 +91,7 @@ class RunResult:
     hosts: list[HostResult] = field(default_factory=list)
     stopped_early: str = ""
     duration: float = 0.0
+    interrupted: str = ""  # the signal that stopped the run (SIGINT, SIGTERM), if one did
 
     @property
     def failed(self) -> list[HostResult]:
@@ -98,6 +99,9 @@ class RunResult:
 
     @property
     def exit_code(self) -> int:
+        """0 when no host failed, 1 when one did; 130 / 143 when SIGINT / SIGTERM stopped the run."""
+        if self.interrupted:
+            return {"SIGINT": 130, "SIGTERM": 143}.get(self.interrupted, 1)
         return 1 if self.failed else 0
 
     def counts(self) -> dict[str, int]:
@@ -113,6 +117,7 @@ class RunResult:
             "duration": round(self.duration, 3),
             "counts": self.counts(),
             "stopped_early": self.stopped_early,
+            "interrupted": self.interrupted,
             "hosts": [h.to_dict() for h in self.hosts],
         }
 

@@ -216,7 +216,9 @@ def test_json_output_shape_on_a_local_host(tmp_path: Path, good_inventory: Path,
     assert ran.code == 1, ran
     assert "Traceback" not in ran.stderr
     document = json.loads(ran.stdout)  # stdout is the JSON document and nothing else
-    assert set(document) == {"task", "check", "duration", "counts", "stopped_early", "hosts", "warnings"}
+    assert set(document) == {
+        "task", "check", "duration", "counts", "stopped_early", "interrupted", "hosts", "warnings"
+    }
     assert (document["task"], document["check"], document["stopped_early"]) == ("restart-api", True, "")
     assert document["counts"] == {"ok": 0, "changed": 0, "failed": 1, "skipped": 0}
     assert document["warnings"] == []
