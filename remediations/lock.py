@@ -65,7 +65,13 @@ class HostLock:
     """Held for the duration of a `with` block; waits at most `wait` seconds to get it."""
 
     def __init__(
-        self, remote: Remote, holder: str, wait: float, lock_dir: str = DEFAULT_LOCK_DIR, then: str = ""
+        self,
+        remote: Remote,
+        holder: str,
+        wait: float,
+        lock_dir: str = DEFAULT_LOCK_DIR,
+        then: str = "",
+        release_after: int = BEAT_RELEASE,
     ):
         self.remote = remote
         self.holder = holder
@@ -73,6 +79,9 @@ class HostLock:
         self.path = f"{lock_dir.rstrip('/')}/remediations.lock"
         self.process: Process | None = None
         self.then = then
+        self.release_after = release_after  # the host's side of the lease, in seconds
+        self.lost_after = min(BEAT_LOST, release_after / 2)  # the controller's side: always sooner
+        self.interval = min(BEAT_INTERVAL, release_after / 5)
         self.output: str | None = None  # what `then` printed (stdout and stderr), once the lock is held
         self.heartbeat = False  # whether the host answers heartbeats (has timeout(1))
         self._stop = threading.Event()
@@ -80,7 +89,7 @@ class HostLock:
 
     def acquire(self) -> None:
         argv = ["sh", "-c", LOCK_SCRIPT, "lock", self.path, str(int(self.wait)), self.holder, self.then,
-                str(BEAT_RELEASE)]  # fmt: skip
+                str(self.release_after)]  # fmt: skip
         process = self.remote.open_process(shlex.join(argv))
         line = self._first_line(process)
         if line == "LOCKED":
@@ -136,7 +145,7 @@ class HostLock:
         """Heartbeats until released; on silence, the connection is lost (and closed)."""
         process = self.process
         assert process is not None
-        while not self._stop.wait(BEAT_INTERVAL):
+        while not self._stop.wait(self.interval):
             sent = time.monotonic()
             if not process.send(b"b"):
                 self._lost("the host lock's channel can no longer be written")
@@ -148,13 +157,14 @@ class HostLock:
                 if answer is None and process.ended:
                     self._lost(f"the host lock on {self.remote.name} ended")
                     return
-                if answer is None and time.monotonic() - sent >= BEAT_LOST:
-                    self._lost(f"no answer from {self.remote.name} for {BEAT_LOST:.0f}s (link or host down)")
+                if answer is None and time.monotonic() - sent >= self.lost_after:
+                    silence = f"{self.lost_after:.0f}s"
+                    self._lost(f"no answer from {self.remote.name} for {silence} (link or host down)")
                     return
 
     def _lost(self, reason: str) -> None:
         if not self._stop.is_set():
-            self.remote.lose(f"{reason}; the host releases the run's lock within {BEAT_RELEASE}s")
+            self.remote.lose(f"{reason}; the host releases the run's lock within {self.release_after}s")
 
     def release(self) -> None:
         self._stop.set()
