@@ -96,8 +96,10 @@ class HostContext:
         arguments: Mapping[str, Any],
         task: str = "",
         holder: str = "",
+        read_only: bool = False,
     ) -> None:
         self.task = task
+        self.read_only = read_only  # check mode, or a remediation that changes nothing
         self.holder = holder or task  # who holds the host locks of this run (user@machine: task)
         self.prefetched: str | None = None  # the output of Remediation.facts_under_lock, when it ran
         self.host = host
@@ -155,17 +157,17 @@ class HostContext:
                 yield timer
             except HostError as exc:
                 clock.stop()
-                message = incident_message(exc, name, self.last_done(), self.check)
+                message = incident_message(exc, name, self.last_done(), self.read_only)
                 self.record(name, Status.FAILED, message, duration=clock.elapsed)
                 raise _Recorded(exc) from exc
         self.record(name, timer.status, timer.message, diff=timer.diff, duration=clock.elapsed, **timer.data)
 
 
-def incident_message(exc: HostError, during: str, after: str, check: bool) -> str:
+def incident_message(exc: HostError, during: str, after: str, read_only: bool) -> str:
     """The failure of a step, said so that the next person knows what state the host is in."""
     if isinstance(exc, ConnectionLost):
-        if check:
-            return f"connection lost during {during} (after {after}): {exc}; nothing was changed (check mode)"
+        if read_only:
+            return f"connection lost during {during} (after {after}): {exc}; this run changes nothing"
         return (
             f"connection lost after {after}, during {during}; the host may be half-changed: {during} "
             f"was in progress. Not reconnected, nothing more was sent ({exc})"
@@ -332,6 +334,7 @@ class Engine:
                 ctx = HostContext(
                     host, remote, self.options, self.redactor, result, arguments, remediation.task,
                     self.actor.holder(remediation.task),
+                    read_only=self.options.check or not remediation.changes_hosts,
                 )
                 if remediation.changes_hosts and not self.options.check:
                     phase = "lock"
@@ -355,7 +358,7 @@ class Engine:
                 duration = connecting.elapsed if phase == "connect" else 0.0
                 message = str(exc)
                 if ctx is not None and phase != "connect":
-                    message = incident_message(exc, phase, ctx.last_done(), self.options.check)
+                    message = incident_message(exc, phase, ctx.last_done(), ctx.read_only)
                 result.add(StepResult(phase, Status.FAILED, self.redactor.text(message), duration=duration))
             except Exception as exc:  # a bug must not hide the other hosts' results
                 result.add(
