@@ -3,7 +3,8 @@
 A thin layer: every task builds a remediation from `remediations` and hands it to
 `remediations.cli.execute` with the common flags (--host, --inventory, --check, --diff, --json,
 --parallel, --serial, --max-fail, --lock-wait). Exit code: 0 when no host failed, 1 when one did,
-2 for bad input (nothing run).
+2 for bad input (nothing run), 3 when none failed but a step warned (e.g. wal-cleanup: a failing
+WAL archiver).
 """
 
 from __future__ import annotations
