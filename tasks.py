@@ -559,11 +559,11 @@ def wal_cleanup(c: Context, flags: Flags, drop_inactive_slot: str | None = None)
 
     The cut point is the start segment of the oldest of the wal_keep_base_backups (default 2) newest
     base backups, from their .backup history files, as pg_archivecleanup computes it. A segment is
-    deleted only when it is in S3 (wal_s3_bucket, wal_s3_prefix) with the same size; the first one
-    that is not keeps itself and every newer one, and fails the host. pg_wal/ is never touched. The
-    result also says what holds pg_wal/: replication slots (and the WAL each retains), archiver
-    failures, the age of the last archived segment. --check lists what it would delete (--diff: the
-    files).
+    deleted only when it is in S3 (wal_s3_bucket, wal_s3_prefix) with the same size and MD5 (the
+    ETag of a single-part upload, else the object read back); the first one that is not keeps
+    itself and every newer one, and fails the host. pg_wal/ is never touched. The result also says
+    what holds pg_wal/: replication slots (and the WAL each retains), archiver failures, the age of
+    the last archived segment. --check lists what it would delete (--diff: the files).
     """
     from remediations.wal import WalCleanup
 

@@ -14,6 +14,7 @@ AWS_ENDPOINT_URL) and `s3_region`. boto3 is imported only when a task needs it.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 import shlex
 from collections.abc import Iterator, Mapping
@@ -141,6 +142,7 @@ class S3Object:
     key: str
     size: int
     modified: dt.datetime
+    etag: str = ""  # without its quotes; the MD5 in hex for a single-part upload without SSE-KMS/SSE-C
 
 
 def s3_endpoint(host_vars: Mapping[str, Any]) -> str | None:
@@ -225,8 +227,28 @@ class S3Store:
         with self.failing(f"listing {self.where(bucket, prefix)}"):
             for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
                 for item in page.get("Contents") or []:
-                    found.append(S3Object(str(item["Key"]), int(item["Size"]), item["LastModified"]))
+                    found.append(
+                        S3Object(
+                            str(item["Key"]),
+                            int(item["Size"]),
+                            item["LastModified"],
+                            str(item.get("ETag") or "").strip('"'),
+                        )
+                    )
         return found
+
+    def head(self, bucket: str, key: str) -> dict[str, Any]:
+        with self.failing(f"reading the metadata of s3://{bucket}/{key}"):
+            return dict(self.client.head_object(Bucket=bucket, Key=key))
+
+    def md5(self, bucket: str, key: str) -> str:
+        """The MD5 (hex) of an object's content, read back in chunks (never held whole in memory)."""
+        digest = hashlib.md5(usedforsecurity=False)
+        with self.failing(f"reading back s3://{bucket}/{key}"):
+            body = self.client.get_object(Bucket=bucket, Key=key)["Body"]
+            for chunk in iter(lambda: body.read(1024 * 1024), b""):
+                digest.update(chunk)
+        return digest.hexdigest()
 
     def download(self, bucket: str, key: str, path: str) -> None:
         with self.failing(f"downloading s3://{bucket}/{key}"):

@@ -3,6 +3,7 @@ archiving to a local archive and to S3 (moto), real pg_basebackup / pg_dump / pg
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -102,6 +103,48 @@ def test_wal_cleanup_quartet_and_faults(shop: None, audit: Path, tmp_path: Path)
     assert check_again.host("db1")["status"] == "ok"
     # pg_wal/ itself was never touched: PostgreSQL still archives and answers.
     pglab.switch_wal()
+
+
+def test_wal_cleanup_compares_content_not_size(shop: None, audit: Path) -> None:
+    """Every WAL segment is 16 MiB: an S3 object of that size with other bytes is no copy of it."""
+    pglab.base_backup()
+    doomed = old_segments()
+    assert len(doomed) >= 2, doomed
+    s3 = pglab.s3()
+    for name in doomed:  # in S3 as the archive_command puts them: one PUT each
+        pglab.put_object(f"wal/{name}", (pglab.archive_dir() / name).read_bytes())
+    corrupt = doomed[len(doomed) // 2]
+    good = (pglab.archive_dir() / corrupt).read_bytes()
+    other = hashlib.sha256(b"rmtest").digest() * (len(good) // 32)
+    assert len(other) == len(good) and other != good
+    md5 = {body: hashlib.md5(body, usedforsecurity=False).hexdigest() for body in (good, other)}
+    older, kept = doomed[: doomed.index(corrupt)], doomed[doomed.index(corrupt) :]
+    try:
+        # A single-part object: its ETag is the MD5 of the other bytes.
+        assert pglab.put_object(f"wal/{corrupt}", other) == md5[other]
+        ran = run("wal-cleanup", "--host", "db1", audit=audit)
+        assert ran.code == 1, ran.stdout
+        why = f"{corrupt} in s3://{pglab.BUCKET}/wal/ has MD5 {md5[other]} (ETag) but {md5[good]} here"
+        assert why in ran.host("db1")["message"]
+        assert f"kept it and every newer one ({len(kept) - 1} more" in ran.host("db1")["message"]
+        left = pglab.archived()
+        assert set(kept) <= set(left), "the differing segment and every newer one are kept"
+        assert not set(older) & set(left), "the segments before it are deleted"
+        # A multipart object (ETag `…-2`, not an MD5): read back, it differs just the same.
+        assert pglab.put_object(f"wal/{corrupt}", other, multipart=True).endswith("-2")
+        ran = run("wal-cleanup", "--host", "db1", audit=audit)
+        assert ran.code == 1
+        assert f"has MD5 {md5[other]} (read back) but {md5[good]} here" in ran.host("db1")["message"]
+        assert steps(ran, "db1")["checksums"]["data"]["read_back"] == 1
+        assert set(kept) <= set(pglab.archived())
+    finally:
+        # The good bytes again, as a multipart upload: read back, they match.
+        pglab.put_object(f"wal/{corrupt}", good, multipart=True)
+    assert s3.head_object(Bucket=pglab.BUCKET, Key=f"wal/{corrupt}")["ContentLength"] == len(good)
+    ran = run("wal-cleanup", "--host", "db1", audit=audit)
+    assert ran.code == 0 and ran.host("db1")["status"] == "changed", ran.stdout
+    assert steps(ran, "db1")["checksums"]["data"]["read_back"] == 1
+    assert not set(kept) & set(pglab.archived())
 
 
 def test_wal_cleanup_missing_archive_dir(shop: None, audit: Path, tmp_path: Path) -> None:
