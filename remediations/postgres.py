@@ -111,6 +111,38 @@ class PgTarget:
         )
 
 
+# pg_stat_archiver as one JSON object. `failing` is decided by the server, which compares the two
+# timestamps as timestamps: the last attempt failed and nothing was archived since.
+ARCHIVER_JSON_SQL = """(select row_to_json(a) from (
+      select archived_count, last_archived_wal, last_archived_time, failed_count, last_failed_wal,
+             last_failed_time,
+             coalesce(last_failed_time > last_archived_time, last_failed_time is not null) as failing,
+             extract(epoch from now() - last_archived_time)::float8 as last_archived_age
+      from pg_stat_archiver) a)"""
+
+
+def archiver_failing(archiver: Mapping[str, Any]) -> bool:
+    """The archiver's last attempt failed and no segment was archived since (WAL piles up in pg_wal/)."""
+    return bool(archiver.get("failing"))
+
+
+def describe_archiver(archiver: Mapping[str, Any]) -> str:
+    """pg_stat_archiver's failures in one phrase."""
+    failed = int(archiver.get("failed_count") or 0)
+    if not failed:
+        return "archiver: no failures"
+    last = f"last on {archiver.get('last_failed_wal')} at {archiver.get('last_failed_time')}"
+    if not archiver_failing(archiver):
+        return f"archiver failed before: {failed} failure(s), {last}"
+    archived = archiver.get("last_archived_wal")
+    since = (
+        f"nothing archived since {archived} at {archiver.get('last_archived_time')}"
+        if archived
+        else "nothing archived yet"
+    )
+    return f"archiver is FAILING: {failed} failure(s), {last}; {since}"
+
+
 def sql_literal(text: str) -> str:
     """A PostgreSQL string literal (standard_conforming_strings, on by default since 9.1)."""
     return "'" + text.replace("'", "''") + "'"

@@ -16,6 +16,9 @@ decide  pure: the newest `wal_keep_base_backups` base backups are kept; the cut 
 apply   `rm` of exactly the planned files in the archive directory (never pg_wal/ itself);
 verify  re-list the archive directory: the planned files are gone.
 
+A failing archiver and an inactive replication slot that retains WAL are warnings: ok steps a
+person must read, shown under the host's line, and exit code 3 (results.WARNING_EXIT_CODE).
+
 `--drop-inactive-slot NAME` drops one named replication slot, only when it exists and is inactive.
 """
 
@@ -32,10 +35,13 @@ from remediations.engine import HostContext, Remediation
 from remediations.errors import HostError, UsageError
 from remediations.inventory import Host
 from remediations.postgres import (
+    ARCHIVER_JSON_SQL,
     PgTarget,
     S3Object,
     S3Store,
     Section,
+    archiver_failing,
+    describe_archiver,
     human_age,
     human_bytes,
     must_ok,
@@ -62,11 +68,7 @@ select json_build_object(
   'in_recovery', pg_is_in_recovery(),
   'wal_files', (select count(*) from pg_ls_waldir()),
   'wal_bytes', (select coalesce(sum(size), 0) from pg_ls_waldir()),
-  'archiver', (select row_to_json(a) from (
-      select archived_count, last_archived_wal, last_archived_time, failed_count, last_failed_wal,
-             last_failed_time,
-             extract(epoch from now() - last_archived_time)::float8 as last_archived_age
-      from pg_stat_archiver) a),
+  'archiver', ARCHIVER,
   'slots', (select coalesce(json_agg(s order by s.slot_name), '[]'::json) from (
       select slot_name, slot_type, active, wal_status,
              case when restart_lsn is null then null
@@ -75,7 +77,7 @@ select json_build_object(
              end as retained_bytes
       from pg_replication_slots) s)
 );
-"""
+""".replace("ARCHIVER", ARCHIVER_JSON_SQL)
 
 
 # --------------------------------------------------------------------------------------------
@@ -364,23 +366,41 @@ def pg_wal_report(pg: PgFacts) -> str:
     archiver = pg.archiver
     if pg.archive_mode == "off":
         parts.append("archive_mode is off")
-    failed = int(archiver.get("failed_count") or 0)
-    if failed:
-        failing_now = str(archiver.get("last_failed_time") or "") > str(
-            archiver.get("last_archived_time") or ""
-        )
-        parts.append(
-            f"archiver {'is FAILING' if failing_now else 'failed before'}: {failed} failure(s), last on "
-            f"{archiver.get('last_failed_wal')} at {archiver.get('last_failed_time')}"
-        )
-    else:
-        parts.append("archiver: no failures")
+    parts.append(describe_archiver(archiver))
     age = archiver.get("last_archived_age")
     if age is None:
         parts.append("nothing archived yet")
     else:
         parts.append(f"last archived {archiver.get('last_archived_wal')} {human_age(float(age))} ago")
     return "; ".join(parts)
+
+
+def retains_wal(slot: Slot) -> bool:
+    """An inactive slot holding WAL back: pg_wal/ grows until a client uses it again or it is
+    dropped (a slot without restart_lsn, or one whose WAL is already lost, holds nothing)."""
+    return not slot.active and slot.retained_bytes is not None and slot.wal_status != "lost"
+
+
+def pg_warnings(pg: PgFacts) -> list[tuple[str, str]]:
+    """(step, message) for each condition a person must look at: a failing archiver, and each
+    inactive slot retaining WAL."""
+    if pg.error:
+        return []
+    found: list[tuple[str, str]] = []
+    if archiver_failing(pg.archiver):
+        found.append(
+            ("archiver", f"{describe_archiver(pg.archiver)}: WAL piles up in pg_wal/ until it archives again")
+        )
+    for slot in pg.slots:
+        if retains_wal(slot):
+            found.append(
+                (
+                    f"slot {slot.name}",
+                    f"inactive {slot.slot_type} replication slot {slot.name!r} retains "
+                    f"{human_bytes(slot.retained_bytes or 0)} of WAL in pg_wal/",
+                )
+            )
+    return found
 
 
 def decide_slot(slots: Sequence[Slot], name: str) -> tuple[str, str]:
@@ -542,6 +562,10 @@ class WalCleanup(Remediation):
             slots=[vars(s) for s in pg.slots],
             archiver=pg.archiver,
         )
+        # Not the run's doing and not for it to fix, so not a failure; but an hourly cron job that
+        # stays silent while pg_wal/ fills the disk is worse: a warning, and exit code 3.
+        for step, message in pg_warnings(pg):
+            ctx.record(step, Status.OK, message).warning = True
 
     def _drop_slot(self, ctx: HostContext, pg: PgTarget, facts: PgFacts, name: str) -> None:
         if facts.error:

@@ -296,24 +296,64 @@ def test_decide_slot(name: str, action: str, words: str) -> None:
     assert got == action and words in why
 
 
+FAILING = {
+    "failed_count": 3,
+    "last_failed_wal": seg(9),
+    "last_failed_time": "2026-01-02 10:00:00+00",
+    "last_archived_time": "2026-01-01 09:00:00+00",
+    "last_archived_wal": seg(8),
+    "last_archived_age": 7200.0,
+    "failing": True,
+}
+
+
 def test_pg_wal_report_names_inactive_slots_and_failures() -> None:
-    pg = wal.PgFacts(
-        wal_files=6,
-        wal_bytes=96 * 1024**2,
-        slots=SLOTS,
-        archiver={
-            "failed_count": 3,
-            "last_failed_wal": seg(9),
-            "last_failed_time": "2026-01-02",
-            "last_archived_time": "2026-01-01",
-            "last_archived_wal": seg(8),
-            "last_archived_age": 7200.0,
-        },
-    )
+    pg = wal.PgFacts(wal_files=6, wal_bytes=96 * 1024**2, slots=SLOTS, archiver=FAILING)
     text = wal.pg_wal_report(pg)
     assert "inactive physical slot 'idle' retains 48.0 MiB" in text
-    assert "archiver is FAILING: 3 failure(s)" in text
+    assert f"archiver is FAILING: 3 failure(s), last on {seg(9)}" in text
+    assert f"nothing archived since {seg(8)}" in text
     assert "last archived 000000010000000000000008 2.0h ago" in text
+
+
+@pytest.mark.parametrize(
+    ("pg", "warnings"),
+    [
+        (wal.PgFacts(slots=SLOTS, archiver=FAILING), ["archiver", "slot idle"]),
+        (wal.PgFacts(slots=SLOTS, archiver={**FAILING, "failing": False}), ["slot idle"]),
+        (wal.PgFacts(archiver=FAILING), ["archiver"]),
+        (wal.PgFacts(archiver={"failed_count": 0}), []),
+        # An inactive slot that reserves nothing, or whose WAL is already lost, holds nothing back.
+        (wal.PgFacts(slots=[wal.Slot("new", "logical", False, "", None)]), []),
+        (wal.PgFacts(slots=[wal.Slot("gone", "physical", False, "lost", 10.0)]), []),
+        (wal.PgFacts(slots=[wal.Slot("busy", "physical", True, "reserved", 1e9)]), []),
+        (wal.PgFacts(error="psql: no", archiver=FAILING, slots=SLOTS), []),
+    ],
+)
+def test_pg_warnings(pg: wal.PgFacts, warnings: list[str]) -> None:
+    found = wal.pg_warnings(pg)
+    assert [step for step, _ in found] == warnings
+    messages = dict(found)
+    if "archiver" in messages:
+        assert messages["archiver"].startswith("archiver is FAILING: 3 failure(s)")
+    if "slot idle" in messages:
+        assert "replication slot 'idle' retains 48.0 MiB of WAL" in messages["slot idle"]
+
+
+@pytest.mark.parametrize(
+    ("archiver", "words"),
+    [
+        ({}, "archiver: no failures"),
+        ({"failed_count": 0, "last_archived_wal": seg(2)}, "archiver: no failures"),
+        ({**FAILING, "failing": False}, f"archiver failed before: 3 failure(s), last on {seg(9)}"),
+        (FAILING, f"nothing archived since {seg(8)} at 2026-01-01 09:00:00+00"),
+        ({**FAILING, "last_archived_wal": None}, "archiver is FAILING: 3 failure(s), last on"),
+    ],
+)
+def test_describe_archiver(archiver: dict[str, object], words: str) -> None:
+    from remediations.postgres import describe_archiver
+
+    assert words in describe_archiver(archiver)
 
 
 @pytest.mark.parametrize(
