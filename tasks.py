@@ -3,7 +3,8 @@
 A thin layer: every task builds a remediation from `remediations` and hands it to
 `remediations.cli.execute` with the common flags (--host, --inventory, --check, --diff, --json,
 --parallel, --serial, --max-fail, --lock-wait). Exit code: 0 when no host failed, 1 when one did,
-2 for bad input (nothing run).
+2 for bad input (nothing run), 3 when none failed but a step warned (e.g. wal-cleanup: a failing
+WAL archiver).
 """
 
 from __future__ import annotations
@@ -522,7 +523,8 @@ def _optional_int(value: float | None) -> int | None:
 
 @remediation_task(help={"service": "check only these compose services (comma list; default: all of them)"})
 def health(c: Context, flags: Flags, service: str | None = None) -> int:
-    """The daily health check, read-only: services, HTTP health, disks, backup age, log errors, probes.
+    """The daily health check, read-only: services, HTTP health, disks, backup age, log errors, probes,
+    and the WAL archiver of a PostgreSQL host that archives (wal_archive_dir).
 
     Per host in one round trip. Thresholds and probes come from inventory vars (health_*). Prints a
     table of every check (green / yellow / red); --json carries each with its value and threshold.
@@ -558,11 +560,12 @@ def wal_cleanup(c: Context, flags: Flags, drop_inactive_slot: str | None = None)
 
     The cut point is the start segment of the oldest of the wal_keep_base_backups (default 2) newest
     base backups, from their .backup history files, as pg_archivecleanup computes it. A segment is
-    deleted only when it is in S3 (wal_s3_bucket, wal_s3_prefix) with the same size; the first one
-    that is not keeps itself and every newer one, and fails the host. pg_wal/ is never touched. The
-    result also says what holds pg_wal/: replication slots (and the WAL each retains), archiver
-    failures, the age of the last archived segment. --check lists what it would delete (--diff: the
-    files).
+    deleted only when it is in S3 (wal_s3_bucket, wal_s3_prefix) with the same size and MD5 (the
+    ETag of a single-part upload, else the object read back); the first one that is not keeps
+    itself and every newer one, and fails the host. pg_wal/ is never touched. The result also says
+    what holds pg_wal/: replication slots (and the WAL each retains), archiver failures, the age of
+    the last archived segment; a failing archiver and an inactive slot retaining WAL are warnings
+    (exit code 3). --check lists what it would delete (--diff: the files).
     """
     from remediations.wal import WalCleanup
 

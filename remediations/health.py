@@ -4,7 +4,8 @@ facts     one shell command: every container of the compose project (`docker ins
           of error lines in each one's logs over the last 24 h, the HTTP health URL fetched on the
           host, `stat -f` of the filesystems that matter, the newest file in the backup directory, and
           the configured dependency probes (TCP ports, HTTP URLs) tried from the host; the newest
-          backup in S3, when configured, is listed from the controller;
+          backup in S3, when configured, is listed from the controller; on a WAL-archiving PostgreSQL
+          host, pg_stat_archiver (psql as the database's OS user);
 evaluate  pure: each fact against its threshold gives a `Check` that is green, yellow or red;
 report    one step per check (a red check fails the host), then a `health` step naming the red
           checks. `--json` carries every check with its value, threshold and colour.
@@ -36,6 +37,13 @@ from remediations.hostfacts import (
     parse_sections,
 )
 from remediations.inventory import Host
+from remediations.postgres import (
+    ARCHIVER_JSON_SQL,
+    AS_USER,
+    PgTarget,
+    archiver_failing,
+    describe_archiver,
+)
 from remediations.results import RunResult, Status
 
 GREEN, YELLOW, RED = "green", "yellow", "red"
@@ -48,6 +56,10 @@ LOG_WINDOW = "24h"
 PROBE_TIMEOUT = 5
 SERVICE_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 HOST_PORT = re.compile(r"^\[?([A-Za-z0-9_.:-]+?)\]?:([0-9]{1,5})$")
+PG_ARCHIVER_SQL = (
+    "select json_build_object('archive_mode', current_setting('archive_mode'), "
+    f"'archiver', {' '.join(ARCHIVER_JSON_SQL.split())})"
+)
 
 
 @dataclass(frozen=True)
@@ -101,6 +113,7 @@ class Settings:
     log_errors_max: int
     error_pattern: str
     probes: tuple[Probe, ...] = field(default_factory=tuple)
+    pg_archiver: PgTarget | None = None  # the PostgreSQL whose WAL archiver is checked
 
     @classmethod
     def from_host(cls, host: Host, only_services: Sequence[str] = ()) -> Settings:
@@ -169,7 +182,17 @@ class Settings:
             ),
             error_pattern=_pattern(host.get("health_error_pattern", DEFAULT_ERROR_PATTERN), where),
             probes=_probes(host.get("health_probes") or [], where),
+            pg_archiver=_pg_archiver(host, where),
         )
+
+
+def _pg_archiver(host: Host, where: str) -> PgTarget | None:
+    """A host that archives WAL (it has `wal_archive_dir`) gets its archiver checked, unless
+    `health_pg_archiver: false`."""
+    wanted = host.get("health_pg_archiver", bool(host.get("wal_archive_dir")))
+    if not isinstance(wanted, bool):
+        raise UsageError(f"{where}: health_pg_archiver must be true or false, got {wanted!r}")
+    return PgTarget.from_host(host) if wanted else None
 
 
 def _pattern(value: object, where: str) -> str:
@@ -272,6 +295,14 @@ def facts_command(settings: Settings) -> str:
             f"-name {q(settings.backup_glob)} -printf '%T@\\n' | sort -n | tail -n 1; "
             "else echo missing; fi"
         )
+    if settings.pg_archiver is not None:
+        psql = settings.pg_archiver.shell(
+            "psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-d", "postgres", "-c", PG_ARCHIVER_SQL
+        )
+        lines += [
+            AS_USER,
+            f'out=$({psql} 2>&1); echo "{MARK}pgarchiver $?"; printf "%s\\n" "$out" | tail -n 5',
+        ]
     for index, probe in enumerate(settings.probes):
         if probe.kind == "tcp":
             lines += [_tcp(probe.target), f'echo "{MARK}probe {index} $rc"']
@@ -296,6 +327,7 @@ class HealthFacts:
     backup_missing: bool = False
     probes: Mapping[int, tuple[int, str]] = field(default_factory=dict)
     error: str = ""
+    pg_archiver: tuple[int, str] | None = None  # psql's exit code and output
 
 
 def parse_facts(output: str) -> HealthFacts:
@@ -311,6 +343,7 @@ def parse_facts(output: str) -> HealthFacts:
     backup_missing = False
     probes: dict[int, tuple[int, str]] = {}
     error = ""
+    pg_archiver: tuple[int, str] | None = None
     for s in parse_sections(output):
         if s.name == "now":
             now = float(s.body.strip() or 0)
@@ -348,6 +381,8 @@ def parse_facts(output: str) -> HealthFacts:
         elif s.name == "probe":
             index, _, code = s.arg.partition(" ")
             probes[_int(index)] = (_int(code), s.body.strip())
+        elif s.name == "pgarchiver":
+            pg_archiver = (_int(s.arg), s.body.strip())
     return HealthFacts(
         now,
         compose,
@@ -360,6 +395,7 @@ def parse_facts(output: str) -> HealthFacts:
         backup_missing,
         probes,
         error,
+        pg_archiver,
     )
 
 
@@ -408,6 +444,8 @@ def evaluate(
                 s3_error or "no backup object",
             )
         )
+    if settings.pg_archiver is not None:
+        checks.append(archiver_check(facts.pg_archiver))
     for index, probe in enumerate(settings.probes):
         code, body = facts.probes.get(index, (1, "not run"))
         what = f"{probe.kind} {probe.target}"
@@ -527,6 +565,30 @@ def backup_check(name: str, max_hours: float, now: float, newest: float | None, 
     hours = round(max(0.0, now - newest) / 3600, 1)
     colour = RED if hours > max_hours else GREEN
     return Check(name, colour, hours, max_hours, f"newest backup is {hours:g} h old (limit {max_hours:g} h)")
+
+
+def archiver_check(answer: tuple[int, str] | None) -> Check:
+    """Red while PostgreSQL's archiver is failing: pg_wal/ fills up and point-in-time recovery
+    cannot go past the last archived segment. Red too when PostgreSQL does not answer."""
+    name, threshold = "postgres archiver", "archiving"
+    code, body = answer or (1, "not run")
+    if code != 0:
+        return Check(name, RED, "unknown", threshold, f"psql failed: {body[-200:] or f'exit {code}'}")
+    try:
+        data = json.loads(body.splitlines()[-1])
+        archiver = dict(data.get("archiver") or {})
+        mode = str(data.get("archive_mode") or "")
+    except (ValueError, IndexError, AttributeError):
+        return Check(name, RED, "unknown", threshold, "psql printed something that is not JSON")
+    if archiver_failing(archiver):
+        return Check(name, RED, "failing", threshold, describe_archiver(archiver))
+    detail = describe_archiver(archiver)
+    if mode == "off":
+        # Nothing fails, but nothing is archived either: worth a look on a host with an archive.
+        return Check(name, YELLOW, "off", threshold, f"archive_mode is off; {detail}")
+    if archiver.get("last_archived_wal"):
+        detail += f"; last archived {archiver['last_archived_wal']} at {archiver.get('last_archived_time')}"
+    return Check(name, GREEN, "archiving", threshold, detail)
 
 
 # --- S3 (from the controller) ---------------------------------------------------------------------

@@ -8,7 +8,7 @@ import sys
 import threading
 from typing import TextIO
 
-from remediations.results import HostResult, RunResult, Status
+from remediations.results import WARNING_EXIT_CODE, HostResult, RunResult, Status
 
 COLOURS = {
     Status.OK: "\033[32m",
@@ -50,6 +50,8 @@ class Reporter:
                 file=self.stream,
                 flush=True,
             )
+            for warning in host.warnings:
+                print(f"    warning: {warning}", file=self.stream)
             if self.show_diff and host.diff:
                 for line in host.diff.splitlines():
                     print(f"    {line}", file=self.stream)
@@ -73,7 +75,12 @@ class Reporter:
 
 
 def _counts(run: RunResult) -> str:
-    return ", ".join(f"{n} {s}" for s, n in run.counts().items() if n) or "no hosts"
+    text = ", ".join(f"{n} {s}" for s, n in run.counts().items() if n) or "no hosts"
+    if run.warned and not run.failed:
+        text += f" ({len(run.warned)} with warnings: exit code {WARNING_EXIT_CODE})"
+    elif run.warned:
+        text += f" ({len(run.warned)} with warnings)"
+    return text
 
 
 def _one_line(text: str) -> str:

@@ -14,6 +14,7 @@ AWS_ENDPOINT_URL) and `s3_region`. boto3 is imported only when a task needs it.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 import shlex
 from collections.abc import Iterator, Mapping
@@ -110,6 +111,38 @@ class PgTarget:
         )
 
 
+# pg_stat_archiver as one JSON object. `failing` is decided by the server, which compares the two
+# timestamps as timestamps: the last attempt failed and nothing was archived since.
+ARCHIVER_JSON_SQL = """(select row_to_json(a) from (
+      select archived_count, last_archived_wal, last_archived_time, failed_count, last_failed_wal,
+             last_failed_time,
+             coalesce(last_failed_time > last_archived_time, last_failed_time is not null) as failing,
+             extract(epoch from now() - last_archived_time)::float8 as last_archived_age
+      from pg_stat_archiver) a)"""
+
+
+def archiver_failing(archiver: Mapping[str, Any]) -> bool:
+    """The archiver's last attempt failed and no segment was archived since (WAL piles up in pg_wal/)."""
+    return bool(archiver.get("failing"))
+
+
+def describe_archiver(archiver: Mapping[str, Any]) -> str:
+    """pg_stat_archiver's failures in one phrase."""
+    failed = int(archiver.get("failed_count") or 0)
+    if not failed:
+        return "archiver: no failures"
+    last = f"last on {archiver.get('last_failed_wal')} at {archiver.get('last_failed_time')}"
+    if not archiver_failing(archiver):
+        return f"archiver failed before: {failed} failure(s), {last}"
+    archived = archiver.get("last_archived_wal")
+    since = (
+        f"nothing archived since {archived} at {archiver.get('last_archived_time')}"
+        if archived
+        else "nothing archived yet"
+    )
+    return f"archiver is FAILING: {failed} failure(s), {last}; {since}"
+
+
 def sql_literal(text: str) -> str:
     """A PostgreSQL string literal (standard_conforming_strings, on by default since 9.1)."""
     return "'" + text.replace("'", "''") + "'"
@@ -141,6 +174,7 @@ class S3Object:
     key: str
     size: int
     modified: dt.datetime
+    etag: str = ""  # without its quotes; the MD5 in hex for a single-part upload without SSE-KMS/SSE-C
 
 
 def s3_endpoint(host_vars: Mapping[str, Any]) -> str | None:
@@ -225,8 +259,28 @@ class S3Store:
         with self.failing(f"listing {self.where(bucket, prefix)}"):
             for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
                 for item in page.get("Contents") or []:
-                    found.append(S3Object(str(item["Key"]), int(item["Size"]), item["LastModified"]))
+                    found.append(
+                        S3Object(
+                            str(item["Key"]),
+                            int(item["Size"]),
+                            item["LastModified"],
+                            str(item.get("ETag") or "").strip('"'),
+                        )
+                    )
         return found
+
+    def head(self, bucket: str, key: str) -> dict[str, Any]:
+        with self.failing(f"reading the metadata of s3://{bucket}/{key}"):
+            return dict(self.client.head_object(Bucket=bucket, Key=key))
+
+    def md5(self, bucket: str, key: str) -> str:
+        """The MD5 (hex) of an object's content, read back in chunks (never held whole in memory)."""
+        digest = hashlib.md5(usedforsecurity=False)
+        with self.failing(f"reading back s3://{bucket}/{key}"):
+            body = self.client.get_object(Bucket=bucket, Key=key)["Body"]
+            for chunk in iter(lambda: body.read(1024 * 1024), b""):
+                digest.update(chunk)
+        return digest.hexdigest()
 
     def download(self, bucket: str, key: str, path: str) -> None:
         with self.failing(f"downloading s3://{bucket}/{key}"):

@@ -9,6 +9,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+# Exit code of a run in which no host failed but some step warned (a condition a person should
+# look at, which the run itself did not cause and cannot fix, e.g. a failing WAL archiver). 1 and 2
+# are failure and bad input; the host's status stays ok/changed, so a second run is still "ok".
+WARNING_EXIT_CODE = 3
+
 
 class Status(enum.StrEnum):
     OK = "ok"
@@ -32,6 +37,7 @@ class StepResult:
     diff: str = ""
     duration: float = 0.0
     data: dict[str, Any] = field(default_factory=dict)
+    warning: bool = False  # an ok step whose message a person should read: exit code 3
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -41,6 +47,7 @@ class StepResult:
             "diff": self.diff,
             "duration": round(self.duration, 3),
             "data": self.data,
+            "warning": self.warning,
         }
 
 
@@ -68,6 +75,10 @@ class HostResult:
     def diff(self) -> str:
         return "\n".join(s.diff for s in self.steps if s.diff)
 
+    @property
+    def warnings(self) -> list[str]:
+        return [s.message for s in self.steps if s.warning]
+
     def add(self, step: StepResult) -> StepResult:
         self.steps.append(step)
         return step
@@ -78,6 +89,7 @@ class HostResult:
             "status": self.status.value,
             "message": self.message,
             "duration": round(self.duration, 3),
+            "warnings": self.warnings,
             "steps": [s.to_dict() for s in self.steps],
         }
 
@@ -98,11 +110,16 @@ class RunResult:
         return [h for h in self.hosts if h.status == Status.FAILED]
 
     @property
+    def warned(self) -> list[HostResult]:
+        return [h for h in self.hosts if h.warnings]
+
+    @property
     def exit_code(self) -> int:
-        """0 when no host failed, 1 when one did; 130 / 143 when SIGINT / SIGTERM stopped the run."""
+        """0 when no host failed, 1 when one did, 3 when none failed but one warned; 130 / 143 when
+        SIGINT / SIGTERM stopped the run."""
         if self.interrupted:
             return {"SIGINT": 130, "SIGTERM": 143}.get(self.interrupted, 1)
-        return 1 if self.failed else 0
+        return 1 if self.failed else WARNING_EXIT_CODE if self.warned else 0
 
     def counts(self) -> dict[str, int]:
         counts = {s.value: 0 for s in Status}

@@ -3,14 +3,21 @@
 facts   one round trip to the db host: the archive directory's files and sizes, every base backup
         history file (`*.backup`) in it, and from PostgreSQL what holds pg_wal/ (replication slots
         and the WAL each retains, pg_stat_archiver, pg_wal's size); then, on the controller, the
-        archive prefix in S3 (one listing);
+        archive prefix in S3 (one listing) and, only when segments are deletable, a second round
+        trip for the MD5 of those segments (at most VERIFY_MAX of them);
 decide  pure: the newest `wal_keep_base_backups` base backups are kept; the cut point is the start
         segment of the oldest of them, and a segment is deletable when it sorts before the cut point
         ignoring the timeline, exactly as pg_archivecleanup decides. Walking the deletable segments
-        oldest first, the first one not in S3 with the same size stops the walk: it and every newer
-        one are kept;
+        oldest first, the first one whose S3 copy is not proven the same stops the walk: it and
+        every newer one are kept. "The same" is the same size *and* the same MD5: every segment is
+        16 MiB, so the size alone says nothing. The S3 side's MD5 is the object's ETag for a
+        single-part upload (the lab's archive_command uploads with one PUT), else the MD5 of the
+        object read back (multipart uploads, SSE-KMS), at most `wal_s3_readback_max` per run;
 apply   `rm` of exactly the planned files in the archive directory (never pg_wal/ itself);
 verify  re-list the archive directory: the planned files are gone.
+
+A failing archiver and an inactive replication slot that retains WAL are warnings: ok steps a
+person must read, shown under the host's line, and exit code 3 (results.WARNING_EXIT_CODE).
 
 `--drop-inactive-slot NAME` drops one named replication slot, only when it exists and is inactive.
 """
@@ -28,9 +35,13 @@ from remediations.engine import HostContext, Remediation
 from remediations.errors import HostError, UsageError
 from remediations.inventory import Host
 from remediations.postgres import (
+    ARCHIVER_JSON_SQL,
     PgTarget,
+    S3Object,
     S3Store,
     Section,
+    archiver_failing,
+    describe_archiver,
     human_age,
     human_bytes,
     must_ok,
@@ -44,6 +55,11 @@ DEFAULT_PREFIX = "wal/"
 SEGMENT_RE = re.compile(r"^[0-9A-F]{24}(\.partial)?$")
 SLOT_NAME_RE = re.compile(r"^[a-z0-9_]{1,63}$")
 MAX_LISTED = 200
+# Segments checksummed per run (16 MiB each: 4 GiB of reading on the host at most); the rest wait
+# for the next run, which continues where this one stopped.
+VERIFY_MAX = 256
+DEFAULT_READBACK_MAX = 64
+MD5_RE = re.compile(r"^[0-9a-f]{32}$")
 
 PG_FACTS_SQL = """
 select json_build_object(
@@ -52,11 +68,7 @@ select json_build_object(
   'in_recovery', pg_is_in_recovery(),
   'wal_files', (select count(*) from pg_ls_waldir()),
   'wal_bytes', (select coalesce(sum(size), 0) from pg_ls_waldir()),
-  'archiver', (select row_to_json(a) from (
-      select archived_count, last_archived_wal, last_archived_time, failed_count, last_failed_wal,
-             last_failed_time,
-             extract(epoch from now() - last_archived_time)::float8 as last_archived_age
-      from pg_stat_archiver) a),
+  'archiver', ARCHIVER,
   'slots', (select coalesce(json_agg(s order by s.slot_name), '[]'::json) from (
       select slot_name, slot_type, active, wal_status,
              case when restart_lsn is null then null
@@ -65,7 +77,7 @@ select json_build_object(
              end as retained_bytes
       from pg_replication_slots) s)
 );
-"""
+""".replace("ARCHIVER", ARCHIVER_JSON_SQL)
 
 
 # --------------------------------------------------------------------------------------------
@@ -139,11 +151,23 @@ class ArchiveFile:
 
 
 @dataclass(frozen=True)
+class RemoteCopy:
+    """What S3 holds under an archived file's name: its size and, once known, its MD5."""
+
+    size: int
+    md5: str = ""  # hex; "" when not known
+    md5_from: str = ""  # "ETag" | "read back"
+    unknown_why: str = ""  # why the MD5 is not known (a fault: the segment is kept)
+    deferred: str = ""  # why it was not checked in this run (no fault: the next run checks it)
+
+
+@dataclass(frozen=True)
 class CleanupPlan:
     delete: tuple[ArchiveFile, ...] = ()
     cut: BaseBackup | None = None
     kept_backups: tuple[BaseBackup, ...] = ()
-    held: str = ""  # why segments older than the cut point are kept (S3)
+    held: str = ""  # why segments older than the cut point are kept: S3 does not prove a copy
+    deferred: str = ""  # why they are kept for now: this run's checksum limits
     nothing_because: str = ""
 
     @property
@@ -169,18 +193,57 @@ def older_than_cut(files: Iterable[ArchiveFile], cut_segment: str, suffix: str =
     return sorted(chosen, key=lambda f: (strip_suffix(f.name, suffix)[8:], f.name))
 
 
+def candidates(
+    files: Sequence[ArchiveFile], backups: Sequence[BaseBackup], keep: int, suffix: str = ""
+) -> list[ArchiveFile]:
+    """The segments older than the cut point, oldest first (none without a base backup)."""
+    kept = keep_set(backups, keep)
+    return older_than_cut(files, kept[0].start_segment, suffix) if kept else []
+
+
+def to_checksum(
+    files: Sequence[ArchiveFile], uploaded: Mapping[str, S3Object], limit: int = VERIFY_MAX
+) -> list[ArchiveFile]:
+    """The candidates whose MD5 the host computes: oldest first, up to the first one S3 lacks at
+    that size (it stops the walk anyway), at most `limit`."""
+    chosen: list[ArchiveFile] = []
+    for f in files[:limit]:
+        remote = uploaded.get(f.name)
+        if remote is None or remote.size != f.size:
+            break
+        chosen.append(f)
+    return chosen
+
+
+def etag_md5(etag: str) -> str:
+    """The MD5 an ETag is, when it looks like one (a single-part upload); "" for `…-N` (multipart)."""
+    tag = etag.strip('"').lower()
+    return tag if MD5_RE.match(tag) else ""
+
+
+def etag_not_md5(head: Mapping[str, Any]) -> str:
+    """Why an object's single-part-looking ETag is not its MD5 ("" when it is)."""
+    if head.get("SSECustomerAlgorithm"):
+        return "SSE-C"
+    if str(head.get("ServerSideEncryption") or "").startswith("aws:kms"):
+        return "SSE-KMS"
+    return ""
+
+
 def decide(
     files: Sequence[ArchiveFile],
     backups: Sequence[BaseBackup],
     keep: int,
-    uploaded: Mapping[str, int] | None,
+    uploaded: Mapping[str, RemoteCopy] | None,
+    local_md5: Mapping[str, str] | None = None,
     where: str = "S3",
     suffix: str = "",
+    verify_max: int = VERIFY_MAX,
 ) -> CleanupPlan:
     """Pure: which archived files to delete, and why the others are kept.
 
-    `uploaded` maps file name → size in S3 (None: S3 was not consulted, as when nothing is
-    deletable anyway).
+    `uploaded` maps file name → what S3 holds (None: S3 was not consulted, as when nothing is
+    deletable anyway); `local_md5` maps file name → the MD5 the host computed.
     """
     if not backups:
         return CleanupPlan(
@@ -189,27 +252,43 @@ def decide(
         )
     kept = keep_set(backups, keep)
     cut = kept[0]
-    candidates = older_than_cut(files, cut.start_segment, suffix)
-    if not candidates:
+    deletable = older_than_cut(files, cut.start_segment, suffix)
+    if not deletable:
         return CleanupPlan(
             cut=cut, kept_backups=kept, nothing_because=f"no archived segment older than {cut.start_segment}"
         )
     if uploaded is None:
-        raise ValueError("S3 sizes are needed when there are candidates")
+        raise ValueError("what S3 holds is needed when there are candidates")
+    local_md5 = local_md5 or {}
     delete: list[ArchiveFile] = []
-    held = ""
-    for f in candidates:
+    held = deferred = ""
+    for index, f in enumerate(deletable):
         remote = uploaded.get(f.name)
+        here = local_md5.get(f.name, "")
         if remote is None:
             held = f"{f.name} is missing from {where}"
-        elif remote != f.size:
-            held = f"{f.name} has {remote} bytes in {where} but {f.size} here"
-        if held:
-            newer = len(candidates) - len(delete)
-            held += f": kept it and {newer - 1} newer segment(s) older than the cut point"
+        elif remote.size != f.size:
+            held = f"{f.name} has {remote.size} bytes in {where} but {f.size} here"
+        elif index >= verify_max:
+            deferred = f"{f.name} not compared: this run checksums at most {verify_max} segments"
+        elif not here:
+            held = f"{f.name}: no MD5 of the archived file here (md5sum failed on the host)"
+        elif remote.deferred:
+            deferred = f"{f.name} in {where} not compared: {remote.deferred}"
+        elif not remote.md5:
+            held = f"{f.name} in {where}: {remote.unknown_why or 'its MD5 is not known'}"
+        elif remote.md5 != here:
+            held = f"{f.name} in {where} has MD5 {remote.md5} ({remote.md5_from}) but {here} here"
+        if held or deferred:
+            newer = len(deletable) - len(delete) - 1
+            tail = f": kept it and every newer one ({newer} more segment(s) older than the cut point)"
+            if held:
+                held += tail
+            else:
+                deferred += tail + "; the next run continues"
             break
         delete.append(f)
-    return CleanupPlan(tuple(delete), cut, kept, held)
+    return CleanupPlan(tuple(delete), cut, kept, held, deferred)
 
 
 def describe(files: Sequence[ArchiveFile]) -> str:
@@ -287,23 +366,41 @@ def pg_wal_report(pg: PgFacts) -> str:
     archiver = pg.archiver
     if pg.archive_mode == "off":
         parts.append("archive_mode is off")
-    failed = int(archiver.get("failed_count") or 0)
-    if failed:
-        failing_now = str(archiver.get("last_failed_time") or "") > str(
-            archiver.get("last_archived_time") or ""
-        )
-        parts.append(
-            f"archiver {'is FAILING' if failing_now else 'failed before'}: {failed} failure(s), last on "
-            f"{archiver.get('last_failed_wal')} at {archiver.get('last_failed_time')}"
-        )
-    else:
-        parts.append("archiver: no failures")
+    parts.append(describe_archiver(archiver))
     age = archiver.get("last_archived_age")
     if age is None:
         parts.append("nothing archived yet")
     else:
         parts.append(f"last archived {archiver.get('last_archived_wal')} {human_age(float(age))} ago")
     return "; ".join(parts)
+
+
+def retains_wal(slot: Slot) -> bool:
+    """An inactive slot holding WAL back: pg_wal/ grows until a client uses it again or it is
+    dropped (a slot without restart_lsn, or one whose WAL is already lost, holds nothing)."""
+    return not slot.active and slot.retained_bytes is not None and slot.wal_status != "lost"
+
+
+def pg_warnings(pg: PgFacts) -> list[tuple[str, str]]:
+    """(step, message) for each condition a person must look at: a failing archiver, and each
+    inactive slot retaining WAL."""
+    if pg.error:
+        return []
+    found: list[tuple[str, str]] = []
+    if archiver_failing(pg.archiver):
+        found.append(
+            ("archiver", f"{describe_archiver(pg.archiver)}: WAL piles up in pg_wal/ until it archives again")
+        )
+    for slot in pg.slots:
+        if retains_wal(slot):
+            found.append(
+                (
+                    f"slot {slot.name}",
+                    f"inactive {slot.slot_type} replication slot {slot.name!r} retains "
+                    f"{human_bytes(slot.retained_bytes or 0)} of WAL in pg_wal/",
+                )
+            )
+    return found
 
 
 def decide_slot(slots: Sequence[Slot], name: str) -> tuple[str, str]:
@@ -336,6 +433,22 @@ def facts_command(archive_dir: str, pg: PgTarget) -> str:
         "fi",
         f'out=$({pg.psql()} 2>&1); rc=$?; echo "@@pg $rc"; printf "%s\\n" "$out"',
     )
+
+
+def checksum_command(archive_dir: str) -> str:
+    """MD5 of the archived files named on stdin (NUL-separated): `md5sum` lines, one per file."""
+    return f"cd {shlex.quote(archive_dir)} && xargs -0 -r md5sum --"
+
+
+def parse_md5sum(output: str) -> dict[str, str]:
+    """`md5sum` output → file name → MD5. md5sum escapes an odd name with a leading backslash, which
+    no segment name needs: such a line does not parse, and that file is kept."""
+    found: dict[str, str] = {}
+    for line in output.splitlines():
+        digest, sep, name = line.partition("  ")
+        if sep and MD5_RE.match(digest):
+            found[name] = digest
+    return found
 
 
 @dataclass
@@ -401,11 +514,13 @@ class WalCleanup(Remediation):
         settings(host)
 
     def run(self, ctx: HostContext) -> None:
-        archive_dir, bucket, prefix, keep, suffix = settings(ctx.host)
+        conf = settings(ctx.host)
         pg = PgTarget.from_host(ctx.host)
 
         def gather() -> ArchiveFacts:
-            result = ctx.remote.run(facts_command(archive_dir, pg), stdin=PG_FACTS_SQL.encode(), timeout=120)
+            result = ctx.remote.run(
+                facts_command(conf.archive_dir, pg), stdin=PG_FACTS_SQL.encode(), timeout=120
+            )
             if "@@pg" not in result.stdout:
                 raise HostError(f"gathering facts failed (exit {result.exit_code}): {result.tail()}", result)
             return parse_facts(parse_sections(result.stdout))
@@ -414,17 +529,17 @@ class WalCleanup(Remediation):
             facts = gather()
             if facts.missing:
                 raise HostError(
-                    f"archive directory {archive_dir} does not exist on the host; nothing deleted"
+                    f"archive directory {conf.archive_dir} does not exist on the host; nothing deleted"
                 )
             if inside_pg_wal(facts.realpath, facts.pg.data_directory):
                 raise HostError(
-                    f"wal_archive_dir {archive_dir} is PostgreSQL's own pg_wal/ ({facts.realpath}); "
+                    f"wal_archive_dir {conf.archive_dir} is PostgreSQL's own pg_wal/ ({facts.realpath}); "
                     "refusing to touch it"
                 )
-            segments = [f for f in facts.files if is_segment(f.name, suffix)]
+            segments = [f for f in facts.files if is_segment(f.name, conf.suffix)]
             step.done(
                 Status.OK,
-                f"{archive_dir}: {describe(sorted(segments, key=lambda f: f.name))}, "
+                f"{conf.archive_dir}: {describe(sorted(segments, key=lambda f: f.name))}, "
                 f"{len(facts.backups)} base backup history file(s)",
                 segments=len(segments),
                 bytes=sum(f.size for f in segments),
@@ -433,7 +548,7 @@ class WalCleanup(Remediation):
         self._report_pg_wal(ctx, facts.pg)
         if self.drop_inactive_slot:
             self._drop_slot(ctx, pg, facts.pg, self.drop_inactive_slot)
-        self._cleanup(ctx, facts, archive_dir, bucket, prefix, keep, suffix, gather)
+        self._cleanup(ctx, facts, conf, gather)
 
     def _report_pg_wal(self, ctx: HostContext, pg: PgFacts) -> None:
         if pg.error:
@@ -447,6 +562,10 @@ class WalCleanup(Remediation):
             slots=[vars(s) for s in pg.slots],
             archiver=pg.archiver,
         )
+        # Not the run's doing and not for it to fix, so not a failure; but an hourly cron job that
+        # stays silent while pg_wal/ fills the disk is worse: a warning, and exit code 3.
+        for step, message in pg_warnings(pg):
+            ctx.record(step, Status.OK, message).warning = True
 
     def _drop_slot(self, ctx: HostContext, pg: PgTarget, facts: PgFacts, name: str) -> None:
         if facts.error:
@@ -476,29 +595,47 @@ class WalCleanup(Remediation):
                 raise HostError(f"slot {name!r} is still there (it became active?); not dropped", result)
             step.done(Status.CHANGED, f"dropped {why}" if dropped == "1" else f"slot {name!r} is gone")
 
-    def _cleanup(
-        self,
-        ctx: HostContext,
-        facts: ArchiveFacts,
-        archive_dir: str,
-        bucket: str,
-        prefix: str,
-        keep: int,
-        suffix: str,
-        gather: Any,
-    ) -> None:
-        uploaded: dict[str, int] | None = None
-        where = f"s3://{bucket}/{prefix}"
-        kept = keep_set(facts.backups, keep)
-        if kept and older_than_cut(facts.files, kept[0].start_segment, suffix):
+    def _cleanup(self, ctx: HostContext, facts: ArchiveFacts, conf: WalSettings, gather: Any) -> None:
+        copies: dict[str, RemoteCopy] | None = None
+        local: dict[str, str] = {}
+        where = f"s3://{conf.bucket}/{conf.prefix}"
+        deletable = candidates(facts.files, facts.backups, conf.keep, conf.suffix)
+        if deletable:
             with ctx.step("s3") as step:
                 store = S3Store(ctx.host.vars)
                 for secret in store.secrets:
                     ctx.redactor.add_value(secret)
-                objects = store.list(bucket, prefix)
-                uploaded = {o.key[len(prefix) :]: o.size for o in objects if "/" not in o.key[len(prefix) :]}
-                step.done(Status.OK, f"{len(uploaded)} object(s) under {store.where(bucket, prefix)}")
-        plan = decide(facts.files, facts.backups, keep, uploaded, where, suffix)
+                objects = store.list(conf.bucket, conf.prefix)
+                uploaded = {
+                    o.key[len(conf.prefix) :]: o for o in objects if "/" not in o.key[len(conf.prefix) :]
+                }
+                copies = {name: RemoteCopy(o.size) for name, o in uploaded.items()}
+                step.done(
+                    Status.OK, f"{len(uploaded)} object(s) under {store.where(conf.bucket, conf.prefix)}"
+                )
+            checked = to_checksum(deletable, uploaded)
+            if checked:
+                with ctx.step("checksums") as step:
+                    names = "".join(f"{f.name}\0" for f in checked)
+                    # md5sum exits 1 when one file vanished meanwhile; the others still count, and
+                    # the missing one is kept (decide finds no MD5 for it).
+                    result = ctx.remote.run(
+                        checksum_command(conf.archive_dir), stdin=names.encode(), timeout=600
+                    )
+                    local = parse_md5sum(result.stdout)
+                    if not local and not result.ok:
+                        raise HostError(f"md5sum failed (exit {result.exit_code}): {result.tail()}", result)
+                    found, read_back = s3_md5s(store, conf, uploaded, checked, local)
+                    copies.update(found)
+                    by_etag = sum(1 for c in found.values() if c.md5_from == "ETag")
+                    step.done(
+                        Status.OK,
+                        f"MD5 of {len(local)} segment(s) here; in S3 {by_etag} from the ETag, "
+                        f"{read_back} read back",
+                        compared=len(found),
+                        read_back=read_back,
+                    )
+        plan = decide(facts.files, facts.backups, conf.keep, copies, local, where, conf.suffix)
         basis = ""
         if plan.cut is not None:
             names = ", ".join(b.history_file for b in plan.kept_backups)
@@ -510,7 +647,7 @@ class WalCleanup(Remediation):
         if len(plan.delete) > MAX_LISTED:
             listing += f"\n… and {len(plan.delete) - MAX_LISTED} more"
         if not plan.delete:
-            reason = plan.held or plan.nothing_because
+            reason = plan.held or plan.deferred or plan.nothing_because
             ctx.record(
                 "decide",
                 Status.FAILED if plan.held else Status.OK,
@@ -533,7 +670,7 @@ class WalCleanup(Remediation):
         else:
             with ctx.step("delete") as step:
                 names = "".join(f"{f.name}\0" for f in plan.delete)
-                command = f"cd {shlex.quote(archive_dir)} && xargs -0 rm -f --"
+                command = f"cd {shlex.quote(conf.archive_dir)} && xargs -0 rm -f --"
                 must_ok(
                     ctx.remote.run(command, stdin=names.encode(), timeout=300), "deleting archived segments"
                 )
@@ -543,16 +680,75 @@ class WalCleanup(Remediation):
                 left = [f.name for f in plan.delete if f.name in after]
                 if left:
                     raise HostError(f"{len(left)} planned file(s) are still there, e.g. {left[0]}")
-                step.done(Status.OK, f"{len(plan.delete)} segment(s) gone from {archive_dir}")
+                step.done(Status.OK, f"{len(plan.delete)} segment(s) gone from {conf.archive_dir}")
         if plan.held:
             ctx.record("s3-check", Status.FAILED, plan.held)
+        elif plan.deferred:
+            ctx.record("s3-check", Status.OK, plan.deferred)
 
 
-def settings(host: Host) -> tuple[str, str, str, int, str]:
-    """(archive dir, bucket, prefix, base backups kept, archive suffix) from inventory vars."""
+def s3_md5s(
+    store: S3Store,
+    conf: WalSettings,
+    uploaded: Mapping[str, S3Object],
+    checked: Sequence[ArchiveFile],
+    local: Mapping[str, str],
+) -> tuple[dict[str, RemoteCopy], int]:
+    """The MD5 of each checked segment's S3 copy, oldest first, until the first that differs (decide
+    stops there); and how many objects were read back.
+
+    A single-part ETag is the MD5 unless SSE-KMS or SSE-C made it something else: a head request
+    tells, and is only needed when the ETag does not match. Otherwise the object is read back,
+    at most `wal_s3_readback_max` per run.
+    """
+    found: dict[str, RemoteCopy] = {}
+    read_back = 0
+    for f in checked:
+        obj = uploaded[f.name]
+        here = local.get(f.name)
+        if not here:
+            break
+        tag_md5 = etag_md5(obj.etag)
+        hidden = "" if tag_md5 == here or not tag_md5 else etag_not_md5(store.head(conf.bucket, obj.key))
+        if tag_md5 and not hidden:
+            found[f.name] = RemoteCopy(obj.size, tag_md5, "ETag")
+        elif hidden == "SSE-C":
+            found[f.name] = RemoteCopy(
+                obj.size,
+                unknown_why=f"encrypted with a customer key (SSE-C): its ETag {obj.etag} is not "
+                "its MD5 and it cannot be read back without the key",
+            )
+        elif read_back >= conf.readback_max:
+            why = "multipart upload" if not tag_md5 else hidden
+            found[f.name] = RemoteCopy(
+                obj.size,
+                deferred=f"its ETag {obj.etag} is not its MD5 ({why}) and this run read back "
+                f"wal_s3_readback_max={conf.readback_max} object(s) already",
+            )
+        else:
+            read_back += 1
+            found[f.name] = RemoteCopy(obj.size, store.md5(conf.bucket, obj.key), "read back")
+        if found[f.name].md5 != here:
+            break
+    return found, read_back
+
+
+@dataclass(frozen=True)
+class WalSettings:
+    archive_dir: str
+    bucket: str
+    prefix: str
+    keep: int  # base backups kept
+    suffix: str  # of archived files (pg_archivecleanup -x)
+    readback_max: int  # S3 objects read back per run to learn their MD5
+
+
+def settings(host: Host) -> WalSettings:
+    """wal-cleanup's inventory vars, validated."""
+    where = f"{host.source}: host {host.name}"
     archive_dir = str(host.require("wal_archive_dir"))
     if not archive_dir.startswith("/"):
-        raise UsageError(f"{host.source}: host {host.name}: wal_archive_dir must be an absolute path")
+        raise UsageError(f"{where}: wal_archive_dir must be an absolute path")
     bucket = str(host.get("wal_s3_bucket") or host.get("backup_s3_bucket") or "")
     if not bucket:
         host.require("wal_s3_bucket")
@@ -563,7 +759,12 @@ def settings(host: Host) -> tuple[str, str, str, int, str]:
     except (TypeError, ValueError):
         keep = 0
     if keep < 1:
+        raise UsageError(f"{where}: wal_keep_base_backups must be 1 or more, got {keep_value!r}")
+    readback_value = host.get("wal_s3_readback_max", DEFAULT_READBACK_MAX)
+    if isinstance(readback_value, bool) or not isinstance(readback_value, int) or readback_value < 0:
         raise UsageError(
-            f"{host.source}: host {host.name}: wal_keep_base_backups must be 1 or more, got {keep_value!r}"
+            f"{where}: wal_s3_readback_max must be a whole number, 0 or more, got {readback_value!r}"
         )
-    return archive_dir, bucket, prefix, keep, str(host.get("wal_archive_suffix") or "")
+    return WalSettings(
+        archive_dir, bucket, prefix, keep, str(host.get("wal_archive_suffix") or ""), readback_value
+    )

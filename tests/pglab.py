@@ -128,21 +128,39 @@ def base_backup(host: str = "db1", upload: bool = False) -> str:
 
 
 def sync_archive_to_s3(host: str = "db1") -> int:
-    """Upload every archived file that S3 lacks (or holds at another size); returns how many.
+    """Upload every archived file that S3 lacks (or holds at another size, or as a multipart upload),
+    as the archive_command does: one PUT, so the object's ETag is its MD5. Returns how many.
 
     The lab's S3 (moto) keeps objects in memory, so a lab restart loses the uploads of files that the
     host's archive directory (on disk) still holds: the state no real archive_command leaves behind.
     """
     client = s3()
-    have: dict[str, int] = {}
+    have: dict[str, tuple[int, str]] = {}
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix="wal/"):
-        have.update({o["Key"]: o["Size"] for o in page.get("Contents", [])})
+        have.update({o["Key"]: (o["Size"], o["ETag"]) for o in page.get("Contents", [])})
     sent = 0
     for name, size in archived(host).items():
-        if have.get(f"wal/{name}") != size:
-            client.upload_file(str(archive_dir(host) / name), BUCKET, f"wal/{name}")
+        got_size, etag = have.get(f"wal/{name}", (-1, ""))
+        if got_size != size or "-" in etag:
+            put_object(f"wal/{name}", (archive_dir(host) / name).read_bytes())
             sent += 1
     return sent
+
+
+def put_object(key: str, body: bytes, *, multipart: bool = False) -> str:
+    """Store `body` under `key`: one PUT (the ETag is its MD5), or a multipart upload of 8 MiB parts
+    (an `…-N` ETag, as `aws s3 cp` makes for a 16 MiB segment). Returns the ETag."""
+    import io
+
+    from boto3.s3.transfer import TransferConfig
+
+    client = s3()
+    if multipart:
+        parts = TransferConfig(multipart_threshold=5 * 1024**2, multipart_chunksize=8 * 1024**2)
+        client.upload_fileobj(io.BytesIO(body), BUCKET, key, Config=parts)
+    else:
+        client.put_object(Bucket=BUCKET, Key=key, Body=body)
+    return str(client.head_object(Bucket=BUCKET, Key=key)["ETag"]).strip('"')
 
 
 def s3() -> Any:

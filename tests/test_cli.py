@@ -223,11 +223,11 @@ def test_json_output_shape_on_a_local_host(tmp_path: Path, good_inventory: Path,
     assert document["counts"] == {"ok": 0, "changed": 0, "failed": 1, "skipped": 0}
     assert document["warnings"] == []
     [host] = document["hosts"]
-    assert set(host) == {"host", "status", "message", "duration", "steps"}
+    assert set(host) == {"host", "status", "message", "duration", "warnings", "steps"}
     assert (host["host"], host["status"]) == ("local1", "failed")
     assert f"project directory {tmp_path / 'no such project'} does not exist" in host["message"]
     [step] = host["steps"]
-    assert set(step) == {"step", "status", "message", "diff", "duration", "data"}
+    assert set(step) == {"step", "status", "message", "diff", "duration", "data", "warning"}
     assert (step["step"], step["status"]) == ("facts", "failed")
     assert isinstance(step["duration"], float | int)
     assert [(r["host"], r["step"], r["status"]) for r in audit_records(audit)] == [

@@ -532,3 +532,54 @@ def test_health_bad_input(host_vars: dict[str, Any], services: tuple[str, ...], 
     host = Host("h1", {"compose_project_dir": "/srv/shop", **host_vars}, (), "inv.yml")
     with pytest.raises(UsageError, match=message):
         health.Health(services).validate(host)
+
+
+ARCHIVING = {"failed_count": 0, "last_archived_wal": "000000010000000000000009",
+             "last_archived_time": "2026-01-02 10:00:00+00", "failing": False}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("answer", "colour", "words"),
+    [
+        ((0, json.dumps({"archive_mode": "on", "archiver": ARCHIVING})), health.GREEN, "no failures"),
+        ((0, json.dumps({"archive_mode": "on", "archiver": {**ARCHIVING, "failed_count": 2}})),
+         health.GREEN, "archiver failed before: 2 failure(s)"),
+        ((0, json.dumps({"archive_mode": "on", "archiver": {
+            **ARCHIVING, "failed_count": 4, "last_failed_wal": "00000001000000000000000A",
+            "last_failed_time": "2026-01-02 11:00:00+00", "failing": True}})),
+         health.RED, "archiver is FAILING: 4 failure(s), last on 00000001000000000000000A"),
+        ((0, json.dumps({"archive_mode": "off", "archiver": ARCHIVING})),
+         health.YELLOW, "archive_mode is off"),
+        ((2, "psql: error: connection to server failed"), health.RED, "psql failed: psql: error"),
+        ((0, "not json"), health.RED, "not JSON"),
+        (None, health.RED, "not run"),
+    ],
+)  # fmt: skip
+def test_archiver_check(answer: tuple[int, str] | None, colour: str, words: str) -> None:
+    check = health.archiver_check(answer)
+    assert check.name == "postgres archiver" and check.colour == colour
+    assert words in check.detail
+
+
+@pytest.mark.parametrize(
+    ("host_vars", "checked"),
+    [
+        ({}, False),
+        ({"wal_archive_dir": "/var/lib/postgresql/wal-archive"}, True),
+        ({"wal_archive_dir": "/a", "health_pg_archiver": False}, False),
+        ({"health_pg_archiver": True}, True),
+    ],
+)
+def test_health_checks_the_archiver_of_wal_archiving_hosts(host_vars: dict[str, Any], checked: bool) -> None:
+    s = settings(**host_vars)
+    assert (s.pg_archiver is not None) is checked
+    assert ("@@pgarchiver" in health.facts_command(s)) is checked
+    parsed = health.parse_facts("@@now\n100\n@@pgarchiver 0\n{}\n" if checked else "@@now\n100\n")
+    names = [c.name for c in health.evaluate(s, parsed)]
+    assert ("postgres archiver" in names) is checked
+
+
+def test_health_pg_archiver_must_be_a_boolean() -> None:
+    host = Host("h1", {"compose_project_dir": "/srv/shop", "health_pg_archiver": "yes"}, (), "inv.yml")
+    with pytest.raises(UsageError, match="health_pg_archiver must be true or false"):
+        health.Health().validate(host)

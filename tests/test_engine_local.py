@@ -7,6 +7,7 @@ too, so nothing outside tmp_path is touched.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import shlex
 import threading
@@ -25,7 +26,7 @@ from remediations.engine import Engine, HostContext, MaxFail, Remediation, RunOp
 from remediations.errors import HostError, UsageError
 from remediations.inventory import Inventory
 from remediations.redact import MASK
-from remediations.results import HostResult, RunResult, Status, StepResult
+from remediations.results import WARNING_EXIT_CODE, HostResult, RunResult, Status, StepResult
 from tests import labkit
 
 NOTIFY_ENV = (
@@ -183,9 +184,10 @@ def test_results_per_host_and_step(tmp_path: Path) -> None:
         assert all(s.duration > 0 for s in host.steps)  # each step ran at least one subprocess
         assert host.duration >= sum(s.duration for s in host.steps)
         as_dict = host.to_dict()
-        assert set(as_dict) == {"host", "status", "message", "duration", "steps"}
+        assert set(as_dict) == {"host", "status", "message", "duration", "warnings", "steps"}
         assert [s["step"] for s in as_dict["steps"]] == ["facts", "apply", "verify"]
-        assert set(as_dict["steps"][0]) == {"step", "status", "message", "diff", "duration", "data"}
+        step_keys = {"step", "status", "message", "diff", "duration", "data", "warning"}
+        assert set(as_dict["steps"][0]) == step_keys
     assert run.to_dict()["counts"]["changed"] == 3
 
 
@@ -622,6 +624,13 @@ def host_with(name: str, *statuses: Status) -> HostResult:
     return HostResult(name, [StepResult(f"s{i}", s, "") for i, s in enumerate(statuses)])
 
 
+def warned(name: str, status: Status) -> HostResult:
+    """A host whose run went `status` with one warning step (ok, so the host's status is unchanged)."""
+    host = host_with(name, status)
+    host.add(StepResult("archiver", Status.OK, "archiver is FAILING", warning=True))
+    return host
+
+
 @pytest.mark.parametrize(
     ("hosts", "code"),
     [
@@ -630,10 +639,39 @@ def host_with(name: str, *statuses: Status) -> HostResult:
         ([host_with("a", Status.OK, Status.CHANGED), host_with("b", Status.SKIPPED)], 0),
         ([host_with("a", Status.CHANGED), host_with("b", Status.OK, Status.FAILED, Status.OK)], 1),
         ([host_with("a", Status.FAILED), host_with("b", Status.SKIPPED)], 1),
+        ([warned("a", Status.OK)], WARNING_EXIT_CODE),
+        ([warned("a", Status.CHANGED), host_with("b", Status.OK)], WARNING_EXIT_CODE),
+        ([warned("a", Status.OK), host_with("b", Status.FAILED)], 1),  # a failure wins
     ],
 )
 def test_run_result_exit_code(hosts: list[HostResult], code: int) -> None:
     assert RunResult("t", False, hosts).exit_code == code
+
+
+def test_warnings_are_shown_in_text_and_json() -> None:
+    import io
+
+    from remediations.output import Reporter
+
+    host = warned("db1", Status.OK)
+    assert host.status == Status.OK and host.warnings == ["archiver is FAILING"]
+    run = RunResult("wal-cleanup", False, [host, host_with("db2", Status.OK)])
+    text = io.StringIO()
+    reporter = Reporter(text)
+    for h in run.hosts:
+        reporter.host_done(h)
+    reporter.summary(run, [])
+    lines = text.getvalue().splitlines()
+    assert lines[lines.index(next(x for x in lines if x.startswith("ok      db1:"))) + 1] == (
+        "    warning: archiver is FAILING"
+    )
+    assert sum("warning:" in x for x in lines) == 1
+    assert f"2 ok (1 with warnings: exit code {WARNING_EXIT_CODE})" in text.getvalue()
+    as_json = io.StringIO()
+    Reporter(as_json, as_json=True).summary(run, [])
+    hosts = json.loads(as_json.getvalue())["hosts"]
+    assert hosts[0]["warnings"] == ["archiver is FAILING"] and hosts[1]["warnings"] == []
+    assert hosts[0]["steps"][-1]["warning"] is True
 
 
 def test_host_status_is_the_worst_step_and_its_message() -> None:

@@ -103,29 +103,137 @@ FILES = [wal.ArchiveFile(seg(n), 16) for n in range(1, 12)] + [
 ]
 
 
+def md5_of(name: str) -> str:
+    """A stand-in MD5 per file name (any 32 hex digits do: decide compares, never computes)."""
+    import hashlib
+
+    return hashlib.md5(name.encode(), usedforsecurity=False).hexdigest()
+
+
+EVERYTHING = {f.name: wal.RemoteCopy(f.size, md5_of(f.name), "ETag") for f in FILES}
+HERE = {f.name: md5_of(f.name) for f in FILES}
+ALL_OLD = [seg(n) for n in (1, 2, 3)] + [f"{seg(3)}.partial", seg(4), f"00000002{seg(4)[8:]}"]  # oldest first
+
+
 @pytest.mark.parametrize(
-    ("uploaded", "deleted", "held"),
+    ("uploaded", "local", "limit", "deleted", "held", "deferred"),
     [
-        ("all", [seg(n) for n in (1, 2, 3)] + [f"{seg(3)}.partial", f"00000002{seg(4)[8:]}", seg(4)], ""),
-        ("none", [], f"{seg(1)} is missing"),
-        ("all-but-3", [seg(1), seg(2)], f"{seg(3)} is missing"),
-        ("3-differs", [seg(1), seg(2)], f"{seg(3)} has 15 bytes"),
+        (EVERYTHING, HERE, 256, ALL_OLD, "", ""),
+        ({}, HERE, 256, [], f"{seg(1)} is missing", ""),
+        ({k: v for k, v in EVERYTHING.items() if k != seg(3)}, HERE, 256, [seg(1), seg(2)],
+         f"{seg(3)} is missing", ""),
+        ({**EVERYTHING, seg(3): wal.RemoteCopy(15, md5_of(seg(3)), "ETag")}, HERE, 256, [seg(1), seg(2)],
+         f"{seg(3)} has 15 bytes", ""),
+        # Same size, other content: every segment is 16 MiB, so only the MD5 tells.
+        ({**EVERYTHING, seg(3): wal.RemoteCopy(16, "0" * 32, "ETag")}, HERE, 256, [seg(1), seg(2)],
+         f"{seg(3)} in s3://b/wal/ has MD5 {'0' * 32} (ETag) but {md5_of(seg(3))} here", ""),
+        ({**EVERYTHING, seg(2): wal.RemoteCopy(16, "1" * 32, "read back")}, HERE, 256, [seg(1)],
+         f"has MD5 {'1' * 32} (read back)", ""),
+        ({**EVERYTHING, seg(2): wal.RemoteCopy(16, unknown_why="encrypted with a customer key")}, HERE, 256,
+         [seg(1)], f"{seg(2)} in s3://b/wal/: encrypted with a customer key", ""),
+        ({k: wal.RemoteCopy(v.size) for k, v in EVERYTHING.items()}, HERE, 256, [], "its MD5 is not known",
+         ""),
+        (EVERYTHING, {k: v for k, v in HERE.items() if k != seg(2)}, 256, [seg(1)],
+         f"{seg(2)}: no MD5 of the archived file here", ""),
+        # The per-run limits keep the rest for the next run, which is no fault.
+        (EVERYTHING, HERE, 2, [seg(1), seg(2)], "", f"{seg(3)} not compared: this run checksums at most 2"),
+        ({**EVERYTHING, seg(3): wal.RemoteCopy(16, deferred="read back 64 already")}, HERE, 256,
+         [seg(1), seg(2)], "", f"{seg(3)} in s3://b/wal/ not compared: read back 64 already"),
+    ],
+)  # fmt: skip
+def test_decide_stops_at_the_first_segment_not_proven_in_s3(
+    uploaded: dict[str, wal.RemoteCopy],
+    local: dict[str, str],
+    limit: int,
+    deleted: list[str],
+    held: str,
+    deferred: str,
+) -> None:
+    plan = wal.decide(FILES, backups_at(5, 8, 11), 3, uploaded, local, "s3://b/wal/", verify_max=limit)
+    assert plan.cut is not None and plan.cut.start_segment == seg(5)
+    assert [f.name for f in plan.delete] == [n for n in ALL_OLD if n in deleted]
+    assert held in plan.held and bool(plan.held) is bool(held)
+    assert deferred in plan.deferred and bool(plan.deferred) is bool(deferred)
+    kept = len(ALL_OLD) - len(deleted) - 1
+    if held or deferred:
+        assert f"kept it and every newer one ({kept} more segment(s)" in plan.held + plan.deferred
+
+
+def s3obj(name: str, size: int = 16, etag: str = "") -> S3Object:
+    return S3Object(f"wal/{name}", size, dt.datetime(2026, 1, 1, tzinfo=dt.UTC), etag)
+
+
+@pytest.mark.parametrize(
+    ("uploaded", "limit", "checked"),
+    [
+        ({n: s3obj(n) for n in ALL_OLD}, 256, ALL_OLD),
+        ({n: s3obj(n) for n in ALL_OLD}, 2, ALL_OLD[:2]),
+        ({n: s3obj(n) for n in ALL_OLD if n != seg(2)}, 256, ALL_OLD[:1]),
+        ({**{n: s3obj(n) for n in ALL_OLD}, seg(1): s3obj(seg(1), 15)}, 256, []),
     ],
 )
-def test_decide_stops_at_the_first_segment_not_in_s3(uploaded: str, deleted: list[str], held: str) -> None:
-    everything = {f.name: f.size for f in FILES}
-    sizes = {
-        "all": everything,
-        "all-but-3": {k: v for k, v in everything.items() if k != seg(3)},
-        "3-differs": {**everything, seg(3): 15},
-        "none": {},
-    }[uploaded]
-    plan = wal.decide(FILES, backups_at(5, 8, 11), 3, sizes, "s3://b/wal/")
-    assert plan.cut is not None and plan.cut.start_segment == seg(5)
-    assert sorted(f.name for f in plan.delete) == sorted(deleted)
-    assert held in plan.held
-    if held:
-        assert "kept it and" in plan.held
+def test_to_checksum_only_what_decide_can_use(
+    uploaded: dict[str, S3Object], limit: int, checked: list[str]
+) -> None:
+    deletable = wal.candidates(FILES, backups_at(5, 8, 11), 3)
+    assert [f.name for f in deletable] == ALL_OLD
+    assert [f.name for f in wal.to_checksum(deletable, uploaded, limit)] == checked
+
+
+@pytest.mark.parametrize(
+    ("etag", "md5"),
+    [
+        ("9e107d9d372bb6826bd81d3542a419d6", "9e107d9d372bb6826bd81d3542a419d6"),
+        ('"9E107D9D372BB6826BD81D3542A419D6"', "9e107d9d372bb6826bd81d3542a419d6"),
+        ("9e107d9d372bb6826bd81d3542a419d6-2", ""),  # multipart: an MD5 of the parts' MD5s
+        ("", ""),
+        ("not-an-md5", ""),
+    ],
+)
+def test_etag_md5(etag: str, md5: str) -> None:
+    assert wal.etag_md5(etag) == md5
+
+
+@pytest.mark.parametrize(
+    ("head", "why"),
+    [
+        ({}, ""),
+        ({"ServerSideEncryption": "AES256"}, ""),  # SSE-S3 keeps the ETag an MD5
+        ({"ServerSideEncryption": "aws:kms"}, "SSE-KMS"),
+        ({"ServerSideEncryption": "aws:kms:dsse"}, "SSE-KMS"),
+        ({"SSECustomerAlgorithm": "AES256"}, "SSE-C"),
+    ],
+)
+def test_etag_not_md5(head: dict[str, str], why: str) -> None:
+    assert wal.etag_not_md5(head) == why
+
+
+def test_parse_md5sum() -> None:
+    text = (
+        f"d41d8cd98f00b204e9800998ecf8427e  {seg(1)}\n"
+        f"\\0cc175b9c0f1b6a831c399e269772661  we\\nird\n"  # an escaped name: left out
+        "md5sum: gone: No such file or directory\n"
+        f"0CC175B9C0F1B6A831C399E269772661  {seg(2)}\n"  # not md5sum's case: left out
+    )
+    assert wal.parse_md5sum(text) == {seg(1): "d41d8cd98f00b204e9800998ecf8427e"}
+
+
+def test_checksum_command_quotes_the_directory() -> None:
+    assert wal.checksum_command("/srv/wal archive") == "cd '/srv/wal archive' && xargs -0 -r md5sum --"
+
+
+@pytest.mark.parametrize(
+    ("readback", "ok"),
+    [(0, True), (64, True), (-1, False), ("many", False), (True, False), (1.5, False)],
+)
+def test_wal_readback_max_setting(readback: object, ok: bool) -> None:
+    host = Host("db1", {"wal_archive_dir": "/a", "backup_s3_bucket": "b", "wal_s3_readback_max": readback},
+                (), "inv.yml")  # fmt: skip
+    if ok:
+        assert wal.settings(host).readback_max == readback
+    else:
+        with pytest.raises(UsageError, match="wal_s3_readback_max must be a whole number"):
+            wal.settings(host)
 
 
 @pytest.mark.parametrize(
@@ -188,24 +296,64 @@ def test_decide_slot(name: str, action: str, words: str) -> None:
     assert got == action and words in why
 
 
+FAILING = {
+    "failed_count": 3,
+    "last_failed_wal": seg(9),
+    "last_failed_time": "2026-01-02 10:00:00+00",
+    "last_archived_time": "2026-01-01 09:00:00+00",
+    "last_archived_wal": seg(8),
+    "last_archived_age": 7200.0,
+    "failing": True,
+}
+
+
 def test_pg_wal_report_names_inactive_slots_and_failures() -> None:
-    pg = wal.PgFacts(
-        wal_files=6,
-        wal_bytes=96 * 1024**2,
-        slots=SLOTS,
-        archiver={
-            "failed_count": 3,
-            "last_failed_wal": seg(9),
-            "last_failed_time": "2026-01-02",
-            "last_archived_time": "2026-01-01",
-            "last_archived_wal": seg(8),
-            "last_archived_age": 7200.0,
-        },
-    )
+    pg = wal.PgFacts(wal_files=6, wal_bytes=96 * 1024**2, slots=SLOTS, archiver=FAILING)
     text = wal.pg_wal_report(pg)
     assert "inactive physical slot 'idle' retains 48.0 MiB" in text
-    assert "archiver is FAILING: 3 failure(s)" in text
+    assert f"archiver is FAILING: 3 failure(s), last on {seg(9)}" in text
+    assert f"nothing archived since {seg(8)}" in text
     assert "last archived 000000010000000000000008 2.0h ago" in text
+
+
+@pytest.mark.parametrize(
+    ("pg", "warnings"),
+    [
+        (wal.PgFacts(slots=SLOTS, archiver=FAILING), ["archiver", "slot idle"]),
+        (wal.PgFacts(slots=SLOTS, archiver={**FAILING, "failing": False}), ["slot idle"]),
+        (wal.PgFacts(archiver=FAILING), ["archiver"]),
+        (wal.PgFacts(archiver={"failed_count": 0}), []),
+        # An inactive slot that reserves nothing, or whose WAL is already lost, holds nothing back.
+        (wal.PgFacts(slots=[wal.Slot("new", "logical", False, "", None)]), []),
+        (wal.PgFacts(slots=[wal.Slot("gone", "physical", False, "lost", 10.0)]), []),
+        (wal.PgFacts(slots=[wal.Slot("busy", "physical", True, "reserved", 1e9)]), []),
+        (wal.PgFacts(error="psql: no", archiver=FAILING, slots=SLOTS), []),
+    ],
+)
+def test_pg_warnings(pg: wal.PgFacts, warnings: list[str]) -> None:
+    found = wal.pg_warnings(pg)
+    assert [step for step, _ in found] == warnings
+    messages = dict(found)
+    if "archiver" in messages:
+        assert messages["archiver"].startswith("archiver is FAILING: 3 failure(s)")
+    if "slot idle" in messages:
+        assert "replication slot 'idle' retains 48.0 MiB of WAL" in messages["slot idle"]
+
+
+@pytest.mark.parametrize(
+    ("archiver", "words"),
+    [
+        ({}, "archiver: no failures"),
+        ({"failed_count": 0, "last_archived_wal": seg(2)}, "archiver: no failures"),
+        ({**FAILING, "failing": False}, f"archiver failed before: 3 failure(s), last on {seg(9)}"),
+        (FAILING, f"nothing archived since {seg(8)} at 2026-01-01 09:00:00+00"),
+        ({**FAILING, "last_archived_wal": None}, "archiver is FAILING: 3 failure(s), last on"),
+    ],
+)
+def test_describe_archiver(archiver: dict[str, object], words: str) -> None:
+    from remediations.postgres import describe_archiver
+
+    assert words in describe_archiver(archiver)
 
 
 @pytest.mark.parametrize(

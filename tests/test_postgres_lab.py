@@ -3,9 +3,11 @@ archiving to a local archive and to S3 (moto), real pg_basebackup / pg_dump / pg
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -102,6 +104,118 @@ def test_wal_cleanup_quartet_and_faults(shop: None, audit: Path, tmp_path: Path)
     assert check_again.host("db1")["status"] == "ok"
     # pg_wal/ itself was never touched: PostgreSQL still archives and answers.
     pglab.switch_wal()
+
+
+def test_wal_cleanup_compares_content_not_size(shop: None, audit: Path) -> None:
+    """Every WAL segment is 16 MiB: an S3 object of that size with other bytes is no copy of it."""
+    pglab.base_backup()
+    doomed = old_segments()
+    assert len(doomed) >= 2, doomed
+    s3 = pglab.s3()
+    for name in doomed:  # in S3 as the archive_command puts them: one PUT each
+        pglab.put_object(f"wal/{name}", (pglab.archive_dir() / name).read_bytes())
+    corrupt = doomed[len(doomed) // 2]
+    good = (pglab.archive_dir() / corrupt).read_bytes()
+    other = hashlib.sha256(b"rmtest").digest() * (len(good) // 32)
+    assert len(other) == len(good) and other != good
+    md5 = {body: hashlib.md5(body, usedforsecurity=False).hexdigest() for body in (good, other)}
+    older, kept = doomed[: doomed.index(corrupt)], doomed[doomed.index(corrupt) :]
+    try:
+        # A single-part object: its ETag is the MD5 of the other bytes.
+        assert pglab.put_object(f"wal/{corrupt}", other) == md5[other]
+        ran = run("wal-cleanup", "--host", "db1", audit=audit)
+        assert ran.code == 1, ran.stdout
+        why = f"{corrupt} in s3://{pglab.BUCKET}/wal/ has MD5 {md5[other]} (ETag) but {md5[good]} here"
+        assert why in ran.host("db1")["message"]
+        assert f"kept it and every newer one ({len(kept) - 1} more" in ran.host("db1")["message"]
+        left = pglab.archived()
+        assert set(kept) <= set(left), "the differing segment and every newer one are kept"
+        assert not set(older) & set(left), "the segments before it are deleted"
+        # A multipart object (ETag `…-2`, not an MD5): read back, it differs just the same.
+        assert pglab.put_object(f"wal/{corrupt}", other, multipart=True).endswith("-2")
+        ran = run("wal-cleanup", "--host", "db1", audit=audit)
+        assert ran.code == 1
+        assert f"has MD5 {md5[other]} (read back) but {md5[good]} here" in ran.host("db1")["message"]
+        assert steps(ran, "db1")["checksums"]["data"]["read_back"] == 1
+        assert set(kept) <= set(pglab.archived())
+    finally:
+        # The good bytes again, as a multipart upload: read back, they match.
+        pglab.put_object(f"wal/{corrupt}", good, multipart=True)
+    assert s3.head_object(Bucket=pglab.BUCKET, Key=f"wal/{corrupt}")["ContentLength"] == len(good)
+    ran = run("wal-cleanup", "--host", "db1", audit=audit)
+    assert ran.code == 0 and ran.host("db1")["status"] == "changed", ran.stdout
+    assert steps(ran, "db1")["checksums"]["data"]["read_back"] == 1
+    assert not set(kept) & set(pglab.archived())
+
+
+def wait_archiver(failing: bool, timeout: float = 60) -> str:
+    """Until pg_stat_archiver on db1 says the archiver is (or is no longer) failing: its last attempt
+    failed after the last success. Returns the last failed segment."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = pglab.sql(
+            "db1",
+            "select coalesce(last_failed_time > last_archived_time, last_failed_time is not null)::text"
+            " || ' ' || coalesce(last_failed_wal, '-') from pg_stat_archiver",
+        )
+        now_failing, last_failed = state.split()
+        if (now_failing == "true") is failing or time.monotonic() > deadline:
+            assert (now_failing == "true") is failing, state
+            return last_failed
+        time.sleep(0.5)
+
+
+def test_wal_cleanup_warns_of_a_failing_archiver_and_an_idle_slot(
+    shop: None, audit: Path, tmp_path: Path
+) -> None:
+    drop_slot = (
+        "select pg_drop_replication_slot(slot_name) from pg_replication_slots "
+        "where slot_name = 'rmtest_idle'"
+    )
+    pglab.sql("db1", drop_slot)
+    health_inventory = labkit.write_inventory(
+        tmp_path / "health.yml", host_vars={"db1": {"health_services": [], "api_health_url": ""}}
+    )
+    pglab.sql("db1", "select pg_create_physical_replication_slot('rmtest_idle', true)")
+    try:
+        pglab.sql("db1", "alter system set archive_command = 'false'")
+        pglab.sql("db1", "select pg_reload_conf()")
+        pglab.sql("db1", "insert into walfiller values (2); select pg_switch_wal()")
+        last_failed = wait_archiver(failing=True)
+
+        text = inv("wal-cleanup", "--host", "db1", audit=audit, env=pglab.AWS_ENV)
+        assert text.code == 3, text.stdout + text.stderr
+        lines = text.stdout.splitlines()
+        assert any(
+            line.startswith("    warning: archiver is FAILING:") and f"last on {last_failed}" in line
+            for line in lines
+        ), text.stdout
+        assert any(
+            line.startswith("    warning: inactive physical replication slot 'rmtest_idle' retains ")
+            and "of WAL" in line
+            for line in lines
+        ), text.stdout
+        assert "(1 with warnings: exit code 3)" in text.stdout
+        as_json = run("wal-cleanup", "--host", "db1", audit=audit)
+        assert as_json.code == 3 and as_json.host("db1")["status"] == "ok"
+        assert len(as_json.host("db1")["warnings"]) == 2
+
+        health = run("health", "--host", "db1", audit=audit, inventory=health_inventory)
+        assert health.code == 1, health.stdout
+        check = steps(health, "db1")["postgres archiver"]
+        assert check["status"] == "failed" and check["data"]["check"]["colour"] == "red"
+        assert "postgres archiver (archiver is FAILING" in health.host("db1")["message"]
+    finally:
+        pglab.sql("db1", "alter system reset archive_command")
+        pglab.sql("db1", "select pg_reload_conf()")
+        pglab.sql("db1", drop_slot)
+    wait_archiver(failing=False)
+    pglab.wait_archived()
+    assert "pg_archive_wal" in pglab.sql("db1", "show archive_command"), "db1's archive_command is back"
+    again = inv("wal-cleanup", "--host", "db1", audit=audit, env=pglab.AWS_ENV)
+    assert again.code == 0 and "warning:" not in again.stdout, again.stdout
+    health = run("health", "--host", "db1", audit=audit, inventory=health_inventory)
+    assert health.code == 0 and steps(health, "db1")["postgres archiver"]["status"] == "ok"
 
 
 def test_wal_cleanup_missing_archive_dir(shop: None, audit: Path, tmp_path: Path) -> None:
