@@ -76,9 +76,43 @@ class Firewall:
         return host["status"], host["message"]
 
 
-def restore(host: str, saved: dict[str, str | None], was_active: bool) -> None:
-    """Put back the firewall files, ufw's on/off state, the state file; drop our DOCKER-USER rules."""
-    for tool, v6 in (("iptables", False), ("ip6tables", True)):
+TOOLS = ("iptables", "ip6tables")
+BUILTIN_CHAINS = ("INPUT", "FORWARD", "OUTPUT")
+
+
+def netfilter_baseline(host: str) -> dict[str, tuple[list[list[str]], bool]]:
+    """Per tool: the built-in chains' policies (`-P CHAIN POLICY`) and whether ufw's chains exist.
+    `ufw disable` sets every policy to ACCEPT (Docker's FORWARD DROP included) and leaves ufw's
+    empty chains behind, so restoring the files alone does not give the host back as it was."""
+    baseline = {}
+    for tool in TOOLS:
+        lines = [shlex.split(line) for line in sh(host, f"{tool} -w 10 -S").splitlines() if line]
+        policies = [words for words in lines if words[0] == "-P"]
+        baseline[tool] = (policies, any(w[0] == "-N" and w[1].startswith("ufw") for w in lines))
+    return baseline
+
+
+def remove_ufw_chains(host: str, tool: str) -> None:
+    lines = [shlex.split(line) for line in sh(host, f"{tool} -w 10 -S").splitlines() if line]
+    for words in lines:
+        if words[0] == "-A" and words[1] in BUILTIN_CHAINS and words[-2] == "-j" and words[-1][:3] == "ufw":
+            lab.exec_on(host, [tool, "-w", "10", "-D", *words[1:]])
+    chains = [w[1] for w in lines if w[0] == "-N" and w[1].startswith("ufw")]
+    for chain in chains:  # flushed first: ufw's chains jump to each other
+        lab.exec_on(host, [tool, "-w", "10", "-F", chain])
+    for chain in chains:
+        lab.exec_on(host, [tool, "-w", "10", "-X", chain])
+
+
+def restore(
+    host: str,
+    saved: dict[str, str | None],
+    was_active: bool,
+    baseline: dict[str, tuple[list[list[str]], bool]] | None = None,
+) -> None:
+    """Put back the firewall files, ufw's on/off state, the state file, the chains' policies; drop
+    our DOCKER-USER rules."""
+    for tool, v6 in zip(TOOLS, (False, True), strict=True):
         listed = lab.exec_on(host, [tool, "-S", "DOCKER-USER"], check=False).stdout.decode()
         for rule in fw.parse_docker_rules(listed, v6):
             lab.exec_on(host, [tool, "-w", "10", "-D", "DOCKER-USER", *rule.spec])
@@ -91,6 +125,11 @@ def restore(host: str, saved: dict[str, str | None], was_active: bool) -> None:
             lab.exec_on(host, ["sh", "-c", 'cat > "$1"', "sh", path], input=content.encode())
     if was_active:
         lab.exec_on(host, ["ufw", "reload"])
+    for tool, (policies, had_ufw_chains) in (baseline or {}).items():
+        if not was_active and not had_ufw_chains:
+            remove_ufw_chains(host, tool)
+        for words in policies:
+            lab.exec_on(host, [tool, "-w", "10", *words])
 
 
 @pytest.fixture
@@ -99,12 +138,12 @@ def saved_firewall(lab: Any) -> Iterator[Any]:
     snapshots = {}
     for host in ("api1", "api2"):
         saved = {path: read(host, path) for path in (*UFW_FILES, STATE_FILE)}
-        snapshots[host] = (saved, ufw_active(host))
+        snapshots[host] = (saved, ufw_active(host), netfilter_baseline(host))
     try:
         yield snapshots
     finally:
-        for host, (saved, was_active) in snapshots.items():
-            restore(host, saved, was_active)
+        for host, (saved, was_active, baseline) in snapshots.items():
+            restore(host, saved, was_active, baseline)
 
 
 @pytest.fixture
