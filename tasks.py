@@ -145,6 +145,9 @@ FIREWALL_TARGET_HELP = {
         "comment": "why, recorded on the host and shown by list-blocks (no quotes or backslashes)",
         "enable": "if ufw is inactive, allow the SSH port the controller is connected on, then enable "
         "ufw (without it an inactive ufw fails the host)",
+        "kill-established": "once the block holds, drop the connections the source already has open "
+        "(conntrack -D; ufw accepts their traffic before its rules, so they survive a block). Default: "
+        "leave them, and say how many there are",
     }
 )
 def block_ip(
@@ -156,23 +159,35 @@ def block_ip(
     ttl: str | None = None,
     comment: str | None = None,
     enable: bool = False,
+    kill_established: bool = False,
 ) -> int:
     """Block a source address or range: a ufw deny above the allow rules, and a DROP in DOCKER-USER.
 
     Docker-published ports bypass ufw, so where the host runs Docker the block is mirrored into the
     DOCKER-USER chain (IPv4, and IPv6 when Docker has that chain). Already blocked: ok. Refused with
     nothing changed: a range containing the controller's address (as the host sees it) or
-    overlapping the firewall_allowlist inventory var; an inactive ufw unless --enable. The block,
-    its comment and expiry are recorded on the host (firewall_state_dir, default
-    /var/lib/remediations). Runs under the host lock.
+    overlapping the firewall_allowlist inventory var; an inactive ufw unless --enable. The deny must
+    come before every allow rule that matches the source (app profiles such as OpenSSH and
+    `allow in on IFACE` rules included): one below such a rule is moved to the top, and the result
+    is checked against the order of ufw's loaded chain. The block, its comment and expiry are
+    recorded on the host (firewall_state_dir, default /var/lib/remediations). Connections the source
+    already has open survive the block unless --kill-established. Runs under the host lock.
     """
     from remediations.firewall import BlockIp
 
     code, _ = execute(
-        lambda: BlockIp(ip, port, proto, ttl, comment, enable),
+        lambda: BlockIp(ip, port, proto, ttl, comment, enable, kill_established),
         flags,
         task="block-ip",
-        arguments={"ip": ip, "port": port, "proto": proto, "ttl": ttl, "comment": comment, "enable": enable},
+        arguments={
+            "ip": ip,
+            "port": port,
+            "proto": proto,
+            "ttl": ttl,
+            "comment": comment,
+            "enable": enable,
+            "kill_established": kill_established,
+        },
     )
     return code
 
@@ -208,7 +223,12 @@ def unblock_expired(c: Context, flags: Flags) -> int:
 
 @remediation_task()
 def list_blocks(c: Context, flags: Flags) -> int:
-    """Show each recorded block: the layers that hold it (ufw, DOCKER-USER), its expiry and comment."""
+    """Show each recorded block: the layers that hold it (ufw, DOCKER-USER), its expiry and comment.
+
+    Also shows the ufw denies (and block-ip's DOCKER-USER rules) no record accounts for, hand-made
+    ones marked as such. Exit 1 when a recorded block is missing a layer (no ufw deny, a deny that
+    an allow rule comes before, ufw inactive, no DOCKER-USER rule): re-run block-ip to repair it.
+    """
     from remediations.firewall import ListBlocks, listing
 
     code, run = execute(ListBlocks, flags, task="list-blocks")

@@ -21,13 +21,13 @@ import json
 import re
 import shlex
 import string
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from remediations.connection import Remote
 from remediations.engine import HostContext, Remediation
-from remediations.errors import CommandResult, HostError, UsageError
+from remediations.errors import HostError, UsageError
 from remediations.hostfacts import MARK
 from remediations.hostfacts import sections_by_name as sections
 from remediations.inventory import Host
@@ -175,6 +175,21 @@ def format_time(epoch: int) -> str:
 # What is blocked: a source, optionally narrowed to a port and protocol
 # ---------------------------------------------------------------------------------------------
 
+OTHER = "other"  # a traffic slice's protocol: every protocol but tcp and udp (icmp, esp, ...)
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """One slice of a source's incoming traffic: tcp, udp or OTHER, to one port or to every port."""
+
+    proto: str
+    port: int | None = None
+
+    def label(self) -> str:
+        if self.proto == OTHER:
+            return "non-tcp/udp"
+        return f"{self.proto} port {self.port}" if self.port is not None else f"{self.proto}"
+
 
 @dataclass(frozen=True)
 class Target:
@@ -210,6 +225,22 @@ class Target:
         if self.port is not None:
             args += ["to", "any", "port", str(self.port)]
         return args
+
+    def traffic(self) -> tuple[Traffic, ...]:
+        """The slices of traffic the block must deny, each of which a rule matches all, some or none of."""
+        if self.proto:
+            return (Traffic(self.proto, self.port),)
+        if self.port is not None:
+            return tuple(Traffic(p, self.port) for p in PROTOCOLS)
+        return (*(Traffic(p, None) for p in PROTOCOLS), Traffic(OTHER, None))
+
+    def conntrack_filters(self) -> list[list[str]]:
+        """`conntrack` arguments selecting the flows this source opened that the block covers."""
+        base = ["-f", "ipv6" if self.v6 else "ipv4", "-s", self.source]
+        if self.port is None:
+            return [[*base, "-p", self.proto] if self.proto else base]
+        protos = [self.proto] if self.proto else list(PROTOCOLS)
+        return [[*base, "-p", p, "--dport", str(self.port)] for p in protos]
 
     def docker_keys(self) -> list[tuple[str | None, int | None]]:
         """(proto, port) of each DOCKER-USER rule this target needs (iptables needs -p for a port)."""
@@ -256,8 +287,45 @@ def lockout_reason(target: Target, controller: Address | None, allowlist: Sequen
 
 
 # ---------------------------------------------------------------------------------------------
-# ufw's rules, from its own files (never from `ufw status` text)
+# What ufw matches: its rule tuples (/etc/ufw/user.rules, user6.rules, app profiles resolved) to
+# decide, and the chain it loaded into iptables (ufw-user-input) to verify. Never `ufw status` text.
 # ---------------------------------------------------------------------------------------------
+
+NONE, SOME, ALL = 0, 1, 2  # how much of a slice of traffic a rule matches
+ADMIT, DENY, PASS = "admit", "deny", "pass"  # what a matching rule does with it
+Profiles = Mapping[str, tuple[tuple[str, str], ...]]  # app profile name -> ((proto or "any", ports), ...)
+
+
+def _source_match(rule_src: Network | None, network: Network) -> int:
+    """None: a source the rule does not restrict."""
+    if rule_src is None:
+        return ALL
+    if rule_src.version != network.version or not rule_src.overlaps(network):
+        return NONE
+    return ALL if network.subnet_of(rule_src) else SOME  # type: ignore[arg-type]
+
+
+def _port_in(ports: str, port: int) -> bool:
+    """`port` in ufw's (and multiport's) syntax: `22`, `80,443`, `60000:61000`, or a mix."""
+    for part in ports.split(","):
+        low, _, high = part.partition(":")
+        if low.isdigit() and (high or low).isdigit() and int(low) <= port <= int(high or low):
+            return True
+    return False
+
+
+def _service_match(proto: str, ports: str, traffic: Traffic) -> int:
+    """How much of `traffic` a rule's protocol ("any" or a name) and ports ("any" or a list) match."""
+    if ports != "any":
+        # ports exist for tcp and udp only (`allow 53` is one rule for each)
+        if traffic.proto not in PROTOCOLS or proto not in ("any", traffic.proto):
+            return NONE
+        if traffic.port is None:
+            return SOME
+        return ALL if _port_in(ports, traffic.port) else NONE
+    if proto == "any" or proto == traffic.proto:
+        return ALL
+    return SOME if traffic.proto == OTHER and proto not in PROTOCOLS else NONE
 
 
 @dataclass(frozen=True)
@@ -265,20 +333,43 @@ class UfwRule:
     """One `### tuple ###` line of user.rules / user6.rules, in file order (= evaluation order)."""
 
     action: str  # allow, deny, reject, limit (ufw's logging suffix removed)
-    proto: str
+    proto: str  # for an app rule, as ufw resolved the profile when it wrote the rule
     dport: str
     dst: str
     sport: str
     src: str
-    direction: str  # in, out, or in_IFACE ...
+    direction: str  # in, out, in_IFACE, out_IFACE, in_IFACE!out_IFACE
     forward: bool = False
-    app: bool = False
+    dapp: str = ""  # the destination app profile (`ufw allow OpenSSH`), "" for none
+    sapp: str = ""
     comment: str = ""
     v6: bool = False
 
     @property
+    def app(self) -> bool:
+        return bool(self.dapp or self.sapp)
+
+    @property
+    def iface(self) -> str:
+        """The interface an incoming rule is restricted to (`allow in on eth0 ...`), "" for none."""
+        head, _, name = self.direction.partition("_")
+        return name if head == "in" and "!" not in name else ""
+
+    @property
+    def inbound(self) -> bool:
+        """Traffic to the host (ufw-user-input), whether plain, app or interface rule."""
+        return not self.forward and (self.direction == "in" or bool(self.iface))
+
+    @property
     def incoming(self) -> bool:
+        """A plain incoming rule: the shape `ufw deny from SRC ...` writes."""
         return self.direction == "in" and not self.forward and not self.app
+
+    @property
+    def verdict(self) -> str:
+        if self.action in ("allow", "limit"):
+            return ADMIT
+        return DENY if self.action in ("deny", "reject") else PASS
 
     def src_network(self) -> Network | None:
         try:
@@ -315,26 +406,53 @@ class UfwRule:
         return Target(network, port, None if self.proto == "any" else self.proto)
 
     def admits(self) -> bool:
-        """An incoming allow (or limit) rule: a deny below it may never be reached."""
-        return self.incoming and self.action in ("allow", "limit")
+        """An incoming allow (or limit) rule, app and interface rules included."""
+        return self.inbound and self.verdict == ADMIT
+
+    def match(self, network: Network, traffic: Traffic, profiles: Profiles) -> int:
+        """How much of `traffic` from `network` this rule matches. What the rule cannot tell from the
+        packet's source (its interface, destination address, source port) counts as SOME."""
+        if not self.inbound:
+            return NONE
+        src = None if self.src in _ANY_DST else self.src_network()
+        if src is None and self.src not in _ANY_DST:
+            return SOME  # a source ufw wrote that we cannot read: assume it may match
+        # an app rule matches the ports ufw resolved when it wrote the rule, and those the profile
+        # lists now (a `ufw app update` or reload picks them up)
+        services = [(self.proto, self.dport), *(profiles.get(self.dapp, ()) if self.dapp else ())]
+        narrowed = self.iface or self.dst not in _ANY_DST or self.sport != "any" or self.sapp
+        return min(
+            _source_match(src, network),
+            max(_service_match(proto, ports, traffic) for proto, ports in services),
+            SOME if narrowed else ALL,
+        )
 
     def allows_tcp_port(self, port: int, source: Address | None) -> bool:
-        if not self.admits() or self.proto not in ("tcp", "any") or self.dst not in _ANY_DST:
+        """Admits every new tcp connection to `port` from `source` (on any interface)."""
+        if not self.admits() or self.iface or self.dst not in _ANY_DST or self.sport != "any":
             return False
-        network = self.src_network()
-        if network is None or (network.prefixlen and (source is None or source not in network)):
-            return False
-        return _port_in(self.dport, port)
+        if source is None:  # not connected over SSH: only a rule for every source will do
+            if self.src not in _ANY_DST:
+                return False
+            source = ipaddress.IPv6Address(0) if self.v6 else ipaddress.IPv4Address(0)
+        return self.match(ipaddress.ip_network(source), Traffic("tcp", port), {}) == ALL
 
-
-def _port_in(dport: str, port: int) -> bool:
-    if dport == "any":
-        return True
-    for part in dport.split(","):
-        low, _, high = part.partition(":")
-        if low.isdigit() and (high or low).isdigit() and int(low) <= port <= int(high or low):
-            return True
-    return False
+    def text(self) -> str:
+        """The rule as a person would type it after `ufw`."""
+        words = [self.action]
+        if self.iface:
+            words += ["in", "on", self.iface]
+        if self.src not in _ANY_DST:
+            words += ["from", self.src]
+        if self.dst not in _ANY_DST:
+            words += ["to", self.dst]
+        if self.dapp:
+            words.append(f"{self.dapp} ({self.dport}/{self.proto})")
+        elif self.dport != "any":
+            words.append(self.dport + ("" if self.proto == "any" else f"/{self.proto}"))
+        elif self.proto != "any":
+            words += ["proto", self.proto]
+        return " ".join(words)
 
 
 def parse_user_rules(text: str, v6: bool) -> tuple[UfwRule, ...]:
@@ -357,6 +475,8 @@ def parse_user_rules(text: str, v6: bool) -> tuple[UfwRule, ...]:
         action, forward = fields[0], False
         if action.startswith("route:"):
             action, forward = action[len("route:") :], True
+        # app profile names, spaces written as %20; "-" for none
+        apps = [n.replace("%20", " ") if n != "-" else "" for n in fields[6:8]] if len(fields) == 9 else []
         rules.append(
             UfwRule(
                 action=action.split("_", 1)[0],
@@ -367,7 +487,8 @@ def parse_user_rules(text: str, v6: bool) -> tuple[UfwRule, ...]:
                 src=fields[5],
                 direction=fields[-1],
                 forward=forward,
-                app=len(fields) == 9 and (fields[6] != "-" or fields[7] != "-"),
+                dapp=apps[0] if apps else "",
+                sapp=apps[1] if apps else "",
                 comment=comment,
                 v6=v6,
             )
@@ -375,11 +496,177 @@ def parse_user_rules(text: str, v6: bool) -> tuple[UfwRule, ...]:
     return tuple(rules)
 
 
-def rule_position(rules: Sequence[UfwRule], target: Target) -> tuple[int | None, int | None]:
-    """(index of the target's deny rule, index of the first allow rule), either None when absent."""
-    ours = next((i for i, r in enumerate(rules) if r.blocks(target)), None)
-    first_allow = next((i for i, r in enumerate(rules) if r.admits()), None)
-    return ours, first_allow
+def parse_app_profiles(text: str) -> dict[str, tuple[tuple[str, str], ...]]:
+    """ufw's application profiles (the files of /etc/ufw/applications.d, one after another): name ->
+    ((proto, ports), ...). `ports=80,443/tcp|53` is tcp 80,443 and 53 over any protocol."""
+    profiles: dict[str, tuple[tuple[str, str], ...]] = {}
+    name = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("[") and line.endswith("]"):
+            name = line[1:-1].strip()
+        elif name and line.partition("=")[0].strip() == "ports":
+            entries = []
+            for part in line.partition("=")[2].split("|"):
+                ports, _, proto = part.strip().partition("/")
+                if ports:
+                    entries.append((proto.strip() or "any", ports.strip()))
+            profiles[name] = tuple(entries)
+    return profiles
+
+
+class Judged(Protocol):
+    """A rule in evaluation order: what it does with the traffic it matches, and how much it matches."""
+
+    @property
+    def verdict(self) -> str: ...
+
+    def match(self, network: Network, traffic: Traffic, profiles: Profiles) -> int: ...
+
+    def text(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the first deciding rule does with a slice of the source's traffic."""
+
+    traffic: Traffic
+    verdict: str  # ADMIT, DENY, or PASS when no rule decides it
+    index: int | None = None  # of the deciding rule
+
+
+def decide_traffic(
+    rules: Sequence[Judged], network: Network, traffic: Traffic, profiles: Profiles
+) -> Decision:
+    """Walk `rules` in order as netfilter does: the first rule that admits part of the slice lets that
+    part in; a deny decides only once it matches all of the slice (a narrower deny lets the rest on)."""
+    for index, rule in enumerate(rules):
+        matched = rule.match(network, traffic, profiles)
+        if matched == NONE or rule.verdict == PASS:
+            continue
+        if rule.verdict == ADMIT:
+            return Decision(traffic, ADMIT, index)
+        if matched == ALL:
+            return Decision(traffic, DENY, index)
+    return Decision(traffic, PASS)
+
+
+def admitted_first(
+    rules: Sequence[Judged], target: Target, profiles: Profiles, upto: int | None = None
+) -> list[tuple[int, list[Traffic]]]:
+    """The rules (index, and the slices they let in) that admit part of the target's traffic before
+    a deny of all of it, within rules[:upto + 1] (default: all)."""
+    considered = rules if upto is None else rules[: upto + 1]
+    found: dict[int, list[Traffic]] = {}
+    for traffic in target.traffic():
+        decision = decide_traffic(considered, target.network, traffic, profiles)
+        if decision.verdict == ADMIT and decision.index is not None:
+            found.setdefault(decision.index, []).append(decision.traffic)
+    return sorted(found.items())
+
+
+def _slices(traffic: Sequence[Traffic]) -> str:
+    return ", ".join(t.label() for t in traffic)
+
+
+def shadow_text(rules: Sequence[Judged], shadows: Sequence[tuple[int, list[Traffic]]]) -> str:
+    """`rule 1 (allow OpenSSH (22/tcp)) admits its tcp first`, for every shadowing rule."""
+    return "; ".join(
+        f"rule {i + 1} ({rules[i].text()}) admits its {_slices(t)} traffic first" for i, t in shadows
+    )
+
+
+def chain_name(v6: bool) -> str:
+    return "ufw6-user-input" if v6 else "ufw-user-input"
+
+
+@dataclass(frozen=True)
+class ChainRule:
+    """One rule of ufw's loaded user-input chain, from `iptables -S` (iptables' own syntax)."""
+
+    line: str  # as iptables prints it, for messages
+    src: Network | None = None  # None: any source
+    proto: str = "any"
+    dports: str = "any"  # `--dport` / multiport `--dports`, in ufw's syntax
+    narrowed: bool = False  # other conditions (interface, destination, state, rate, a negation)
+    jump: str = ""
+
+    @property
+    def verdict(self) -> str:
+        if self.jump in ("DROP", "REJECT") or self.jump.endswith("-user-limit"):
+            return DENY  # ufw's limit chain rejects (after the rate check, so always narrowed)
+        if self.jump in ("", "LOG", "RETURN") or "-logging-" in self.jump:
+            return PASS  # ufw's logging chains log and return
+        return ADMIT  # ACCEPT, ufw's limit-accept, and any chain we do not know (may accept)
+
+    def match(self, network: Network, traffic: Traffic, profiles: Profiles) -> int:
+        return min(
+            _source_match(self.src, network),
+            _service_match(self.proto, self.dports, traffic),
+            SOME if self.narrowed else ALL,
+        )
+
+    def text(self) -> str:
+        return self.line
+
+
+_NEUTRAL_MODULES = frozenset({"tcp", "udp", "multiport", "comment"})
+_TARGET_OPTIONS = frozenset({"--reject-with", "--log-prefix", "--log-level"})  # not conditions
+_VALUE_OPTIONS = frozenset(
+    {"-s", "-d", "-i", "-o", "-p", "-j", "-g", "-m", "--dport", "--dports", "--sport", "--sports",
+     "--comment", "--ctstate", "--state", "--name", "--mask", "--seconds", "--hitcount", "--limit",
+     "--limit-burst", "--log-prefix", "--log-level", "--reject-with", "--destination-ports",
+     "--source-ports"}
+)  # fmt: skip
+
+
+def parse_chain(text: str, chain: str) -> tuple[ChainRule, ...]:
+    """The `-A CHAIN ...` lines of `iptables -S CHAIN`, in order. What this parser does not know
+    narrows the rule (matches SOME): never read as a deny of everything."""
+    rules = []
+    for line in text.splitlines():
+        try:
+            words = shlex.split(line)
+        except ValueError:
+            words = []
+        if words[:2] != ["-A", chain]:
+            continue
+        values: dict[str, str] = {}
+        narrowed, negate, index = False, False, 2
+        while index < len(words):
+            word = words[index]
+            if word == "!":
+                negate, index = True, index + 1
+                continue
+            takes_value = word in _VALUE_OPTIONS or (
+                index + 1 < len(words) and not words[index + 1].startswith("-") and word.startswith("-")
+            )
+            value = words[index + 1] if takes_value and index + 1 < len(words) else ""
+            index += 2 if takes_value else 1
+            if negate or word not in _VALUE_OPTIONS:
+                narrowed, negate = True, False
+                continue
+            if word == "-m" and value not in _NEUTRAL_MODULES:
+                narrowed = True
+            elif word in ("-s", "-p", "--dport", "--dports", "-j", "-g"):
+                values[word] = value
+            elif word not in ("-m", "--comment", *_TARGET_OPTIONS):
+                narrowed = True  # -i, -d, --sport, --ctstate, ...
+        try:
+            src = ipaddress.ip_network(values["-s"], strict=False) if "-s" in values else None
+        except ValueError:
+            src, narrowed = None, True
+        rules.append(
+            ChainRule(
+                line=line.strip().split(" ", 2)[2] if len(words) > 2 else "",
+                src=src,
+                proto=values.get("-p", "any"),
+                dports=values.get("--dport") or values.get("--dports") or "any",
+                narrowed=narrowed,
+                jump=values.get("-j") or values.get("-g", ""),
+            )
+        )
+    return tuple(rules)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -512,14 +799,22 @@ class FirewallFacts:
     ipv6: bool = False  # IPV6=yes in /etc/default/ufw
     rules4: tuple[UfwRule, ...] = ()
     rules6: tuple[UfwRule, ...] = ()
+    profiles: Profiles = field(default_factory=dict)  # /etc/ufw/applications.d
+    chain4: tuple[ChainRule, ...] | None = None  # ufw-user-input as loaded (None: not loaded)
+    chain6: tuple[ChainRule, ...] | None = None  # ufw6-user-input
     docker4: bool = False  # DOCKER-USER exists in iptables: the host runs Docker
     docker6: bool = False
     docker_rules: tuple[DockerRule, ...] = ()
     records: tuple[BlockRecord, ...] = ()
+    conntrack: bool = False  # the conntrack tool is installed
+    flows: int | None = None  # tracked flows the asked-about source opened (None: not counted)
     error: str = ""
 
     def rules(self, v6: bool) -> tuple[UfwRule, ...]:
         return self.rules6 if v6 else self.rules4
+
+    def chain(self, v6: bool) -> tuple[ChainRule, ...] | None:
+        return self.chain6 if v6 else self.chain4
 
     def has_docker(self, v6: bool) -> bool:
         return self.docker6 if v6 else self.docker4
@@ -551,24 +846,37 @@ done
 """
 
 
-def facts_command(state: StatePath) -> str:
-    """Shell text that prints every fact in marked sections; every value quoted."""
+def facts_command(state: StatePath, flows_of: Target | None = None) -> str:
+    """Shell text that prints every fact in marked sections; every value quoted. With `flows_of`,
+    also the number of tracked flows (conntrack) that source opened."""
     q = shlex.quote
+    flows = []
+    if flows_of is not None:
+        listing = "; ".join(shlex.join(["conntrack", "-L", *f]) for f in flows_of.conntrack_filters())
+        flows = [f'[ "$ct" = yes ] && echo "{MARK}flows $({{ {listing}; }} 2>/dev/null | wc -l)"']
     return "\n".join(
         [
             f'echo "{MARK}now $(date +%s)"',
             _CONNECTION_SCRIPT.strip(),
             f'echo "{MARK}ssh $conn"',
             f'if command -v ufw >/dev/null 2>&1; then echo "{MARK}ufw yes"; else echo "{MARK}ufw no"; fi',
-            f'iptables -w 10 -n -L ufw-user-input >/dev/null 2>&1; echo "{MARK}active $?"',
             f'echo "{MARK}conf"; cat /etc/ufw/ufw.conf 2>/dev/null',
             f'echo "{MARK}default"; cat /etc/default/ufw 2>/dev/null',
             f'echo "{MARK}rules4"; cat /etc/ufw/user.rules 2>/dev/null',
             f'echo "{MARK}rules6"; cat /etc/ufw/user6.rules 2>/dev/null',
+            f'echo "{MARK}apps"; for f in /etc/ufw/applications.d/*; do [ -f "$f" ] && cat "$f"; echo; done',
             *(
-                f'd=$({tool} -w 10 -S {DOCKER_CHAIN} 2>/dev/null); echo "{MARK}{name} $?"; echo "$d"'
-                for tool, name in (("iptables", "docker4"), ("ip6tables", "docker6"))
+                f'd=$({tool} -w 10 -S {chain} 2>/dev/null); echo "{MARK}{name} $?"; echo "$d"'
+                for tool, chain, name in (
+                    ("iptables", chain_name(False), "chain4"),
+                    ("ip6tables", chain_name(True), "chain6"),
+                    ("iptables", DOCKER_CHAIN, "docker4"),
+                    ("ip6tables", DOCKER_CHAIN, "docker6"),
+                )
             ),
+            "ct=no; command -v conntrack >/dev/null 2>&1 && ct=yes",
+            f'echo "{MARK}conntrack $ct"',
+            *flows,
             f"if [ -e {q(state.file)} ]; then echo '{MARK}state present'; cat {q(state.file)}; "
             f"else echo '{MARK}state absent'; fi",
             f'echo "{MARK}end"',
@@ -613,12 +921,17 @@ def parse_facts(output: str, state: StatePath) -> FirewallFacts:
             )
     docker4_rc, docker4_text = found.get("docker4", ("1", ""))
     docker6_rc, docker6_text = found.get("docker6", ("1", ""))
+    chains = {}
+    for name, v6 in (("chain4", False), ("chain6", True)):
+        rc, text = found.get(name, ("1", ""))
+        chains[name] = parse_chain(text, chain_name(v6)) if rc == "0" else None
+    flows_text = found.get("flows", ("", ""))[0]
     return FirewallFacts(
         now=int(now_text) if now_text.isdigit() else 0,
         controller=controller,
         ssh_port=ssh_port,
         ufw_installed=found.get("ufw", ("no", ""))[0] == "yes",
-        ufw_active=found.get("active", ("1", ""))[0] == "0",
+        ufw_active=chains["chain4"] is not None,  # ufw's chains are loaded only while it is active
         ufw_enabled_conf=_key_values(found.get("conf", ("", ""))[1]).get("ENABLED", "").lower() == "yes",
         ipv6=_key_values(found.get("default", ("", ""))[1]).get("IPV6", "").lower() == "yes",
         rules4=parse_user_rules(found.get("rules4", ("", ""))[1], v6=False),
@@ -629,12 +942,17 @@ def parse_facts(output: str, state: StatePath) -> FirewallFacts:
             (parse_docker_rules(docker4_text, v6=False) if docker4_rc == "0" else ())
             + (parse_docker_rules(docker6_text, v6=True) if docker6_rc == "0" else ())
         ),
+        profiles=parse_app_profiles(found.get("apps", ("", ""))[1]),
+        chain4=chains["chain4"],
+        chain6=chains["chain6"],
         records=records,
+        conntrack=found.get("conntrack", ("no", ""))[0] == "yes",
+        flows=int(flows_text) if flows_text.isdigit() else None,
     )
 
 
-def gather(remote: Remote, state: StatePath) -> FirewallFacts:
-    result = remote.run(facts_command(state), timeout=COMMAND_TIMEOUT)
+def gather(remote: Remote, state: StatePath, flows_of: Target | None = None) -> FirewallFacts:
+    result = remote.run(facts_command(state, flows_of), timeout=COMMAND_TIMEOUT)
     if not result.ok:
         raise HostError(f"gathering firewall facts failed (exit {result.exit_code}): {result.tail()}", result)
     return parse_facts(result.stdout, state)
@@ -645,19 +963,52 @@ def gather(remote: Remote, state: StatePath) -> FirewallFacts:
 # ---------------------------------------------------------------------------------------------
 
 
+def ufw_deny_index(rules: Sequence[UfwRule], target: Target) -> int | None:
+    return next((i for i, r in enumerate(rules) if r.blocks(target)), None)
+
+
+def ufw_order_problems(target: Target, facts: FirewallFacts, ours: int) -> list[str]:
+    """Why the target's ufw deny (rule index `ours`) does not decide all of its traffic; [] for none.
+
+    First by ufw's rule tuples: an allow rule above the deny that admits part of the traffic (app
+    profiles resolved, interface rules included). Then, while ufw is active, by the chain it loaded
+    into iptables, in the order netfilter walks it: that is what ufw actually matches.
+    """
+    rules = facts.rules(target.v6)
+    shadows = admitted_first(rules, target, facts.profiles, upto=ours)
+    if shadows:
+        return [f"the ufw deny (rule {ours + 1}) is below an allow rule: {shadow_text(rules, shadows)}"]
+    if not facts.ufw_active:
+        return []
+    name, chain = chain_name(target.v6), facts.chain(target.v6)
+    if chain is None:
+        return [f"ufw's {name} chain is not loaded"]
+    problems = []
+    admitted = admitted_first(chain, target, {})
+    if admitted:
+        problems.append(f"ufw's loaded {name} chain: {shadow_text(chain, admitted)}")
+    undecided = [
+        t for t in target.traffic() if decide_traffic(chain, target.network, t, {}).verdict == PASS
+    ]
+    if undecided:
+        problems.append(f"ufw's loaded {name} chain has no DROP for its {_slices(undecided)} traffic")
+    return problems
+
+
 def layers(target: Target, facts: FirewallFacts) -> tuple[list[str], list[str]]:
     """(layers that hold the block, problems with the ones that should but do not)."""
     holding: list[str] = []
     problems: list[str] = []
-    ours, first_allow = rule_position(facts.rules(target.v6), target)
+    ours = ufw_deny_index(facts.rules(target.v6), target)
     if ours is None:
         problems.append("no ufw deny rule")
-    elif first_allow is not None and first_allow < ours:
-        problems.append(f"the ufw deny rule is below an allow rule (rule {ours + 1}) and may never match")
-    elif not facts.ufw_active:
-        problems.append("the ufw deny rule is there but ufw is inactive")
     else:
-        holding.append("ufw")
+        order = ufw_order_problems(target, facts, ours)
+        if not facts.ufw_active:
+            problems.append("the ufw deny rule is there but ufw is inactive")
+        problems += order
+        if facts.ufw_active and not order:
+            holding.append("ufw")
     if facts.has_docker(target.v6):
         missing = facts.docker_missing(target)
         if missing:
@@ -697,10 +1048,11 @@ class Plan:
     reason: str = ""  # why nothing is to be done
     refused: str = ""  # why the host fails with nothing changed
     notes: tuple[str, ...] = ()
+    after: tuple[str, ...] = ()  # run once the block is in place and recorded (conntrack -D)
 
     @property
     def nothing(self) -> bool:
-        return not self.refused and not self.commands and self.state is None
+        return not self.refused and not self.commands and self.state is None and not self.after
 
 
 @dataclass(frozen=True)
@@ -710,6 +1062,7 @@ class BlockRequest:
     comment: str = ""
     enable: bool = False
     notes: tuple[str, ...] = field(default=())
+    kill_established: bool = False
 
 
 def ufw_command(*args: str) -> str:
@@ -754,17 +1107,20 @@ def decide_block(request: BlockRequest, facts: FirewallFacts, allowlist: Sequenc
                 changes.append(f"allow SSH {facts.ssh_port}/tcp in ufw (the controller's connection)")
         enable_after = [ufw_command("--force", "enable")]
 
-    ours, first_allow = rule_position(facts.rules(target.v6), target)
+    ours = ufw_deny_index(facts.rules(target.v6), target)
     deny = ufw_command("prepend", "deny", *target.ufw_args(), "comment", UFW_COMMENT)
     if ours is None:
         commands.append(deny)
         changes.append(f"add a ufw deny for {target.label()} at the top of the {family} rules")
-    elif first_allow is not None and first_allow < ours:
-        commands += [ufw_command("delete", "deny", *target.ufw_args()), deny]
-        changes.append(
-            f"move the ufw deny for {target.label()} from rule {ours + 1} (below an allow rule, never "
-            "reached) to the top"
-        )
+    else:
+        order = ufw_order_problems(target, facts, ours)
+        if order:
+            # above every rule: the deny is then the first rule that matches the source's traffic
+            commands += [ufw_command("delete", "deny", *target.ufw_args()), deny]
+            changes.append(
+                f"move the ufw deny for {target.label()} from rule {ours + 1} to the top "
+                f"({'; '.join(order)})"
+            )
     commands += enable_after
     if enable_after:
         changes.append("enable ufw")
@@ -780,9 +1136,53 @@ def decide_block(request: BlockRequest, facts: FirewallFacts, allowlist: Sequenc
     state = _block_state(request, facts)
     if state is not None:
         changes.append(_state_change(request, facts))
-    if not commands and state is None:
+    after, note = _established(request, facts, changing=bool(commands or state is not None))
+    if after:
+        changes.append(f"drop the tracked flows {target.label()} has open (conntrack -D; {facts.flows} now)")
+    if note:
+        notes.append(note)
+    if not commands and state is None and not after:
         return Plan(reason=f"already blocked: {describe(target, facts)}", notes=tuple(notes))
-    return Plan(tuple(commands), tuple(changes), state, notes=tuple(notes))
+    return Plan(tuple(commands), tuple(changes), state, notes=tuple(notes), after=tuple(after))
+
+
+def conntrack_delete(target: Target) -> list[str]:
+    """`conntrack -D` for the source's flows, printing conntrack's count; "0 deleted" (exit 1) is no
+    error, any other failure is."""
+    return [
+        f"out=$({shlex.join(['conntrack', '-D', *f])} 2>&1 >/dev/null) || case \"$out\" in "
+        '*" 0 flow entries have been deleted"*) ;; *) printf "%s\\n" "$out" >&2; exit 1;; esac; '
+        'printf "%s\\n" "$out"'
+        for f in target.conntrack_filters()
+    ]
+
+
+_DELETED_RE = re.compile(r"(\d+) flow entries have been deleted")
+
+
+def flows_dropped(apply_output: str) -> int:
+    return sum(int(n) for n in _DELETED_RE.findall(apply_output))
+
+
+def _established(request: BlockRequest, facts: FirewallFacts, changing: bool) -> tuple[list[str], str]:
+    """The commands that drop the connections the source already has open (ufw accepts their
+    traffic before any of its rules), and what to say about them."""
+    source = request.target.label()
+    if not facts.conntrack:
+        return [], (
+            f"connections {source} already has open were not checked or dropped: conntrack is not "
+            "installed on the host (they survive the block)"
+        )
+    if not request.kill_established:
+        if not facts.flows:
+            return [], f"no tracked connections from {source}"
+        return [], (
+            f"{facts.flows} tracked flow(s) from {source} left open: ufw accepts established traffic "
+            "before its rules (--kill-established drops them)"
+        )
+    if facts.flows or changing:
+        return conntrack_delete(request.target), ""
+    return [], f"no tracked connections from {source} to drop"
 
 
 def _for(proto: str | None) -> str:
@@ -898,26 +1298,31 @@ def decide_expired(facts: FirewallFacts) -> Plan:
 # ---------------------------------------------------------------------------------------------
 
 
-def apply_command(plan: Plan, state: StatePath) -> str:
-    """The plan's commands under `set -e`, then the new state file from stdin, then the facts."""
+def apply_command(plan: Plan, state: StatePath, flows_of: Target | None = None) -> str:
+    """The plan's commands under `set -e`, then the new state file from stdin, then the commands
+    that need the block in place (conntrack -D), then the facts."""
     body = list(plan.commands)
     if plan.state is not None:
         q = shlex.quote
         tmp = f"{state.file}.tmp"
         body += [f"mkdir -p {q(state.directory)}", f"cat > {q(tmp)}", f"mv {q(tmp)} {q(state.file)}"]
+    body += plan.after
     script = "\n".join(["set -e", *body])
     return "\n".join(
         [
             f"out=$(sh -c {shlex.quote(script)} 2>&1); rc=$?",
             f'echo "{MARK}apply $rc"; printf "%s\\n" "$out"',
-            facts_command(state),
+            facts_command(state, flows_of),
         ]
     )
 
 
-def apply(remote: Remote, plan: Plan, state: StatePath) -> tuple[FirewallFacts, CommandResult]:
+def apply(
+    remote: Remote, plan: Plan, state: StatePath, flows_of: Target | None = None
+) -> tuple[FirewallFacts, str]:
+    """The facts afterwards, and what the commands printed."""
     stdin = render_state(plan.state).encode() if plan.state is not None else b""
-    result = remote.run(apply_command(plan, state), stdin=stdin, timeout=COMMAND_TIMEOUT)
+    result = remote.run(apply_command(plan, state, flows_of), stdin=stdin, timeout=COMMAND_TIMEOUT)
     found = sections(result.stdout)
     code, output = found.get("apply", ("", result.stderr))
     if code != "0":
@@ -925,7 +1330,7 @@ def apply(remote: Remote, plan: Plan, state: StatePath) -> tuple[FirewallFacts, 
         raise HostError(
             f"applying the firewall change failed (exit {code or result.exit_code}): {detail}", result
         )
-    return parse_facts(result.stdout, state), result
+    return parse_facts(result.stdout, state), output
 
 
 # ---------------------------------------------------------------------------------------------
@@ -937,11 +1342,13 @@ def allowlist_of(host: Host) -> tuple[Network, ...]:
     return parse_allowlist(host.get("firewall_allowlist"), f"{host.source}: host {host.name}")
 
 
-Check = Callable[[FirewallFacts], str]  # "" when the facts show the intended state, else what is wrong
-Outcome = Callable[[FirewallFacts], tuple[str, dict[str, Any]]]  # the result line and its data
+Check = Callable[[FirewallFacts, str], str]  # (facts, apply output) -> "" when as intended, else why not
+Outcome = Callable[[FirewallFacts, str], tuple[str, dict[str, Any]]]  # the result line and its data
 
 
-def carry_out(ctx: HostContext, plan: Plan, check: Check, outcome: Outcome) -> None:
+def carry_out(
+    ctx: HostContext, plan: Plan, check: Check, outcome: Outcome, flows_of: Target | None = None
+) -> None:
     """Record the decision; unless in check mode, apply the plan and verify that it took."""
     notes = "".join(f"; {n}" for n in plan.notes)
     if plan.refused:
@@ -953,15 +1360,16 @@ def carry_out(ctx: HostContext, plan: Plan, check: Check, outcome: Outcome) -> N
     diff = "\n".join(f"+ {c}" for c in plan.commands)
     if plan.state is not None:
         diff += f"\n+ write the state file ({len(plan.state)} block(s))"
+    diff += "".join(f"\n+ {c}" for c in plan.after)
     if ctx.check:
         ctx.record("decide", Status.CHANGED, "would " + "; ".join(plan.changes) + notes, diff=diff.strip())
         return
     with ctx.step("apply") as step:
-        after, _ = apply(ctx.remote, plan, StatePath.from_host(ctx.host))
-        problem = after.error or check(after)
+        after, output = apply(ctx.remote, plan, StatePath.from_host(ctx.host), flows_of)
+        problem = after.error or check(after, output)
         if problem:
             raise HostError(f"ran: {'; '.join(plan.changes)}; but afterwards: {problem}")
-        message, data = outcome(after)
+        message, data = outcome(after, output)
         done = "; ".join(plan.changes)
         step.done(Status.CHANGED, f"{message} (done: {done}){notes}", diff=diff.strip(), **data)
 
@@ -969,15 +1377,23 @@ def carry_out(ctx: HostContext, plan: Plan, check: Check, outcome: Outcome) -> N
 class _Firewall(Remediation):
     """Shared by the firewall tasks: the facts step."""
 
+    def flows_of(self) -> Target | None:
+        """The source whose tracked flows the facts count (None: count none)."""
+        return None
+
     def facts_under_lock(self, host: Host) -> str:
-        return facts_command(StatePath.from_host(host))
+        return facts_command(StatePath.from_host(host), self.flows_of())
 
     def facts(self, ctx: HostContext) -> FirewallFacts:
         with ctx.step("facts") as step:
             state = StatePath.from_host(ctx.host)
             # Under the lock the facts came with it (same round trip); in --check they are read here.
             prefetched = ctx.prefetched
-            facts = gather(ctx.remote, state) if prefetched is None else parse_facts(prefetched, state)
+            facts = (
+                gather(ctx.remote, state, self.flows_of())
+                if prefetched is None
+                else parse_facts(prefetched, state)
+            )
             if facts.error:
                 step.done(Status.FAILED, facts.error)
                 return facts
@@ -1001,7 +1417,8 @@ def _target_from_flags(ip: str | None, port: str | int | None, proto: str | None
 
 
 class BlockIp(_Firewall):
-    """Deny a source in ufw (above the allow rules) and in DOCKER-USER; record expiry and comment."""
+    """Deny a source in ufw (above the allow rules) and in DOCKER-USER; record expiry and comment;
+    with kill_established, drop the connections it already has open."""
 
     task: ClassVar[str] = "block-ip"
 
@@ -1013,15 +1430,30 @@ class BlockIp(_Firewall):
         ttl: str | None = None,
         comment: str | None = None,
         enable: bool = False,
+        kill_established: bool = False,
     ) -> None:
         target, note = _target_from_flags(ip, port, proto)
         self.request = BlockRequest(
-            target, parse_ttl(ttl), parse_comment(comment), enable, (note,) if note else ()
+            target,
+            parse_ttl(ttl),
+            parse_comment(comment),
+            enable,
+            (note,) if note else (),
+            kill_established,
         )
 
     def arguments(self) -> dict[str, Any]:
         r = self.request
-        return {**r.target.to_dict(), "ttl": r.ttl, "comment": r.comment, "enable": r.enable}
+        return {
+            **r.target.to_dict(),
+            "ttl": r.ttl,
+            "comment": r.comment,
+            "enable": r.enable,
+            "kill_established": r.kill_established,
+        }
+
+    def flows_of(self) -> Target | None:
+        return self.request.target
 
     def validate(self, host: Host) -> None:
         super().validate(host)
@@ -1034,17 +1466,32 @@ class BlockIp(_Firewall):
         if before.error:
             return
         target = self.request.target
+        plan = decide_block(self.request, before, allowlist_of(ctx.host))
 
-        def check(after: FirewallFacts) -> str:
+        def check(after: FirewallFacts, output: str) -> str:
             _, problems = layers(target, after)
             if after.record(target) is None:
                 problems.append("the block is not recorded in the state file")
             return "; ".join(problems)
 
-        def outcome(after: FirewallFacts) -> tuple[str, dict[str, Any]]:
-            return describe(target, after), {"layers": layers(target, after)[0]}
+        def outcome(after: FirewallFacts, output: str) -> tuple[str, dict[str, Any]]:
+            dropped = flows_dropped(output) if plan.after else None
+            message = describe(target, after)
+            if dropped is not None:
+                message += f"; dropped {dropped} tracked flow(s) from {target.label()} (conntrack)"
+                if after.flows:
+                    # not a failure: ufw accepts some traffic before its rules (ping, multicast), and
+                    # conntrack tracks it again at once
+                    message += f", {after.flows} tracked again since (traffic ufw accepts before its rules)"
+            established = {
+                "kill": self.request.kill_established,
+                "conntrack": after.conntrack,
+                "dropped": dropped,
+                "open": after.flows,
+            }
+            return message, {"layers": layers(target, after)[0], "established": established}
 
-        carry_out(ctx, decide_block(self.request, before, allowlist_of(ctx.host)), check, outcome)
+        carry_out(ctx, plan, check, outcome, self.flows_of())
 
 
 class UnblockIp(_Firewall):
@@ -1064,11 +1511,11 @@ class UnblockIp(_Firewall):
             return
         targets = matching_targets(self.target, before)
 
-        def check(after: FirewallFacts) -> str:
+        def check(after: FirewallFacts, output: str) -> str:
             left = [t.label() for t in targets if layers(t, after)[0] or after.record(t) is not None]
             return f"still blocked: {', '.join(left)}" if left else ""
 
-        def outcome(after: FirewallFacts) -> tuple[str, dict[str, Any]]:
+        def outcome(after: FirewallFacts, output: str) -> tuple[str, dict[str, Any]]:
             return f"{self.target.label()} unblocked in every layer", {"lifted": [t.label() for t in targets]}
 
         carry_out(ctx, decide_unblock(self.target, before), check, outcome)
@@ -1085,11 +1532,11 @@ class UnblockExpired(_Firewall):
             return
         expired = [r.target for r in before.records if r.expired(before.now)]
 
-        def check(after: FirewallFacts) -> str:
+        def check(after: FirewallFacts, output: str) -> str:
             left = [t.label() for t in expired if layers(t, after)[0] or after.record(t) is not None]
             return f"still blocked: {', '.join(left)}" if left else ""
 
-        def outcome(after: FirewallFacts) -> tuple[str, dict[str, Any]]:
+        def outcome(after: FirewallFacts, output: str) -> tuple[str, dict[str, Any]]:
             labels = [t.label() for t in expired]
             return f"lifted {len(labels)} expired block(s): {', '.join(labels)}; {len(after.records)} left", {
                 "lifted": labels
@@ -1098,8 +1545,51 @@ class UnblockExpired(_Firewall):
         carry_out(ctx, decide_expired(before), check, outcome)
 
 
+@dataclass(frozen=True)
+class Unrecorded:
+    """A ufw deny or a DOCKER-USER DROP for a source that no record of block-ip accounts for."""
+
+    label: str
+    layer: str  # "ufw" or DOCKER_CHAIN
+    hand_made: bool  # without block-ip's comment: someone typed it
+    problems: tuple[str, ...] = ()  # why it does not deny all of that source's traffic
+
+    def line(self) -> str:
+        origin = (
+            "hand-made (not created by block-ip)" if self.hand_made else "made by block-ip, but not recorded"
+        )
+        text = f"{self.label} [{self.layer} only: {origin}]"
+        return text + (f" ({'; '.join(self.problems)})" if self.problems else "")
+
+
+def unrecorded(facts: FirewallFacts) -> list[Unrecorded]:
+    """The denies of a source in ufw (and block-ip's DROPs in DOCKER-USER) that no record covers."""
+    recorded = {r.target for r in facts.records}
+    found: list[Unrecorded] = []
+    for v6 in (False, True):
+        rules = facts.rules(v6)
+        for index, rule in enumerate(rules):
+            if not rule.inbound or rule.verdict != DENY or rule.src in _ANY_DST:
+                continue
+            target = rule.as_target()
+            if target is not None and target in recorded:
+                continue
+            problems: tuple[str, ...] = ()
+            if target is not None:
+                problems = tuple(ufw_order_problems(target, facts, index))
+            label = target.label() if target is not None else rule.text()
+            found.append(Unrecorded(label, "ufw", rule.comment != UFW_COMMENT, problems))
+    for docker in facts.docker_rules:
+        target = Target(docker.network, docker.port, docker.proto)
+        if target in recorded or Target(docker.network, docker.port) in recorded:
+            continue
+        found.append(Unrecorded(target.label(), DOCKER_CHAIN, hand_made=False))
+    return found
+
+
 class ListBlocks(_Firewall):
-    """Each recorded block with the layers that hold it, its comment and its expiry. Changes nothing."""
+    """Each recorded block with the layers that hold it, its comment and its expiry, and the denies no
+    record accounts for. Changes nothing; fails the host when a recorded block lacks a layer."""
 
     task: ClassVar[str] = "list-blocks"
     changes_hosts: ClassVar[bool] = False
@@ -1108,22 +1598,40 @@ class ListBlocks(_Firewall):
         facts = self.facts(ctx)
         if facts.error:
             return
+        broken = []
         for record in facts.records:
             holding, problems = layers(record.target, facts)
+            if problems:
+                broken.append(record)
             ctx.record(
                 "block",
-                Status.OK,
+                Status.FAILED if problems else Status.OK,
                 block_line(record, facts),
                 **record.to_dict(),
                 layers=holding,
                 problems=problems,
                 expired=record.expired(facts.now),
             )
+        others = unrecorded(facts)
+        for other in others:
+            ctx.record(
+                "unrecorded",
+                Status.OK,
+                other.line(),
+                label=other.label,
+                layer=other.layer,
+                hand_made=other.hand_made,
+                problems=list(other.problems),
+            )
         expired = sum(r.expired(facts.now) for r in facts.records)
         summary = f"{len(facts.records)} block(s)" + (f", {expired} expired" if expired else "")
+        if broken:
+            summary += f", {len(broken)} NOT held in every layer"
         if facts.records:
             summary += ": " + "; ".join(block_line(r, facts) for r in facts.records)
-        ctx.record("list", Status.OK, summary)
+        if others:
+            summary += f"; and {len(others)} deny rule(s) without a record"
+        ctx.record("list", Status.FAILED if broken else Status.OK, summary)
 
 
 def block_line(record: BlockRecord, facts: FirewallFacts) -> str:
@@ -1142,7 +1650,9 @@ def listing(run_hosts: Iterable[HostResult]) -> str:
     lines = []
     for host in run_hosts:
         blocks = [s for s in host.steps if s.step == "block"]
+        others = [s for s in host.steps if s.step == "unrecorded"]
         failed = host.status == Status.FAILED
         lines.append(f"{host.host}: {host.message}" if failed else f"{host.host}: {len(blocks)} block(s)")
         lines += [f"  {s.message}" for s in blocks]
+        lines += [f"  {s.message}" for s in others]
     return "\n".join(lines)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import shlex
+import subprocess
+from pathlib import Path
 
 import pytest
 from hypothesis import assume, given
@@ -47,6 +49,45 @@ def facts(**overrides: object) -> fw.FirewallFacts:
     }
     base.update(overrides)
     return fw.FirewallFacts(**base)  # type: ignore[arg-type]
+
+
+def chain(*lines: str, v6: bool = False) -> tuple[fw.ChainRule, ...]:
+    name = fw.chain_name(v6)
+    return fw.parse_chain("\n".join([f"-N {name}", *(f"-A {name} {line}" for line in lines)]), name)
+
+
+OPENSSH_PROFILE = """[OpenSSH]
+title=Secure shell server, an rshd replacement
+description=OpenSSH is a free implementation of the Secure Shell protocol.
+ports=22/tcp
+"""
+
+# Recorded on the lab host api1 (Debian 12's ufw, iptables 1.8.9 nf_tables) after
+#   ufw allow OpenSSH; ufw allow in on eth0 to any port 22; ufw limit 2222/tcp; ufw allow log 80/tcp;
+#   ufw allow 'WWW Full'; ufw deny from 198.18.0.200; ufw allow from 10.0.0.0/8 to any port 53
+RECORDED_TUPLES = """\
+### tuple ### allow tcp 22 0.0.0.0/0 any 0.0.0.0/0 OpenSSH - in
+### tuple ### allow any 22 0.0.0.0/0 any 0.0.0.0/0 in_eth0
+### tuple ### limit tcp 2222 0.0.0.0/0 any 0.0.0.0/0 in
+### tuple ### allow_log tcp 80 0.0.0.0/0 any 0.0.0.0/0 in
+### tuple ### allow tcp 80,443 0.0.0.0/0 any 0.0.0.0/0 WWW%20Full - in
+### tuple ### deny any any 0.0.0.0/0 any 198.18.0.200 in
+### tuple ### allow any 53 0.0.0.0/0 any 10.0.0.0/8 in
+"""  # the tuple lines of /etc/ufw/user.rules
+RECORDED_CHAIN = r"""-N ufw-user-input
+-A ufw-user-input -p tcp -m tcp --dport 22 -m comment --comment "\'dapp_OpenSSH\'" -j ACCEPT
+-A ufw-user-input -i eth0 -p tcp -m tcp --dport 22 -j ACCEPT
+-A ufw-user-input -i eth0 -p udp -m udp --dport 22 -j ACCEPT
+-A ufw-user-input -p tcp -m tcp --dport 2222 -m conntrack --ctstate NEW -m recent --set --name DEFAULT --mask 255.255.255.255 --rsource
+-A ufw-user-input -p tcp -m tcp --dport 2222 -m conntrack --ctstate NEW -m recent --update --seconds 30 --hitcount 6 --name DEFAULT --mask 255.255.255.255 --rsource -j ufw-user-limit
+-A ufw-user-input -p tcp -m tcp --dport 2222 -j ufw-user-limit-accept
+-A ufw-user-input -p tcp -m tcp --dport 80 -j ufw-user-logging-input
+-A ufw-user-input -p tcp -m tcp --dport 80 -j ACCEPT
+-A ufw-user-input -p tcp -m multiport --dports 80,443 -m comment --comment "\'dapp_WWW%20Full\'" -j ACCEPT
+-A ufw-user-input -s 198.18.0.200/32 -j DROP
+-A ufw-user-input -s 10.0.0.0/8 -p tcp -m tcp --dport 53 -j ACCEPT
+-A ufw-user-input -s 10.0.0.0/8 -p udp -m udp --dport 53 -j ACCEPT
+"""  # noqa: E501
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,7 +267,8 @@ def test_parse_user_rules_reads_tuples_in_order_with_comments() -> None:
     assert [r.action for r in rules] == ["deny", "allow", "allow", "allow", "allow"]
     assert rules[0].comment == "remediations block-ip"
     assert rules[0].blocks(target("203.0.113.7/32"))
-    assert rules[2].admits() and not rules[3].admits() and not rules[4].admits()
+    assert rules[2].admits() and not rules[3].admits()  # a route rule is not traffic to the host
+    assert rules[4].admits() and rules[4].dapp == "Apache" and not rules[4].incoming
 
 
 @pytest.mark.parametrize(
@@ -291,6 +333,168 @@ def test_parse_docker_rules_keeps_only_ours_with_their_spec() -> None:
     (rule,) = fw.parse_docker_rules(text, v6=False)
     assert (rule.network, rule.proto, rule.port) == (ipaddress.ip_network("203.0.113.0/24"), "tcp", 18080)
     assert list(rule.spec) == ours
+
+
+# ---------------------------------------------------------------------------------------------
+# What ufw matches: tuples with app profiles and interfaces, and the chain it loaded
+# ---------------------------------------------------------------------------------------------
+
+OUTSIDER = target("198.18.0.200/32")
+
+
+@pytest.mark.parametrize(
+    ("text", "profiles"),
+    [
+        (OPENSSH_PROFILE, {"OpenSSH": (("tcp", "22"),)}),
+        ("[WWW Full]\ntitle=Web Server\nports=80,443/tcp\n", {"WWW Full": (("tcp", "80,443"),)}),
+        ("[Samba]\nports=137,138/udp|139,445/tcp\n", {"Samba": (("udp", "137,138"), ("tcp", "139,445"))}),
+        ("[DNS]\nports=53\n", {"DNS": (("any", "53"),)}),
+        (
+            "[A]\nports=1/tcp\n\n[B]\nports=60000:61000/udp\n",
+            {"A": (("tcp", "1"),), "B": (("udp", "60000:61000"),)},
+        ),
+        ("ports=22/tcp\n[Empty]\ntitle=x\n", {}),
+    ],
+)
+def test_parse_app_profiles(text: str, profiles: dict[str, tuple[tuple[str, str], ...]]) -> None:
+    assert fw.parse_app_profiles(text) == profiles
+
+
+def test_recorded_tuples_read_app_interface_limit_and_log_rules() -> None:
+    rules = fw.parse_user_rules(RECORDED_TUPLES, v6=False)
+    assert [(r.action, r.dapp, r.iface) for r in rules] == [
+        ("allow", "OpenSSH", ""),
+        ("allow", "", "eth0"),
+        ("limit", "", ""),
+        ("allow", "", ""),
+        ("allow", "WWW Full", ""),
+        ("deny", "", ""),
+        ("allow", "", ""),
+    ]
+    assert all(r.admits() for r in rules if r.action != "deny")
+    assert [r.text() for r in rules[:2]] == ["allow OpenSSH (22/tcp)", "allow in on eth0 22"]
+
+
+T22, U22, T80, TANY, UANY, OTHER = (
+    fw.Traffic("tcp", 22),
+    fw.Traffic("udp", 22),
+    fw.Traffic("tcp", 80),
+    fw.Traffic("tcp"),
+    fw.Traffic("udp"),
+    fw.Traffic(fw.OTHER),
+)
+
+
+@pytest.mark.parametrize(
+    ("line", "traffic", "matched"),
+    [
+        ("### tuple ### allow tcp 22 0.0.0.0/0 any 0.0.0.0/0 OpenSSH - in", T22, fw.ALL),
+        ("### tuple ### allow tcp 22 0.0.0.0/0 any 0.0.0.0/0 OpenSSH - in", U22, fw.NONE),
+        ("### tuple ### allow tcp 22 0.0.0.0/0 any 0.0.0.0/0 OpenSSH - in", TANY, fw.SOME),
+        ("### tuple ### allow tcp 22 0.0.0.0/0 any 0.0.0.0/0 OpenSSH - in", OTHER, fw.NONE),
+        ("### tuple ### allow any 22 0.0.0.0/0 any 0.0.0.0/0 in_eth0", T22, fw.SOME),  # on eth0 only
+        ("### tuple ### allow any 22 0.0.0.0/0 any 0.0.0.0/0 in_eth0", U22, fw.SOME),
+        ("### tuple ### allow any 22 0.0.0.0/0 any 0.0.0.0/0 in_eth0", T80, fw.NONE),
+        ("### tuple ### allow any any 0.0.0.0/0 any 0.0.0.0/0 in", OTHER, fw.ALL),
+        ("### tuple ### allow any 53 0.0.0.0/0 any 10.0.0.0/8 in", fw.Traffic("udp", 53), fw.NONE),
+        ("### tuple ### allow any any 0.0.0.0/0 any 198.18.0.0/16 in", T22, fw.ALL),
+        ("### tuple ### allow tcp 22 198.18.0.11 any 0.0.0.0/0 in", T22, fw.SOME),  # to one address
+        ("### tuple ### allow tcp 22 0.0.0.0/0 1024:65535 0.0.0.0/0 in", T22, fw.SOME),
+        ("### tuple ### allow tcp 20:30 0.0.0.0/0 any 0.0.0.0/0 in", T22, fw.ALL),
+        ("### tuple ### allow esp any 0.0.0.0/0 any 0.0.0.0/0 in", OTHER, fw.SOME),
+        ("### tuple ### allow esp any 0.0.0.0/0 any 0.0.0.0/0 in", TANY, fw.NONE),
+        ("### tuple ### allow tcp 22 0.0.0.0/0 any 0.0.0.0/0 out", T22, fw.NONE),
+        ("### tuple ### route:allow tcp 22 0.0.0.0/0 any 0.0.0.0/0 in_eth0!out_eth1", T22, fw.NONE),
+    ],
+)
+def test_tuple_match(line: str, traffic: fw.Traffic, matched: int) -> None:
+    (rule,) = fw.parse_user_rules(line, v6=False)
+    assert rule.match(OUTSIDER.network, traffic, {}) == matched
+
+
+def test_an_app_rule_matches_the_profiles_ports_as_well_as_the_ones_ufw_wrote() -> None:
+    (rule,) = fw.parse_user_rules("### tuple ### allow tcp 22 0.0.0.0/0 any 0.0.0.0/0 OpenSSH - in", v6=False)
+    moved = {"OpenSSH": (("tcp", "2222"),)}  # the profile was edited since the rule was written
+    assert rule.match(OUTSIDER.network, fw.Traffic("tcp", 2222), {}) == fw.NONE
+    assert rule.match(OUTSIDER.network, fw.Traffic("tcp", 2222), moved) == fw.ALL
+    assert rule.match(OUTSIDER.network, T22, moved) == fw.ALL
+
+
+def test_recorded_chain_is_read_in_order_with_verdicts() -> None:
+    rules = fw.parse_chain(RECORDED_CHAIN, "ufw-user-input")
+    assert [(r.proto, r.dports, r.narrowed, r.verdict) for r in rules] == [
+        ("tcp", "22", False, fw.ADMIT),
+        ("tcp", "22", True, fw.ADMIT),  # -i eth0
+        ("udp", "22", True, fw.ADMIT),
+        ("tcp", "2222", True, fw.PASS),  # recent --set: no jump
+        ("tcp", "2222", True, fw.DENY),  # over the rate: ufw-user-limit rejects
+        ("tcp", "2222", False, fw.ADMIT),  # ufw-user-limit-accept
+        ("tcp", "80", False, fw.PASS),  # ufw-user-logging-input logs and returns
+        ("tcp", "80", False, fw.ADMIT),
+        ("tcp", "80,443", False, fw.ADMIT),
+        ("any", "any", False, fw.DENY),
+        ("tcp", "53", False, fw.ADMIT),
+        ("udp", "53", False, fw.ADMIT),
+    ]
+    assert rules[9].src == ipaddress.ip_network("198.18.0.200/32")
+    assert rules[0].text().startswith("-p tcp -m tcp --dport 22")
+
+
+@pytest.mark.parametrize(
+    ("lines", "matched"),
+    [
+        (["-s 198.18.0.200/32 -j DROP"], fw.ALL),
+        (["-s 198.18.0.200/32 -j REJECT --reject-with icmp-port-unreachable"], fw.ALL),  # a target option
+        (["! -s 10.0.0.0/8 -j DROP"], fw.SOME),  # a negation: never read as "all"
+        (["-s 198.18.0.200/32 -m conntrack --ctstate NEW -j DROP"], fw.SOME),
+        (["-s 198.18.0.200/32 -m frobnicate --wibble -j DROP"], fw.SOME),  # a module we do not know
+        (["-s 198.18.0.0/24 -d 198.18.0.11/32 -j DROP"], fw.SOME),
+        (["-s 10.0.0.0/8 -j DROP"], fw.NONE),
+        (["-s 198.18.0.128/25 -j DROP"], fw.ALL),
+        (["-s 198.18.0.0/25 -j DROP"], fw.NONE),
+    ],
+)
+def test_chain_match(lines: list[str], matched: int) -> None:
+    (rule,) = chain(*lines)
+    assert rule.match(OUTSIDER.network, TANY, {}) == matched
+
+
+@pytest.mark.parametrize(
+    ("blocked", "admitted"),
+    [
+        # everything from 198.18.0.200 but its tcp to 22, 2222, 80, 443 and udp to 22 meets the DROP
+        (target("198.18.0.200/32"), [(0, [fw.Traffic("tcp")]), (2, [fw.Traffic("udp")])]),
+        (target("198.18.0.200/32", 443, "tcp"), [(8, [fw.Traffic("tcp", 443)])]),
+        (target("198.18.0.200/32", 2222, "tcp"), [(5, [fw.Traffic("tcp", 2222)])]),
+        (target("198.18.0.200/32", 25), []),  # no allow rule for port 25 before the DROP
+        (target("10.1.2.3/32", 53, "udp"), [(11, [fw.Traffic("udp", 53)])]),
+    ],
+)
+def test_admitted_first_by_the_recorded_chain(
+    blocked: fw.Target, admitted: list[tuple[int, list[fw.Traffic]]]
+) -> None:
+    rules = fw.parse_chain(RECORDED_CHAIN, "ufw-user-input")
+    assert fw.admitted_first(rules, blocked, {}) == admitted
+
+
+def test_decide_traffic_a_narrower_deny_lets_the_rest_on() -> None:
+    rules = chain("-s 198.18.0.200/32 -p tcp -m tcp --dport 22 -j DROP", "-p tcp -m tcp --dport 22 -j ACCEPT")
+    assert fw.decide_traffic(rules, OUTSIDER.network, T22, {}) == fw.Decision(T22, fw.DENY, 0)
+    assert fw.decide_traffic(rules, OUTSIDER.network, TANY, {}) == fw.Decision(TANY, fw.ADMIT, 1)
+    assert fw.decide_traffic(rules, OUTSIDER.network, UANY, {}) == fw.Decision(UANY, fw.PASS)
+
+
+@given(networks, st.one_of(st.none(), st.integers(1, 65535)), st.sampled_from([None, "tcp", "udp"]))
+def test_a_deny_above_every_rule_decides_all_traffic_and_an_allow_above_it_admits_first(
+    network: fw.Network, port: int | None, proto: str | None
+) -> None:
+    blocked = fw.Target(network, port, proto)
+    deny = tuple_line("deny", proto or "any", str(port) if port else "any", blocked.source, blocked.v6)
+    anything = tuple_line("allow", "any", "any", "::/0" if blocked.v6 else "0.0.0.0/0", blocked.v6)
+    first = fw.parse_user_rules(rules_file(deny, anything), blocked.v6)
+    assert fw.admitted_first(first, blocked, {}) == []
+    last = fw.parse_user_rules(rules_file(anything, deny), blocked.v6)
+    assert fw.admitted_first(last, blocked, {}) == [(0, list(blocked.traffic()))]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,6 +569,7 @@ def test_block_already_in_every_layer_is_ok() -> None:
     record = fw.BlockRecord(BLOCK.target, created=NOW - 60)
     current = facts(
         rules4=rules4(tuple_line("deny", "any", "any", "203.0.113.7"), SSH_ALLOW),
+        chain4=chain("-s 203.0.113.7/32 -j DROP", "-p tcp -m tcp --dport 22 -j ACCEPT"),
         docker_rules=(docker_rule(BLOCK.target),),
         records=(record,),
     )
@@ -381,6 +586,177 @@ def test_a_deny_below_an_allow_rule_is_moved_to_the_top() -> None:
         "ufw prepend deny from 203.0.113.7 comment 'remediations block-ip'",
     )
     assert "below an allow rule" in plan.changes[0]
+
+
+HAND_DENY = tuple_line("deny", "any", "any", "203.0.113.7")
+OPENSSH_ALLOW = "### tuple ### allow tcp 22 0.0.0.0/0 any 0.0.0.0/0 OpenSSH - in"
+IFACE_ALLOW = "### tuple ### allow any 22 0.0.0.0/0 any 0.0.0.0/0 in_eth0"
+DROP_FIRST = chain("-s 203.0.113.7/32 -j DROP", "-p tcp -m tcp --dport 22 -j ACCEPT")
+DROP_LAST = chain("-p tcp -m tcp --dport 22 -j ACCEPT", "-s 203.0.113.7/32 -j DROP")
+
+
+@pytest.mark.parametrize(
+    ("lines", "loaded", "blocked", "moved"),
+    [
+        ([OPENSSH_ALLOW, HAND_DENY], DROP_LAST, BLOCK.target,
+         "rule 1 (allow OpenSSH (22/tcp)) admits its tcp"),
+        ([IFACE_ALLOW, HAND_DENY], DROP_LAST, BLOCK.target,
+         "rule 1 (allow in on eth0 22) admits its tcp, udp"),
+        ([SSH_ALLOW, HAND_DENY], DROP_LAST, BLOCK.target, "rule 1 (allow 22/tcp) admits its tcp"),
+        # an allow for another source, or for another port than the block's, does not get first
+        ([tuple_line("allow", "any", "any", "10.0.0.0/8"), HAND_DENY], DROP_FIRST, BLOCK.target, ""),
+        ([OPENSSH_ALLOW, tuple_line("deny", "tcp", "443", "203.0.113.7")], DROP_FIRST,
+         target("203.0.113.7/32", 443, "tcp"), ""),
+        ([OPENSSH_ALLOW, tuple_line("deny", "tcp", "22", "203.0.113.7")], DROP_FIRST,
+         target("203.0.113.7/32", 22, "tcp"), "admits its tcp port 22"),
+        # a broader deny above the allow decides the traffic first
+        ([tuple_line("deny", "any", "any", "203.0.113.0/24"), SSH_ALLOW, HAND_DENY], DROP_FIRST,
+         BLOCK.target, ""),
+        # the files are right but the chain ufw loaded is not: the chain is what ufw matches
+        ([HAND_DENY, SSH_ALLOW], DROP_LAST, BLOCK.target, "ufw's loaded ufw-user-input chain: rule 1"),
+        ([HAND_DENY, SSH_ALLOW], chain("-p tcp -m tcp --dport 22 -j ACCEPT"), BLOCK.target, "has no DROP"),
+    ],
+)  # fmt: skip
+def test_a_deny_is_moved_only_when_an_allow_rule_gets_its_traffic_first(
+    lines: list[str], loaded: tuple[fw.ChainRule, ...], blocked: fw.Target, moved: str
+) -> None:
+    current = facts(rules4=rules4(*lines), chain4=loaded, profiles={"OpenSSH": (("tcp", "22"),)})
+    plan = fw.decide_block(fw.BlockRequest(blocked), current, [])
+    deletes = [c for c in plan.commands if c.startswith("ufw delete")]
+    if moved:
+        assert deletes == [f"ufw delete deny {shlex.join(blocked.ufw_args())}"]
+        assert plan.commands.index(deletes[0]) + 1 == plan.commands.index(
+            f"ufw prepend deny {shlex.join(blocked.ufw_args())} comment 'remediations block-ip'"
+        )
+        assert moved in plan.changes[0], plan.changes
+        assert "ufw" not in fw.layers(blocked, current)[0]
+    else:
+        assert not deletes and not any(c.startswith("ufw") for c in plan.commands), plan
+        assert "ufw" in fw.layers(blocked, current)[0]
+
+
+def test_already_blocked_needs_the_effective_order() -> None:
+    record = fw.BlockRecord(BLOCK.target, created=NOW - 60)
+    held = facts(
+        rules4=rules4(HAND_DENY, OPENSSH_ALLOW),
+        chain4=DROP_FIRST,
+        docker_rules=(docker_rule(BLOCK.target),),
+        records=(record,),
+    )
+    assert fw.decide_block(BLOCK, held, []).nothing
+    shadowed = facts(
+        rules4=rules4(OPENSSH_ALLOW, HAND_DENY),
+        chain4=DROP_LAST,
+        docker_rules=(docker_rule(BLOCK.target),),
+        records=(record,),
+    )
+    plan = fw.decide_block(BLOCK, shadowed, [])
+    assert not plan.nothing and "move the ufw deny" in plan.changes[0]
+    holding, problems = fw.layers(BLOCK.target, shadowed)
+    assert holding == ["DOCKER-USER"] and "below an allow rule" in problems[0]
+
+
+@pytest.mark.parametrize(
+    ("kill", "conntrack", "flows", "blocked_already", "after", "says"),
+    [
+        (False, True, 2, True, 0, "2 tracked flow(s) from 203.0.113.7 left open"),
+        (False, True, 0, True, 0, "no tracked connections from 203.0.113.7"),
+        (False, False, None, True, 0, "conntrack is not installed"),
+        (True, True, 2, True, 1, ""),
+        (True, True, 0, True, 0, "no tracked connections from 203.0.113.7 to drop"),
+        (True, True, 0, False, 1, ""),  # a new block drops whatever opened meanwhile
+        (True, False, None, True, 0, "conntrack is not installed"),
+    ],
+)
+def test_kill_established(
+    kill: bool, conntrack: bool, flows: int | None, blocked_already: bool, after: int, says: str
+) -> None:
+    record = fw.BlockRecord(BLOCK.target, created=NOW - 60)
+    current = facts(
+        conntrack=conntrack,
+        flows=flows,
+        rules4=rules4(HAND_DENY) if blocked_already else (),
+        chain4=DROP_FIRST if blocked_already else None,
+        docker_rules=(docker_rule(BLOCK.target),) if blocked_already else (),
+        records=(record,) if blocked_already else (),
+    )
+    plan = fw.decide_block(fw.BlockRequest(BLOCK.target, kill_established=kill), current, [])
+    assert len(plan.after) == after
+    if after:
+        assert plan.after[0].startswith("out=$(conntrack -D -f ipv4 -s 203.0.113.7 2>&1 >/dev/null)")
+        assert "drop the tracked flows" in plan.changes[-1]
+    assert plan.nothing is (blocked_already and not after)
+    assert says in " ".join([plan.reason, *plan.notes])
+
+
+def test_conntrack_filters_follow_the_block() -> None:
+    assert target("2001:db8::/32").conntrack_filters() == [["-f", "ipv6", "-s", "2001:db8::/32"]]
+    assert target("203.0.113.7/32", 443).conntrack_filters() == [
+        ["-f", "ipv4", "-s", "203.0.113.7", "-p", "tcp", "--dport", "443"],
+        ["-f", "ipv4", "-s", "203.0.113.7", "-p", "udp", "--dport", "443"],
+    ]
+    assert target("203.0.113.7/32", None, "udp").conntrack_filters() == [
+        ["-f", "ipv4", "-s", "203.0.113.7", "-p", "udp"]
+    ]
+
+
+@pytest.mark.parametrize(
+    ("prints", "code", "fails", "dropped"),
+    [
+        ("conntrack v1.4.7 (conntrack-tools): 3 flow entries have been deleted.", 0, False, 3),
+        ("conntrack v1.4.7 (conntrack-tools): 0 flow entries have been deleted.", 1, False, 0),
+        ("conntrack v1.4.7 (conntrack-tools): Operation not permitted", 1, True, 0),
+    ],
+)
+def test_conntrack_delete_in_a_real_shell(
+    tmp_path: Path, prints: str, code: int, fails: bool, dropped: int
+) -> None:
+    """The wrapper around conntrack -D under `set -e`, run by sh with a conntrack that prints what
+    conntrack 1.4.7 prints (its count on stderr, exit 1 for none deleted)."""
+    fake = tmp_path / "conntrack"
+    fake.write_text(f'#!/bin/sh\necho "$*" > {tmp_path}/argv\necho {shlex.quote(prints)} >&2\nexit {code}\n')
+    fake.chmod(0o755)
+    deletes = fw.conntrack_delete(target("203.0.113.7/32", 22, "tcp"))
+    script = "\n".join(["set -e", *deletes, "echo finished"])
+    path = {"PATH": f"{tmp_path}:/usr/bin:/bin"}
+    done = subprocess.run(["sh", "-c", script], capture_output=True, text=True, env=path, check=False)
+    assert (done.returncode != 0) is fails
+    assert ("finished" in done.stdout) is not fails
+    assert fw.flows_dropped(done.stdout + done.stderr) == dropped
+    argv = (tmp_path / "argv").read_text().split()
+    assert argv == ["-D", "-f", "ipv4", "-s", "203.0.113.7", "-p", "tcp", "--dport", "22"]
+
+
+def test_unrecorded_denies_are_listed_hand_made_or_not() -> None:
+    recorded = fw.BlockRecord(target("203.0.113.7/32"))
+    current = facts(
+        rules4=rules4(
+            SSH_ALLOW,
+            tuple_line("deny", "any", "any", "203.0.113.7", comment="remediations block-ip"),
+            tuple_line("deny", "any", "any", "203.0.113.8"),
+            tuple_line("deny", "tcp", "25", "203.0.113.9", comment="remediations block-ip"),
+            tuple_line("deny", "tcp", "25", "0.0.0.0/0"),  # a port policy, not a block of a source
+            "### tuple ### deny any any 0.0.0.0/0 any 203.0.113.10 in_eth1",
+        ),
+        chain4=chain(
+            "-p tcp -m tcp --dport 22 -j ACCEPT",
+            "-s 203.0.113.7/32 -j DROP",
+            "-s 203.0.113.8/32 -j DROP",
+            "-s 203.0.113.9/32 -p tcp -m tcp --dport 25 -j DROP",
+        ),
+        docker_rules=(docker_rule(target("198.51.100.0/24")),),
+        records=(recorded,),
+    )
+    found = fw.unrecorded(current)
+    assert [(u.label, u.layer, u.hand_made) for u in found] == [
+        ("203.0.113.8", "ufw", True),
+        ("203.0.113.9 port 25/tcp", "ufw", False),
+        ("deny in on eth1 from 203.0.113.10", "ufw", True),
+        ("198.51.100.0/24", "DOCKER-USER", False),
+    ]
+    assert "below an allow rule: rule 1 (allow 22/tcp) admits its tcp" in found[0].problems[0]
+    assert not found[1].problems  # nothing admits tcp 25 before it
+    assert "hand-made (not created by block-ip)" in found[0].line()
 
 
 def test_port_only_block_needs_tcp_and_udp_in_docker() -> None:
@@ -432,6 +808,7 @@ def test_same_ttl_keeps_the_expiry_a_new_ttl_sets_a_new_one() -> None:
     record = fw.BlockRecord(BLOCK.target, "ddos", NOW - 100, 3600, NOW + 3500)
     current = facts(
         rules4=rules4(tuple_line("deny", "any", "any", "203.0.113.7")),
+        chain4=chain("-s 203.0.113.7/32 -j DROP"),
         docker_rules=(docker_rule(BLOCK.target),),
         records=(record,),
     )
@@ -500,7 +877,6 @@ def test_parse_facts_from_marked_sections() -> None:
             f"@@now {NOW}",
             "@@ssh ::ffff:198.18.0.1 51234 198.18.0.11 22",
             "@@ufw yes",
-            "@@active 0",
             "@@conf",
             "ENABLED=yes",
             "@@default",
@@ -508,10 +884,18 @@ def test_parse_facts_from_marked_sections() -> None:
             "@@rules4",
             rules_file(tuple_line("deny", "any", "any", "203.0.113.7")),
             "@@rules6",
+            "@@apps",
+            OPENSSH_PROFILE,
+            "@@chain4 0",
+            "-N ufw-user-input",
+            "-A ufw-user-input -s 203.0.113.7/32 -j DROP",
+            "@@chain6 1",
             "@@docker4 0",
             "-N DOCKER-USER",
             "-A DOCKER-USER -j RETURN",
             "@@docker6 1",
+            "@@conntrack yes",
+            "@@flows 3",
             "@@state present",
             fw.render_state([record]),
             "@@end",
@@ -520,9 +904,14 @@ def test_parse_facts_from_marked_sections() -> None:
     parsed = fw.parse_facts(output, state)
     assert parsed.controller == CONTROLLER and parsed.ssh_port == 22
     assert parsed.ufw_active and parsed.ufw_enabled_conf and parsed.ipv6
+    assert parsed.chain4 is not None and parsed.chain4[0].jump == "DROP" and parsed.chain6 is None
+    assert parsed.profiles == {"OpenSSH": (("tcp", "22"),)}
     assert parsed.docker4 and not parsed.docker6
+    assert parsed.conntrack and parsed.flows == 3
     assert parsed.records == (record,)
     assert fw.layers(record.target, parsed) == (["ufw"], ["no DOCKER-USER rule"])
+    inactive = fw.parse_facts(output.replace("@@chain4 0", "@@chain4 1"), state)
+    assert not inactive.ufw_active and inactive.chain4 is None
 
 
 def test_unreadable_state_file_is_an_error_not_an_empty_list() -> None:

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import shlex
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -76,9 +79,43 @@ class Firewall:
         return host["status"], host["message"]
 
 
-def restore(host: str, saved: dict[str, str | None], was_active: bool) -> None:
-    """Put back the firewall files, ufw's on/off state, the state file; drop our DOCKER-USER rules."""
-    for tool, v6 in (("iptables", False), ("ip6tables", True)):
+TOOLS = ("iptables", "ip6tables")
+BUILTIN_CHAINS = ("INPUT", "FORWARD", "OUTPUT")
+
+
+def netfilter_baseline(host: str) -> dict[str, tuple[list[list[str]], bool]]:
+    """Per tool: the built-in chains' policies (`-P CHAIN POLICY`) and whether ufw's chains exist.
+    `ufw disable` sets every policy to ACCEPT (Docker's FORWARD DROP included) and leaves ufw's
+    empty chains behind, so restoring the files alone does not give the host back as it was."""
+    baseline = {}
+    for tool in TOOLS:
+        lines = [shlex.split(line) for line in sh(host, f"{tool} -w 10 -S").splitlines() if line]
+        policies = [words for words in lines if words[0] == "-P"]
+        baseline[tool] = (policies, any(w[0] == "-N" and w[1].startswith("ufw") for w in lines))
+    return baseline
+
+
+def remove_ufw_chains(host: str, tool: str) -> None:
+    lines = [shlex.split(line) for line in sh(host, f"{tool} -w 10 -S").splitlines() if line]
+    for words in lines:
+        if words[0] == "-A" and words[1] in BUILTIN_CHAINS and words[-2] == "-j" and words[-1][:3] == "ufw":
+            lab.exec_on(host, [tool, "-w", "10", "-D", *words[1:]])
+    chains = [w[1] for w in lines if w[0] == "-N" and w[1].startswith("ufw")]
+    for chain in chains:  # flushed first: ufw's chains jump to each other
+        lab.exec_on(host, [tool, "-w", "10", "-F", chain])
+    for chain in chains:
+        lab.exec_on(host, [tool, "-w", "10", "-X", chain])
+
+
+def restore(
+    host: str,
+    saved: dict[str, str | None],
+    was_active: bool,
+    baseline: dict[str, tuple[list[list[str]], bool]] | None = None,
+) -> None:
+    """Put back the firewall files, ufw's on/off state, the state file, the chains' policies; drop
+    our DOCKER-USER rules."""
+    for tool, v6 in zip(TOOLS, (False, True), strict=True):
         listed = lab.exec_on(host, [tool, "-S", "DOCKER-USER"], check=False).stdout.decode()
         for rule in fw.parse_docker_rules(listed, v6):
             lab.exec_on(host, [tool, "-w", "10", "-D", "DOCKER-USER", *rule.spec])
@@ -91,6 +128,11 @@ def restore(host: str, saved: dict[str, str | None], was_active: bool) -> None:
             lab.exec_on(host, ["sh", "-c", 'cat > "$1"', "sh", path], input=content.encode())
     if was_active:
         lab.exec_on(host, ["ufw", "reload"])
+    for tool, (policies, had_ufw_chains) in (baseline or {}).items():
+        if not was_active and not had_ufw_chains:
+            remove_ufw_chains(host, tool)
+        for words in policies:
+            lab.exec_on(host, [tool, "-w", "10", *words])
 
 
 @pytest.fixture
@@ -99,12 +141,12 @@ def saved_firewall(lab: Any) -> Iterator[Any]:
     snapshots = {}
     for host in ("api1", "api2"):
         saved = {path: read(host, path) for path in (*UFW_FILES, STATE_FILE)}
-        snapshots[host] = (saved, ufw_active(host))
+        snapshots[host] = (saved, ufw_active(host), netfilter_baseline(host))
     try:
         yield snapshots
     finally:
-        for host, (saved, was_active) in snapshots.items():
-            restore(host, saved, was_active)
+        for host, (saved, was_active, baseline) in snapshots.items():
+            restore(host, saved, was_active, baseline)
 
 
 @pytest.fixture
@@ -357,3 +399,181 @@ def test_bad_input_is_one_line_and_runs_nothing(
     assert says in ran.stderr and len(ran.stderr.strip().splitlines()) == 1, ran.stderr
     assert [r.get("host") for r in labkit.audit_lines(audit)] == [None]
     assert shlex.split(ran.stderr)[0] == "error:"
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 12: what ufw actually matches (app profiles, interface rules), established connections,
+# list-blocks' exit code
+# ---------------------------------------------------------------------------------------------
+
+OUTSIDER = "198.18.0.200"
+API1 = "198.18.0.11"
+
+
+def lab_iface(host: str, towards: str) -> str:
+    """The interface `host` reaches `towards` on (where that source's traffic comes in)."""
+    words = sh(host, f"ip -o route get {shlex.quote(towards)}").split()
+    return words[words.index("dev") + 1]
+
+
+def ufw_user_input(host: str) -> list[str]:
+    """ufw's loaded chain, in the order iptables evaluates it."""
+    listed = sh(host, "iptables -w 10 -S ufw-user-input")
+    return [line for line in listed.splitlines() if line.startswith("-A")]
+
+
+@pytest.fixture
+def api1_ssh_by_profile_or_iface(saved_firewall: Any, tmp_path: Path, request: Any) -> Firewall:
+    """api1 with ufw active and SSH allowed only by an app profile or an interface rule (no plain
+    `allow 22/tcp`), as Ubuntu's usual setup does."""
+    if request.param == "profile":
+        # the lab host's own view of ufw's profiles: Debian's openssh-server ships this one
+        assert "ports=22/tcp" in (read("api1", "/etc/ufw/applications.d/openssh-server") or "")
+        allow = "ufw allow OpenSSH"
+    else:
+        allow = f"ufw allow in on {shlex.quote(lab_iface('api1', OUTSIDER))} to any port 22"
+    sh("api1", f"{allow} >/dev/null && ufw --force enable >/dev/null")
+    lab.exec_on("api1", ["rm", "-f", STATE_FILE])
+    plain_allow = re.compile(r"^### tuple ### allow(_log)? \S+ \S+ \S+ \S+ \S+ in$", re.MULTILINE)
+    assert ufw_active("api1") and not plain_allow.search(read("api1", UFW_FILES[0]) or "")
+    return Firewall("api1", tmp_path / "audit.jsonl")
+
+
+@pytest.mark.parametrize("api1_ssh_by_profile_or_iface", ["profile", "iface"], indirect=True)
+def test_a_hand_deny_below_a_profile_or_interface_allow_is_moved_up_and_really_blocks(
+    api1_ssh_by_profile_or_iface: Firewall,
+) -> None:
+    api1 = api1_ssh_by_profile_or_iface
+    with lab.client(OUTSIDER, name="fwtest") as outsider:
+        sh("api1", f"ufw deny from {OUTSIDER} >/dev/null")  # the runbook's deny, appended below the allow
+        assert outsider.can_connect(API1, 22), "premise: the appended deny alone does not block"
+
+        status, message = api1.status("block-ip", "--ip", OUTSIDER)
+        assert status == "changed" and f"move the ufw deny for {OUTSIDER}" in message, message
+        assert not outsider.can_connect(API1, 22)
+        # ufw's own order: the source's DROP comes before every ACCEPT in ufw-user-input
+        chain = ufw_user_input("api1")
+        [drop] = [i for i, line in enumerate(chain) if f"-s {OUTSIDER}/32 " in line and "-j DROP" in line]
+        assert all(i > drop for i, line in enumerate(chain) if line.endswith("-j ACCEPT")), chain
+
+        status, message = api1.status("block-ip", "--ip", OUTSIDER)
+        assert (status, message[: len("already blocked")]) == ("ok", "already blocked"), message
+        listed = api1.run("list-blocks")
+        assert listed.code == 0, listed.stdout
+        assert api1.status("unblock-ip", "--ip", OUTSIDER)[0] == "changed"
+        assert outsider.can_connect(API1, 22)
+
+
+def test_list_blocks_and_block_ip_see_a_deny_that_never_matches(api1_ssh_by_iface: Firewall) -> None:
+    """A recorded block whose deny someone re-added by hand, appended below the interface allow."""
+    api1 = api1_ssh_by_iface
+    assert api1.status("block-ip", "--ip", OUTSIDER)[0] == "changed"
+    iface = lab_iface("api1", OUTSIDER)
+    sh("api1", f"ufw delete deny from {OUTSIDER} >/dev/null && ufw deny from {OUTSIDER} >/dev/null")
+    with lab.client(OUTSIDER, name="fwtest") as outsider:
+        assert outsider.can_connect(API1, 22)
+        listed = api1.run("list-blocks")
+        assert listed.code == 1, listed.stdout
+        [block] = [s for s in listed.host("api1")["steps"] if s["step"] == "block"]
+        assert "ufw" not in block["data"]["layers"] and f"in on {iface}" in block["message"], block
+        assert api1.status("block-ip", "--ip", OUTSIDER)[0] == "changed"
+        assert not outsider.can_connect(API1, 22)
+        assert api1.run("list-blocks").code == 0
+
+
+@pytest.fixture
+def api1_ssh_by_iface(saved_firewall: Any, tmp_path: Path) -> Firewall:
+    iface = shlex.quote(lab_iface("api1", OUTSIDER))
+    sh("api1", f"ufw allow in on {iface} to any port 22 >/dev/null && ufw --force enable >/dev/null")
+    lab.exec_on("api1", ["rm", "-f", STATE_FILE])
+    return Firewall("api1", tmp_path / "audit.jsonl")
+
+
+# A connection held open from the client: `probe LINE` sends LINE and reports whether api1's sshd
+# answered (any bytes, or the close of the connection) within 5 s, or stayed silent.
+_HOLDER = r"""
+import socket, sys
+conn = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+conn.recv(256)
+print("open", flush=True)
+for line in sys.stdin:
+    try:
+        conn.sendall(line.strip().encode() + b"\r\n")
+        conn.recv(4096)  # bytes, or b"" when sshd closes: either way it answered
+        print("answered", flush=True)
+    except TimeoutError:
+        print("silent", flush=True)
+    except OSError as exc:
+        print(f"error {exc}", flush=True)
+"""
+
+
+class HeldConnection:
+    def __init__(self, client: lab.Client, address: str, port: int) -> None:
+        self.process = subprocess.Popen(
+            ["nsenter", f"--net={client.netns}", "--", sys.executable, "-c", _HOLDER, address, str(port)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert self.read() == "open"
+
+    def read(self) -> str:
+        assert self.process.stdout is not None
+        return self.process.stdout.readline().strip()
+
+    def probe(self, line: str) -> str:
+        assert self.process.stdin is not None
+        self.process.stdin.write(line + "\n")
+        self.process.stdin.flush()
+        return self.read()
+
+    def close(self) -> None:
+        self.process.kill()
+        self.process.wait(10)
+
+
+def test_established_connection_survives_a_block_unless_kill_established(api1: Firewall) -> None:
+    with lab.client(OUTSIDER, name="fwtest") as outsider:
+        held = HeldConnection(outsider, API1, 22)
+        try:
+            status, message = api1.status("block-ip", "--ip", OUTSIDER)
+            assert status == "changed" and "established" in message and "left open" in message, message
+            assert not outsider.can_connect(API1, 22)
+            assert held.probe("SSH-2.0-probe") == "answered", "the open connection survives the block"
+
+            ran = api1.run("block-ip", "--ip", OUTSIDER, "--kill-established")
+            host = ran.host("api1")
+            assert host["status"] == "changed" and "dropped" in host["message"], host["message"]
+            assert host["steps"][-1]["data"]["established"]["dropped"] >= 1
+            assert held.probe("junk") == "silent", "the open connection is cut"
+            status, message = api1.status("block-ip", "--ip", OUTSIDER, "--kill-established")
+            assert status == "ok" and "no tracked connections" in message, message
+        finally:
+            held.close()
+        assert api1.status("unblock-ip", "--ip", OUTSIDER)[0] == "changed"
+        assert outsider.can_connect(API1, 22)
+
+
+def test_list_blocks_fails_when_a_layer_is_missing_and_shows_hand_made_denies(api1: Firewall) -> None:
+    assert api1.status("block-ip", "--ip", "203.0.113.40", "--comment", "listed")[0] == "changed"
+    assert api1.run("list-blocks").code == 0
+    sh("api1", "iptables -S DOCKER-USER | grep -F 203.0.113.40 | cut -d' ' -f3- | "
+               "while read -r rule; do eval \"iptables -D DOCKER-USER $rule\"; done")  # fmt: skip
+    listed = api1.run("list-blocks")
+    assert listed.code == 1, listed.stdout
+    host = listed.host("api1")
+    assert host["status"] == "failed" and "203.0.113.40" in host["message"]
+    [block] = [s for s in host["steps"] if s["step"] == "block"]
+    assert block["data"]["layers"] == ["ufw"] and "no DOCKER-USER rule" in block["message"]
+    assert api1.status("block-ip", "--ip", "203.0.113.40", "--comment", "listed")[0] == "changed"
+    assert api1.run("list-blocks").code == 0
+
+    sh("api1", "ufw deny from 203.0.113.41 >/dev/null")  # by hand: not block-ip's, and below allow 22/tcp
+    listed = api1.run("list-blocks")
+    assert listed.code == 0, listed.stdout
+    [hand] = [s for s in listed.host("api1")["steps"] if s["step"] == "unrecorded"]
+    assert "203.0.113.41" in hand["message"] and "hand-made" in hand["message"]
+    assert "below an allow rule" in hand["message"], "its tcp port 22 traffic meets allow 22/tcp first"
+    text = labkit.inv("list-blocks", "--host", "api1", audit=api1.audit)
+    assert text.code == 0 and "203.0.113.41 [ufw only: hand-made" in text.stdout, text.stdout
+    sh("api1", "ufw delete deny from 203.0.113.41 >/dev/null")
+    assert api1.status("unblock-ip", "--ip", "203.0.113.40")[0] == "changed"
