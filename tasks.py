@@ -294,7 +294,8 @@ def restore_s3_object(
     source's own part boundaries for multipart objects and objects over 5 GiB. Already holding that
     content: ok, no new version. An archived version gets a retrieval started (pending); run again to
     copy it once readable. Refused when bucket versioning is not Enabled. Endpoint: AWS_ENDPOINT_URL,
-    else the s3_endpoint_url inventory var; credentials: the standard AWS chain.
+    else the s3_endpoint_url inventory var; credentials: the standard AWS chain. Requests are bounded
+    as for restore-s3-prefix (108 s at most each with the default s3_* timeouts).
     """
     from remediations.s3restore import RestoreObject, Tuning, controller_targets
 
@@ -339,9 +340,11 @@ def restore_s3_prefix(
 
     Overwritten keys get their version of that time back and deleted keys come back (copies: history
     is kept); keys created later are left alone and listed (--delete-new hides them). Copies run in a
-    bounded pool, throttling and 5xx are retried with backoff (at most 5 attempts per request), and a
-    progress line shows on a terminal. --check lists every key and what would happen to it. A second
-    run finds nothing to do.
+    bounded pool, throttling, 5xx and timeouts are retried with backoff, and a progress line shows on
+    a terminal. Every S3 request is bounded (s3_connect_timeout 5 s, s3_read_timeout 30 s,
+    s3_max_attempts 3: 108 s at most); a request waiting longer than s3_progress_interval (10 s) is
+    reported on stderr, and an endpoint that stops answering stops the run with the keys restored so
+    far. --check lists every key and what would happen to it. A second run finds nothing to do.
     """
     from remediations.s3restore import RestorePrefix, Tuning, controller_targets
 

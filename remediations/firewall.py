@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
+from remediations import remote_write
 from remediations.connection import Remote
 from remediations.engine import HostContext, Remediation
 from remediations.errors import HostError, UsageError
@@ -1303,9 +1304,7 @@ def apply_command(plan: Plan, state: StatePath, flows_of: Target | None = None) 
     that need the block in place (conntrack -D), then the facts."""
     body = list(plan.commands)
     if plan.state is not None:
-        q = shlex.quote
-        tmp = f"{state.file}.tmp"
-        body += [f"mkdir -p {q(state.directory)}", f"cat > {q(tmp)}", f"mv {q(tmp)} {q(state.file)}"]
+        body.append(state_write(plan.state, state).command())
     body += plan.after
     script = "\n".join(["set -e", *body])
     return "\n".join(
@@ -1317,11 +1316,16 @@ def apply_command(plan: Plan, state: StatePath, flows_of: Target | None = None) 
     )
 
 
+def state_write(records: Iterable[BlockRecord], state: StatePath) -> remote_write.Write:
+    """The state file as one checked write: whole or not at all, whatever happens to the stream."""
+    return remote_write.Write(state.file, render_state(records).encode(), make_dir=True)
+
+
 def apply(
     remote: Remote, plan: Plan, state: StatePath, flows_of: Target | None = None
 ) -> tuple[FirewallFacts, str]:
     """The facts afterwards, and what the commands printed."""
-    stdin = render_state(plan.state).encode() if plan.state is not None else b""
+    stdin = state_write(plan.state, state).stdin if plan.state is not None else b""
     result = remote.run(apply_command(plan, state, flows_of), stdin=stdin, timeout=COMMAND_TIMEOUT)
     found = sections(result.stdout)
     code, output = found.get("apply", ("", result.stderr))

@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from remediations import s3client
 from remediations.compose import Container, Project
 from remediations.disk import check_backup_dir
 from remediations.engine import HostContext, Remediation
@@ -605,6 +606,7 @@ def newest_s3_object(url: str, host_vars: Mapping[str, Any]) -> tuple[float | No
             "s3",
             endpoint_url=str(host_vars["s3_endpoint_url"]) if host_vars.get("s3_endpoint_url") else None,
             region_name=str(host_vars.get("s3_region") or "us-east-1"),
+            config=s3client.Bounds.from_vars(host_vars).config(),  # a hung endpoint: bounded wait
         )
         newest: float | None = None
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
@@ -612,7 +614,7 @@ def newest_s3_object(url: str, host_vars: Mapping[str, Any]) -> tuple[float | No
                 stamp = item["LastModified"].timestamp()
                 newest = stamp if newest is None or stamp > newest else newest
         return newest, ""
-    except (BotoCoreError, ClientError) as exc:
+    except (BotoCoreError, ClientError, UsageError) as exc:
         return None, f"S3: {exc}"[:200]
 
 

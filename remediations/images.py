@@ -2,8 +2,9 @@
 
 The record is one small JSON file on the host, `{state_dir}/images.json` (state_dir defaults to
 /var/lib/remediations), keyed by "project/service", each a list of replacements, newest last:
-`{"at", "task", "from", "to", "ref"}` with image ids. It is written atomically (temp file, then
-rename) while the remediation holds the host lock.
+`{"at", "task", "from", "to", "ref"}` with image ids. It is written whole or not at all (remote_write:
+a temp file whose size and SHA-256 are checked, then the rename) while the remediation holds the host
+lock.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
-from remediations.connection import Remote, must
+from remediations import remote_write
+from remediations.connection import Remote
 from remediations.hostfacts import MARK, sections_by_name
 from remediations.inventory import Host
 
@@ -98,11 +100,5 @@ def record(
     entry = Replacement(dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), task, before, after, ref)
     records[key] = [*records.get(key, []), entry][-KEEP:]
     text = json.dumps({k: [e.to_dict() for e in v] for k, v in records.items()}, indent=1, sort_keys=True)
-    path = state_path(host)
-    directory = path.rsplit("/", 1)[0] or "/"
-    tmp = f"{path}.tmp"
-    command = (
-        f"umask 077 && mkdir -p {shlex.quote(directory)} && cat > {shlex.quote(tmp)} && "
-        f"mv -f {shlex.quote(tmp)} {shlex.quote(path)}"
-    )
-    must(remote.run(command, stdin=(text + "\n").encode(), timeout=30), f"writing {path}")
+    job = remote_write.Write(state_path(host), (text + "\n").encode(), mode="600", make_dir=True)
+    remote_write.write(remote, job)

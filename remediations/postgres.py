@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from remediations import hostfacts
+from remediations import hostfacts, s3client
 from remediations.errors import CommandResult, HostError, UsageError
 from remediations.hostfacts import MARK as MARK
 from remediations.hostfacts import Section as Section
@@ -189,11 +189,12 @@ def s3_endpoint(host_vars: Mapping[str, Any]) -> str | None:
 class S3Store:
     """A boto3 S3 client for one host's settings; failures become one readable HostError line."""
 
-    def __init__(self, host_vars: Mapping[str, Any]) -> None:
+    def __init__(self, host_vars: Mapping[str, Any], label: str = "s3") -> None:
         import boto3
-        from botocore.config import Config
 
         self.endpoint = s3_endpoint(host_vars)
+        self.bounds = s3client.Bounds.from_vars(host_vars)
+        self.waits = s3client.Waits(label, self.endpoint, self.bounds)
         session = boto3.session.Session(
             profile_name=str(host_vars["aws_profile"]) if host_vars.get("aws_profile") else None,
             region_name=str(host_vars["s3_region"]) if host_vars.get("s3_region") else None,
@@ -210,15 +211,14 @@ class S3Store:
             if s
         ]
         # Standard retries cover exactly the transient failures (throttling, 5xx, connection
-        # errors), with backoff and an explicit stop; every call here is safe to repeat.
+        # errors, timeouts), with backoff and an explicit stop; every call here is safe to repeat.
         self.client: Any = session.client(
             "s3",
             endpoint_url=self.endpoint,
             region_name=session.region_name or "us-east-1",
-            config=Config(
-                connect_timeout=5, read_timeout=60, retries={"mode": "standard", "max_attempts": 3}
-            ),
+            config=self.bounds.config(),
         )
+        self.waits.attach(self.client)
 
     def where(self, bucket: str, prefix: str = "") -> str:
         return f"s3://{bucket}/{prefix}" + (f" at {self.endpoint}" if self.endpoint else "")
@@ -234,6 +234,8 @@ class S3Store:
                 "NoSuchKey": "no such object",
                 "404": "no such object",
             }.get(code) or f"{code}: {error.get('Message') or ''}".rstrip(": ")
+        elif s3client.is_unanswered(exc):
+            text = self.waits.unanswered()
         elif isinstance(exc, EndpointConnectionError):
             text = f"cannot reach the S3 endpoint {self.endpoint or 'AWS'}"
         elif isinstance(exc, NoCredentialsError):

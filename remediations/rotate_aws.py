@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from typing import Any, ClassVar
 
-from remediations import rotation
+from remediations import rotation, s3client
 from remediations.engine import HostContext, Remediation, controller_host
 from remediations.errors import HostError, UsageError
 from remediations.hostfacts import human_age
@@ -140,7 +140,8 @@ class Iam:
         if bucket:
             endpoint = self.vars.get("s3_endpoint_url")
             s3 = session.client(
-                "s3", endpoint_url=str(endpoint) if endpoint else None, region_name=self.region
+                "s3", endpoint_url=str(endpoint) if endpoint else None, region_name=self.region,
+                config=s3client.Bounds.from_vars(self.vars).config(),
             )
             try:
                 s3.list_objects_v2(Bucket=str(bucket), MaxKeys=1)

@@ -37,7 +37,7 @@ from typing import IO, Any, ClassVar
 
 import yaml
 
-from remediations import connection, envfile, images
+from remediations import connection, envfile, images, remote_write
 from remediations.compose import ProjectFacts, ServiceFacts
 from remediations.connection import Remote, must
 from remediations.engine import HostContext, Remediation
@@ -53,10 +53,10 @@ from remediations.set_env import (
     backup_name,
     compose_services,
     env_file_of,
+    env_file_write,
     read_files,
     running_envs,
     services_reading,
-    write_file_command,
 )
 
 # --------------------------------------------------------------------------------------------
@@ -220,11 +220,8 @@ def save_record(remote: Remote, host: Host, record: Record) -> Record:
     record = replace(record, updated=now_iso())
     records = [r for r in read_records(remote, host) if r.id != record.id] + [record]
     path = record_path(host)
-    directory = posixpath.dirname(path) or "/"
-    tmp = f"{path}.tmp"
-    q = shlex.quote
-    command = f"umask 077 && mkdir -p {q(directory)} && cat > {q(tmp)} && mv -f {q(tmp)} {q(path)}"
-    must(remote.run(command, stdin=render_records(records).encode(), timeout=30), f"writing {path}")
+    job = remote_write.Write(path, render_records(records).encode(), mode="600", make_dir=True)
+    remote_write.write(remote, job)
     return record
 
 
@@ -415,10 +412,10 @@ def write_env(side: EnvSide, values: dict[str, str], backup: str, step: str = "s
     with ctx.step(step) as timer:
         new_text, _ = envfile.edit(side.file.text, values, [])
         owner = side.file.owner if side.file.exists else ""
-        command = write_file_command(
-            side.file.path, owner, "600", backup if side.file.exists else None, backup_mode="600"
+        job = env_file_write(
+            side.file.path, new_text, owner, "600", backup if side.file.exists else None, backup_mode="600"
         )
-        must(ctx.remote.run(command, stdin=new_text.encode(), timeout=30), f"writing {side.file.path}")
+        remote_write.write(ctx.remote, job)
         widened = side.file.exists and side.file.mode not in ("600", "400")
         timer.done(
             Status.CHANGED,

@@ -26,14 +26,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import CancelledError, ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TextIO
 from urllib.parse import urlencode
 
 import boto3
-from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -46,6 +45,7 @@ from remediations.engine import HostContext, Remediation, controller_host
 from remediations.errors import HostError, UsageError
 from remediations.inventory import Host, Inventory
 from remediations.results import Status
+from remediations.s3client import Bounds, S3Unanswered, Waits, is_endpoint_down, is_unanswered
 
 S3Client = Any  # boto3's client is generated at run time; no stubs are installed
 
@@ -69,7 +69,6 @@ class Tuning:
     page_size: int = 1000  # MaxKeys of each listing page
     multipart_threshold: int = COPY_OBJECT_LIMIT  # larger objects are copied part by part
     part_size: int = 512 * MiB  # part size when the source's own layout cannot be read
-    max_attempts: int = 5  # botocore's explicit stop: total attempts of one request
     tier: str = "Standard"  # archive retrieval tier
     restore_days: int = 7  # how long a retrieved copy of an archived version stays readable
 
@@ -474,34 +473,17 @@ def endpoint_url(host_vars: Mapping[str, Any]) -> str | None:
     return str(value) if value else None
 
 
-def client_config(tuning: Tuning) -> Config:
-    """Connection pool at least as large as the copy pool; botocore's standard retries.
-
-    Standard mode retries exactly the transient failures (503 SlowDown and other throttling codes,
-    500/502/503/504, RequestTimeout, connection errors) with exponential backoff and jitter, and
-    stops after `max_attempts` attempts of a request (and when its retry quota is spent). It wraps
-    every call, the listing pages and each part of a multipart copy included, which a tenacity
-    decorator around our own functions would do more coarsely: a retried copy could repeat parts
-    that had succeeded. Repeating one S3 request is safe: a repeated copy only adds an identical
-    version.
-    """
-    return Config(
-        max_pool_connections=max(tuning.workers, 10),
-        # total_max_attempts counts the first attempt too; botocore's "max_attempts" would not
-        retries={"mode": "standard", "total_max_attempts": tuning.max_attempts},
-        connect_timeout=10,
-        read_timeout=300,  # a server-side copy of a large part can take minutes
-    )
-
-
 class S3:
     """One boto3 client for one target host, plus the credential values never to print."""
 
     def __init__(self, host_vars: Mapping[str, Any], tuning: Tuning, client: S3Client = None) -> None:
         self.endpoint = endpoint_url(host_vars)
+        self.bounds = Bounds.from_vars(host_vars)
+        self.waits = Waits("s3", self.endpoint, self.bounds)
         self.secrets: list[str] = []
         self.client: S3Client = client
         if client is not None:  # a client made elsewhere (tests use botocore's Stubber on one)
+            self.waits.attach(client)
             return
         try:
             session = boto3.session.Session(
@@ -518,12 +500,19 @@ class S3:
             )
         frozen = credentials.get_frozen_credentials()
         self.secrets = [s for s in (frozen.access_key, frozen.secret_key, frozen.token) if s]
+        # Standard retries cover exactly the transient failures (503 SlowDown and other throttling,
+        # 500/502/503/504, RequestTimeout, connection errors and timeouts) with backoff and jitter,
+        # for every call: the listing pages and each part of a multipart copy included, which a
+        # tenacity decorator around our own functions would do more coarsely (a retried copy could
+        # repeat parts that had succeeded). Repeating one S3 request is safe: a repeated copy only
+        # adds an identical version. The connection pool is at least as large as the copy pool.
         self.client = session.client(
             "s3",
             endpoint_url=self.endpoint,
             region_name=session.region_name or "us-east-1",
-            config=client_config(tuning),
+            config=self.bounds.config(pool=tuning.workers),
         )
+        self.waits.attach(self.client)
 
     def mask(self, text: str) -> str:
         for secret in self.secrets:
@@ -548,6 +537,8 @@ class S3:
             else:
                 text = f"{exc.operation_name}: {code or status}: {message}".rstrip(": ")
             return self.mask(f"{text} [{where}]")
+        if is_unanswered(exc):
+            return self.mask(self.waits.unanswered())
         if isinstance(exc, EndpointConnectionError):
             return self.mask(f"cannot reach the S3 endpoint {where}: {exc}")
         if isinstance(exc, NoCredentialsError):
@@ -556,10 +547,13 @@ class S3:
 
     @contextmanager
     def failing(self, what: str, error: type[Exception] = HostError) -> Iterator[None]:
-        """Turn an S3 failure into `error` (HostError for a host, UsageError for bad input)."""
+        """Turn an S3 failure into `error` (HostError for a host, UsageError for bad input); an
+        endpoint that does not answer is never bad input: S3Unanswered, a HostError."""
         try:
             yield
         except (ClientError, BotoCoreError) as exc:
+            if is_unanswered(exc):
+                raise S3Unanswered(f"{what}: {self.explain(exc)}") from None
             raise error(f"{what}: {self.explain(exc)}") from None
 
     # facts ------------------------------------------------------------------------------------
@@ -602,7 +596,8 @@ class S3:
         listing = Listing()
         request: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": page_size}
         while True:
-            page = self.client.list_object_versions(**request)
+            with self.waits.doing(f"ListObjectVersions page {listing.pages + 1} of {bucket}/{prefix}"):
+                page = self.client.list_object_versions(**request)
             versions = page.get("Versions") or []
             markers = page.get("DeleteMarkers") or []
             listing.pages += 1
@@ -631,8 +626,11 @@ class S3:
         """The current objects under `prefix` (deleted keys are absent), for a restore elsewhere."""
         found: dict[str, Content] = {}
         request: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": page_size}
+        pages = 0
         while True:
-            page = self.client.list_objects_v2(**request)
+            pages += 1
+            with self.waits.doing(f"ListObjectsV2 page {pages} of {bucket}/{prefix}"):
+                page = self.client.list_objects_v2(**request)
             for entry in page.get("Contents") or []:
                 found[str(entry["Key"])] = Content(int(entry.get("Size", 0)), str(entry.get("ETag", "")))
             if not page.get("IsTruncated"):
@@ -682,7 +680,15 @@ class S3:
             done = self.client.complete_multipart_upload(
                 Bucket=dest_bucket, Key=dest, UploadId=upload_id, MultipartUpload={"Parts": parts},
             )
-        except BaseException:
+        except BaseException as exc:
+            # An abort would only wait as long again on a silent endpoint: say what is left instead.
+            if isinstance(exc, Exception) and is_endpoint_down(exc):
+                raise S3Unanswered(
+                    f"{self.explain(exc)}; the unfinished multipart upload {upload_id} of "
+                    f"s3://{dest_bucket}/{dest} is left: abort it (aws s3api abort-multipart-upload "
+                    f"--bucket {dest_bucket} --key {dest} --upload-id {upload_id}) or let an "
+                    "AbortIncompleteMultipartUpload lifecycle rule remove it"
+                ) from None
             # An unfinished upload keeps its parts (and their cost) until aborted.
             self.client.abort_multipart_upload(Bucket=dest_bucket, Key=dest, UploadId=upload_id)
             raise
@@ -784,6 +790,7 @@ class _S3Remediation(Remediation):
         self._tuning = tuning
         self._connect = connect
         self._clients: dict[str, S3] = {}
+        self._unanswered: dict[str, S3Unanswered] = {}  # by host: the endpoint was silent in validate
 
     def validate(self, host: Host) -> None:
         if not host.is_local:
@@ -792,11 +799,22 @@ class _S3Remediation(Remediation):
                 "host with ansible_connection: local (or leave --host out)"
             )
         s3 = self._clients[host.name] = self._connect(host.vars, self._tuning)
-        with s3.failing(f"s3://{self.bucket}", UsageError):
-            s3.versioning(self.bucket)  # the bucket exists and we may read it
+        s3.waits.label = self.task
+        try:
+            with s3.failing(f"s3://{self.bucket}", UsageError):
+                s3.versioning(self.bucket)  # the bucket exists and we may read it
+        except S3Unanswered as exc:
+            self._unanswered[host.name] = exc  # not bad input: the host fails (exit 1) when it runs
+
+    def answered(self, host: Host) -> bool:
+        """False when the endpoint already failed to answer in validate (ask it nothing more)."""
+        return host.name not in self._unanswered
 
     def s3(self, ctx: HostContext) -> S3:
+        if ctx.host.name in self._unanswered:
+            raise self._unanswered[ctx.host.name]
         s3 = self._clients.get(ctx.host.name) or self._connect(ctx.host.vars, self._tuning)
+        s3.waits.label = self.task
         for secret in s3.secrets:
             ctx.redactor.add_value(secret)
         return s3
@@ -839,7 +857,7 @@ class RestoreObject(_S3Remediation):
 
     def validate(self, host: Host) -> None:
         super().validate(host)
-        if self.version_id:
+        if self.version_id and self.answered(host):
             s3 = self._clients[host.name]
             with s3.failing(f"{self.uri} version {self.version_id}", UsageError):
                 try:
@@ -968,7 +986,7 @@ class RestorePrefix(_S3Remediation):
 
     def validate(self, host: Host) -> None:
         super().validate(host)
-        if self.to_bucket and self.to_bucket != self.bucket:
+        if self.to_bucket and self.to_bucket != self.bucket and self.answered(host):
             s3 = self._clients[host.name]
             with s3.failing(f"--to-bucket s3://{self.to_bucket}", UsageError):
                 s3.versioning(self.to_bucket)
@@ -997,7 +1015,14 @@ class RestorePrefix(_S3Remediation):
             return
         ctx.record("decide", Status.OK, self._summary(counts, new), diff=listing_text, **counts)
         with ctx.step("restore") as step:
-            done, failures, started = self._apply(s3, work)
+            applied = self._apply(s3, work)
+            done, failures, started = applied.done, applied.failures, applied.started
+            if applied.silence:
+                step.done(Status.FAILED, self._stopped(applied), diff=applied.listing(),
+                          restored=done["restore"], hidden=done["hide"], retrievals=done["retrieve"],
+                          failed=len(failures), restored_keys=applied.restored_keys,
+                          unanswered_keys=applied.unanswered_keys, not_sent=len(applied.not_sent))
+                return  # verifying would ask the silent endpoint again: the next run re-plans
             step.done(Status.FAILED if failures else Status.CHANGED,
                       self._applied(done, failures, started, counts, new),
                       diff="\n".join(f"failed    {key}  {why}" for key, why in failures),
@@ -1052,21 +1077,31 @@ class RestorePrefix(_S3Remediation):
                 plans[index] = refined
         return plans, listing
 
-    def _apply(self, s3: S3, work: list[KeyPlan]) -> tuple[dict[str, int], list[tuple[str, str]], str]:
+    def _apply(self, s3: S3, work: list[KeyPlan]) -> Applied:
+        """Every planned change in the copy pool. The first request the endpoint does not answer (or
+        cannot be sent) stops the run: queued keys are not sent, those in flight end within their
+        own bound, and the result lists what was restored before that."""
         dest_bucket, _ = self.destination
-        done = dict.fromkeys(("restore", "retrieve", "hide"), 0)
-        failures: list[tuple[str, str]] = []
-        started = iso(dt.datetime.now(dt.UTC))
+        applied = Applied(started=iso(dt.datetime.now(dt.UTC)))
+        done, failures = applied.done, applied.failures
+        silent = threading.Event()
 
         def one(plan: KeyPlan) -> str:
-            if plan.action == "hide":
-                s3.client.delete_object(Bucket=dest_bucket, Key=plan.dest_key)
-            elif plan.action == "retrieve":
-                assert plan.version is not None
-                s3.start_retrieval(self.bucket, plan.key, plan.version, self._tuning)
-            else:
-                assert plan.version is not None
-                s3.copy(self.bucket, plan.key, plan.version, dest_bucket, plan.dest_key, self._tuning)
+            if silent.is_set():
+                raise _NotSent
+            try:
+                if plan.action == "hide":
+                    s3.client.delete_object(Bucket=dest_bucket, Key=plan.dest_key)
+                elif plan.action == "retrieve":
+                    assert plan.version is not None
+                    s3.start_retrieval(self.bucket, plan.key, plan.version, self._tuning)
+                else:
+                    assert plan.version is not None
+                    s3.copy(self.bucket, plan.key, plan.version, dest_bucket, plan.dest_key, self._tuning)
+            except Exception as exc:
+                if isinstance(exc, S3Unanswered) or is_endpoint_down(exc):
+                    silent.set()  # here, before this worker takes the next key
+                raise
             return plan.action
 
         progress = Progress(len(work), self.task, self._progress)
@@ -1074,15 +1109,50 @@ class RestorePrefix(_S3Remediation):
             with ThreadPoolExecutor(max_workers=self._tuning.workers, thread_name_prefix="s3copy") as pool:
                 futures = {pool.submit(one, plan): plan for plan in work}
                 for future in as_completed(futures):
+                    plan = futures[future]
                     try:
-                        done[future.result()] += 1
+                        action = future.result()
+                    except (CancelledError, _NotSent):
+                        applied.not_sent.append(plan.dest_key)
+                        continue
                     except (ClientError, BotoCoreError, HostError) as exc:
-                        failures.append((futures[future].dest_key,
-                                         s3.explain(exc) if not isinstance(exc, HostError) else str(exc)))
+                        why = s3.explain(exc) if not isinstance(exc, HostError) else str(exc)
+                        if isinstance(exc, S3Unanswered) or is_endpoint_down(exc):
+                            applied.unanswered_keys.append(plan.dest_key)
+                            if not applied.silence:
+                                applied.silence = why
+                                for queued in futures:
+                                    queued.cancel()
+                        else:
+                            failures.append((plan.dest_key, why))
+                    else:
+                        done[action] += 1
+                        if action == "restore":
+                            applied.restored_keys.append(plan.dest_key)
                     progress.tick()
         finally:
             progress.close()
-        return done, sorted(failures), started
+        failures.sort()
+        applied.restored_keys.sort()
+        applied.unanswered_keys.sort()
+        applied.not_sent.sort()
+        return applied
+
+    def _stopped(self, applied: Applied) -> str:
+        """The result line when the endpoint went silent mid-run: why, and how far it got."""
+        restored = applied.restored_keys
+        shown = ", ".join(restored[:5]) + (f" and {len(restored) - 5} more" if len(restored) > 5 else "")
+        parts = [f"stopped: {applied.silence}",
+                 f"restored {len(restored)} key(s) before that" + (f": {shown}" if restored else "")]
+        if applied.unanswered_keys:
+            parts.append(f"{len(applied.unanswered_keys)} request(s) had no answer (the copy may or may not "
+                         "have happened; the next run checks)")
+        if applied.not_sent:
+            parts.append(f"{len(applied.not_sent)} key(s) not sent")
+        if applied.failures:
+            parts.append(f"{len(applied.failures)} failed: "
+                         + "; ".join(f"{k}: {why}" for k, why in applied.failures[:3]))
+        return "; ".join(parts) + "; run again to finish"
 
     def _summary(self, counts: Mapping[str, int], new: Sequence[str]) -> str:
         parts = [f"restore {counts['restore']} key(s)"] if counts["restore"] else []
@@ -1117,6 +1187,30 @@ class RestorePrefix(_S3Remediation):
         dest_bucket, dest_prefix = self.destination
         return (f"nothing to do: s3://{dest_bucket}/{dest_prefix} is at its state of {iso(self._when)}"
                 + self._tail(counts, new))
+
+
+class _NotSent(Exception):
+    """A key left unsent because the endpoint had stopped answering."""
+
+
+@dataclass
+class Applied:
+    """What a prefix restore's apply did: counts, failures and, when the endpoint went silent,
+    which keys were restored before, which had no answer and which were never sent."""
+
+    started: str
+    done: dict[str, int] = field(default_factory=lambda: dict.fromkeys(("restore", "retrieve", "hide"), 0))
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    silence: str = ""  # why the run stopped sending; "" when the endpoint answered throughout
+    restored_keys: list[str] = field(default_factory=list)
+    unanswered_keys: list[str] = field(default_factory=list)
+    not_sent: list[str] = field(default_factory=list)
+
+    def listing(self) -> str:
+        return "\n".join([*(f"restored  {k}" for k in self.restored_keys),
+                          *(f"no answer {k}" for k in self.unanswered_keys),
+                          *(f"not sent  {k}" for k in self.not_sent),
+                          *(f"failed    {k}  {why}" for k, why in self.failures)])  # fmt: skip
 
 
 class BucketCheck(_S3Remediation):

@@ -6,9 +6,11 @@ facts   the project's services and containers; the service's `env_file` (from th
         the `env_files` var); that file's text, owner and mode; the env the container runs with;
 decide  nothing when the file and the running container already agree with the request; a recreate
         alone when the file has it but the container still runs the old env (an interrupted run);
-apply   a dated backup (`cp -p`), the new file written to a temp file and renamed over the old one
-        (same owner and mode; 0600 for a new file; the content goes over stdin, never a command
-        line), `up -d --force-recreate --no-deps SERVICE`, wait until healthy;
+apply   the new file streamed over stdin (never a command line) into a temp file beside the old one;
+        only when its byte count and SHA-256 match does a dated backup (`cp -p`) get taken and the
+        temp file (same owner and mode; 0600 for a new file) flushed and renamed over the old one
+        (remote_write: a cut stream changes nothing); `up -d --force-recreate --no-deps SERVICE`,
+        wait until healthy;
 verify  the container runs with the new values. If it does not become healthy, the backup is put
         back and the service recreated again, and the host fails saying so.
 """
@@ -25,7 +27,7 @@ from typing import Any, ClassVar
 
 import yaml
 
-from remediations import envfile
+from remediations import envfile, remote_write
 from remediations.compose import Project, ServiceFacts
 from remediations.connection import Remote, must
 from remediations.engine import HostContext, Remediation
@@ -139,32 +141,13 @@ def read_files(
     return out, _parse_env(sections.get("env", ("", ""))[1])
 
 
-def write_file_command(
-    path: str, owner: str, mode: str, backup: str | None, backup_mode: str | None = None
-) -> str:
-    """Shell text: back up (same owner and mode, or `backup_mode`), then write stdin to a temp file
-    and rename it."""
-    q = shlex.quote
-    tmp = f"{path}.remediations-tmp"
-    steps = ["set -e", "umask 077"]
-    if backup:
-        if backup_mode:  # created under umask 077, so never readable by others, even for a moment
-            steps += [
-                f"rm -f {q(backup)}",
-                f"cp {q(path)} {q(backup)}",
-                f"chmod {q(backup_mode)} {q(backup)}",
-                f"chown --reference={q(path)} {q(backup)}",
-                f"touch -r {q(path)} {q(backup)}",
-            ]
-        else:
-            steps.append(f"cp -p {q(path)} {q(backup)}")
-    steps.append(f"cat > {q(tmp)}")
-    if owner:
-        steps += [f"chown {q(owner)} {q(tmp)}", f"chmod {q(mode)} {q(tmp)}"]
-    else:
-        steps.append(f"chmod 600 {q(tmp)}")
-    steps += [f"sync {q(tmp)} 2>/dev/null || true", f"mv -f {q(tmp)} {q(path)}"]
-    return "\n".join(steps)
+def env_file_write(
+    path: str, text: str, owner: str, mode: str, backup: str | None, backup_mode: str | None = None
+) -> remote_write.Write:
+    """The new env file as one checked write: backup (same owner and mode, or `backup_mode`), a temp
+    file whose size and SHA-256 are checked, then the rename (see remote_write)."""
+    return remote_write.Write(path, text.encode(), mode=mode or "600", owner=owner, backup=backup,
+                              backup_mode=backup_mode)  # fmt: skip
 
 
 def backup_name(path: str, now: dt.datetime | None = None) -> str:
@@ -251,8 +234,7 @@ class SetEnv(Remediation):
             with ctx.step("write") as step:
                 backup = backup_name(target.path) if target.exists else None
                 owner, mode = (target.owner, target.mode) if target.exists else ("", "600")
-                command = write_file_command(target.path, owner, mode, backup)
-                must(ctx.remote.run(command, stdin=new_text.encode(), timeout=30), f"writing {target.path}")
+                remote_write.write(ctx.remote, env_file_write(target.path, new_text, owner, mode, backup))
                 step.done(Status.CHANGED, f"{summary} in {target.path}"
                           + (f"; backup {backup}" if backup else " (new file, mode 0600)"),
                           diff=diff, backup=backup)  # fmt: skip

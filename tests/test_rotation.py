@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from remediations import envfile, rotation
+from remediations import envfile, remote_write, rotation
 from remediations.errors import UsageError
 from remediations.rotate_aws import check_user, parse_env_keys
 from remediations.rotate_db import check_role
-from remediations.set_env import write_file_command
+from remediations.set_env import env_file_write
 
 
 @pytest.mark.parametrize("alphabet", sorted(rotation.ALPHABETS))
@@ -131,14 +131,11 @@ services:
 
 
 def test_backup_of_a_rotation_is_never_readable_by_others() -> None:
-    command = write_file_command("/srv/shop/.env", "0:0", "600", "/srv/shop/.env.X.bak", backup_mode="600")
-    lines = command.splitlines()
-    assert lines[:2] == ["set -e", "umask 077"]
-    assert "cp -p" not in command  # cp -p would copy a 0644 mode over first
-    assert lines.index("chmod 600 /srv/shop/.env.X.bak") < lines.index(
-        "cat > /srv/shop/.env.remediations-tmp"
-    )
-    assert lines[-1] == "mv -f /srv/shop/.env.remediations-tmp /srv/shop/.env"
+    job = env_file_write("/srv/shop/.env", "A=1\n", "0:0", "600", "/srv/shop/.env.X.bak", backup_mode="600")
+    assert (job.mode, job.owner, job.backup, job.backup_mode) == ("600", "0:0", "/srv/shop/.env.X.bak", "600")
+    script = remote_write.SCRIPT
+    assert "cp -p" not in script.split('if [ -n "$backup_mode" ]')[1].split("else")[0]  # cp -p: 0644 first
+    assert script.index("umask 077") < script.index('cp -- "$path" "$backup"')
 
 
 def test_aws_and_db_input() -> None:

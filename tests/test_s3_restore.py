@@ -672,7 +672,7 @@ def slow_down() -> Iterator[tuple[str, type[SlowDown]]]:
 def test_slowdown_is_retried_until_it_passes(creds: None, slow_down: tuple[str, type[SlowDown]]) -> None:
     url, handler = slow_down
     handler.failures = 2
-    s3 = S3Api({"s3_endpoint_url": url}, Tuning(max_attempts=3))
+    s3 = S3Api({"s3_endpoint_url": url}, Tuning())
     assert s3.versioning("bucket") == "Enabled"
     assert handler.seen == 3
 
@@ -680,7 +680,7 @@ def test_slowdown_is_retried_until_it_passes(creds: None, slow_down: tuple[str, 
 def test_slowdown_retries_stop_after_max_attempts(creds: None, slow_down: tuple[str, type[SlowDown]]) -> None:
     url, handler = slow_down
     handler.failures = 100
-    s3 = S3Api({"s3_endpoint_url": url}, Tuning(max_attempts=2))
+    s3 = S3Api({"s3_endpoint_url": url, "s3_max_attempts": 2}, Tuning())
     with (
         pytest.raises(HostError, match=r"s3://bucket: GetBucketVersioning: SlowDown: Please reduce"),
         s3.failing("s3://bucket"),
