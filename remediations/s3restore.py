@@ -41,6 +41,7 @@ from botocore.exceptions import (
     ProfileNotFound,
 )
 
+from remediations import interrupt
 from remediations.engine import HostContext, Remediation, controller_host
 from remediations.errors import HostError, UsageError
 from remediations.inventory import Host, Inventory
@@ -1087,7 +1088,7 @@ class RestorePrefix(_S3Remediation):
         silent = threading.Event()
 
         def one(plan: KeyPlan) -> str:
-            if silent.is_set():
+            if silent.is_set() or interrupt.requested():
                 raise _NotSent
             try:
                 if plan.action == "hide":
@@ -1110,6 +1111,11 @@ class RestorePrefix(_S3Remediation):
                 futures = {pool.submit(one, plan): plan for plan in work}
                 for future in as_completed(futures):
                     plan = futures[future]
+                    stopping = interrupt.requested()
+                    if stopping and not applied.silence:  # the copies in flight finish; no new one starts
+                        applied.silence = f"interrupted by {stopping}"
+                        for queued in futures:
+                            queued.cancel()
                     try:
                         action = future.result()
                     except (CancelledError, _NotSent):

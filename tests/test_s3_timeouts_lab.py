@@ -80,6 +80,7 @@ class Stalling(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     answers = 0
+    delay = 0.0  # seconds each forwarded request takes (a slow endpoint)
     answered = 0
     held = 0
     lock = threading.Lock()
@@ -98,6 +99,7 @@ class Stalling(BaseHTTPRequestHandler):
             cls.release.wait(120)
             self.close_connection = True
             return
+        time.sleep(cls.delay)
         upstream = http.client.HTTPConnection(lab.BRIDGE_ADDRESS, lab.S3_PORT, timeout=30)
         headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "keep-alive")}
         upstream.request(self.command, self.path, body=body or None, headers=headers)
@@ -254,3 +256,63 @@ def test_an_endpoint_that_hangs_mid_run_reports_what_was_restored_and_a_rerun_fi
         assert s3.get_object(Bucket=name, Key=key)["Body"].read() == f"before {key}".encode()
     third = inv_s3(tmp_path, lab.S3_ENDPOINT, *args, bounds=SMALL)
     assert third.code == 0 and "nothing to do" in third.stdout, third.stdout
+
+
+def test_sigint_stops_a_prefix_restore_after_the_copies_in_flight(
+    tmp_path: Path, stalling_proxy: tuple[str, type[Stalling]]
+) -> None:
+    """Ctrl-C during a slow prefix restore: the copy in flight ends, no new one is sent, the result
+    lists what was restored, exit 130; a re-run finishes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    endpoint, proxy = stalling_proxy
+    s3 = s3_client()
+    name = f"rm-{uuid.uuid4().hex[:16]}"
+    s3.create_bucket(Bucket=name)
+    s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+    keys = [f"orders/{i:02d}.json" for i in range(12)]
+    for key in keys:
+        s3.put_object(Bucket=name, Key=key, Body=f"before {key}".encode())
+    now = time.time()
+    time.sleep(int(now) + 1 - now + 0.02)
+    at = iso(dt.datetime.fromtimestamp(int(now) + 0.5, dt.UTC))
+    for key in keys:
+        s3.put_object(Bucket=name, Key=key, Body=f"after {key}".encode())
+    proxy.answers, proxy.delay = 10_000, 0.5
+
+    def restored() -> list[str]:
+        return [k for k in keys if s3.get_object(Bucket=name, Key=k)["Body"].read().startswith(b"before")]
+
+    args = ("restore-s3-prefix", "--bucket", name, "--prefix", "orders/", "--at", at, "--workers", "1")
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint, "NO_COLOR": "1",
+           "REMEDIATIONS_AUDIT_LOG": str(tmp_path / "audit.jsonl")}  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "invoke", *args, "--json", "--inventory", str(inventory(tmp_path, **SMALL))],
+        cwd=Path(__file__).resolve().parent.parent, env=env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while len(restored()) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, "the restore never got going"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, out + err
+    assert "Traceback" not in err
+    [host] = json.loads(out)["hosts"]
+    message = host["steps"][-1]["message"]
+    assert message.startswith("stopped: interrupted by SIGINT"), message
+    done = restored()
+    assert 2 <= len(done) < len(keys), "the run neither stopped nor restored"
+    assert sorted(host["steps"][-1]["data"]["restored_keys"]) == done  # says exactly what it did
+
+    again = inv_s3(tmp_path, lab.S3_ENDPOINT, *args, bounds=SMALL)
+    assert again.code == 0, again.stdout + again.stderr
+    assert restored() == keys
