@@ -206,15 +206,13 @@ def s3_client() -> Any:
                         aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY)  # fmt: skip
 
 
-def test_an_endpoint_that_hangs_mid_run_reports_what_was_restored_and_a_rerun_finishes(
-    tmp_path: Path, stalling_proxy: tuple[str, type[Stalling]]
-) -> None:
-    endpoint, proxy = stalling_proxy
-    s3 = s3_client()
+def overwritten_bucket(s3: Any, count: int) -> tuple[str, list[str], str]:
+    """A new versioned bucket whose `count` keys were overwritten after the time returned:
+    (bucket, keys, time); restoring the prefix to that time copies every key back."""
     name = f"rm-{uuid.uuid4().hex[:16]}"
     s3.create_bucket(Bucket=name)
     s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
-    keys = [f"orders/{i:02d}.json" for i in range(8)]
+    keys = [f"orders/{i:02d}.json" for i in range(count)]
     for key in keys:
         s3.put_object(Bucket=name, Key=key, Body=f"before {key}".encode())
     now = time.time()
@@ -222,6 +220,15 @@ def test_an_endpoint_that_hangs_mid_run_reports_what_was_restored_and_a_rerun_fi
     at = iso(dt.datetime.fromtimestamp(int(now) + 0.5, dt.UTC))
     for key in keys:
         s3.put_object(Bucket=name, Key=key, Body=f"after {key}".encode())
+    return name, keys, at
+
+
+def test_an_endpoint_that_hangs_mid_run_reports_what_was_restored_and_a_rerun_finishes(
+    tmp_path: Path, stalling_proxy: tuple[str, type[Stalling]]
+) -> None:
+    endpoint, proxy = stalling_proxy
+    s3 = s3_client()
+    name, keys, at = overwritten_bucket(s3, 8)
 
     # validate's versioning, the run's versioning, one listing page, then 3 copies: then silence.
     proxy.answers = 3 + 3
@@ -270,17 +277,7 @@ def test_sigint_stops_a_prefix_restore_after_the_copies_in_flight(
 
     endpoint, proxy = stalling_proxy
     s3 = s3_client()
-    name = f"rm-{uuid.uuid4().hex[:16]}"
-    s3.create_bucket(Bucket=name)
-    s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
-    keys = [f"orders/{i:02d}.json" for i in range(12)]
-    for key in keys:
-        s3.put_object(Bucket=name, Key=key, Body=f"before {key}".encode())
-    now = time.time()
-    time.sleep(int(now) + 1 - now + 0.02)
-    at = iso(dt.datetime.fromtimestamp(int(now) + 0.5, dt.UTC))
-    for key in keys:
-        s3.put_object(Bucket=name, Key=key, Body=f"after {key}".encode())
+    name, keys, at = overwritten_bucket(s3, 12)
     proxy.answers, proxy.delay = 10_000, 0.5
 
     def restored() -> list[str]:
