@@ -23,6 +23,7 @@ from remediations.lock import DEFAULT_LOCK_DIR, HostLock
 from remediations.notify import NotifyConfig, send, summary
 from remediations.redact import Redactor
 from remediations.results import HostResult, RunResult, Status, StepResult, timed
+from remediations.validate import check_vars
 
 DEFAULT_PARALLEL = 10
 DEFAULT_LOCK_WAIT = 60.0
@@ -227,6 +228,7 @@ class Engine:
         arguments = {**remediation.arguments(), **_option_arguments(self.options)}
         remediation.prepare(self.inventory)
         for host in hosts:
+            check_vars(host)  # typed vars first: a remediation's own checks may read them
             remediation.validate(host)
             if not host.is_local:
                 host.ssh_options  # noqa: B018 - raises UsageError for options that are bad input

@@ -37,7 +37,7 @@ from typing import IO, Any, ClassVar
 
 import yaml
 
-from remediations import connection, envfile, images
+from remediations import connection, envfile, images, validate
 from remediations.compose import ProjectFacts, ServiceFacts
 from remediations.connection import Remote, must
 from remediations.engine import HostContext, Remediation
@@ -499,7 +499,7 @@ class RotateSecret(Remediation):
         max_age: int = 3600,
     ) -> None:
         self.name = name
-        self.services = list(services)
+        self.services = validate.check_services(services)
         self.length = length
         self.alphabet = alphabet
         self._value = value  # given on stdin; never in arguments, audit or output
@@ -658,6 +658,7 @@ def env_hosts(inventory: Inventory, pattern: str | None, flag: str = "--env-host
         raise UsageError(f"{flag} is required: the host(s) whose compose env file holds the secret")
     hosts = inventory.select(pattern)
     for host in hosts:
+        validate.check_vars(host)  # opened from the run's host: checked like the run's own hosts
         host.require("compose_project_dir")
     return hosts
 

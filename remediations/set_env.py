@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 
 import yaml
 
-from remediations import envfile
+from remediations import envfile, validate
 from remediations.compose import Project, ServiceFacts
 from remediations.connection import Remote, must
 from remediations.engine import HostContext, Remediation
@@ -177,7 +177,7 @@ class SetEnv(Remediation):
     required_vars: ClassVar[tuple[str, ...]] = ("compose_project_dir",)
 
     def __init__(self, service: str, assignments: Sequence[str] = (), unset: Sequence[str] = ()) -> None:
-        self.service = service
+        self.service = validate.check_service(service)
         self.values, self.unset = envfile.parse_assignments(assignments, unset)
 
     def arguments(self) -> dict[str, Any]:

@@ -1,0 +1,102 @@
+"""Bad input against the lab changes nothing on the hosts; set-env's values on stdin; env backups pruned.
+
+Real sshd, dockerd, compose and PostgreSQL (api1, db1), through the real `inv` front end.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from remediations import lab as lab_mod
+from tests import labkit
+from tests.labkit import COMPOSE, SHOP_ENV, inv
+
+pytestmark = pytest.mark.lab
+
+HOST = "api1"
+FAST = {"health_timeout": 10}
+PWNED = "/tmp/rm-validate-pwned"
+
+
+def sh(script: str, host: str = HOST) -> str:
+    return lab_mod.exec_on(host, ["sh", "-c", script], timeout=120).stdout.decode()
+
+
+def env_of(service: str) -> dict[str, str]:
+    ids = sh(f"cd /srv/shop && {' '.join(COMPOSE)} ps -a -q {service}").split()
+    assert len(ids) == 1, ids
+    data = json.loads(sh(f"docker inspect {ids[0]}"))[0]
+    return dict(item.split("=", 1) for item in data["Config"]["Env"])
+
+
+def backups() -> list[str]:
+    return sorted(sh(f"ls {SHOP_ENV}.*.bak 2>/dev/null || true").split())
+
+
+@pytest.fixture
+def baseline(lab: Any) -> Iterator[None]:
+    labkit.reset_shop(HOST)
+    yield
+    labkit.reset_shop(HOST)
+
+
+@pytest.fixture
+def untouched(lab: Any) -> Iterator[None]:
+    """api1 is healthy before; afterwards its api was not restarted and its env file not written."""
+    labkit.repair(HOST)
+    sh(f"rm -f {PWNED}")
+    started, env, saved = labkit.started_at(HOST), sh(f"cat {SHOP_ENV}"), backups()
+    yield
+    try:
+        assert labkit.started_at(HOST) == started, "the api container was restarted or recreated"
+        assert sh(f"cat {SHOP_ENV}") == env and backups() == saved, "the env file was written"
+        assert sh(f"test -e {PWNED} && echo yes || echo no").strip() == "no"
+    finally:
+        labkit.repair(HOST)
+
+
+DB = ("rotate-db-password", "--host", "db1", "--env-host", HOST)
+BAD = [
+    pytest.param(("restart-api", "--host", HOST), {"health_timeout": -5}, "health_timeout: -5 is not",
+                 id="health-timeout-negative"),
+    pytest.param(("restart-api", "--host", HOST), {"stop_timeout": "soon"}, "stop_timeout: 'soon' is not",
+                 id="stop-timeout-text"),
+    pytest.param(("restart-api", "--host", HOST), {"ansible_port": "ssh"}, "ansible_port: 'ssh' is not",
+                 id="ansible-port-text"),
+    pytest.param(("restart-api", "--host", HOST, "--service", f"api; touch {PWNED}"), {},
+                 "not a compose service name", id="restart-service-semicolon"),
+    pytest.param(("restart-api", "--host", HOST, "--service", f"$(touch {PWNED})"), {},
+                 "not a compose service name", id="restart-service-subshell"),
+    pytest.param(("set-env", "--host", HOST, "--service", "api\nworker", "--set", "MAINTENANCE_MODE=1"), {},
+                 "not a compose service name", id="set-env-service-newline"),
+    pytest.param(("set-env", "--host", HOST, "--service", "x" * 100_000, "--set", "MAINTENANCE_MODE=1"), {},
+                 "not a compose service name", id="set-env-service-100kB"),
+    pytest.param((*DB, "--role", "postgres"), {}, "--role postgres: a superuser or reserved role",
+                 id="role-postgres"),
+    pytest.param((*DB, "--role", "x; drop table orders"), {}, "give the name of a PostgreSQL login role",
+                 id="role-sql"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("args", "host_vars", "fragment"), BAD)
+def test_bad_input_changes_nothing_on_the_lab(
+    untouched: None, audit: Path, tmp_path: Path, args: tuple[str, ...], host_vars: dict[str, Any],
+    fragment: str,
+) -> None:  # fmt: skip
+    inventory = labkit.write_inventory(tmp_path / "inv.yml", host_vars={HOST: {**FAST, **host_vars}})
+    ran = inv(*args, audit=audit, inventory=inventory, stdin="", timeout=120)
+    assert ran.code == 2, (ran.code, ran.stdout[-1500:], ran.stderr[-1500:])
+    [line] = ran.stderr.splitlines()
+    assert line.startswith("error: ") and fragment in line and len(line) < 400, line[:500]
+    if host_vars:
+        assert line.startswith(f"error: {inventory}: host {HOST}: ")
+    assert "Traceback" not in ran.stderr and ran.stdout == ""
+    # no host was reached: nothing but the refusal is audited (no facts step, no lock, no change)
+    assert [(r["step"], r["status"], r["host"]) for r in labkit.audit_lines(audit)] == [
+        ("arguments", "failed", None)
+    ]
