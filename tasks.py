@@ -411,31 +411,36 @@ def ensure_healthy(c: Context, flags: Flags, service: list[str] | None = None) -
 @remediation_task(
     help={
         "service": "the compose service whose env file is edited and which is recreated",
-        "set": "NAME=VALUE to set (repeatable)",
+        "set": "NAME=VALUE to set (repeatable; visible in ps: use --values-from-stdin for secrets)",
         "unset": "NAME to remove (repeatable)",
+        "values-from-stdin": "also set the NAME=VALUE lines read from stdin (values taken literally, "
+        "never shown)",
     },
     iterable=["set", "unset"],
 )
 def set_env(
     c: Context, flags: Flags, service: str | None = None, set: list[str] | None = None,
-    unset: list[str] | None = None,
+    unset: list[str] | None = None, values_from_stdin: bool = False,
 ) -> int:  # fmt: skip
     """Set or unset variables in the service's env file (backup kept), recreate it, wait until healthy.
 
     Example: inv set-env --host prod --service api --set MAINTENANCE_MODE=1
+    Secrets: printf 'API_TOKEN=%s\\n' "$TOKEN" | inv set-env --host prod --service api --values-from-stdin
     Already set: ok, nothing recreated. Unhealthy afterwards: the backup is restored.
     """
+    from remediations import set_env as env_task
     from remediations.errors import UsageError
-    from remediations.set_env import SetEnv
 
-    def make() -> SetEnv:
+    def make() -> env_task.SetEnv:
         if not service:
             raise UsageError("--service is required: the compose service whose env to change")
-        return SetEnv(service, list(set or []), list(unset or []))
+        hidden = env_task.values_from_stdin() if values_from_stdin else None
+        return env_task.SetEnv(service, list(set or []), list(unset or []), hidden)
 
     names = [item.split("=", 1)[0] + "=…" for item in (set or [])]
     code, _ = execute(make, flags, task="set-env",
-                      arguments={"service": service, "set": names, "unset": list(unset or [])})  # fmt: skip
+                      arguments={"service": service, "set": names, "unset": list(unset or []),
+                                 "values_from_stdin": values_from_stdin})  # fmt: skip
     return code
 
 

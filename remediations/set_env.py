@@ -19,9 +19,10 @@ import datetime as dt
 import json
 import posixpath
 import shlex
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import IO, Any, ClassVar
 
 import yaml
 
@@ -29,9 +30,10 @@ from remediations import envfile, validate
 from remediations.compose import Project, ServiceFacts
 from remediations.connection import Remote, must
 from remediations.engine import HostContext, Remediation
-from remediations.errors import HostError
+from remediations.errors import HostError, UsageError
 from remediations.hostfacts import MARK, sections_by_name
 from remediations.inventory import Host
+from remediations.redact import MASK
 from remediations.restart_api import ServiceSettings, recover
 from remediations.results import Status
 
@@ -172,18 +174,39 @@ def backup_name(path: str, now: dt.datetime | None = None) -> str:
     return f"{path}.{stamp}.bak"
 
 
+def values_from_stdin(stream: IO[str] | None = None) -> dict[str, str]:
+    """`--values-from-stdin`: NAME=VALUE lines piped in, so that no value is in the controller's argv
+    (where `ps` shows it to every user of the machine)."""
+    stream = stream if stream is not None else sys.stdin
+    if stream.isatty():
+        raise UsageError("--values-from-stdin: pipe NAME=VALUE lines in (printf 'NAME=%s\\n' \"$VALUE\" | "
+                         "inv set-env …), not from a terminal")  # fmt: skip
+    return envfile.parse_value_lines(stream.read(), "--values-from-stdin")
+
+
 class SetEnv(Remediation):
     task: ClassVar[str] = "set-env"
     required_vars: ClassVar[tuple[str, ...]] = ("compose_project_dir",)
 
-    def __init__(self, service: str, assignments: Sequence[str] = (), unset: Sequence[str] = ()) -> None:
+    def __init__(self, service: str, assignments: Sequence[str] = (), unset: Sequence[str] = (),
+                 hidden: Mapping[str, str] | None = None) -> None:  # fmt: skip
+        """`hidden`: values given out of band (stdin); never shown, as if their names looked secret."""
         self.service = validate.check_service(service)
-        self.values, self.unset = envfile.parse_assignments(assignments, unset)
+        hidden = dict(hidden or {})
+        given = {item.partition("=")[0] for item in assignments}
+        twice = sorted(given & set(hidden))
+        if twice:
+            raise UsageError(f"{twice[0]} is given both by --set and on stdin; give it once")
+        self.values, self.unset = envfile.parse_assignments(
+            [*assignments, *(f"{k}={v}" for k, v in hidden.items())], unset
+        )
+        self._hidden = sorted(hidden)
 
     def arguments(self) -> dict[str, Any]:
         # Values are shown as NAME=VALUE so the redactor masks the secret-looking ones.
-        return {"service": self.service, "set": [f"{k}={v}" for k, v in self.values.items()],
-                "unset": list(self.unset)}  # fmt: skip
+        shown = [f"{k}={MASK if k in self._hidden else v}" for k, v in self.values.items()]
+        return {"service": self.service, "set": shown, "unset": list(self.unset),
+                "values_from_stdin": self._hidden}  # fmt: skip
 
     def validate(self, host: Host) -> None:
         super().validate(host)
@@ -194,7 +217,7 @@ class SetEnv(Remediation):
         settings = ServiceSettings.of(ctx.host, [service])
         project, timeout, stop_timeout = settings.project, settings.timeout, settings.stop_timeout
         facts = settings.facts_of(ctx.remote, service)
-        secret_names = list(ctx.var("secret_vars") or [])
+        secret_names = [*validate.value(ctx.host, "secret_vars"), *self._hidden]
         for name, value in self.values.items():
             if ctx.redactor.is_secret(name) or name in secret_names:
                 ctx.redactor.add_value(value)

@@ -96,6 +96,15 @@ CASES = [
          want=("--older-than", "too long")),
     case("journal-days-abc", "disk-cleanup", *L1, "--journal-days", "abc",
          want=("--journal-days 'abc'",)),
+    # set-env values on stdin: never echoed
+    case("stdin-nul", *SET_ENV, "--values-from-stdin", stdin="API_TOKEN=abc\0def\n",
+         want=("--values-from-stdin line 1: API_TOKEN: a value cannot hold a NUL",)),
+    case("stdin-empty", *SET_ENV, "--values-from-stdin", stdin="",
+         want=("holds no NAME=VALUE line",)),
+    case("stdin-bare-value", *SET_ENV, "--values-from-stdin",
+         stdin="hunter2-bare\n", want=("--values-from-stdin line 1: not NAME=VALUE",)),
+    case("stdin-and-set", *SET_ENV, "--set", "API_TOKEN=a", "--values-from-stdin", stdin="API_TOKEN=b\n",
+         want=("API_TOKEN is given both by --set and on stdin",)),
     # inventory values: the file, the host and the var
     case("health-timeout-negative", "restart-api", *L1, vars={"health_timeout": -5},
          want=("host local1: health_timeout: -5 is not a number of seconds > 0",)),

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from remediations import validate
+from remediations import envfile, validate
 from remediations.errors import UsageError
 from remediations.inventory import Host
 
@@ -207,3 +207,36 @@ def test_parse_duration_overflow_is_one_line() -> None:
     for text in ("36501d", "9" * 400 + "d", "100000000000000000000s"):
         with pytest.raises(UsageError, match="too long"):
             parse_duration(text, "--older-than")
+
+
+# --------------------------------------------------------------------------- set-env values on stdin
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("API_TOKEN=s3cr3t\n", {"API_TOKEN": "s3cr3t"}),
+        ("A=1\r\nB= two words \n\n# comment\n", {"A": "1", "B": " two words "}),
+        ("A='quoted'\nB=$HOME=x", {"A": "'quoted'", "B": "$HOME=x"}),  # literally, as --set takes it
+        ("A=", {"A": ""}),
+    ],
+)
+def test_value_lines(text: str, expected: dict[str, str]) -> None:
+    assert envfile.parse_value_lines(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("", "holds no NAME=VALUE line"),
+        ("# only a comment\n", "holds no NAME=VALUE line"),
+        ("hunter2-no-name\n", "stdin line 1: not NAME=VALUE"),
+        ("A=1\n1BAD=x\n", "stdin line 2: not NAME=VALUE"),
+        ("A=1\0x\n", "stdin line 1: A: a value cannot hold a NUL"),
+        ("A=1\nA=2\n", "stdin line 2: A is given twice"),
+    ],
+)
+def test_value_lines_refused_without_showing_a_value(text: str, fragment: str) -> None:
+    with pytest.raises(UsageError, match=re.escape(fragment)) as raised:
+        envfile.parse_value_lines(text)
+    assert "hunter2" not in str(raised.value) and "1\0x" not in str(raised.value)

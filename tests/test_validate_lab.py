@@ -6,6 +6,10 @@ Real sshd, dockerd, compose and PostgreSQL (api1, db1), through the real `inv` f
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -100,3 +104,28 @@ def test_bad_input_changes_nothing_on_the_lab(
     assert [(r["step"], r["status"], r["host"]) for r in labkit.audit_lines(audit)] == [
         ("arguments", "failed", None)
     ]
+
+
+def test_set_env_values_from_stdin_never_on_the_command_line(baseline: None, audit: Path, tmp_path: Path
+                                                             ) -> None:  # fmt: skip
+    """The value reaches the env file and the container; it is never in the controller's argv (what
+    `ps` shows every user), nor in output or the audit log, although its name does not look secret."""
+    value = f"stdin-value-{uuid.uuid4().hex[:12]}"
+    inventory = labkit.write_inventory(tmp_path / "inv.yml", all_vars=FAST)
+    argv = [sys.executable, "-m", "invoke", "set-env", "--host", HOST, "--service", "api",
+            "--values-from-stdin", "--set", "MAINTENANCE_MODE=1", "--json", "--inventory", str(inventory)]
+    environ = {**os.environ, "REMEDIATIONS_AUDIT_LOG": str(audit), "NO_COLOR": "1"}
+    with subprocess.Popen(argv, cwd=labkit.ROOT, env=environ, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True) as proc:  # fmt: skip
+        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes()  # while it runs, as ps reads it
+        stdout, stderr = proc.communicate(f"LAB_FEATURE_KEY={value}\n", timeout=240)
+    assert proc.returncode == 0, stdout[-2000:] + stderr[-2000:]
+    assert b"LAB_FEATURE_KEY" not in cmdline and value.encode() not in cmdline
+    assert b"--values-from-stdin" in cmdline  # it was the process under test
+    assert f"LAB_FEATURE_KEY={value}" in sh(f"cat {SHOP_ENV}").splitlines()
+    assert env_of("api")["LAB_FEATURE_KEY"] == value and env_of("api")["MAINTENANCE_MODE"] == "1"
+    assert labkit.health(HOST) == "healthy"
+    for text in (stdout, stderr, audit.read_text()):
+        assert value not in text
+    message = json.loads(stdout)["hosts"][0]["message"]
+    assert "LAB_FEATURE_KEY: (unset) → *****" in message and "MAINTENANCE_MODE: '0' → '1'" in message
