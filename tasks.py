@@ -426,7 +426,8 @@ def set_env(
 
     Example: inv set-env --host prod --service api --set MAINTENANCE_MODE=1
     Secrets: printf 'API_TOKEN=%s\\n' "$TOKEN" | inv set-env --host prod --service api --values-from-stdin
-    Already set: ok, nothing recreated. Unhealthy afterwards: the backup is restored.
+    Already set: ok, nothing recreated. Unhealthy afterwards: the backup is restored. The newest
+    env_backups_keep (default 10) backups of the file are kept, older ones deleted.
     """
     from remediations import set_env as env_task
     from remediations.errors import UsageError

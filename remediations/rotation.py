@@ -416,7 +416,8 @@ def write_env(side: EnvSide, values: dict[str, str], backup: str, step: str = "s
         new_text, _ = envfile.edit(side.file.text, values, [])
         owner = side.file.owner if side.file.exists else ""
         command = write_file_command(
-            side.file.path, owner, "600", backup if side.file.exists else None, backup_mode="600"
+            side.file.path, owner, "600", backup if side.file.exists else None, backup_mode="600",
+            keep=int(validate.value(side.host, "env_backups_keep")),
         )
         must(ctx.remote.run(command, stdin=new_text.encode(), timeout=30), f"writing {side.file.path}")
         widened = side.file.exists and side.file.mode not in ("600", "400")

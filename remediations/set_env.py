@@ -142,10 +142,11 @@ def read_files(
 
 
 def write_file_command(
-    path: str, owner: str, mode: str, backup: str | None, backup_mode: str | None = None
-) -> str:
+    path: str, owner: str, mode: str, backup: str | None, backup_mode: str | None = None,
+    keep: int | None = None,
+) -> str:  # fmt: skip
     """Shell text: back up (same owner and mode, or `backup_mode`), then write stdin to a temp file
-    and rename it."""
+    and rename it; with `keep`, then delete all but the newest `keep` dated backups of the file."""
     q = shlex.quote
     tmp = f"{path}.remediations-tmp"
     steps = ["set -e", "umask 077"]
@@ -166,7 +167,26 @@ def write_file_command(
     else:
         steps.append(f"chmod 600 {q(tmp)}")
     steps += [f"sync {q(tmp)} 2>/dev/null || true", f"mv -f {q(tmp)} {q(path)}"]
+    if backup and keep is not None:
+        steps.append(prune_backups_command(path, keep))
     return "\n".join(steps)
+
+
+# backup_name's stamp as a glob: only files this project named are ever pruned.
+BACKUP_STAMP_GLOB = "[0-9]" * 8 + "T" + "[0-9]" * 6 + "Z"
+
+
+def prune_backups_command(path: str, keep: int) -> str:
+    """Shell text deleting all but the newest `keep` backups of `path` (their names sort by date, and
+    so does the glob). Backups hold old secrets: without this they pile up forever. A failure here
+    never fails the write that came before it."""
+    if keep < 1:
+        raise ValueError("keep at least the backup just made")
+    pattern = f"{shlex.quote(path)}.{BACKUP_STAMP_GLOB}.bak"
+    return (
+        f"set -- {pattern}; if [ -e \"$1\" ]; then "
+        f'while [ "$#" -gt {int(keep)} ]; do rm -f -- "$1" || true; shift; done; fi'
+    )
 
 
 def backup_name(path: str, now: dt.datetime | None = None) -> str:
@@ -274,7 +294,8 @@ class SetEnv(Remediation):
             with ctx.step("write") as step:
                 backup = backup_name(target.path) if target.exists else None
                 owner, mode = (target.owner, target.mode) if target.exists else ("", "600")
-                command = write_file_command(target.path, owner, mode, backup)
+                keep = int(validate.value(ctx.host, "env_backups_keep"))
+                command = write_file_command(target.path, owner, mode, backup, keep=keep)
                 must(ctx.remote.run(command, stdin=new_text.encode(), timeout=30), f"writing {target.path}")
                 step.done(Status.CHANGED, f"{summary} in {target.path}"
                           + (f"; backup {backup}" if backup else " (new file, mode 0600)"),

@@ -230,6 +230,7 @@ VARS: dict[str, Var] = {
     "stop_timeout": Var(number(0, DAY, whole=True, unit="seconds"), "10", 10),
     "env_files": Var(mapping_of(SERVICE, PATH, "a mapping of service names to env file paths"),
                      "{api: .env}", {}),
+    "env_backups_keep": Var(number(1, 1000, whole=True), "10", 10),
     # PostgreSQL
     "postgres_port": Var(PORT, "5432", 5432),
     "postgres_tcp_host": Var(WORD_KIND, "127.0.0.1", "127.0.0.1"),

@@ -118,6 +118,8 @@ CASES = [
          want=("host remote1: ansible_port: 'abc' is not a port number",)),
     case("api-service-hostile", "restart-api", *L1, vars={"api_service": "api; reboot"},
          want=("api_service: 'api; reboot' is not a compose service name",)),
+    case("env-backups-keep-zero", *SET_ENV, "--set", "A=1",
+         vars={"env_backups_keep": 0}, want=("env_backups_keep: 0 is not a whole number from 1 to 1000",)),
     case("secret-vars-string", *SET_ENV, "--set", "A=1",
          vars={"secret_vars": "LICENSE_BLOB"}, want=("secret_vars: 'LICENSE_BLOB' is not a list",)),
     case("become-maybe", "restart-api", *L1, vars={"ansible_become": "maybe"},

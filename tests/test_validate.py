@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import yaml
 from remediations import envfile, validate
 from remediations.errors import UsageError
 from remediations.inventory import Host
+from remediations.set_env import backup_name, prune_backups_command, write_file_command
 
 ROOT = Path(__file__).resolve().parent.parent
 HOSTILE = ["a\nb", "$(touch /tmp/x)", "a;reboot", "a`id`", "a b", "x" * 100_000, "", "-a", "a\0b", "é"]
@@ -35,6 +37,7 @@ VAR_CASES: list[tuple[str, list[Any], list[Any]]] = [
     ("health_timeout", [60, 0.5, "30", 86400], [-5, 0, "abc", "nan", "inf", "1e3", True, [], 86401, "-1"]),
     ("stop_timeout", [0, 10, "2"], [-1, 2.5, "2.5", "ten", False, {}]),
     ("ansible_port", [22, "2222", 65535, " 22 "], ["abc", 0, 70000, 22.5, True, "2_2", "0x16"]),
+    ("env_backups_keep", [1, 10, "1000"], [0, -1, 1001, "ten", 1.5]),
     ("ansible_become", [True, False, "yes", "no", "True", 1, 0], ["maybe", 2, [], "sudo"]),
     ("ansible_connection", ["ssh", "local", "paramiko", "smart"], ["docker", "winrm", ""]),
     ("ansible_host", ["10.0.0.3", "api-1.example.org", 1234], ["a b", "a\nb", "", ["x"], "x" * 300]),
@@ -83,6 +86,7 @@ def test_unset_and_unknown_vars_are_fine_and_defaults_apply() -> None:
     empty = host()
     assert validate.value(empty, "health_timeout") == 60.0
     assert validate.value(empty, "stop_timeout") == 10
+    assert validate.value(empty, "env_backups_keep") == 10
     assert validate.value(empty, "secret_vars") == ()
     assert validate.value(host(stop_timeout="3", health_timeout=5), "stop_timeout") == 3
     assert validate.value(host(health_timeout="2.5"), "health_timeout") == 2.5
@@ -240,3 +244,40 @@ def test_value_lines_refused_without_showing_a_value(text: str, fragment: str) -
     with pytest.raises(UsageError, match=re.escape(fragment)) as raised:
         envfile.parse_value_lines(text)
     assert "hunter2" not in str(raised.value) and "1\0x" not in str(raised.value)
+
+
+# ------------------------------------------------------------------------------- env backups pruned
+
+
+def test_pruning_keeps_the_newest_backups_only(tmp_path: Path) -> None:
+    """A real shell, on this machine: only dated backups of this file go, oldest first."""
+    folder = tmp_path / "a [b] $x"  # glob and shell characters in the path are literal
+    folder.mkdir()
+    env = folder / ".env"
+    env.write_text("A=1\n")
+    stamps = ["20240101T000000Z", "20231231T235959Z", "20240103T000000Z", "20240102T000000Z"]
+    for stamp in stamps:
+        (folder / f".env.{stamp}.bak").write_text(stamp)
+    others = [".env.other.bak", ".env.2024.bak", "x.env.20200101T000000Z.bak", ".envx.20200101T000000Z.bak"]
+    for name in others:
+        (folder / name).write_text("keep")
+    subprocess.run(["sh", "-ec", prune_backups_command(str(env), 2)], check=True)
+    left = sorted(p.name for p in folder.iterdir())
+    assert left == sorted([".env", ".env.20240102T000000Z.bak", ".env.20240103T000000Z.bak", *others])
+    with pytest.raises(ValueError):
+        prune_backups_command(str(env), 0)
+
+
+def test_a_write_with_a_backup_prunes_and_one_without_does_not(tmp_path: Path) -> None:
+    env = tmp_path / ".env"
+    env.write_text("A=1\n")
+    for stamp in ("20200101T000000Z", "20200102T000000Z"):
+        (tmp_path / f".env.{stamp}.bak").write_text(stamp)
+    backup = backup_name(str(env))
+    command = write_file_command(str(env), "", "600", backup, backup_mode="600", keep=2)
+    subprocess.run(["sh", "-c", command], input=b"A=2\n", check=True)
+    assert env.read_text() == "A=2\n"
+    assert sorted(p.name for p in tmp_path.glob(".env.*.bak")) == [".env.20200102T000000Z.bak",
+                                                                   Path(backup).name]  # fmt: skip
+    assert (Path(backup).stat().st_mode & 0o777) == 0o600
+    assert "set --" not in write_file_command(str(env), "", "600", None, keep=2)

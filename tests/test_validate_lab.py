@@ -129,3 +129,20 @@ def test_set_env_values_from_stdin_never_on_the_command_line(baseline: None, aud
         assert value not in text
     message = json.loads(stdout)["hosts"][0]["message"]
     assert "LAB_FEATURE_KEY: (unset) → *****" in message and "MAINTENANCE_MODE: '0' → '1'" in message
+
+
+def test_env_backups_beyond_env_backups_keep_are_pruned(baseline: None, audit: Path, tmp_path: Path) -> None:
+    """env_backups_keep: 2, then four changes: the two newest backups stay (0600), the older are gone."""
+    inventory = labkit.write_inventory(tmp_path / "inv.yml", all_vars={**FAST, "env_backups_keep": 2})
+    for value in range(1, 5):
+        ran = inv("set-env", "--host", HOST, "--service", "api", "--set", f"MAINTENANCE_MODE={value}",
+                  "--json", audit=audit, inventory=inventory)  # fmt: skip
+        assert ran.code == 0 and ran.host(HOST)["status"] == "changed", ran.stdout[-2000:] + ran.stderr
+    left = backups()
+    assert len(left) == 2, left
+    # the backups before the 3rd and 4th change: the file as it was with 2, then with 3
+    kept = [dict(line.split("=", 1) for line in sh(f"cat {b}").split())["MAINTENANCE_MODE"] for b in left]
+    assert kept == ["2", "3"]
+    for path in left:
+        assert sh(f"stat -c %a {path}").strip() == "600", path
+    assert env_of("api")["MAINTENANCE_MODE"] == "4"
