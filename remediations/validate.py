@@ -293,12 +293,17 @@ def _bad_var(host: Host, name: str, raw: Any) -> UsageError:
                       f"(e.g. {var.example})")  # fmt: skip
 
 
+def _unset(raw: Any) -> bool:
+    """`var:` and `var: ""` leave a var unset, as Host.require and the readers' `or default` take them."""
+    return raw is None or raw == ""
+
+
 def check_vars(host: Host) -> None:
     """UsageError for the first var of `host` that is set but not of its kind (unset is fine: the
     default applies). Vars outside the schema are left alone: an inventory carries others too."""
     for name, var in VARS.items():
         raw = host.vars.get(name)
-        if raw is None:
+        if _unset(raw):
             continue
         try:
             var.kind.parse(raw)
@@ -309,7 +314,7 @@ def check_vars(host: Host) -> None:
 def value(host: Host, name: str) -> Any:
     """The typed value of a var of the schema, or its default when it is unset."""
     raw = host.vars.get(name)
-    if raw is None:
+    if _unset(raw):
         return VARS[name].default
     try:
         return VARS[name].kind.parse(raw)

@@ -39,13 +39,13 @@ VAR_CASES: list[tuple[str, list[Any], list[Any]]] = [
     ("ansible_port", [22, "2222", 65535, " 22 "], ["abc", 0, 70000, 22.5, True, "2_2", "0x16"]),
     ("env_backups_keep", [1, 10, "1000"], [0, -1, 1001, "ten", 1.5]),
     ("ansible_become", [True, False, "yes", "no", "True", 1, 0], ["maybe", 2, [], "sudo"]),
-    ("ansible_connection", ["ssh", "local", "paramiko", "smart"], ["docker", "winrm", ""]),
-    ("ansible_host", ["10.0.0.3", "api-1.example.org", 1234], ["a b", "a\nb", "", ["x"], "x" * 300]),
+    ("ansible_connection", ["ssh", "local", "paramiko", "smart"], ["docker", "winrm", " "]),
+    ("ansible_host", ["10.0.0.3", "api-1.example.org", 1234], ["a b", "a\nb", " ", ["x"], "x" * 300]),
     ("ansible_user", ["deploy", 1000], ["de ploy", "a\0b", {}]),
-    ("api_service", ["api", "api_2", "a.b-c", "9"], [*HOSTILE, "x" * 64, "_api"]),
+    ("api_service", ["api", "api_2", "a.b-c", "9"], [*(h for h in HOSTILE if h), "x" * 64, "_api"]),
     ("compose_project_name", ["shop", "shop_2", "9-x"], ["Shop", "my shop", "-shop", "shop;x"]),
     ("compose_files", ["compose.yaml", ["a.yaml", "b.yaml"]], [[["nested"]], {"a": 1}, "a\nb", [""]]),
-    ("compose_project_dir", ["/srv/shop", "shop"], ["/srv/\nshop", "", ["/srv"]]),
+    ("compose_project_dir", ["/srv/shop", "shop"], ["/srv/\nshop", ["/srv"]]),
     ("api_health_url", ["http://127.0.0.1:8080/health", "https://x/y?z=1"],
      ["127.0.0.1:8080", "ftp://x", "http://a b", "http://x\n"]),
     ("health_urls", [{"worker": "http://127.0.0.1:8081/"}, {}, {"worker": None}],
@@ -56,7 +56,7 @@ VAR_CASES: list[tuple[str, list[Any], list[Any]]] = [
     ("secret_vars", [[], ["LICENSE_BLOB"]], ["LICENSE_BLOB", ["a b"], {"a": 1}]),
     ("notify_on", ["changes", "failures", "always", "never", "Always"], ["sometimes", True]),
     ("postgres_port", [5432, "5433"], ["pg", 0, 65536]),
-    ("postgres_sslmode", ["prefer", "verify-full"], ["strict", ""]),
+    ("postgres_sslmode", ["prefer", "verify-full"], ["strict", "Prefer!"]),
     ("postgres_admin_user", ["postgres", "admin_1"], ["a b", "x;drop", "1abc"]),
     ("backup_s3_bucket", ["rmlab-backups", "a.b.c", "123"], ["UP", "a_b", "ab", "a..b", "-ab", "1.2.3.4"]),
     ("health_disk_warn_pct", [0, 80, "95.5", 100], [-1, 101, "95%", "nan"]),
@@ -82,7 +82,8 @@ def test_var_kinds(name: str, good: list[Any], bad: list[Any]) -> None:
 
 
 def test_unset_and_unknown_vars_are_fine_and_defaults_apply() -> None:
-    validate.check_vars(host(health_timeout=None, some_team_var={"anything": [1, 2]}))
+    validate.check_vars(host(health_timeout=None, api_service="", some_team_var={"anything": [1, 2]}))
+    assert validate.value(host(health_timeout=""), "health_timeout") == 60.0
     empty = host()
     assert validate.value(empty, "health_timeout") == 60.0
     assert validate.value(empty, "stop_timeout") == 10
