@@ -28,10 +28,12 @@ COMMON_PARAMS = [
         ("check", False),
         ("diff", False),
         ("json", False),
-        ("parallel", 10),
+        # No numeric defaults: Invoke would parse the number itself, and a traceback is its answer
+        # to bad text. remediations.cli.Flags parses them, with one line for bad input.
+        ("parallel", None),
         ("serial", None),
         ("max_fail", None),
-        ("lock_wait", 60),
+        ("lock_wait", None),
     )
 ]
 COMMON_NAMES = {p.name for p in COMMON_PARAMS}
@@ -252,10 +254,24 @@ S3_HELP = {
     "tier": "retrieval tier for archived (GLACIER, DEEP_ARCHIVE) versions: Expedited, Standard, Bulk "
     "(default Standard)",
     "restore-days": "days a retrieved archived version stays readable (default 7)",
-    "workers": "copies in flight at once (default 16); the HTTP connection pool is at least as large",
+    "workers": "copies in flight at once, 1 to 64 (default 16); the HTTP connection pool is at least as "
+    "large",
     "host": "optional: an inventory host with ansible_connection: local whose vars (s3_endpoint_url, "
     "s3_region, aws_profile) to use; default: the inventory's shared vars",
 }
+
+
+def _s3_tuning(workers: str | None, tier: str, restore_days: str | None) -> Any:
+    """The S3 knobs from their flags' text (None or "": the default), checked."""
+    from remediations.s3restore import Tuning
+    from remediations.validate import check_count, check_workers
+
+    given: dict[str, Any] = {"tier": tier}
+    if workers not in (None, ""):
+        given["workers"] = check_workers(workers)
+    if restore_days not in (None, ""):
+        given["restore_days"] = check_count(restore_days, "--restore-days", 1, 36500)
+    return Tuning(**given)
 
 
 def _s3_flags(flags: Flags) -> Flags:
@@ -284,8 +300,8 @@ def restore_s3_object(
     at: str | None = None,
     undelete: bool = False,
     tier: str = "Standard",
-    restore_days: int = 7,
-    workers: int = 16,
+    restore_days: str | None = None,
+    workers: str | None = None,
 ) -> int:
     """Restore one S3 object to an earlier version: give exactly one of --version-id, --at, --undelete.
 
@@ -297,12 +313,12 @@ def restore_s3_object(
     else the s3_endpoint_url inventory var; credentials: the standard AWS chain. Requests are bounded
     as for restore-s3-prefix (108 s at most each with the default s3_* timeouts).
     """
-    from remediations.s3restore import RestoreObject, Tuning, controller_targets
+    from remediations.s3restore import RestoreObject, controller_targets
 
     code, _ = execute(
         lambda: RestoreObject(
             bucket, key, version_id=version_id, at=at, undelete=undelete,
-            tuning=Tuning(workers=int(workers), tier=tier, restore_days=int(restore_days)),
+            tuning=_s3_tuning(workers, tier, restore_days),
         ),
         _s3_flags(flags),
         task="restore-s3-object",
@@ -333,8 +349,8 @@ def restore_s3_prefix(
     to_prefix: str | None = None,
     delete_new: bool = False,
     tier: str = "Standard",
-    restore_days: int = 7,
-    workers: int = 16,
+    restore_days: str | None = None,
+    workers: str | None = None,
 ) -> int:
     """Restore every key under a prefix to its state at a time.
 
@@ -346,12 +362,12 @@ def restore_s3_prefix(
     reported on stderr, and an endpoint that stops answering stops the run with the keys restored so
     far. --check lists every key and what would happen to it. A second run finds nothing to do.
     """
-    from remediations.s3restore import RestorePrefix, Tuning, controller_targets
+    from remediations.s3restore import RestorePrefix, controller_targets
 
     code, _ = execute(
         lambda: RestorePrefix(
             bucket, prefix, at, to_bucket=to_bucket, to_prefix=to_prefix, delete_new=delete_new,
-            tuning=Tuning(workers=int(workers), tier=tier, restore_days=int(restore_days)),
+            tuning=_s3_tuning(workers, tier, restore_days),
         ),
         _s3_flags(flags),
         task="restore-s3-prefix",
@@ -370,7 +386,7 @@ def restore_s3_prefix(
         "s3_noncurrent_retention_days inventory var, else 30)",
     }
 )
-def s3_bucket_check(c: Context, flags: Flags, bucket: str | None = None, retention_days: int | None = None
+def s3_bucket_check(c: Context, flags: Flags, bucket: str | None = None, retention_days: str | None = None
                     ) -> int:
     """Report whether a bucket keeps what a restore needs; changes nothing.
 
@@ -378,9 +394,11 @@ def s3_bucket_check(c: Context, flags: Flags, bucket: str | None = None, retenti
     sooner than the retention. Each finding fails its step (exit code 1), so cron can alert on it.
     """
     from remediations.s3restore import BucketCheck, controller_targets
+    from remediations.validate import check_count
 
     code, _ = execute(
-        lambda: BucketCheck(bucket, int(retention_days) if retention_days is not None else None),
+        lambda: BucketCheck(bucket, None if retention_days in (None, "")
+                            else check_count(retention_days, "--retention-days", 1, 36500)),
         flags,
         task="s3-bucket-check",
         arguments={"bucket": bucket, "retention_days": retention_days},
@@ -417,31 +435,37 @@ def ensure_healthy(c: Context, flags: Flags, service: list[str] | None = None) -
 @remediation_task(
     help={
         "service": "the compose service whose env file is edited and which is recreated",
-        "set": "NAME=VALUE to set (repeatable)",
+        "set": "NAME=VALUE to set (repeatable; visible in ps: use --values-from-stdin for secrets)",
         "unset": "NAME to remove (repeatable)",
+        "values-from-stdin": "also set the NAME=VALUE lines read from stdin (values taken literally, "
+        "never shown)",
     },
     iterable=["set", "unset"],
 )
 def set_env(
     c: Context, flags: Flags, service: str | None = None, set: list[str] | None = None,
-    unset: list[str] | None = None,
+    unset: list[str] | None = None, values_from_stdin: bool = False,
 ) -> int:  # fmt: skip
     """Set or unset variables in the service's env file (backup kept), recreate it, wait until healthy.
 
     Example: inv set-env --host prod --service api --set MAINTENANCE_MODE=1
-    Already set: ok, nothing recreated. Unhealthy afterwards: the backup is restored.
+    Secrets: printf 'API_TOKEN=%s\\n' "$TOKEN" | inv set-env --host prod --service api --values-from-stdin
+    Already set: ok, nothing recreated. Unhealthy afterwards: the backup is restored. The newest
+    env_backups_keep (default 10) backups of the file are kept, older ones deleted.
     """
+    from remediations import set_env as env_task
     from remediations.errors import UsageError
-    from remediations.set_env import SetEnv
 
-    def make() -> SetEnv:
+    def make() -> env_task.SetEnv:
         if not service:
             raise UsageError("--service is required: the compose service whose env to change")
-        return SetEnv(service, list(set or []), list(unset or []))
+        hidden = env_task.values_from_stdin() if values_from_stdin else None
+        return env_task.SetEnv(service, list(set or []), list(unset or []), hidden)
 
     names = [item.split("=", 1)[0] + "=…" for item in (set or [])]
     code, _ = execute(make, flags, task="set-env",
-                      arguments={"service": service, "set": names, "unset": list(unset or [])})  # fmt: skip
+                      arguments={"service": service, "set": names, "unset": list(unset or []),
+                                 "values_from_stdin": values_from_stdin})  # fmt: skip
     return code
 
 
@@ -511,7 +535,7 @@ def prune(
 )
 def disk_cleanup(
     c: Context, flags: Flags, max_age_days: str | None = None, keep_newest: str | None = None,
-    journal_days: int = 7, older_than: str = "168h", all: bool = False, volumes: bool = False,
+    journal_days: str | None = None, older_than: str = "168h", all: bool = False, volumes: bool = False,
 ) -> int:  # fmt: skip
     """The disk-full runbook: biggest users, old local backups, the journal, then a Docker prune.
 
@@ -522,13 +546,15 @@ def disk_cleanup(
     """
     from remediations.disk import CleanupOptions, DiskCleanup, nonnegative_option
     from remediations.prune import options_from_flags
+    from remediations.validate import check_count
 
     def make() -> DiskCleanup:
         return DiskCleanup(
             CleanupOptions(
                 max_age_days=nonnegative_option(max_age_days, "--max-age-days"),
                 keep_newest=_optional_int(nonnegative_option(keep_newest, "--keep-newest")),
-                journal_days=int(nonnegative_option(journal_days, "--journal-days") or 0),
+                journal_days=check_count(7 if journal_days in (None, "") else journal_days, "--journal-days",
+                                         0, 36500),
                 prune=options_from_flags(older_than, all, volumes, None),
             )
         )

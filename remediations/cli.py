@@ -27,22 +27,30 @@ class Flags:
     check: bool = False
     diff: bool = False
     json: bool = False
-    parallel: int = 10
-    serial: int | None = None
+    # Numbers arrive as the flag's text (tasks.py gives Invoke no numeric defaults, so that bad text
+    # is our one-line error, not Invoke's traceback); None means the default.
+    parallel: int | str | None = None
+    serial: int | str | None = None
     max_fail: str | None = None
-    lock_wait: float = 60.0
+    lock_wait: float | str | None = None
 
     def options(self) -> RunOptions:
-        from remediations.engine import MaxFail, RunOptions
+        from remediations.engine import DEFAULT_LOCK_WAIT, DEFAULT_PARALLEL, MaxFail, RunOptions
+        from remediations.validate import check_count, check_seconds
 
         return RunOptions(
             check=self.check,
             diff=self.diff,
-            parallel=int(self.parallel),
-            serial=int(self.serial) if self.serial else None,
+            parallel=check_count(self.parallel, "--parallel") if _given(self.parallel) else DEFAULT_PARALLEL,
+            serial=check_count(self.serial, "--serial") if _given(self.serial) else None,
             max_fail=MaxFail.parse(self.max_fail),
-            lock_wait=float(self.lock_wait),
+            lock_wait=check_seconds(self.lock_wait, "--lock-wait") if _given(self.lock_wait)
+            else DEFAULT_LOCK_WAIT,
         )
+
+
+def _given(value: object) -> bool:
+    return value is not None and value != ""
 
 
 COMMON_HELP = {

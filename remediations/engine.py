@@ -22,6 +22,7 @@ from remediations.lock import DEFAULT_LOCK_DIR, HostLock
 from remediations.notify import NotifyConfig, send, summary
 from remediations.redact import Redactor
 from remediations.results import HostResult, RunResult, Status, StepResult, timed
+from remediations.validate import check_vars, value
 
 DEFAULT_PARALLEL = 10
 DEFAULT_LOCK_WAIT = 60.0
@@ -218,7 +219,8 @@ class Remediation:
     def deadline(self, host: Host) -> float:
         """Seconds the whole remediation may take on `host` (connect to unlock); past it the host
         fails and nothing more is sent to it. The `run_deadline` var overrides it."""
-        return float(host.get("run_deadline", DEFAULT_DEADLINE))
+        configured = value(host, "run_deadline")
+        return DEFAULT_DEADLINE if configured is None else float(configured)
 
     def facts_under_lock(self, host: Host) -> str:
         """Shell text to run as soon as the host lock is held, its output handed to `run` as
@@ -266,6 +268,7 @@ class Engine:
         arguments = {**remediation.arguments(), **_option_arguments(self.options)}
         remediation.prepare(self.inventory)
         for host in hosts:
+            check_vars(host)  # typed vars first: a remediation's own checks may read them
             remediation.validate(host)
             if not host.is_local:
                 host.ssh_options  # noqa: B018 - raises UsageError for options that are bad input

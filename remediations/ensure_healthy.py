@@ -20,8 +20,9 @@ from typing import ClassVar
 from remediations.compose import Project, ServiceFacts
 from remediations.engine import HostContext, Remediation
 from remediations.inventory import Host
-from remediations.restart_api import ServiceSettings, check_service_name, recover
+from remediations.restart_api import ServiceSettings, recover
 from remediations.results import Status
+from remediations.validate import check_services
 
 STOPPED = ("exited", "created", "dead")
 
@@ -56,9 +57,7 @@ class EnsureHealthy(Remediation):
     required_vars: ClassVar[tuple[str, ...]] = ("compose_project_dir",)
 
     def __init__(self, services: Sequence[str] = ()) -> None:
-        for name in services:
-            check_service_name(name, "not a compose service name")
-        self.services = list(dict.fromkeys(services))
+        self.services = list(dict.fromkeys(check_services(services)))
 
     def validate(self, host: Host) -> None:
         super().validate(host)

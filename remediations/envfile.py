@@ -60,6 +60,28 @@ def parse_assignments(items: Sequence[str], unset: Sequence[str]) -> tuple[dict[
     return values, names
 
 
+def parse_value_lines(text: str, source: str = "stdin") -> dict[str, str]:
+    """Pure: `NAME=VALUE` lines (blank lines and `#` comments skipped), each value taken literally
+    as `--set` takes it: no quotes, escapes or interpolation. UsageError names the bad line."""
+    values: dict[str, str] = {}
+    for number, line in enumerate(text.split("\n"), 1):
+        line = line.removesuffix("\r")
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        name, sep, value = line.partition("=")
+        if not sep or not NAME.match(name):
+            raise UsageError(f"{source} line {number}: not NAME=VALUE (a name of letters, digits and _, "
+                             "then =)")  # fmt: skip
+        if "\0" in value:
+            raise UsageError(f"{source} line {number}: {name}: a value cannot hold a NUL")
+        if name in values:
+            raise UsageError(f"{source} line {number}: {name} is given twice")
+        values[name] = value
+    if not values:
+        raise UsageError(f"{source} holds no NAME=VALUE line")
+    return values
+
+
 _VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _OPERATOR = re.compile(r":?[-+?]")
 # Compose's escapes in double quotes (`\0` is read as a lone backslash); any other backslash stays.

@@ -13,6 +13,7 @@ import shlex
 from dataclasses import dataclass
 
 from remediations.errors import UsageError
+from remediations.validate import check_duration, shown
 
 MARK = "@@"
 
@@ -111,8 +112,8 @@ def parse_duration(text: str, flag: str) -> int:
     """Whole seconds of '168h', '30m', '7d', '0s' or a bare number of seconds; UsageError otherwise."""
     match = _DURATION.match(str(text).strip())
     if not match:
-        raise UsageError(f"{flag} {text!r}: give a duration of 0 or more such as 168h, 30m, 7d or 0s")
-    return int(float(match.group(1)) * _SECONDS[match.group(2) or "s"])
+        raise UsageError(f"{flag} {shown(text)}: give a duration of 0 or more such as 168h, 30m, 7d or 0s")
+    return int(check_duration(float(match.group(1)) * _SECONDS[match.group(2) or "s"], flag, text))
 
 
 def docker_time(text: str) -> float:

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 MASK = "*****"
+DECLARING_VAR = "secret_vars"  # the inventory var that names more secret vars
 
 SECRET_NAME = re.compile(
     r"(pass(word|wd)?|secret|token|api[_-]?key|access[_-]?key|private[_-]?key|credential|"
@@ -43,10 +44,17 @@ class Redactor:
             self._values.add(text)
 
     def is_secret(self, name: str) -> bool:
+        if name == DECLARING_VAR:
+            return False  # it holds names, not secrets
         return name.lower() in self._names or is_secret_name(name)
 
     def learn(self, variables: Mapping[str, Any]) -> None:
         """Remember the values of every secret-looking variable (recursively)."""
+        declared = variables.get(DECLARING_VAR)
+        if isinstance(declared, list | tuple):
+            # Its items are names, to mask the values of, not secrets: masking them would hide which
+            # variable changed ("*****: *****").
+            self._names.update(str(n).lower() for n in declared)
         for name, value in variables.items():
             if isinstance(value, Mapping):
                 self.learn(value)

@@ -104,6 +104,7 @@ class Write:
     backup: str | None = None  # a copy of the old file taken just before the rename
     backup_mode: str | None = None  # the backup's mode; None: the target's own (cp -p)
     make_dir: bool = False  # create the target's directory when missing
+    then: str = ""  # shell text run once the file is installed (pruning old backups); failure ignored
 
     @property
     def header(self) -> bytes:
@@ -115,10 +116,12 @@ class Write:
 
     def command(self) -> str:
         """Shell text that reads `stdin` and installs it (or fails with nothing changed)."""
-        return shlex.join(
+        install = shlex.join(
             ["sh", "-c", SCRIPT, "remediations-write", self.path, self.mode, self.owner,
              self.backup or "", self.backup_mode or "", "1" if self.make_dir else ""]
         )  # fmt: skip
+        # `then` only after an install that succeeded, and never turning it into a failure
+        return f"{install} && {{ ( {self.then}\n) </dev/null || true; }}" if self.then else install
 
     def deadline(self, base: float = 30.0) -> float:
         return base + len(self.data) / MIN_RATE

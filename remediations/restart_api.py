@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-from remediations import images
+from remediations import images, validate
 from remediations.compose import (
     Project,
     ProjectFacts,
@@ -28,12 +28,10 @@ from remediations.compose import (
 )
 from remediations.connection import Remote
 from remediations.engine import HostContext, Remediation
-from remediations.errors import HostError, UsageError
+from remediations.errors import HostError
 from remediations.inventory import Host
 from remediations.results import Status
 
-DEFAULT_HEALTH_TIMEOUT = 60.0
-DEFAULT_STOP_TIMEOUT = 10
 POLL_INTERVAL = 1.0
 
 
@@ -59,8 +57,8 @@ class ServiceSettings:
         urls = health_urls(host)
         if services:
             urls = {k: v for k, v in urls.items() if k in services}
-        timeout = float(host.get("health_timeout", DEFAULT_HEALTH_TIMEOUT))
-        stop_timeout = int(host.get("stop_timeout", DEFAULT_STOP_TIMEOUT))
+        timeout = float(validate.value(host, "health_timeout"))
+        stop_timeout = int(validate.value(host, "stop_timeout"))
         return cls(Project.from_host(host), urls, timeout, stop_timeout, min(timeout, 10.0))
 
     def gather(self, remote: Remote, known: Sequence[str] = ()) -> ProjectFacts:
@@ -82,16 +80,11 @@ class ServiceSettings:
 def service_deadline(host: Host) -> float:
     """A bound on one compose-service recovery: facts, a restart and a recreate (each up to the stop
     timeout plus a minute to start), two health waits, the logs; `run_deadline` overrides it."""
-    if host.get("run_deadline") is not None:
-        return float(host.get("run_deadline"))
+    configured = validate.value(host, "run_deadline")
+    if configured is not None:
+        return float(configured)
     settings = ServiceSettings.of(host)
     return 120.0 + 2 * (settings.timeout + settings.stop_timeout + 60.0)
-
-
-def check_service_name(name: str, what: str) -> None:
-    """UsageError unless `name` can be a compose service name."""
-    if not name or not all(ch.isalnum() or ch in "._-" for ch in name):
-        raise UsageError(f"--service {name!r}: {what}")
 
 
 def decide(facts: ServiceFacts, if_unhealthy: bool) -> Plan:
@@ -113,7 +106,7 @@ class RestartApi(Remediation):
     default_serial: ClassVar[int | None] = 1
 
     def __init__(self, service: str | None = None, if_unhealthy: bool = False) -> None:
-        self.service = service
+        self.service = None if service is None else validate.check_service(service)
         self.if_unhealthy = if_unhealthy
 
     def validate(self, host: Host) -> None:

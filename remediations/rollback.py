@@ -20,8 +20,9 @@ from remediations.compose import Project, ServiceFacts
 from remediations.engine import HostContext, Remediation
 from remediations.errors import HostError
 from remediations.inventory import Host
-from remediations.restart_api import ServiceSettings, check_service_name, recover
+from remediations.restart_api import ServiceSettings, recover
 from remediations.results import Status
+from remediations.validate import check_service
 
 
 def short(image_id: str) -> str:
@@ -53,8 +54,7 @@ class Rollback(Remediation):
     required_vars: ClassVar[tuple[str, ...]] = ("compose_project_dir",)
 
     def __init__(self, service: str) -> None:
-        check_service_name(service, "give the compose service to roll back")
-        self.service = service
+        self.service = check_service(service)
 
     def validate(self, host: Host) -> None:
         super().validate(host)

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from typing import Any, ClassVar
 
-from remediations import rotation, s3client
+from remediations import rotation, s3client, validate
 from remediations.engine import HostContext, Remediation, controller_host
 from remediations.errors import HostError, UsageError
 from remediations.hostfacts import human_age
@@ -170,7 +170,7 @@ class RotateAwsKey(Remediation):
         self.user = user
         self.env_host = env_host
         self.env_keys = env_keys
-        self.services = list(services)
+        self.services = validate.check_services(services)
         self.delete_old = delete_old
         self.grace = grace
         self.max_age = max_age

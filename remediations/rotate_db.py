@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from remediations import rotation
+from remediations import rotation, validate
 from remediations.engine import HostContext, Remediation
 from remediations.errors import HostError, UsageError
 from remediations.hostfacts import human_age
@@ -43,9 +43,9 @@ AUTH_FAILED = ("28P01", "28000")
 
 
 def check_role(role: str | None) -> str:
-    if not role or len(role) > 63 or "\0" in role:
-        raise UsageError(f"--role {str(role or '')[:70]!r}: give the name of a PostgreSQL login role")
-    return role
+    if not role:
+        raise UsageError("--role is required: the PostgreSQL login role whose password to rotate")
+    return validate.check_role(role)
 
 
 class Postgres:
@@ -53,12 +53,13 @@ class Postgres:
 
     def __init__(self, ctx: HostContext) -> None:
         self.ctx = ctx
-        self.tcp_host = str(ctx.var("postgres_tcp_host") or "127.0.0.1")
-        self.port = int(ctx.var("postgres_port") or 5432)
-        self.admin_user = str(ctx.var("postgres_admin_user") or "postgres")
+        host = ctx.host
+        self.tcp_host = str(validate.value(host, "postgres_tcp_host"))
+        self.port = int(validate.value(host, "postgres_port"))
+        self.admin_user = admin_user(host)
         self.passfile = ctx.var("postgres_admin_passfile")
-        self.database = str(ctx.var("postgres_login_database") or "postgres")
-        self.sslmode = str(ctx.var("postgres_sslmode") or "prefer")
+        self.database = str(validate.value(host, "postgres_login_database"))
+        self.sslmode = str(validate.value(host, "postgres_sslmode"))
         self.address: tuple[str, int] = (self.tcp_host, self.port)
 
     @contextmanager
@@ -103,6 +104,10 @@ class Postgres:
             return text
 
 
+def admin_user(host: Host) -> str:
+    return str(validate.value(host, "postgres_admin_user"))
+
+
 def _first_line(exc: Exception) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return lines[-1] if lines else type(exc).__name__
@@ -138,7 +143,7 @@ class RotateDbPassword(Remediation):
         self.role = role
         self.env_host = env_host
         self.env_key = env_key
-        self.services = list(services)
+        self.services = validate.check_services(services)
         self.length = length
         self.alphabet = alphabet
         self.max_age = max_age
@@ -146,6 +151,12 @@ class RotateDbPassword(Remediation):
 
     def prepare(self, inventory: Inventory) -> None:
         self._env_hosts = rotation.env_hosts(inventory, self.env_host)
+
+    def validate(self, host: Host) -> None:
+        super().validate(host)
+        if self.role == admin_user(host):
+            raise UsageError(f"{host.source}: host {host.name}: --role {self.role} is postgres_admin_user, "
+                             "the role this task connects as; rotate it by hand")  # fmt: skip
 
     def run(self, ctx: HostContext) -> None:
         with ExitStack() as stack:

@@ -37,7 +37,7 @@ from typing import IO, Any, ClassVar
 
 import yaml
 
-from remediations import connection, envfile, images, remote_write
+from remediations import connection, envfile, images, remote_write, validate
 from remediations.compose import ProjectFacts, ServiceFacts
 from remediations.connection import Remote, must
 from remediations.engine import HostContext, Remediation
@@ -413,7 +413,8 @@ def write_env(side: EnvSide, values: dict[str, str], backup: str, step: str = "s
         new_text, _ = envfile.edit(side.file.text, values, [])
         owner = side.file.owner if side.file.exists else ""
         job = env_file_write(
-            side.file.path, new_text, owner, "600", backup if side.file.exists else None, backup_mode="600"
+            side.file.path, new_text, owner, "600", backup if side.file.exists else None, backup_mode="600",
+            keep=int(validate.value(side.host, "env_backups_keep")),
         )
         remote_write.write(ctx.remote, job)
         widened = side.file.exists and side.file.mode not in ("600", "400")
@@ -496,7 +497,7 @@ class RotateSecret(Remediation):
         max_age: int = 3600,
     ) -> None:
         self.name = name
-        self.services = list(services)
+        self.services = validate.check_services(services)
         self.length = length
         self.alphabet = alphabet
         self._value = value  # given on stdin; never in arguments, audit or output
@@ -655,6 +656,7 @@ def env_hosts(inventory: Inventory, pattern: str | None, flag: str = "--env-host
         raise UsageError(f"{flag} is required: the host(s) whose compose env file holds the secret")
     hosts = inventory.select(pattern)
     for host in hosts:
+        validate.check_vars(host)  # opened from the run's host: checked like the run's own hosts
         host.require("compose_project_dir")
     return hosts
 

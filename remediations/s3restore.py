@@ -41,7 +41,7 @@ from botocore.exceptions import (
     ProfileNotFound,
 )
 
-from remediations import interrupt
+from remediations import interrupt, validate
 from remediations.engine import HostContext, Remediation, controller_host
 from remediations.errors import HostError, UsageError
 from remediations.inventory import Host, Inventory
@@ -74,8 +74,7 @@ class Tuning:
     restore_days: int = 7  # how long a retrieved copy of an archived version stays readable
 
     def __post_init__(self) -> None:
-        if self.workers < 1:
-            raise UsageError(f"--workers {self.workers}: give at least 1")
+        validate.check_workers(self.workers)
         if not 1 <= self.page_size <= 1000:
             raise UsageError(f"page size {self.page_size}: give 1 to 1000")
         if self.part_size < MIN_PART:
@@ -113,21 +112,27 @@ def parse_at(text: str, now: dt.datetime) -> dt.datetime:
         seconds = 0.0
         for amount, unit in _AMOUNT.findall(relative.group(1)):
             if unit.lower() not in _UNITS:
-                raise UsageError(f"--at {text!r}: unknown unit {unit!r} (use s, m, h, d or w)")
+                raise UsageError(f"--at {validate.shown(text)}: unknown unit {unit!r} (use s, m, h, d or w)")
             seconds += float(amount) * _UNITS[unit.lower()]
+        validate.check_duration(seconds, "--at", text)
         return (now - dt.timedelta(seconds=seconds)).astimezone(dt.UTC)
     try:
         when = dt.datetime.fromisoformat(raw)
     except ValueError:
         raise UsageError(
-            f"--at {text!r}: give an ISO 8601 time with a timezone (2024-05-01T09:30:00Z, "
+            f"--at {validate.shown(text)}: give an ISO 8601 time with a timezone (2024-05-01T09:30:00Z, "
             "2024-05-01T12:30+03:00) or a relative time such as '2h ago'"
         ) from None
     if when.tzinfo is None:
-        raise UsageError(f"--at {text!r} has no timezone: add Z (UTC) or an offset such as +03:00")
+        raise UsageError(
+            f"--at {validate.shown(text)} has no timezone: add Z (UTC) or an offset such as +03:00"
+        )
     if when > now:
-        raise UsageError(f"--at {text!r} is in the future")
-    return when.astimezone(dt.UTC)
+        raise UsageError(f"--at {validate.shown(text)} is in the future")
+    try:
+        return when.astimezone(dt.UTC)
+    except OverflowError:  # year 1 with a positive offset is before year 1 in UTC
+        raise UsageError(f"--at {validate.shown(text)}: too long ago") from None
 
 
 @dataclass(frozen=True)
@@ -787,7 +792,7 @@ class _S3Remediation(Remediation):
                  connect: Callable[[Mapping[str, Any], Tuning], S3] = S3) -> None:
         if not bucket:
             raise UsageError("--bucket is required")
-        self.bucket = bucket
+        self.bucket = validate.check_bucket(bucket)
         self._tuning = tuning
         self._connect = connect
         self._clients: dict[str, S3] = {}
@@ -965,7 +970,7 @@ class RestorePrefix(_S3Remediation):
             raise UsageError("--at is required: the time to restore the prefix to")
         self.prefix = prefix
         self.at = at
-        self.to_bucket = to_bucket or None
+        self.to_bucket = validate.check_bucket(to_bucket, "--to-bucket") if to_bucket else None
         self.to_prefix = to_prefix
         self.delete_new = delete_new
         self._when = parse_at(at, now or dt.datetime.now(dt.UTC))

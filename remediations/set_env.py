@@ -21,19 +21,21 @@ import datetime as dt
 import json
 import posixpath
 import shlex
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import IO, Any, ClassVar
 
 import yaml
 
-from remediations import envfile, remote_write
+from remediations import envfile, remote_write, validate
 from remediations.compose import Project, ServiceFacts
 from remediations.connection import Remote, must
 from remediations.engine import HostContext, Remediation
-from remediations.errors import HostError
+from remediations.errors import HostError, UsageError
 from remediations.hostfacts import MARK, sections_by_name
 from remediations.inventory import Host
+from remediations.redact import MASK
 from remediations.restart_api import ServiceSettings, recover
 from remediations.results import Status
 
@@ -142,12 +144,32 @@ def read_files(
 
 
 def env_file_write(
-    path: str, text: str, owner: str, mode: str, backup: str | None, backup_mode: str | None = None
-) -> remote_write.Write:
+    path: str, text: str, owner: str, mode: str, backup: str | None, backup_mode: str | None = None,
+    keep: int | None = None,
+) -> remote_write.Write:  # fmt: skip
     """The new env file as one checked write: backup (same owner and mode, or `backup_mode`), a temp
-    file whose size and SHA-256 are checked, then the rename (see remote_write)."""
+    file whose size and SHA-256 are checked, then the rename (see remote_write); with `keep`, then
+    all but the newest `keep` dated backups of the file are deleted."""
+    prune = prune_backups_command(path, keep) if backup and keep is not None else ""
     return remote_write.Write(path, text.encode(), mode=mode or "600", owner=owner, backup=backup,
-                              backup_mode=backup_mode)  # fmt: skip
+                              backup_mode=backup_mode, then=prune)  # fmt: skip
+
+
+# backup_name's stamp as a glob: only files this project named are ever pruned.
+BACKUP_STAMP_GLOB = "[0-9]" * 8 + "T" + "[0-9]" * 6 + "Z"
+
+
+def prune_backups_command(path: str, keep: int) -> str:
+    """Shell text deleting all but the newest `keep` backups of `path` (their names sort by date, and
+    so does the glob). Backups hold old secrets: without this they pile up forever. A failure here
+    never fails the write that came before it."""
+    if keep < 1:
+        raise ValueError("keep at least the backup just made")
+    pattern = f"{shlex.quote(path)}.{BACKUP_STAMP_GLOB}.bak"
+    return (
+        f"set -- {pattern}; if [ -e \"$1\" ]; then "
+        f'while [ "$#" -gt {int(keep)} ]; do rm -f -- "$1" || true; shift; done; fi'
+    )
 
 
 def backup_name(path: str, now: dt.datetime | None = None) -> str:
@@ -155,18 +177,39 @@ def backup_name(path: str, now: dt.datetime | None = None) -> str:
     return f"{path}.{stamp}.bak"
 
 
+def values_from_stdin(stream: IO[str] | None = None) -> dict[str, str]:
+    """`--values-from-stdin`: NAME=VALUE lines piped in, so that no value is in the controller's argv
+    (where `ps` shows it to every user of the machine)."""
+    stream = stream if stream is not None else sys.stdin
+    if stream.isatty():
+        raise UsageError("--values-from-stdin: pipe NAME=VALUE lines in (printf 'NAME=%s\\n' \"$VALUE\" | "
+                         "inv set-env …), not from a terminal")  # fmt: skip
+    return envfile.parse_value_lines(stream.read(), "--values-from-stdin")
+
+
 class SetEnv(Remediation):
     task: ClassVar[str] = "set-env"
     required_vars: ClassVar[tuple[str, ...]] = ("compose_project_dir",)
 
-    def __init__(self, service: str, assignments: Sequence[str] = (), unset: Sequence[str] = ()) -> None:
-        self.service = service
-        self.values, self.unset = envfile.parse_assignments(assignments, unset)
+    def __init__(self, service: str, assignments: Sequence[str] = (), unset: Sequence[str] = (),
+                 hidden: Mapping[str, str] | None = None) -> None:  # fmt: skip
+        """`hidden`: values given out of band (stdin); never shown, as if their names looked secret."""
+        self.service = validate.check_service(service)
+        hidden = dict(hidden or {})
+        given = {item.partition("=")[0] for item in assignments}
+        twice = sorted(given & set(hidden))
+        if twice:
+            raise UsageError(f"{twice[0]} is given both by --set and on stdin; give it once")
+        self.values, self.unset = envfile.parse_assignments(
+            [*assignments, *(f"{k}={v}" for k, v in hidden.items())], unset
+        )
+        self._hidden = sorted(hidden)
 
     def arguments(self) -> dict[str, Any]:
         # Values are shown as NAME=VALUE so the redactor masks the secret-looking ones.
-        return {"service": self.service, "set": [f"{k}={v}" for k, v in self.values.items()],
-                "unset": list(self.unset)}  # fmt: skip
+        shown = [f"{k}={MASK if k in self._hidden else v}" for k, v in self.values.items()]
+        return {"service": self.service, "set": shown, "unset": list(self.unset),
+                "values_from_stdin": self._hidden}  # fmt: skip
 
     def validate(self, host: Host) -> None:
         super().validate(host)
@@ -177,7 +220,7 @@ class SetEnv(Remediation):
         settings = ServiceSettings.of(ctx.host, [service])
         project, timeout, stop_timeout = settings.project, settings.timeout, settings.stop_timeout
         facts = settings.facts_of(ctx.remote, service)
-        secret_names = list(ctx.var("secret_vars") or [])
+        secret_names = [*validate.value(ctx.host, "secret_vars"), *self._hidden]
         for name, value in self.values.items():
             if ctx.redactor.is_secret(name) or name in secret_names:
                 ctx.redactor.add_value(value)
@@ -234,7 +277,9 @@ class SetEnv(Remediation):
             with ctx.step("write") as step:
                 backup = backup_name(target.path) if target.exists else None
                 owner, mode = (target.owner, target.mode) if target.exists else ("", "600")
-                remote_write.write(ctx.remote, env_file_write(target.path, new_text, owner, mode, backup))
+                keep = int(validate.value(ctx.host, "env_backups_keep"))
+                job = env_file_write(target.path, new_text, owner, mode, backup, keep=keep)
+                remote_write.write(ctx.remote, job)
                 step.done(Status.CHANGED, f"{summary} in {target.path}"
                           + (f"; backup {backup}" if backup else " (new file, mode 0600)"),
                           diff=diff, backup=backup)  # fmt: skip

@@ -45,8 +45,10 @@ def inv(
     inventory: Path = LAB_INVENTORY,
     timeout: float = 240,
     env: dict[str, str] | None = None,
+    stdin: str | None = None,
 ) -> Ran:
-    """Run `inv ARGS --inventory …` as the on-call engineer would, in a fresh process."""
+    """Run `inv ARGS --inventory …` as the on-call engineer would, in a fresh process (`stdin`: what
+    is piped into it; None: this process's stdin)."""
     environ = {**os.environ, "REMEDIATIONS_AUDIT_LOG": str(audit), "NO_COLOR": "1", **(env or {})}
     done = subprocess.run(
         [sys.executable, "-m", "invoke", *args, "--inventory", str(inventory)],
@@ -56,6 +58,7 @@ def inv(
         timeout=timeout,
         env=environ,
         check=False,
+        input=stdin,
     )
     return Ran(done.returncode, done.stdout, done.stderr)
 

@@ -122,7 +122,7 @@ BAD_INPUT = [
     pytest.param(
         "good", ["--host", "local1", "--max-fail", "lots"], ("--max-fail 'lots'",), id="bad-max-fail"
     ),
-    pytest.param("good", ["--host", "local1", "--parallel", "0"], ("--parallel 0",), id="parallel-0"),
+    pytest.param("good", ["--host", "local1", "--parallel", "0"], ("--parallel '0'",), id="parallel-0"),
     pytest.param("good", [], ("--host is required",), id="no-host"),
     pytest.param("good", ["--host", "local1,!local1"], ("selects no host",), id="all-excluded"),
     pytest.param("ssh-no", ["--host", "remote1"], ("StrictHostKeyChecking=no",), id="host-key-checking-off"),

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from remediations import inventory
+from remediations.engine import Engine, RunOptions
+from remediations.envfile import Change, describe
 from remediations.redact import MASK, MIN_MASKED_LENGTH, Redactor, is_secret_name
 
 
@@ -172,3 +176,41 @@ def test_learn_masks_each_item_of_a_list_valued_secret() -> None:
     assert (
         redactor.text("auth failed for aaaa1111; tried bbbb2222") == f"auth failed for {MASK}; tried {MASK}"
     )
+
+
+# `secret_vars` lists names to treat as secret: the names stay readable (which variable changed), their
+# values are masked. (inventory vars, text, expected)
+SECRET_VARS_CASES: list[tuple[dict[str, Any], str, str]] = [
+    ({"secret_vars": ["LICENSE_BLOB"], "LICENSE_BLOB": "LIC-0042-XYZ"},
+     "LICENSE_BLOB: LIC-0042-XYZ → *****", f"LICENSE_BLOB: {MASK} → {MASK}"),
+    # a name declared before or after the var it names, at any depth
+    ({"LICENSE_BLOB": "LIC-0042-XYZ", "secret_vars": ["license_blob"]},
+     "set LICENSE_BLOB=LIC-0042-XYZ", f"set LICENSE_BLOB={MASK}"),
+    ({"secret_vars": ["ORDER_SALT", "LICENSE_BLOB"], "ORDER_SALT": "salt-9876"},
+     "ORDER_SALT and LICENSE_BLOB changed", "ORDER_SALT and LICENSE_BLOB changed"),
+    ({"secret_vars": []}, "secret_vars: []", "secret_vars: []"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("variables", "text", "expected"), SECRET_VARS_CASES)
+def test_secret_vars_masks_values_not_names(variables: dict[str, Any], text: str, expected: str) -> None:
+    redactor = Redactor()
+    redactor.learn(variables)
+    assert redactor.text(text) == expected
+    assert redactor.data({"secret_vars": ["LICENSE_BLOB"]}) == {"secret_vars": ["LICENSE_BLOB"]}
+
+
+def test_engine_keeps_the_names_of_secret_vars_in_set_env_results(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What set-env records for a declared secret: `LICENSE_BLOB: ***** → *****`, never `*****: *****`."""
+    monkeypatch.setenv("REMEDIATIONS_AUDIT_LOG", str(tmp_path / "audit.jsonl"))
+    inv = inventory.parse(
+        "all:\n  vars: {secret_vars: [LICENSE_BLOB, ORDER_SALT], ORDER_SALT: salt-9876}\n"
+        "  hosts: {api1: {ansible_connection: local}}\n",
+        "inv.yml",
+    )
+    engine = Engine(inv, RunOptions(check=True))
+    line = describe([Change("LICENSE_BLOB", "LIC-0042-XYZ", "LIC-0043-XYZ")], ["LICENSE_BLOB"])
+    assert engine.redactor.text(line) == f"LICENSE_BLOB: {MASK} → {MASK}"
+    assert engine.redactor.text("ORDER_SALT=salt-9876") == f"ORDER_SALT={MASK}"

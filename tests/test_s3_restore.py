@@ -576,7 +576,7 @@ def test_controller_target_uses_the_shared_vars_and_is_local() -> None:
 def test_a_host_that_is_not_local_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     inv = inventory.parse("all:\n  hosts:\n    api1: {ansible_host: 10.0.0.1}\n", "t.yml")
     with pytest.raises(UsageError, match="S3 tasks run on the controller"):
-        RestoreObject("b", "k", undelete=True).validate(inv.hosts["api1"])
+        RestoreObject("bkt", "k", undelete=True).validate(inv.hosts["api1"])
 
 
 # --- the client: endpoint, secrets, retries ---------------------------------------------------
