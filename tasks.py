@@ -658,11 +658,13 @@ def restore_test(c: Context, flags: Flags, dump: str | None = None) -> int:
         "task": "the cron-safe task to schedule: restore-test, backup-check, wal-cleanup, "
         "ensure-healthy, health, unblock-expired",
         "schedule": "cron expression, e.g. '0 4 * * 0' (or @daily, @hourly, …)",
-        "args": "extra arguments for the task, e.g. '--host db1' (quoted into the entry)",
+        "args": "extra arguments for the task, e.g. '--host db1' (split like a shell; each token checked "
+        "and quoted into the entry)",
         "name": "the entry's name in its marker comment (default: the task); one entry per name",
         "remove": "remove the entry instead",
         "user": "whose crontab (crontab -u; default: the connection's user)",
-        "log": "file the runs' output is appended to (default /var/log/remediations/cron-NAME.log)",
+        "log": "file the runs' output is appended to, an absolute normalised path (default "
+        "/var/log/remediations/cron-NAME.log)",
     }
 )
 def install_cron(c: Context, flags: Flags, task: str | None = None, schedule: str | None = None,
@@ -672,7 +674,10 @@ def install_cron(c: Context, flags: Flags, task: str | None = None, schedule: st
 
     Without --host the crontab is the controller's. The entry is found by its marker comment, runs
     `inv TASK --inventory THIS-INVENTORY ARGS` from the project folder under `flock -n` (runs never
-    overlap) and appends its output to --log. Installing it again: ok.
+    overlap) and appends its output to --log. Installing it again: ok. A value with a control
+    character or '%', or a path that is not absolute and normalised, is bad input (exit code 2).
+    The whole crontab is read back after writing; if it is not exactly what was written, the
+    previous one is put back and the host fails.
     """
     import os
 

@@ -36,6 +36,7 @@ import shlex
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tarfile
@@ -64,6 +65,7 @@ BENCH_INVENTORY = LAB_ROOT / "bench.yml"
 PG_PASSWORD_FILE = LAB_ROOT / "pg_password"
 PG_PASSFILE = LAB_ROOT / "pgpass"  # libpq's format, for the postgres_admin_passfile var
 STATE_DIR = "/var/lib/remediations"  # private per host
+CRON_SPOOL = "/var/spool/cron"  # private per host
 CLIENT_ADDRESS = "198.18.0.200"
 
 ROLE_DOCKER = "docker"
@@ -776,9 +778,10 @@ def _ensure_mntns(host: HostSpec) -> None:
 
 
 def _ensure_state_mount(host: HostSpec) -> None:
-    """A private /var/lib/remediations per host, where remediations keep host-side state, and a
+    """A private /var/lib/remediations per host, where remediations keep host-side state, a
     private /root: a host's root home is its own, not the controller's (whose dotfiles, sourced by
-    every SSH command, would make the lab's hosts slow in ways real ones are not).
+    every SSH command, would make the lab's hosts slow in ways real ones are not), and a private
+    /var/spool/cron: ``crontab`` on a host edits that host's crontabs, never the controller's.
 
     Added to a live mount namespace too (processes in it, sshd included, see it at once), so hosts
     of a lab built before these mounts existed get them on the next ``up``.
@@ -797,8 +800,24 @@ def _ensure_state_mount(host: HostSpec) -> None:
         'for pair in "$@"; do src=${pair%%=*}; dst=${pair#*=}; '
         'mountpoint -q "$dst" || mount --bind "$src" "$dst"; done'
     )
-    pairs = [f"{state}={STATE_DIR}", f"{home}=/root"]
+    spool = _prepare_cron_spool(host)
+    pairs = [f"{state}={STATE_DIR}", f"{home}=/root", f"{spool}={CRON_SPOOL}"]
     _run(["nsenter", f"--mount={host.mntns}", "--", "sh", "-c", script, "sh", *pairs])
+
+
+def _prepare_cron_spool(host: HostSpec) -> Path:
+    """The host's own cron spool, laid out as the controller's: crontab(1) is setgid to the
+    spool's group and refuses to write a crontabs folder whose owner or mode differ."""
+    crontabs = Path(CRON_SPOOL) / "crontabs"
+    if not crontabs.is_dir():
+        raise LabError(f"{crontabs} is missing: install cron (scripts/bootstrap)")
+    spool = host.dir / "spool-cron"
+    own = spool / "crontabs"
+    own.mkdir(parents=True, exist_ok=True)
+    wanted = crontabs.stat()
+    os.chown(own, wanted.st_uid, wanted.st_gid)
+    own.chmod(stat.S_IMODE(wanted.st_mode))
+    return spool
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1581,6 +1600,71 @@ def start_sshd(host: str) -> None:
     if not (_is_ns_handle(spec.netns) and _is_ns_handle(spec.mntns)):
         raise LabError(f"lab host {host} is not up (python -m remediations.lab up)")
     _start_sshd(spec)
+
+
+# Runs in a mount namespace of cron's own, inside the host's: the controller's system crontabs
+# (/etc/crontab, /etc/cron.d: run-parts, e2scrub, …) are hidden, so only the host's own spool runs.
+# "$@": folders of the controller's root filesystem that the jobs need and the host's private
+# mounts hide; a bind of "/" alone (not --rbind) is that filesystem without the mounts over it.
+_CRON_SCRIPT = r"""
+set -eu
+mount -t tmpfs -o mode=0755,size=1m rmlab-cron /etc/cron.d
+: > /etc/cron.d/.crontab
+mount --bind /etc/cron.d/.crontab /etc/crontab
+mkdir /etc/cron.d/.controller
+mount --bind / /etc/cron.d/.controller
+for folder in "$@"; do mount --bind "/etc/cron.d/.controller$folder" "$folder"; done
+umount /etc/cron.d/.controller
+rmdir /etc/cron.d/.controller
+exec cron -f
+"""
+
+
+@contextlib.contextmanager
+def cron_daemon(host: str, share: Sequence[str] = ()) -> Iterator[int]:
+    """A real cron daemon (Debian's ``cron -f``) on ``host`` while the ``with`` lasts, running the
+    host's own crontabs (its private /var/spool/cron) and nothing else; yields its pid. At the end
+    it is stopped, and so are the jobs it is running.
+
+    ``share``: folders of the controller's root filesystem its jobs see as on the controller, e.g.
+    the Python of a venv under the controller's /root (each host has its own /root). Only cron's
+    own mount namespace has them; mount points made on the host for them are removed again.
+    """
+    _require_root()
+    spec = _host(host)
+    if not (_is_ns_handle(spec.netns) and _is_ns_handle(spec.mntns)):
+        raise LabError(f"lab host {host} is not up (python -m remediations.lab up)")
+    if _in_host(spec, ["mountpoint", "-q", CRON_SPOOL], check=False).returncode != 0:
+        # It would run the controller's crontabs inside the host.
+        raise LabError(f"lab host {host} has no cron spool of its own (python -m remediations.lab up)")
+    made: list[str] = []  # deepest first
+    for folder in share:
+        target = Path(folder)
+        missing = []
+        while _in_host(spec, ["test", "-e", str(target)], check=False).returncode != 0:
+            missing.append(str(target))
+            target = target.parent
+        made = missing + made
+        if missing:
+            _in_host(spec, ["mkdir", "-p", missing[0]])
+    argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", _CRON_SCRIPT, "sh", *share]
+    proc = subprocess.Popen(_ns_argv(spec, argv), env=_env(host), stdin=subprocess.DEVNULL)
+    try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            code = proc.wait(timeout=1)
+            raise LabError(f"{host}: cron exited at once (exit code {code})")
+        yield proc.pid
+    finally:
+        # Its running jobs too (taken before cron stops: then they are orphans, no longer its children).
+        family = _with_descendants({proc.pid}, _scan())
+        survivors = _stop_pids(family, signal.SIGTERM, 5)
+        proc.wait(timeout=10)
+        for folder in made:
+            _in_host(spec, ["rmdir", folder], check=False)
+        # Its pid file, and the mark that @reboot entries ran (the next daemon runs them again).
+        _in_host(spec, ["rm", "-f", "/run/crond.pid", "/run/crond.reboot"], check=False)
+        if survivors:
+            raise LabError(f"{host}: cron processes survive SIGKILL: {sorted(survivors)}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -105,6 +105,60 @@ def test_up_repairs_what_a_crash_left_half_broken(lab: Any, tmp_path: Path) -> N
     assert ran.host("api2")["status"] == "changed"
 
 
+def host_mounts(host: str) -> dict[str, str]:
+    """Mount point -> source of every mount in the host's mount namespace."""
+    lines = sh(
+        "nsenter", f"--mount=/run/remediations-lab/mnt/{host}", "--", "findmnt", "-rn", "-o", "TARGET,SOURCE"
+    )
+    return dict(line.split(" ", 1) for line in lines.splitlines() if " " in line)
+
+
+def ssh_root(host: str, command: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    """`command` over a real SSH session to the host, as the remediations reach it."""
+    argv = ["ssh", "-i", str(lab_mod.SSH_KEY), "-o", f"UserKnownHostsFile={lab_mod.KNOWN_HOSTS}",
+            "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
+            f"root@{lab_mod.status().hosts[host].address}", command]  # fmt: skip
+    return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=30, check=False)
+
+
+def test_each_host_has_its_own_cron_spool_and_up_adds_it_to_a_live_lab(lab: Any) -> None:
+    for host in LAB_NAMES:
+        source = host_mounts(host).get("/var/spool/cron", "")
+        assert source.endswith(f"[/var/lib/remediations-lab/hosts/{host}/spool-cron]"), (host, source)
+    # A host of a lab built before the spool was private: `up` adds it, and restarts nothing.
+    subprocess.run(["nsenter", "--mount=/run/remediations-lab/mnt/api2", "--", "umount", "/var/spool/cron"],
+                   check=True)  # fmt: skip
+    others = {h: host_mounts(h) for h in LAB_NAMES}
+    sshd = {h: host_pids(h, "sshd") for h in LAB_NAMES}
+    assert lab_mod.up().up
+    assert {h: host_pids(h, "sshd") for h in LAB_NAMES} == sshd
+    for host in LAB_NAMES:
+        now = host_mounts(host)
+        assert {k: v for k, v in now.items() if k != "/var/spool/cron"} == {
+            k: v for k, v in others[host].items() if k != "/var/spool/cron"
+        }, host
+        assert now["/var/spool/cron"].endswith(f"hosts/{host}/spool-cron]"), (host, now)
+
+    # crontab over SSH on db1 is db1's: neither the controller nor api1 sees it.
+    def controller() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["crontab", "-l"], capture_output=True, text=True, check=False)
+
+    before = controller()
+    had = ssh_root("db1", "crontab -l")
+    line = f"# lab spool probe {os.getpid()}\n"
+    try:
+        assert ssh_root("db1", "crontab -", stdin=line).returncode == 0
+        assert ssh_root("db1", "crontab -l").stdout == line
+        assert line not in ssh_root("api1", "crontab -l").stdout
+        after = controller()
+        assert (after.returncode, after.stdout) == (before.returncode, before.stdout)
+    finally:
+        if had.returncode == 0:
+            ssh_root("db1", "crontab -", stdin=had.stdout)
+        else:
+            ssh_root("db1", "crontab -r")
+
+
 def test_down_leaves_nothing_behind_and_up_comes_back(lab: Any) -> None:
     assert leftovers(), "the lab should be up before this test"
     try:

@@ -396,28 +396,48 @@ def test_invalid_schedules(schedule: str, words: str) -> None:
 
 
 JOB = cron.Job("restore-test", "0 4 * * 0", "cd /p && flock -n /run/lock/x.lock inv restore-test >> /l 2>&1")
+M = cron.marker("restore-test")
 
 
 @pytest.mark.parametrize(
     ("current", "job", "action", "expected"),
     [
-        ("", JOB, "add", f"{cron.marker('restore-test')}\n{JOB.line}\n"),
-        ("MAILTO=x\n", JOB, "add", f"MAILTO=x\n{cron.marker('restore-test')}\n{JOB.line}\n"),
-        (f"{cron.marker('restore-test')}\n{JOB.line}\n", JOB, "none", None),
+        ("", JOB, "add", f"{M}\n{JOB.line}\n"),
+        ("MAILTO=x\n", JOB, "add", f"MAILTO=x\n{M}\n{JOB.line}\n"),
+        (f"{M}\n{JOB.line}\n", JOB, "none", None),
         (
-            f"a\n{cron.marker('restore-test')}\n0 5 * * * old\nb\n",
+            f"a\n{M}\n0 5 * * * old\nb\n",
             JOB,
             "replace",
-            f"a\n{cron.marker('restore-test')}\n{JOB.line}\nb\n",
+            f"a\n{M}\n{JOB.line}\nb\n",
         ),
-        (f"a\n{cron.marker('restore-test')}\n{JOB.line}\nb\n", None, "remove", "a\nb\n"),
+        (f"a\n{M}\n{JOB.line}\nb\n", None, "remove", "a\nb\n"),
         ("a\n", None, "none", None),
         (
             f"{cron.marker('other')}\nx\n",
             JOB,
             "add",
-            f"{cron.marker('other')}\nx\n{cron.marker('restore-test')}\n{JOB.line}\n",
+            f"{cron.marker('other')}\nx\n{M}\n{JOB.line}\n",
         ),
+        # Other lines are kept byte for byte, whatever str.splitlines would split them on.
+        ("a\u2028b\x0bc\x85d\r\n", JOB, "add", f"a\u2028b\x0bc\x85d\r\n{M}\n{JOB.line}\n"),
+        ("a\n\n\n", JOB, "add", f"a\n\n\n{M}\n{JOB.line}\n"),
+        ("MAILTO=x", JOB, "add", f"MAILTO=x\n{M}\n{JOB.line}\n"),
+        # The entry is there exactly once: copies of it go, the first one's place is kept.
+        (
+            f"a\n{M}\n{JOB.line}\nb\n{M}\n{JOB.line}\n",
+            JOB,
+            "replace",
+            f"a\n{M}\n{JOB.line}\nb\n",
+        ),
+        (
+            f"{M}\n0 5 * * * old\n{M}\nx\nb\n",
+            None,
+            "remove",
+            "b\n",
+        ),
+        (f"a\n{M}\n", JOB, "replace", f"a\n{M}\n{JOB.line}\n"),
+        (f"{M}\n{JOB.line}", JOB, "replace", f"{M}\n{JOB.line}\n"),
     ],
 )
 def test_edit_crontab(current: str, job: cron.Job | None, action: str, expected: str | None) -> None:
@@ -426,10 +446,10 @@ def test_edit_crontab(current: str, job: cron.Job | None, action: str, expected:
     assert text == (current if expected is None else expected)
 
 
-def test_job_line_quotes_arguments_and_escapes_percent() -> None:
+def test_job_line_quotes_arguments() -> None:
     command = cron.job_command(
         "wal-cleanup",
-        ["--host", "db 1", "--x=%d"],
+        ["--host", "db 1", "--x=it's"],
         project="/srv/my project",
         inv="/v/inv",
         inventory="/i.yml",
@@ -439,8 +459,19 @@ def test_job_line_quotes_arguments_and_escapes_percent() -> None:
     line = cron.Job("w", "@daily", command).line
     assert line == (
         "@daily cd '/srv/my project' && flock -n /run/lock/l /v/inv wal-cleanup --inventory /i.yml "
-        "--host 'db 1' --x=\\%d >> /var/log/r.log 2>&1"
+        "--host 'db 1' '--x=it'\"'\"'s' >> /var/log/r.log 2>&1"
     )
+
+
+@pytest.mark.parametrize("command", ["true\n* * * * * touch /var/tmp/p", "date +%F", "a\rb"])
+def test_job_line_is_one_plain_line(command: str) -> None:
+    with pytest.raises(ValueError, match="not one plain line"):
+        cron.Job("w", "@daily", command).line  # noqa: B018 - the property is the check
+
+
+# Line breaks of every kind a crontab (or str.splitlines) knows, other controls, and cron's `%`.
+PLANT = "\n* * * * * touch /var/tmp/p #"
+DAILY = {"task": "restore-test", "schedule": "@daily"}
 
 
 @pytest.mark.parametrize(
@@ -448,16 +479,111 @@ def test_job_line_quotes_arguments_and_escapes_percent() -> None:
     [
         ({"task": "restart-api", "schedule": "@daily"}, "cron-safe"),
         ({"task": "restore-test", "schedule": "nightly"}, "not a cron expression"),
-        ({"task": "restore-test", "schedule": "@daily", "args": "--inventory x"}, "--inventory"),
-        ({"task": "restore-test", "schedule": "@daily", "name": "Bad Name"}, "--name"),
-        ({"task": "restore-test", "schedule": "@daily", "log": "rel.log"}, "absolute"),
+        ({**DAILY, "args": "--inventory x"}, "--inventory"),
+        ({**DAILY, "args": "--inventory=x"}, "--inventory"),
+        ({**DAILY, "name": "Bad Name"}, "--name"),
+        ({**DAILY, "name": "x\n"}, "--name"),
+        ({**DAILY, "user": "root\n"}, "--user"),
+        ({**DAILY, "log": "rel.log"}, "absolute"),
+        ({**DAILY, "log": f"/var/log/x.log{PLANT}"}, "control character"),
+        ({**DAILY, "log": "/var/log/x.log\r"}, "control character '\\r'"),
+        ({**DAILY, "log": "/var/log/x\t.log"}, "control character '\\t'"),
+        ({**DAILY, "log": "/var/log/x\x7f.log"}, "control character"),
+        ({**DAILY, "log": "/var/log/x\x85.log"}, "control character"),
+        ({**DAILY, "log": "/var/log/x\u2028.log"}, "control character"),
+        ({**DAILY, "log": "/var/log/x\x00.log"}, "control character"),
+        ({**DAILY, "log": "/var/log/%d.log"}, "'%'"),
+        ({**DAILY, "log": "/var/log/../tmp/x.log"}, "normalised"),
+        ({**DAILY, "log": "/var/log//x.log"}, "give '/var/log/x.log'"),
+        ({**DAILY, "log": "/var/log/./x.log"}, "normalised"),
+        ({**DAILY, "log": "/var/log/x/"}, "normalised"),
+        ({**DAILY, "args": f"--dump 'a{PLANT}'"}, "control character"),
+        ({**DAILY, "args": "--dump 'a\tb'"}, "--args token"),
+        ({**DAILY, "args": "--dump a%b"}, "'%'"),
+        ({**DAILY, "args": "--dump 'a"}, "--args"),
+        ({"task": "restore-test", "schedule": f"0 4 * * 0{PLANT}"}, "control character"),
+        ({"task": "restore-test", "schedule": "0\t4 * * 0"}, "control character"),
+        ({"task": "restore-test", "schedule": "0 4 * * 0\r"}, "control character"),
     ],
 )
 def test_install_cron_bad_input(kwargs: dict[str, str], words: str) -> None:
     task, schedule = kwargs.pop("task"), kwargs.pop("schedule")
     with pytest.raises(UsageError) as caught:
-        cron.InstallCron(task, schedule, **kwargs)  # type: ignore[arg-type]
+        cron.InstallCron(task, schedule, inventory="/i.yml", **kwargs)  # type: ignore[arg-type]
     assert words in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_args_are_split_checked_and_quoted_again() -> None:
+    args = "--host 'db1,db2' --drop-inactive-slot \"old slot\""
+    remediation = cron.InstallCron("wal-cleanup", "@hourly", args=args, inventory="/i.yml")
+    job = remediation.job(Host("h", {"cron_project_dir": "/srv/p"}))
+    assert job.line.endswith(
+        "/srv/p/.venv/bin/inv wal-cleanup --inventory /i.yml --host db1,db2 --drop-inactive-slot "
+        "'old slot' >> /var/log/remediations/cron-wal-cleanup.log 2>&1"
+    )
+
+
+@pytest.mark.parametrize(
+    ("host_vars", "words"),
+    [
+        ({"cron_project_dir": "/srv/p\n* * * * * touch /var/tmp/p"}, "host h: cron_project_dir"),
+        ({"cron_project_dir": "srv/p"}, "absolute"),
+        ({"cron_inv": "/srv/../bin/inv"}, "host h: cron_inv"),
+        ({"cron_inventory": "/etc/%s.yml"}, "host h: cron_inventory"),
+        ({"lock_dir": "/run/lo\nck"}, "host h: lock_dir"),
+        ({"lock_dir": "run/lock"}, "host h: lock_dir"),
+    ],
+)
+def test_install_cron_bad_host_vars_before_connecting(host_vars: dict[str, str], words: str) -> None:
+    remediation = cron.InstallCron("health", "@daily", inventory="/i.yml")
+    with pytest.raises(UsageError) as caught:
+        remediation.validate(Host("h", host_vars))
+    assert words in str(caught.value)
+
+
+def test_bad_inventory_path_is_bad_input() -> None:
+    with pytest.raises(UsageError, match="--inventory"):
+        cron.InstallCron("health", "@daily", inventory="/tmp/x\n.yml").validate(Host("h", {}))
+    # Removing builds no entry: the paths it would run do not matter.
+    cron.InstallCron("health", None, remove=True, inventory="/tmp/x\n.yml").validate(Host("h", {}))
+
+
+EMPTY = cron.sha256("")
+
+
+@pytest.mark.parametrize(
+    ("stdout", "missing", "crontab", "error"),
+    [
+        (f"@@crontab 0 {cron.sha256('a' + chr(10) * 2)}\na\n\n", [], cron.Crontab("a\n\n", True), ""),
+        (f"@@crontab 0 {EMPTY}\n", [], cron.Crontab("", True), ""),
+        (f"@@crontab 1 {EMPTY}\nno crontab for root\n", [], cron.Crontab("", False), ""),
+        (f"@@crontab 1 {EMPTY}\nPermission denied\n", [], None, "Permission denied"),
+        # Not UTF-8 on the host: decoded with replacement characters, so the sha256 differs.
+        (f"@@crontab 0 {cron.sha256('x')}\n\ufffd\n", [], None, "not UTF-8"),
+        (f"@@missing flock\n@@crontab 0 {EMPTY}\n", ["flock"], cron.Crontab("", True), ""),
+    ],
+)
+def test_parse_facts(stdout: str, missing: list[str], crontab: cron.Crontab | None, error: str) -> None:
+    got_missing, got, got_error = cron.parse_facts(stdout)
+    assert (got_missing, got) == (missing, crontab)
+    assert error in got_error
+
+
+@pytest.mark.parametrize(
+    ("stdout", "words"),
+    [
+        ("@@moved\n", "changed since this run read it"),
+        ("@@restored\nerr text\n", "the previous crontab is restored (err text)"),
+        ("@@not-restored\n", "restoring the previous crontab failed too"),
+        ('@@unchanged\n"-":1: bad minute\n', 'refused the new crontab; nothing changed ("-":1: bad minute)'),
+        ("@@mkdir\n", "cannot make the log folder /var/log/x"),
+        ("something else\n", ""),
+    ],
+)
+def test_install_failures(stdout: str, words: str) -> None:
+    got = cron._install_failure(stdout, "/var/log/x")
+    assert words in got and (got != "") == (words != "")
 
 
 NOW = dt.datetime(2026, 1, 10, 12, 0, tzinfo=dt.UTC)

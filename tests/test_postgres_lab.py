@@ -3,10 +3,13 @@ archiving to a local archive and to S3 (moto), real pg_basebackup / pg_dump / pg
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import shlex
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -434,6 +437,10 @@ def crontab() -> str:
     return subprocess.run(["crontab", "-l"], capture_output=True, text=True, check=False).stdout
 
 
+def crontab_code() -> int:
+    return subprocess.run(["crontab", "-l"], capture_output=True, check=False).returncode
+
+
 def test_install_cron_quartet(audit: Path, cron_name: str, tmp_path: Path) -> None:
     log = str(tmp_path / "logs" / "cron.log")
     args = (
@@ -447,7 +454,7 @@ def test_install_cron_quartet(audit: Path, cron_name: str, tmp_path: Path) -> No
         "--log",
         log,
     )
-    before = crontab()
+    before, code_before = crontab(), crontab_code()
     check = run(*args, "--check", audit=audit)
     assert check.code == 0 and check.host("localhost")["status"] == "changed", check.stdout + check.stderr
     assert crontab() == before
@@ -477,6 +484,205 @@ def test_install_cron_quartet(audit: Path, cron_name: str, tmp_path: Path) -> No
     assert bad.code == 2 and "not a cron expression" in bad.stderr
     remove = run("install-cron", "--task", "restore-test", "--name", cron_name, "--remove", audit=audit)
     assert remove.host("localhost")["status"] == "changed"
-    assert cron_name not in crontab() and crontab().strip() == before.strip()
+    assert cron_name not in crontab() and crontab() == before
+    # Removing the only entry leaves no crontab (as before it was added), not an empty one.
+    assert crontab_code() == (code_before if before else 1)
     again = run("install-cron", "--task", "restore-test", "--name", cron_name, "--remove", audit=audit)
     assert again.host("localhost")["status"] == "ok"
+
+
+# ------------------------------------------------------------------ install-cron on a lab host
+# Each lab host has its own /var/spool/cron, so these run the task against db1's crontab over SSH.
+
+CRON_HOST = "db1"
+# A crontab someone keeps by hand: none of it may change, byte for byte.
+USER_CRONTAB = 'MAILTO=""\n# nightly report, by hand\n17 3 * * *\t/bin/true  # keep\n\n30 2 * * 1 echo x\n'
+
+
+def on_host(
+    argv: list[str], input: bytes | None = None, check: bool = True
+) -> subprocess.CompletedProcess[bytes]:
+    """`argv` on db1, as root (the fixtures' `lab` argument hides the module)."""
+    return lab.exec_on(CRON_HOST, argv, input=input, check=check)
+
+
+def host_crontab() -> tuple[int, bytes]:
+    """`crontab -l` on db1: exit code and the exact bytes."""
+    done = on_host(["crontab", "-l"], check=False)
+    return done.returncode, done.stdout
+
+
+@pytest.fixture
+def db1_crontab(lab: Any) -> Iterator[bytes]:
+    """db1's root crontab set to USER_CRONTAB for the test, and put back as it was after it."""
+    private = on_host(["mountpoint", "-q", "/var/spool/cron"], check=False).returncode == 0
+    assert private, "db1 shares the controller's /var/spool/cron: the lab fixture's `up` should have fixed it"
+    code, saved = host_crontab()
+    on_host(["crontab", "-"], input=USER_CRONTAB.encode())
+    yield USER_CRONTAB.encode()
+    if code == 0:
+        on_host(["crontab", "-"], input=saved)
+    else:
+        on_host(["crontab", "-r"], check=False)
+
+
+@pytest.fixture
+def planted(lab: Any) -> Iterator[Path]:
+    """Where the hostile payloads' planted cron line would write (/var/tmp is the controller's too)."""
+    path = Path(f"/var/tmp/rmtest-planted-{os.getpid()}")
+    path.unlink(missing_ok=True)
+    yield path
+    path.unlink(missing_ok=True)
+
+
+def hostile_payloads(planted: Path) -> list[list[str]]:
+    plant = f"\n* * * * * touch {planted} #"
+    return [
+        ["--schedule", "0 4 * * 0", "--log", f"/var/log/x.log{plant}"],
+        ["--schedule", "0 4 * * 0", "--log", f"/var/log/x.log\r{plant}"],
+        ["--schedule", "0 4 * * 0", "--log", "/var/log/../../var/tmp/x.log"],
+        ["--schedule", "0 4 * * 0", "--log", "/var/log/%H.log"],
+        ["--schedule", "0 4 * * 0", "--args", f"--host 'db1{plant}'"],
+        ["--schedule", "0 4 * * 0", "--args", f"--host db1 %{plant.strip()}"],
+        ["--schedule", f"0 4 * * 0{plant}"],
+        ["--schedule", "0\t4 * * 0"],
+        ["--schedule", "0 4 * * 0", "--name", "health\n"],
+        ["--schedule", "0 4 * * 0", "--user", "root\n"],
+    ]
+
+
+def test_install_cron_refuses_hostile_values_and_changes_nothing(
+    db1_crontab: bytes, planted: Path, audit: Path, tmp_path: Path
+) -> None:
+    controller_before = crontab()
+    for payload in hostile_payloads(planted):
+        ran = run("install-cron", "--task", "health", "--host", CRON_HOST, *payload, audit=audit)
+        assert ran.code == 2, (payload, ran.code, ran.stdout, ran.stderr)
+        assert ran.stderr.startswith("error: ") and ran.stderr.count("\n") == 1, (payload, ran.stderr)
+        assert "Traceback" not in ran.stderr
+        assert host_crontab() == (0, db1_crontab), payload
+    # A bad path in the inventory is bad input too, found before connecting.
+    bad_vars = labkit.write_inventory(
+        tmp_path / "bad.yml", host_vars={CRON_HOST: {"cron_project_dir": f"/srv\n* * * * * touch {planted}"}}
+    )
+    ran = run("install-cron", "--task", "health", "--host", CRON_HOST, "--schedule", "@daily",
+              audit=audit, inventory=bad_vars)  # fmt: skip
+    assert ran.code == 2 and "cron_project_dir" in ran.stderr, ran.stderr
+    assert host_crontab() == (0, db1_crontab)
+    assert crontab() == controller_before
+    assert not planted.exists()
+
+
+def test_install_cron_on_a_host_keeps_every_other_line(db1_crontab: bytes, audit: Path) -> None:
+    args = ("install-cron", "--task", "health", "--host", CRON_HOST, "--schedule", "0 4 * * 0",
+            "--args", "--host 'db1' --service \"a b\"")  # fmt: skip
+    controller_before = crontab()
+    apply = run(*args, audit=audit)
+    assert apply.host(CRON_HOST)["status"] == "changed", apply.stdout + apply.stderr
+    code, text = host_crontab()
+    assert code == 0 and text.startswith(db1_crontab)
+    added = text[len(db1_crontab) :].decode().splitlines()
+    assert added[0] == "# remediations: health (managed by inv install-cron; do not edit)"
+    assert added[1].endswith("--host db1 --service 'a b' >> /var/log/remediations/cron-health.log 2>&1")
+    assert len(added) == 2
+    assert steps(apply, CRON_HOST)["verify"]["message"] == "crontab -l is exactly the crontab written"
+    assert run(*args, audit=audit).host(CRON_HOST)["status"] == "ok"
+    assert crontab() == controller_before, "the controller's crontab changed"
+    removed = run("install-cron", "--task", "health", "--host", CRON_HOST, "--remove", audit=audit)
+    assert removed.host(CRON_HOST)["status"] == "changed"
+    assert host_crontab() == (0, db1_crontab)
+
+
+# The fault: the first `crontab FILE` on the host installs a line nobody wrote (as a concurrent edit,
+# or a crontab that is not what it seems, would). Only db1's mount namespace sees the wrapper.
+MANGLING_CRONTAB = """#!/bin/sh
+if [ "$1" != -l ] && [ "$1" != -r ] && [ ! -e /run/rmtest-crontab-mangled ]; then
+  : > /run/rmtest-crontab-mangled
+  { cat "$1"; echo "* * * * * touch PLANTED"; } | /run/rmtest-crontab-real -
+  exit
+fi
+exec /run/rmtest-crontab-real "$@"
+"""
+
+
+@pytest.fixture
+def mangling_crontab(lab: Any, planted: Path) -> Iterator[None]:
+    wrapper = MANGLING_CRONTAB.replace("PLANTED", str(planted))
+    setup = (
+        "set -e; touch /run/rmtest-crontab-real; mount --bind /usr/bin/crontab /run/rmtest-crontab-real; "
+        "cat > /run/rmtest-crontab-wrapper; chmod 0755 /run/rmtest-crontab-wrapper; "
+        "mount --bind /run/rmtest-crontab-wrapper /usr/bin/crontab"
+    )
+    on_host(["sh", "-c", setup], input=wrapper.encode())
+    try:
+        yield
+    finally:
+        cleanup = (
+            "umount /usr/bin/crontab; umount /run/rmtest-crontab-real; "
+            "rm -f /run/rmtest-crontab-real /run/rmtest-crontab-wrapper /run/rmtest-crontab-mangled"
+        )
+        on_host(["sh", "-c", cleanup], check=False)
+
+
+def test_install_cron_restores_the_crontab_when_it_reads_back_otherwise(
+    db1_crontab: bytes, planted: Path, mangling_crontab: None, audit: Path
+) -> None:
+    ran = run("install-cron", "--task", "health", "--host", CRON_HOST, "--schedule", "0 4 * * 0", audit=audit)
+    assert ran.code == 1, ran.stdout + ran.stderr
+    message = ran.host(CRON_HOST)["message"]
+    assert "did not show exactly the crontab written; the previous crontab is restored" in message, message
+    assert host_crontab() == (0, db1_crontab)
+    injected = on_host(["test", "-e", "/run/rmtest-crontab-mangled"], check=False)
+    assert injected.returncode == 0, "the fault was not injected"
+    assert not planted.exists()
+
+
+@pytest.mark.slow_faults
+def test_a_real_cron_daemon_runs_the_entry(
+    db1_crontab: bytes, planted: Path, audit: Path, tmp_path: Path
+) -> None:
+    """The oracle: Debian's cron, on db1 with db1's own spool, parses the installed entry and runs
+    it (the task's JSON lands in --log); hostile payloads tried while it runs plant nothing."""
+    cron_audit = tmp_path / "cron-audit.jsonl"
+    inventory = labkit.write_inventory(
+        tmp_path / "cron.yml",
+        all_vars={
+            "cron_project_dir": str(labkit.ROOT),
+            "cron_inv": str(Path(sys.executable).parent / "inv"),
+            "audit_log": str(cron_audit),
+        },
+    )
+    log = f"/var/log/rmtest-cron-{os.getpid()}/health.log"
+    args = ("install-cron", "--task", "health", "--host", CRON_HOST, "--name", "rmtest-oracle",
+            "--schedule", "* * * * *", "--args", "--host db1 --json", "--log", log)  # fmt: skip
+    # The venv's Python is under the controller's /root, which a lab host does not see.
+    with lab.cron_daemon(CRON_HOST, share=[sys.base_prefix]):
+        for payload in hostile_payloads(planted):
+            refused = run("install-cron", "--task", "health", "--host", CRON_HOST, *payload, audit=audit)
+            assert refused.code == 2, (payload, refused.stderr)
+        ran = run(*args, audit=audit, inventory=inventory)
+        assert ran.host(CRON_HOST)["status"] == "changed", ran.stdout + ran.stderr
+        try:
+            result = wait_for_json(CRON_HOST, log, timeout=130)
+        finally:
+            remove = ("install-cron", "--task", "health", "--host", CRON_HOST, "--name", "rmtest-oracle")
+            run(*remove, "--remove", audit=audit, inventory=inventory)
+            on_host(["rm", "-rf", str(Path(log).parent)])
+    assert result["task"] == "health" and [h["host"] for h in result["hosts"]] == [CRON_HOST], result
+    records = labkit.audit_lines(cron_audit)
+    assert any(r.get("task") == "health" for r in records), f"no audit record of the cron run: {records}"
+    assert host_crontab() == (0, db1_crontab)
+    assert not planted.exists()
+
+
+def wait_for_json(host: str, path: str, timeout: float) -> dict[str, Any]:
+    """The first whole JSON document cron's run appended to `path` on the host."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done = lab.exec_on(host, ["cat", path], check=False)
+        if done.returncode == 0:
+            with contextlib.suppress(ValueError):
+                return json.JSONDecoder().raw_decode(done.stdout.decode().lstrip())[0]  # type: ignore[no-any-return]
+        time.sleep(2)
+    tail = lab.exec_on(host, ["sh", "-c", f"tail -c 2000 {shlex.quote(path)}"], check=False).stdout.decode()
+    raise AssertionError(f"cron did not run the entry within {timeout:.0f}s; {path}: {tail!r}")
