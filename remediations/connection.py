@@ -378,6 +378,32 @@ class SSHRemote:
     def open_process(self, command: str) -> SSHProcess:
         return SSHProcess(self._channel(command))
 
+    def put(self, local_path: str, remote_path: str, timeout: float | None = None) -> None:
+        """Copy a file to the host over SFTP on this run's connection (Fabric's `put` would reopen a
+        dropped connection behind the run's back), within the command deadline."""
+        allowed, by_deadline = self.guard.admit(timeout)
+        expired = threading.Event()
+
+        def expire() -> None:  # SFTP has no overall timeout: closing the connection ends the copy
+            expired.set()
+            self.lose(f"copying {local_path} to the host did not finish within {allowed:.0f}s")
+
+        watchdog = threading.Timer(allowed, expire)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            with paramiko.SFTPClient.from_transport(self.transport) as sftp:
+                sftp.put(local_path, remote_path)
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            if expired.is_set() and by_deadline:
+                raise DeadlineExceeded(self.guard.expired()) from None
+            if self._lost_now():
+                raise ConnectionLost(str(self.guard.lost)) from None
+            where = f"{self.host.address}:{remote_path}"
+            raise HostError(f"copying {local_path} to {where} failed: {exc}") from None
+        finally:
+            watchdog.cancel()
+
     @contextmanager
     def forward(self, host: str, port: int) -> Iterator[tuple[str, int]]:
         """Local port forwarding over this connection (SSH direct-tcpip), on 127.0.0.1 only."""

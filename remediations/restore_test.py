@@ -40,6 +40,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, ClassVar
 
+from remediations import validate
 from remediations.engine import HostContext, Remediation
 from remediations.errors import HostError, UsageError
 from remediations.inventory import Host, truthy
@@ -302,7 +303,7 @@ def put_file(remote: Any, local_path: str, remote_path: str) -> None:
     from remediations.connection import LocalRemote, SSHRemote
 
     if isinstance(remote, SSHRemote):
-        remote.connection.put(local_path, remote_path)
+        remote.put(local_path, remote_path, timeout=RESTORE_TIMEOUT)
     elif isinstance(remote, LocalRemote):
         shutil.copyfile(local_path, remote_path)
     else:  # any other Remote: through stdin
@@ -321,6 +322,12 @@ class RestoreTest(Remediation):
     def validate(self, host: Host) -> None:
         super().validate(host)
         settings(host)
+
+    def deadline(self, host: Host) -> float:
+        """The drill of a big database takes hours: the download, the upload and the restore each
+        have their own bound; this one only stops a drill that hangs past all of them."""
+        configured = validate.value(host, "run_deadline")
+        return float(configured) if configured is not None else 2 * RESTORE_TIMEOUT
 
     def notify_anyway(self, run: RunResult, hosts: Sequence[Host]) -> bool:
         """A successful drill is announced too where `restore_test_notify_success` says so."""

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -117,7 +118,11 @@ def test_set_env_values_from_stdin_never_on_the_command_line(baseline: None, aud
     environ = {**os.environ, "REMEDIATIONS_AUDIT_LOG": str(audit), "NO_COLOR": "1"}
     with subprocess.Popen(argv, cwd=labkit.ROOT, env=environ, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True) as proc:  # fmt: skip
-        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes()  # while it runs, as ps reads it
+        cmdline = b""
+        deadline = time.monotonic() + 10
+        while b"invoke" not in cmdline and time.monotonic() < deadline:  # until the child has exec'd
+            cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes()  # while it runs, as ps reads it
+            time.sleep(0.01)
         stdout, stderr = proc.communicate(f"LAB_FEATURE_KEY={value}\n", timeout=240)
     assert proc.returncode == 0, stdout[-2000:] + stderr[-2000:]
     assert b"LAB_FEATURE_KEY" not in cmdline and value.encode() not in cmdline
