@@ -46,6 +46,11 @@ def wait(seconds: float) -> bool:
     return _requested.wait(seconds)
 
 
+def sleep(seconds: float) -> None:
+    """time.sleep that a stop request cuts short (for tenacity's `sleep=`)."""
+    _requested.wait(seconds)
+
+
 def _handler(signum: int, _frame: FrameType | None) -> None:
     name = signal.Signals(signum).name
     if _requested.is_set():

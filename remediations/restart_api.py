@@ -15,7 +15,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-from remediations import images, validate
+from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
+
+from remediations import images, interrupt, validate
 from remediations.compose import (
     Project,
     ProjectFacts,
@@ -169,13 +171,17 @@ def recover(
     """
 
     def wait(after: ServiceFacts) -> tuple[ServiceFacts, float]:
+        """Re-read the facts until the service started anew and is healthy, or `timeout` passed:
+        the last facts read either way. A stop request wakes the sleep; the next read refuses."""
         start = time.monotonic()
-        current = after
-        while time.monotonic() - start < timeout:
-            current = facts()
-            if current.restarted_since(after) and current.healthy:
-                break
-            time.sleep(POLL_INTERVAL)
+        retrying = Retrying(
+            stop=stop_after_delay(timeout),
+            wait=wait_fixed(POLL_INTERVAL),
+            retry=retry_if_result(lambda current: not (current.restarted_since(after) and current.healthy)),
+            retry_error_callback=lambda state: state.outcome.result() if state.outcome else after,
+            sleep=interrupt.sleep,
+        )
+        current: ServiceFacts = retrying(facts)
         return current, time.monotonic() - start
 
     if action == "restart":
