@@ -36,27 +36,55 @@ class Reporter:
         self.show_diff = show_diff
         self.colour = use_colour(stream)
         self._lock = threading.Lock()
+        self.gone = False  # the reader went away (a closed pipe): nothing more is printed
 
     def _status(self, status: Status, width: int = 7) -> str:
         text = status.value.ljust(width)
         return f"{COLOURS[status]}{text}{RESET}" if self.colour else text
 
+    def _reader_gone(self) -> None:
+        """The reader closed the pipe (`inv … | head -1`): stop printing, never stop the run. The
+        stream is pointed at /dev/null so that nothing later (or Python's exit flush) fails on it."""
+        self.gone = True
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):  # a stream without a file descriptor (tests): just stop
+            pass
+
     def host_done(self, host: HostResult) -> None:
-        if self.as_json:
+        if self.as_json or self.gone:
             return
         with self._lock:
-            print(
-                f"{self._status(host.status)} {host.host}: {host.message} ({host.duration:.1f}s)",
-                file=self.stream,
-                flush=True,
-            )
-            for warning in host.warnings:
-                print(f"    warning: {warning}", file=self.stream)
-            if self.show_diff and host.diff:
-                for line in host.diff.splitlines():
-                    print(f"    {line}", file=self.stream)
+            try:
+                self._host_lines(host)
+            except BrokenPipeError:
+                self._reader_gone()
+
+    def _host_lines(self, host: HostResult) -> None:
+        print(
+            f"{self._status(host.status)} {host.host}: {host.message} ({host.duration:.1f}s)",
+            file=self.stream,
+            flush=True,
+        )
+        for warning in host.warnings:
+            print(f"    warning: {warning}", file=self.stream)
+        if self.show_diff and host.diff:
+            for line in host.diff.splitlines():
+                print(f"    {line}", file=self.stream)
+        self.stream.flush()
 
     def summary(self, run: RunResult, warnings: list[str]) -> None:
+        if self.gone:
+            return
+        try:
+            self._summary(run, warnings)
+            self.stream.flush()
+        except BrokenPipeError:
+            self._reader_gone()
+
+    def _summary(self, run: RunResult, warnings: list[str]) -> None:
         for warning in warnings:
             print(f"warning: {warning}", file=sys.stderr)
         if self.as_json:

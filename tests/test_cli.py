@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -262,3 +263,24 @@ def test_usage_error_goes_to_the_inventory_audit_log(
     assert (code, run) == (2, None)
     assert capsys.readouterr().err.startswith("error: ")
     assert [r["step"] for r in audit_records(configured)] == ["arguments"]
+
+
+def test_a_reader_that_closes_the_pipe_never_stops_the_run(tmp_path: Path) -> None:
+    """`inv … | head -1`: the first line reaches the reader, the run goes on over every host, the
+    audit has them all, and there is no traceback."""
+    from tests import labkit
+
+    # local hosts whose project directory is missing: each fails its facts step, no docker needed
+    project = {"compose_project_dir": str(tmp_path / "no such project"), "api_service": "api"}
+    hosts = {f"h{i}": project for i in range(3)}
+    inventory = labkit.write_local_inventory(tmp_path, hosts)
+    audit = tmp_path / "audit.jsonl"
+    script = (
+        f"{shlex.quote(sys.executable)} -m invoke restart-api --host 'h*' --check --parallel 1 "
+        f"--inventory {shlex.quote(str(inventory))} | head -c 1"
+    )
+    environ = {**os.environ, "REMEDIATIONS_AUDIT_LOG": str(audit), "NO_COLOR": "1"}
+    done = subprocess.run(["bash", "-c", f"set -o pipefail; {script}"], cwd=ROOT, capture_output=True,
+                          text=True, env=environ, timeout=120, check=False)  # fmt: skip
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
+    assert {r["host"] for r in labkit.audit_lines(audit)} == set(hosts)
