@@ -96,7 +96,7 @@ def lab_up(c: Context, extra_api_hosts: int = -1) -> None:
 
     Idempotent: repairs what a crashed run left half-built. Hosts are described by inventories/lab.yml.
     """
-    from remediations import lab
+    from lab import hosts as lab
 
     lab.print_status(lab.up(extra_api_hosts=None if extra_api_hosts < 0 else extra_api_hosts))
 
@@ -104,7 +104,7 @@ def lab_up(c: Context, extra_api_hosts: int = -1) -> None:
 @task()
 def lab_down(c: Context) -> None:
     """Stop the lab and remove everything it made (processes, namespaces, links, mounts)."""
-    from remediations import lab
+    from lab import hosts as lab
 
     lab.down()
     print("lab is down")
@@ -113,7 +113,7 @@ def lab_down(c: Context) -> None:
 @task()
 def lab_status(c: Context) -> None:
     """Show each lab host and which of its services are up."""
-    from remediations import lab
+    from lab import hosts as lab
 
     status = lab.status()
     lab.print_status(status)
