@@ -89,45 +89,7 @@ def restart_api(c: Context, flags: Flags, service: str | None = None, if_unhealt
     return code
 
 
-@task(help={"extra-api-hosts": "run N bench hosts with the api project (for benchmarks); "
-                               "default: keep those running now"})
-def lab_up(c: Context, extra_api_hosts: int = -1) -> None:
-    """Start the lab of real hosts on this machine (needs root): namespaces, sshd, dockerd, S3.
-
-    Idempotent: repairs what a crashed run left half-built. Hosts are described by inventories/lab.yml.
-    """
-    from remediations import lab
-
-    lab.print_status(lab.up(extra_api_hosts=None if extra_api_hosts < 0 else extra_api_hosts))
-
-
-@task()
-def lab_down(c: Context) -> None:
-    """Stop the lab and remove everything it made (processes, namespaces, links, mounts)."""
-    from remediations import lab
-
-    lab.down()
-    print("lab is down")
-
-
-@task()
-def lab_status(c: Context) -> None:
-    """Show each lab host and which of its services are up."""
-    from remediations import lab
-
-    status = lab.status()
-    lab.print_status(status)
-    if not status.up:
-        raise Exit("lab: something is down (inv lab.up repairs it)", code=3)
-
-
-lab_ns = Collection("lab")
-lab_ns.add_task(lab_up, "up")
-lab_ns.add_task(lab_down, "down")
-lab_ns.add_task(lab_status, "status")
-
 ns = Collection(restart_api)
-ns.add_collection(lab_ns)
 
 
 # Firewall (issue 6): block-ip, unblock-ip, unblock-expired, list-blocks.

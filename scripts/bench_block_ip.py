@@ -33,7 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from remediations import firewall, inventory, lab  # noqa: E402
+from lab import hosts as lab  # noqa: E402
+from remediations import firewall, inventory  # noqa: E402
 
 BLOCKED = "203.0.113.77"
 BENCH_VENV = lab.LAB_ROOT / "bench-venv"

@@ -27,7 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from remediations import inventory, lab  # noqa: E402
+from lab import hosts as lab  # noqa: E402
+from remediations import inventory  # noqa: E402
 from remediations.compose import Project, facts_command  # noqa: E402
 
 

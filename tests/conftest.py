@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from remediations import lab as lab_mod
+from lab import hosts as lab_mod
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from remediations import lab
+from lab import hosts as lab
 
 ROOT = Path(__file__).resolve().parent.parent
 LAB_INVENTORY = ROOT / "inventories" / "lab.yml"
@@ -142,7 +142,7 @@ def wait_health(host: str, want: str, timeout: float = 30) -> None:
     raise AssertionError(f"{host}: health never became {want} (now {health(host)})")
 
 
-BASELINE_ENV = (Path(lab.__file__).parent / "lab_assets" / "env").read_text()
+BASELINE_ENV = (lab.ASSETS / "env").read_text()
 SHOP_ENV = "/srv/shop/.env"
 
 

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from remediations import lab
+from lab import hosts as lab
 
 BIN = f"/usr/lib/postgresql/{lab.PG_VERSION}/bin"
 ARCHIVE = Path(lab.PG_WAL_ARCHIVE)

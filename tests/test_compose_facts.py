@@ -574,7 +574,7 @@ def api1(lab: Any) -> str:
 
 
 def run_on_lab(host: str, command: str) -> CommandResult:
-    from remediations import lab
+    from lab import hosts as lab
 
     done = lab.exec_on(host, ["sh", "-c", command], check=False, timeout=60)
     return CommandResult(command, done.returncode, done.stdout.decode(), done.stderr.decode())

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from remediations import lab as lab_mod
+from lab import hosts as lab_mod
 from tests import labkit
 from tests.labkit import COMPOSE, inv
 
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.lab
 
 HOST = "api1"
 ENV = "/srv/shop/.env"
-BASELINE_ENV = (Path(lab_mod.__file__).parent / "lab_assets" / "env").read_text()
+BASELINE_ENV = (lab_mod.ASSETS / "env").read_text()
 FAST = {"health_timeout": 10}
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from remediations import lab
+from lab import hosts as lab
 from tests import labkit
 from tests.labkit import inv
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from remediations import lab as lab_mod
+from lab import hosts as lab_mod
 from remediations import lock
 from tests import labkit
 

@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 
+from lab import hosts as lab
 from remediations import firewall as fw
-from remediations import inventory, lab
+from remediations import inventory
 from remediations.connection import connect
 from remediations.lock import HostLock
 from tests import labkit

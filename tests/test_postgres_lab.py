@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from remediations import lab
+from lab import hosts as lab
 from tests import labkit, pglab
 from tests.labkit import inv
 

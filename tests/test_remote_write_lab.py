@@ -22,7 +22,8 @@ from typing import Any
 
 import pytest
 
-from remediations import connection, firewall, images, inventory, lab, rotation
+from lab import hosts as lab
+from remediations import connection, firewall, images, inventory, rotation
 from remediations.errors import CommandResult, HostError
 from remediations.inventory import Host
 from tests import labkit

@@ -116,7 +116,7 @@ def test_serial_rollout_stops_at_first_failure(healthy_api: Any, audit: Path, tm
 
 
 def test_unreachable_host_fails_alone(healthy_api: Any, audit: Path, lab: Any) -> None:
-    from remediations import lab as lab_mod
+    from lab import hosts as lab_mod
 
     lab_mod.stop_sshd("api2")
     try:
@@ -133,7 +133,7 @@ def test_unreachable_host_fails_alone(healthy_api: Any, audit: Path, lab: Any) -
 
 
 def _known_hosts_without(tmp_path: Path, address: str, replace_with: str | None = None) -> Path:
-    from remediations import lab as lab_mod
+    from lab import hosts as lab_mod
 
     lines = []
     for line in lab_mod.KNOWN_HOSTS.read_text().splitlines():
@@ -148,7 +148,7 @@ def _known_hosts_without(tmp_path: Path, address: str, replace_with: str | None 
 
 
 def _inventory_with_known_hosts(tmp_path: Path, known_hosts: Path) -> Path:
-    from remediations import lab as lab_mod
+    from lab import hosts as lab_mod
 
     args = f"-o UserKnownHostsFile={known_hosts} -o StrictHostKeyChecking=yes"
     del lab_mod

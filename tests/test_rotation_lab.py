@@ -23,8 +23,8 @@ from typing import Any
 import psycopg
 import pytest
 
+from lab import hosts as lab_mod
 from remediations import envfile
-from remediations import lab as lab_mod
 from tests import labkit
 from tests.labkit import COMPOSE, ROOT, inv
 from tests.test_notify_audit import Recorder, server  # noqa: F401 - the webhook fixture
@@ -36,7 +36,7 @@ DB = "db1"
 ENV = "/srv/shop/.env"
 KEY = "DATABASE_PASSWORD"
 ROLE = "shop_app"
-BASELINE_ENV = (Path(lab_mod.__file__).parent / "lab_assets" / "env").read_text()
+BASELINE_ENV = (lab_mod.ASSETS / "env").read_text()
 OLD = envfile.parse(BASELINE_ENV)[KEY]
 RECORDS = "/var/lib/remediations/rotations.json"
 FAST = {"health_timeout": 15}

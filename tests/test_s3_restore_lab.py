@@ -20,7 +20,8 @@ from typing import Any
 import boto3
 import pytest
 
-from remediations import inventory, lab
+from lab import hosts as lab
+from remediations import inventory
 from remediations.engine import Engine, Remediation, RunOptions
 from remediations.results import HostResult, Status
 from remediations.s3restore import (

@@ -25,7 +25,7 @@ import boto3
 import pytest
 import yaml
 
-from remediations import lab
+from lab import hosts as lab
 from remediations.s3restore import iso
 from tests.labkit import Ran, inv
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from remediations import lab as lab_mod
+from lab import hosts as lab_mod
 from tests import labkit
 from tests.labkit import COMPOSE, SHOP_ENV, inv
 
