@@ -142,25 +142,37 @@ class HostLock:
             lines.append(line)
 
     def _beat(self) -> None:
-        """Heartbeats until released; on silence, the connection is lost (and closed)."""
+        """Watch the answers to the heartbeats; on silence, the connection is lost (and closed).
+
+        Sending is another thread's job (`_send_beats`): a send can block for as long as TCP does
+        (a partition while another channel's big write fills the socket holds paramiko's write
+        lock), and the watch must not block with it."""
         process = self.process
         assert process is not None
+        sender = threading.Thread(target=self._send_beats, args=(process,), daemon=True,
+                                  name=f"lock-send-{self.remote.name}")  # fmt: skip
+        sender.start()
+        last = time.monotonic()
+        while not self._stop.is_set():
+            answer = process.readline(timeout=0.5)
+            if answer == "beat":
+                last = time.monotonic()
+                continue
+            if self._stop.is_set():
+                return
+            if answer is None and process.ended:
+                self._lost(f"the host lock on {self.remote.name} ended")
+                return
+            if time.monotonic() - last >= self.lost_after + self.interval:
+                silence = f"{self.lost_after + self.interval:.0f}s"
+                self._lost(f"no answer from {self.remote.name} for {silence} (link or host down)")
+                return
+
+    def _send_beats(self, process: Process) -> None:
         while not self._stop.wait(self.interval):
-            sent = time.monotonic()
             if not process.send(b"b"):
                 self._lost("the host lock's channel can no longer be written")
                 return
-            while True:
-                answer = process.readline(timeout=0.5)
-                if answer == "beat" or self._stop.is_set():
-                    break
-                if answer is None and process.ended:
-                    self._lost(f"the host lock on {self.remote.name} ended")
-                    return
-                if answer is None and time.monotonic() - sent >= self.lost_after:
-                    silence = f"{self.lost_after:.0f}s"
-                    self._lost(f"no answer from {self.remote.name} for {silence} (link or host down)")
-                    return
 
     def _lost(self, reason: str) -> None:
         if not self._stop.is_set():
@@ -169,7 +181,7 @@ class HostLock:
     def release(self) -> None:
         self._stop.set()
         if self._beater is not None:
-            self._beater.join(timeout=BEAT_LOST + 5)
+            self._beater.join(timeout=self.lost_after + self.interval + 5)
             self._beater = None
         if self.process is not None:
             with contextlib.suppress(Exception):  # a lost connection has nothing left to close

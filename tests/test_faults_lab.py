@@ -249,3 +249,42 @@ def test_a_partition_fails_the_host_and_nothing_is_changed_after_it_heals(
     assert "connection lost after facts" in result["message"] and "half-changed" in result["message"]
     time.sleep(5)  # whatever a run might still send after the heal would have arrived by now
     assert labkit.api_container("api1")["Id"] == container  # never recreated after the heal
+
+
+@pytest.mark.partition
+def test_a_partition_during_a_big_write_fails_within_the_bound(
+    broken_api: Any, audit: Path, tmp_path: Path
+) -> None:
+    """The link goes while set-env streams a 50 MB file: the stream's send blocks for as long as TCP
+    does, and it held paramiko's write lock, so the heartbeat could not send either; the run went
+    on believing it held a lock the host had released. The watch of the answers must not block."""
+    labkit.repair("api1")
+    inventory = labkit.write_inventory(tmp_path / "inv.yml", all_vars=SLOW)
+    before = lab_mod.exec_on("api1", ["cat", "/srv/shop/.env"]).stdout
+    value = tmp_path / "value"
+    value.write_bytes(b"FAULT_BIG=" + b"x" * 50_000_000 + b"\n")
+    environ = {**os.environ, "REMEDIATIONS_AUDIT_LOG": str(audit), "NO_COLOR": "1"}
+    with value.open("rb") as stdin:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "invoke", "set-env", "--host", "api1", "--service", "api",
+             "--values-from-stdin", "--inventory", str(inventory)],
+            cwd=labkit.ROOT, env=environ, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+    temp = "/srv/shop/.env.remediations-tmp"
+    try:
+        wait_until("the stream", lambda: lab_mod.exec_on("api1", ["test", "-s", temp], check=False)
+                   .returncode == 0, 60, proc)  # fmt: skip
+        lab_mod.cut_link("api1")
+        cut = time.monotonic()
+        try:
+            out, _ = proc.communicate(timeout=lock.BEAT_LOST + 30)
+            ended = time.monotonic() - cut
+        finally:
+            lab_mod.heal_link("api1")
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, out
+    assert ended < lock.BEAT_LOST + lock.BEAT_INTERVAL + 8, f"the run went on {ended:.0f}s into the partition"
+    assert "connection lost" in out, out
+    assert lab_mod.exec_on("api1", ["cat", "/srv/shop/.env"]).stdout == before
