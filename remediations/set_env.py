@@ -258,10 +258,13 @@ class SetEnv(Remediation):
 
         summary = envfile.describe(changes, secret_names)
         diff = envfile.masked_diff(target.path, target.text, new_text, secret_names) if changes else ""
-        if not changes and not stale:
+        healthy_now, why = before.verdict()
+        if not changes and not stale and healthy_now:
             ctx.record("decide", Status.OK, f"{target.path} already has it and {service} runs with it")
             return
-        if not changes:
+        if not changes and not stale:  # e.g. a run cut off mid-recreate left a container created, not started
+            plan = f"{target.path} already has it, but {service} is not healthy ({why}): recreate {service}"
+        elif not changes:
             plan = f"{target.path} already has it, but {service} still runs the old value(s) of " \
                    f"{', '.join(sorted(set(stale)))}: recreate {service}"  # fmt: skip
         else:

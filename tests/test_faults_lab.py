@@ -288,3 +288,32 @@ def test_a_partition_during_a_big_write_fails_within_the_bound(
     assert ended < lock.BEAT_LOST + lock.BEAT_INTERVAL + 8, f"the run went on {ended:.0f}s into the partition"
     assert "connection lost" in out, out
     assert lab_mod.exec_on("api1", ["cat", "/srv/shop/.env"]).stdout == before
+
+
+def test_a_set_env_cut_off_mid_recreate_is_finished_by_the_rerun(
+    lab: Any, audit: Path, tmp_path: Path
+) -> None:
+    """A run killed between compose removing the old container and starting the new one leaves the
+    env file changed and the api created but not running. The re-run must not say "ok" (it did:
+    the file and the container's env both had the value) but recreate it and wait until healthy."""
+    labkit.reset_shop("api1")
+    inventory = labkit.write_inventory(tmp_path / "inv.yml", all_vars=SLOW)
+    try:
+        first = labkit.inv("set-env", "--host", "api1", "--service", "api", "--set", "FAULT_K=1",
+                           audit=audit, inventory=inventory)  # fmt: skip
+        assert first.code == 0, first.stdout + first.stderr
+        # What the cut-off run left: the new container created, never started.
+        lab_mod.exec_on("api1", [*labkit.COMPOSE, "up", "--no-start", "--force-recreate", "--no-deps", "api"])
+        assert labkit.api_container("api1")["State"]["Status"] == "created"
+        again = labkit.inv("set-env", "--host", "api1", "--service", "api", "--set", "FAULT_K=1", "--json",
+                           audit=audit, inventory=inventory)  # fmt: skip
+        assert again.code == 0, again.stdout + again.stderr
+        result = again.host("api1")
+        assert result["status"] == "changed", result
+        assert "is not healthy" in result["steps"][1]["message"] or "recreated" in result["message"], result
+        assert labkit.health("api1") == "healthy"
+        third = labkit.inv("set-env", "--host", "api1", "--service", "api", "--set", "FAULT_K=1", "--json",
+                           audit=audit, inventory=inventory)  # fmt: skip
+        assert third.host("api1")["status"] == "ok"
+    finally:
+        labkit.reset_shop("api1")
