@@ -97,6 +97,7 @@ def read_dump_command(pg: PgTarget, path: str) -> str:
 class BackupCheck(Remediation):
     task: ClassVar[str] = "backup-check"
     changes_hosts: ClassVar[bool] = False
+    changes: ClassVar[bool] = False
 
     def validate(self, host: Host) -> None:
         super().validate(host)

@@ -200,7 +200,8 @@ class Remediation:
     """Base of every remediation; subclasses set the class vars and implement `run`."""
 
     task: ClassVar[str] = ""
-    changes_hosts: ClassVar[bool] = True
+    changes_hosts: ClassVar[bool] = True  # takes the host lock
+    changes: ClassVar[bool] = True  # changes something (hosts, S3, IAM): a real run leaves "started"
     required_vars: ClassVar[tuple[str, ...]] = ()
     default_serial: ClassVar[int | None] = None
 
@@ -354,6 +355,8 @@ class Engine:
                         remediation.run(ctx)
                         phase = "unlock"
                 else:
+                    if remediation.changes and not self.options.check:
+                        self._started(run, host, arguments, ctx.holder)
                     remediation.run(ctx)
             except _Recorded:
                 pass

@@ -1597,6 +1597,7 @@ class ListBlocks(_Firewall):
 
     task: ClassVar[str] = "list-blocks"
     changes_hosts: ClassVar[bool] = False
+    changes: ClassVar[bool] = False
 
     def run(self, ctx: HostContext) -> None:
         facts = self.facts(ctx)

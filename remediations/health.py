@@ -624,6 +624,7 @@ def newest_s3_object(url: str, host_vars: Mapping[str, Any]) -> tuple[float | No
 class Health(Remediation):
     task: ClassVar[str] = "health"
     changes_hosts: ClassVar[bool] = False
+    changes: ClassVar[bool] = False
 
     def __init__(self, services: Sequence[str] = ()) -> None:
         self.services = tuple(services)

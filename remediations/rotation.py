@@ -625,6 +625,7 @@ class RotationStatus(Remediation):
 
     task: ClassVar[str] = "rotation-status"
     changes_hosts: ClassVar[bool] = False
+    changes: ClassVar[bool] = False
 
     def run(self, ctx: HostContext) -> None:
         records = read_records(ctx.remote, ctx.host)

@@ -1228,6 +1228,7 @@ class BucketCheck(_S3Remediation):
     """Report whether a bucket keeps what a restore needs; changes nothing."""
 
     task: ClassVar[str] = "s3-bucket-check"
+    changes: ClassVar[bool] = False
 
     def __init__(self, bucket: str | None, retention_days: int | None = None,
                  tuning: Tuning | None = None) -> None:

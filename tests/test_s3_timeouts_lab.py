@@ -27,7 +27,7 @@ import yaml
 
 from lab import hosts as lab
 from remediations.s3restore import iso
-from tests.labkit import Ran, inv
+from tests.labkit import Ran, audit_lines, inv
 
 pytestmark = pytest.mark.lab
 
@@ -265,11 +265,13 @@ def test_an_endpoint_that_hangs_mid_run_reports_what_was_restored_and_a_rerun_fi
     assert third.code == 0 and "nothing to do" in third.stdout, third.stdout
 
 
+@pytest.mark.parametrize("kill", [False, True], ids=["sigint", "sigkill"])
 def test_sigint_stops_a_prefix_restore_after_the_copies_in_flight(
-    tmp_path: Path, stalling_proxy: tuple[str, type[Stalling]]
+    tmp_path: Path, stalling_proxy: tuple[str, type[Stalling]], kill: bool
 ) -> None:
     """Ctrl-C during a slow prefix restore: the copy in flight ends, no new one is sent, the result
-    lists what was restored, exit 130; a re-run finishes."""
+    lists what was restored, exit 130; a re-run finishes. SIGKILL: nothing can be said then, but
+    the audit log already has the run's "started" record."""
     import os
     import signal
     import subprocess
@@ -297,10 +299,14 @@ def test_sigint_stops_a_prefix_restore_after_the_copies_in_flight(
         while len(restored()) < 2:
             assert proc.poll() is None and time.monotonic() < deadline, "the restore never got going"
             time.sleep(0.1)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGKILL if kill else signal.SIGINT)
         out, err = proc.communicate(timeout=30)
     finally:
         proc.kill()
+    if kill:
+        [record] = [r for r in audit_lines(tmp_path / "audit.jsonl") if r["host"] is not None]
+        assert (record["step"], record["status"], record["task"]) == ("start", "started", "restore-s3-prefix")
+        return
     assert proc.returncode == 130, out + err
     assert "Traceback" not in err
     [host] = json.loads(out)["hosts"]
