@@ -33,6 +33,7 @@ from remediations.engine import HostContext, Remediation
 from remediations.errors import HostError, UsageError
 from remediations.inventory import Host
 from remediations.results import Status
+from remediations.validate import shown
 
 CRON_SAFE_TASKS = (
     "restore-test",
@@ -137,11 +138,11 @@ def check_text(what: str, value: str) -> str:
     bad = _unsafe_char(value)
     if bad is not None:
         raise UsageError(
-            f"{what} {value!r} has the control character {bad!r}: a crontab entry is one line; remove it"
+            f"{what} {shown(value)} has the control character {bad!r}: a crontab entry is one line; remove it"
         )
     if "%" in value:
         raise UsageError(
-            f"{what} {value!r} has '%', which cron turns into a line break (the rest of the entry "
+            f"{what} {shown(value)} has '%', which cron turns into a line break (the rest of the entry "
             "becomes the command's stdin): give it without '%'"
         )
     return value
@@ -151,20 +152,21 @@ def check_path(what: str, value: str) -> str:
     """`value` when it is a crontab-safe, absolute, normalised path; UsageError when not."""
     check_text(what, value)
     if not value.startswith("/"):
-        raise UsageError(f"{what} {value!r} must be an absolute path")
+        raise UsageError(f"{what} {shown(value)} must be an absolute path")
     normal = os.path.normpath(value)
     if normal != value or ".." in value.split("/"):
-        raise UsageError(f"{what} {value!r} is not a normalised path: give {normal!r}")
+        raise UsageError(f"{what} {shown(value)} is not a normalised path: give {shown(normal)}")
     return value
 
 
 def parse_args(args: str) -> list[str]:
     """The --args text split as a shell would, each token checked; they are quoted again (never
     spliced as given) when the entry is built."""
+    check_text("--args", args)  # before the split, which would take a newline or a tab for a space
     try:
         tokens = shlex.split(args)
     except ValueError as exc:
-        raise UsageError(f"--args {args!r}: {exc}") from None
+        raise UsageError(f"--args {shown(args)}: {exc}") from None
     for token in tokens:
         check_text("--args token", token)
         if token in ("--inventory", "-i") or token.startswith("--inventory="):

@@ -498,7 +498,10 @@ DAILY = {"task": "restore-test", "schedule": "@daily"}
         ({**DAILY, "log": "/var/log/./x.log"}, "normalised"),
         ({**DAILY, "log": "/var/log/x/"}, "normalised"),
         ({**DAILY, "args": f"--dump 'a{PLANT}'"}, "control character"),
-        ({**DAILY, "args": "--dump 'a\tb'"}, "--args token"),
+        ({**DAILY, "args": "--dump 'a\tb'"}, "control character '\\t'"),
+        # unquoted, a newline or a tab is only a separator to shlex: refused before the split
+        ({**DAILY, "args": "--host api2\n* * * * * root touch /var/tmp/p"}, "--args '--host api2\\n"),
+        ({**DAILY, "args": "--host\tapi2"}, "control character '\\t'"),
         ({**DAILY, "args": "--dump a%b"}, "'%'"),
         ({**DAILY, "args": "--dump 'a"}, "--args"),
         ({"task": "restore-test", "schedule": f"0 4 * * 0{PLANT}"}, "control character"),
