@@ -105,7 +105,8 @@ def parse_port(value: str | int | None) -> int | None:
     if value is None or str(value).strip() == "":
         return None
     text = str(value).strip()
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
+    # length first: int() of 100,000 digits raises past Python's digit limit (a traceback)
+    if len(text) > 5 or not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 65535:
         raise UsageError(f"--port {text[:20]!r}: give a port number from 1 to 65535")
     return int(text)
 
@@ -119,17 +120,23 @@ def parse_proto(value: str | None) -> str | None:
     return text
 
 
+TTL_TEXT_MAX = 40
+TTL_MAX = 100 * 366 * 86400
+
+
 def parse_ttl(value: str | None) -> int | None:
     """'90s', '30m', '24h', '7d', '2w', or combined ('1h30m'), in seconds; None for no expiry."""
     if value is None or str(value).strip() == "":
         return None
     text = str(value).strip().lower()
-    parts = _TTL_RE.findall(text)
+    parts = _TTL_RE.findall(text) if len(text) <= TTL_TEXT_MAX else []  # long text: quadratic regex
     if not parts or "".join(n + u for n, u in parts) != text:
         raise UsageError(f"--ttl {str(value)[:30]!r}: give a duration such as 90s, 30m, 24h, 7d or 1h30m")
     seconds = sum(int(n) * _TTL_UNITS[u] for n, u in parts)
     if seconds <= 0:
         raise UsageError(f"--ttl {text!r}: must be longer than 0s")
+    if seconds > TTL_MAX:
+        raise UsageError(f"--ttl {text!r}: at most 100 years (3650d is ten); leave it out for no expiry")
     return seconds
 
 

@@ -150,7 +150,7 @@ def test_parse_port_accepts(value: str | int | None, expected: int | None) -> No
     assert fw.parse_port(value) == expected
 
 
-@pytest.mark.parametrize("value", ["0", "65536", "70000", "-1", "22/tcp", "http", "1e3"])
+@pytest.mark.parametrize("value", ["0", "65536", "70000", "-1", "22/tcp", "http", "1e3", "²", "1" * 100_000])
 def test_parse_port_refuses(value: str) -> None:
     with pytest.raises(UsageError, match="--port"):
         fw.parse_port(value)
@@ -164,7 +164,9 @@ def test_parse_ttl(value: str | None, seconds: int | None) -> None:
     assert fw.parse_ttl(value) == seconds
 
 
-@pytest.mark.parametrize("value", ["5x", "24", "h", "0s", "1h 30m", "-1h", "1.5h"])
+@pytest.mark.parametrize(
+    "value", ["5x", "24", "h", "0s", "1h 30m", "-1h", "1.5h", "999999999d", "36601d", "1" * 100_000 + "s"]
+)
 def test_parse_ttl_refuses(value: str) -> None:
     with pytest.raises(UsageError, match="--ttl"):
         fw.parse_ttl(value)
