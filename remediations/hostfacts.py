@@ -26,12 +26,18 @@ class Section:
 
 
 def parse_sections(output: str) -> list[Section]:
-    """`@@name arg` lines start sections; the lines after one, up to the next, are its body."""
+    """`@@name arg` lines start sections; the lines after one, up to the next, are its body.
+
+    Only `\n` ends a line: a body can be a file's content (an env file), and str.splitlines would
+    also cut at `\r`, form feeds and other separators inside it."""
     found: list[Section] = []
     name: str | None = None
     arg = ""
     body: list[str] = []
-    for line in output.splitlines():
+    lines = output.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the newline that ends the output ends the last line, it starts none
+    for line in lines:
         if line.startswith(MARK):
             if name is not None:
                 found.append(Section(name, arg, "\n".join(body)))

@@ -171,3 +171,23 @@ def test_setting_a_value_that_spans_lines_replaces_all_its_lines() -> None:
     assert new == "A=1\nTLS_KEY=short\nB=2\n"
     assert [(c.old, c.new) for c in changes] == [("-----BEGIN-----\nline-of-the-key\n-----END-----", "short")]
     assert envfile.edit(MULTILINE, {}, ["TLS_KEY"])[0] == "A=1\nB=2\n"
+
+
+@pytest.mark.parametrize("value", ["a\rb", "a\r\nb", "\r", "x\ry z"])
+def test_a_carriage_return_reads_back_as_written(value: str) -> None:
+    """A value with a CR is written and parsed back the same, so a second edit changes nothing."""
+    written, changes = envfile.edit("A=1\n", {"K": value}, [])
+    assert changes and envfile.parse(written)["K"] == value
+    again, more = envfile.edit(written, {"K": value}, [])
+    assert (again, more) == (written, [])
+
+
+def test_a_file_read_back_through_sections_keeps_its_carriage_returns() -> None:
+    """The facts of a host come back as `@@name` sections; an env file's content in one must not
+    be cut at a CR (set-env then read `'a\\rb'` back as `'a\\nb'` and re-ran forever)."""
+    from remediations.hostfacts import MARK, sections_by_name
+
+    content = "K='a\rb'\nF='x\x0cy'\nL=1"
+    sections = sections_by_name(f"{MARK}file0 0:0:600\n{content}\n{MARK}env\nX=1\n")
+    assert sections["file0"] == ("0:0:600", content)
+    assert envfile.parse(sections["file0"][1] + "\n")["K"] == "a\rb"
