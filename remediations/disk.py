@@ -69,6 +69,10 @@ FORBIDDEN_BACKUP_DIRS = frozenset(
         "/usr",
         "/var",
         "/var/lib",
+        "/var/lib/containerd",
+        "/var/lib/docker",
+        "/var/lib/mysql",
+        "/var/lib/postgresql",
         "/var/log",
     }
 )
@@ -175,9 +179,15 @@ def facts_command(places: Places) -> str:
         # The resolved directory; find -P never follows a symlink, and -type f skips symlinks
         # themselves, so nothing outside the directory is ever listed.
         lines += [
+            # A backup_dir that holds a live PostgreSQL data directory (a typo away from the backups:
+            # /var/lib/postgresql) is refused whatever the glob: its files are the database.
             f'if real=$(realpath -e -- {q(places.backup_dir)} 2>&1) && [ -d "$real" ]; then '
+            f'live=$(find -P "$real" -type f \\( -name PG_VERSION -o -name pg_control \\) -print -quit '
+            f'2>/dev/null); '
+            f'if [ -n "$live" ]; then echo "{MARK}backupdir"; '
+            f'echo "holds a PostgreSQL data directory ($live); refusing to delete files in it"; else '
             f'echo "{MARK}backupdir $real"; '
-            f"find -P \"$real\" -type f -name {q(places.backup_glob)} -printf '%T@\\t%s\\t%P\\0'; echo; "
+            f"find -P \"$real\" -type f -name {q(places.backup_glob)} -printf '%T@\\t%s\\t%P\\0'; echo; fi; "
             f"else echo '{MARK}backupdir'; echo \"${{real:-not a directory}}\"; fi",
         ]
     journal_dirs = " ".join(q(d) for d in JOURNAL_DIRS)

@@ -583,3 +583,24 @@ def test_health_pg_archiver_must_be_a_boolean() -> None:
     host = Host("h1", {"compose_project_dir": "/srv/shop", "health_pg_archiver": "yes"}, (), "inv.yml")
     with pytest.raises(UsageError, match="health_pg_archiver must be true or false"):
         health.Health().validate(host)
+
+
+@pytest.mark.parametrize("marker", ["15/main/PG_VERSION", "data/global/pg_control"])
+def test_a_backup_dir_holding_a_database_is_refused(tmp_path: Any, marker: str) -> None:
+    """backup_dir set one level too high (/var/lib/postgresql instead of its backups folder) planned
+    to delete the cluster's files. The facts command, run by a real sh, finds the data directory
+    and refuses; an ordinary backup folder is listed as before."""
+    from remediations.connection import LocalRemote
+
+    backups = tmp_path / "pg"
+    (backups / marker).parent.mkdir(parents=True)
+    (backups / marker).write_text("15\n")
+    (backups / "old.dump").write_text("dump")
+    remote = LocalRemote(Host("local", {"ansible_connection": "local"}, (), "test"))
+    places = disk.Places(str(backups), "*", None)
+    facts = disk.gather(remote, places)
+    assert facts.backup_dir is None and not facts.backups
+    assert "holds a PostgreSQL data directory" in facts.backup_error and marker in facts.backup_error
+    (backups / marker).unlink()
+    facts = disk.gather(remote, places)
+    assert facts.backup_dir is not None and [b.path for b in facts.backups] == ["old.dump"]
