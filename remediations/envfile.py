@@ -47,6 +47,8 @@ def parse_assignments(items: Sequence[str], unset: Sequence[str]) -> tuple[dict[
             )
         if "\n" in value or "\0" in value:
             raise UsageError(f"{name}: a value cannot hold a newline")
+        if name in values:  # which one was meant? (on stdin, the same is refused)
+            raise UsageError(f"{name} is set twice (--set {name}=…); give it once")
         values[name] = value
     names = []
     for name in unset:

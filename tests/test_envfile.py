@@ -156,6 +156,12 @@ def test_a_value_with_a_line_break_or_nul_is_refused(item: str) -> None:
         envfile.parse_assignments([item], [])
 
 
+def test_a_name_set_twice_is_refused() -> None:
+    with pytest.raises(UsageError, match="FOO is set twice"):
+        envfile.parse_assignments(["FOO=1", "FOO=2"], [])
+    assert envfile.parse_assignments(["FOO=1", "BAR=2"], []) == ({"FOO": "1", "BAR": "2"}, [])
+
+
 MULTILINE = 'A=1\nTLS_KEY="-----BEGIN-----\nline-of-the-key\n-----END-----"\nB=2\n'
 
 
