@@ -78,7 +78,7 @@ def restart_api(c: Context, flags: Flags, service: str | None = None, if_unhealt
     unhealthy the host fails with the last health output and log lines, and the rollout stops.
     Hosts are restarted one at a time unless --serial says otherwise.
     """
-    from remediations.restart_api import RestartApi
+    from remediations.docker.restart_api import RestartApi
 
     code, _ = execute(
         lambda: RestartApi(service, if_unhealthy),
@@ -137,7 +137,7 @@ def block_ip(
     recorded on the host (firewall_state_dir, default /var/lib/remediations). Connections the source
     already has open survive the block unless --kill-established. Runs under the host lock.
     """
-    from remediations.firewall import BlockIp
+    from remediations.firewall.ufw import BlockIp
 
     code, _ = execute(
         lambda: BlockIp(ip, port, proto, ttl, comment, enable, kill_established),
@@ -165,7 +165,7 @@ def unblock_ip(
     Without --port/--proto every block of that exact address or range is lifted, whatever port or
     protocol it was narrowed to.
     """
-    from remediations.firewall import UnblockIp
+    from remediations.firewall.ufw import UnblockIp
 
     code, _ = execute(
         lambda: UnblockIp(ip, port, proto),
@@ -179,7 +179,7 @@ def unblock_ip(
 @remediation_task()
 def unblock_expired(c: Context, flags: Flags) -> int:
     """Lift every block whose --ttl has passed (by the host's clock); nothing expired: ok. Cron-safe."""
-    from remediations.firewall import UnblockExpired
+    from remediations.firewall.ufw import UnblockExpired
 
     code, _ = execute(UnblockExpired, flags, task="unblock-expired")
     return code
@@ -193,7 +193,7 @@ def list_blocks(c: Context, flags: Flags) -> int:
     ones marked as such. Exit 1 when a recorded block is missing a layer (no ufw deny, a deny that
     an allow rule comes before, ufw inactive, no DOCKER-USER rule): re-run block-ip to repair it.
     """
-    from remediations.firewall import ListBlocks, listing
+    from remediations.firewall.ufw import ListBlocks, listing
 
     code, run = execute(ListBlocks, flags, task="list-blocks")
     if run is not None and not flags.json:
@@ -225,8 +225,8 @@ S3_HELP = {
 
 def _s3_tuning(workers: str | None, tier: str, restore_days: str | None) -> Any:
     """The S3 knobs from their flags' text (None or "": the default), checked."""
-    from remediations.s3restore import Tuning
-    from remediations.validate import check_count, check_workers
+    from remediations.core.validate import check_count, check_workers
+    from remediations.s3.restore import Tuning
 
     given: dict[str, Any] = {"tier": tier}
     if workers not in (None, ""):
@@ -275,7 +275,7 @@ def restore_s3_object(
     else the s3_endpoint_url inventory var; credentials: the standard AWS chain. Requests are bounded
     as for restore-s3-prefix (108 s at most each with the default s3_* timeouts).
     """
-    from remediations.s3restore import RestoreObject, controller_targets
+    from remediations.s3.restore import RestoreObject, controller_targets
 
     code, _ = execute(
         lambda: RestoreObject(
@@ -324,7 +324,7 @@ def restore_s3_prefix(
     reported on stderr, and an endpoint that stops answering stops the run with the keys restored so
     far. --check lists every key and what would happen to it. A second run finds nothing to do.
     """
-    from remediations.s3restore import RestorePrefix, controller_targets
+    from remediations.s3.restore import RestorePrefix, controller_targets
 
     code, _ = execute(
         lambda: RestorePrefix(
@@ -355,8 +355,8 @@ def s3_bucket_check(c: Context, flags: Flags, bucket: str | None = None, retenti
     Checks that versioning is Enabled and that no enabled lifecycle rule expires noncurrent versions
     sooner than the retention. Each finding fails its step (exit code 1), so cron can alert on it.
     """
-    from remediations.s3restore import BucketCheck, controller_targets
-    from remediations.validate import check_count
+    from remediations.core.validate import check_count
+    from remediations.s3.restore import BucketCheck, controller_targets
 
     code, _ = execute(
         lambda: BucketCheck(bucket, None if retention_days in (None, "")
@@ -386,7 +386,7 @@ def ensure_healthy(c: Context, flags: Flags, service: list[str] | None = None) -
 
     Cron-safe: a healthy service is never touched.
     """
-    from remediations.ensure_healthy import EnsureHealthy
+    from remediations.docker.ensure_healthy import EnsureHealthy
 
     services = list(service or [])
     code, _ = execute(lambda: EnsureHealthy(services), flags, task="ensure-healthy",
@@ -415,13 +415,14 @@ def set_env(
     Already set: ok, nothing recreated. Unhealthy afterwards: the backup is restored. The newest
     env_backups_keep (default 10) backups of the file are kept, older ones deleted.
     """
-    from remediations import set_env as env_task
-    from remediations.errors import UsageError
+    from remediations.actions.env_files import values_from_stdin as read_values
+    from remediations.core.errors import UsageError
+    from remediations.docker import set_env as env_task
 
     def make() -> env_task.SetEnv:
         if not service:
             raise UsageError("--service is required: the compose service whose env to change")
-        hidden = env_task.values_from_stdin() if values_from_stdin else None
+        hidden = read_values() if values_from_stdin else None
         return env_task.SetEnv(service, list(set or []), list(unset or []), hidden)
 
     names = [item.split("=", 1)[0] + "=…" for item in (set or [])]
@@ -434,8 +435,8 @@ def set_env(
 @remediation_task(help={"service": "the compose service to put back on its previous image"})
 def rollback(c: Context, flags: Flags, service: str | None = None) -> int:
     """Put a service back on the image it ran before the last change a remediation made."""
-    from remediations.errors import UsageError
-    from remediations.rollback import Rollback
+    from remediations.core.errors import UsageError
+    from remediations.docker.rollback import Rollback
 
     def make() -> Rollback:
         if not service:
@@ -476,7 +477,7 @@ def prune(
     container uses, named in the result. --check lists what would go and the bytes it would reclaim.
     A second run finds nothing to reclaim and reports ok.
     """
-    from remediations.prune import Prune, options_from_flags
+    from remediations.docker.prune import Prune, options_from_flags
 
     code, _ = execute(
         lambda: Prune(options_from_flags(older_than, all, volumes, if_disk_above)),
@@ -506,9 +507,9 @@ def disk_cleanup(
     that directory, never through a symlink); vacuums journald; prunes Docker as `inv prune` does.
     Disk use before and after is in the result.
     """
-    from remediations.disk import CleanupOptions, DiskCleanup, nonnegative_option
-    from remediations.prune import options_from_flags
-    from remediations.validate import check_count
+    from remediations.core.validate import check_count
+    from remediations.docker.prune import options_from_flags
+    from remediations.host.disk_cleanup import CleanupOptions, DiskCleanup, nonnegative_option
 
     def make() -> DiskCleanup:
         return DiskCleanup(
@@ -541,8 +542,8 @@ def health(c: Context, flags: Flags, service: str | None = None) -> int:
     table of every check (green / yellow / red); --json carries each with its value and threshold.
     Exit code 1 when any check is red.
     """
-    from remediations.health import Health, render_table
-    from remediations.output import use_colour
+    from remediations.host.health import Health, render_table
+    from remediations.reporting.output import use_colour
 
     services = [s.strip() for s in (service or "").split(",") if s.strip()]
     code, run = execute(lambda: Health(services), flags, task="health", arguments={"service": service})
@@ -578,7 +579,7 @@ def wal_cleanup(c: Context, flags: Flags, drop_inactive_slot: str | None = None)
     the last archived segment; a failing archiver and an inactive slot retaining WAL are warnings
     (exit code 3). --check lists what it would delete (--diff: the files).
     """
-    from remediations.wal import WalCleanup
+    from remediations.postgres.wal_cleanup import WalCleanup
 
     code, _ = execute(lambda: WalCleanup(drop_inactive_slot), flags, task="wal-cleanup",
                       arguments={"drop_inactive_slot": drop_inactive_slot})  # fmt: skip
@@ -593,8 +594,8 @@ def backup_check(c: Context, flags: Flags) -> int:
     basebackup_min_bytes; the dump must read back with pg_restore --list and a full read. Without
     --host it runs on the controller with the inventory's all vars. Exit code 1 when a check is red.
     """
-    from remediations.backups import BackupCheck
-    from remediations.postgres import controller_targets
+    from remediations.facts.postgres import controller_targets
+    from remediations.postgres.backup_check import BackupCheck
 
     code, _ = execute(BackupCheck, flags, task="backup-check", targets=controller_targets)
     return code
@@ -610,7 +611,7 @@ def restore_test(c: Context, flags: Flags, dump: str | None = None) -> int:
     always drop the scratch database. Writes JSON (restore_test_json) and Prometheus textfile metrics
     (restore_test_metrics) atomically. Exit code 1 on failure; --check says what it would do.
     """
-    from remediations.restore_test import run_task
+    from remediations.postgres.restore_drill import run_task
 
     return run_task(execute, flags, dump)
 
@@ -643,9 +644,9 @@ def install_cron(c: Context, flags: Flags, task: str | None = None, schedule: st
     """
     import os
 
-    from remediations.cron import InstallCron
-    from remediations.inventory import inventory_path
-    from remediations.postgres import controller_targets
+    from remediations.core.inventory import inventory_path
+    from remediations.facts.postgres import controller_targets
+    from remediations.host.install_cron import InstallCron
 
     inventory = os.path.abspath(inventory_path(flags.inventory))
     code, _ = execute(
@@ -697,8 +698,8 @@ def rotate_secret(
     change: the backup is restored and the services recreated. An interrupted rotation is finished
     (or rolled back) by the next run. `inv rotation-status` shows what was rotated when.
     """
-    from remediations import rotation
-    from remediations.errors import UsageError
+    from remediations.core.errors import UsageError
+    from remediations.secrets import rotation
 
     services = list(service or [])
 
@@ -725,7 +726,7 @@ def rotation_status(c: Context, flags: Flags) -> int:
 
     Never a value. An unfinished or rolled-back rotation fails the host (cron and monitoring notice).
     """
-    from remediations.rotation import RotationStatus
+    from remediations.secrets.rotation import RotationStatus
 
     code, _ = execute(RotationStatus, flags, task="rotation-status")
     return code
@@ -753,8 +754,8 @@ def rotate_db_password(
     as a SCRAM verifier computed here (the server never sees it), tested with a login, written to
     the env file(s) (backup 0600), the services recreated; afterwards the old password is refused.
     """
-    from remediations import rotation
-    from remediations.rotate_db import RotateDbPassword, check_role
+    from remediations.secrets import rotation
+    from remediations.secrets.rotate_db import RotateDbPassword, check_role
 
     services = list(service or [])
     code, _ = execute(
@@ -794,9 +795,15 @@ def rotate_aws_key(
     and deleted with --delete-old or by a later run after --grace. A user with two keys already is
     refused, naming the key to remove.
     """
-    from remediations import rotation
-    from remediations.hostfacts import parse_duration
-    from remediations.rotate_aws import DEFAULT_GRACE, RotateAwsKey, check_user, parse_env_keys, targets
+    from remediations.core.units import parse_duration
+    from remediations.secrets import rotation
+    from remediations.secrets.rotate_aws import (
+        DEFAULT_GRACE,
+        RotateAwsKey,
+        check_user,
+        parse_env_keys,
+        targets,
+    )
 
     services = list(service or [])
     code, _ = execute(

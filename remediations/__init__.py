@@ -2,9 +2,9 @@
 
 Use it from Python without Invoke:
 
-    from remediations import inventory
-    from remediations.engine import Engine, RunOptions
-    from remediations.restart_api import RestartApi
+    from remediations.core import inventory
+    from remediations.core.engine import Engine, RunOptions
+    from remediations.docker.restart_api import RestartApi
 
     inv = inventory.load("inventories/hosts.yml")
     run = Engine(inv, RunOptions(check=True)).run(RestartApi(), inv.select("prod"))

@@ -10,12 +10,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from remediations.errors import UsageError
+from remediations.core.errors import UsageError
 
 if TYPE_CHECKING:  # the engine pulls in paramiko: imported when a task runs, not at `inv --list`
-    from remediations.engine import Remediation, RunOptions
-    from remediations.inventory import Host, Inventory
-    from remediations.results import RunResult
+    from remediations.core.engine import Remediation, RunOptions
+    from remediations.core.inventory import Host, Inventory
+    from remediations.core.results import RunResult
 
 
 @dataclass(frozen=True)
@@ -35,8 +35,8 @@ class Flags:
     lock_wait: float | str | None = None
 
     def options(self) -> RunOptions:
-        from remediations.engine import DEFAULT_LOCK_WAIT, DEFAULT_PARALLEL, MaxFail, RunOptions
-        from remediations.validate import check_count, check_seconds
+        from remediations.core.engine import DEFAULT_LOCK_WAIT, DEFAULT_PARALLEL, MaxFail, RunOptions
+        from remediations.core.validate import check_count, check_seconds
 
         return RunOptions(
             check=self.check,
@@ -82,11 +82,11 @@ def execute(
     given, and then a missing default inventory is no error (an empty one is used).
     Bad input prints one line to stderr, is audited, and returns exit code 2 with nothing run.
     """
-    from remediations import inventory as inventory_mod
-    from remediations.audit import Actor, AuditLog, audit_path
-    from remediations.engine import Engine, run_wide_vars
-    from remediations.output import Reporter
-    from remediations.redact import Redactor
+    from remediations.core import inventory as inventory_mod
+    from remediations.core.engine import Engine, run_wide_vars
+    from remediations.reporting.audit import Actor, AuditLog, audit_path
+    from remediations.reporting.output import Reporter
+    from remediations.reporting.redact import Redactor
 
     reporter = Reporter(as_json=flags.json, show_diff=flags.diff)
     audit_log: str | None = None  # the inventory's audit_log var, once the inventory is read

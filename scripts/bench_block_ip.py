@@ -34,7 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from lab import hosts as lab  # noqa: E402
-from remediations import firewall, inventory  # noqa: E402
+from remediations.core import inventory  # noqa: E402
+from remediations.firewall import ufw as firewall
 
 BLOCKED = "203.0.113.77"
 BENCH_VENV = lab.LAB_ROOT / "bench-venv"

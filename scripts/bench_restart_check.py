@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from lab import hosts as lab  # noqa: E402
-from remediations import inventory  # noqa: E402
-from remediations.compose import Project, facts_command  # noqa: E402
+from remediations.core import inventory  # noqa: E402
+from remediations.facts.compose import Project, facts_command  # noqa: E402
 
 
 def children_cpu() -> float:
@@ -60,8 +60,8 @@ def openssh_side(hosts: list[inventory.Host], command: str) -> list[str]:
 
 def engine_cpu(inventory_path: Path, pattern: str, parallel: int) -> tuple[float, float]:
     """The engine run alone, in this process: (wall, CPU) without interpreter start or imports."""
-    from remediations.engine import Engine, RunOptions
-    from remediations.restart_api import RestartApi
+    from remediations.core.engine import Engine, RunOptions
+    from remediations.docker.restart_api import RestartApi
 
     inv = inventory.load(inventory_path)
     engine = Engine(inv, RunOptions(check=True, parallel=parallel))

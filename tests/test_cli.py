@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from remediations import audit as audit_mod
 from remediations.cli import Flags, execute
+from remediations.reporting import audit as audit_mod
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAVY_MODULES = ("boto3", "botocore", "docker", "psycopg", "paramiko", "fabric")
@@ -292,7 +292,7 @@ def test_usage_error_goes_to_the_inventory_audit_log(
     monkeypatch.setattr(audit_mod, "SYSTEM_AUDIT_LOG", tmp_path / "system" / "audit.jsonl")
     (tmp_path / "system").mkdir()
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    from remediations.restart_api import RestartApi
+    from remediations.docker.restart_api import RestartApi
 
     code, run = execute(RestartApi, Flags(host="nosuchhost", inventory=str(path)), task="restart-api")
     assert (code, run) == (2, None)

@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from remediations.compose import Container, Project, ServiceFacts, facts_command, parse_facts
-from remediations.errors import CommandResult, UsageError
-from remediations.inventory import Host
-from remediations.restart_api import Plan, decide
+from remediations.core.errors import CommandResult, UsageError
+from remediations.core.inventory import Host
+from remediations.docker.restart_api import Plan, decide
+from remediations.facts.compose import Container, Project, ServiceFacts, facts_command, parse_facts
 from tests import labkit
 
 URL = "http://127.0.0.1:8080/health"

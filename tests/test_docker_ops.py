@@ -7,11 +7,15 @@ from typing import Any
 
 import pytest
 
-from remediations import disk, health, prune
-from remediations.compose import Container
-from remediations.errors import UsageError
-from remediations.hostfacts import FsUsage, docker_time, parse_duration, parse_sections, parse_size
-from remediations.inventory import Host
+from remediations.core.errors import UsageError
+from remediations.core.inventory import Host
+from remediations.core.units import docker_time, parse_duration, parse_size
+from remediations.docker import prune
+from remediations.facts.compose import Container
+from remediations.facts.fs import FsUsage
+from remediations.facts.sections import parse_sections
+from remediations.host import disk_cleanup as disk
+from remediations.host import health
 
 NOW = 1_800_000_000.0
 HOUR = 3600.0
@@ -590,7 +594,7 @@ def test_a_backup_dir_holding_a_database_is_refused(tmp_path: Any, marker: str) 
     """backup_dir set one level too high (/var/lib/postgresql instead of its backups folder) planned
     to delete the cluster's files. The facts command, run by a real sh, finds the data directory
     and refuses; an ordinary backup folder is listed as before."""
-    from remediations.connection import LocalRemote
+    from remediations.core.connection import LocalRemote
 
     backups = tmp_path / "pg"
     (backups / marker).parent.mkdir(parents=True)

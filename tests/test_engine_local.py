@@ -19,14 +19,14 @@ from typing import Any, ClassVar
 import pytest
 import yaml
 
-from remediations import inventory
-from remediations.audit import Actor
-from remediations.connection import Remote, must
-from remediations.engine import Engine, HostContext, MaxFail, Remediation, RunOptions
-from remediations.errors import HostError, UsageError
-from remediations.inventory import Inventory
-from remediations.redact import MASK
-from remediations.results import WARNING_EXIT_CODE, HostResult, RunResult, Status, StepResult
+from remediations.core import inventory
+from remediations.core.connection import Remote, must
+from remediations.core.engine import Engine, HostContext, MaxFail, Remediation, RunOptions
+from remediations.core.errors import HostError, UsageError
+from remediations.core.inventory import Inventory
+from remediations.core.results import WARNING_EXIT_CODE, HostResult, RunResult, Status, StepResult
+from remediations.reporting.audit import Actor
+from remediations.reporting.redact import MASK
 from tests import labkit
 
 NOTIFY_ENV = (
@@ -651,7 +651,7 @@ def test_run_result_exit_code(hosts: list[HostResult], code: int) -> None:
 def test_warnings_are_shown_in_text_and_json() -> None:
     import io
 
-    from remediations.output import Reporter
+    from remediations.reporting.output import Reporter
 
     host = warned("db1", Status.OK)
     assert host.status == Status.OK and host.warnings == ["archiver is FAILING"]
@@ -690,10 +690,10 @@ def test_host_status_is_the_worst_step_and_its_message() -> None:
 
 
 def test_facts_under_lock_come_with_the_lock_and_the_lock_still_holds(tmp_path: Path) -> None:
-    from remediations.connection import LocalRemote
-    from remediations.errors import LockTimeout
-    from remediations.inventory import Host
-    from remediations.lock import HostLock
+    from remediations.core.connection import LocalRemote
+    from remediations.core.errors import LockTimeout
+    from remediations.core.inventory import Host
+    from remediations.core.lock import HostLock
 
     host = Host("here", {"ansible_connection": "local"}, (), "test")
     lock_dir = str(tmp_path / "lock")

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from remediations import envfile
-from remediations.errors import UsageError
+from remediations.core.errors import UsageError
+from remediations.facts import envfile
 
 
 class ComposeRefused(Exception):
@@ -191,7 +191,7 @@ def test_a_carriage_return_reads_back_as_written(value: str) -> None:
 def test_a_file_read_back_through_sections_keeps_its_carriage_returns() -> None:
     """The facts of a host come back as `@@name` sections; an env file's content in one must not
     be cut at a CR (set-env then read `'a\\rb'` back as `'a\\nb'` and re-ran forever)."""
-    from remediations.hostfacts import MARK, sections_by_name
+    from remediations.facts.sections import MARK, sections_by_name
 
     content = "K='a\rb'\nF='x\x0cy'\nL=1"
     sections = sections_by_name(f"{MARK}file0 0:0:600\n{content}\n{MARK}env\nX=1\n")

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from lab import hosts as lab_mod
-from remediations import lock
+from remediations.core import lock
 from tests import labkit
 
 pytestmark = pytest.mark.lab

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from remediations import firewall as fw
-from remediations.errors import UsageError
+from remediations.core.errors import UsageError
+from remediations.firewall import ufw as fw
 
 CONTROLLER = ipaddress.ip_address("198.18.0.1")
 NOW = 1_700_000_000

@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 
 from lab import hosts as lab
-from remediations import firewall as fw
-from remediations import inventory
-from remediations.connection import connect
-from remediations.lock import HostLock
+from remediations.core import inventory
+from remediations.core.connection import connect
+from remediations.core.lock import HostLock
+from remediations.firewall import ufw as fw
 from tests import labkit
 
 pytestmark = pytest.mark.lab

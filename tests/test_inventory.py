@@ -11,8 +11,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from remediations.errors import UsageError
-from remediations.inventory import SSHOptions, parse, parse_ssh_common_args
+from remediations.core.errors import UsageError
+from remediations.core.inventory import SSHOptions, parse, parse_ssh_common_args
 
 SOURCE = "inventories/test.yml"
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from remediations import interrupt
-from remediations.connection import LocalRemote
-from remediations.errors import ConnectionLost, DeadlineExceeded, Interrupted
-from remediations.inventory import Host
-from remediations.lock import HostLock
+from remediations.core import interrupt
+from remediations.core.connection import LocalRemote
+from remediations.core.errors import ConnectionLost, DeadlineExceeded, Interrupted
+from remediations.core.inventory import Host
+from remediations.core.lock import HostLock
 
 
 @pytest.fixture
@@ -108,7 +108,7 @@ def test_the_controller_notices_a_lock_that_ended(remote: LocalRemote, tmp_path:
 
 
 def test_a_second_holder_waits_and_names_the_first(remote: LocalRemote, tmp_path: Path) -> None:
-    from remediations.errors import LockTimeout
+    from remediations.core.errors import LockTimeout
 
     first = HostLock(remote, "first-run", 5, str(tmp_path))
     first.acquire()

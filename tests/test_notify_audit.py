@@ -21,15 +21,16 @@ from typing import Any, ClassVar
 
 import pytest
 
-from remediations import audit as audit_mod
-from remediations import inventory, notify
-from remediations.audit import Actor, AuditLog, audit_path
-from remediations.engine import Engine, HostContext, MaxFail, Remediation, RunOptions
-from remediations.errors import HostError
-from remediations.inventory import Host
-from remediations.notify import NotifyConfig, send, summary
-from remediations.redact import MASK, Redactor
-from remediations.results import HostResult, RunResult, Status, StepResult
+from remediations.core import inventory
+from remediations.core.engine import Engine, HostContext, MaxFail, Remediation, RunOptions
+from remediations.core.errors import HostError
+from remediations.core.inventory import Host
+from remediations.core.results import HostResult, RunResult, Status, StepResult
+from remediations.reporting import audit as audit_mod
+from remediations.reporting import notify
+from remediations.reporting.audit import Actor, AuditLog, audit_path
+from remediations.reporting.notify import NotifyConfig, send, summary
+from remediations.reporting.redact import MASK, Redactor
 from tests.labkit import write_local_inventory as write_inventory
 
 NOTIFY_ENV = (
@@ -601,8 +602,8 @@ def test_audit_file_is_private(isolated: Path) -> None:
 WRITER = r"""
 import sys
 from pathlib import Path
-from remediations.audit import Actor, AuditLog
-from remediations.redact import Redactor
+from remediations.reporting.audit import Actor, AuditLog
+from remediations.reporting.redact import Redactor
 
 path, writer, count = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 log = AuditLog(path, Actor("w" + writer, "ctl", "run-" + writer), Redactor())

@@ -9,10 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from remediations import backups, cron, restore_test, wal
-from remediations.errors import UsageError
-from remediations.inventory import Host
-from remediations.postgres import S3Object, sql_identifier, sql_literal
+from remediations.core.errors import UsageError
+from remediations.core.inventory import Host
+from remediations.facts.postgres import S3Object, sql_identifier, sql_literal
+from remediations.host import install_cron as cron
+from remediations.postgres import backup_check as backups
+from remediations.postgres import restore_drill as restore_test
+from remediations.postgres import wal_cleanup as wal
 
 SEG = "00000001000000000000000{}"
 
@@ -351,7 +354,7 @@ def test_pg_warnings(pg: wal.PgFacts, warnings: list[str]) -> None:
     ],
 )
 def test_describe_archiver(archiver: dict[str, object], words: str) -> None:
-    from remediations.postgres import describe_archiver
+    from remediations.facts.postgres import describe_archiver
 
     assert words in describe_archiver(archiver)
 

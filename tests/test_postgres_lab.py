@@ -48,7 +48,7 @@ def shop(lab: Any) -> Iterator[None]:
 
 def old_segments() -> list[str]:
     """Archived segments older than the cut point of the 2 newest base backups (as pg_archivecleanup)."""
-    from remediations import wal
+    from remediations.postgres import wal_cleanup as wal
 
     files = [wal.ArchiveFile(n, s) for n, s in pglab.archived().items()]
     found = [
@@ -426,7 +426,7 @@ def cron_name() -> Iterator[str]:
     name = f"rmtest-{os.getpid()}"
     yield name
     text = subprocess.run(["crontab", "-l"], capture_output=True, text=True, check=False).stdout
-    from remediations import cron
+    from remediations.host import install_cron as cron
 
     cleaned, action = cron.edit(text, name, None)
     if action != "none":

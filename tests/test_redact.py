@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from remediations import inventory
-from remediations.engine import Engine, RunOptions
-from remediations.envfile import Change, describe
-from remediations.redact import MASK, MIN_MASKED_LENGTH, Redactor, is_secret_name
+from remediations.core import inventory
+from remediations.core.engine import Engine, RunOptions
+from remediations.facts.envfile import Change, describe
+from remediations.reporting.redact import MASK, MIN_MASKED_LENGTH, Redactor, is_secret_name
 
 
 @pytest.mark.parametrize(

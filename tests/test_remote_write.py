@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from remediations import remote_write
-from remediations.connection import TIMED_OUT, LocalRemote
-from remediations.errors import CommandResult, HostError
-from remediations.inventory import Host
-from remediations.remote_write import INCOMPLETE, NO_DIGEST, STEP_FAILED, Write
+from remediations.actions import remote_write
+from remediations.actions.remote_write import INCOMPLETE, NO_DIGEST, STEP_FAILED, Write
+from remediations.core.connection import TIMED_OUT, LocalRemote
+from remediations.core.errors import CommandResult, HostError
+from remediations.core.inventory import Host
 
 OLD = b"A=1\nSECRET=old\n"
 NEW = b"A=2\nSECRET=new\n" + b"# padding\n" * 5000

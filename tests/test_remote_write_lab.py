@@ -23,9 +23,12 @@ from typing import Any
 import pytest
 
 from lab import hosts as lab
-from remediations import connection, firewall, images, inventory, rotation
-from remediations.errors import CommandResult, HostError
-from remediations.inventory import Host
+from remediations.actions import image_record as images
+from remediations.core import connection, inventory
+from remediations.core.errors import CommandResult, HostError
+from remediations.core.inventory import Host
+from remediations.firewall import ufw as firewall
+from remediations.secrets import rotation
 from tests import labkit
 from tests.labkit import COMPOSE, ROOT, inv
 
@@ -146,8 +149,8 @@ def test_set_env_killed_mid_stream_leaves_the_old_file_then_a_rerun_completes(
 
 
 def test_a_cut_env_file_stream_changes_nothing(remote: Any, scratch: str) -> None:
-    from remediations import remote_write  # the writer itself: new with the fix
-    from remediations.set_env import env_file_write
+    from remediations.actions import remote_write  # the writer itself: new with the fix
+    from remediations.actions.env_files import env_file_write
 
     path = f"{scratch}/.env"
     sh(f"printf 'A=1\\nB=2\\n' > {path} && chmod 640 {path} && chown 0:0 {path}")

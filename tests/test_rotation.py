@@ -8,11 +8,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from remediations import envfile, remote_write, rotation
-from remediations.errors import UsageError
-from remediations.rotate_aws import check_user, parse_env_keys
-from remediations.rotate_db import check_role
-from remediations.set_env import env_file_write
+from remediations.actions import remote_write
+from remediations.actions.env_files import env_file_write
+from remediations.core.errors import UsageError
+from remediations.facts import envfile
+from remediations.secrets import rotation
+from remediations.secrets.rotate_aws import check_user, parse_env_keys
+from remediations.secrets.rotate_db import check_role
 
 
 @pytest.mark.parametrize("alphabet", sorted(rotation.ALPHABETS))
@@ -155,7 +157,7 @@ def test_aws_and_db_input() -> None:
 
 
 def test_env_files_and_their_readers_as_compose_merges_them() -> None:
-    from remediations.set_env import env_file_of, services_reading
+    from remediations.actions.env_files import env_file_of, services_reading
 
     base = """
 services:

@@ -16,7 +16,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from remediations import envfile
+from remediations.facts import envfile
 from tests import labkit
 from tests.labkit import inv
 from tests.test_rotation_lab import ENV, HOST, RECORDS, Watcher, assert_nowhere, env_text, reset, running, sh

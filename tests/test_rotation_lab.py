@@ -24,7 +24,7 @@ import psycopg
 import pytest
 
 from lab import hosts as lab_mod
-from remediations import envfile
+from remediations.facts import envfile
 from tests import labkit
 from tests.labkit import COMPOSE, ROOT, inv
 from tests.test_notify_audit import Recorder, server  # noqa: F401 - the webhook fixture

@@ -17,12 +17,12 @@ import pytest
 from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
-from remediations import inventory
-from remediations.engine import Engine, RunOptions
-from remediations.errors import HostError, UsageError
-from remediations.results import HostResult, Status
-from remediations.s3restore import S3 as S3Api
-from remediations.s3restore import (
+from remediations.core import inventory
+from remediations.core.engine import Engine, RunOptions
+from remediations.core.errors import HostError, UsageError
+from remediations.core.results import HostResult, Status
+from remediations.s3.restore import S3 as S3Api
+from remediations.s3.restore import (
     Content,
     Head,
     KeyPlan,

@@ -21,10 +21,10 @@ import boto3
 import pytest
 
 from lab import hosts as lab
-from remediations import inventory
-from remediations.engine import Engine, Remediation, RunOptions
-from remediations.results import HostResult, Status
-from remediations.s3restore import (
+from remediations.core import inventory
+from remediations.core.engine import Engine, Remediation, RunOptions
+from remediations.core.results import HostResult, Status
+from remediations.s3.restore import (
     BucketCheck,
     MiB,
     RestoreObject,

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from remediations.errors import HostError, UsageError
-from remediations.postgres import S3Store
-from remediations.s3client import Bounds, S3Unanswered
-from remediations.s3restore import S3, Tuning
+from remediations.actions.s3client import Bounds, S3Unanswered
+from remediations.core.errors import HostError, UsageError
+from remediations.facts.postgres import S3Store
+from remediations.s3.restore import S3, Tuning
 
 
 @pytest.mark.parametrize(

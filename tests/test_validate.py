@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 import yaml
 
-from remediations import envfile, validate
-from remediations.errors import UsageError
-from remediations.inventory import Host
-from remediations.set_env import backup_name, env_file_write, prune_backups_command
+from remediations.actions.env_files import backup_name, env_file_write, prune_backups_command
+from remediations.core import validate
+from remediations.core.errors import UsageError
+from remediations.core.inventory import Host
+from remediations.facts import envfile
 
 ROOT = Path(__file__).resolve().parent.parent
 HOSTILE = ["a\nb", "$(touch /tmp/x)", "a;reboot", "a`id`", "a b", "x" * 100_000, "", "-a", "a\0b", "é"]
@@ -105,7 +106,7 @@ def test_every_example_and_default_is_valid(name: str) -> None:
 
 def test_every_var_the_code_reads_typed_is_in_the_schema() -> None:
     read = set()
-    for path in (ROOT / "remediations").glob("*.py"):
+    for path in (ROOT / "remediations").rglob("*.py"):
         read |= set(re.findall(r'validate\.value\([^,]+, "([a-z0-9_]+)"\)', path.read_text()))
     assert read, "the pattern found nothing: update it"
     assert sorted(read - set(validate.VARS)) == []
@@ -206,7 +207,7 @@ def test_durations_are_bounded(seconds: float) -> None:
 
 
 def test_parse_duration_overflow_is_one_line() -> None:
-    from remediations.hostfacts import parse_duration
+    from remediations.core.units import parse_duration
 
     assert parse_duration("36500d", "--older-than") == validate.MAX_DURATION
     for text in ("36501d", "9" * 400 + "d", "100000000000000000000s"):

@@ -1,0 +1,162 @@
+"""Bring a compose service back: restart, escalate once to a recreate, wait until healthy.
+
+Also the settings every compose-service remediation reads from a host (`ServiceSettings`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
+
+from remediations.actions import image_record as images
+from remediations.core import interrupt, validate
+from remediations.core.connection import Remote
+from remediations.core.engine import HostContext
+from remediations.core.errors import HostError
+from remediations.core.inventory import Host
+from remediations.core.results import Status
+from remediations.facts.compose import (
+    Project,
+    ProjectFacts,
+    ServiceFacts,
+    compose_run,
+    container_logs,
+    gather_project,
+    health_urls,
+)
+
+POLL_INTERVAL = 1.0
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """What every compose-service remediation reads from a host's vars, read in one place."""
+
+    project: Project
+    urls: dict[str, str]  # service -> HTTP health URL
+    timeout: float  # seconds to wait for health after a restart or recreate
+    stop_timeout: int
+    probe: float  # timeout of one HTTP probe
+
+    @classmethod
+    def of(cls, host: Host, services: Sequence[str] = ()) -> ServiceSettings:
+        """Settings for `host`; with `services`, only their health URLs are probed."""
+        urls = health_urls(host)
+        if services:
+            urls = {k: v for k, v in urls.items() if k in services}
+        timeout = float(validate.value(host, "health_timeout"))
+        stop_timeout = int(validate.value(host, "stop_timeout"))
+        return cls(Project.from_host(host), urls, timeout, stop_timeout, min(timeout, 10.0))
+
+    def gather(self, remote: Remote, known: Sequence[str] = ()) -> ProjectFacts:
+        """The project's facts; a HostError when they cannot be had or a `known` service is not in it."""
+        facts = gather_project(remote, self.project, self.urls, self.probe)
+        if facts.error:
+            raise HostError(facts.error)
+        unknown = facts.unknown(known)
+        if unknown:
+            names = ", ".join(map(repr, unknown))
+            raise HostError(f"unknown service {names}: the project has {', '.join(facts.services)}")
+        return facts
+
+    def facts_of(self, remote: Remote, service: str) -> Callable[[], ServiceFacts]:
+        """A re-reader of one service's facts, for waiting on it."""
+        return lambda: self.gather(remote).facts[service]
+
+
+def service_deadline(host: Host) -> float:
+    """A bound on one compose-service recovery: facts, a restart and a recreate (each up to the stop
+    timeout plus a minute to start), two health waits, the logs; `run_deadline` overrides it."""
+    configured = validate.value(host, "run_deadline")
+    if configured is not None:
+        return float(configured)
+    settings = ServiceSettings.of(host)
+    return 120.0 + 2 * (settings.timeout + settings.stop_timeout + 60.0)
+
+
+def recover(
+    ctx: HostContext,
+    project: Project,
+    service: str,
+    before: ServiceFacts,
+    action: str,
+    facts: Callable[[], ServiceFacts],
+    timeout: float,
+    stop_timeout: int,
+    step_prefix: str = "",
+) -> bool:
+    """Bring a service back: `restart` (escalating once to a recreate), `recreate`, or `start`
+    (`up -d` of a missing or stopped container). Records its steps; True when healthy at the end.
+
+    Every container replacement is written to the host's image record (see `images`), so that
+    rollback knows what ran before.
+    """
+
+    def wait(after: ServiceFacts) -> tuple[ServiceFacts, float]:
+        """Re-read the facts until the service started anew and is healthy, or `timeout` passed:
+        the last facts read either way. A stop request wakes the sleep; the next read refuses."""
+        start = time.monotonic()
+        retrying = Retrying(
+            stop=stop_after_delay(timeout),
+            wait=wait_fixed(POLL_INTERVAL),
+            retry=retry_if_result(lambda current: not (current.restarted_since(after) and current.healthy)),
+            retry_error_callback=lambda state: state.outcome.result() if state.outcome else after,
+            sleep=interrupt.sleep,
+        )
+        current: ServiceFacts = retrying(facts)
+        return current, time.monotonic() - start
+
+    if action == "restart":
+        with ctx.step(f"{step_prefix}restart") as step:
+            compose_run(ctx.remote, project, before.variant, f"compose restart {service}",
+                        "restart", "-t", str(stop_timeout), service, timeout=stop_timeout + 120)  # fmt: skip
+            current, waited = wait(before)
+            ok, why = current.verdict()
+            if ok and current.restarted_since(before):
+                step.done(Status.CHANGED, f"restarted {service}; healthy after {waited:.1f}s ({why})")
+                return True
+            step.done(
+                Status.CHANGED,
+                f"restarted {service}; still unhealthy after {waited:.0f}s ({why}); escalating to recreate",
+            )
+        before = current
+    step_name = "start" if action == "start" else "recreate"
+    if action == "start":
+        verb, args = "started", ["up", "-d", "--no-deps", service]
+    else:
+        verb = "recreated"
+        args = ["up", "-d", "--force-recreate", "--no-deps", "-t", str(stop_timeout), service]
+    with ctx.step(f"{step_prefix}{step_name}") as step:
+        compose_run(ctx.remote, project, before.variant, f"compose {' '.join(args[:-1])} {service}", *args,
+                    timeout=stop_timeout + 300)  # fmt: skip
+        current, waited = wait(before)
+        note_replacement(ctx, project, service, before, current)
+        ok, why = current.verdict()
+        if ok and current.restarted_since(before):
+            step.done(Status.CHANGED, f"{verb} {service}; healthy after {waited:.1f}s ({why})")
+            return True
+        logs = container_logs(ctx.remote, current.containers)
+        tried = {"restart": "restart and recreate", "recreate": "recreate", "start": "start"}[action]
+        step.done(
+            Status.FAILED,
+            f"{service} still unhealthy after {tried} ({waited:.0f}s): {why}"
+            + (f"; last logs: {logs}" if logs else ""),
+        )
+        return False
+
+
+def note_replacement(
+    ctx: HostContext, project: Project, service: str, before: ServiceFacts, after: ServiceFacts
+) -> None:
+    """Record which image the service ran before its container was replaced (for rollback)."""
+    old = {c.name: c for c in before.containers}
+    for container in after.containers:
+        previous = old.get(container.name) or (before.containers[0] if before.containers else None)
+        if previous is None or previous.id == container.id:
+            continue  # a new service, or the same container (restarted, not replaced)
+        images.record(ctx.remote, ctx.host, project.name, service, ctx.task,
+                      previous.image_id, container.image_id, container.image_ref)  # fmt: skip
+        return

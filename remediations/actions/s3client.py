@@ -1,0 +1,221 @@
+"""What every S3 client of the package shares: bounded waits, a word while waiting, one clear failure.
+
+botocore's defaults let a hung endpoint (one that accepts the connection and never answers) hold a
+task for minutes in silence: a 60 s read timeout per attempt, more with the restore's own 300 s,
+times several attempts. Here each request is bounded by the inventory vars
+
+    s3_connect_timeout (5 s)   s3_read_timeout (30 s)   s3_max_attempts (3, the first one included)
+
+with botocore's standard retry mode (exponential backoff with jitter, at most 2^(i-1) s before
+attempt i+1), so one request gives up within `Bounds.per_request` seconds:
+attempts * (connect + read) + the backoff, 108 s with the defaults. While a request has been in
+flight longer than `s3_progress_interval` (10 s), a line on stderr says what it waits for, again at
+that interval. When the endpoint does not answer, the failure is one line: "S3 endpoint URL did not
+answer within N s (what; attempts and timeouts); nothing more was sent".
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from remediations.core.errors import HostError, UsageError
+
+DEFAULT_CONNECT_TIMEOUT = 5.0
+DEFAULT_READ_TIMEOUT = 30.0
+DEFAULT_MAX_ATTEMPTS = 3
+DEFAULT_REPORT_EVERY = 10.0
+MAX_BACKOFF = 20.0  # botocore's standard mode never sleeps longer between attempts
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """How long one S3 request may take, and how often a long one is reported."""
+
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    read_timeout: float = DEFAULT_READ_TIMEOUT
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    report_every: float = DEFAULT_REPORT_EVERY
+
+    @classmethod
+    def from_vars(cls, host_vars: Mapping[str, Any]) -> Bounds:
+        """From the inventory vars; a value that is not a positive number is bad input."""
+
+        def number(name: str, default: float, low: float, high: float) -> float:
+            raw = host_vars.get(name)
+            if raw is None or raw == "":
+                return default
+            try:
+                value = float(raw)
+            except (TypeError, ValueError):
+                value = float("nan")
+            if not low <= value <= high:
+                raise UsageError(f"{name}: {raw!r} is not a number of seconds from {low:g} to {high:g}")
+            return value
+
+        attempts = host_vars.get("s3_max_attempts")
+        whole = {str(n) for n in range(1, 11)}
+        given = attempts is not None and attempts != ""
+        if given and (isinstance(attempts, bool) or str(attempts).strip() not in whole):
+            raise UsageError(f"s3_max_attempts: {attempts!r} is not a whole number from 1 to 10")
+        return cls(
+            connect_timeout=number("s3_connect_timeout", DEFAULT_CONNECT_TIMEOUT, 0.1, 600),
+            read_timeout=number("s3_read_timeout", DEFAULT_READ_TIMEOUT, 0.1, 3600),
+            max_attempts=int(attempts) if attempts not in (None, "") else DEFAULT_MAX_ATTEMPTS,
+            report_every=number("s3_progress_interval", DEFAULT_REPORT_EVERY, 0.1, 3600),
+        )
+
+    @property
+    def backoff(self) -> float:
+        """The longest total sleep between attempts in botocore's standard mode."""
+        return sum(min(2.0**i, MAX_BACKOFF) for i in range(self.max_attempts - 1))
+
+    @property
+    def per_request(self) -> float:
+        """Seconds after which one request has surely given up on an endpoint that does not answer."""
+        return self.max_attempts * (self.connect_timeout + self.read_timeout) + self.backoff
+
+    def describe(self) -> str:
+        return (f"{self.max_attempts} attempt(s), each {self.connect_timeout:g} s to connect and "
+                f"{self.read_timeout:g} s to answer")  # fmt: skip
+
+    def config(self, pool: int = 10) -> Any:
+        """The botocore Config: these bounds, standard retries, a pool of `pool` connections."""
+        from botocore.config import Config
+
+        return Config(
+            connect_timeout=self.connect_timeout,
+            read_timeout=self.read_timeout,
+            # total_max_attempts counts the first attempt too; botocore's "max_attempts" would not
+            retries={"mode": "standard", "total_max_attempts": self.max_attempts},
+            max_pool_connections=max(pool, 10),
+        )
+
+
+def is_unanswered(exc: BaseException) -> bool:
+    """The endpoint took the connection (or not) and never answered: a timeout or a dropped reply."""
+    from botocore.exceptions import ConnectionClosedError, ConnectTimeoutError, ReadTimeoutError
+
+    return isinstance(exc, ReadTimeoutError | ConnectTimeoutError | ConnectionClosedError)
+
+
+def is_endpoint_down(exc: BaseException) -> bool:
+    """Any failure to talk to the endpoint at all (refused, unreachable, timed out): more requests
+    would only wait as long again."""
+    from botocore.exceptions import ConnectionError, HTTPClientError
+
+    return isinstance(exc, ConnectionError | HTTPClientError)
+
+
+class S3Unanswered(HostError):
+    """The S3 endpoint did not answer within the bounds; no further request was sent."""
+
+
+@dataclass
+class _Request:
+    what: str
+    started: float
+
+
+class Waits:
+    """The requests a client has in flight; a reporter thread, alive only while some are, writes
+    "LABEL: waiting for S3 at URL (WHAT, N s of at most M s)" for one older than `report_every`."""
+
+    def __init__(
+        self, label: str, endpoint: str | None, bounds: Bounds, stream: TextIO | None = None
+    ) -> None:
+        self.label = label
+        self.endpoint = endpoint or "AWS"
+        self.bounds = bounds
+        self.stream = stream
+        self.reported = 0  # lines written, for tests and the curious
+        self._flying: dict[int, _Request] = {}
+        self._lock = threading.Lock()
+        self._reporter: threading.Thread | None = None
+        self._local = threading.local()
+        self._last_failed: tuple[str, float] | None = None
+
+    def attach(self, client: Any) -> None:
+        events = client.meta.events
+        events.register("before-parameter-build.s3", self._name)
+        events.register("before-call.s3", self._begin)
+        events.register("after-call.s3", self._end)
+        events.register("after-call-error.s3", self._failed)
+
+    @contextmanager
+    def doing(self, what: str) -> Iterator[None]:
+        """Name the requests this thread makes in the block (e.g. "ListObjectVersions page 3")."""
+        before = getattr(self._local, "what", None)
+        self._local.what = what
+        try:
+            yield
+        finally:
+            self._local.what = before
+
+    # botocore event handlers ------------------------------------------------------------------
+
+    def _name(self, params: Mapping[str, Any], model: Any, context: dict[str, Any], **_: Any) -> None:
+        named = getattr(self._local, "what", None)
+        if named:
+            context["remediations_what"] = named
+            return
+        target = params.get("Key") or params.get("Bucket") or ""
+        context["remediations_what"] = f"{model.name} of {target}" if target else str(model.name)
+
+    def _begin(self, model: Any, context: dict[str, Any], **_: Any) -> None:
+        request = _Request(str(context.get("remediations_what") or model.name), time.monotonic())
+        with self._lock:
+            self._flying[id(context)] = request
+            if self._reporter is None:
+                self._reporter = threading.Thread(target=self._report, daemon=True, name="s3-waits")
+                self._reporter.start()
+
+    def _end(self, context: dict[str, Any], **_: Any) -> None:
+        with self._lock:
+            self._flying.pop(id(context), None)
+
+    def _failed(self, context: dict[str, Any], exception: BaseException, **_: Any) -> None:
+        with self._lock:
+            request = self._flying.pop(id(context), None)
+        if request is not None:
+            failed = (request.what, time.monotonic() - request.started)
+            self._local.last_failed = failed
+            self._last_failed = failed  # for a caller that got it from a worker thread
+
+    # the reporter -----------------------------------------------------------------------------
+
+    def _report(self) -> None:
+        last = 0.0
+        tick = min(0.5, self.bounds.report_every / 2)
+        while True:
+            time.sleep(tick)
+            with self._lock:
+                if not self._flying:
+                    self._reporter = None
+                    return
+                oldest = min(self._flying.values(), key=lambda r: r.started)
+                others = len(self._flying) - 1
+            now = time.monotonic()
+            age = now - oldest.started
+            if age >= self.bounds.report_every and now - last >= self.bounds.report_every:
+                last = now
+                more = f"; {others} more request(s) in flight" if others else ""
+                stream = self.stream if self.stream is not None else sys.stderr
+                stream.write(f"{self.label}: waiting for S3 at {self.endpoint} ({oldest.what}, {age:.0f} s "
+                             f"of at most {self.bounds.per_request:.0f} s{more})\n")  # fmt: skip
+                stream.flush()
+                self.reported += 1
+
+    # the failure ------------------------------------------------------------------------------
+
+    def unanswered(self) -> str:
+        """The one line for a request this thread made that the endpoint never answered."""
+        failed = getattr(self._local, "last_failed", None) or self._last_failed
+        what, took = failed or ("a request", self.bounds.per_request)
+        return (f"S3 endpoint {self.endpoint} did not answer within {took:.0f} s ({what}: "
+                f"{self.bounds.describe()}); nothing more was sent")  # fmt: skip

@@ -1,0 +1,642 @@
+"""Connections to inventory hosts: Fabric over SSH with strict host keys, or the local machine.
+
+One `Remote` per host per run; every step of the run uses it. Commands are shell text built by the
+caller with every argument quoted (`shlex.join` / `shlex.quote`); data that must not appear on a
+command line (secrets) travels on stdin.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import os
+import select
+import shlex
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from typing import TYPE_CHECKING, Protocol
+
+import paramiko
+from tenacity import Retrying as _Retrying
+from tenacity import (
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential,
+)
+
+from remediations.core import interrupt
+from remediations.core.errors import (
+    CommandResult,
+    ConnectionLost,
+    DeadlineExceeded,
+    HostError,
+    HostKeyRefused,
+    HostUnreachable,
+    Interrupted,
+)
+from remediations.core.inventory import Host
+
+if TYPE_CHECKING:
+    from fabric import Connection
+
+DEFAULT_KNOWN_HOSTS = ("~/.ssh/known_hosts", "/etc/ssh/ssh_known_hosts")
+CONNECT_TIMEOUT = 10.0
+TIMED_OUT = 124
+COMMAND_TIMEOUT = 600.0  # a command given no timeout of its own
+CHANNEL_TIMEOUT = 30.0  # opening a channel and starting a command on it
+KEEPALIVE_INTERVAL = 5  # seconds of silence before the client sends an SSH keepalive
+
+
+class Guard:
+    """What may still be sent to one host in this run.
+
+    Nothing once the run was told to stop (`interrupt`), once the host's deadline passed, or once
+    the connection was lost: a lost connection is never silently reopened, because the run's host
+    lock rode on it and the host may be half-changed.
+    """
+
+    def __init__(self) -> None:
+        self.deadline: float | None = None  # time.monotonic() past which nothing is sent
+        self.budget = 0.0  # the deadline's length, for messages
+        self.lost: str | None = None  # why the connection is gone; first reason wins
+        self._lock = threading.Lock()
+
+    def set_deadline(self, seconds: float | None) -> None:
+        self.budget = seconds or 0.0
+        self.deadline = None if seconds is None else time.monotonic() + seconds
+
+    def lose(self, reason: str) -> bool:
+        """Mark the connection lost; False if it already was."""
+        with self._lock:
+            if self.lost is not None:
+                return False
+            self.lost = reason
+            return True
+
+    def check(self) -> None:
+        """Raise unless a new command may be sent now."""
+        if self.lost is not None:
+            raise ConnectionLost(self.lost)
+        name = interrupt.requested()
+        if name is not None:
+            raise Interrupted(f"interrupted by {name}")
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise DeadlineExceeded(self.expired())
+
+    def expired(self) -> str:
+        return f"the run's deadline on this host ({self.budget:.0f}s) passed; nothing more was sent to it"
+
+    def admit(self, timeout: float | None) -> tuple[float, bool]:
+        """The seconds the next command may take, and whether the deadline (not its own timeout)
+        is what bounds it; raises when nothing may be sent."""
+        self.check()
+        wanted = COMMAND_TIMEOUT if timeout is None else timeout
+        if self.deadline is None:
+            return wanted, False
+        remaining = self.deadline - time.monotonic()
+        return (remaining, True) if remaining < wanted else (wanted, False)
+
+
+class Remote(Protocol):
+    """What a remediation may do on a host."""
+
+    name: str
+    guard: Guard
+
+    def run(
+        self, command: str, *, stdin: bytes | None = None, timeout: float | None = None
+    ) -> CommandResult: ...
+
+    def open_process(self, command: str) -> Process: ...
+
+    def forward(self, host: str, port: int) -> AbstractContextManager[tuple[str, int]]:
+        """A local address whose connections reach host:port as the host sees it (in a `with`)."""
+        ...
+
+    def lose(self, reason: str) -> None:
+        """The connection is lost for the rest of the run (see `Guard`)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Process(Protocol):
+    """A long-running command whose stdin we hold (the host lock is one)."""
+
+    def readline(self, timeout: float) -> str | None: ...
+
+    def send(self, data: bytes) -> bool:
+        """Write to the process's stdin; False when it can no longer be written."""
+        ...
+
+    @property
+    def ended(self) -> bool:
+        """The process exited (or its channel closed)."""
+        ...
+
+    def finish(self, timeout: float = 10.0) -> None: ...
+
+
+def wrap_become(host: Host, command: str) -> str:
+    """Run `command` through sudo when the inventory asks for privilege escalation."""
+    if not host.become:
+        return command
+    return shlex.join(["sudo", "-n", "-H", "-u", host.become_user, "--", "sh", "-c", command])
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+class _StrictPolicy(paramiko.MissingHostKeyPolicy):  # type: ignore[misc]
+    """Refuse unknown keys with a message that says how to trust them; or accept-new."""
+
+    def __init__(self, host: Host, files: list[str], accept_new: bool) -> None:
+        self.host = host
+        self.files = files
+        self.accept_new = accept_new
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        if self.accept_new and self.files:
+            path = self.files[0]
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            with open(path, "a", encoding="utf-8") as out:
+                out.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+            return
+        port = self.host.port or 22
+        target = self.host.address if port == 22 else f"-p {port} {self.host.address}"
+        known = self.files[0] if self.files else "~/.ssh/known_hosts"
+        raise HostKeyRefused(
+            f"host key {key.get_name()} {fingerprint(key)} of {hostname} is not in "
+            f"{', '.join(self.files) or 'any known_hosts file'}; if that fingerprint is right, "
+            f"trust it with: ssh-keyscan -t {key.get_name()} {target} >> {known}"
+        )
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """Connection errors worth another try; never a refused host key or failed authentication."""
+    if isinstance(exc, HostKeyRefused | paramiko.BadHostKeyException | paramiko.AuthenticationException):
+        return False
+    if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError | socket.timeout | EOFError):
+        return True
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return True
+    return isinstance(exc, paramiko.SSHException) and "banner" in str(exc).lower()
+
+
+def connect_retrying(attempts: int = 3, max_delay: float = 20.0) -> _Retrying:
+    return _Retrying(
+        retry=retry_if_exception(_is_transient),
+        stop=stop_after_attempt(attempts) | stop_after_delay(max_delay),
+        wait=wait_exponential(multiplier=0.5, max=4),
+        reraise=True,
+    )
+
+
+class SSHRemote:
+    """A host reached over SSH through a Fabric connection with strict host key checking."""
+
+    def __init__(self, host: Host, connect_timeout: float = CONNECT_TIMEOUT) -> None:
+        self.name = host.name
+        self.host = host
+        self.guard = Guard()
+        self.connection = self._build(host, connect_timeout)
+
+    @staticmethod
+    def _build(host: Host, connect_timeout: float, via_jump: bool = False) -> Connection:
+        from fabric import Connection
+
+        options = host.ssh_options
+        connect_kwargs: dict[str, object] = {}
+        if host.key_file:
+            connect_kwargs["key_filename"] = [host.key_file]
+        gateway = None
+        if options.proxy_jump and not via_jump:
+            gateway = SSHRemote._jump(host, options.proxy_jump, connect_timeout)
+        conn = Connection(
+            host.address,
+            user=host.user,
+            port=host.port,
+            connect_timeout=int(connect_timeout),
+            connect_kwargs=connect_kwargs,
+            gateway=gateway,
+        )
+        files = list(options.known_hosts_files)
+        if not files:
+            configured = conn.ssh_config.get("userknownhostsfile", "")
+            files = [os.path.expanduser(f) for f in str(configured).split()] or [
+                os.path.expanduser(f) for f in DEFAULT_KNOWN_HOSTS
+            ]
+        for path in files:
+            if os.path.exists(path):
+                conn.client.load_system_host_keys(path)
+        conn.client.set_missing_host_key_policy(
+            _StrictPolicy(host, files, options.host_key_policy == "accept-new")
+        )
+        return conn
+
+    @staticmethod
+    def _jump(host: Host, spec: str, connect_timeout: float) -> Connection:
+        """A jump host named by ProxyJump ([user@]host[:port]); checked as strictly as the target."""
+        user, _, hostport = spec.rpartition("@")
+        address, _, port = hostport.partition(":")
+        jump_vars = {k: v for k, v in host.vars.items() if k in ("ansible_ssh_private_key_file",)}
+        jump_vars.update(ansible_host=address, ansible_user=user or host.user)
+        if port:
+            jump_vars["ansible_port"] = int(port)
+        common = host.vars.get("ansible_ssh_common_args", "")
+        jump_vars["ansible_ssh_common_args"] = " ".join(
+            w for w in shlex.split(str(common)) if "ProxyJump" not in w and "ProxyCommand" not in w
+        )
+        jump = Host(f"{host.name} (jump {address})", jump_vars, (), host.source)
+        return SSHRemote._build(jump, connect_timeout, via_jump=True)
+
+    def open(self) -> None:
+        """Connect, retrying only transient network errors, with an explicit stop. Called once: a
+        connection that drops later is lost for the rest of the run (see `Guard`)."""
+        try:
+            for attempt in connect_retrying():
+                with attempt:
+                    self.connection.open()
+            transport = self.connection.client.get_transport()
+            if transport is not None:
+                transport.set_keepalive(KEEPALIVE_INTERVAL)
+        except HostKeyRefused:
+            raise
+        except paramiko.BadHostKeyException as exc:
+            raise HostKeyRefused(
+                f"host key of {exc.hostname} CHANGED: got {exc.key.get_name()} "
+                f"{fingerprint(exc.key)}, known_hosts has {fingerprint(exc.expected_key)}; "
+                "refusing to connect. If the host was really reinstalled, remove the old line "
+                f"(ssh-keygen -R {exc.hostname} -f FILE) and trust the new key"
+            ) from None
+        except paramiko.AuthenticationException as exc:
+            raise HostUnreachable(f"SSH authentication failed for {self.host.address}: {exc}") from None
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            reason = str(exc) or type(exc).__name__
+            raise HostUnreachable(f"cannot connect to {self.host.address}: {reason}") from None
+
+    @property
+    def transport(self) -> paramiko.Transport:
+        """The open transport; ConnectionLost once it dropped (never reopened behind the run's back)."""
+        if self.guard.lost is not None:
+            raise ConnectionLost(self.guard.lost)
+        transport = self.connection.client.get_transport()
+        if transport is None or not transport.is_active():
+            self.lose(f"the SSH connection to {self.host.address} dropped")
+            raise ConnectionLost(str(self.guard.lost))
+        return transport
+
+    def lose(self, reason: str) -> None:
+        """The connection is lost for the rest of the run: close it, so that whatever is waiting on
+        it (a command, a channel request) ends now and nothing more is sent."""
+        self.guard.lose(reason)
+        transport = self.connection.client.get_transport()
+        if transport is not None:
+            transport.close()
+
+    def _lost_now(self) -> bool:
+        transport = self.connection.client.get_transport()
+        if self.guard.lost is None and (transport is None or not transport.is_active()):
+            self.guard.lose(f"the SSH connection to {self.host.address} dropped")
+        return self.guard.lost is not None
+
+    def _channel(self, command: str) -> paramiko.Channel:
+        """A channel running `command`; a host that does not answer the requests within
+        CHANNEL_TIMEOUT is lost (paramiko's exec_command would wait for ever)."""
+        self.guard.check()
+        transport = self.transport
+        watchdog = threading.Timer(
+            CHANNEL_TIMEOUT,
+            self.lose,
+            (f"{self.host.address} did not answer a request to start a command "
+             f"within {CHANNEL_TIMEOUT:.0f}s",),
+        )
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            channel = transport.open_session(timeout=CHANNEL_TIMEOUT)
+            channel.exec_command(wrap_become(self.host, command))
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            if self._lost_now():
+                raise ConnectionLost(str(self.guard.lost)) from None
+            raise HostError(f"could not start a command on {self.host.address}: {exc}") from None
+        finally:
+            watchdog.cancel()
+        return channel
+
+    def run(self, command: str, *, stdin: bytes | None = None, timeout: float | None = None) -> CommandResult:
+        allowed, by_deadline = self.guard.admit(timeout)
+        deadline = time.monotonic() + allowed
+        channel = self._channel(command)
+        try:
+            if stdin is not None:
+                channel.settimeout(max(deadline - time.monotonic(), 0.1))
+                channel.sendall(stdin)
+            channel.shutdown_write()
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            channel.close()
+            if self._lost_now():
+                raise ConnectionLost(str(self.guard.lost)) from None
+            if by_deadline:
+                raise DeadlineExceeded(self.guard.expired()) from None
+            raise HostError(f"could not send input to a command on {self.host.address}: {exc}") from None
+        out, err = bytearray(), bytearray()
+        while True:
+            while channel.recv_ready():
+                out += channel.recv(65536)
+            while channel.recv_stderr_ready():
+                err += channel.recv_stderr(65536)
+            if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
+                break
+            if channel.closed and channel.eof_received and not channel.recv_ready():
+                break
+            if channel.closed and self._lost_now():
+                raise ConnectionLost(str(self.guard.lost))
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                channel.close()
+                if by_deadline:
+                    raise DeadlineExceeded(self.guard.expired())
+                return CommandResult(
+                    command, TIMED_OUT, out.decode(errors="replace"), f"timed out after {allowed:.0f}s"
+                )
+            select.select([channel], [], [], min(remaining, 1.0))
+        code = channel.recv_exit_status()
+        channel.close()
+        if code == -1 and self._lost_now():  # closed without an exit status: the connection died
+            raise ConnectionLost(str(self.guard.lost))
+        return CommandResult(command, code, out.decode(errors="replace"), err.decode(errors="replace"))
+
+    def open_process(self, command: str) -> SSHProcess:
+        return SSHProcess(self._channel(command))
+
+    def put(self, local_path: str, remote_path: str, timeout: float | None = None) -> None:
+        """Copy a file to the host over SFTP on this run's connection (Fabric's `put` would reopen a
+        dropped connection behind the run's back), within the command deadline."""
+        allowed, by_deadline = self.guard.admit(timeout)
+        expired = threading.Event()
+
+        def expire() -> None:  # SFTP has no overall timeout: closing the connection ends the copy
+            expired.set()
+            self.lose(f"copying {local_path} to the host did not finish within {allowed:.0f}s")
+
+        watchdog = threading.Timer(allowed, expire)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            with paramiko.SFTPClient.from_transport(self.transport) as sftp:
+                sftp.put(local_path, remote_path)
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            if expired.is_set() and by_deadline:
+                raise DeadlineExceeded(self.guard.expired()) from None
+            if self._lost_now():
+                raise ConnectionLost(str(self.guard.lost)) from None
+            where = f"{self.host.address}:{remote_path}"
+            raise HostError(f"copying {local_path} to {where} failed: {exc}") from None
+        finally:
+            watchdog.cancel()
+
+    @contextmanager
+    def forward(self, host: str, port: int) -> Iterator[tuple[str, int]]:
+        """Local port forwarding over this connection (SSH direct-tcpip), on 127.0.0.1 only."""
+        forwarder = _Forwarder(self.transport, (host, port))
+        try:
+            yield forwarder.address
+        finally:
+            forwarder.close()
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+class _Forwarder:
+    """Accepts on an ephemeral loopback port; each connection is piped through its own SSH channel."""
+
+    def __init__(self, transport: paramiko.Transport, destination: tuple[str, int]) -> None:
+        self.transport = transport
+        self.destination = destination
+        self.server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(16)
+        self.server.settimeout(0.2)
+        self.address: tuple[str, int] = self.server.getsockname()
+        self.stop = threading.Event()
+        self.threads: list[threading.Thread] = []
+        self._spawn(self._accept)
+
+    def _spawn(self, target: object, *args: object) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True)  # type: ignore[arg-type]
+        self.threads.append(thread)
+        thread.start()
+
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                client, peer = self.server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self._spawn(self._pipe, client, peer)
+
+    def _pipe(self, client: socket.socket, peer: tuple[str, int]) -> None:
+        try:
+            channel = self.transport.open_channel("direct-tcpip", self.destination, peer, timeout=15)
+        except (paramiko.SSHException, OSError, EOFError):
+            client.close()  # the client sees the connection closed: its own error says so
+            return
+        with client, channel:
+            while not self.stop.is_set():
+                ready, _, _ = select.select([client, channel], [], [], 0.2)
+                if client in ready:
+                    data = client.recv(65536)
+                    if not data:
+                        break
+                    channel.sendall(data)
+                if channel in ready:
+                    data = channel.recv(65536)
+                    if not data:
+                        break
+                    client.sendall(data)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.server.close()
+        for thread in self.threads:
+            thread.join(timeout=2)
+
+
+class SSHProcess:
+    def __init__(self, channel: paramiko.Channel) -> None:
+        self.channel = channel
+        self.buffer = b""
+
+    def readline(self, timeout: float) -> str | None:
+        """One line of stdout, or None on timeout or end of output."""
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            if self.channel.recv_ready():
+                chunk = self.channel.recv(4096)
+                if not chunk:
+                    break
+                self.buffer += chunk
+                continue
+            if self.channel.exit_status_ready() and not self.channel.recv_ready():
+                break
+            select.select([self.channel], [], [], min(remaining, 0.5))
+        if b"\n" not in self.buffer:
+            return None
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line.decode(errors="replace")
+
+    @property
+    def ended(self) -> bool:
+        return bool(self.channel.closed or self.channel.exit_status_ready())
+
+    def send(self, data: bytes) -> bool:
+        try:
+            self.channel.settimeout(5.0)
+            self.channel.sendall(data)
+            return True
+        except (OSError, EOFError, paramiko.SSHException):
+            return False
+
+    def finish(self, timeout: float = 10.0) -> None:
+        """Close stdin (the process ends on EOF) and wait for it to exit."""
+        try:
+            self.channel.shutdown_write()
+            deadline = time.monotonic() + timeout
+            while not self.channel.exit_status_ready() and time.monotonic() < deadline:
+                time.sleep(0.02)
+        finally:
+            self.channel.close()
+
+
+class LocalRemote:
+    """The controller itself (`ansible_connection: local`): no SSH."""
+
+    def __init__(self, host: Host) -> None:
+        self.name = host.name
+        self.host = host
+        self.guard = Guard()
+
+    def open(self) -> None:
+        """Nothing to connect."""
+
+    def run(self, command: str, *, stdin: bytes | None = None, timeout: float | None = None) -> CommandResult:
+        timeout, by_deadline = self.guard.admit(timeout)
+        try:
+            done = subprocess.run(
+                ["sh", "-c", wrap_become(self.host, command)],
+                input=stdin if stdin is not None else b"",
+                capture_output=True,
+                timeout=timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            if by_deadline:
+                raise DeadlineExceeded(self.guard.expired()) from None
+            out = exc.stdout or b""
+            return CommandResult(
+                command, TIMED_OUT, out.decode(errors="replace"), f"timed out after {timeout:.0f}s"
+            )
+        return CommandResult(
+            command,
+            done.returncode,
+            done.stdout.decode(errors="replace"),
+            done.stderr.decode(errors="replace"),
+        )
+
+    def open_process(self, command: str) -> LocalProcess:
+        self.guard.check()
+        return LocalProcess(command, self.host)
+
+    def lose(self, reason: str) -> None:
+        self.guard.lose(reason)
+
+    @contextmanager
+    def forward(self, host: str, port: int) -> Iterator[tuple[str, int]]:
+        """The controller is the host: its own address is reached directly."""
+        yield (host, port)
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+class LocalProcess:
+    def __init__(self, command: str, host: Host) -> None:
+        self.proc = subprocess.Popen(
+            ["sh", "-c", wrap_become(host, command)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        self.buffer = b""
+
+    def readline(self, timeout: float) -> str | None:
+        """One line of stdout, or None on timeout or end of output (read unbuffered: a select on a
+        buffered reader would miss lines already in its buffer)."""
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buffer:
+            remaining = deadline - time.monotonic()
+            ready, _, _ = select.select([fd], [], [], max(remaining, 0))
+            if not ready:
+                return None
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            self.buffer += chunk
+        if b"\n" not in self.buffer:
+            return None
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line.decode(errors="replace")
+
+    @property
+    def ended(self) -> bool:
+        return self.proc.poll() is not None
+
+    def send(self, data: bytes) -> bool:
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(data)
+            self.proc.stdin.flush()
+            return True
+        except (OSError, ValueError):
+            return False
+
+    def finish(self, timeout: float = 10.0) -> None:
+        assert self.proc.stdin is not None
+        with contextlib.suppress(OSError):
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def connect(host: Host, connect_timeout: float = CONNECT_TIMEOUT) -> SSHRemote | LocalRemote:
+    """An open connection to `host`; raises HostUnreachable or HostKeyRefused."""
+    remote: SSHRemote | LocalRemote = LocalRemote(host) if host.is_local else SSHRemote(host, connect_timeout)
+    remote.open()
+    return remote
+
+
+def must(result: CommandResult, what: str) -> CommandResult:
+    """Raise HostError with the output tail when a command failed."""
+    if not result.ok:
+        raise HostError(f"{what} failed (exit {result.exit_code}): {result.tail()}", result)
+    return result

@@ -1,0 +1,344 @@
+"""Ansible YAML inventories, read unchanged, and host selection.
+
+Variable precedence follows Ansible's: `all` vars, then group vars from the outermost group to the
+innermost (siblings in name order), then host vars. This project's own settings are ordinary host
+and group vars (see README: "Inventory variables").
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from remediations.core.errors import UsageError
+
+INVENTORY_ENV = "REMEDIATIONS_INVENTORY"
+DEFAULT_INVENTORY = Path("inventories/hosts.yml")
+GROUP_KEYS = {"hosts", "vars", "children"}
+
+
+@dataclass(frozen=True)
+class SSHOptions:
+    """What `ansible_ssh_common_args` may say that this project honours."""
+
+    known_hosts_files: tuple[str, ...] = ()
+    proxy_jump: str | None = None
+    host_key_policy: str = "yes"  # "yes" (strict) or "accept-new"
+
+
+@dataclass(frozen=True)
+class Host:
+    """One inventory host with its merged variables."""
+
+    name: str
+    vars: Mapping[str, Any]
+    groups: tuple[str, ...] = ()
+    source: str = ""
+
+    @property
+    def address(self) -> str:
+        return str(self.vars.get("ansible_host", self.name))
+
+    @property
+    def port(self) -> int | None:
+        port = self.vars.get("ansible_port")
+        return int(port) if port is not None else None
+
+    @property
+    def user(self) -> str | None:
+        user = self.vars.get("ansible_user")
+        return str(user) if user is not None else None
+
+    @property
+    def key_file(self) -> str | None:
+        key = self.vars.get("ansible_ssh_private_key_file")
+        return os.path.expanduser(str(key)) if key else None
+
+    @property
+    def is_local(self) -> bool:
+        return self.vars.get("ansible_connection") == "local"
+
+    @property
+    def become(self) -> bool:
+        return truthy(self.vars.get("ansible_become", False))
+
+    @property
+    def become_user(self) -> str:
+        return str(self.vars.get("ansible_become_user", "root"))
+
+    @property
+    def ssh_options(self) -> SSHOptions:
+        return parse_ssh_common_args(
+            str(self.vars.get("ansible_ssh_common_args", "")), f"{self.source}: host {self.name}"
+        )
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self.vars.get(name, default)
+
+    def require(self, name: str) -> Any:
+        value = self.vars.get(name)
+        if value is None or value == "":
+            raise UsageError(
+                f"{self.source}: host {self.name}: missing required var {name!r} "
+                "(set it in the host's vars or a group's vars)"
+            )
+        return value
+
+
+@dataclass
+class Inventory:
+    """Every host (in file order) and every group's member hosts."""
+
+    source: str
+    hosts: dict[str, Host] = field(default_factory=dict)
+    groups: dict[str, list[str]] = field(default_factory=dict)
+
+    def select(self, pattern: str) -> list[Host]:
+        """Hosts matching a host name, group name, comma list or glob; `!x` excludes x.
+
+        Raises UsageError naming the pattern when a term matches nothing.
+        """
+        terms = [t.strip() for t in pattern.split(",") if t.strip()]
+        if not terms:
+            raise UsageError(f"{self.source}: --host is empty; give a host, a group, a list or a glob")
+        chosen: list[str] = []
+        excluded: set[str] = set()
+        for term in terms:
+            negate = term.startswith("!")
+            names = self._match(term[1:] if negate else term)
+            if negate:
+                excluded.update(names)
+            else:
+                chosen.extend(n for n in names if n not in chosen)
+        selected = [self.hosts[n] for n in chosen if n not in excluded]
+        if not selected:
+            raise UsageError(f"{self.source}: --host {pattern!r} selects no host after exclusions")
+        return selected
+
+    def _match(self, term: str) -> list[str]:
+        if term in self.hosts:
+            return [term]
+        if term in self.groups:
+            return list(self.groups[term])
+        if any(ch in term for ch in "*?["):
+            names: list[str] = [h for h in self.hosts if fnmatch.fnmatchcase(h, term)]
+            for group in self.groups:
+                if fnmatch.fnmatchcase(group, term):
+                    names.extend(h for h in self.groups[group] if h not in names)
+            if names:
+                return names
+        known = ", ".join(sorted(self.groups)) or "none"
+        raise UsageError(
+            f"{self.source}: unknown host or group {term!r} (groups: {known}); check --host or the inventory"
+        )
+
+
+def truthy(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in {"1", "yes", "true", "on"}
+    return bool(value)
+
+
+def inventory_path(flag: str | None = None) -> Path:
+    """The inventory file: the --inventory flag, else $REMEDIATIONS_INVENTORY, else the default."""
+    return Path(flag or os.environ.get(INVENTORY_ENV) or DEFAULT_INVENTORY)
+
+
+def load(path: str | Path) -> Inventory:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"{path}: inventory not found; pass --inventory or set {INVENTORY_ENV}") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read inventory: {exc.strerror}") from None
+    return parse(text, str(path))
+
+
+def parse(text: str, source: str = "<inventory>") -> Inventory:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise UsageError(f"{source}:{where}: malformed YAML: {problem}") from None
+    if data is None:
+        raise UsageError(f"{source}: inventory is empty")
+    if not isinstance(data, dict):
+        raise UsageError(f"{source}: the top level must be a mapping of groups (such as 'all:')")
+    return _Builder(source).build(data)
+
+
+@dataclass
+class _GroupDef:
+    """One group, merged over every place the file mentions it (as Ansible merges them)."""
+
+    hosts: list[str] = field(default_factory=list)
+    vars: dict[str, Any] = field(default_factory=dict)
+    children: list[str] = field(default_factory=list)
+
+
+class _Builder:
+    """Reads every group definition, merges repeated ones, then resolves membership and vars.
+
+    A group may be defined in one place and referenced elsewhere as an empty child
+    (`prod: {children: {web: }}`): Ansible merges the two, and so does this.
+    """
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.defs: dict[str, _GroupDef] = {}
+        self.host_vars: dict[str, dict[str, Any]] = {}  # in order of first appearance
+
+    def build(self, data: Mapping[str, Any]) -> Inventory:
+        top = dict(data)
+        all_group = top.pop("all", None) or {}
+        # Top-level groups other than `all` are implicitly its children, as in Ansible.
+        if top:
+            all_group = dict(self._mapping(all_group, "all"))
+            children = dict(self._mapping(all_group.get("children") or {}, "all.children"))
+            children.update(top)
+            all_group["children"] = children
+        self._collect("all", all_group, ("all",))
+        depth: dict[str, int] = {}
+        self._depths("all", 0, ("all",), depth)
+        members: dict[str, list[str]] = {}
+        inventory = Inventory(self.source)
+        for group in self.defs:
+            inventory.groups[group] = self._members(group, members)
+        for host, own in self.host_vars.items():
+            groups = sorted((g for g, hosts in inventory.groups.items() if host in hosts),
+                            key=lambda g: (depth.get(g, 0), g))
+            merged: dict[str, Any] = {}
+            for group in groups:
+                merged.update(self.defs[group].vars)
+            merged.update(own)
+            inventory.hosts[host] = Host(host, merged, tuple(sorted(groups)), self.source)
+        return inventory
+
+    def _mapping(self, value: Any, key: str) -> Mapping[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            raise UsageError(f"{self.source}: {key}: expected a mapping, got {type(value).__name__}")
+        return value
+
+    def _collect(self, group: str, body: Any, path: tuple[str, ...]) -> None:
+        where = ".".join(path)
+        body = self._mapping(body, where)
+        unknown = set(body) - GROUP_KEYS
+        if unknown:
+            raise UsageError(
+                f"{self.source}: {where}: unknown key {sorted(unknown)[0]!r} "
+                "(a group holds only hosts, vars and children)"
+            )
+        definition = self.defs.setdefault(group, _GroupDef())
+        definition.vars.update(self._mapping(body.get("vars"), f"{where}.vars"))
+        for host, host_body in self._mapping(body.get("hosts"), f"{where}.hosts").items():
+            host = str(host)
+            self.host_vars.setdefault(host, {}).update(self._mapping(host_body, f"{where}.hosts.{host}"))
+            if host not in definition.hosts:
+                definition.hosts.append(host)
+        for child, child_body in self._mapping(body.get("children"), f"{where}.children").items():
+            child = str(child)
+            if child in path:
+                raise UsageError(f"{self.source}: {where}.children.{child}: group contains itself")
+            if child not in definition.children:
+                definition.children.append(child)
+            self._collect(child, child_body, (*path, child))
+
+    def _depths(self, group: str, level: int, path: tuple[str, ...], depth: dict[str, int]) -> None:
+        """A group's depth is its longest distance from `all`, as Ansible orders group vars."""
+        if depth.get(group, -1) >= level:
+            return
+        depth[group] = level
+        for child in self.defs[group].children:
+            if child in path:
+                raise UsageError(
+                    f"{self.source}: group {child!r} contains itself (through {' -> '.join(path)})"
+                )
+            self._depths(child, level + 1, (*path, child), depth)
+
+    def _members(self, group: str, memo: dict[str, list[str]]) -> list[str]:
+        if group not in memo:
+            found = list(self.defs[group].hosts)
+            for child in self.defs[group].children:
+                found.extend(h for h in self._members(child, memo) if h not in found)
+            memo[group] = found
+        return memo[group]
+
+
+def parse_ssh_common_args(args: str, where: str) -> SSHOptions:
+    """Read the ssh options this project honours from `ansible_ssh_common_args`."""
+    try:
+        words = shlex.split(args)
+    except ValueError as exc:
+        raise UsageError(f"{where}: ansible_ssh_common_args: {exc}") from None
+    options: dict[str, str] = {}
+    jump: str | None = None
+    i = 0
+    while i < len(words):
+        word = words[i]
+        if word in ("-o", "-J") and i + 1 < len(words):
+            value = words[i + 1]
+            i += 2
+        elif word.startswith(("-o", "-J")) and len(word) > 2:
+            value = word[2:]
+            i += 1
+        else:
+            i += 1
+            continue
+        if word.startswith("-J"):
+            jump = value
+            continue
+        match = re.match(r"\s*([A-Za-z]+)\s*(?:=|\s)\s*(.*)\Z", value, re.DOTALL)
+        if match is None:
+            raise UsageError(f"{where}: ansible_ssh_common_args: option {value!r} has no value")
+        options[match.group(1).lower()] = match.group(2)
+    if "proxyjump" in options:
+        jump = options["proxyjump"]
+    if "proxycommand" in options and jump is None:
+        jump = _jump_from_proxy_command(options["proxycommand"], where)
+    policy = options.get("stricthostkeychecking", "yes").lower()
+    if policy not in ("yes", "accept-new"):
+        raise UsageError(
+            f"{where}: StrictHostKeyChecking={policy} is not honoured: host keys are always "
+            "checked; use 'yes' or 'accept-new'"
+        )
+    files = tuple(os.path.expanduser(f) for f in options.get("userknownhostsfile", "").split())
+    return SSHOptions(known_hosts_files=files, proxy_jump=jump, host_key_policy=policy)
+
+
+def _jump_from_proxy_command(command: str, where: str) -> str:
+    """`ssh -W %h:%p [-p PORT] [user@]jump` is the one ProxyCommand form turned into a jump host."""
+    words = shlex.split(command)
+    if not words or os.path.basename(words[0]) != "ssh" or "-W" not in words:
+        raise UsageError(f"{where}: ProxyCommand {command!r} is not supported; use ProxyJump (or -J)")
+    port = None
+    user = None
+    target = None
+    rest = iter(words[1:])
+    for word in rest:
+        if word in ("-p", "-l"):
+            value = next(rest, None)
+            port, user = (value, user) if word == "-p" else (port, value)
+        elif word.startswith(("-p", "-l")) and len(word) > 2:
+            port, user = (word[2:], user) if word.startswith("-p") else (port, word[2:])
+        elif word in ("-W", "-i", "-o", "-F", "-J"):
+            next(rest, None)
+        elif not word.startswith("-"):
+            target = word
+    if target is None:
+        raise UsageError(f"{where}: ProxyCommand {command!r} names no jump host")
+    if user and "@" not in target:
+        target = f"{user}@{target}"
+    return f"{target}:{port}" if port else target

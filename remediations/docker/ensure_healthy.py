@@ -1,0 +1,89 @@
+"""ensure-healthy: every service of the compose project (or the named ones) running and healthy.
+
+facts   the project's services (`compose config --services`) and all its containers (docker inspect),
+        plus each configured HTTP health URL, in one round trip;
+decide  per service: healthy or still starting → left alone; missing, exited or created → start
+        (`up -d --no-deps`); running but unhealthy → restart, escalating once to a recreate;
+apply   one service at a time, each waited on until healthy;
+verify  each acted-on service is healthy afterwards, or its step fails with the last health output
+        and log lines. The other services are still seen to.
+
+Cron-safe: a healthy service is never touched, so running it every few minutes is harmless.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+from remediations.actions.compose_service import ServiceSettings, recover
+from remediations.core.engine import HostContext, Remediation
+from remediations.core.inventory import Host
+from remediations.core.results import Status
+from remediations.core.validate import check_services
+from remediations.facts.compose import Project, ServiceFacts
+
+STOPPED = ("exited", "created", "dead")
+
+
+@dataclass(frozen=True)
+class ServicePlan:
+    service: str
+    action: str  # "none" | "start" | "restart"
+    reason: str
+
+
+def decide(facts: ServiceFacts) -> ServicePlan:
+    """Pure: what to do about one service, and why."""
+    name = facts.service
+    healthy, why = facts.verdict()
+    if healthy:
+        return ServicePlan(name, "none", f"{name} is healthy ({why})")
+    if not facts.containers:
+        return ServicePlan(name, "start", f"{name} has no container")
+    stopped = [c for c in facts.containers if c.state in STOPPED]
+    if stopped:
+        return ServicePlan(name, "start", f"container {stopped[0].name} is {stopped[0].state}")
+    if any(c.health == "starting" for c in facts.containers) and all(
+        c.state == "running" and c.health in ("starting", "healthy") for c in facts.containers
+    ):
+        return ServicePlan(name, "none", f"{name} is still starting; left alone")
+    return ServicePlan(name, "restart", why)
+
+
+class EnsureHealthy(Remediation):
+    task: ClassVar[str] = "ensure-healthy"
+    required_vars: ClassVar[tuple[str, ...]] = ("compose_project_dir",)
+
+    def __init__(self, services: Sequence[str] = ()) -> None:
+        self.services = list(dict.fromkeys(check_services(services)))
+
+    def validate(self, host: Host) -> None:
+        super().validate(host)
+        Project.from_host(host)
+
+    def run(self, ctx: HostContext) -> None:
+        settings = ServiceSettings.of(ctx.host)
+
+        with ctx.step("facts") as step:
+            pf = settings.gather(ctx.remote, self.services)
+            wanted = self.services or list(pf.services)
+            plans = [decide(pf.facts[s]) for s in wanted]
+            bad = [p.service for p in plans if p.action != "none"]
+            step.done(
+                Status.OK,
+                f"{len(wanted) - len(bad)} of {len(wanted)} service(s) healthy"
+                + (f"; not healthy: {', '.join(bad)}" if bad else ""),
+                services={p.service: p.action for p in plans},
+            )
+        for plan in plans:
+            if plan.action == "none":
+                ctx.record(plan.service, Status.OK, plan.reason)
+            elif ctx.check:
+                would = f"would {plan.action} {plan.service} ({plan.reason})"
+                ctx.record(plan.service, Status.CHANGED, would)
+            else:
+                recover(ctx, settings.project, plan.service, pf.facts[plan.service], plan.action,
+                        settings.facts_of(ctx.remote, plan.service), settings.timeout, settings.stop_timeout,
+                        step_prefix=f"{plan.service}: ")  # fmt: skip

@@ -1,0 +1,344 @@
+"""Facts about a compose service, gathered in one round trip, and the compose commands to act on it.
+
+Supports Compose v2 (`docker compose`) and v1 (`docker-compose`); which one a host has is a fact.
+Container state comes from `docker inspect` JSON, never from human-readable tables.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from remediations.core.connection import Remote, must
+from remediations.core.errors import CommandResult, HostError
+from remediations.core.inventory import Host
+from remediations.facts.sections import MARK, sections_by_name
+
+HTTP_BODY_LIMIT = 300
+
+
+@dataclass(frozen=True)
+class Project:
+    """A compose project on a host, from inventory vars."""
+
+    directory: str
+    name: str
+    files: tuple[str, ...]
+
+    @classmethod
+    def from_host(cls, host: Host) -> Project:
+        directory = str(host.require("compose_project_dir"))
+        files = host.get("compose_files") or ["compose.yaml"]
+        if isinstance(files, str):
+            files = [files]
+        name = str(host.get("compose_project_name") or directory.rstrip("/").rsplit("/", 1)[-1])
+        return cls(directory, name, tuple(str(f) for f in files))
+
+    def argv(self, variant: str, *args: str) -> list[str]:
+        base = ["docker", "compose"] if variant == "v2" else ["docker-compose"]
+        files = [arg for f in self.files for arg in ("-f", f)]
+        return [*base, "-p", self.name, *files, *args]
+
+    def command(self, variant: str, *args: str) -> str:
+        """Shell text that runs compose in the project directory, every argument quoted."""
+        return f"cd {shlex.quote(self.directory)} && {shlex.join(self.argv(variant, *args))}"
+
+
+@dataclass(frozen=True)
+class Container:
+    id: str
+    name: str
+    state: str
+    started_at: str
+    health: str | None
+    health_output: str
+    image_id: str
+    service: str = ""
+    image_ref: str = ""  # the image name the container was created from, such as local/api:1
+
+    @classmethod
+    def from_inspect(cls, data: dict[str, Any]) -> Container:
+        state = data.get("State") or {}
+        config = data.get("Config") or {}
+        labels = config.get("Labels") or {}
+        health = state.get("Health") or None
+        log = (health or {}).get("Log") or []
+        last = log[-1] if log else {}
+        return cls(
+            id=str(data.get("Id", ""))[:12],
+            name=str(data.get("Name", "")).lstrip("/"),
+            state=str(state.get("Status", "unknown")),
+            started_at=str(state.get("StartedAt", "")),
+            health=(health or {}).get("Status"),
+            health_output=str(last.get("Output", "")).strip()[-HTTP_BODY_LIMIT:],
+            image_id=str(data.get("Image", "")),
+            service=str(labels.get("com.docker.compose.service", "")),
+            image_ref=str(config.get("Image", "")),
+        )
+
+
+@dataclass(frozen=True)
+class ServiceFacts:
+    """What is true of one service right now."""
+
+    service: str
+    variant: str
+    containers: tuple[Container, ...] = ()
+    http_url: str | None = None
+    http_exit: int | None = None
+    http_output: str = ""
+    error: str = ""
+
+    def verdict(self) -> tuple[bool, str]:
+        """(healthy, why), in words for the result line."""
+        if self.error:
+            return False, self.error
+        if not self.containers:
+            return False, f"no {self.service} container exists"
+        for c in self.containers:
+            if c.state != "running":
+                return False, f"container {c.name} is {c.state}"
+            if c.health == "starting":
+                return False, f"container {c.name} health check is still starting"
+            if c.health == "unhealthy":
+                detail = f": {c.health_output}" if c.health_output else ""
+                return False, f"container {c.name} is unhealthy{detail}"
+        if self.http_url and self.http_exit != 0:
+            detail = self.http_output.strip() or f"exit {self.http_exit}"
+            return False, f"{self.http_url} failed: {detail}"
+        checks = []
+        if any(c.health for c in self.containers):
+            checks.append("docker health healthy")
+        if self.http_url:
+            checks.append(f"{self.http_url} answers")
+        return True, "running" + (", " + ", ".join(checks) if checks else " (no health check)")
+
+    @property
+    def healthy(self) -> bool:
+        return self.verdict()[0]
+
+    def restarted_since(self, before: ServiceFacts) -> bool:
+        """Every container started after the one it replaces (or is new)."""
+        old = {c.name: c.started_at for c in before.containers}
+        return bool(self.containers) and all(c.started_at != old.get(c.name) for c in self.containers)
+
+
+def _preamble(project: Project) -> list[str]:
+    """Shell lines: enter the project directory (or report it missing), find the compose variant,
+    and make a temp file "$e" for compose's stderr, kept apart: compose prints warnings there that
+    must not be taken for container ids."""
+    q = shlex.quote
+    return [
+        f"cd {q(project.directory)} 2>/dev/null || {{ echo '{MARK}error'; "
+        f"echo {q('project directory ' + project.directory + ' does not exist')}; exit 0; }}",
+        "if docker compose version >/dev/null 2>&1; then v=v2; "
+        "elif docker-compose version >/dev/null 2>&1; then v=v1; else v=none; fi",
+        f'echo "{MARK}compose $v"',
+        'e=$(mktemp)',
+    ]
+
+
+def _inspect_lines() -> list[str]:
+    """Shell lines after "$ids" is set: compose's stderr, then `docker inspect` of the ids."""
+    return [
+        f'echo "{MARK}pserr"; head -c 2000 "$e"; rm -f "$e"',
+        f'echo "{MARK}inspect"',
+        # ids are hex container ids; anything else is compose's error text, reported as such.
+        'case "$ids" in *[!0-9a-f[:space:]]*) ;; ?*) docker inspect $ids ;; esac',
+    ]
+
+
+def _http_probe(url: str, section: str, http_timeout: float) -> str:
+    """Shell text fetching `url` from the host (curl, else wget) into section `@@SECTION exit`."""
+    q = shlex.quote
+    timeout = str(max(1, int(http_timeout)))
+    return (
+        "if command -v curl >/dev/null 2>&1; then "
+        f"out=$(curl -fsS -m {timeout} {q(url)} 2>&1); rc=$?; "
+        "elif command -v wget >/dev/null 2>&1; then "
+        f"out=$(wget -q -O- -T {timeout} {q(url)} 2>&1); rc=$?; "
+        "else out='no curl or wget on the host'; rc=127; fi\n"
+        f'echo "{MARK}{section} $rc"; printf "%s\\n" "$out" | head -c {HTTP_BODY_LIMIT}'
+    )
+
+
+def facts_command(project: Project, service: str, http_url: str | None, http_timeout: float) -> str:
+    """One shell command that prints every fact about the service in marked sections."""
+    lines = [
+        *_preamble(project),
+        "case $v in",
+        f"  v2) ids=$({shlex.join(project.argv('v2', 'ps', '-a', '-q', service))} 2>\"$e\") ;;",
+        f"  v1) ids=$({shlex.join(project.argv('v1', 'ps', '-a', '-q', service))} 2>\"$e\") ;;",
+        "  *) ids= ;;",
+        "esac",
+        f'echo "{MARK}ps $?"; printf "%s\\n" "$ids"',
+        *_inspect_lines(),
+    ]
+    if http_url:
+        lines.append(_http_probe(http_url, "http", http_timeout))
+    return "\n".join(lines)
+
+
+def _containers(
+    sections: dict[str, tuple[str, str]],
+) -> tuple[tuple[Container, ...], str]:
+    """Pure: the inspected containers of the ps/inspect sections, or an error in words."""
+    ps_code, ps_out = sections.get("ps", ("1", ""))
+    ps_err = sections.get("pserr", ("", ""))[1].strip()
+    if ps_code != "0":
+        detail = ps_err or ps_out.strip() or f"exit {ps_code}"
+        return (), f"compose ps failed: {detail[-300:]}"
+    ids = _ids(ps_out)
+    inspect_text = sections.get("inspect", ("", ""))[1].strip()
+    if ids and not inspect_text:
+        noise = next((line for line in ps_out.splitlines() if line.strip() and not _all_hex(line)), "")
+        said = f" (compose printed: {noise.strip()[:200]})" if noise else ""
+        return (), f"containers {' '.join(i[:12] for i in ids)} could not be inspected{said}"
+    if not inspect_text:
+        return (), ""
+    try:
+        return tuple(Container.from_inspect(c) for c in json.loads(inspect_text)), ""
+    except (ValueError, TypeError, AttributeError):
+        return (), "docker inspect printed something that is not JSON"
+
+
+def _http(sections: dict[str, tuple[str, str]], section: str) -> tuple[int | None, str]:
+    """Pure: (exit code, output) of an HTTP probe section; (None, "") when it did not run."""
+    if section not in sections:
+        return None, ""
+    code, output = sections[section]
+    return (int(code) if code.lstrip("-").isdigit() else 1), output.strip()
+
+
+def parse_facts(service: str, http_url: str | None, result: CommandResult) -> ServiceFacts:
+    """Pure parser of `facts_command` output."""
+    sections = sections_by_name(result.stdout)
+    if "error" in sections:
+        return ServiceFacts(service, "none", error=sections["error"][1].strip())
+    variant = sections.get("compose", ("none", ""))[0]
+    if variant == "none":
+        return ServiceFacts(service, variant, error="neither 'docker compose' nor 'docker-compose' works")
+    containers, error = _containers(sections)
+    if error:
+        return ServiceFacts(service, variant, error=error)
+    http_exit, http_output = _http(sections, "http") if http_url else (None, "")
+    return ServiceFacts(service, variant, containers, http_url, http_exit, http_output)
+
+
+def _ids(text: str) -> list[str]:
+    """Container ids among the lines of `compose ps -q` output (anything else is noise)."""
+    return [w for w in (line.strip() for line in text.splitlines()) if len(w) >= 12 and _all_hex(w)]
+
+
+def _all_hex(text: str) -> bool:
+    return all(all(ch in "0123456789abcdef" for ch in word) for word in text.split())
+
+
+def gather(
+    remote: Remote, project: Project, service: str, http_url: str | None, timeout: float
+) -> ServiceFacts:
+    result = remote.run(facts_command(project, service, http_url, timeout), timeout=timeout + 30)
+    if result.exit_code not in (0,):
+        raise HostError(f"gathering facts failed (exit {result.exit_code}): {result.tail()}", result)
+    return parse_facts(service, http_url, result)
+
+
+def container_logs(remote: Remote, containers: Sequence[Container], lines: int = 20) -> str:
+    """The last log lines of each container, for a failure message."""
+    if not containers:
+        return ""
+    parts = []
+    for c in containers:
+        result = remote.run(shlex.join(["docker", "logs", "--tail", str(lines), c.id]) + " 2>&1", timeout=30)
+        text = result.stdout.strip()
+        if text:
+            parts.append(f"[{c.name}] " + " | ".join(text.splitlines()[-lines:]))
+    return "; ".join(parts)
+
+
+def compose_run(
+    remote: Remote, project: Project, variant: str, what: str, *args: str, timeout: float = 300
+) -> CommandResult:
+    return must(remote.run(project.command(variant, *args), timeout=timeout), what)
+
+
+# ------------------------------------------------------------------ every service of a project
+
+
+@dataclass(frozen=True)
+class ProjectFacts:
+    """Every service of a compose project (as its compose files define them) and its containers."""
+
+    variant: str
+    services: tuple[str, ...]
+    facts: dict[str, ServiceFacts]
+    error: str = ""
+
+    def unknown(self, wanted: Sequence[str]) -> list[str]:
+        return [s for s in wanted if s not in self.services]
+
+
+def project_facts_command(project: Project, http_urls: dict[str, str], http_timeout: float) -> str:
+    """One shell command: compose variant, the project's services, all its containers, HTTP probes."""
+    lines = [
+        *_preamble(project),
+        "case $v in",
+        f"  v2) svc=$({shlex.join(project.argv('v2', 'config', '--services'))} 2>\"$e\"); src=$?;"
+        f" ids=$({shlex.join(project.argv('v2', 'ps', '-a', '-q'))} 2>>\"$e\"); psrc=$? ;;",
+        f"  v1) svc=$({shlex.join(project.argv('v1', 'config', '--services'))} 2>\"$e\"); src=$?;"
+        f" ids=$({shlex.join(project.argv('v1', 'ps', '-a', '-q'))} 2>>\"$e\"); psrc=$? ;;",
+        "  *) svc= ; src=1; ids= ; psrc=1 ;;",
+        "esac",
+        f'echo "{MARK}services $src"; printf "%s\\n" "$svc"',
+        f'echo "{MARK}ps $psrc"; printf "%s\\n" "$ids"',
+        *_inspect_lines(),
+    ]
+    lines += [_http_probe(url, f"http:{service}", http_timeout) for service, url in sorted(http_urls.items())]
+    return "\n".join(lines)
+
+
+def parse_project_facts(http_urls: dict[str, str], result: CommandResult) -> ProjectFacts:
+    """Pure parser of `project_facts_command` output."""
+    sections = sections_by_name(result.stdout)
+    if "error" in sections:
+        return ProjectFacts("none", (), {}, error=sections["error"][1].strip())
+    variant = sections.get("compose", ("none", ""))[0]
+    if variant == "none":
+        return ProjectFacts(variant, (), {}, error="neither 'docker compose' nor 'docker-compose' works")
+    errors = sections.get("pserr", ("", ""))[1].strip()
+    code, text = sections.get("services", ("1", ""))
+    if code != "0":
+        failed = (errors or text).strip()[-300:]
+        return ProjectFacts(variant, (), {}, error=f"compose config failed: {failed}")
+    services = tuple(line.strip() for line in text.splitlines() if line.strip())
+    containers, error = _containers(sections)
+    if error:
+        return ProjectFacts(variant, services, {}, error=error)
+    facts: dict[str, ServiceFacts] = {}
+    for service in services:
+        url = http_urls.get(service)
+        http_exit, http_output = _http(sections, f"http:{service}") if url else (None, "")
+        mine = tuple(c for c in containers if c.service == service)
+        facts[service] = ServiceFacts(service, variant, mine, url, http_exit, http_output)
+    return ProjectFacts(variant, services, facts)
+
+
+def gather_project(
+    remote: Remote, project: Project, http_urls: dict[str, str], timeout: float
+) -> ProjectFacts:
+    result = remote.run(project_facts_command(project, http_urls, timeout), timeout=timeout * 2 + 30)
+    if result.exit_code != 0:
+        raise HostError(f"gathering facts failed (exit {result.exit_code}): {result.tail()}", result)
+    return parse_project_facts(http_urls, result)
+
+
+def health_urls(host: Host, api_service: str | None = None) -> dict[str, str]:
+    """Service -> HTTP health URL: the `health_urls` mapping, plus `api_health_url` for the api."""
+    urls = {str(k): str(v) for k, v in (host.get("health_urls") or {}).items() if v}
+    api = api_service or host.get("api_service")
+    if api and host.get("api_health_url"):
+        urls.setdefault(str(api), str(host.get("api_health_url")))
+    return urls

@@ -1,0 +1,298 @@
+"""Shared by the PostgreSQL remediations (wal-cleanup, backup-check, restore-test).
+
+PostgreSQL on a host: its client tools run there over the run's connection, as the database's OS user
+(`postgres_os_user`, default postgres) through `runuser` when the connection is root and `sudo -n`
+otherwise, over the local socket: no password is needed and none is ever on a command line.
+`postgres_bin_dir` names the tools' directory (default: the PATH, Debian's wrappers);
+`postgres_port` (default 5432) and `postgres_socket_dir` (default the tools' own) pick the cluster.
+
+S3 runs on the controller with boto3: the standard AWS credential chain (environment, profile,
+instance role; `aws_profile` picks a profile), `s3_endpoint_url` (or AWS_ENDPOINT_URL_S3 /
+AWS_ENDPOINT_URL) and `s3_region`. boto3 is imported only when a task needs it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+import shlex
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from remediations.actions import s3client
+from remediations.core import units
+from remediations.core.errors import CommandResult, HostError, UsageError
+from remediations.core.inventory import Host
+from remediations.core.units import human_age as human_age
+from remediations.facts.sections import MARK as MARK
+from remediations.facts.sections import Section as Section
+from remediations.facts.sections import parse_sections as parse_sections
+
+DEFAULT_OS_USER = "postgres"
+DEFAULT_PORT = 5432
+
+# Runs a command as another OS user: runuser when we are root, sudo otherwise; from / so that the
+# tools do not complain about a home directory they cannot read.
+AS_USER = (
+    'as_user() { u=$1; shift; ( cd / && if [ "$(id -un)" = "$u" ]; then "$@"; '
+    'elif [ "$(id -u)" = 0 ] && command -v runuser >/dev/null 2>&1; then runuser -u "$u" -- "$@"; '
+    'else sudo -n -u "$u" -- "$@"; fi ); }'
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Output sections and small formatting helpers (pure)
+# --------------------------------------------------------------------------------------------
+
+
+def human_bytes(count: float) -> str:
+    return units.human_bytes(count, binary=True)
+
+
+def positive_number(host: Host, name: str, default: float) -> float:
+    """A numeric inventory var; a bad value is bad input naming the var."""
+    value = host.get(name, default)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = -1.0
+    if number <= 0:
+        raise UsageError(f"{host.source}: host {host.name}: {name} must be a positive number, got {value!r}")
+    return number
+
+
+# --------------------------------------------------------------------------------------------
+# PostgreSQL tools on a host
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PgTarget:
+    """How to run PostgreSQL's client tools on a host (from inventory vars)."""
+
+    os_user: str = DEFAULT_OS_USER
+    bin_dir: str = ""
+    port: int = DEFAULT_PORT
+    socket_dir: str = ""
+
+    @classmethod
+    def from_host(cls, host: Host) -> PgTarget:
+        try:
+            port = int(host.get("postgres_port", DEFAULT_PORT))
+        except (TypeError, ValueError):
+            raise UsageError(
+                f"{host.source}: host {host.name}: postgres_port must be a port number"
+            ) from None
+        return cls(
+            os_user=str(host.get("postgres_os_user") or DEFAULT_OS_USER),
+            bin_dir=str(host.get("postgres_bin_dir") or ""),
+            port=port,
+            socket_dir=str(host.get("postgres_socket_dir") or ""),
+        )
+
+    def tool(self, name: str) -> str:
+        return f"{self.bin_dir.rstrip('/')}/{name}" if self.bin_dir else name
+
+    def argv(self, tool: str, *args: str) -> list[str]:
+        """A client tool with the connection options (port, socket directory)."""
+        connection = ["-p", str(self.port), *(["-h", self.socket_dir] if self.socket_dir else [])]
+        return [self.tool(tool), *connection, *args]
+
+    def shell(self, tool: str, *args: str) -> str:
+        """Shell text that runs the tool as the database's OS user; every argument quoted."""
+        return f"as_user {shlex.quote(self.os_user)} {shlex.join(self.argv(tool, *args))}"
+
+    def psql(self, database: str = "postgres", *args: str) -> str:
+        """psql reading SQL from stdin, unaligned tuples only, stopping at the first error."""
+        return self.shell(
+            "psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-d", database, *args, "-f", "-"
+        )
+
+
+# pg_stat_archiver as one JSON object. `failing` is decided by the server, which compares the two
+# timestamps as timestamps: the last attempt failed and nothing was archived since.
+ARCHIVER_JSON_SQL = """(select row_to_json(a) from (
+      select archived_count, last_archived_wal, last_archived_time, failed_count, last_failed_wal,
+             last_failed_time,
+             coalesce(last_failed_time > last_archived_time, last_failed_time is not null) as failing,
+             extract(epoch from now() - last_archived_time)::float8 as last_archived_age
+      from pg_stat_archiver) a)"""
+
+
+def archiver_failing(archiver: Mapping[str, Any]) -> bool:
+    """The archiver's last attempt failed and no segment was archived since (WAL piles up in pg_wal/)."""
+    return bool(archiver.get("failing"))
+
+
+def describe_archiver(archiver: Mapping[str, Any]) -> str:
+    """pg_stat_archiver's failures in one phrase."""
+    failed = int(archiver.get("failed_count") or 0)
+    if not failed:
+        return "archiver: no failures"
+    last = f"last on {archiver.get('last_failed_wal')} at {archiver.get('last_failed_time')}"
+    if not archiver_failing(archiver):
+        return f"archiver failed before: {failed} failure(s), {last}"
+    archived = archiver.get("last_archived_wal")
+    since = (
+        f"nothing archived since {archived} at {archiver.get('last_archived_time')}"
+        if archived
+        else "nothing archived yet"
+    )
+    return f"archiver is FAILING: {failed} failure(s), {last}; {since}"
+
+
+def sql_literal(text: str) -> str:
+    """A PostgreSQL string literal (standard_conforming_strings, on by default since 9.1)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def sql_identifier(name: str) -> str:
+    """A quoted identifier; `schema.table` becomes two quoted parts."""
+    return ".".join('"' + part.replace('"', '""') + '"' for part in name.split("."))
+
+
+def script(*lines: str) -> str:
+    """Shell text with the as_user helper defined first."""
+    return "\n".join([AS_USER, *lines])
+
+
+def must_ok(result: CommandResult, what: str) -> CommandResult:
+    if not result.ok:
+        raise HostError(f"{what} failed (exit {result.exit_code}): {result.tail()}", result)
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# S3 on the controller
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class S3Object:
+    key: str
+    size: int
+    modified: dt.datetime
+    etag: str = ""  # without its quotes; the MD5 in hex for a single-part upload without SSE-KMS/SSE-C
+
+
+def s3_endpoint(host_vars: Mapping[str, Any]) -> str | None:
+    """The standard environment (AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL) wins over `s3_endpoint_url`."""
+    for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+        if os.environ.get(name):
+            return os.environ[name]
+    value = host_vars.get("s3_endpoint_url")
+    return str(value) if value else None
+
+
+class S3Store:
+    """A boto3 S3 client for one host's settings; failures become one readable HostError line."""
+
+    def __init__(self, host_vars: Mapping[str, Any], label: str = "s3") -> None:
+        import boto3
+
+        self.endpoint = s3_endpoint(host_vars)
+        self.bounds = s3client.Bounds.from_vars(host_vars)
+        self.waits = s3client.Waits(label, self.endpoint, self.bounds)
+        session = boto3.session.Session(
+            profile_name=str(host_vars["aws_profile"]) if host_vars.get("aws_profile") else None,
+            region_name=str(host_vars["s3_region"]) if host_vars.get("s3_region") else None,
+        )
+        credentials = session.get_credentials()
+        frozen = credentials.get_frozen_credentials() if credentials is not None else None
+        self.secrets = [
+            s
+            for s in (
+                getattr(frozen, "access_key", None),
+                getattr(frozen, "secret_key", None),
+                getattr(frozen, "token", None),
+            )
+            if s
+        ]
+        # Standard retries cover exactly the transient failures (throttling, 5xx, connection
+        # errors, timeouts), with backoff and an explicit stop; every call here is safe to repeat.
+        self.client: Any = session.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name=session.region_name or "us-east-1",
+            config=self.bounds.config(),
+        )
+        self.waits.attach(self.client)
+
+    def where(self, bucket: str, prefix: str = "") -> str:
+        return f"s3://{bucket}/{prefix}" + (f" at {self.endpoint}" if self.endpoint else "")
+
+    def explain(self, exc: Exception) -> str:
+        from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+
+        if isinstance(exc, ClientError):
+            error = exc.response.get("Error", {})
+            code = str(error.get("Code") or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode"))
+            text = {
+                "NoSuchBucket": "the bucket does not exist",
+                "NoSuchKey": "no such object",
+                "404": "no such object",
+            }.get(code) or f"{code}: {error.get('Message') or ''}".rstrip(": ")
+        elif s3client.is_unanswered(exc):
+            text = self.waits.unanswered()
+        elif isinstance(exc, EndpointConnectionError):
+            text = f"cannot reach the S3 endpoint {self.endpoint or 'AWS'}"
+        elif isinstance(exc, NoCredentialsError):
+            text = "no AWS credentials (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or aws_profile)"
+        else:
+            text = f"{type(exc).__name__}: {exc}"
+        for secret in self.secrets:
+            text = text.replace(secret, "*****")
+        return text
+
+    @contextmanager
+    def failing(self, what: str) -> Iterator[None]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            yield
+        except (ClientError, BotoCoreError) as exc:
+            raise HostError(f"{what}: {self.explain(exc)}") from None
+
+    def list(self, bucket: str, prefix: str) -> list[S3Object]:
+        """Every object under `prefix` (paginated)."""
+        found: list[S3Object] = []
+        with self.failing(f"listing {self.where(bucket, prefix)}"):
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+                for item in page.get("Contents") or []:
+                    found.append(
+                        S3Object(
+                            str(item["Key"]),
+                            int(item["Size"]),
+                            item["LastModified"],
+                            str(item.get("ETag") or "").strip('"'),
+                        )
+                    )
+        return found
+
+    def head(self, bucket: str, key: str) -> dict[str, Any]:
+        with self.failing(f"reading the metadata of s3://{bucket}/{key}"):
+            return dict(self.client.head_object(Bucket=bucket, Key=key))
+
+    def md5(self, bucket: str, key: str) -> str:
+        """The MD5 (hex) of an object's content, read back in chunks (never held whole in memory)."""
+        digest = hashlib.md5(usedforsecurity=False)
+        with self.failing(f"reading back s3://{bucket}/{key}"):
+            body = self.client.get_object(Bucket=bucket, Key=key)["Body"]
+            for chunk in iter(lambda: body.read(1024 * 1024), b""):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+    def download(self, bucket: str, key: str, path: str) -> None:
+        with self.failing(f"downloading s3://{bucket}/{key}"):
+            self.client.download_file(bucket, key, path)
+
+
+def controller_targets(inventory: Any) -> list[Host]:
+    """The target when --host is left out of a controller-side task: the controller itself
+    (`localhost`, ansible_connection local) with the vars every inventory host shares (`all` vars)."""
+    from remediations.core.engine import controller_host
+
+    return [controller_host(inventory, "localhost")]

@@ -1,0 +1,488 @@
+"""install-cron: one crontab entry per cron-safe task, installed idempotently.
+
+check   before any host is touched, every value that goes into the entry (schedule, --log, --user,
+        --name, --args tokens, the inventory, project folder, inv and lock paths): no control
+        characters and no `%` (cron turns `%` into a line break and feeds the rest to stdin), paths
+        absolute and normalised, --args split like a shell and every token quoted again;
+facts   `crontab -l` of the user (the connection's, or --user), exactly as bytes (with its sha256),
+        and whether crontab and flock exist;
+decide  pure: the entry is found by its marker comment (`# remediations: NAME …`, the line above
+        it); add it, replace it when it differs, remove it (--remove), or nothing to do; every
+        other line is kept byte for byte, and the entry is there exactly once;
+apply   one host-side script: re-read the crontab and write only if it is still the one read
+        (same sha256), make the log folder, `crontab FILE`, read it back; if it is not exactly the
+        text written, put the previous crontab back and fail saying so;
+verify  re-read `crontab -l`: the whole crontab is the text written.
+
+The entry runs `cd PROJECT && flock -n LOCK INV TASK --inventory FILE ARGS >> LOG 2>&1`: flock -n
+skips a run while the previous one still holds the lock, so runs never overlap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from remediations.core.engine import HostContext, Remediation
+from remediations.core.errors import HostError, UsageError
+from remediations.core.inventory import Host
+from remediations.core.results import Status
+from remediations.core.validate import shown
+
+CRON_SAFE_TASKS = (
+    "restore-test",
+    "backup-check",
+    "wal-cleanup",
+    "ensure-healthy",
+    "health",
+    "unblock-expired",
+)
+MARKER = "# remediations: "
+MARKER_NOTE = " (managed by inv install-cron; do not edit)"
+# Used with fullmatch: "$" alone would also match before a trailing line break.
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,47}")
+USER_RE = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
+PROJECT_DIR = str(Path(__file__).resolve().parent.parent)
+DEFAULT_LOG = "/var/log/remediations/cron-{name}.log"
+
+MACROS = ("@reboot", "@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+FIELDS = (  # name, lowest, highest, names (index + offset = value)
+    ("minute", 0, 59, (), 0),
+    ("hour", 0, 23, (), 0),
+    ("day of month", 1, 31, (), 0),
+    ("month", 1, 12, MONTHS, 1),
+    ("day of week", 0, 7, DAYS, 0),
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Cron expressions and crontab text (pure)
+# --------------------------------------------------------------------------------------------
+
+
+def _value(text: str, field: str, low: int, high: int, names: Sequence[str], offset: int) -> int:
+    if text.lower() in names:
+        return names.index(text.lower()) + offset
+    if not text.isdigit():
+        raise ValueError(f"{field} {text!r} is not a number" + (f" or a name ({names[0]}…)" if names else ""))
+    value = int(text)
+    if not low <= value <= high:
+        raise ValueError(f"{field} {value} is outside {low}-{high}")
+    return value
+
+
+def _check_field(text: str, field: str, low: int, high: int, names: Sequence[str], offset: int) -> None:
+    for item in text.split(","):
+        base, slash, step = item.partition("/")
+        if slash and (not step.isdigit() or int(step) == 0):
+            raise ValueError(f"{field} step {step!r} must be a positive number")
+        if base == "*":
+            continue
+        first, dash, last = base.partition("-")
+        start = _value(first, field, low, high, names, offset)
+        if dash:
+            end = _value(last, field, low, high, names, offset)
+            if end < start:
+                raise ValueError(f"{field} range {base!r} runs backwards")
+        elif slash:
+            continue  # "5/15": from 5 every 15 (Vixie cron)
+
+
+def validate_schedule(schedule: str) -> str:
+    """The schedule, normalised to single spaces; UsageError when it is not a cron expression."""
+    check_text("--schedule", schedule)
+    text = " ".join(schedule.split())
+    if text in MACROS:
+        return text
+    fields = text.split(" ")
+    if len(fields) != 5:
+        raise UsageError(
+            f"--schedule {schedule!r} is not a cron expression: give 5 fields (minute hour day-of-month "
+            f"month day-of-week, e.g. '0 4 * * 0') or one of {', '.join(MACROS)}"
+        )
+    for value, (field, low, high, names, offset) in zip(fields, FIELDS, strict=True):
+        try:
+            if not re.fullmatch(r"[A-Za-z0-9*,/-]+", value) or ",," in value or value.startswith(","):
+                raise ValueError(f"{field} {value!r} has characters cron does not accept")
+            _check_field(value, field, low, high, names, offset)
+        except ValueError as exc:
+            raise UsageError(f"--schedule {schedule!r} is not a cron expression: {exc}") from None
+    return text
+
+
+def _unsafe_char(value: str) -> str | None:
+    """The first character that must not be in a crontab line: C0 and C1 controls and DEL (a line
+    break would start a new crontab line), and the Unicode line and paragraph separators."""
+    for char in value:
+        code = ord(char)
+        if code < 0x20 or 0x7F <= code <= 0x9F or char in "\u2028\u2029":
+            return char
+    return None
+
+
+def check_text(what: str, value: str) -> str:
+    r"""`value` when it can be spliced into a crontab line as it is; UsageError when not.
+
+    `%` is refused, not escaped: cron turns an unescaped `%` into a line break and feeds the rest
+    to the command's stdin, and `\%` is undone by Vixie cron and cronie but kept by others (busybox
+    crond), so no escaping means the same everywhere.
+    """
+    bad = _unsafe_char(value)
+    if bad is not None:
+        raise UsageError(
+            f"{what} {shown(value)} has the control character {bad!r}: a crontab entry is one line; remove it"
+        )
+    if "%" in value:
+        raise UsageError(
+            f"{what} {shown(value)} has '%', which cron turns into a line break (the rest of the entry "
+            "becomes the command's stdin): give it without '%'"
+        )
+    return value
+
+
+def check_path(what: str, value: str) -> str:
+    """`value` when it is a crontab-safe, absolute, normalised path; UsageError when not."""
+    check_text(what, value)
+    if not value.startswith("/"):
+        raise UsageError(f"{what} {shown(value)} must be an absolute path")
+    normal = os.path.normpath(value)
+    if normal != value or ".." in value.split("/"):
+        raise UsageError(f"{what} {shown(value)} is not a normalised path: give {shown(normal)}")
+    return value
+
+
+def parse_args(args: str) -> list[str]:
+    """The --args text split as a shell would, each token checked; they are quoted again (never
+    spliced as given) when the entry is built."""
+    check_text("--args", args)  # before the split, which would take a newline or a tab for a space
+    try:
+        tokens = shlex.split(args)
+    except ValueError as exc:
+        raise UsageError(f"--args {shown(args)}: {exc}") from None
+    for token in tokens:
+        check_text("--args token", token)
+        if token in ("--inventory", "-i") or token.startswith("--inventory="):
+            raise UsageError("--args: the entry passes --inventory itself (the inventory of this run)")
+    return tokens
+
+
+def marker(name: str) -> str:
+    return f"{MARKER}{name}{MARKER_NOTE}"
+
+
+@dataclass(frozen=True)
+class Job:
+    """A wanted crontab entry."""
+
+    name: str
+    schedule: str
+    command: str
+
+    @property
+    def line(self) -> str:
+        line = f"{self.schedule} {self.command}"
+        # Every part was checked (check_text); this guards the splice itself.
+        if _unsafe_char(line) is not None or "%" in line:
+            raise ValueError(f"crontab entry {line!r} is not one plain line")
+        return line
+
+
+def job_command(
+    task: str, args: Sequence[str], *, project: str, inv: str, inventory: str, lock: str, log: str
+) -> str:
+    run = [inv, task, "--inventory", inventory, *args]
+    return (
+        f"cd {shlex.quote(project)} && flock -n {shlex.quote(lock)} {shlex.join(run)} "
+        f">> {shlex.quote(log)} 2>&1"
+    )
+
+
+def lines_of(text: str) -> list[str]:
+    r"""The crontab's lines as cron splits them: on "\n" only (str.splitlines also splits on
+    \x0b, \x1c, \x85, \u2028, …, which would change other entries when the text is joined again)."""
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return lines
+
+
+def find(lines: Sequence[str], name: str) -> int | None:
+    """Index of the (first) marker line of `name`, or None."""
+    wanted = marker(name)
+    for index, line in enumerate(lines):
+        if line.rstrip() == wanted:
+            return index
+    return None
+
+
+def edit(current: str, name: str, job: Job | None) -> tuple[str, str]:
+    """Pure: (new crontab text, action) with action one of add, replace, remove, none.
+
+    `job` None removes the entry. Every other line is kept as it is; the entry (marker and the
+    line under it) is there exactly once, where its first copy was: copies of it are dropped.
+    """
+    lines = lines_of(current)
+    wanted = marker(name)
+    ours = {i for i, line in enumerate(lines) if line.rstrip() == wanted}
+    if not ours:
+        if job is None:
+            return current, "none"
+        return _text([*lines, wanted, job.line]), "add"
+    first = min(ours)
+    kept = [line for i, line in enumerate(lines) if i not in ours and i - 1 not in ours]
+    if job is None:
+        return _text(kept), "remove"
+    new = _text([*kept[:first], wanted, job.line, *kept[first:]])
+    return (current, "none") if new == current else (new, "replace")
+
+
+def _text(lines: Sequence[str]) -> str:
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+def sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# Host-side scripts
+# --------------------------------------------------------------------------------------------
+
+# The crontab exactly as bytes (no $(...), which drops trailing newlines), with its sha256, so the
+# decoded text can be checked to be those bytes before anything is written back.
+FACTS = """
+for tool in crontab flock sha256sum; do
+  command -v "$tool" >/dev/null 2>&1 || echo "@@missing $tool"
+done
+dir=$(mktemp -d) || exit 1
+{crontab} -l >"$dir/out" 2>"$dir/err"; rc=$?
+echo "@@crontab $rc $(sha256sum <"$dir/out" | cut -c1-64)"
+if [ "$rc" = 0 ]; then cat "$dir/out"; else cat "$dir/err"; fi
+rm -rf "$dir"
+"""
+
+# stdin: the new crontab ("" for none: an entry removed from a crontab that held only it leaves no
+# crontab, as before it was added). Writes only when the crontab is still the one the facts read,
+# then checks the whole crontab: any difference from the text written puts the previous one back.
+INSTALL = """
+dir=$(mktemp -d) || exit 1
+trap 'rm -rf "$dir"' EXIT
+state() {  # "yes|no SHA256": is there a crontab, and the sha256 of its text (left in "$dir/$1")
+  if {crontab} -l >"$dir/$1" 2>"$dir/list-err"; then has=yes
+  elif grep -q "no crontab for" "$dir/list-err"; then has=no; : >"$dir/$1"
+  else echo error; return
+  fi
+  echo "$has $(sha256sum <"$dir/$1" | cut -c1-64)"
+}
+cat >"$dir/new"
+[ "$(sha256sum <"$dir/new" | cut -c1-64)" = {new_sha} ] || { echo "@@short-input"; exit 1; }
+before=$(state before)
+[ "$before" != error ] || { echo "@@error"; cat "$dir/list-err"; exit 1; }
+[ "$before" = {before} ] || { echo "@@moved"; exit 1; }
+{mkdir}
+if [ -s "$dir/new" ]; then {crontab} "$dir/new" 2>"$dir/err"; else {crontab} -r 2>"$dir/err"; fi
+after=$(state after)
+[ "$after" = {after} ] && { echo "@@installed"; exit 0; }
+[ "$after" = "$before" ] && { echo "@@unchanged"; cat "$dir/err"; exit 1; }
+case $before in
+  yes*) {crontab} "$dir/before" 2>>"$dir/err" ;;
+  *) {crontab} -r 2>>"$dir/err" ;;
+esac
+[ "$(state again)" = "$before" ] && echo "@@restored" || echo "@@not-restored"
+cat "$dir/err"; exit 1
+"""
+
+
+@dataclass(frozen=True)
+class Crontab:
+    """A user's crontab as `crontab -l` gave it; `exists` False when the user has none."""
+
+    text: str
+    exists: bool
+
+    @property
+    def state(self) -> str:
+        """What the install script compares before it writes."""
+        return f"{'yes' if self.exists else 'no'} {sha256(self.text)}"
+
+
+def parse_facts(stdout: str) -> tuple[list[str], Crontab | None, str]:
+    """Pure: (missing tools, the crontab or None when `crontab -l` failed, its error text)."""
+    head, found, rest = stdout.partition("@@crontab ")
+    missing = [line.split()[1] for line in head.splitlines() if line.startswith("@@missing ")]
+    if not found:
+        return missing, None, stdout.strip()
+    status, _, body = rest.partition("\n")
+    code, _, digest = status.partition(" ")
+    if code != "0":
+        if "no crontab for" in body:
+            return missing, Crontab("", exists=False), ""
+        return missing, None, body.strip()
+    if sha256(body) != digest.strip():
+        return missing, None, "its text is not UTF-8 (it would not be written back as it is)"
+    return missing, Crontab(body, exists=True), ""
+
+
+INSTALL_FAILURES = {
+    "@@short-input": "the new crontab did not reach the host whole; nothing written",
+    "@@error": "crontab -l failed; nothing written",
+    "@@moved": "the crontab changed since this run read it (another edit?); nothing written: run again",
+    "@@unchanged": "crontab refused the new crontab; nothing changed",
+    "@@restored": "crontab -l did not show exactly the crontab written; the previous crontab is restored",
+    "@@not-restored": "crontab -l did not show exactly the crontab written, and restoring the previous "
+    "crontab failed too: check `crontab -l` on the host by hand",
+}
+
+
+# --------------------------------------------------------------------------------------------
+# The remediation
+# --------------------------------------------------------------------------------------------
+
+
+class InstallCron(Remediation):
+    task: ClassVar[str] = "install-cron"
+
+    def __init__(
+        self,
+        task: str | None,
+        schedule: str | None,
+        *,
+        args: str = "",
+        name: str | None = None,
+        remove: bool = False,
+        user: str | None = None,
+        log: str | None = None,
+        inventory: str = "",
+    ) -> None:
+        if not task or task not in CRON_SAFE_TASKS:
+            raise UsageError(
+                f"--task {task!r}: give one of the cron-safe tasks: {', '.join(CRON_SAFE_TASKS)}"
+            )
+        self.cron_task = task
+        self.name = name or task
+        if not NAME_RE.fullmatch(self.name):
+            raise UsageError(f"--name {self.name!r}: lower-case letters, digits and '-', up to 48")
+        self.remove = remove
+        self.schedule = "" if remove else validate_schedule(schedule or "")
+        self.args = parse_args(args or "")
+        if user is not None and not USER_RE.fullmatch(user):
+            raise UsageError(f"--user {user!r} is not a user name")
+        self.user = user
+        self.log = check_path("--log", log or DEFAULT_LOG.replace("{name}", self.name))
+        self.inventory = inventory
+
+    def validate(self, host: Host) -> None:
+        super().validate(host)
+        if not self.remove:
+            self.job(host)  # UsageError for a bad path in the host's vars, before any host is touched
+
+    def job(self, host: Host) -> Job:
+        where = f"host {host.name}:"
+        project = check_path(
+            f"{where} cron_project_dir" if host.get("cron_project_dir") else "the project folder",
+            str(host.get("cron_project_dir") or PROJECT_DIR),
+        )
+        inv = check_path(
+            f"{where} cron_inv" if host.get("cron_inv") else "the project's .venv/bin/inv",
+            str(host.get("cron_inv") or f"{project.rstrip('/')}/.venv/bin/inv"),
+        )
+        inventory = check_path(
+            f"{where} cron_inventory" if host.get("cron_inventory") else "--inventory",
+            str(host.get("cron_inventory") or self.inventory),
+        )
+        lock_dir = str(host.get("lock_dir") or "/run/lock").rstrip("/")
+        lock = check_path(f"{where} lock_dir", f"{lock_dir}/remediations-cron-{self.name}.lock")
+        command = job_command(
+            self.cron_task, self.args, project=project, inv=inv, inventory=inventory, lock=lock, log=self.log
+        )
+        return Job(self.name, self.schedule, command)
+
+    def run(self, ctx: HostContext) -> None:
+        crontab = shlex.join(["crontab", *(["-u", self.user] if self.user else [])])
+        job = None if self.remove else self.job(ctx.host)
+
+        def current() -> Crontab:
+            result = ctx.remote.run(FACTS.replace("{crontab}", crontab), timeout=30)
+            missing, found, error = parse_facts(result.stdout)
+            if missing:
+                raise HostError(
+                    f"{' and '.join(missing)} not installed on the host (Debian: apt install cron util-linux)"
+                )
+            if found is None:
+                raise HostError(f"crontab -l failed: {error or result.tail()}", result)
+            return found
+
+        with ctx.step("facts") as step:
+            before = current()
+            at = find(lines_of(before.text), self.name)
+            step.done(Status.OK, f"entry {self.name!r} " + ("present" if at is not None else "absent"))
+        new_text, action = edit(before.text, self.name, job)
+        if action == "none":
+            ctx.record(
+                "decide", Status.OK, f"entry {self.name!r} is " + ("absent" if job is None else "up to date")
+            )
+            return
+        diff = "\n".join(
+            [f"- {line}" for line in _entry(before.text, self.name)]
+            + [f"+ {line}" for line in _entry(new_text, self.name)]
+        )
+        verb, done = {
+            "add": ("add", "added"),
+            "replace": ("replace", "replaced"),
+            "remove": ("remove", "removed"),
+        }[action]
+        if ctx.check:
+            ctx.record("decide", Status.CHANGED, f"would {verb} crontab entry {self.name!r}", diff=diff)
+            return
+        with ctx.step("apply") as step:
+            log_dir = self.log.rsplit("/", 1)[0] or "/"
+            mkdir = f"mkdir -p -- {shlex.quote(log_dir)} || {{ echo @@mkdir; exit 1; }}" if job else ":"
+            script = (  # the quoted user values go in last: no placeholder is looked for inside them
+                INSTALL.replace("{crontab}", crontab)
+                .replace("{new_sha}", sha256(new_text))
+                .replace("{before}", shlex.quote(before.state))
+                .replace("{after}", shlex.quote(Crontab(new_text, exists=bool(new_text)).state))
+                .replace("{mkdir}", mkdir)
+            )
+            result = ctx.remote.run(script, stdin=new_text.encode(), timeout=30)
+            if not result.ok:
+                failure = _install_failure(result.stdout, log_dir)
+                raise HostError(failure or f"installing the crontab failed: {result.tail()}", result)
+            step.done(
+                Status.CHANGED,
+                f"{done} crontab entry {self.name!r}" + (f": {job.line}" if job else ""),
+                diff=diff,
+            )
+        with ctx.step("verify") as step:
+            after = current()
+            if after != Crontab(new_text, exists=bool(new_text)):
+                raise HostError("crontab -l changed after it was installed and checked (another edit?)")
+            step.done(
+                Status.OK, "crontab -l is exactly the crontab written" if new_text else "no crontab is left"
+            )
+
+
+def _install_failure(stdout: str, log_dir: str) -> str:
+    """The install script's own account of a failure ("" when it gave none)."""
+    lines = stdout.splitlines()
+    for index, line in enumerate(lines):
+        if line == "@@mkdir":
+            return f"cannot make the log folder {log_dir}; nothing written"
+        if line in INSTALL_FAILURES:
+            detail = " ".join(x.strip() for x in lines[index + 1 :] if x.strip())
+            return INSTALL_FAILURES[line] + (f" ({detail})" if detail else "")
+    return ""
+
+
+def _entry(text: str, name: str) -> list[str]:
+    lines = lines_of(text)
+    at = find(lines, name)
+    return [] if at is None else lines[at : at + 2]

@@ -1,0 +1,538 @@
+"""restore-test: the weekly drill. Restore the newest dump into a scratch database and check it.
+
+facts   PostgreSQL on the restore host answers, and whether the scratch database
+        (`restore_database`, default restore_test_scratch) exists: one made by an earlier run that
+        was killed (it carries our comment) is dropped first; any other database of that name is
+        refused, as is a scratch name listed in `restore_protected_databases`;
+        the newest dump under `dump_s3_prefix` in S3 (or the one --dump names);
+decide  nothing to decide beyond that: --check stops here and says what it would do;
+apply   download the dump (S3 → controller → restore host), create the scratch database,
+        `pg_restore --exit-on-error --no-owner --no-acl` into it, then the checks: the tables of
+        `restore_check_tables` exist with at least their minimum row counts, and the newest value of
+        `restore_freshness_column` (table.column) is within `backup_rpo_hours` of the server's clock;
+verify  the checks are the verification. The scratch database is always dropped afterwards, on
+        failure and on interrupt (Ctrl-C or SIGTERM stop the drill after the current step); a
+        SIGKILLed run leaves it to the next run, which drops it first.
+
+Every run writes its result on the controller, atomically (temporary file, then rename): JSON at
+`restore_test_json` and Prometheus textfile metrics at `restore_test_metrics` (`{host}` in either
+path is replaced by the restore host's name).
+"""
+
+# ruff: noqa: S608 - SQL here is built only from validated names, quoted (see sql_literal)
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import FrameType
+from typing import Any, ClassVar
+
+from remediations.core import validate
+from remediations.core.engine import HostContext, Remediation
+from remediations.core.errors import HostError, UsageError
+from remediations.core.inventory import Host, truthy
+from remediations.core.results import RunResult, Status
+from remediations.facts.postgres import (
+    PgTarget,
+    S3Store,
+    human_age,
+    human_bytes,
+    must_ok,
+    positive_number,
+    script,
+    sql_identifier,
+    sql_literal,
+)
+
+DEFAULT_SCRATCH = "restore_test_scratch"
+ALWAYS_PROTECTED = ("postgres", "template0", "template1")
+SCRATCH_COMMENT = "remediations restore-test scratch database"
+DEFAULT_JSON = "/var/lib/remediations/restore-test-{host}.json"
+DEFAULT_METRICS = "/var/lib/prometheus/node-exporter/restore_test_{host}.prom"
+DEFAULT_RPO_HOURS = 26.0
+NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+TABLE_RE = re.compile(r"^([a-z_][a-z0-9_]*\.)?[a-z_][a-z0-9_]*$")
+COLUMN_RE = re.compile(r"^([a-z_][a-z0-9_]*\.)?[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*$")
+RESTORE_TIMEOUT = 6 * 3600
+
+# Set by the front end's signal handler; the drill stops after its current step.
+INTERRUPTED = threading.Event()
+
+
+# --------------------------------------------------------------------------------------------
+# Settings (validated before any host is touched)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Settings:
+    scratch: str
+    bucket: str
+    prefix: str
+    tables: Mapping[str, int]
+    freshness: str  # table.column, or ""
+    rpo_hours: float
+    json_path: str
+    metrics_path: str
+    notify_success: bool
+
+
+def settings(host: Host) -> Settings:
+    where = f"{host.source}: host {host.name}"
+    scratch = str(host.get("restore_database") or DEFAULT_SCRATCH)
+    if not NAME_RE.match(scratch):
+        raise UsageError(f"{where}: restore_database {scratch!r} must be a plain lower-case name")
+    protected = host.get("restore_protected_databases") or []
+    if isinstance(protected, str):
+        protected = [protected]
+    if scratch in {*ALWAYS_PROTECTED, *(str(p) for p in protected)}:
+        raise UsageError(
+            f"{where}: restore_database {scratch!r} is a production database "
+            "(restore_protected_databases): refusing to restore over it"
+        )
+    bucket = str(host.require("backup_s3_bucket"))
+    raw_tables = host.get("restore_check_tables") or {}
+    if isinstance(raw_tables, list):
+        raw_tables = {str(t): 0 for t in raw_tables}
+    if not isinstance(raw_tables, Mapping):
+        raise UsageError(f"{where}: restore_check_tables must map table names to minimum row counts")
+    tables: dict[str, int] = {}
+    for name, minimum in raw_tables.items():
+        if not TABLE_RE.match(str(name)):
+            raise UsageError(f"{where}: restore_check_tables: {name!r} is not a [schema.]table name")
+        try:
+            tables[str(name)] = int(minimum or 0)
+        except (TypeError, ValueError):
+            raise UsageError(f"{where}: restore_check_tables: {name}: give a row count") from None
+    freshness = str(host.get("restore_freshness_column") or "")
+    if freshness and not COLUMN_RE.match(freshness):
+        raise UsageError(f"{where}: restore_freshness_column {freshness!r} must be [schema.]table.column")
+    return Settings(
+        scratch=scratch,
+        bucket=bucket,
+        prefix=str(host.get("dump_s3_prefix", "dumps/") or ""),
+        tables=tables,
+        freshness=freshness,
+        rpo_hours=positive_number(host, "backup_rpo_hours", DEFAULT_RPO_HOURS),
+        json_path=str(host.get("restore_test_json") or DEFAULT_JSON).replace("{host}", host.name),
+        metrics_path=str(host.get("restore_test_metrics") or DEFAULT_METRICS).replace("{host}", host.name),
+        notify_success=truthy(host.get("restore_test_notify_success", False)),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Checks and metrics (pure)
+# --------------------------------------------------------------------------------------------
+
+# The SQL below is built from names validated by TABLE_RE / COLUMN_RE / NAME_RE and quoted with
+# sql_literal / sql_identifier; it travels on psql's stdin, never on a command line.
+
+
+def existence_sql(tables: Sequence[str], freshness: str) -> str:
+    parts = [f"{sql_literal('t:' + t)}, to_regclass({sql_literal(t)}) is not null" for t in tables]
+    if freshness:
+        table, _, column = freshness.rpartition(".")
+        parts.append(
+            f"{sql_literal('c:' + freshness)}, exists(select 1 from pg_attribute where attrelid = "
+            f"to_regclass({sql_literal(table)}) and attname = {sql_literal(column)} and not attisdropped)"
+        )
+    return f"select json_build_object({', '.join(parts) or chr(39) + 'none' + chr(39) + ', true'});\n"
+
+
+def measure_sql(tables: Sequence[str], freshness: str | None) -> str:
+    parts = [f"{sql_literal('t:' + t)}, (select count(*) from {sql_identifier(t)})" for t in tables]
+    if freshness:
+        table, _, column = freshness.rpartition(".")
+        parts.append(
+            f"'newest_age', (select extract(epoch from now() - max({sql_identifier(column)}))::float8 "
+            f"from {sql_identifier(table)})"
+        )
+    return f"select json_build_object({', '.join(parts) or chr(39) + 'none' + chr(39) + ', true'});\n"
+
+
+@dataclass
+class CheckOutcome:
+    ok: bool
+    problems: list[str] = field(default_factory=list)
+    rows: dict[str, int] = field(default_factory=dict)
+    newest_age: float | None = None
+
+    def summary(self, settings: Settings) -> str:
+        counts = ", ".join(f"{t} {n} rows" for t, n in self.rows.items())
+        fresh = ""
+        if settings.freshness and self.newest_age is not None:
+            fresh = f"; newest {settings.freshness} {human_age(self.newest_age)} old"
+        if self.ok:
+            return f"checks passed: {counts or 'no tables configured'}{fresh}"
+        return "checks FAILED: " + "; ".join(self.problems)
+
+
+def evaluate(settings: Settings, exists: Mapping[str, bool], measured: Mapping[str, Any]) -> CheckOutcome:
+    """Pure: the configured checks against what the scratch database holds."""
+    outcome = CheckOutcome(ok=True)
+    for table, minimum in settings.tables.items():
+        if not exists.get(f"t:{table}"):
+            outcome.problems.append(f"table {table} is missing")
+            continue
+        count = int(measured.get(f"t:{table}") or 0)
+        outcome.rows[table] = count
+        if count < minimum:
+            outcome.problems.append(f"table {table} has {count} rows, fewer than the minimum {minimum}")
+    if settings.freshness:
+        if not exists.get(f"c:{settings.freshness}"):
+            outcome.problems.append(f"column {settings.freshness} is missing")
+        else:
+            age = measured.get("newest_age")
+            if age is None:
+                outcome.problems.append(f"{settings.freshness} has no values")
+            else:
+                outcome.newest_age = float(age)
+                if outcome.newest_age > settings.rpo_hours * 3600:
+                    outcome.problems.append(
+                        f"newest {settings.freshness} is {human_age(outcome.newest_age)} old, older than "
+                        f"the RPO of {settings.rpo_hours:g}h"
+                    )
+    outcome.ok = not outcome.problems
+    return outcome
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def metrics_text(host: str, report: Mapping[str, Any]) -> str:
+    """Prometheus text exposition of one drill's report (for node_exporter's textfile collector)."""
+    base = f'restore_host="{_label(host)}"'
+    lines = [
+        "# HELP restore_test_success 1 when the last restore test passed, else 0.",
+        "# TYPE restore_test_success gauge",
+        f"restore_test_success{{{base}}} {1 if report.get('success') else 0}",
+        "# HELP restore_test_duration_seconds Wall time of the last restore test.",
+        "# TYPE restore_test_duration_seconds gauge",
+        f"restore_test_duration_seconds{{{base}}} {float(report.get('duration_seconds') or 0):.3f}",
+        "# HELP restore_test_phase_duration_seconds Wall time of each phase of the last restore test.",
+        "# TYPE restore_test_phase_duration_seconds gauge",
+    ]
+    for phase, seconds in (report.get("phases") or {}).items():
+        lines.append(
+            f'restore_test_phase_duration_seconds{{{base},phase="{_label(phase)}"}} {float(seconds):.3f}'
+        )
+    last = report.get("last_success_timestamp")
+    lines += [
+        "# HELP restore_test_last_success_timestamp_seconds Unix time of the last passed restore test.",
+        "# TYPE restore_test_last_success_timestamp_seconds gauge",
+        f"restore_test_last_success_timestamp_seconds{{{base}}} {float(last) if last else 0:.0f}",
+        "# HELP restore_test_rows Rows counted in each checked table of the restored dump.",
+        "# TYPE restore_test_rows gauge",
+    ]
+    for table, rows in (report.get("rows") or {}).items():
+        lines.append(f'restore_test_rows{{{base},table="{_label(table)}"}} {int(rows)}')
+    return "\n".join(lines) + "\n"
+
+
+def write_atomically(path: str, text: str) -> None:
+    """Temporary file in the same folder, fsync, rename: a reader never sees half a file."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(temp, 0o644)
+        os.replace(temp, target)
+    except BaseException:
+        with_suppressed_unlink(temp)
+        raise
+
+
+def with_suppressed_unlink(path: str) -> None:
+    with suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def previous_success(json_path: str) -> float | None:
+    try:
+        data = json.loads(Path(json_path).read_text(encoding="utf-8"))
+        value = data.get("last_success_timestamp")
+        return float(value) if value else None
+    except (OSError, ValueError, AttributeError, TypeError):
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# Host side
+# --------------------------------------------------------------------------------------------
+
+
+def facts_sql(scratch: str) -> str:
+    return (
+        "select json_build_object('version', current_setting('server_version'), 'scratch', "
+        f"(select json_build_object('comment', shobj_description(oid, 'pg_database')) from pg_database "
+        f"where datname = {sql_literal(scratch)}));\n"
+    )
+
+
+def drop_sql(scratch: str) -> str:
+    return f"drop database if exists {sql_identifier(scratch)} with (force);\n"
+
+
+def create_sql(scratch: str) -> str:
+    return (
+        f"create database {sql_identifier(scratch)};\n"
+        f"comment on database {sql_identifier(scratch)} is {sql_literal(SCRATCH_COMMENT)};\n"
+    )
+
+
+def put_file(remote: Any, local_path: str, remote_path: str) -> None:
+    """Copy a file to the host: SFTP over the run's SSH connection, a plain copy when local."""
+    from remediations.core.connection import LocalRemote, SSHRemote
+
+    if isinstance(remote, SSHRemote):
+        remote.put(local_path, remote_path, timeout=RESTORE_TIMEOUT)
+    elif isinstance(remote, LocalRemote):
+        shutil.copyfile(local_path, remote_path)
+    else:  # any other Remote: through stdin
+        must_ok(
+            remote.run(f"cat > {shlex.quote(remote_path)}", stdin=Path(local_path).read_bytes()), "upload"
+        )
+
+
+class RestoreTest(Remediation):
+    task: ClassVar[str] = "restore-test"
+    required_vars: ClassVar[tuple[str, ...]] = ("backup_s3_bucket",)
+
+    def __init__(self, dump: str | None = None) -> None:
+        self.dump = dump
+
+    def validate(self, host: Host) -> None:
+        super().validate(host)
+        settings(host)
+
+    def deadline(self, host: Host) -> float:
+        """The drill of a big database takes hours: the download, the upload and the restore each
+        have their own bound; this one only stops a drill that hangs past all of them."""
+        configured = validate.value(host, "run_deadline")
+        return float(configured) if configured is not None else 2 * RESTORE_TIMEOUT
+
+    def notify_anyway(self, run: RunResult, hosts: Sequence[Host]) -> bool:
+        """A successful drill is announced too where `restore_test_notify_success` says so."""
+        if run.check or run.exit_code != 0:
+            return False
+        return any(settings(h).notify_success for h in hosts)
+
+    def run(self, ctx: HostContext) -> None:
+        conf = settings(ctx.host)
+        pg = PgTarget.from_host(ctx.host)
+        started = time.monotonic()
+        report: dict[str, Any] = {
+            "host": ctx.host.name,
+            "database": conf.scratch,
+            "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "success": False,
+            "phases": {},
+            "rows": {},
+            "error": "",
+        }
+        try:
+            self._drill(ctx, conf, pg, report)
+        except BaseException as exc:
+            report["error"] = report["error"] or (str(exc) or type(exc).__name__)
+            raise
+        finally:
+            if not ctx.check:
+                report["duration_seconds"] = round(time.monotonic() - started, 3)
+                self._write_report(ctx, conf, report)
+
+    def _psql(self, ctx: HostContext, pg: PgTarget, sql: str, what: str, database: str = "postgres") -> str:
+        result = ctx.remote.run(script(pg.psql(database)), stdin=sql.encode(), timeout=600)
+        return must_ok(result, what).stdout.strip()
+
+    def _drill(self, ctx: HostContext, conf: Settings, pg: PgTarget, report: dict[str, Any]) -> None:
+        with ctx.step("facts") as step:
+            result = ctx.remote.run(script(pg.psql()), stdin=facts_sql(conf.scratch).encode(), timeout=60)
+            if not result.ok:
+                raise HostError(f"PostgreSQL on the restore host does not answer: {result.tail(2)}", result)
+            facts = json.loads(result.stdout.strip().splitlines()[-1])
+            scratch = facts.get("scratch")
+            if scratch is not None and scratch.get("comment") != SCRATCH_COMMENT:
+                raise HostError(
+                    f"database {conf.scratch} exists and was not made by restore-test; not touched "
+                    "(drop it, or set restore_database to another name)"
+                )
+            leftover = scratch is not None
+            step.done(
+                Status.OK,
+                f"PostgreSQL {facts.get('version')} answers"
+                + (f"; scratch database {conf.scratch} left behind by an earlier run" if leftover else ""),
+            )
+        with ctx.step("select") as step:
+            store = S3Store(ctx.host.vars)
+            for secret in store.secrets:
+                ctx.redactor.add_value(secret)
+            key, size = self._choose(store, conf)
+            report.update(dump=f"s3://{conf.bucket}/{key}", dump_bytes=size)
+            step.done(Status.OK, f"dump s3://{conf.bucket}/{key} ({human_bytes(size)})", dump=key)
+        if ctx.check:
+            ctx.record(
+                "decide",
+                Status.OK,
+                f"would restore s3://{conf.bucket}/{key} into scratch database {conf.scratch} and check "
+                f"{len(conf.tables)} table(s)"
+                + (f", drop the leftover {conf.scratch} first" if leftover else ""),
+            )
+            return
+        if leftover:
+            with ctx.step("cleanup") as step:
+                self._psql(ctx, pg, drop_sql(conf.scratch), f"dropping the leftover {conf.scratch}")
+                step.done(
+                    Status.CHANGED, f"dropped scratch database {conf.scratch} left behind by an earlier run"
+                )
+        local_dir = tempfile.mkdtemp(prefix="restore-test-")
+        remote_dir = ""
+        created = False
+        try:
+            self._interrupted()
+            with self._phase(ctx, "download", report) as step:
+                local = os.path.join(local_dir, "dump")
+                store.download(conf.bucket, key, local)
+                made = must_ok(ctx.remote.run("mktemp -d /tmp/restore-test.XXXXXX", timeout=30), "mktemp")
+                remote_dir = made.stdout.strip()
+                put_file(ctx.remote, local, f"{remote_dir}/dump")
+                step.done(Status.OK, f"downloaded {human_bytes(size)} to the restore host")
+            self._interrupted()
+            with self._phase(ctx, "restore", report) as step:
+                self._psql(ctx, pg, create_sql(conf.scratch), f"creating {conf.scratch}")
+                created = True
+                restore = pg.shell(
+                    "pg_restore", "--exit-on-error", "--no-owner", "--no-acl", "-d", conf.scratch
+                )
+                result = ctx.remote.run(
+                    script(f"{restore} < {shlex.quote(remote_dir + '/dump')}"), timeout=RESTORE_TIMEOUT
+                )
+                if not result.ok:
+                    raise HostError(f"pg_restore failed (exit {result.exit_code}): {result.tail(3)}", result)
+                step.done(Status.OK, f"restored into {conf.scratch}")
+            self._interrupted()
+            with self._phase(ctx, "checks", report) as step:
+                exists = json.loads(
+                    self._psql(
+                        ctx, pg, existence_sql(list(conf.tables), conf.freshness), "checks", conf.scratch
+                    )
+                )
+                present = [t for t in conf.tables if exists.get(f"t:{t}")]
+                fresh = conf.freshness if exists.get(f"c:{conf.freshness}") else None
+                measured = json.loads(
+                    self._psql(ctx, pg, measure_sql(present, fresh), "counting rows", conf.scratch)
+                )
+                outcome = evaluate(conf, exists, measured)
+                report["rows"] = outcome.rows
+                report["newest_age_seconds"] = outcome.newest_age
+                if not outcome.ok:
+                    report["error"] = outcome.summary(conf)
+                step.done(
+                    Status.OK if outcome.ok else Status.FAILED, outcome.summary(conf), rows=outcome.rows
+                )
+            report["success"] = outcome.ok
+        finally:
+            self._clean(ctx, pg, conf, created, remote_dir, local_dir)
+
+    @contextmanager
+    def _phase(self, ctx: HostContext, name: str, report: dict[str, Any]) -> Iterator[Any]:
+        start = time.monotonic()
+        try:
+            with ctx.step(name) as step:
+                yield step
+        finally:
+            report["phases"][name] = round(time.monotonic() - start, 3)
+
+    @staticmethod
+    def _interrupted() -> None:
+        if INTERRUPTED.is_set():
+            raise HostError("interrupted (signal); the drill stopped")
+
+    def _choose(self, store: S3Store, conf: Settings) -> tuple[str, int]:
+        objects = [o for o in store.list(conf.bucket, conf.prefix) if not o.key.endswith("/")]
+        if self.dump:
+            wanted = {self.dump, conf.prefix + self.dump}
+            named = [o for o in objects if o.key in wanted]
+            if not named:
+                raise HostError(f"no dump {self.dump!r} under s3://{conf.bucket}/{conf.prefix}")
+            return named[0].key, named[0].size
+        if not objects:
+            raise HostError(f"no dump under s3://{conf.bucket}/{conf.prefix}")
+        newest = max(objects, key=lambda o: (o.modified, o.key))
+        return newest.key, newest.size
+
+    def _clean(
+        self, ctx: HostContext, pg: PgTarget, conf: Settings, created: bool, remote_dir: str, local_dir: str
+    ) -> None:
+        shutil.rmtree(local_dir, ignore_errors=True)
+        if remote_dir:
+            ctx.remote.run(f"rm -rf -- {shlex.quote(remote_dir)}", timeout=60)
+        if created:
+            with ctx.step("drop") as step:
+                self._psql(ctx, pg, drop_sql(conf.scratch), f"dropping {conf.scratch}")
+                step.done(Status.OK, f"dropped scratch database {conf.scratch}")
+
+    def _write_report(self, ctx: HostContext, conf: Settings, report: dict[str, Any]) -> None:
+        now = time.time()
+        last = now if report["success"] else previous_success(conf.json_path)
+        report["finished_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        report["last_success_timestamp"] = last
+        try:
+            write_atomically(conf.json_path, json.dumps(report, indent=2, default=str) + "\n")
+            write_atomically(conf.metrics_path, metrics_text(ctx.host.name, report))
+        except OSError as exc:
+            ctx.record("report", Status.FAILED, f"result not written: {exc}")
+            return
+        ctx.record("report", Status.OK, f"wrote {conf.json_path} and {conf.metrics_path}")
+
+
+# --------------------------------------------------------------------------------------------
+# Front end: signals, and the success notification
+# --------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """SIGINT/SIGTERM set INTERRUPTED (the drill stops after its current step and cleans up); a
+    second SIGINT interrupts at once."""
+    previous: dict[signal.Signals, Any] = {}
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if INTERRUPTED.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        INTERRUPTED.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+        INTERRUPTED.clear()
+
+
+def run_task(execute: Callable[..., tuple[int, Any]], flags: Any, dump: str | None) -> int:
+    """`inv restore-test` (on the `restore` group unless --host says otherwise)."""
+    if not flags.host:
+        flags = replace(flags, host="restore")
+    with stop_on_signals():
+        code, _ = execute(lambda: RestoreTest(dump), flags, task="restore-test", arguments={"dump": dump})
+    return int(code)
