@@ -9,88 +9,11 @@ WAL archiver).
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable
 from typing import Any
 
-from invoke.collection import Collection
 from invoke.context import Context
-from invoke.exceptions import Exit
-from invoke.tasks import task
 
-from remediations.cli import COMMON_HELP, Flags, execute
-
-COMMON_PARAMS = [
-    inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default)
-    for name, default in (
-        ("host", None),
-        ("inventory", None),
-        ("check", False),
-        ("diff", False),
-        ("json", False),
-        # No numeric defaults: Invoke would parse the number itself, and a traceback is its answer
-        # to bad text. remediations.cli.Flags parses them, with one line for bad input.
-        ("parallel", None),
-        ("serial", None),
-        ("max_fail", None),
-        ("lock_wait", None),
-    )
-]
-COMMON_NAMES = {p.name for p in COMMON_PARAMS}
-
-
-def remediation_task(
-    help: dict[str, str] | None = None, iterable: list[str] | None = None
-) -> Callable[[Callable[..., Any]], Any]:
-    """An Invoke task whose body receives `Flags` plus its own arguments; exits with the run's code."""
-
-    def decorate(body: Callable[..., Any]) -> Any:
-        own = list(inspect.signature(body).parameters.values())[2:]  # after (c, flags)
-
-        def wrapper(c: Context, **kwargs: Any) -> None:
-            flags = Flags(**{k: v for k, v in kwargs.items() if k in COMMON_NAMES})
-            code = body(c, flags, **{k: v for k, v in kwargs.items() if k not in COMMON_NAMES})
-            if code:
-                raise Exit(code=code)
-
-        context = inspect.Parameter("c", inspect.Parameter.POSITIONAL_OR_KEYWORD)
-        wrapper.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-            [context, *(p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own), *COMMON_PARAMS]
-        )
-        wrapper.__name__ = body.__name__
-        wrapper.__doc__ = body.__doc__
-        return task(help={**COMMON_HELP, **(help or {})}, iterable=iterable or [])(wrapper)
-
-    return decorate
-
-
-@remediation_task(
-    help={
-        "service": "compose service to restart (default: the host's api_service var)",
-        "if-unhealthy": "restart only hosts whose service is not healthy (the idempotent, cron-safe form)",
-    }
-)
-def restart_api(c: Context, flags: Flags, service: str | None = None, if_unhealthy: bool = False) -> int:
-    """Restart the api service of each host's compose project and wait until it is healthy.
-
-    Health is the container's Docker health status and the inventory's api_health_url, checked from
-    the host. If a restart does not bring it back, the container is recreated once; if it is still
-    unhealthy the host fails with the last health output and log lines, and the rollout stops.
-    Hosts are restarted one at a time unless --serial says otherwise.
-    """
-    from remediations.docker.restart_api import RestartApi
-
-    code, _ = execute(
-        lambda: RestartApi(service, if_unhealthy),
-        flags,
-        task="restart-api",
-        arguments={"service": service, "if_unhealthy": if_unhealthy},
-    )
-    return code
-
-
-ns = Collection(restart_api)
-
+from remediations.cli import Flags, collection, execute, remediation_task
 
 # Firewall (issue 6): block-ip, unblock-ip, unblock-expired, list-blocks.
 
@@ -201,10 +124,6 @@ def list_blocks(c: Context, flags: Flags) -> int:
     return code
 
 
-ns.add_task(block_ip)
-ns.add_task(unblock_ip)
-ns.add_task(unblock_expired)
-ns.add_task(list_blocks)
 
 
 # S3 version restore (issue 4): restore-s3-object, restore-s3-prefix, s3-bucket-check.
@@ -369,9 +288,6 @@ def s3_bucket_check(c: Context, flags: Flags, bucket: str | None = None, retenti
     return code
 
 
-ns.add_task(restore_s3_object)
-ns.add_task(restore_s3_prefix)
-ns.add_task(s3_bucket_check)
 
 
 # ---------------------------------------------------------------- compose services (ensure, env, rollback)
@@ -447,9 +363,6 @@ def rollback(c: Context, flags: Flags, service: str | None = None) -> int:
     return code
 
 
-ns.add_task(ensure_healthy)
-ns.add_task(set_env)
-ns.add_task(rollback)
 
 
 # --- Docker space, disk-full runbook, daily health check -----------------------------------------
@@ -556,9 +469,6 @@ def health(c: Context, flags: Flags, service: str | None = None) -> int:
     return code
 
 
-ns.add_task(prune)
-ns.add_task(disk_cleanup)
-ns.add_task(health)
 
 
 # -------------------------------------------------------- PostgreSQL: WAL archive, backups, drill, cron
@@ -660,10 +570,6 @@ def install_cron(c: Context, flags: Flags, task: str | None = None, schedule: st
     return code
 
 
-ns.add_task(wal_cleanup)
-ns.add_task(backup_check)
-ns.add_task(restore_test)
-ns.add_task(install_cron)
 
 
 # ---------------------------------------------------------------- secret rotation
@@ -818,7 +724,27 @@ def rotate_aws_key(
     return code
 
 
-ns.add_task(rotate_secret)
-ns.add_task(rotate_db_password)
-ns.add_task(rotate_aws_key)
-ns.add_task(rotation_status)
+# Tasks not yet declared on their remediation class; the others come from the registry.
+ns = collection(
+    block_ip,
+    unblock_ip,
+    unblock_expired,
+    list_blocks,
+    restore_s3_object,
+    restore_s3_prefix,
+    s3_bucket_check,
+    ensure_healthy,
+    set_env,
+    rollback,
+    prune,
+    disk_cleanup,
+    health,
+    wal_cleanup,
+    backup_check,
+    restore_test,
+    install_cron,
+    rotate_secret,
+    rotate_db_password,
+    rotate_aws_key,
+    rotation_status,
+)

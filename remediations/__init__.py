@@ -3,7 +3,8 @@
 Use it from Python without Invoke:
 
     from remediations.core import inventory
-    from remediations.core.engine import Engine, RunOptions
+    from remediations.core.engine import Engine
+    from remediations.core.options import RunOptions
     from remediations.docker.restart_api import RestartApi
 
     inv = inventory.load("inventories/hosts.yml")

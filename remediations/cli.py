@@ -1,20 +1,31 @@
-"""The shared front end: run one remediation with the common flags, report, and return an exit code.
+"""The front end: the Invoke collection built from the registry, and `execute`, which runs one
+remediation with the common flags, reports, and returns an exit code.
 
-`tasks.py` (Invoke) is a thin layer over `execute`; a team's own fabfile can call it too.
+`tasks.py` is `collection()`; a team's own tasks file or fabfile can call `execute` or `run_task` too.
+Exit code: 0 when no host failed, 1 when one did, 2 for bad input (nothing run), 3 when none failed
+but a step warned, 130/143 when interrupted.
 """
 
 from __future__ import annotations
 
+import inspect
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from invoke.collection import Collection
+from invoke.context import Context
+from invoke.exceptions import Exit
+from invoke.tasks import Task, task
+
+from remediations.core import registry
 from remediations.core.errors import UsageError
 
 if TYPE_CHECKING:  # the engine pulls in paramiko: imported when a task runs, not at `inv --list`
-    from remediations.core.engine import Remediation, RunOptions
     from remediations.core.inventory import Host, Inventory
+    from remediations.core.options import RunOptions
+    from remediations.core.remediation import Remediation
     from remediations.core.results import RunResult
 
 
@@ -35,7 +46,7 @@ class Flags:
     lock_wait: float | str | None = None
 
     def options(self) -> RunOptions:
-        from remediations.core.engine import DEFAULT_LOCK_WAIT, DEFAULT_PARALLEL, MaxFail, RunOptions
+        from remediations.core.options import DEFAULT_LOCK_WAIT, DEFAULT_PARALLEL, MaxFail, RunOptions
         from remediations.core.validate import check_count, check_seconds
 
         return RunOptions(
@@ -75,15 +86,19 @@ def execute(
     task: str,
     arguments: Mapping[str, Any] | None = None,
     targets: Callable[[Inventory], list[Host]] | None = None,
+    declared: bool = False,
 ) -> tuple[int, RunResult | None]:
     """Run the remediation `make()` builds on the hosts `flags.host` selects.
 
     `targets` is for tasks that run on the controller (S3): it builds the hosts when --host is not
     given, and then a missing default inventory is no error (an empty one is used).
     Bad input prints one line to stderr, is audited, and returns exit code 2 with nothing run.
+    With `declared`, `arguments` (the declaration's audited values) are what every audit record of the
+    run says it was given, bad input and good runs alike.
     """
     from remediations.core import inventory as inventory_mod
-    from remediations.core.engine import Engine, run_wide_vars
+    from remediations.core.engine import Engine
+    from remediations.core.inventory import run_wide_vars
     from remediations.reporting.audit import Actor, AuditLog, audit_path
     from remediations.reporting.output import Reporter
     from remediations.reporting.redact import Redactor
@@ -104,7 +119,7 @@ def execute(
         audit_log = run_wide_vars(inv).get("audit_log")
         hosts = inv.select(flags.host) if flags.host else targets(inv) if targets else []
         engine = Engine(inv, options, listener=reporter.host_done)
-        run = engine.run(remediation, hosts)
+        run = engine.run(remediation, hosts, dict(arguments or {}) if declared else None)
     except UsageError as exc:
         message = str(exc)
         redactor = Redactor()
@@ -117,3 +132,102 @@ def execute(
         return UsageError.exit_code, None
     reporter.summary(run, engine.warnings)
     return run.exit_code, run
+
+
+# ------------------------------------------------------------------------- the Invoke collection
+
+COMMON_PARAMS = [
+    inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default)
+    for name, default in (
+        ("host", None),
+        ("inventory", None),
+        ("check", False),
+        ("diff", False),
+        ("json", False),
+        # No numeric defaults: Invoke would parse the number itself, and a traceback is its answer
+        # to bad text. Flags parses them, with one line for bad input.
+        ("parallel", None),
+        ("serial", None),
+        ("max_fail", None),
+        ("lock_wait", None),
+    )
+]
+COMMON_NAMES = {p.name for p in COMMON_PARAMS}
+_CONTEXT = inspect.Parameter("c", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+
+def run_task(cls: type[Remediation], flags: Flags, given: Mapping[str, Any]) -> tuple[int, RunResult | None]:
+    """Run the declared remediation `cls` with the flags' text `given` (parsed by `cls.params`)."""
+    values: dict[str, Any] = {}
+
+    def make() -> Remediation:
+        values.update(cls.params.parse(given))
+        return cls.from_values(dict(values))
+
+    def targets(inventory: Inventory) -> list[Host]:
+        return cls.targets(inventory, values)
+
+    if not flags.host and cls.default_hosts:
+        flags = replace(flags, host=cls.default_hosts)
+    code, run = execute(make, flags, task=cls.task, arguments=cls.params.audited(given),
+                        targets=targets if cls.runs_on_controller else None, declared=True)  # fmt: skip
+    if run is not None:
+        cls.report(run, flags.json)
+    return code, run
+
+
+def declared_task(cls: type[Remediation]) -> Task[Any]:
+    """The Invoke task of a declared remediation: its flags, help and docstring from the class."""
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    own = [inspect.Parameter(a.name, keyword, default=a.cli_default) for a in cls.params]
+
+    def body(c: Context, **kwargs: Any) -> None:
+        flags = Flags(**{k: v for k, v in kwargs.items() if k in COMMON_NAMES})
+        code, _ = run_task(cls, flags, {k: v for k, v in kwargs.items() if k not in COMMON_NAMES})
+        if code:
+            raise Exit(code=code)
+
+    body.__signature__ = inspect.Signature([_CONTEXT, *own, *COMMON_PARAMS])  # type: ignore[attr-defined]
+    body.__name__ = cls.task.replace("-", "_")
+    body.__doc__ = inspect.getdoc(cls)
+    made: Task[Any] = task(name=cls.task, help={**COMMON_HELP, **cls.params.help()},
+                           iterable=cls.params.repeatable())(body)  # fmt: skip
+    return made
+
+
+def remediation_task(
+    help: dict[str, str] | None = None, iterable: list[str] | None = None
+) -> Callable[[Callable[..., Any]], Any]:
+    """A hand-written Invoke task whose body receives `Flags` plus its own arguments; exits with the
+    run's code. For tasks not yet declared on their class (`params`)."""
+
+    def decorate(body: Callable[..., Any]) -> Any:
+        own = list(inspect.signature(body).parameters.values())[2:]  # after (c, flags)
+
+        def wrapper(c: Context, **kwargs: Any) -> None:
+            flags = Flags(**{k: v for k, v in kwargs.items() if k in COMMON_NAMES})
+            code = body(c, flags, **{k: v for k, v in kwargs.items() if k not in COMMON_NAMES})
+            if code:
+                raise Exit(code=code)
+
+        wrapper.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+            [_CONTEXT, *(p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own), *COMMON_PARAMS]
+        )
+        wrapper.__name__ = body.__name__
+        wrapper.__doc__ = body.__doc__
+        return task(help={**COMMON_HELP, **(help or {})}, iterable=iterable or [])(wrapper)
+
+    return decorate
+
+
+def collection(*extra: Task[Any]) -> Collection:
+    """Every remediation of the registry as an Invoke task, its flags from its declaration, plus
+    `extra` hand-written tasks (a registered task of the same name is left to its hand-written form)."""
+    ns = Collection()
+    names = {t.name for t in extra}
+    for name, cls in registry.discover().items():
+        if name not in names:
+            ns.add_task(declared_task(cls))
+    for made in extra:
+        ns.add_task(made)
+    return ns

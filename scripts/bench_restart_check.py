@@ -60,7 +60,8 @@ def openssh_side(hosts: list[inventory.Host], command: str) -> list[str]:
 
 def engine_cpu(inventory_path: Path, pattern: str, parallel: int) -> tuple[float, float]:
     """The engine run alone, in this process: (wall, CPU) without interpreter start or imports."""
-    from remediations.core.engine import Engine, RunOptions
+    from remediations.core.engine import Engine
+    from remediations.core.options import RunOptions
     from remediations.docker.restart_api import RestartApi
 
     inv = inventory.load(inventory_path)

@@ -19,7 +19,8 @@ import pytest
 
 from remediations.core.errors import CommandResult, UsageError
 from remediations.core.inventory import Host
-from remediations.docker.restart_api import Plan, decide
+from remediations.docker.restart_api import Decision as Plan
+from remediations.docker.restart_api import decide
 from remediations.facts.compose import Container, Project, ServiceFacts, facts_command, parse_facts
 from tests import labkit
 

@@ -594,7 +594,7 @@ def test_a_backup_dir_holding_a_database_is_refused(tmp_path: Any, marker: str) 
     """backup_dir set one level too high (/var/lib/postgresql instead of its backups folder) planned
     to delete the cluster's files. The facts command, run by a real sh, finds the data directory
     and refuses; an ordinary backup folder is listed as before."""
-    from remediations.core.connection import LocalRemote
+    from remediations.core.remote import LocalRemote
 
     backups = tmp_path / "pg"
     (backups / marker).parent.mkdir(parents=True)

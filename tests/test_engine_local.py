@@ -20,10 +20,13 @@ import pytest
 import yaml
 
 from remediations.core import inventory
-from remediations.core.connection import Remote, must
-from remediations.core.engine import Engine, HostContext, MaxFail, Remediation, RunOptions
+from remediations.core.context import HostContext
+from remediations.core.engine import Engine
 from remediations.core.errors import HostError, UsageError
 from remediations.core.inventory import Inventory
+from remediations.core.options import MaxFail, RunOptions
+from remediations.core.remediation import Remediation
+from remediations.core.remote import Remote, must
 from remediations.core.results import WARNING_EXIT_CODE, HostResult, RunResult, Status, StepResult
 from remediations.reporting.audit import Actor
 from remediations.reporting.redact import MASK
@@ -690,10 +693,10 @@ def test_host_status_is_the_worst_step_and_its_message() -> None:
 
 
 def test_facts_under_lock_come_with_the_lock_and_the_lock_still_holds(tmp_path: Path) -> None:
-    from remediations.core.connection import LocalRemote
     from remediations.core.errors import LockTimeout
     from remediations.core.inventory import Host
     from remediations.core.lock import HostLock
+    from remediations.core.remote import LocalRemote
 
     host = Host("here", {"ansible_connection": "local"}, (), "test")
     lock_dir = str(tmp_path / "lock")

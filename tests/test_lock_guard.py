@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from remediations.core import interrupt
-from remediations.core.connection import LocalRemote
 from remediations.core.errors import ConnectionLost, DeadlineExceeded, Interrupted
 from remediations.core.inventory import Host
 from remediations.core.lock import HostLock
+from remediations.core.remote import LocalRemote
 
 
 @pytest.fixture

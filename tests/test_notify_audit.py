@@ -22,9 +22,12 @@ from typing import Any, ClassVar
 import pytest
 
 from remediations.core import inventory
-from remediations.core.engine import Engine, HostContext, MaxFail, Remediation, RunOptions
+from remediations.core.context import HostContext
+from remediations.core.engine import Engine
 from remediations.core.errors import HostError
 from remediations.core.inventory import Host
+from remediations.core.options import MaxFail, RunOptions
+from remediations.core.remediation import Remediation
 from remediations.core.results import HostResult, RunResult, Status, StepResult
 from remediations.reporting import audit as audit_mod
 from remediations.reporting import notify

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from remediations.core import inventory
-from remediations.core.engine import Engine, RunOptions
+from remediations.core.engine import Engine
+from remediations.core.options import RunOptions
 from remediations.facts.envfile import Change, describe
 from remediations.reporting.redact import MASK, MIN_MASKED_LENGTH, Redactor, is_secret_name
 

@@ -12,9 +12,9 @@ import pytest
 
 from remediations.actions import remote_write
 from remediations.actions.remote_write import INCOMPLETE, NO_DIGEST, STEP_FAILED, Write
-from remediations.core.connection import TIMED_OUT, LocalRemote
 from remediations.core.errors import CommandResult, HostError
 from remediations.core.inventory import Host
+from remediations.core.remote import TIMED_OUT, LocalRemote
 
 OLD = b"A=1\nSECRET=old\n"
 NEW = b"A=2\nSECRET=new\n" + b"# padding\n" * 5000

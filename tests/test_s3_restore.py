@@ -18,8 +18,9 @@ from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
 from remediations.core import inventory
-from remediations.core.engine import Engine, RunOptions
+from remediations.core.engine import Engine
 from remediations.core.errors import HostError, UsageError
+from remediations.core.options import RunOptions
 from remediations.core.results import HostResult, Status
 from remediations.s3.restore import S3 as S3Api
 from remediations.s3.restore import (

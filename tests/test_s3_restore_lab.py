@@ -22,7 +22,9 @@ import pytest
 
 from lab import hosts as lab
 from remediations.core import inventory
-from remediations.core.engine import Engine, Remediation, RunOptions
+from remediations.core.engine import Engine
+from remediations.core.options import RunOptions
+from remediations.core.remediation import Remediation
 from remediations.core.results import HostResult, Status
 from remediations.s3.restore import (
     BucketCheck,

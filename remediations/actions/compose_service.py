@@ -13,10 +13,10 @@ from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from remediations.actions import image_record as images
 from remediations.core import interrupt, validate
-from remediations.core.connection import Remote
-from remediations.core.engine import HostContext
+from remediations.core.context import HostContext
 from remediations.core.errors import HostError
 from remediations.core.inventory import Host
+from remediations.core.remote import Remote
 from remediations.core.results import Status
 from remediations.facts.compose import (
     Project,

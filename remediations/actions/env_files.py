@@ -16,8 +16,8 @@ from typing import IO, Any
 import yaml
 
 from remediations.actions import remote_write
-from remediations.core.connection import Remote, must
 from remediations.core.errors import UsageError
+from remediations.core.remote import Remote, must
 from remediations.facts import envfile
 from remediations.facts.compose import ServiceFacts
 from remediations.facts.sections import MARK, sections_by_name

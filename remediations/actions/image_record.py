@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from remediations.actions import remote_write
-from remediations.core.connection import Remote
 from remediations.core.inventory import Host
+from remediations.core.remote import Remote
 from remediations.facts.sections import MARK, sections_by_name
 
 DEFAULT_STATE_DIR = "/var/lib/remediations"

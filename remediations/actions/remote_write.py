@@ -20,8 +20,8 @@ import hashlib
 import shlex
 from dataclasses import dataclass
 
-from remediations.core.connection import TIMED_OUT, Remote
 from remediations.core.errors import CommandResult, HostError
+from remediations.core.remote import TIMED_OUT, Remote
 
 TEMP_SUFFIX = ".remediations-tmp"
 # Exit codes of the script; each means the target was not touched.

@@ -8,18 +8,16 @@ command line (secrets) travels on stdin.
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import os
 import select
 import shlex
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
-from typing import TYPE_CHECKING, Protocol
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import paramiko
 from tenacity import Retrying as _Retrying
@@ -30,7 +28,6 @@ from tenacity import (
     wait_exponential,
 )
 
-from remediations.core import interrupt
 from remediations.core.errors import (
     CommandResult,
     ConnectionLost,
@@ -38,116 +35,59 @@ from remediations.core.errors import (
     HostError,
     HostKeyRefused,
     HostUnreachable,
-    Interrupted,
 )
 from remediations.core.inventory import Host
+from remediations.core.remote import (
+    CHANNEL_TIMEOUT as CHANNEL_TIMEOUT,
+)
+from remediations.core.remote import (
+    COMMAND_TIMEOUT as COMMAND_TIMEOUT,
+)
+from remediations.core.remote import (
+    CONNECT_TIMEOUT as CONNECT_TIMEOUT,
+)
+from remediations.core.remote import (
+    DEFAULT_KNOWN_HOSTS as DEFAULT_KNOWN_HOSTS,
+)
+from remediations.core.remote import (
+    KEEPALIVE_INTERVAL as KEEPALIVE_INTERVAL,
+)
+from remediations.core.remote import (
+    TIMED_OUT as TIMED_OUT,
+)
+from remediations.core.remote import (
+    Guard as Guard,
+)
+from remediations.core.remote import (
+    LocalProcess as LocalProcess,
+)
+from remediations.core.remote import (
+    LocalRemote as LocalRemote,
+)
+from remediations.core.remote import (
+    Process as Process,
+)
+from remediations.core.remote import (
+    Remote as Remote,
+)
+from remediations.core.remote import (
+    must as must,
+)
+from remediations.core.remote import (
+    wrap_become as wrap_become,
+)
 
 if TYPE_CHECKING:
     from fabric import Connection
 
-DEFAULT_KNOWN_HOSTS = ("~/.ssh/known_hosts", "/etc/ssh/ssh_known_hosts")
-CONNECT_TIMEOUT = 10.0
-TIMED_OUT = 124
-COMMAND_TIMEOUT = 600.0  # a command given no timeout of its own
-CHANNEL_TIMEOUT = 30.0  # opening a channel and starting a command on it
-KEEPALIVE_INTERVAL = 5  # seconds of silence before the client sends an SSH keepalive
 
 
-class Guard:
-    """What may still be sent to one host in this run.
-
-    Nothing once the run was told to stop (`interrupt`), once the host's deadline passed, or once
-    the connection was lost: a lost connection is never silently reopened, because the run's host
-    lock rode on it and the host may be half-changed.
-    """
-
-    def __init__(self) -> None:
-        self.deadline: float | None = None  # time.monotonic() past which nothing is sent
-        self.budget = 0.0  # the deadline's length, for messages
-        self.lost: str | None = None  # why the connection is gone; first reason wins
-        self._lock = threading.Lock()
-
-    def set_deadline(self, seconds: float | None) -> None:
-        self.budget = seconds or 0.0
-        self.deadline = None if seconds is None else time.monotonic() + seconds
-
-    def lose(self, reason: str) -> bool:
-        """Mark the connection lost; False if it already was."""
-        with self._lock:
-            if self.lost is not None:
-                return False
-            self.lost = reason
-            return True
-
-    def check(self) -> None:
-        """Raise unless a new command may be sent now."""
-        if self.lost is not None:
-            raise ConnectionLost(self.lost)
-        name = interrupt.requested()
-        if name is not None:
-            raise Interrupted(f"interrupted by {name}")
-        if self.deadline is not None and time.monotonic() >= self.deadline:
-            raise DeadlineExceeded(self.expired())
-
-    def expired(self) -> str:
-        return f"the run's deadline on this host ({self.budget:.0f}s) passed; nothing more was sent to it"
-
-    def admit(self, timeout: float | None) -> tuple[float, bool]:
-        """The seconds the next command may take, and whether the deadline (not its own timeout)
-        is what bounds it; raises when nothing may be sent."""
-        self.check()
-        wanted = COMMAND_TIMEOUT if timeout is None else timeout
-        if self.deadline is None:
-            return wanted, False
-        remaining = self.deadline - time.monotonic()
-        return (remaining, True) if remaining < wanted else (wanted, False)
 
 
-class Remote(Protocol):
-    """What a remediation may do on a host."""
-
-    name: str
-    guard: Guard
-
-    def run(
-        self, command: str, *, stdin: bytes | None = None, timeout: float | None = None
-    ) -> CommandResult: ...
-
-    def open_process(self, command: str) -> Process: ...
-
-    def forward(self, host: str, port: int) -> AbstractContextManager[tuple[str, int]]:
-        """A local address whose connections reach host:port as the host sees it (in a `with`)."""
-        ...
-
-    def lose(self, reason: str) -> None:
-        """The connection is lost for the rest of the run (see `Guard`)."""
-        ...
-
-    def close(self) -> None: ...
 
 
-class Process(Protocol):
-    """A long-running command whose stdin we hold (the host lock is one)."""
-
-    def readline(self, timeout: float) -> str | None: ...
-
-    def send(self, data: bytes) -> bool:
-        """Write to the process's stdin; False when it can no longer be written."""
-        ...
-
-    @property
-    def ended(self) -> bool:
-        """The process exited (or its channel closed)."""
-        ...
-
-    def finish(self, timeout: float = 10.0) -> None: ...
 
 
-def wrap_become(host: Host, command: str) -> str:
-    """Run `command` through sudo when the inventory asks for privilege escalation."""
-    if not host.become:
-        return command
-    return shlex.join(["sudo", "-n", "-H", "-u", host.become_user, "--", "sh", "-c", command])
 
 
 def fingerprint(key: paramiko.PKey) -> str:
@@ -523,109 +463,8 @@ class SSHProcess:
             self.channel.close()
 
 
-class LocalRemote:
-    """The controller itself (`ansible_connection: local`): no SSH."""
-
-    def __init__(self, host: Host) -> None:
-        self.name = host.name
-        self.host = host
-        self.guard = Guard()
-
-    def open(self) -> None:
-        """Nothing to connect."""
-
-    def run(self, command: str, *, stdin: bytes | None = None, timeout: float | None = None) -> CommandResult:
-        timeout, by_deadline = self.guard.admit(timeout)
-        try:
-            done = subprocess.run(
-                ["sh", "-c", wrap_become(self.host, command)],
-                input=stdin if stdin is not None else b"",
-                capture_output=True,
-                timeout=timeout,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as exc:
-            if by_deadline:
-                raise DeadlineExceeded(self.guard.expired()) from None
-            out = exc.stdout or b""
-            return CommandResult(
-                command, TIMED_OUT, out.decode(errors="replace"), f"timed out after {timeout:.0f}s"
-            )
-        return CommandResult(
-            command,
-            done.returncode,
-            done.stdout.decode(errors="replace"),
-            done.stderr.decode(errors="replace"),
-        )
-
-    def open_process(self, command: str) -> LocalProcess:
-        self.guard.check()
-        return LocalProcess(command, self.host)
-
-    def lose(self, reason: str) -> None:
-        self.guard.lose(reason)
-
-    @contextmanager
-    def forward(self, host: str, port: int) -> Iterator[tuple[str, int]]:
-        """The controller is the host: its own address is reached directly."""
-        yield (host, port)
-
-    def close(self) -> None:
-        """Nothing to close."""
 
 
-class LocalProcess:
-    def __init__(self, command: str, host: Host) -> None:
-        self.proc = subprocess.Popen(
-            ["sh", "-c", wrap_become(host, command)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-        )
-        self.buffer = b""
-
-    def readline(self, timeout: float) -> str | None:
-        """One line of stdout, or None on timeout or end of output (read unbuffered: a select on a
-        buffered reader would miss lines already in its buffer)."""
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self.buffer:
-            remaining = deadline - time.monotonic()
-            ready, _, _ = select.select([fd], [], [], max(remaining, 0))
-            if not ready:
-                return None
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                break
-            self.buffer += chunk
-        if b"\n" not in self.buffer:
-            return None
-        line, _, self.buffer = self.buffer.partition(b"\n")
-        return line.decode(errors="replace")
-
-    @property
-    def ended(self) -> bool:
-        return self.proc.poll() is not None
-
-    def send(self, data: bytes) -> bool:
-        assert self.proc.stdin is not None
-        try:
-            self.proc.stdin.write(data)
-            self.proc.stdin.flush()
-            return True
-        except (OSError, ValueError):
-            return False
-
-    def finish(self, timeout: float = 10.0) -> None:
-        assert self.proc.stdin is not None
-        with contextlib.suppress(OSError):
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 def connect(host: Host, connect_timeout: float = CONNECT_TIMEOUT) -> SSHRemote | LocalRemote:
@@ -635,8 +474,3 @@ def connect(host: Host, connect_timeout: float = CONNECT_TIMEOUT) -> SSHRemote |
     return remote
 
 
-def must(result: CommandResult, what: str) -> CommandResult:
-    """Raise HostError with the output tail when a command failed."""
-    if not result.ok:
-        raise HostError(f"{what} failed (exit {result.exit_code}): {result.tail()}", result)
-    return result

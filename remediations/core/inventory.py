@@ -342,3 +342,18 @@ def _jump_from_proxy_command(command: str, where: str) -> str:
     if user and "@" not in target:
         target = f"{user}@{target}"
     return f"{target}:{port}" if port else target
+
+
+def run_wide_vars(inventory: Inventory) -> dict[str, Any]:
+    """Vars every host shares (in practice, `all` vars): where run-wide settings live."""
+    hosts = list(inventory.hosts.values())
+    if not hosts:
+        return {}
+    first = dict(hosts[0].vars)
+    return {k: v for k, v in first.items() if all(h.vars.get(k) == v for h in hosts[1:])}
+
+
+def controller_host(inventory: Inventory, name: str) -> Host:
+    """The controller itself as a target (`ansible_connection: local`), with the run-wide vars:
+    for tasks whose work is done from the controller (S3, backup checks, cron)."""
+    return Host(name, {**run_wide_vars(inventory), "ansible_connection": "local"}, (), inventory.source)

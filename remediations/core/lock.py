@@ -20,8 +20,8 @@ import time
 from types import TracebackType
 
 from remediations.core import interrupt
-from remediations.core.connection import Process, Remote
 from remediations.core.errors import HostError, Interrupted, LockTimeout
+from remediations.core.remote import Process, Remote
 
 DEFAULT_LOCK_DIR = "/run/lock"
 BUSY_EXIT = 75

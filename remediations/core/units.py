@@ -58,18 +58,32 @@ def human_age(seconds: float) -> str:
     return f"{seconds / 86400:.1f}d"
 
 
-_DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(s|m|h|d)?$")
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)([smhdw]?)")
+_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+DURATION_HINT = "give a duration of 0 or more such as 168h, 30m, 7d or 0s"
 
 
-_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+def duration_seconds(text: object) -> float | None:
+    """The one duration grammar of this project: '90s', '30m', '24h', '7d', '2w', '1.5h', combined
+    ('1h30m', '1d12h'), or a bare number of seconds; None when `text` is not one. (Every match
+    of the part pattern consumes its digits, so long hostile text costs linear time.)"""
+    value = str(text).strip().lower()
+    if not value:
+        return None
+    parts = _DURATION_PART.findall(value)
+    if "".join(n + u for n, u in parts) != value:
+        return None
+    if len(parts) > 1 and any(not u or "." in n for n, u in parts):
+        return None  # '1h30' or '1.5h30m': a combined duration is whole numbers, each with a unit
+    return sum(float(n) * _SECONDS[u] for n, u in parts)
 
 
-def parse_duration(text: str, flag: str) -> int:
-    """Whole seconds of '168h', '30m', '7d', '0s' or a bare number of seconds; UsageError otherwise."""
-    match = _DURATION.match(str(text).strip())
-    if not match:
-        raise UsageError(f"{flag} {shown(text)}: give a duration of 0 or more such as 168h, 30m, 7d or 0s")
-    return int(check_duration(float(match.group(1)) * _SECONDS[match.group(2) or "s"], flag, text))
+def parse_duration(text: object, flag: str, hint: str = DURATION_HINT) -> int:
+    """Whole seconds of a duration (see `duration_seconds`); UsageError with `hint` otherwise."""
+    seconds = duration_seconds(text)
+    if seconds is None:
+        raise UsageError(f"{flag} {shown(text)}: {hint}")
+    return int(check_duration(seconds, flag, text))
 
 
 def docker_time(text: str) -> float:

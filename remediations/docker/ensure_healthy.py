@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from remediations.actions.compose_service import ServiceSettings, recover
-from remediations.core.engine import HostContext, Remediation
+from remediations.core.context import HostContext
 from remediations.core.inventory import Host
+from remediations.core.remediation import Remediation
 from remediations.core.results import Status
 from remediations.core.validate import check_services
 from remediations.facts.compose import Project, ServiceFacts

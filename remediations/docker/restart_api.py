@@ -1,43 +1,70 @@
-"""restart-api: restart the api service of a compose project and wait until it is healthy."""
+"""restart-api: restart the api service of a compose project and wait until it is healthy.
+
+facts   the service's containers (docker inspect), its Docker health and its HTTP health URL,
+        checked from the host itself;
+decide  restart, or (with --if-unhealthy) nothing when it is healthy; recreate when no container exists;
+apply   `compose restart -t STOP SERVICE`, then wait for health; if it stays unhealthy, escalate once
+        to `compose up -d --force-recreate --no-deps SERVICE` and wait again (`actions.compose_service`);
+verify  the containers started anew and are healthy, or fail with the last health output and logs.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 from remediations.actions.compose_service import ServiceSettings, recover, service_deadline
 from remediations.core import validate
-from remediations.core.engine import HostContext, Remediation
+from remediations.core.args import SERVICE, Arg, args
+from remediations.core.context import HostContext
 from remediations.core.inventory import Host
+from remediations.core.plan import Change, Plan
+from remediations.core.remediation import Remediation
 from remediations.core.results import Status
-from remediations.facts.compose import (
-    Project,
-    ServiceFacts,
-    gather,
-)
+from remediations.facts.compose import Project, ServiceFacts, gather
 
 
 @dataclass(frozen=True)
-class Plan:
+class Decision:
     action: str  # "none" | "restart" | "recreate"
     reason: str
 
 
-def decide(facts: ServiceFacts, if_unhealthy: bool) -> Plan:
+def decide(facts: ServiceFacts, if_unhealthy: bool) -> Decision:
     """Pure: what to do about the service, and why."""
     healthy, why = facts.verdict()
     if facts.error:
-        return Plan("none", f"cannot act: {facts.error}")
+        return Decision("none", f"cannot act: {facts.error}")
     if if_unhealthy and healthy:
-        return Plan("none", f"{facts.service} is healthy ({why}); not restarted")
+        return Decision("none", f"{facts.service} is healthy ({why}); not restarted")
     if not facts.containers:
-        return Plan("recreate", f"{why}; it will be created")
+        return Decision("recreate", f"{why}; it will be created")
     state = "healthy" if healthy else f"unhealthy: {why}"
-    return Plan("restart", f"{facts.service} is {state}")
+    return Decision("restart", f"{facts.service} is {state}")
+
+
+@dataclass(frozen=True)
+class Facts:
+    service: str
+    before: ServiceFacts
+    settings: ServiceSettings
 
 
 class RestartApi(Remediation):
+    """Restart the api service of each host's compose project and wait until it is healthy.
+
+    Health is the container's Docker health status and the inventory's api_health_url, checked from
+    the host. If a restart does not bring it back, the container is recreated once; if it is still
+    unhealthy the host fails with the last health output and log lines, and the rollout stops.
+    Hosts are restarted one at a time unless --serial says otherwise.
+    """
+
     task: ClassVar[str] = "restart-api"
+    params = args(
+        replace(SERVICE, help="compose service to restart (default: the host's api_service var)"),
+        Arg("if_unhealthy", kind="flag",
+            help="restart only hosts whose service is not healthy (the idempotent, cron-safe form)"),
+    )  # fmt: skip
     required_vars: ClassVar[tuple[str, ...]] = ("compose_project_dir",)
     default_serial: ClassVar[int | None] = 1
 
@@ -54,17 +81,11 @@ class RestartApi(Remediation):
     def deadline(self, host: Host) -> float:
         return service_deadline(host)
 
-    def run(self, ctx: HostContext) -> None:
+    def gather(self, ctx: HostContext) -> Facts | None:
         settings = ServiceSettings.of(ctx.host)
-        project = settings.project
         service = str(self.service or ctx.var("api_service"))
-        url = ctx.var("api_health_url") or None
-
-        def facts() -> ServiceFacts:  # one service only: cheaper than the whole project's facts
-            return gather(ctx.remote, project, service, url, settings.probe)
-
         with ctx.step("facts") as step:
-            before = facts()
+            before = self._facts(ctx, settings, service)
             healthy, why = before.verdict()
             step.done(
                 Status.FAILED if before.error else Status.OK,
@@ -73,14 +94,24 @@ class RestartApi(Remediation):
                 compose=before.variant,
                 started_at=[c.started_at for c in before.containers],
             )
-        if before.error:
-            return  # the facts step failed and says why
-        plan = decide(before, self.if_unhealthy)
-        if plan.action == "none":
-            ctx.record("decide", Status.OK, plan.reason)
-            return
-        if ctx.check:
-            ctx.record("decide", Status.CHANGED, f"would {plan.action} {service} ({plan.reason})")
-            return
+        return None if before.error else Facts(service, before, settings)
 
-        recover(ctx, project, service, before, plan.action, facts, settings.timeout, settings.stop_timeout)
+    def decide(self, ctx: HostContext, facts: Facts) -> Plan:
+        decision = decide(facts.before, self.if_unhealthy)
+        if decision.action == "none":
+            return Plan.nothing(decision.reason)
+        settings, service = facts.settings, facts.service
+
+        def apply(ctx: HostContext) -> None:
+            reread = lambda: self._facts(ctx, settings, service)  # noqa: E731
+            recover(ctx, settings.project, service, facts.before, decision.action, reread,
+                    settings.timeout, settings.stop_timeout)  # fmt: skip
+
+        summary = f"{decision.action} {service} ({decision.reason})"
+        return Plan.of(Change(decision.action, summary, apply, own_steps=True), check_step="decide")
+
+    @staticmethod
+    def _facts(ctx: HostContext, settings: ServiceSettings, service: str) -> ServiceFacts:
+        """One service only: cheaper than the whole project's facts."""
+        url = ctx.var("api_health_url") or None
+        return gather(ctx.remote, settings.project, service, url, settings.probe)

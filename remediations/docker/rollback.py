@@ -17,9 +17,10 @@ from typing import ClassVar
 
 from remediations.actions import image_record as images
 from remediations.actions.compose_service import ServiceSettings, recover
-from remediations.core.engine import HostContext, Remediation
+from remediations.core.context import HostContext
 from remediations.core.errors import HostError
 from remediations.core.inventory import Host
+from remediations.core.remediation import Remediation
 from remediations.core.results import Status
 from remediations.core.validate import check_service
 from remediations.facts.compose import Project, ServiceFacts

@@ -17,10 +17,11 @@ from remediations.actions.env_files import (
     services_reading,
 )
 from remediations.core import validate
-from remediations.core.connection import must
-from remediations.core.engine import HostContext, Remediation
+from remediations.core.context import HostContext
 from remediations.core.errors import HostError, UsageError
 from remediations.core.inventory import Host
+from remediations.core.remediation import Remediation
+from remediations.core.remote import must
 from remediations.core.results import Status
 from remediations.facts import envfile
 from remediations.facts.compose import Project

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from remediations.core.connection import Remote, must
 from remediations.core.errors import CommandResult, HostError
 from remediations.core.inventory import Host
+from remediations.core.remote import Remote, must
 from remediations.facts.sections import MARK, sections_by_name
 
 HTTP_BODY_LIMIT = 300

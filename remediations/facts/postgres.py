@@ -293,6 +293,6 @@ class S3Store:
 def controller_targets(inventory: Any) -> list[Host]:
     """The target when --host is left out of a controller-side task: the controller itself
     (`localhost`, ansible_connection local) with the vars every inventory host shares (`all` vars)."""
-    from remediations.core.engine import controller_host
+    from remediations.core.inventory import controller_host
 
     return [controller_host(inventory, "localhost")]

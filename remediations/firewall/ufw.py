@@ -26,11 +26,13 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 from remediations.actions import remote_write
-from remediations.core.connection import Remote
-from remediations.core.engine import HostContext, Remediation
+from remediations.core.context import HostContext
 from remediations.core.errors import HostError, UsageError
 from remediations.core.inventory import Host
+from remediations.core.remediation import Remediation
+from remediations.core.remote import Remote
 from remediations.core.results import HostResult, Status
+from remediations.core.units import duration_seconds
 from remediations.facts.sections import MARK
 from remediations.facts.sections import sections_by_name as sections
 
@@ -46,8 +48,6 @@ PROTOCOLS = ("tcp", "udp")
 COMMENT_MAX = 200
 COMMAND_TIMEOUT = 120.0
 _ADDRESS_CHARS = frozenset(string.hexdigits + ":./")
-_TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_TTL_RE = re.compile(r"(\d+)([smhdw])")
 _ANY_DST = ("0.0.0.0/0", "::/0")
 
 
@@ -120,7 +120,6 @@ def parse_proto(value: str | None) -> str | None:
     return text
 
 
-TTL_TEXT_MAX = 40
 TTL_MAX = 100 * 366 * 86400
 
 
@@ -129,10 +128,12 @@ def parse_ttl(value: str | None) -> int | None:
     if value is None or str(value).strip() == "":
         return None
     text = str(value).strip().lower()
-    parts = _TTL_RE.findall(text) if len(text) <= TTL_TEXT_MAX else []  # long text: quadratic regex
-    if not parts or "".join(n + u for n, u in parts) != text:
+    found = duration_seconds(text)
+    if found is None or not text[-1].isalpha() or "." in text:  # whole numbers, each with its unit
         raise UsageError(f"--ttl {str(value)[:30]!r}: give a duration such as 90s, 30m, 24h, 7d or 1h30m")
-    seconds = sum(int(n) * _TTL_UNITS[u] for n, u in parts)
+    if found > TTL_MAX:
+        raise UsageError(f"--ttl {text[:30]!r}: at most 100 years (3650d is ten); leave it out for no expiry")
+    seconds = int(found)
     if seconds <= 0:
         raise UsageError(f"--ttl {text!r}: must be longer than 0s")
     if seconds > TTL_MAX:

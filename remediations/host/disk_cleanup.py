@@ -22,10 +22,11 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from remediations.core.connection import Remote, must
-from remediations.core.engine import HostContext, Remediation
+from remediations.core.context import HostContext
 from remediations.core.errors import HostError, UsageError
 from remediations.core.inventory import Host
+from remediations.core.remediation import Remediation
+from remediations.core.remote import Remote, must
 from remediations.core.results import Status
 from remediations.core.units import check_non_negative, human_bytes
 from remediations.docker.prune import PruneOptions, prune_host

@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from remediations.actions import s3client
-from remediations.core.engine import HostContext, Remediation
+from remediations.core.context import HostContext
 from remediations.core.errors import HostError, UsageError
 from remediations.core.inventory import Host
+from remediations.core.remediation import Remediation
 from remediations.core.results import RunResult, Status
 from remediations.core.units import check_non_negative, check_percent
 from remediations.facts.compose import Container, Project

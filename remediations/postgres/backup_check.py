@@ -23,9 +23,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-from remediations.core.engine import HostContext, Remediation
+from remediations.core.context import HostContext
 from remediations.core.errors import HostError, UsageError
 from remediations.core.inventory import Host
+from remediations.core.remediation import Remediation
 from remediations.core.results import Status
 from remediations.facts.postgres import (
     PgTarget,

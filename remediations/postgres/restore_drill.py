@@ -41,9 +41,10 @@ from types import FrameType
 from typing import Any, ClassVar
 
 from remediations.core import validate
-from remediations.core.engine import HostContext, Remediation
+from remediations.core.context import HostContext
 from remediations.core.errors import HostError, UsageError
 from remediations.core.inventory import Host, truthy
+from remediations.core.remediation import Remediation
 from remediations.core.results import RunResult, Status
 from remediations.facts.postgres import (
     PgTarget,
@@ -300,7 +301,8 @@ def create_sql(scratch: str) -> str:
 
 def put_file(remote: Any, local_path: str, remote_path: str) -> None:
     """Copy a file to the host: SFTP over the run's SSH connection, a plain copy when local."""
-    from remediations.core.connection import LocalRemote, SSHRemote
+    from remediations.core.connection import SSHRemote
+    from remediations.core.remote import LocalRemote
 
     if isinstance(remote, SSHRemote):
         remote.put(local_path, remote_path, timeout=RESTORE_TIMEOUT)

@@ -31,9 +31,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from remediations.core.engine import HostContext, Remediation
+from remediations.core.context import HostContext
 from remediations.core.errors import HostError, UsageError
 from remediations.core.inventory import Host
+from remediations.core.remediation import Remediation
 from remediations.core.results import Status
 from remediations.facts.postgres import (
     ARCHIVER_JSON_SQL,

@@ -32,23 +32,36 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, TextIO
 from urllib.parse import urlencode
 
-import boto3
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    EndpointConnectionError,
-    NoCredentialsError,
-    ProfileNotFound,
-)
-
 from remediations.actions.s3client import Bounds, S3Unanswered, Waits, is_endpoint_down, is_unanswered
 from remediations.core import interrupt, validate
-from remediations.core.engine import HostContext, Remediation, controller_host
+from remediations.core.context import HostContext
 from remediations.core.errors import HostError, UsageError
-from remediations.core.inventory import Host, Inventory
+from remediations.core.inventory import Host, Inventory, controller_host
+from remediations.core.remediation import Remediation
 from remediations.core.results import Status
 
 S3Client = Any  # boto3's client is generated at run time; no stubs are installed
+
+
+class _NotLoaded(Exception):
+    """Stands for botocore's exceptions until an `S3` is made: nothing can raise them before."""
+
+
+# botocore is imported when the first S3 client is made, not when the task list is built.
+BotoCoreError: Any = _NotLoaded
+ClientError: Any = _NotLoaded
+EndpointConnectionError: Any = _NotLoaded
+NoCredentialsError: Any = _NotLoaded
+ProfileNotFound: Any = _NotLoaded
+
+
+def _load_botocore() -> None:
+    global BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError, ProfileNotFound
+    from botocore import exceptions
+
+    BotoCoreError, ClientError = exceptions.BotoCoreError, exceptions.ClientError
+    EndpointConnectionError = exceptions.EndpointConnectionError
+    NoCredentialsError, ProfileNotFound = exceptions.NoCredentialsError, exceptions.ProfileNotFound
 
 GiB = 1024**3
 MiB = 1024**2
@@ -483,6 +496,7 @@ class S3:
     """One boto3 client for one target host, plus the credential values never to print."""
 
     def __init__(self, host_vars: Mapping[str, Any], tuning: Tuning, client: S3Client = None) -> None:
+        _load_botocore()
         self.endpoint = endpoint_url(host_vars)
         self.bounds = Bounds.from_vars(host_vars)
         self.waits = Waits("s3", self.endpoint, self.bounds)
@@ -491,6 +505,8 @@ class S3:
         if client is not None:  # a client made elsewhere (tests use botocore's Stubber on one)
             self.waits.attach(client)
             return
+        import boto3
+
         try:
             session = boto3.session.Session(
                 profile_name=str(host_vars["aws_profile"]) if host_vars.get("aws_profile") else None,

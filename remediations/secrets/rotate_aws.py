@@ -27,9 +27,10 @@ from typing import Any, ClassVar
 
 from remediations.actions import s3client
 from remediations.core import validate
-from remediations.core.engine import HostContext, Remediation, controller_host
+from remediations.core.context import HostContext
 from remediations.core.errors import HostError, UsageError
-from remediations.core.inventory import Host, Inventory
+from remediations.core.inventory import Host, Inventory, controller_host
+from remediations.core.remediation import Remediation
 from remediations.core.results import Status
 from remediations.core.units import human_age
 from remediations.secrets import rotation

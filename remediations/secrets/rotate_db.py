@@ -28,9 +28,10 @@ from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from remediations.core import validate
-from remediations.core.engine import HostContext, Remediation
+from remediations.core.context import HostContext
 from remediations.core.errors import HostError, UsageError
 from remediations.core.inventory import Host, Inventory
+from remediations.core.remediation import Remediation
 from remediations.core.results import Status
 from remediations.core.units import human_age
 from remediations.secrets import rotation

@@ -50,12 +50,12 @@ from remediations.actions.env_files import (
     running_envs,
     services_reading,
 )
-from remediations.core import connection, validate
-from remediations.core.connection import Remote, must
-from remediations.core.engine import HostContext, Remediation
+from remediations.core import validate
+from remediations.core.context import HostContext
 from remediations.core.errors import HostError, UsageError
 from remediations.core.inventory import Host, Inventory
-from remediations.core.lock import DEFAULT_LOCK_DIR, HostLock
+from remediations.core.remediation import Remediation
+from remediations.core.remote import Remote, must
 from remediations.core.results import Status
 from remediations.core.units import human_age, parse_duration
 from remediations.facts import envfile
@@ -666,21 +666,9 @@ def env_hosts(inventory: Inventory, pattern: str | None, flag: str = "--env-host
 
 
 def open_env_contexts(ctx: HostContext, hosts: Sequence[Host], stack: ExitStack) -> list[HostContext]:
-    """A context per env host (connected, and locked unless --check) whose steps go to this run's
-    result; the run's own host is used as it is (its lock is already held)."""
-    contexts = []
-    for host in hosts:
-        if host.name == ctx.host.name:
-            contexts.append(ctx)
-            continue
-        remote = connection.connect(host, ctx.options.connect_timeout)
-        stack.callback(remote.close)
-        if not ctx.check:
-            lock_dir = str(host.get("lock_dir", DEFAULT_LOCK_DIR))
-            stack.enter_context(HostLock(remote, ctx.holder, ctx.options.lock_wait, lock_dir))
-        contexts.append(HostContext(host, remote, ctx.options, ctx.redactor, ctx.result, ctx.arguments,
-                                    ctx.task, ctx.holder))  # fmt: skip
-    return contexts
+    """A context per env host, opened by the engine (connected, and locked unless --check), whose
+    steps go to this run's result; the run's own host is used as it is (its lock is already held)."""
+    return [stack.enter_context(ctx.open(host)) for host in hosts]
 
 
 def gather_sides(
