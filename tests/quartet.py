@@ -47,7 +47,8 @@ def quartet(
 
     def once(*extra: str) -> Ran:
         ran = run(*args, *extra, "--json", audit=audit, **options)
-        assert ran.code in (0, 3), f"{' '.join(args)} {' '.join(extra)}: exit {ran.code}\n{ran.stdout}{ran.stderr}"
+        command = " ".join((*args, *extra))
+        assert ran.code in (0, 3), f"{command}: exit {ran.code}\n{ran.stdout}{ran.stderr}"
         return ran
 
     def expect(ran: Ran, status: str, which: str) -> None:
