@@ -67,6 +67,8 @@ class Arg:
         if _absent(raw, self.kind):
             if self.required:
                 raise UsageError(f"{self.flag} is required: {self.help}")
+            if self.default is None and self.kind != "text":
+                return False if self.kind == "flag" else ()
             return self.default
         if self.kind == "flag":
             return bool(raw)
