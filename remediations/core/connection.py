@@ -3,6 +3,15 @@
 One `Remote` per host per run; every step of the run uses it. Commands are shell text built by the
 caller with every argument quoted (`shlex.join` / `shlex.quote`); data that must not appear on a
 command line (secrets) travels on stdin.
+
+Why Fabric builds the client but does not run the commands: every `fabric.Connection` method that
+talks to the host (`run`, `sudo`, `create_session`, `sftp`, `forward_local`) is wrapped in its
+`@opens` decorator, which calls `open()` and silently reconnects when the transport is no longer
+active. A connection lost in the middle of a change must fail the host ("may be half-changed,
+nothing more was sent"), never carry on over a fresh connection, so commands and forwarding go
+through `SSHRemote` on the one transport Fabric opened: with the run's `Guard` (one deadline for the
+whole remediation, the interrupt, the lost flag), a bound on opening each channel (a host that
+accepts TCP and then stalls hangs Invoke's runner otherwise), and stdin for secrets.
 """
 
 from __future__ import annotations
