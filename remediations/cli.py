@@ -21,6 +21,7 @@ from invoke.tasks import Task, task
 
 from remediations.core import registry
 from remediations.core.errors import UsageError
+from remediations.core.options import DEFAULT_LOCK_WAIT, DEFAULT_PARALLEL
 
 if TYPE_CHECKING:  # the engine pulls in paramiko: imported when a task runs, not at `inv --list`
     from remediations.core.inventory import Host, Inventory
@@ -46,7 +47,7 @@ class Flags:
     lock_wait: float | str | None = None
 
     def options(self) -> RunOptions:
-        from remediations.core.options import DEFAULT_LOCK_WAIT, DEFAULT_PARALLEL, MaxFail, RunOptions
+        from remediations.core.options import MaxFail, RunOptions
         from remediations.core.validate import check_count, check_seconds
 
         return RunOptions(
@@ -71,11 +72,11 @@ COMMON_HELP = {
     "check": "gather facts and show the plan; change nothing",
     "diff": "show what would change / changed, secrets masked",
     "json": "print the run's results as JSON (for scripts and cron)",
-    "parallel": "at most N hosts at once (default 10)",
+    "parallel": f"at most N hosts at once (default {DEFAULT_PARALLEL})",
     "serial": "rolling batches of N hosts; later batches wait for earlier ones",
     "max-fail": "stop starting batches after more than N failed hosts, or more than P% (default 0 "
     "for rolling runs)",
-    "lock-wait": "seconds to wait for another run's lock on a host (default 60)",
+    "lock-wait": f"seconds to wait for another run's lock on a host (default {DEFAULT_LOCK_WAIT:g})",
 }
 
 
