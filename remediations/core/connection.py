@@ -83,6 +83,9 @@ from remediations.core.remote import (
     must as must,
 )
 from remediations.core.remote import (
+    take_line as take_line,
+)
+from remediations.core.remote import (
     wrap_become as wrap_become,
 )
 
@@ -444,10 +447,8 @@ class SSHProcess:
             if self.channel.exit_status_ready() and not self.channel.recv_ready():
                 break
             select.select([self.channel], [], [], min(remaining, 0.5))
-        if b"\n" not in self.buffer:
-            return None
-        line, _, self.buffer = self.buffer.partition(b"\n")
-        return line.decode(errors="replace")
+        line, self.buffer = take_line(self.buffer)
+        return line
 
     @property
     def ended(self) -> bool:

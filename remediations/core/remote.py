@@ -217,10 +217,8 @@ class LocalProcess:
             if not chunk:
                 break
             self.buffer += chunk
-        if b"\n" not in self.buffer:
-            return None
-        line, _, self.buffer = self.buffer.partition(b"\n")
-        return line.decode(errors="replace")
+        line, self.buffer = take_line(self.buffer)
+        return line
 
     @property
     def ended(self) -> bool:
@@ -244,6 +242,14 @@ class LocalProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+def take_line(buffer: bytes) -> tuple[str | None, bytes]:
+    """The first complete line of a process's output buffer (None until one arrived), and the rest."""
+    if b"\n" not in buffer:
+        return None, buffer
+    line, _, rest = buffer.partition(b"\n")
+    return line.decode(errors="replace"), rest
 
 
 def must(result: CommandResult, what: str) -> CommandResult:
