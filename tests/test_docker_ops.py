@@ -49,13 +49,15 @@ def test_parse_size_rejects(text: str) -> None:
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("168h", 604800), ("30m", 1800), ("7d", 604800), ("0s", 0), ("45", 45), ("1.5h", 5400)],
-)
+    # One grammar for every duration flag (--older-than, --max-age, --ttl): weeks and combined units too.
+    [("168h", 604800), ("30m", 1800), ("7d", 604800), ("0s", 0), ("45", 45), ("1.5h", 5400), ("1w", 604800),
+     ("1d12h", 129600)],
+)  # fmt: skip
 def test_parse_duration(text: str, seconds: int) -> None:
     assert parse_duration(text, "--older-than") == seconds
 
 
-@pytest.mark.parametrize("text", ["-1h", "soon", "1w", ""])
+@pytest.mark.parametrize("text", ["-1h", "soon", "1y", "", "1h30", "1.5h30m"])
 def test_parse_duration_rejects_with_usage_error(text: str) -> None:
     with pytest.raises(UsageError, match="--older-than"):
         parse_duration(text, "--older-than")
