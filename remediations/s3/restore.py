@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import os
 import re
 import sys
 import threading
@@ -32,7 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, TextIO
 from urllib.parse import urlencode
 
-from remediations.actions.s3client import Bounds, S3Unanswered, Waits, is_endpoint_down, is_unanswered
+from remediations.actions import s3client
+from remediations.actions.s3client import S3Unanswered, is_endpoint_down, is_unanswered
 from remediations.core import interrupt, validate
 from remediations.core.context import HostContext
 from remediations.core.errors import HostError, UsageError
@@ -42,26 +42,6 @@ from remediations.core.results import Status
 
 S3Client = Any  # boto3's client is generated at run time; no stubs are installed
 
-
-class _NotLoaded(Exception):
-    """Stands for botocore's exceptions until an `S3` is made: nothing can raise them before."""
-
-
-# botocore is imported when the first S3 client is made, not when the task list is built.
-BotoCoreError: Any = _NotLoaded
-ClientError: Any = _NotLoaded
-EndpointConnectionError: Any = _NotLoaded
-NoCredentialsError: Any = _NotLoaded
-ProfileNotFound: Any = _NotLoaded
-
-
-def _load_botocore() -> None:
-    global BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError, ProfileNotFound
-    from botocore import exceptions
-
-    BotoCoreError, ClientError = exceptions.BotoCoreError, exceptions.ClientError
-    EndpointConnectionError = exceptions.EndpointConnectionError
-    NoCredentialsError, ProfileNotFound = exceptions.NoCredentialsError, exceptions.ProfileNotFound
 
 GiB = 1024**3
 MiB = 1024**2
@@ -480,71 +460,20 @@ def _rule_scope(rule: Mapping[str, Any]) -> str:
 # Facts and apply: the S3 client and the calls it makes
 # --------------------------------------------------------------------------------------------
 
-ENDPOINT_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+endpoint_url = s3client.endpoint_url
 
 
-def endpoint_url(host_vars: Mapping[str, Any]) -> str | None:
-    """The standard environment (AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL) wins over `s3_endpoint_url`."""
-    for name in ENDPOINT_ENV:
-        if os.environ.get(name):
-            return os.environ[name]
-    value = host_vars.get("s3_endpoint_url")
-    return str(value) if value else None
-
-
-class S3:
-    """One boto3 client for one target host, plus the credential values never to print."""
+class S3(s3client.Client):
+    """The package's S3 client (`s3client.Client`) for one target host, with the calls a restore makes."""
 
     def __init__(self, host_vars: Mapping[str, Any], tuning: Tuning, client: S3Client = None) -> None:
-        _load_botocore()
-        self.endpoint = endpoint_url(host_vars)
-        self.bounds = Bounds.from_vars(host_vars)
-        self.waits = Waits("s3", self.endpoint, self.bounds)
-        self.secrets: list[str] = []
-        self.client: S3Client = client
-        if client is not None:  # a client made elsewhere (tests use botocore's Stubber on one)
-            self.waits.attach(client)
-            return
-        import boto3
-
-        try:
-            session = boto3.session.Session(
-                profile_name=str(host_vars["aws_profile"]) if host_vars.get("aws_profile") else None,
-                region_name=str(host_vars["s3_region"]) if host_vars.get("s3_region") else None,
-            )
-        except ProfileNotFound as exc:
-            raise UsageError(f"AWS profile: {exc}") from None
-        credentials = session.get_credentials()
-        if credentials is None:
-            raise UsageError(
-                "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or "
-                "AWS_PROFILE (or the inventory var aws_profile)"
-            )
-        frozen = credentials.get_frozen_credentials()
-        self.secrets = [s for s in (frozen.access_key, frozen.secret_key, frozen.token) if s]
-        # Standard retries cover exactly the transient failures (503 SlowDown and other throttling,
-        # 500/502/503/504, RequestTimeout, connection errors and timeouts) with backoff and jitter,
-        # for every call: the listing pages and each part of a multipart copy included, which a
-        # tenacity decorator around our own functions would do more coarsely (a retried copy could
-        # repeat parts that had succeeded). Repeating one S3 request is safe: a repeated copy only
-        # adds an identical version. The connection pool is at least as large as the copy pool.
-        self.client = session.client(
-            "s3",
-            endpoint_url=self.endpoint,
-            region_name=session.region_name or "us-east-1",
-            config=self.bounds.config(pool=tuning.workers),
-        )
-        self.waits.attach(self.client)
-
-    def mask(self, text: str) -> str:
-        for secret in self.secrets:
-            text = text.replace(secret, "*****")
-        return text
+        # The connection pool is at least as large as the copy pool.
+        super().__init__(host_vars, "s3", pool=tuning.workers, client=client)
 
     def explain(self, exc: Exception) -> str:
         """One line for an S3 failure, with the credentials masked."""
         where = self.endpoint or "AWS"
-        if isinstance(exc, ClientError):
+        if isinstance(exc, s3client.ClientError):
             error = exc.response.get("Error", {})
             code = str(error.get("Code", ""))
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
@@ -561,9 +490,9 @@ class S3:
             return self.mask(f"{text} [{where}]")
         if is_unanswered(exc):
             return self.mask(self.waits.unanswered())
-        if isinstance(exc, EndpointConnectionError):
+        if isinstance(exc, s3client.EndpointConnectionError):
             return self.mask(f"cannot reach the S3 endpoint {where}: {exc}")
-        if isinstance(exc, NoCredentialsError):
+        if isinstance(exc, s3client.NoCredentialsError):
             return "no AWS credentials found"
         return self.mask(f"{type(exc).__name__}: {exc} [{where}]")
 
@@ -573,7 +502,7 @@ class S3:
         endpoint that does not answer is never bad input: S3Unanswered, a HostError."""
         try:
             yield
-        except (ClientError, BotoCoreError) as exc:
+        except (s3client.ClientError, s3client.BotoCoreError) as exc:
             if is_unanswered(exc):
                 raise S3Unanswered(f"{what}: {self.explain(exc)}") from None
             raise error(f"{what}: {self.explain(exc)}") from None
@@ -588,7 +517,7 @@ class S3:
         extra = {"VersionId": version_id} if version_id else {}
         try:
             found = self.client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED", **extra)
-        except ClientError as exc:
+        except s3client.ClientError as exc:
             if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (404, 405):
                 return None
             raise
@@ -723,7 +652,7 @@ class S3:
             try:
                 first = self.client.head_object(Bucket=bucket, Key=key, VersionId=version.version_id,
                                                 PartNumber=1)
-            except ClientError:
+            except s3client.ClientError:
                 first = {}
             if int(first.get("PartsCount") or 0) == count:
                 layout = uniform_layout(version.size, int(first.get("ContentLength") or 0), count)
@@ -738,7 +667,7 @@ class S3:
                 Bucket=bucket, Key=key, VersionId=version.version_id,
                 RestoreRequest={"Days": tuning.restore_days, "GlacierJobParameters": {"Tier": tuning.tier}},
             )
-        except ClientError as exc:
+        except s3client.ClientError as exc:
             if exc.response.get("Error", {}).get("Code") == "RestoreAlreadyInProgress":
                 return False
             raise
@@ -884,7 +813,7 @@ class RestoreObject(_S3Remediation):
             with s3.failing(f"{self.uri} version {self.version_id}", UsageError):
                 try:
                     s3.client.head_object(Bucket=self.bucket, Key=self.key, VersionId=self.version_id)
-                except ClientError as exc:
+                except s3client.ClientError as exc:
                     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
                     if status == 405:
                         raise UsageError(f"{self.uri}: version {self.version_id} is a delete marker; "
@@ -1142,7 +1071,7 @@ class RestorePrefix(_S3Remediation):
                     except (CancelledError, _NotSent):
                         applied.not_sent.append(plan.dest_key)
                         continue
-                    except (ClientError, BotoCoreError, HostError) as exc:
+                    except (s3client.ClientError, s3client.BotoCoreError, HostError) as exc:
                         why = s3.explain(exc) if not isinstance(exc, HostError) else str(exc)
                         if isinstance(exc, S3Unanswered) or is_endpoint_down(exc):
                             applied.unanswered_keys.append(plan.dest_key)
@@ -1265,7 +1194,7 @@ class BucketCheck(_S3Remediation):
         with ctx.step("lifecycle") as step, s3.failing(f"s3://{self.bucket}: lifecycle"):
             try:
                 rules = s3.client.get_bucket_lifecycle_configuration(Bucket=self.bucket).get("Rules") or []
-            except ClientError as exc:
+            except s3client.ClientError as exc:
                 if exc.response.get("Error", {}).get("Code") != "NoSuchLifecycleConfiguration":
                     raise
                 rules = []
