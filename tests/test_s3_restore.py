@@ -17,38 +17,39 @@ import pytest
 from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
+from remediations.actions.s3task import controller_targets
+from remediations.actions.s3versions import S3 as S3Api
+from remediations.actions.s3versions import Progress, Tuning
 from remediations.core import inventory
 from remediations.core.engine import Engine
 from remediations.core.errors import HostError, UsageError
 from remediations.core.options import RunOptions
 from remediations.core.results import HostResult, Status
-from remediations.s3.restore import S3 as S3Api
-from remediations.s3.restore import (
+from remediations.facts.s3 import (
     Content,
     Head,
-    KeyPlan,
     MiB,
-    ObjectTarget,
-    Progress,
-    RestoreObject,
-    Tuning,
     Version,
     archive_state,
     at_time,
     byte_ranges,
-    controller_targets,
-    decide_object,
-    dest_key,
     etag_parts,
     history,
     parse_at,
     part_layout,
-    plan_key,
-    refine_archived,
     same_content,
-    short_noncurrent_rules,
     uniform_layout,
 )
+from remediations.s3.decide import (
+    KeyPlan,
+    ObjectTarget,
+    decide_object,
+    dest_key,
+    plan_key,
+    refine_archived,
+    short_noncurrent_rules,
+)
+from remediations.s3.restore_object import RestoreObject
 
 UTC = dt.UTC
 NOW = dt.datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)

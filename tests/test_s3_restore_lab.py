@@ -21,20 +21,17 @@ import boto3
 import pytest
 
 from lab import hosts as lab
+from remediations.actions.s3task import controller_targets
+from remediations.actions.s3versions import Tuning
 from remediations.core import inventory
 from remediations.core.engine import Engine
 from remediations.core.options import RunOptions
 from remediations.core.remediation import Remediation
 from remediations.core.results import HostResult, Status
-from remediations.s3.restore import (
-    BucketCheck,
-    MiB,
-    RestoreObject,
-    RestorePrefix,
-    Tuning,
-    controller_targets,
-    iso,
-)
+from remediations.facts.s3 import MiB, iso
+from remediations.s3.bucket_check import BucketCheck
+from remediations.s3.restore_object import RestoreObject
+from remediations.s3.restore_prefix import RestorePrefix
 from tests import labkit
 from tests.labkit import audit_lines, inv
 

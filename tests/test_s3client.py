@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from remediations.actions.s3client import Bounds, S3Unanswered
+from remediations.actions.s3versions import S3, Tuning
 from remediations.core.errors import HostError, UsageError
 from remediations.facts.postgres import S3Store
-from remediations.s3.restore import S3, Tuning
 
 
 @pytest.mark.parametrize(
