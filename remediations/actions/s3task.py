@@ -16,7 +16,6 @@ from remediations.core.errors import HostError, UsageError
 from remediations.core.inventory import Host, Inventory, controller_host
 from remediations.core.remediation import Remediation
 from remediations.core.results import Status
-from remediations.facts.s3 import TIERS
 
 HOST_HELP = ("optional: an inventory host with ansible_connection: local whose vars (s3_endpoint_url, "
              "s3_region, aws_profile) to use; default: the inventory's shared vars")  # fmt: skip
@@ -37,7 +36,7 @@ def _days(value: Any, flag: str) -> int:
 
 BUCKET = Arg("bucket", "the bucket (required)")
 TIER = Arg("tier", "retrieval tier for archived (GLACIER, DEEP_ARCHIVE) versions: Expedited, Standard, Bulk "
-           "(default Standard)", default="Standard", example=TIERS[1])  # fmt: skip
+           "(default Standard)", default="Standard")  # fmt: skip
 WORKERS = Arg("workers", "copies in flight at once, 1 to 64 (default 16); the HTTP connection pool is at "
               "least as large", parse=_given(_workers))  # fmt: skip
 RESTORE_DAYS = Arg("restore_days", "days a retrieved archived version stays readable (default 7)",
