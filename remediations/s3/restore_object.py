@@ -103,7 +103,6 @@ class RestoreObject(S3Task):
                                          ) from None
                     raise
 
-
     def gather(self, ctx: HostContext) -> Facts:
         s3 = self.s3(ctx)
         self.require_versioning(ctx, s3, self.bucket)
