@@ -9,8 +9,6 @@ WAL archiver).
 
 from __future__ import annotations
 
-from typing import Any
-
 from invoke.context import Context
 
 from remediations.cli import Flags, collection, execute, remediation_task
@@ -121,170 +119,6 @@ def list_blocks(c: Context, flags: Flags) -> int:
     code, run = execute(ListBlocks, flags, task="list-blocks")
     if run is not None and not flags.json:
         print(listing(run.hosts))
-    return code
-
-
-
-
-# S3 version restore (issue 4): restore-s3-object, restore-s3-prefix, s3-bucket-check.
-# They run on the controller: without --host the target is `s3:BUCKET` (local, the inventory's shared
-# vars); --check implies --diff, so the plan lists every key.
-
-S3_HELP = {
-    "bucket": "the bucket (required)",
-    "tier": "retrieval tier for archived (GLACIER, DEEP_ARCHIVE) versions: Expedited, Standard, Bulk "
-    "(default Standard)",
-    "restore-days": "days a retrieved archived version stays readable (default 7)",
-    "workers": "copies in flight at once, 1 to 64 (default 16); the HTTP connection pool is at least as "
-    "large",
-    "host": "optional: an inventory host with ansible_connection: local whose vars (s3_endpoint_url, "
-    "s3_region, aws_profile) to use; default: the inventory's shared vars",
-}
-
-
-def _s3_tuning(workers: str | None, tier: str, restore_days: str | None) -> Any:
-    """The S3 knobs from their flags' text (None or "": the default), checked."""
-    from remediations.core.validate import check_count, check_workers
-    from remediations.s3.restore import Tuning
-
-    given: dict[str, Any] = {"tier": tier}
-    if workers not in (None, ""):
-        given["workers"] = check_workers(workers)
-    if restore_days not in (None, ""):
-        given["restore_days"] = check_count(restore_days, "--restore-days", 1, 36500)
-    return Tuning(**given)
-
-
-def _s3_flags(flags: Flags) -> Flags:
-    import dataclasses
-
-    return dataclasses.replace(flags, diff=flags.diff or flags.check)
-
-
-@remediation_task(
-    help={
-        **S3_HELP,
-        "key": "the object's key (required)",
-        "version-id": "make this version the current one",
-        "at": "make current the version that was current at this time: ISO 8601 with a timezone "
-        "(2024-05-01T09:30:00Z) or relative ('2h ago', '1d ago')",
-        "undelete": "if the current version is a delete marker, remove it (and any stacked on it) so the "
-        "previous version shows again",
-    }
-)
-def restore_s3_object(
-    c: Context,
-    flags: Flags,
-    bucket: str | None = None,
-    key: str | None = None,
-    version_id: str | None = None,
-    at: str | None = None,
-    undelete: bool = False,
-    tier: str = "Standard",
-    restore_days: str | None = None,
-    workers: str | None = None,
-) -> int:
-    """Restore one S3 object to an earlier version: give exactly one of --version-id, --at, --undelete.
-
-    The chosen version is copied over the key as a new current version (history is kept; no data
-    version is deleted), with its content type, metadata and tags; parts are copied along the
-    source's own part boundaries for multipart objects and objects over 5 GiB. Already holding that
-    content: ok, no new version. An archived version gets a retrieval started (pending); run again to
-    copy it once readable. Refused when bucket versioning is not Enabled. Endpoint: AWS_ENDPOINT_URL,
-    else the s3_endpoint_url inventory var; credentials: the standard AWS chain. Requests are bounded
-    as for restore-s3-prefix (108 s at most each with the default s3_* timeouts).
-    """
-    from remediations.s3.restore import RestoreObject, controller_targets
-
-    code, _ = execute(
-        lambda: RestoreObject(
-            bucket, key, version_id=version_id, at=at, undelete=undelete,
-            tuning=_s3_tuning(workers, tier, restore_days),
-        ),
-        _s3_flags(flags),
-        task="restore-s3-object",
-        arguments={"bucket": bucket, "key": key, "version_id": version_id, "at": at, "undelete": undelete},
-        targets=controller_targets(bucket),
-    )
-    return code
-
-
-@remediation_task(
-    help={
-        **S3_HELP,
-        "prefix": "restore every key under this prefix (required; '' for the whole bucket)",
-        "at": "the time to restore to: ISO 8601 with a timezone or relative ('2h ago') (required)",
-        "to-bucket": "write the restored keys into this bucket instead (versioning must be Enabled)",
-        "to-prefix": "write the restored keys under this prefix instead of --prefix",
-        "delete-new": "hide keys created after --at behind a delete marker (reversible with "
-        "restore-s3-object --undelete); default: leave them and list them",
-    }
-)
-def restore_s3_prefix(
-    c: Context,
-    flags: Flags,
-    bucket: str | None = None,
-    prefix: str | None = None,
-    at: str | None = None,
-    to_bucket: str | None = None,
-    to_prefix: str | None = None,
-    delete_new: bool = False,
-    tier: str = "Standard",
-    restore_days: str | None = None,
-    workers: str | None = None,
-) -> int:
-    """Restore every key under a prefix to its state at a time.
-
-    Overwritten keys get their version of that time back and deleted keys come back (copies: history
-    is kept); keys created later are left alone and listed (--delete-new hides them). Copies run in a
-    bounded pool, throttling, 5xx and timeouts are retried with backoff, and a progress line shows on
-    a terminal. Every S3 request is bounded (s3_connect_timeout 5 s, s3_read_timeout 30 s,
-    s3_max_attempts 3: 108 s at most); a request waiting longer than s3_progress_interval (10 s) is
-    reported on stderr, and an endpoint that stops answering stops the run with the keys restored so
-    far. --check lists every key and what would happen to it. A second run finds nothing to do.
-    """
-    from remediations.s3.restore import RestorePrefix, controller_targets
-
-    code, _ = execute(
-        lambda: RestorePrefix(
-            bucket, prefix, at, to_bucket=to_bucket, to_prefix=to_prefix, delete_new=delete_new,
-            tuning=_s3_tuning(workers, tier, restore_days),
-        ),
-        _s3_flags(flags),
-        task="restore-s3-prefix",
-        arguments={"bucket": bucket, "prefix": prefix, "at": at, "to_bucket": to_bucket,
-                   "to_prefix": to_prefix, "delete_new": delete_new},
-        targets=controller_targets(bucket),
-    )
-    return code
-
-
-@remediation_task(
-    help={
-        "bucket": S3_HELP["bucket"],
-        "host": S3_HELP["host"],
-        "retention-days": "noncurrent versions must be kept at least this long (default: the "
-        "s3_noncurrent_retention_days inventory var, else 30)",
-    }
-)
-def s3_bucket_check(c: Context, flags: Flags, bucket: str | None = None, retention_days: str | None = None
-                    ) -> int:
-    """Report whether a bucket keeps what a restore needs; changes nothing.
-
-    Checks that versioning is Enabled and that no enabled lifecycle rule expires noncurrent versions
-    sooner than the retention. Each finding fails its step (exit code 1), so cron can alert on it.
-    """
-    from remediations.core.validate import check_count
-    from remediations.s3.restore import BucketCheck, controller_targets
-
-    code, _ = execute(
-        lambda: BucketCheck(bucket, None if retention_days in (None, "")
-                            else check_count(retention_days, "--retention-days", 1, 36500)),
-        flags,
-        task="s3-bucket-check",
-        arguments={"bucket": bucket, "retention_days": retention_days},
-        targets=controller_targets(bucket),
-    )
     return code
 
 
@@ -730,9 +564,6 @@ ns = collection(
     unblock_ip,
     unblock_expired,
     list_blocks,
-    restore_s3_object,
-    restore_s3_prefix,
-    s3_bucket_check,
     ensure_healthy,
     set_env,
     rollback,

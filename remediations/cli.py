@@ -170,6 +170,8 @@ def run_task(cls: type[Remediation], flags: Flags, given: Mapping[str, Any]) -> 
 
     if not flags.host and cls.default_hosts:
         flags = replace(flags, host=cls.default_hosts)
+    if flags.check and cls.check_shows_diff:
+        flags = replace(flags, diff=True)
     code, run = execute(make, flags, task=cls.task, arguments=cls.params.audited(given),
                         targets=targets if cls.runs_on_controller else None, declared=True)  # fmt: skip
     if run is not None:
@@ -191,7 +193,8 @@ def declared_task(cls: type[Remediation]) -> Task[Any]:
     body.__signature__ = inspect.Signature([_CONTEXT, *own, *COMMON_PARAMS])  # type: ignore[attr-defined]
     body.__name__ = cls.task.replace("-", "_")
     body.__doc__ = inspect.getdoc(cls)
-    made: Task[Any] = task(name=cls.task, help={**COMMON_HELP, **cls.params.help()},
+    common = {**COMMON_HELP, **({"host": cls.host_help} if cls.host_help else {})}
+    made: Task[Any] = task(name=cls.task, help={**common, **cls.params.help()},
                            iterable=cls.params.repeatable())(body)  # fmt: skip
     return made
 

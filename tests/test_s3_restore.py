@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import re
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,38 +18,42 @@ import pytest
 from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
+from remediations.actions.s3task import controller_targets
+from remediations.actions.s3versions import S3 as S3Api
+from remediations.actions.s3versions import Progress, Tuning
 from remediations.core import inventory
 from remediations.core.engine import Engine
 from remediations.core.errors import HostError, UsageError
 from remediations.core.options import RunOptions
 from remediations.core.results import HostResult, Status
-from remediations.s3.restore import S3 as S3Api
-from remediations.s3.restore import (
+from remediations.facts.s3 import (
     Content,
     Head,
-    KeyPlan,
+    Listing,
     MiB,
-    ObjectTarget,
-    Progress,
-    RestoreObject,
-    Tuning,
     Version,
     archive_state,
     at_time,
     byte_ranges,
-    controller_targets,
-    decide_object,
-    dest_key,
     etag_parts,
     history,
+    next_page,
     parse_at,
+    parse_head,
     part_layout,
-    plan_key,
-    refine_archived,
     same_content,
-    short_noncurrent_rules,
     uniform_layout,
 )
+from remediations.s3.decide import (
+    KeyPlan,
+    ObjectTarget,
+    decide_object,
+    dest_key,
+    plan_key,
+    refine_archived,
+    short_noncurrent_rules,
+)
+from remediations.s3.restore_object import RestoreObject
 
 UTC = dt.UTC
 NOW = dt.datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
@@ -867,3 +872,94 @@ def test_progress_shows_only_on_a_terminal() -> None:
         f"restore-s3-prefix: {n}/3" for n in (1, 2, 3)
     ]
     assert term.getvalue().endswith(" keys/s\n")
+
+
+# --- the listing and HEAD parsers (facts.s3) ----------------------------------------------------
+
+
+def _entry(key: str, vid: str, minute: int, **extra: Any) -> dict[str, Any]:
+    return {"Key": key, "VersionId": vid, "LastModified": t(minute), **extra}
+
+
+@pytest.mark.parametrize(
+    ("page", "only_key", "keys", "past", "marker_only"),
+    [
+        ({}, None, {}, False, 0),  # an empty page: neither list present
+        ({"DeleteMarkers": [_entry("a", "m1", 3)]}, None, {"a": ["m1"]}, False, 1),
+        ({"Versions": [_entry("a", "v1", 1), _entry("b", "v2", 2)], "DeleteMarkers": [_entry("a", "m1", 3)]},
+         None, {"a": ["v1", "m1"], "b": ["v2"]}, False, 0),
+        ({"Versions": [_entry("a", "v1", 1), _entry("ab", "v2", 2)]}, "a", {"a": ["v1"]}, True, 0),
+        ({"Versions": [_entry("0", "v0", 1), _entry("a", "v1", 1)]}, "a", {"a": ["v1"]}, False, 0),
+    ],
+)  # fmt: skip
+def test_listing_add_page(page: dict[str, Any], only_key: str | None, keys: dict[str, list[str]], past: bool,
+                          marker_only: int) -> None:  # fmt: skip
+    listing = Listing()
+    assert listing.add_page(page, only_key) is past
+    assert {k: [v.version_id for v in vs] for k, vs in listing.by_key.items()} == keys
+    assert (listing.pages, listing.marker_only_pages) == (1, marker_only)
+    markers = [v for vs in listing.by_key.values() for v in vs if v.is_delete_marker]
+    assert all(m.version_id.startswith("m") for m in markers)
+
+
+@pytest.mark.parametrize(
+    ("request_before", "page", "more", "request_after"),
+    [
+        ({"Bucket": "b"}, {"IsTruncated": False}, False, {"Bucket": "b"}),
+        ({"Bucket": "b"}, {"IsTruncated": True, "NextKeyMarker": "k", "NextVersionIdMarker": "v"}, True,
+         {"Bucket": "b", "KeyMarker": "k", "VersionIdMarker": "v"}),
+        ({"Bucket": "b", "KeyMarker": "k", "VersionIdMarker": "v"},
+         {"IsTruncated": True, "NextKeyMarker": "l"}, True, {"Bucket": "b", "KeyMarker": "l"}),
+    ],
+)  # fmt: skip
+def test_next_page(request_before: dict[str, Any], page: dict[str, Any], more: bool,
+                   request_after: dict[str, Any]) -> None:  # fmt: skip
+    request = dict(request_before)
+    assert next_page(request, page) is more
+    assert request == request_after
+
+
+def test_parse_head() -> None:
+    head = parse_head({
+        "ContentLength": 3, "ETag": '"abc"', "ChecksumCRC32": "AAAA", "ChecksumType": "FULL_OBJECT",
+        "ContentType": "text/plain", "Metadata": {"o": "a"}, "CacheControl": "max-age=1",
+        "StorageClass": "GLACIER", "Restore": 'ongoing-request="true"',
+    }, "v1")  # fmt: skip
+    assert head.version_id == "v1" and head.content == Content(3, '"abc"', {"CRC32": "AAAA"}, "FULL_OBJECT")
+    assert (head.content_type, dict(head.metadata), dict(head.system)) == ("text/plain", {"o": "a"},
+                                                                          {"CacheControl": "max-age=1"})
+    assert head.state == "retrieving"
+    kms = parse_head({"ServerSideEncryption": "aws:kms", "VersionId": "v2"}, None)
+    assert (kms.version_id, kms.content.etag_is_md5, kms.storage_class) == ("v2", False, "STANDARD")
+
+
+# --- the declared arguments: the tuning flags as tasks.py parsed them -----------------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ({}, Tuning()),
+        ({"workers": "", "restore_days": ""}, Tuning()),
+        ({"workers": "4", "restore_days": "2", "tier": "Bulk"},
+         Tuning(workers=4, restore_days=2, tier="Bulk")),
+    ],
+)  # fmt: skip
+def test_declared_tuning(given: dict[str, Any], expected: Tuning) -> None:
+    values = RestoreObject.params.parse({"bucket": "bkt", "key": "k", "undelete": True, **given})
+    made = RestoreObject.from_values(values)
+    assert isinstance(made, RestoreObject) and made._tuning == expected and made.undelete
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ({"workers": "0"}, "--workers '0'"),
+        ({"restore_days": "abc"}, "--restore-days 'abc'"),
+        ({"tier": "Fast"}, "--tier 'Fast': give one of Expedited, Standard, Bulk"),
+        ({"workers": "abc", "tier": "Fast"}, "--workers 'abc'"),  # workers first, as before
+    ],
+)
+def test_declared_tuning_refuses(given: dict[str, Any], message: str) -> None:
+    with pytest.raises(UsageError, match=re.escape(message)):
+        RestoreObject.from_values(RestoreObject.params.parse({"bucket": "bkt", "key": "k", **given}))

@@ -21,22 +21,20 @@ import boto3
 import pytest
 
 from lab import hosts as lab
+from remediations.actions.s3task import controller_targets
+from remediations.actions.s3versions import Tuning
 from remediations.core import inventory
 from remediations.core.engine import Engine
 from remediations.core.options import RunOptions
 from remediations.core.remediation import Remediation
 from remediations.core.results import HostResult, Status
-from remediations.s3.restore import (
-    BucketCheck,
-    MiB,
-    RestoreObject,
-    RestorePrefix,
-    Tuning,
-    controller_targets,
-    iso,
-)
+from remediations.facts.s3 import MiB, iso
+from remediations.s3.bucket_check import BucketCheck
+from remediations.s3.restore_object import RestoreObject
+from remediations.s3.restore_prefix import RestorePrefix
 from tests import labkit
 from tests.labkit import audit_lines, inv
+from tests.quartet import quartet
 
 pytestmark = pytest.mark.lab
 
@@ -127,7 +125,7 @@ def planned(listing: str) -> list[tuple[str, str]]:
 # --- restore-s3-object ------------------------------------------------------------------------
 
 
-def test_version_id_quartet_keeps_content_type_metadata_and_tags(lab: Any) -> None:
+def test_version_id_quartet_keeps_content_type_metadata_and_tags(lab: Any, tmp_path: Path) -> None:
     s3 = client()
     name = bucket(s3)
     old = s3.put_object(
@@ -142,17 +140,17 @@ def test_version_id_quartet_keeps_content_type_metadata_and_tags(lab: Any) -> No
     time.sleep(0.01)
     s3.put_object(Bucket=name, Key="doc.txt", Body=b"new", ContentType="text/plain")
 
-    def restore() -> RestoreObject:
-        return RestoreObject(name, "doc.txt", version_id=old["VersionId"])
+    def state() -> tuple[bytes, int]:
+        return body(s3, name, "doc.txt"), len(versions(s3, name, "doc.txt"))
 
-    checked = run(restore(), name, check=True)
-    assert checked.status == Status.CHANGED, checked.to_dict()
-    assert checked.message.startswith("would copy version " + old["VersionId"])
-    assert body(s3, name, "doc.txt") == b"new" and len(versions(s3, name, "doc.txt")) == 2
-
-    applied = run(restore(), name)
-    assert applied.status == Status.CHANGED, applied.to_dict()
-    assert [s.step for s in applied.steps] == ["versioning", "facts", "restore", "verify"]
+    host, version = f"s3:{name}", old["VersionId"]
+    four = quartet("restore-s3-object", "--bucket", name, "--key", "doc.txt", "--version-id", version,
+                   hosts=[host], audit=tmp_path / "audit.jsonl", state=state, run=inv_s3)  # fmt: skip
+    checked = four.check.host(host)
+    assert checked["message"].startswith("would copy version " + old["VersionId"])
+    assert state() == (b"old", 3)  # one new version; the history is all there
+    applied = four.apply.host(host)
+    assert [s["step"] for s in applied["steps"]] == ["versioning", "facts", "restore", "verify"]
     head = s3.head_object(Bucket=name, Key="doc.txt")
     assert body(s3, name, "doc.txt") == b"old"
     assert (head["ContentType"], head["Metadata"], head["CacheControl"]) == (
@@ -162,12 +160,9 @@ def test_version_id_quartet_keeps_content_type_metadata_and_tags(lab: Any) -> No
     )
     tags = s3.get_object_tagging(Bucket=name, Key="doc.txt")["TagSet"]
     assert sorted((t["Key"], t["Value"]) for t in tags) == [("team", "blue"), ("tier", "1")]
-    assert len(versions(s3, name, "doc.txt")) == 3  # a new version; the history is all there
-
-    again = run(restore(), name)
-    assert (again.status, len(versions(s3, name, "doc.txt"))) == (Status.OK, 3), again.to_dict()
-    assert "already holds the content of version " + old["VersionId"] in again.message
-    assert run(restore(), name, check=True).status == Status.OK
+    again = four.again.host(host)
+    assert len(versions(s3, name, "doc.txt")) == 3, again
+    assert "already holds the content of version " + old["VersionId"] in again["message"]
 
 
 def test_at_restores_the_version_current_then_and_says_when_the_key_did_not_exist(lab: Any) -> None:
@@ -308,33 +303,36 @@ def timeline(lab: Any) -> Timeline:
     return Timeline()
 
 
-def test_prefix_in_place_quartet(timeline: Timeline) -> None:
+def test_prefix_in_place_quartet(timeline: Timeline, tmp_path: Path) -> None:
     s3, name, at = timeline.s3, timeline.name, iso(timeline.at)
 
-    checked = run(RestorePrefix(name, "inplace/", at), name, check=True)
-    assert checked.status == Status.CHANGED, checked.to_dict()
-    assert sorted(planned(checked.diff)) == [
+    def state() -> str:
+        return s3_state(timeline)
+
+    host = f"s3:{name}"
+    four = quartet("restore-s3-prefix", "--bucket", name, "--prefix", "inplace/", "--at", at,
+                   hosts=[host], audit=tmp_path / "audit.jsonl", state=state, run=inv_s3)  # fmt: skip
+    checked = four.check.host(host)
+    diff = "\n".join(s["diff"] for s in checked["steps"] if s["diff"])  # --check implies --diff
+    assert sorted(planned(diff)) == [
         ("keep new", "inplace/new.txt"),
         ("ok", "inplace/keep.txt"),
         ("restore", "inplace/gone.txt"),
         ("restore", "inplace/over.txt"),
     ]
-    assert "deleted after" in checked.diff and "overwritten after" in checked.diff
-    assert body(s3, name, "inplace/over.txt") == b"after"
+    assert "deleted after" in diff and "overwritten after" in diff
 
-    done = run(RestorePrefix(name, "inplace/", at), name)
-    assert done.status == Status.CHANGED, done.to_dict()
-    assert "restored 2 key(s)" in done.message and "inplace/new.txt" in done.message
+    done = four.apply.host(host)
+    assert "restored 2 key(s)" in done["message"] and "inplace/new.txt" in done["message"], done
     assert body(s3, name, "inplace/over.txt") == b"before"
     assert s3.head_object(Bucket=name, Key="inplace/over.txt")["ContentType"] == "text/x-before"
     assert body(s3, name, "inplace/gone.txt") == b"gone"
     assert body(s3, name, "inplace/new.txt") == b"new"  # left alone
     assert len(versions(s3, name, "inplace/keep.txt")) == 1
 
-    again = run(RestorePrefix(name, "inplace/", at), name)
-    assert again.status == Status.OK and again.message.startswith("nothing to do"), again.to_dict()
-    assert [s.step for s in again.steps] == ["versioning", "facts", "decide"]
-    assert run(RestorePrefix(name, "inplace/", at), name, check=True).status == Status.OK
+    again = four.again.host(host)
+    assert again["message"].startswith("nothing to do"), again
+    assert [s["step"] for s in again["steps"]] == ["versioning", "facts", "decide"]
 
 
 def test_prefix_delete_new_hides_new_keys_behind_a_delete_marker(timeline: Timeline) -> None:

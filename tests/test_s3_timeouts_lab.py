@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from lab import hosts as lab
-from remediations.s3.restore import iso
+from remediations.facts.s3 import iso
 from tests.labkit import Ran, audit_lines, inv
 
 pytestmark = pytest.mark.lab

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from remediations.actions.s3client import Bounds, S3Unanswered
+from remediations.actions.s3versions import S3, Tuning
 from remediations.core.errors import HostError, UsageError
 from remediations.facts.postgres import S3Store
-from remediations.s3.restore import S3, Tuning
 
 
 @pytest.mark.parametrize(
@@ -135,3 +135,62 @@ def test_the_backup_store_is_bounded_too(creds: None, silent: str) -> None:
         store.list("b", "p")
     assert time.monotonic() - started < Bounds.from_vars(FAST).per_request + 1
     assert "backup-check: waiting for S3" in store.waits.stream.getvalue()
+
+
+# --- one client: health and backup-check read the same endpoint with the same profile -----------
+
+
+@pytest.fixture
+def sessions(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> list[tuple[str | None, str | None, str]]:
+    """Every S3 client made: (profile, endpoint, region), whoever made it."""
+    import boto3
+
+    config = tmp_path / "aws-config"
+    config.write_text("[profile backups]\nregion = eu-west-1\naws_access_key_id = AKIAPROFILE0001\n"
+                      "aws_secret_access_key = profile-secret\n")  # fmt: skip
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    for name in ("AWS_DEFAULT_REGION", "AWS_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    made: list[tuple[str | None, str | None, str]] = []
+    real = boto3.session.Session.client
+
+    def client(self: Any, service: str, *args: Any, **kwargs: Any) -> Any:
+        made.append((self.profile_name if self.profile_name != "default" else None,
+                     kwargs.get("endpoint_url"), kwargs.get("region_name")))  # fmt: skip
+        return real(self, service, *args, **kwargs)
+
+    monkeypatch.setattr(boto3.session.Session, "client", client)
+    return made
+
+
+@pytest.mark.parametrize(
+    ("env", "host_vars", "expected"),
+    [
+        ({}, {"s3_endpoint_url": "http://127.0.0.1:9"}, (None, "http://127.0.0.1:9", "us-east-1")),
+        ({"AWS_ENDPOINT_URL": "http://127.0.0.1:8"}, {"s3_endpoint_url": "http://127.0.0.1:9"},
+         (None, "http://127.0.0.1:8", "us-east-1")),
+        ({"AWS_ENDPOINT_URL": "http://127.0.0.1:8", "AWS_ENDPOINT_URL_S3": "http://127.0.0.1:7"}, {},
+         (None, "http://127.0.0.1:7", "us-east-1")),
+        ({}, {"s3_endpoint_url": "http://127.0.0.1:9", "aws_profile": "backups"},
+         ("backups", "http://127.0.0.1:9", "eu-west-1")),
+        ({"AWS_ENDPOINT_URL_S3": "http://127.0.0.1:7"}, {"aws_profile": "backups", "s3_region": "eu-north-1"},
+         ("backups", "http://127.0.0.1:7", "eu-north-1")),
+    ],
+)  # fmt: skip
+def test_health_and_backup_check_resolve_the_endpoint_alike(
+    creds: None, sessions: list[Any], monkeypatch: pytest.MonkeyPatch, env: dict[str, str],
+    host_vars: dict[str, Any], expected: tuple[Any, ...],
+) -> None:  # fmt: skip
+    from remediations.host.health import newest_s3_object
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    quick = {**host_vars, "s3_max_attempts": 1, "s3_connect_timeout": 0.5, "s3_read_timeout": 0.5}
+    newest, error = newest_s3_object("s3://backups/db/", quick)  # nothing listens there: an error
+    assert newest is None and error.startswith("S3: ")
+    store = S3Store(quick, label="backup-check")
+    restore = S3(quick, Tuning())
+    assert sessions == [expected, expected, expected]  # health, backup-check, the restore tasks
+    assert store.endpoint == restore.endpoint == expected[1]
+    assert store.profile == restore.profile == expected[0]

@@ -12,10 +12,16 @@ attempts * (connect + read) + the backoff, 108 s with the defaults. While a requ
 flight longer than `s3_progress_interval` (10 s), a line on stderr says what it waits for, again at
 that interval. When the endpoint does not answer, the failure is one line: "S3 endpoint URL did not
 answer within N s (what; attempts and timeouts); nothing more was sent".
+
+`Client` is the one S3 client of the package (restore-s3-*, s3-bucket-check, health, backup-check,
+restore-test, wal-cleanup): the session from `aws_profile` and `s3_region`, the endpoint from
+`endpoint_url`, these bounds, and the credential values never to print. botocore and boto3 are
+imported when the first client is made (`load_botocore`), not when the task list is built.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -31,6 +37,43 @@ DEFAULT_READ_TIMEOUT = 30.0
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_REPORT_EVERY = 10.0
 MAX_BACKOFF = 20.0  # botocore's standard mode never sleeps longer between attempts
+ENDPOINT_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+
+
+class _NotLoaded(Exception):
+    """Stands for botocore's exceptions until a `Client` is made: nothing can raise them before."""
+
+
+# botocore is imported when the first S3 client is made (`load_botocore`), not at import.
+BotoCoreError: Any = _NotLoaded
+ClientError: Any = _NotLoaded
+EndpointConnectionError: Any = _NotLoaded
+NoCredentialsError: Any = _NotLoaded
+ProfileNotFound: Any = _NotLoaded
+
+
+def load_botocore() -> None:
+    """Bind botocore's exceptions in this module (`s3client.ClientError` and friends)."""
+    global BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError, ProfileNotFound
+    from botocore import exceptions
+
+    BotoCoreError, ClientError = exceptions.BotoCoreError, exceptions.ClientError
+    EndpointConnectionError = exceptions.EndpointConnectionError
+    NoCredentialsError, ProfileNotFound = exceptions.NoCredentialsError, exceptions.ProfileNotFound
+
+
+def endpoint_url(host_vars: Mapping[str, Any]) -> str | None:
+    """The S3 endpoint: the standard environment (AWS_ENDPOINT_URL_S3, then AWS_ENDPOINT_URL) wins
+    over the `s3_endpoint_url` var; None is AWS itself."""
+    for name in ENDPOINT_ENV:
+        if os.environ.get(name):
+            return os.environ[name]
+    value = host_vars.get("s3_endpoint_url")
+    return str(value) if value else None
+
+
+def _var(host_vars: Mapping[str, Any], name: str) -> str | None:
+    return str(host_vars[name]) if host_vars.get(name) else None
 
 
 @dataclass(frozen=True)
@@ -219,3 +262,58 @@ class Waits:
         what, took = failed or ("a request", self.bounds.per_request)
         return (f"S3 endpoint {self.endpoint} did not answer within {took:.0f} s ({what}: "
                 f"{self.bounds.describe()}); nothing more was sent")  # fmt: skip
+
+
+class Client:
+    """The boto3 S3 client for one host's vars, bounded, plus the credential values never to print.
+
+    strict      a missing profile or no credentials at all is bad input (UsageError) here; otherwise
+                the first request fails with botocore's error, as the caller's own step
+    pool        the HTTP connection pool (at least 10): as large as the requests in flight at once
+    client      a client made elsewhere (tests use botocore's Stubber on one)
+    """
+
+    def __init__(self, host_vars: Mapping[str, Any], label: str = "s3", *, pool: int = 10,
+                 strict: bool = True, client: Any = None) -> None:  # fmt: skip
+        load_botocore()
+        self.endpoint = endpoint_url(host_vars)
+        self.profile = _var(host_vars, "aws_profile")
+        self.bounds = Bounds.from_vars(host_vars)
+        self.waits = Waits(label, self.endpoint, self.bounds)
+        self.secrets: list[str] = []
+        self.client: Any = client
+        if client is None:
+            self.client = self._connect(host_vars, pool, strict)
+        self.waits.attach(self.client)
+
+    def _connect(self, host_vars: Mapping[str, Any], pool: int, strict: bool) -> Any:
+        import boto3
+
+        try:
+            region = _var(host_vars, "s3_region")
+            session = boto3.session.Session(profile_name=self.profile, region_name=region)
+        except ProfileNotFound as exc:
+            if not strict:
+                raise
+            raise UsageError(f"AWS profile: {exc}") from None
+        credentials = session.get_credentials()
+        if credentials is None and strict:
+            raise UsageError(
+                "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or "
+                "AWS_PROFILE (or the inventory var aws_profile)"
+            )
+        if credentials is not None:
+            frozen = credentials.get_frozen_credentials()
+            self.secrets = [s for s in (frozen.access_key, frozen.secret_key, frozen.token) if s]
+        # Standard retries cover exactly the transient failures (503 SlowDown and other throttling,
+        # 500/502/503/504, RequestTimeout, connection errors and timeouts) with backoff and jitter,
+        # for every call: the listing pages and each part of a multipart copy included. Repeating one
+        # S3 request is safe: a repeated copy only adds an identical version.
+        region = session.region_name or "us-east-1"
+        return session.client("s3", endpoint_url=self.endpoint, region_name=region,
+                              config=self.bounds.config(pool=pool))  # fmt: skip
+
+    def mask(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "*****")
+        return text

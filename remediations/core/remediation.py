@@ -43,6 +43,8 @@ class Remediation:
     changes: ClassVar[bool] = True  # changes something (hosts, S3, IAM): a real run leaves "started"
     required_vars: ClassVar[tuple[str, ...]] = ()
     default_serial: ClassVar[int | None] = None
+    check_shows_diff: ClassVar[bool] = False  # --check implies --diff (the plan is a listing: S3 keys)
+    host_help: ClassVar[str] = ""  # the task's own help for --host, if it is not the common one
 
     def prepare(self, inventory: Inventory) -> None:
         """Resolve what the remediation needs from the inventory besides its targets (other hosts);

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import os
 import shlex
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -179,47 +178,16 @@ class S3Object:
 
 
 def s3_endpoint(host_vars: Mapping[str, Any]) -> str | None:
-    """The standard environment (AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL) wins over `s3_endpoint_url`."""
-    for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
-        if os.environ.get(name):
-            return os.environ[name]
-    value = host_vars.get("s3_endpoint_url")
-    return str(value) if value else None
+    """The endpoint every S3 client of the package uses (`s3client.endpoint_url`)."""
+    return s3client.endpoint_url(host_vars)
 
 
-class S3Store:
-    """A boto3 S3 client for one host's settings; failures become one readable HostError line."""
+class S3Store(s3client.Client):
+    """The package's S3 client (`s3client.Client`) for one host's settings; failures become one
+    readable HostError line."""
 
     def __init__(self, host_vars: Mapping[str, Any], label: str = "s3") -> None:
-        import boto3
-
-        self.endpoint = s3_endpoint(host_vars)
-        self.bounds = s3client.Bounds.from_vars(host_vars)
-        self.waits = s3client.Waits(label, self.endpoint, self.bounds)
-        session = boto3.session.Session(
-            profile_name=str(host_vars["aws_profile"]) if host_vars.get("aws_profile") else None,
-            region_name=str(host_vars["s3_region"]) if host_vars.get("s3_region") else None,
-        )
-        credentials = session.get_credentials()
-        frozen = credentials.get_frozen_credentials() if credentials is not None else None
-        self.secrets = [
-            s
-            for s in (
-                getattr(frozen, "access_key", None),
-                getattr(frozen, "secret_key", None),
-                getattr(frozen, "token", None),
-            )
-            if s
-        ]
-        # Standard retries cover exactly the transient failures (throttling, 5xx, connection
-        # errors, timeouts), with backoff and an explicit stop; every call here is safe to repeat.
-        self.client: Any = session.client(
-            "s3",
-            endpoint_url=self.endpoint,
-            region_name=session.region_name or "us-east-1",
-            config=self.bounds.config(),
-        )
-        self.waits.attach(self.client)
+        super().__init__(host_vars, label, strict=False)
 
     def where(self, bucket: str, prefix: str = "") -> str:
         return f"s3://{bucket}/{prefix}" + (f" at {self.endpoint}" if self.endpoint else "")

@@ -592,17 +592,11 @@ def archiver_check(answer: tuple[int, str] | None) -> Check:
 
 def newest_s3_object(url: str, host_vars: Mapping[str, Any]) -> tuple[float | None, str]:
     """(LastModified of the newest object under s3://bucket/prefix, error)."""
-    import boto3
     from botocore.exceptions import BotoCoreError, ClientError
 
     bucket, _, prefix = url.removeprefix("s3://").partition("/")
     try:
-        client = boto3.session.Session().client(
-            "s3",
-            endpoint_url=str(host_vars["s3_endpoint_url"]) if host_vars.get("s3_endpoint_url") else None,
-            region_name=str(host_vars.get("s3_region") or "us-east-1"),
-            config=s3client.Bounds.from_vars(host_vars).config(),  # a hung endpoint: bounded wait
-        )
+        client = s3client.Client(host_vars, "health", strict=False).client  # as backup-check's
         newest: float | None = None
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             for item in page.get("Contents") or []:

@@ -1,0 +1,282 @@
+"""The S3 calls of the restore tasks, on the package's one client (`actions.s3client.Client`).
+
+`S3` reads versions (list_object_versions, paginated; HEAD of a version) and changes S3 only by
+adding: a copy of an old version over the key (part by part along the source's own boundaries for
+multipart objects), delete-marker removal (undelete), archive retrievals. `Tuning` holds the knobs,
+`Progress` the line a terminal sees while copies run.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TextIO
+from urllib.parse import urlencode
+
+from remediations.actions import s3client
+from remediations.actions.s3client import S3Unanswered, is_endpoint_down, is_unanswered
+from remediations.core import validate
+from remediations.core.errors import HostError, UsageError
+from remediations.facts.s3 import (
+    COPY_OBJECT_LIMIT,
+    MIN_PART,
+    TIERS,
+    Content,
+    Head,
+    Listing,
+    MiB,
+    Version,
+    byte_ranges,
+    etag_parts,
+    next_page,
+    parse_head,
+    part_layout,
+    uniform_layout,
+)  # fmt: skip
+
+S3Client = Any  # boto3's client is generated at run time; no stubs are installed
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """Knobs with production defaults; tests shrink them to exercise paging and multipart copy."""
+
+    workers: int = 16  # copies in flight; the HTTP connection pool is at least this large
+    page_size: int = 1000  # MaxKeys of each listing page
+    multipart_threshold: int = COPY_OBJECT_LIMIT  # larger objects are copied part by part
+    part_size: int = 512 * MiB  # part size when the source's own layout cannot be read
+    tier: str = "Standard"  # archive retrieval tier
+    restore_days: int = 7  # how long a retrieved copy of an archived version stays readable
+
+    def __post_init__(self) -> None:
+        validate.check_workers(self.workers)
+        if not 1 <= self.page_size <= 1000:
+            raise UsageError(f"page size {self.page_size}: give 1 to 1000")
+        if self.part_size < MIN_PART:
+            raise UsageError(f"part size {self.part_size}: give at least {MIN_PART} bytes")
+        if self.multipart_threshold < 1:
+            raise UsageError(f"multipart threshold {self.multipart_threshold}: give at least 1 byte")
+        if self.multipart_threshold > COPY_OBJECT_LIMIT:
+            raise UsageError("multipart threshold: CopyObject cannot copy more than 5 GiB")
+        if self.tier not in TIERS:
+            raise UsageError(f"--tier {self.tier!r}: give one of {', '.join(TIERS)}")
+        if self.restore_days < 1:
+            raise UsageError(f"--restore-days {self.restore_days}: give at least 1")
+
+
+
+
+class S3(s3client.Client):
+    """The package's S3 client (`s3client.Client`) for one target host, with the calls a restore makes."""
+
+    def __init__(self, host_vars: Mapping[str, Any], tuning: Tuning, client: S3Client = None) -> None:
+        # The connection pool is at least as large as the copy pool.
+        super().__init__(host_vars, "s3", pool=tuning.workers, client=client)
+
+    def explain(self, exc: Exception) -> str:
+        """One line for an S3 failure, with the credentials masked."""
+        where = self.endpoint or "AWS"
+        if isinstance(exc, s3client.ClientError):
+            error = exc.response.get("Error", {})
+            code = str(error.get("Code", ""))
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            message = str(error.get("Message") or "")
+            if code == "NoSuchBucket":
+                text = "the bucket does not exist"
+            elif code in ("AccessDenied", "AllAccessDisabled") or status == 403:
+                text = f"access denied ({code or status}): {message}".rstrip(": ")
+            elif code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidClientTokenId",
+                          "ExpiredToken"):
+                text = f"the AWS credentials were refused ({code})"
+            else:
+                text = f"{exc.operation_name}: {code or status}: {message}".rstrip(": ")
+            return self.mask(f"{text} [{where}]")
+        if is_unanswered(exc):
+            return self.mask(self.waits.unanswered())
+        if isinstance(exc, s3client.EndpointConnectionError):
+            return self.mask(f"cannot reach the S3 endpoint {where}: {exc}")
+        if isinstance(exc, s3client.NoCredentialsError):
+            return "no AWS credentials found"
+        return self.mask(f"{type(exc).__name__}: {exc} [{where}]")
+
+    @contextmanager
+    def failing(self, what: str, error: type[Exception] = HostError) -> Iterator[None]:
+        """Turn an S3 failure into `error` (HostError for a host, UsageError for bad input); an
+        endpoint that does not answer is never bad input: S3Unanswered, a HostError."""
+        try:
+            yield
+        except (s3client.ClientError, s3client.BotoCoreError) as exc:
+            if is_unanswered(exc):
+                raise S3Unanswered(f"{what}: {self.explain(exc)}") from None
+            raise error(f"{what}: {self.explain(exc)}") from None
+
+    # facts ------------------------------------------------------------------------------------
+
+    def versioning(self, bucket: str) -> str:
+        return str(self.client.get_bucket_versioning(Bucket=bucket).get("Status") or "never enabled")
+
+    def head(self, bucket: str, key: str, version_id: str | None) -> Head | None:
+        """HEAD of a version (the current one when version_id is None); None for a delete marker."""
+        extra = {"VersionId": version_id} if version_id else {}
+        try:
+            found = self.client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED", **extra)
+        except s3client.ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (404, 405):
+                return None
+            raise
+        return parse_head(found, version_id)
+
+    def list_versions(self, bucket: str, prefix: str, page_size: int, *, only_key: str | None = None
+                      ) -> Listing:
+        """Every version and delete marker under `prefix`, page by page.
+
+        A page may hold only delete markers (no "Versions" element at all): nothing here assumes
+        either list is present. With `only_key`, stops after that key's entries (keys are listed in
+        order, so every later page is about other keys).
+        """
+        listing = Listing()
+        request: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": page_size}
+        while True:
+            with self.waits.doing(f"ListObjectVersions page {listing.pages + 1} of {bucket}/{prefix}"):
+                page = self.client.list_object_versions(**request)
+            past_key = listing.add_page(page, only_key)
+            if past_key or not next_page(request, page):
+                return listing
+
+    def list_current(self, bucket: str, prefix: str, page_size: int) -> dict[str, Content]:
+        """The current objects under `prefix` (deleted keys are absent), for a restore elsewhere."""
+        found: dict[str, Content] = {}
+        request: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": page_size}
+        pages = 0
+        while True:
+            pages += 1
+            with self.waits.doing(f"ListObjectsV2 page {pages} of {bucket}/{prefix}"):
+                page = self.client.list_objects_v2(**request)
+            for entry in page.get("Contents") or []:
+                found[str(entry["Key"])] = Content(int(entry.get("Size", 0)), str(entry.get("ETag", "")))
+            if not page.get("IsTruncated"):
+                return found
+            request["ContinuationToken"] = page["NextContinuationToken"]
+
+    # apply ------------------------------------------------------------------------------------
+
+    def copy(self, bucket: str, key: str, version: Version, dest_bucket: str, dest: str,
+             tuning: Tuning, head: Head | None = None, part_workers: int = 1) -> str:
+        """Copy `version` over `dest` as its new current version; returns the new version id.
+
+        Content type, metadata and tags come with it. A multipart source is copied part for part
+        along its own part boundaries, so the copy has the source's ETag and a later run can see
+        that it is already restored; objects over the threshold are always copied in parts.
+        """
+        source = {"Bucket": bucket, "Key": key, "VersionId": version.version_id}
+        multipart = etag_parts(version.etag) > 0 or version.size > tuning.multipart_threshold
+        if not multipart:
+            done = self.client.copy_object(
+                Bucket=dest_bucket, Key=dest, CopySource=source,
+                MetadataDirective="COPY", TaggingDirective="COPY",
+            )
+            return str(done.get("VersionId") or "null")
+        head = head or self.head(bucket, key, version.version_id)
+        if head is None:
+            raise HostError(f"s3://{bucket}/{key}: {version.describe()} disappeared before the copy")
+        layout = self.source_layout(bucket, key, version, tuning)
+        tags = self.client.get_object_tagging(Bucket=bucket, Key=key, VersionId=version.version_id)
+        upload = self.client.create_multipart_upload(
+            Bucket=dest_bucket, Key=dest, ContentType=head.content_type or "binary/octet-stream",
+            Metadata=dict(head.metadata), Tagging=urlencode([(t["Key"], t["Value"]) for t in tags["TagSet"]]),
+            **head.system,
+        )
+        upload_id = upload["UploadId"]
+
+        def part(number: int, first: int, last: int) -> dict[str, Any]:
+            done = self.client.upload_part_copy(
+                Bucket=dest_bucket, Key=dest, UploadId=upload_id, PartNumber=number,
+                CopySource=source, CopySourceRange=f"bytes={first}-{last}",
+            )
+            return {"PartNumber": number, "ETag": done["CopyPartResult"]["ETag"]}
+
+        try:
+            with ThreadPoolExecutor(max_workers=part_workers, thread_name_prefix="s3part") as pool:
+                parts = list(pool.map(lambda r: part(r[0] + 1, *r[1]), enumerate(byte_ranges(layout))))
+            done = self.client.complete_multipart_upload(
+                Bucket=dest_bucket, Key=dest, UploadId=upload_id, MultipartUpload={"Parts": parts},
+            )
+        except BaseException as exc:
+            # An abort would only wait as long again on a silent endpoint: say what is left instead.
+            if isinstance(exc, Exception) and is_endpoint_down(exc):
+                raise S3Unanswered(
+                    f"{self.explain(exc)}; the unfinished multipart upload {upload_id} of "
+                    f"s3://{dest_bucket}/{dest} is left: abort it (aws s3api abort-multipart-upload "
+                    f"--bucket {dest_bucket} --key {dest} --upload-id {upload_id}) or let an "
+                    "AbortIncompleteMultipartUpload lifecycle rule remove it"
+                ) from None
+            # An unfinished upload keeps its parts (and their cost) until aborted.
+            self.client.abort_multipart_upload(Bucket=dest_bucket, Key=dest, UploadId=upload_id)
+            raise
+        return str(done.get("VersionId") or "null")
+
+    def source_layout(self, bucket: str, key: str, version: Version, tuning: Tuning) -> list[int]:
+        """The source's own part sizes when S3 tells them (HEAD ?partNumber), else fixed parts."""
+        count = etag_parts(version.etag)
+        if count > 1:
+            try:
+                first = self.client.head_object(Bucket=bucket, Key=key, VersionId=version.version_id,
+                                                PartNumber=1)
+            except s3client.ClientError:
+                first = {}
+            if int(first.get("PartsCount") or 0) == count:
+                layout = uniform_layout(version.size, int(first.get("ContentLength") or 0), count)
+                if layout is not None:
+                    return layout
+        return part_layout(version.size, tuning.part_size)
+
+    def start_retrieval(self, bucket: str, key: str, version: Version, tuning: Tuning) -> bool:
+        """Start restore_object for an archived version; False when one is already running."""
+        try:
+            self.client.restore_object(
+                Bucket=bucket, Key=key, VersionId=version.version_id,
+                RestoreRequest={"Days": tuning.restore_days, "GlacierJobParameters": {"Tier": tuning.tier}},
+            )
+        except s3client.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "RestoreAlreadyInProgress":
+                return False
+            raise
+        return True
+
+
+
+
+class Progress:
+    """`done/total keys, N keys/s` on one rewritten line, only when the stream is a terminal."""
+
+    def __init__(self, total: int, label: str, stream: TextIO | None = None, every: float = 0.2) -> None:
+        self.total, self.label = total, label
+        self.stream = stream if stream is not None else sys.stderr
+        self.live = self.stream.isatty()
+        self.every = every
+        self.done = 0
+        self.start = time.monotonic()
+        self._shown = 0.0
+        self._lock = threading.Lock()
+
+    def tick(self) -> None:
+        with self._lock:
+            self.done += 1
+            now = time.monotonic()
+            if self.live and (now - self._shown >= self.every or self.done == self.total):
+                self._shown = now
+                rate = self.done / max(now - self.start, 1e-6)
+                self.stream.write(f"\r\033[K{self.label}: {self.done}/{self.total} keys, {rate:.1f} keys/s")
+                self.stream.flush()
+
+    def close(self) -> None:
+        if self.live and self.done:
+            self.stream.write("\n")
+            self.stream.flush()
+
+

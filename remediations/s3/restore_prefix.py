@@ -1,0 +1,363 @@
+"""restore-s3-prefix: bring every key under s3://BUCKET/PREFIX back to its state at a time.
+
+facts   versioning of the destination; every version and delete marker under the prefix (paged by
+        KeyMarker/VersionIdMarker), the destination's current objects when restoring elsewhere, HEAD
+        of the archived versions involved;
+decide  `decide.plan_key` per key: unchanged, restore, retrieve, pending, new (left alone) or hide
+        (--delete-new); the plan lists every key;
+apply   the copies, delete markers and retrievals in a bounded pool; an endpoint that stops
+        answering stops the run with the keys restored so far;
+verify  the whole prefix planned again: nothing left to restore.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TextIO
+
+from remediations.actions import s3client
+from remediations.actions.s3client import S3Unanswered, is_endpoint_down
+from remediations.actions.s3task import BUCKET, TUNING, S3Task, tuning
+from remediations.actions.s3versions import S3, Progress, Tuning
+from remediations.core import interrupt, validate
+from remediations.core.args import Arg, args
+from remediations.core.context import HostContext
+from remediations.core.errors import HostError, UsageError
+from remediations.core.inventory import Host
+from remediations.core.plan import Change, Plan
+from remediations.core.remediation import Remediation
+from remediations.core.results import Status
+from remediations.facts.s3 import ARCHIVED, Content, Listing, history, iso, parse_at
+from remediations.s3.decide import KeyPlan, count_actions, dest_key, plan_key, plan_lines, refine_archived
+
+WORK = ("restore", "retrieve", "hide")  # the actions that change S3
+
+
+@dataclass
+class Facts:
+    s3: S3
+    plans: list[KeyPlan]
+    applied: Applied | None = None  # what the apply did (set by it)
+
+
+class RestorePrefix(S3Task):
+    """Restore every key under a prefix to its state at a time.
+
+    Overwritten keys get their version of that time back and deleted keys come back (copies: history
+    is kept); keys created later are left alone and listed (--delete-new hides them). Copies run in a
+    bounded pool, throttling, 5xx and timeouts are retried with backoff, and a progress line shows on
+    a terminal. Every S3 request is bounded (s3_connect_timeout 5 s, s3_read_timeout 30 s,
+    s3_max_attempts 3: 108 s at most); a request waiting longer than s3_progress_interval (10 s) is
+    reported on stderr, and an endpoint that stops answering stops the run with the keys restored so
+    far. --check lists every key and what would happen to it. A second run finds nothing to do.
+    """
+
+    task: ClassVar[str] = "restore-s3-prefix"
+    params = args(
+        BUCKET,
+        Arg("prefix", "restore every key under this prefix (required; '' for the whole bucket)"),
+        Arg("at", "the time to restore to: ISO 8601 with a timezone or relative ('2h ago') (required)"),
+        Arg("to_bucket", "write the restored keys into this bucket instead (versioning must be Enabled)"),
+        Arg("to_prefix", "write the restored keys under this prefix instead of --prefix"),
+        Arg("delete_new", "hide keys created after --at behind a delete marker (reversible with "
+            "restore-s3-object --undelete); default: leave them and list them", kind="flag"),
+        *TUNING,
+    )  # fmt: skip
+
+    @classmethod
+    def from_values(cls, values: dict[str, Any]) -> Remediation:
+        values = dict(values)
+        knobs = tuning(values)
+        return cls(values.pop("bucket"), values.pop("prefix"), values.pop("at"), tuning=knobs, **values)
+
+    def __init__(self, bucket: str | None, prefix: str | None, at: str | None, *,
+                 to_bucket: str | None = None, to_prefix: str | None = None, delete_new: bool = False,
+                 tuning: Tuning | None = None, now: dt.datetime | None = None,
+                 progress: TextIO | None = None,
+                 connect: Callable[[Mapping[str, Any], Tuning], S3] = S3) -> None:
+        super().__init__(bucket, tuning or Tuning(), connect)
+        if prefix is None:
+            raise UsageError("--prefix is required (give --prefix '' for the whole bucket)")
+        if not at:
+            raise UsageError("--at is required: the time to restore the prefix to")
+        self.prefix = prefix
+        self.at = at
+        self.to_bucket = validate.check_bucket(to_bucket, "--to-bucket") if to_bucket else None
+        self.to_prefix = to_prefix
+        self.delete_new = delete_new
+        self._when = parse_at(at, now or dt.datetime.now(dt.UTC))
+        self._progress = progress
+        dest_bucket, dest_prefix = self.destination
+        if dest_bucket == self.bucket and dest_prefix != prefix and (
+            dest_prefix.startswith(prefix) or prefix.startswith(dest_prefix)
+        ):
+            raise UsageError(f"--to-prefix {dest_prefix!r} overlaps --prefix {prefix!r} in the same bucket: "
+                             "the restore would write into what it reads")
+
+    @property
+    def destination(self) -> tuple[str, str]:
+        return self.to_bucket or self.bucket, self.prefix if self.to_prefix is None else self.to_prefix
+
+    @property
+    def in_place(self) -> bool:
+        return self.destination == (self.bucket, self.prefix)
+
+    def validate(self, host: Host) -> None:
+        super().validate(host)
+        if self.to_bucket and self.to_bucket != self.bucket and self.answered(host):
+            s3 = self._clients[host.name]
+            with s3.failing(f"--to-bucket s3://{self.to_bucket}", UsageError):
+                s3.versioning(self.to_bucket)
+
+
+    def gather(self, ctx: HostContext) -> Facts:
+        s3 = self.s3(ctx)
+        self.require_versioning(ctx, s3, self.destination[0])
+        with ctx.step("facts") as step, s3.failing(f"s3://{self.bucket}/{self.prefix}: facts"):
+            plans, listing = self._plan(s3)
+            step.done(Status.OK, f"{len(plans)} key(s) under s3://{self.bucket}/{self.prefix} in "
+                      f"{listing.pages} listing page(s)", keys=len(plans), pages=listing.pages,
+                      marker_only_pages=listing.marker_only_pages)  # fmt: skip
+        return Facts(s3, plans)
+
+    def decide(self, ctx: HostContext, facts: Facts) -> Plan:
+        counts = count_actions(facts.plans)
+        work = [p for p in facts.plans if p.action in WORK]
+        new = [p.dest_key for p in facts.plans if p.action == "new"]
+        pending = any(p.action == "wait" for p in facts.plans)
+        listing = plan_lines(facts.plans)
+        if not work:
+            # the listing goes with the step as its diff (Plan.data is what the step records)
+            return Plan(reason=self._nothing_message(counts, new),
+                        data={"diff": listing if pending or new else "", **counts})
+        summary = self._summary(counts, new)
+
+        def apply(ctx: HostContext) -> None:
+            ctx.record("decide", Status.OK, summary, diff=listing, **counts)
+            self._restore(ctx, facts, work, counts, new)
+
+        return Plan.of(Change("restore", summary, apply, diff=listing, own_steps=True, data=counts),
+                       check_step="decide")  # fmt: skip
+
+    def _restore(self, ctx: HostContext, facts: Facts, work: list[KeyPlan], counts: Mapping[str, int],
+                 new: Sequence[str]) -> None:  # fmt: skip
+        with ctx.step("restore") as step:
+            applied = facts.applied = self._apply(facts.s3, work)
+            done, failures = applied.done, applied.failures
+            if applied.silence:
+                step.done(Status.FAILED, self._stopped(applied), diff=applied.listing(),
+                          restored=done["restore"], hidden=done["hide"], retrievals=done["retrieve"],
+                          failed=len(failures), restored_keys=applied.restored_keys,
+                          unanswered_keys=applied.unanswered_keys, not_sent=len(applied.not_sent))
+                return
+            step.done(Status.FAILED if failures else Status.CHANGED,
+                      self._applied(done, failures, applied.started, counts, new),
+                      diff="\n".join(f"failed    {key}  {why}" for key, why in failures),
+                      restored=done["restore"], hidden=done["hide"], retrievals=done["retrieve"],
+                      failed=len(failures))  # fmt: skip
+
+    def verify(self, ctx: HostContext, facts: Facts, plan: Plan) -> None:
+        if facts.applied is None or facts.applied.silence:
+            return  # verifying would ask the silent endpoint again: the next run re-plans
+        dest_bucket, dest_prefix = self.destination
+        with ctx.step("verify") as step, facts.s3.failing(f"s3://{self.bucket}/{self.prefix}: verify"):
+            after, _ = self._plan(facts.s3)
+            # retrievals started now are copied by a later run
+            retrieving = {p.dest_key for p in facts.plans if p.action == "retrieve"}
+            left = [p for p in after if p.action in ("restore", "hide") and p.dest_key not in retrieving]
+            if left:
+                step.done(Status.FAILED, f"{len(left)} key(s) still not at their state of {iso(self._when)}: "
+                          + ", ".join(p.dest_key for p in left[:5]), diff=plan_lines(left))
+            else:
+                waiting = sum(p.action in ("retrieve", "wait") or p.dest_key in retrieving for p in after)
+                pending_text = f" except {waiting} pending retrieval(s)" if waiting else ""
+                step.done(Status.OK, f"every key under s3://{dest_bucket}/{dest_prefix} is at its state of "
+                          f"{iso(self._when)}{pending_text}")
+
+    def _plan(self, s3: S3) -> tuple[list[KeyPlan], Listing]:
+        dest_bucket, dest_prefix = self.destination
+        listing = s3.list_versions(self.bucket, self.prefix, self._tuning.page_size)
+        current: dict[str, Content] = {}
+        current_ids: dict[str, str] = {}
+        if self.in_place:
+            for key, entries in listing.by_key.items():
+                latest = history(entries)[0]
+                if not latest.is_delete_marker:
+                    current[key], current_ids[key] = latest.content, latest.version_id
+        else:
+            current = s3.list_current(dest_bucket, dest_prefix, self._tuning.page_size)
+        plans = []
+        seen = set()
+        for key, entries in sorted(listing.by_key.items()):
+            target = dest_key(key, self.prefix, None if self.in_place else dest_prefix)
+            seen.add(target)
+            plans.append(plan_key(key, target, history(entries), self._when, current.get(target),
+                                  current_ids.get(target), self.delete_new, self.in_place))
+        for target in sorted(set(current) - seen):  # only in the destination: new there
+            plans.append(plan_key(target, target, [], self._when, current[target], None, self.delete_new,
+                                  in_place=False))
+
+        def archive_head(plan: KeyPlan) -> KeyPlan:
+            assert plan.version is not None
+            head = s3.head(self.bucket, plan.key, plan.version.version_id)
+            return plan if head is None else refine_archived(plan, head)
+
+        archived = [i for i, p in enumerate(plans)
+                    if p.action == "restore" and p.version and p.version.storage_class in ARCHIVED]
+        with ThreadPoolExecutor(max_workers=self._tuning.workers, thread_name_prefix="s3head") as pool:
+            for index, refined in zip(archived, pool.map(lambda i: archive_head(plans[i]), archived),
+                                      strict=True):
+                plans[index] = refined
+        return plans, listing
+
+
+    def _apply(self, s3: S3, work: list[KeyPlan]) -> Applied:
+        """Every planned change in the copy pool. The first request the endpoint does not answer (or
+        cannot be sent) stops the run: queued keys are not sent, those in flight end within their
+        own bound, and the result lists what was restored before that."""
+        applied = Applied(started=iso(dt.datetime.now(dt.UTC)))
+        silent = threading.Event()
+        progress = Progress(len(work), self.task, self._progress)
+        try:
+            with ThreadPoolExecutor(max_workers=self._tuning.workers, thread_name_prefix="s3copy") as pool:
+                futures = {pool.submit(self._send, s3, plan, silent): plan for plan in work}
+                for future in as_completed(futures):
+                    self._collect(s3, future, futures, applied)
+                    progress.tick()
+        finally:
+            progress.close()
+        applied.failures.sort()
+        for keys in (applied.restored_keys, applied.unanswered_keys, applied.not_sent):
+            keys.sort()
+        return applied
+
+    def _send(self, s3: S3, plan: KeyPlan, silent: threading.Event) -> str:
+        """One key's change, in a worker of the copy pool; the action it took."""
+        if silent.is_set() or interrupt.requested():
+            raise _NotSent
+        dest_bucket, _ = self.destination
+        try:
+            if plan.action == "hide":
+                s3.client.delete_object(Bucket=dest_bucket, Key=plan.dest_key)
+            elif plan.action == "retrieve":
+                assert plan.version is not None
+                s3.start_retrieval(self.bucket, plan.key, plan.version, self._tuning)
+            else:
+                assert plan.version is not None
+                s3.copy(self.bucket, plan.key, plan.version, dest_bucket, plan.dest_key, self._tuning)
+        except Exception as exc:
+            if isinstance(exc, S3Unanswered) or is_endpoint_down(exc):
+                silent.set()  # here, before this worker takes the next key
+            raise
+        return plan.action
+
+    @staticmethod
+    def _collect(s3: S3, future: Future[str], futures: Mapping[Future[str], KeyPlan], applied: Applied
+                 ) -> None:  # fmt: skip
+        """Count one finished key; the first silence (or an interrupt) cancels the queued ones."""
+        plan = futures[future]
+        stopping = interrupt.requested()
+        if stopping and not applied.silence:  # the copies in flight finish; no new one starts
+            applied.silence = f"interrupted by {stopping}"
+            for queued in futures:
+                queued.cancel()
+        try:
+            action = future.result()
+        except (CancelledError, _NotSent):
+            applied.not_sent.append(plan.dest_key)
+            return
+        except (s3client.ClientError, s3client.BotoCoreError, HostError) as exc:
+            why = s3.explain(exc) if not isinstance(exc, HostError) else str(exc)
+            if isinstance(exc, S3Unanswered) or is_endpoint_down(exc):
+                applied.unanswered_keys.append(plan.dest_key)
+                if not applied.silence:
+                    applied.silence = why
+                    for queued in futures:
+                        queued.cancel()
+            else:
+                applied.failures.append((plan.dest_key, why))
+            return
+        applied.done[action] += 1
+        if action == "restore":
+            applied.restored_keys.append(plan.dest_key)
+
+    def _stopped(self, applied: Applied) -> str:
+        """The result line when the endpoint went silent mid-run: why, and how far it got."""
+        restored = applied.restored_keys
+        shown = ", ".join(restored[:5]) + (f" and {len(restored) - 5} more" if len(restored) > 5 else "")
+        parts = [f"stopped: {applied.silence}",
+                 f"restored {len(restored)} key(s) before that" + (f": {shown}" if restored else "")]
+        if applied.unanswered_keys:
+            parts.append(f"{len(applied.unanswered_keys)} request(s) had no answer (the copy may or may not "
+                         "have happened; the next run checks)")
+        if applied.not_sent:
+            parts.append(f"{len(applied.not_sent)} key(s) not sent")
+        if applied.failures:
+            parts.append(f"{len(applied.failures)} failed: "
+                         + "; ".join(f"{k}: {why}" for k, why in applied.failures[:3]))
+        return "; ".join(parts) + "; run again to finish"
+
+    def _summary(self, counts: Mapping[str, int], new: Sequence[str]) -> str:
+        parts = [f"restore {counts['restore']} key(s)"] if counts["restore"] else []
+        if counts["retrieve"]:
+            parts.append(f"start {counts['retrieve']} archive retrieval(s)")
+        if counts["hide"]:
+            parts.append(f"hide {counts['hide']} new key(s) behind delete markers")
+        return ", ".join(parts) + self._tail(counts, new)
+
+    def _applied(self, done: Mapping[str, int], failures: Sequence[tuple[str, str]], started: str,
+                 counts: Mapping[str, int], new: Sequence[str]) -> str:
+        parts = [f"restored {done['restore']} key(s)"]
+        if done["retrieve"]:
+            parts.append(f"{done['retrieve']} pending, retrieval started at {started} "
+                         f"(tier {self._tuning.tier}); run again to copy them once readable")
+        if done["hide"]:
+            parts.append(f"hid {done['hide']} new key(s) behind delete markers")
+        if failures:
+            parts.append(f"{len(failures)} failed: " + "; ".join(f"{k}: {why}" for k, why in failures[:3]))
+        return ", ".join(parts) + self._tail(counts, new)
+
+    def _tail(self, counts: Mapping[str, int], new: Sequence[str]) -> str:
+        tail = f"; {counts['unchanged']} unchanged" if counts["unchanged"] else ""
+        if counts["wait"]:
+            tail += f"; {counts['wait']} pending retrieval(s) still in progress"
+        if new:
+            shown = ", ".join(new[:5]) + (f" and {len(new) - 5} more" if len(new) > 5 else "")
+            tail += f"; {len(new)} key(s) created after {iso(self._when)} left alone: {shown}"
+        return tail
+
+    def _nothing_message(self, counts: Mapping[str, int], new: Sequence[str]) -> str:
+        dest_bucket, dest_prefix = self.destination
+        return (f"nothing to do: s3://{dest_bucket}/{dest_prefix} is at its state of {iso(self._when)}"
+                + self._tail(counts, new))
+
+
+
+class _NotSent(Exception):
+    """A key left unsent because the endpoint had stopped answering."""
+
+
+@dataclass
+class Applied:
+    """What a prefix restore's apply did: counts, failures and, when the endpoint went silent,
+    which keys were restored before, which had no answer and which were never sent."""
+
+    started: str
+    done: dict[str, int] = field(default_factory=lambda: dict.fromkeys(("restore", "retrieve", "hide"), 0))
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    silence: str = ""  # why the run stopped sending; "" when the endpoint answered throughout
+    restored_keys: list[str] = field(default_factory=list)
+    unanswered_keys: list[str] = field(default_factory=list)
+    not_sent: list[str] = field(default_factory=list)
+
+    def listing(self) -> str:
+        return "\n".join([*(f"restored  {k}" for k in self.restored_keys),
+                          *(f"no answer {k}" for k in self.unanswered_keys),
+                          *(f"not sent  {k}" for k in self.not_sent),
+                          *(f"failed    {k}  {why}" for k, why in self.failures)])  # fmt: skip
+
+
