@@ -123,7 +123,8 @@ def test_related_hosts_are_opened_by_the_engine(tmp_path: Path, check: bool) -> 
 def test_the_registry_has_every_task_once_with_help() -> None:
     import tasks as front_end
 
-    registered = registry.discover()
+    # Tests define toy remediations of their own; the product's are those of the package.
+    registered = {k: v for k, v in registry.discover().items() if v.__module__.startswith("remediations.")}
     assert {"restart-api", "block-ip", "restore-s3-prefix", "rotate-secret", "wal-cleanup"} <= set(registered)
     for name, cls in registered.items():
         assert cls.task == name
