@@ -68,7 +68,7 @@ class HostContext:
         apply raises a HostError fails the host there and the later changes are not made.
         """
         if plan.empty:
-            self.record(plan.step, Status.OK, plan.reason, **plan.data)
+            self.record(plan.step, Status.OK, plan.reason, diff=plan.diff, **plan.data)
             return False
         if self.options.check:
             for change in plan.changes:

@@ -40,10 +40,11 @@ class Plan:
     step: str = "decide"  # the step that records "nothing to do" (and check mode, unless a change says)
     check_step: str | None = None  # check mode records every change under this step name, if set
     data: dict[str, Any] = field(default_factory=dict)
+    diff: str = ""  # with no change: what was compared, shown with --diff (a listing, a file)
 
     @classmethod
-    def nothing(cls, reason: str, step: str = "decide", **data: Any) -> Plan:
-        return cls((), reason, step, data=data)
+    def nothing(cls, reason: str, step: str = "decide", diff: str = "", **data: Any) -> Plan:
+        return cls((), reason, step, data=data, diff=diff)
 
     @classmethod
     def of(cls, *changes: Change, step: str = "decide", check_step: str | None = None, **data: Any) -> Plan:

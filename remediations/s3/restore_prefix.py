@@ -131,9 +131,8 @@ class RestorePrefix(S3Task):
         pending = any(p.action == "wait" for p in facts.plans)
         listing = plan_lines(facts.plans)
         if not work:
-            # the listing goes with the step as its diff (Plan.data is what the step records)
-            return Plan(reason=self._nothing_message(counts, new),
-                        data={"diff": listing if pending or new else "", **counts})
+            return Plan(reason=self._nothing_message(counts, new), data=dict(counts),
+                        diff=listing if pending or new else "")  # fmt: skip
         summary = self._summary(counts, new)
 
         def apply(ctx: HostContext) -> None:
