@@ -348,23 +348,6 @@ def set_env(
     return code
 
 
-@remediation_task(help={"service": "the compose service to put back on its previous image"})
-def rollback(c: Context, flags: Flags, service: str | None = None) -> int:
-    """Put a service back on the image it ran before the last change a remediation made."""
-    from remediations.core.errors import UsageError
-    from remediations.docker.rollback import Rollback
-
-    def make() -> Rollback:
-        if not service:
-            raise UsageError("--service is required: the compose service to roll back")
-        return Rollback(service)
-
-    code, _ = execute(make, flags, task="rollback", arguments={"service": service})
-    return code
-
-
-
-
 # --- Docker space, disk-full runbook, daily health check -----------------------------------------
 
 PRUNE_HELP = {
@@ -735,7 +718,6 @@ ns = collection(
     s3_bucket_check,
     ensure_healthy,
     set_env,
-    rollback,
     prune,
     disk_cleanup,
     health,
