@@ -294,23 +294,6 @@ def s3_bucket_check(c: Context, flags: Flags, bucket: str | None = None, retenti
 
 
 @remediation_task(
-    help={"service": "only this service (repeatable; default: every service of the project)"},
-    iterable=["service"],
-)
-def ensure_healthy(c: Context, flags: Flags, service: list[str] | None = None) -> int:
-    """Start missing or exited services, restart (then recreate) unhealthy ones; leave healthy ones alone.
-
-    Cron-safe: a healthy service is never touched.
-    """
-    from remediations.docker.ensure_healthy import EnsureHealthy
-
-    services = list(service or [])
-    code, _ = execute(lambda: EnsureHealthy(services), flags, task="ensure-healthy",
-                      arguments={"service": services})  # fmt: skip
-    return code
-
-
-@remediation_task(
     help={
         "service": "the compose service whose env file is edited and which is recreated",
         "set": "NAME=VALUE to set (repeatable; visible in ps: use --values-from-stdin for secrets)",
@@ -716,7 +699,6 @@ ns = collection(
     restore_s3_object,
     restore_s3_prefix,
     s3_bucket_check,
-    ensure_healthy,
     set_env,
     prune,
     disk_cleanup,
