@@ -342,33 +342,6 @@ PRUNE_HELP = {
 
 @remediation_task(
     help={
-        **PRUNE_HELP,
-        "if-disk-above": "do nothing unless the filesystem holding Docker's data is fuller than PCT (0-100)",
-    }
-)
-def prune(
-    c: Context, flags: Flags, older_than: str = "168h", all: bool = False, volumes: bool = False,
-    if_disk_above: str | None = None,
-) -> int:  # fmt: skip
-    """Reclaim Docker space: stopped containers, dangling (--all: unused) images, networks, build cache.
-
-    Only objects older than --older-than; volumes never, unless --volumes, and then only volumes no
-    container uses, named in the result. --check lists what would go and the bytes it would reclaim.
-    A second run finds nothing to reclaim and reports ok.
-    """
-    from remediations.docker.prune import Prune, options_from_flags
-
-    code, _ = execute(
-        lambda: Prune(options_from_flags(older_than, all, volumes, if_disk_above)),
-        flags,
-        task="prune",
-        arguments={"older_than": older_than, "all": all, "volumes": volumes, "if_disk_above": if_disk_above},
-    )
-    return code
-
-
-@remediation_task(
-    help={
         "max-age-days": "delete backup files older than N days (default: var backup_max_age_days, else 7)",
         "keep-newest": "never delete the newest K backup files (default: backup_keep_newest, else 3)",
         "journal-days": "journalctl --vacuum-time in days, where journald keeps a journal (default 7)",
@@ -700,7 +673,6 @@ ns = collection(
     restore_s3_prefix,
     s3_bucket_check,
     set_env,
-    prune,
     disk_cleanup,
     health,
     wal_cleanup,
