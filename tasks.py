@@ -290,47 +290,6 @@ def s3_bucket_check(c: Context, flags: Flags, bucket: str | None = None, retenti
 
 
 
-# ---------------------------------------------------------------- compose services (ensure, env, rollback)
-
-
-@remediation_task(
-    help={
-        "service": "the compose service whose env file is edited and which is recreated",
-        "set": "NAME=VALUE to set (repeatable; visible in ps: use --values-from-stdin for secrets)",
-        "unset": "NAME to remove (repeatable)",
-        "values-from-stdin": "also set the NAME=VALUE lines read from stdin (values taken literally, "
-        "never shown)",
-    },
-    iterable=["set", "unset"],
-)
-def set_env(
-    c: Context, flags: Flags, service: str | None = None, set: list[str] | None = None,
-    unset: list[str] | None = None, values_from_stdin: bool = False,
-) -> int:  # fmt: skip
-    """Set or unset variables in the service's env file (backup kept), recreate it, wait until healthy.
-
-    Example: inv set-env --host prod --service api --set MAINTENANCE_MODE=1
-    Secrets: printf 'API_TOKEN=%s\\n' "$TOKEN" | inv set-env --host prod --service api --values-from-stdin
-    Already set: ok, nothing recreated. Unhealthy afterwards: the backup is restored. The newest
-    env_backups_keep (default 10) backups of the file are kept, older ones deleted.
-    """
-    from remediations.actions.env_files import values_from_stdin as read_values
-    from remediations.core.errors import UsageError
-    from remediations.docker import set_env as env_task
-
-    def make() -> env_task.SetEnv:
-        if not service:
-            raise UsageError("--service is required: the compose service whose env to change")
-        hidden = read_values() if values_from_stdin else None
-        return env_task.SetEnv(service, list(set or []), list(unset or []), hidden)
-
-    names = [item.split("=", 1)[0] + "=…" for item in (set or [])]
-    code, _ = execute(make, flags, task="set-env",
-                      arguments={"service": service, "set": names, "unset": list(unset or []),
-                                 "values_from_stdin": values_from_stdin})  # fmt: skip
-    return code
-
-
 # --- Docker space, disk-full runbook, daily health check -----------------------------------------
 
 PRUNE_HELP = {
@@ -672,7 +631,6 @@ ns = collection(
     restore_s3_object,
     restore_s3_prefix,
     s3_bucket_check,
-    set_env,
     disk_cleanup,
     health,
     wal_cleanup,
