@@ -122,81 +122,7 @@ def list_blocks(c: Context, flags: Flags) -> int:
     return code
 
 
-
-
 # ---------------------------------------------------------------- compose services (ensure, env, rollback)
-
-
-@remediation_task(
-    help={"service": "only this service (repeatable; default: every service of the project)"},
-    iterable=["service"],
-)
-def ensure_healthy(c: Context, flags: Flags, service: list[str] | None = None) -> int:
-    """Start missing or exited services, restart (then recreate) unhealthy ones; leave healthy ones alone.
-
-    Cron-safe: a healthy service is never touched.
-    """
-    from remediations.docker.ensure_healthy import EnsureHealthy
-
-    services = list(service or [])
-    code, _ = execute(lambda: EnsureHealthy(services), flags, task="ensure-healthy",
-                      arguments={"service": services})  # fmt: skip
-    return code
-
-
-@remediation_task(
-    help={
-        "service": "the compose service whose env file is edited and which is recreated",
-        "set": "NAME=VALUE to set (repeatable; visible in ps: use --values-from-stdin for secrets)",
-        "unset": "NAME to remove (repeatable)",
-        "values-from-stdin": "also set the NAME=VALUE lines read from stdin (values taken literally, "
-        "never shown)",
-    },
-    iterable=["set", "unset"],
-)
-def set_env(
-    c: Context, flags: Flags, service: str | None = None, set: list[str] | None = None,
-    unset: list[str] | None = None, values_from_stdin: bool = False,
-) -> int:  # fmt: skip
-    """Set or unset variables in the service's env file (backup kept), recreate it, wait until healthy.
-
-    Example: inv set-env --host prod --service api --set MAINTENANCE_MODE=1
-    Secrets: printf 'API_TOKEN=%s\\n' "$TOKEN" | inv set-env --host prod --service api --values-from-stdin
-    Already set: ok, nothing recreated. Unhealthy afterwards: the backup is restored. The newest
-    env_backups_keep (default 10) backups of the file are kept, older ones deleted.
-    """
-    from remediations.actions.env_files import values_from_stdin as read_values
-    from remediations.core.errors import UsageError
-    from remediations.docker import set_env as env_task
-
-    def make() -> env_task.SetEnv:
-        if not service:
-            raise UsageError("--service is required: the compose service whose env to change")
-        hidden = read_values() if values_from_stdin else None
-        return env_task.SetEnv(service, list(set or []), list(unset or []), hidden)
-
-    names = [item.split("=", 1)[0] + "=…" for item in (set or [])]
-    code, _ = execute(make, flags, task="set-env",
-                      arguments={"service": service, "set": names, "unset": list(unset or []),
-                                 "values_from_stdin": values_from_stdin})  # fmt: skip
-    return code
-
-
-@remediation_task(help={"service": "the compose service to put back on its previous image"})
-def rollback(c: Context, flags: Flags, service: str | None = None) -> int:
-    """Put a service back on the image it ran before the last change a remediation made."""
-    from remediations.core.errors import UsageError
-    from remediations.docker.rollback import Rollback
-
-    def make() -> Rollback:
-        if not service:
-            raise UsageError("--service is required: the compose service to roll back")
-        return Rollback(service)
-
-    code, _ = execute(make, flags, task="rollback", arguments={"service": service})
-    return code
-
-
 
 
 # --- Docker space, disk-full runbook, daily health check -----------------------------------------
@@ -206,33 +132,6 @@ PRUNE_HELP = {
     "all": "remove every unused image, not only dangling ones (and all unused build cache)",
     "volumes": "also remove volumes no container uses (their data is gone for good; listed in the result)",
 }
-
-
-@remediation_task(
-    help={
-        **PRUNE_HELP,
-        "if-disk-above": "do nothing unless the filesystem holding Docker's data is fuller than PCT (0-100)",
-    }
-)
-def prune(
-    c: Context, flags: Flags, older_than: str = "168h", all: bool = False, volumes: bool = False,
-    if_disk_above: str | None = None,
-) -> int:  # fmt: skip
-    """Reclaim Docker space: stopped containers, dangling (--all: unused) images, networks, build cache.
-
-    Only objects older than --older-than; volumes never, unless --volumes, and then only volumes no
-    container uses, named in the result. --check lists what would go and the bytes it would reclaim.
-    A second run finds nothing to reclaim and reports ok.
-    """
-    from remediations.docker.prune import Prune, options_from_flags
-
-    code, _ = execute(
-        lambda: Prune(options_from_flags(older_than, all, volumes, if_disk_above)),
-        flags,
-        task="prune",
-        arguments={"older_than": older_than, "all": all, "volumes": volumes, "if_disk_above": if_disk_above},
-    )
-    return code
 
 
 @remediation_task(
@@ -301,8 +200,6 @@ def health(c: Context, flags: Flags, service: str | None = None) -> int:
         if table:
             print("\n" + table)
     return code
-
-
 
 
 # -------------------------------------------------------- PostgreSQL: WAL archive, backups, drill, cron
@@ -402,8 +299,6 @@ def install_cron(c: Context, flags: Flags, task: str | None = None, schedule: st
         targets=controller_targets,
     )  # fmt: skip
     return code
-
-
 
 
 # ---------------------------------------------------------------- secret rotation
@@ -564,10 +459,6 @@ ns = collection(
     unblock_ip,
     unblock_expired,
     list_blocks,
-    ensure_healthy,
-    set_env,
-    rollback,
-    prune,
     disk_cleanup,
     health,
     wal_cleanup,

@@ -13,6 +13,7 @@ import pytest
 from lab import hosts as lab_mod
 from tests import labkit
 from tests.labkit import COMPOSE, inv
+from tests.quartet import quartet
 
 pytestmark = pytest.mark.lab
 
@@ -53,38 +54,21 @@ def baseline(lab: Any) -> Iterator[None]:
 
 def test_set_env_quartet_backup_and_mode(baseline: None, audit: Path) -> None:
     started = labkit.started_at(HOST)
-    check = inv("set-env", "--host", HOST, "--service", "api", "--set", "MAINTENANCE_MODE=1", "--check",
-                "--diff", "--json", audit=audit)  # fmt: skip
-    assert check.code == 0, check.stderr + check.stdout
-    assert check.host(HOST)["status"] == "changed"
-    assert "would set MAINTENANCE_MODE: '0' → '1'" in check.host(HOST)["message"]
-    assert "+MAINTENANCE_MODE=1" in check.stdout
-    assert sh(f"cat {ENV}") == BASELINE_ENV and labkit.started_at(HOST) == started
+    runs = quartet("set-env", "--host", HOST, "--service", "api", "--set", "MAINTENANCE_MODE=1", "--diff",
+                   hosts=[HOST], audit=audit, state=lambda: (sh(f"cat {ENV}"), labkit.started_at(HOST)))
+    assert "would set MAINTENANCE_MODE: '0' → '1'" in runs.check.host(HOST)["message"]
+    assert "+MAINTENANCE_MODE=1" in runs.check.stdout
 
-    apply = inv("set-env", "--host", HOST, "--service", "api", "--set", "MAINTENANCE_MODE=1", "--json",
-                audit=audit)  # fmt: skip
-    assert apply.code == 0, apply.stderr + apply.stdout
-    assert apply.host(HOST)["status"] == "changed"
     text = sh(f"cat {ENV}")
     assert text == BASELINE_ENV.replace("MAINTENANCE_MODE=0", "MAINTENANCE_MODE=1")  # order and rest kept
     assert env_of("api")["MAINTENANCE_MODE"] == "1"
     assert env_of("worker")["MAINTENANCE_MODE"] == "0"  # only the named service is recreated
     assert labkit.health(HOST) == "healthy" and labkit.started_at(HOST) != started
     backups = sh(f"ls {ENV}.*.bak").split()
-    assert len(backups) == 1 and sh(f"cat {backups[0]}") == BASELINE_ENV
+    assert len(backups) == 1 and sh(f"cat {backups[0]}") == BASELINE_ENV  # the second apply made none
     for path in (ENV, backups[0]):
         mode = int(sh(f"stat -c %a {path}").strip(), 8)
         assert stat.S_IMODE(mode) == 0o600, (path, oct(mode))
-
-    started = labkit.started_at(HOST)
-    again = inv("set-env", "--host", HOST, "--service", "api", "--set", "MAINTENANCE_MODE=1", "--json",
-                audit=audit)  # fmt: skip
-    assert again.code == 0 and again.host(HOST)["status"] == "ok", again.stdout
-    recheck = inv("set-env", "--host", HOST, "--service", "api", "--set", "MAINTENANCE_MODE=1", "--check",
-                  "--json", audit=audit)  # fmt: skip
-    assert recheck.code == 0 and recheck.host(HOST)["status"] == "ok", recheck.stdout
-    assert labkit.started_at(HOST) == started
-    assert len(sh(f"ls {ENV}.*.bak").split()) == 1
 
 
 def test_set_env_masks_secret_values_everywhere(baseline: None, audit: Path) -> None:
@@ -134,22 +118,13 @@ def test_set_env_bad_input_changes_nothing(baseline: None, audit: Path) -> None:
 def test_ensure_healthy_quartet_starts_a_stopped_service_only(baseline: None, audit: Path) -> None:
     sh(f"cd /srv/shop && {' '.join(COMPOSE)} stop -t 1 worker")
     api_started = labkit.started_at(HOST)
-    check = inv("ensure-healthy", "--host", HOST, "--check", "--json", audit=audit)
-    assert check.code == 0 and check.host(HOST)["status"] == "changed", check.stdout
-    steps = {s["step"]: s for s in check.host(HOST)["steps"]}
+    runs = quartet("ensure-healthy", "--host", HOST, hosts=[HOST], audit=audit,
+                   state=lambda: (container("worker")["State"]["Status"], labkit.started_at(HOST)))
+    steps = {s["step"]: s for s in runs.check.host(HOST)["steps"]}
     assert steps["worker"]["status"] == "changed" and "would start worker" in steps["worker"]["message"]
     assert steps["api"]["status"] == "ok"
-    assert container("worker")["State"]["Status"] == "exited"
-
-    apply = inv("ensure-healthy", "--host", HOST, "--json", audit=audit)
-    assert apply.code == 0 and apply.host(HOST)["status"] == "changed", apply.stdout
     assert container("worker")["State"]["Status"] == "running"
     assert labkit.started_at(HOST) == api_started  # the healthy service was not touched
-
-    for extra in ([], ["--check"]):
-        ran = inv("ensure-healthy", "--host", HOST, "--json", *extra, audit=audit)
-        assert ran.code == 0 and ran.host(HOST)["status"] == "ok", ran.stdout
-    assert labkit.started_at(HOST) == api_started
 
 
 def test_ensure_healthy_restarts_an_unhealthy_service(baseline: None, audit: Path) -> None:
@@ -184,17 +159,10 @@ def test_rollback_quartet_after_an_image_change(baseline: None, audit: Path) -> 
         new_image = container("api")["Image"]
         assert new_image != old_image
 
-        check = inv("rollback", "--host", HOST, "--service", "api", "--check", "--json", audit=audit)
-        assert check.code == 0 and check.host(HOST)["status"] == "changed", check.stdout
-        assert container("api")["Image"] == new_image
-
-        apply = inv("rollback", "--host", HOST, "--service", "api", "--json", audit=audit)
-        assert apply.code == 0 and apply.host(HOST)["status"] == "changed", apply.stdout
+        runs = quartet("rollback", "--host", HOST, "--service", "api", hosts=[HOST], audit=audit,
+                       state=lambda: container("api")["Image"])
         assert container("api")["Image"] == old_image and labkit.health(HOST) == "healthy"
-
-        for extra in ([], ["--check"]):
-            ran = inv("rollback", "--host", HOST, "--service", "api", "--json", *extra, audit=audit)
-            assert ran.code == 0 and ran.host(HOST)["status"] == "ok", ran.stdout
+        for ran in (runs.again, runs.check_again):
             assert "already runs" in ran.host(HOST)["message"]
     finally:
         sh(f"docker tag {old_image} local/busybox:1")

@@ -7,10 +7,11 @@ from typing import Any
 
 import pytest
 
+from remediations.actions import docker_prune as prune
 from remediations.core.errors import UsageError
 from remediations.core.inventory import Host
 from remediations.core.units import docker_time, parse_duration, parse_size
-from remediations.docker import prune
+from remediations.facts import docker as dockerfacts
 from remediations.facts.compose import Container
 from remediations.facts.fs import FsUsage
 from remediations.facts.sections import parse_sections
@@ -102,27 +103,27 @@ def test_fs_usage_error_text_is_kept() -> None:
 
 def container(name: str, *, running: bool = False, age: float = 10 * DAY, image: str = "sha256:base",
               volumes: tuple[str, ...] = (), networks: tuple[str, ...] = ("bridge",), size: int = 100
-              ) -> prune.DockerContainer:  # fmt: skip
-    return prune.DockerContainer(f"id-{name}", name, running, "running" if running else "exited",
+              ) -> dockerfacts.DockerContainer:  # fmt: skip
+    return dockerfacts.DockerContainer(f"id-{name}", name, running, "running" if running else "exited",
                                  NOW - age, image, size, volumes, networks)  # fmt: skip
 
 
 def image(image_id: str, *, tags: tuple[str, ...] = (), age: float = 10 * DAY, parent: str = "",
-          size: int = 1000) -> prune.DockerImage:  # fmt: skip
-    return prune.DockerImage(image_id, tags, NOW - age, size, parent)
+          size: int = 1000) -> dockerfacts.DockerImage:  # fmt: skip
+    return dockerfacts.DockerImage(image_id, tags, NOW - age, size, parent)
 
 
-def network(name: str, *, age: float = 10 * DAY) -> prune.DockerNetwork:
-    return prune.DockerNetwork(f"net-{name}", name, NOW - age, name in prune.BUILTIN_NETWORKS)
+def network(name: str, *, age: float = 10 * DAY) -> dockerfacts.DockerNetwork:
+    return dockerfacts.DockerNetwork(f"net-{name}", name, NOW - age, name in dockerfacts.BUILTIN_NETWORKS)
 
 
 BASE = image("sha256:base", tags=("local/busybox:1",))
 FS = FsUsage("/var/lib/docker", 1000, 500, 500)
 
 
-def facts(**kw: Any) -> prune.DockerFacts:
+def facts(**kw: Any) -> dockerfacts.DockerFacts:
     defaults: dict[str, Any] = {"now": NOW, "root_dir": "/var/lib/docker", "disk": FS}
-    return prune.DockerFacts(**{**defaults, **kw})
+    return dockerfacts.DockerFacts(**{**defaults, **kw})
 
 
 def plan_names(plan: prune.PrunePlan) -> dict[str, list[str]]:
@@ -135,7 +136,7 @@ def plan_names(plan: prune.PrunePlan) -> dict[str, list[str]]:
 
 
 WEEK = 7 * 24 * 3600
-PRUNE_CASES: list[tuple[str, prune.PruneOptions, prune.DockerFacts, dict[str, list[str]]]] = [
+PRUNE_CASES: list[tuple[str, prune.PruneOptions, dockerfacts.DockerFacts, dict[str, list[str]]]] = [
     (
         "a running container and its image stay; a stopped old one goes",
         prune.PruneOptions(WEEK),
@@ -204,7 +205,7 @@ PRUNE_CASES: list[tuple[str, prune.PruneOptions, prune.DockerFacts, dict[str, li
     (
         "volumes never without --volumes",
         prune.PruneOptions(WEEK),
-        facts(volumes=(prune.DockerVolume("data", 10),)),
+        facts(volumes=(dockerfacts.DockerVolume("data", 10),)),
         {"containers": [], "images": [], "networks": [], "volumes": []},
     ),
     (
@@ -216,9 +217,9 @@ PRUNE_CASES: list[tuple[str, prune.PruneOptions, prune.DockerFacts, dict[str, li
                 container("old", volumes=("tmp",)),
             ),
             volumes=(
-                prune.DockerVolume("pgdata", 10),
-                prune.DockerVolume("tmp", 5),
-                prune.DockerVolume("orphan", 7),
+                dockerfacts.DockerVolume("pgdata", 10),
+                dockerfacts.DockerVolume("tmp", 5),
+                dockerfacts.DockerVolume("orphan", 7),
             ),
         ),
         {"containers": ["old"], "images": [], "networks": [], "volumes": ["tmp", "orphan"]},
@@ -241,7 +242,7 @@ PRUNE_CASES: list[tuple[str, prune.PruneOptions, prune.DockerFacts, dict[str, li
 @pytest.mark.parametrize(
     ("why", "options", "state", "expected"), PRUNE_CASES, ids=[c[0] for c in PRUNE_CASES]
 )
-def test_prune_decide(why: str, options: prune.PruneOptions, state: prune.DockerFacts,
+def test_prune_decide(why: str, options: prune.PruneOptions, state: dockerfacts.DockerFacts,
                       expected: dict[str, list[str]]) -> None:  # fmt: skip
     assert plan_names(prune.decide(options, state)) == expected
 
@@ -257,7 +258,7 @@ def test_prune_empty_plan_says_why() -> None:
 
 def test_prune_images_children_first_and_volumes_named_loudly() -> None:
     state = facts(images=(image("sha256:a"), image("sha256:b", parent="sha256:a")),
-                  volumes=(prune.DockerVolume("keepme", 3),))  # fmt: skip
+                  volumes=(dockerfacts.DockerVolume("keepme", 3),))  # fmt: skip
     plan = prune.decide(prune.PruneOptions(WEEK, volumes=True), state)
     assert [i.id for i in plan.images] == ["sha256:b", "sha256:a"]
     assert "VOLUMES" in plan.summary() and "keepme" in plan.summary()
@@ -309,13 +310,13 @@ def test_prune_parse_facts_from_real_shapes() -> None:
         "@@containers", json.dumps(inspect_c), "@@images", json.dumps(inspect_i),
         "@@networks", json.dumps(nets), "@@df", json.dumps(df),
     ])  # fmt: skip
-    parsed = prune.parse_facts(out)
+    parsed = dockerfacts.parse_facts(out)
     assert parsed.error == ""
     assert parsed.containers[0].volumes == ("v1",) and parsed.containers[0].networks == ("shop_default",)
     assert parsed.images[0].size == 1_500_000 and parsed.images[0].dangling
     assert [n.builtin for n in parsed.networks] == [True, False]
-    assert parsed.volumes == (prune.DockerVolume("v1", 2000),)
-    assert parsed.build_cache == (prune.BuildCacheEntry("b1", 3_000_000, False, True),)
+    assert parsed.volumes == (dockerfacts.DockerVolume("v1", 2000),)
+    assert parsed.build_cache == (dockerfacts.BuildCacheEntry("b1", 3_000_000, False, True),)
     assert parsed.disk is not None and parsed.disk.path == "/var/lib/docker"
 
 
@@ -328,7 +329,7 @@ def test_prune_parse_facts_from_real_shapes() -> None:
     ],
 )
 def test_prune_parse_facts_errors(output: str, error: str) -> None:
-    assert error in prune.parse_facts(output).error
+    assert error in dockerfacts.parse_facts(output).error
 
 
 @pytest.mark.parametrize(

@@ -77,6 +77,76 @@ def service_deadline(host: Host) -> float:
     return 120.0 + 2 * (settings.timeout + settings.stop_timeout + 60.0)
 
 
+@dataclass(frozen=True)
+class _Recovery:
+    """One recovery of one service: where it is, how long to wait, how to re-read its facts."""
+
+    ctx: HostContext
+    project: Project
+    service: str
+    facts: Callable[[], ServiceFacts]
+    timeout: float
+    stop_timeout: int
+    step_prefix: str
+
+    def wait(self, after: ServiceFacts) -> tuple[ServiceFacts, float]:
+        """Re-read the facts until the service started anew and is healthy, or `timeout` passed:
+        the last facts read either way. A stop request wakes the sleep; the next read refuses."""
+        start = time.monotonic()
+        retrying = Retrying(
+            stop=stop_after_delay(self.timeout),
+            wait=wait_fixed(POLL_INTERVAL),
+            retry=retry_if_result(lambda current: not (current.restarted_since(after) and current.healthy)),
+            retry_error_callback=lambda state: state.outcome.result() if state.outcome else after,
+            sleep=interrupt.sleep,
+        )
+        current: ServiceFacts = retrying(self.facts)
+        return current, time.monotonic() - start
+
+    def restart(self, before: ServiceFacts) -> tuple[bool, ServiceFacts]:
+        """`compose restart`, waited on: (healthy, the facts to escalate from when not)."""
+        service, stop = self.service, self.stop_timeout
+        with self.ctx.step(f"{self.step_prefix}restart") as step:
+            compose_run(self.ctx.remote, self.project, before.variant, f"compose restart {service}",
+                        "restart", "-t", str(stop), service, timeout=stop + 120)  # fmt: skip
+            current, waited = self.wait(before)
+            ok, why = current.verdict()
+            if ok and current.restarted_since(before):
+                step.done(Status.CHANGED, f"restarted {service}; healthy after {waited:.1f}s ({why})")
+                return True, current
+            step.done(
+                Status.CHANGED,
+                f"restarted {service}; still unhealthy after {waited:.0f}s ({why}); escalating to recreate",
+            )
+        return False, current
+
+    def replace(self, before: ServiceFacts, action: str) -> bool:
+        """`up -d` (start) or `up -d --force-recreate` (recreate, and a restart escalated), waited on."""
+        service, stop = self.service, self.stop_timeout
+        if action == "start":
+            step_name, verb, args = "start", "started", ["up", "-d", "--no-deps", service]
+        else:
+            step_name, verb = "recreate", "recreated"
+            args = ["up", "-d", "--force-recreate", "--no-deps", "-t", str(stop), service]
+        with self.ctx.step(f"{self.step_prefix}{step_name}") as step:
+            what = f"compose {' '.join(args[:-1])} {service}"
+            compose_run(self.ctx.remote, self.project, before.variant, what, *args, timeout=stop + 300)
+            current, waited = self.wait(before)
+            note_replacement(self.ctx, self.project, service, before, current)
+            ok, why = current.verdict()
+            if ok and current.restarted_since(before):
+                step.done(Status.CHANGED, f"{verb} {service}; healthy after {waited:.1f}s ({why})")
+                return True
+            logs = container_logs(self.ctx.remote, current.containers)
+            tried = {"restart": "restart and recreate", "recreate": "recreate", "start": "start"}[action]
+            step.done(
+                Status.FAILED,
+                f"{service} still unhealthy after {tried} ({waited:.0f}s): {why}"
+                + (f"; last logs: {logs}" if logs else ""),
+            )
+            return False
+
+
 def recover(
     ctx: HostContext,
     project: Project,
@@ -94,58 +164,12 @@ def recover(
     Every container replacement is written to the host's image record (see `images`), so that
     rollback knows what ran before.
     """
-
-    def wait(after: ServiceFacts) -> tuple[ServiceFacts, float]:
-        """Re-read the facts until the service started anew and is healthy, or `timeout` passed:
-        the last facts read either way. A stop request wakes the sleep; the next read refuses."""
-        start = time.monotonic()
-        retrying = Retrying(
-            stop=stop_after_delay(timeout),
-            wait=wait_fixed(POLL_INTERVAL),
-            retry=retry_if_result(lambda current: not (current.restarted_since(after) and current.healthy)),
-            retry_error_callback=lambda state: state.outcome.result() if state.outcome else after,
-            sleep=interrupt.sleep,
-        )
-        current: ServiceFacts = retrying(facts)
-        return current, time.monotonic() - start
-
+    recovery = _Recovery(ctx, project, service, facts, timeout, stop_timeout, step_prefix)
     if action == "restart":
-        with ctx.step(f"{step_prefix}restart") as step:
-            compose_run(ctx.remote, project, before.variant, f"compose restart {service}",
-                        "restart", "-t", str(stop_timeout), service, timeout=stop_timeout + 120)  # fmt: skip
-            current, waited = wait(before)
-            ok, why = current.verdict()
-            if ok and current.restarted_since(before):
-                step.done(Status.CHANGED, f"restarted {service}; healthy after {waited:.1f}s ({why})")
-                return True
-            step.done(
-                Status.CHANGED,
-                f"restarted {service}; still unhealthy after {waited:.0f}s ({why}); escalating to recreate",
-            )
-        before = current
-    step_name = "start" if action == "start" else "recreate"
-    if action == "start":
-        verb, args = "started", ["up", "-d", "--no-deps", service]
-    else:
-        verb = "recreated"
-        args = ["up", "-d", "--force-recreate", "--no-deps", "-t", str(stop_timeout), service]
-    with ctx.step(f"{step_prefix}{step_name}") as step:
-        compose_run(ctx.remote, project, before.variant, f"compose {' '.join(args[:-1])} {service}", *args,
-                    timeout=stop_timeout + 300)  # fmt: skip
-        current, waited = wait(before)
-        note_replacement(ctx, project, service, before, current)
-        ok, why = current.verdict()
-        if ok and current.restarted_since(before):
-            step.done(Status.CHANGED, f"{verb} {service}; healthy after {waited:.1f}s ({why})")
+        healthy, before = recovery.restart(before)
+        if healthy:
             return True
-        logs = container_logs(ctx.remote, current.containers)
-        tried = {"restart": "restart and recreate", "recreate": "recreate", "start": "start"}[action]
-        step.done(
-            Status.FAILED,
-            f"{service} still unhealthy after {tried} ({waited:.0f}s): {why}"
-            + (f"; last logs: {logs}" if logs else ""),
-        )
-        return False
+    return recovery.replace(before, action)
 
 
 def note_replacement(

@@ -14,16 +14,18 @@ Cron-safe: a healthy service is never touched, so running it every few minutes i
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
 
 from remediations.actions.compose_service import ServiceSettings, recover
+from remediations.core.args import SERVICES, args
 from remediations.core.context import HostContext
 from remediations.core.inventory import Host
+from remediations.core.plan import Change, Plan
 from remediations.core.remediation import Remediation
 from remediations.core.results import Status
 from remediations.core.validate import check_services
-from remediations.facts.compose import Project, ServiceFacts
+from remediations.facts.compose import Project, ProjectFacts, ServiceFacts
 
 STOPPED = ("exited", "created", "dead")
 
@@ -53,20 +55,37 @@ def decide(facts: ServiceFacts) -> ServicePlan:
     return ServicePlan(name, "restart", why)
 
 
+@dataclass(frozen=True)
+class Facts:
+    settings: ServiceSettings
+    project: ProjectFacts
+    plans: list[ServicePlan]
+
+
 class EnsureHealthy(Remediation):
+    """Start missing or exited services, restart (then recreate) unhealthy ones; leave healthy ones alone.
+
+    Cron-safe: a healthy service is never touched.
+    """
+
     task: ClassVar[str] = "ensure-healthy"
+    params = args(replace(SERVICES, example="",
+                          help="only this service (repeatable; default: every service of the project)"))
     required_vars: ClassVar[tuple[str, ...]] = ("compose_project_dir",)
 
     def __init__(self, services: Sequence[str] = ()) -> None:
         self.services = list(dict.fromkeys(check_services(services)))
 
+    @classmethod
+    def from_values(cls, values: dict[str, Any]) -> EnsureHealthy:
+        return cls(values["service"])
+
     def validate(self, host: Host) -> None:
         super().validate(host)
         Project.from_host(host)
 
-    def run(self, ctx: HostContext) -> None:
+    def gather(self, ctx: HostContext) -> Facts:
         settings = ServiceSettings.of(ctx.host)
-
         with ctx.step("facts") as step:
             pf = settings.gather(ctx.remote, self.services)
             wanted = self.services or list(pf.services)
@@ -78,13 +97,28 @@ class EnsureHealthy(Remediation):
                 + (f"; not healthy: {', '.join(bad)}" if bad else ""),
                 services={p.service: p.action for p in plans},
             )
-        for plan in plans:
+        # Each healthy service says so in its own ok step; when none needs anything, the last one's
+        # step is the plan's "nothing to do".
+        shown = plans if bad else plans[:-1]
+        for plan in shown:
             if plan.action == "none":
                 ctx.record(plan.service, Status.OK, plan.reason)
-            elif ctx.check:
-                would = f"would {plan.action} {plan.service} ({plan.reason})"
-                ctx.record(plan.service, Status.CHANGED, would)
-            else:
-                recover(ctx, settings.project, plan.service, pf.facts[plan.service], plan.action,
-                        settings.facts_of(ctx.remote, plan.service), settings.timeout, settings.stop_timeout,
-                        step_prefix=f"{plan.service}: ")  # fmt: skip
+        return Facts(settings, pf, plans)
+
+    def decide(self, ctx: HostContext, facts: Facts) -> Plan:
+        acting = [p for p in facts.plans if p.action != "none"]
+        if not acting:
+            last = facts.plans[-1] if facts.plans else None
+            return Plan.nothing(last.reason, step=last.service) if last else Plan.nothing("no service")
+        return Plan.of(*(self._change(facts, p) for p in acting))
+
+    @staticmethod
+    def _change(facts: Facts, plan: ServicePlan) -> Change:
+        settings, service = facts.settings, plan.service
+
+        def apply(ctx: HostContext) -> None:
+            recover(ctx, settings.project, service, facts.project.facts[service], plan.action,
+                    settings.facts_of(ctx.remote, service), settings.timeout, settings.stop_timeout,
+                    step_prefix=f"{service}: ")  # fmt: skip
+
+        return Change(service, f"{plan.action} {service} ({plan.reason})", apply, own_steps=True)
