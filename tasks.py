@@ -496,21 +496,6 @@ def wal_cleanup(c: Context, flags: Flags, drop_inactive_slot: str | None = None)
     return code
 
 
-@remediation_task()
-def backup_check(c: Context, flags: Flags) -> int:
-    """Check the newest dump and base backup in S3 (and backup_local_dir): age, size, readability.
-
-    Read-only. Age against backup_rpo_hours (default 26), size against dump_min_bytes /
-    basebackup_min_bytes; the dump must read back with pg_restore --list and a full read. Without
-    --host it runs on the controller with the inventory's all vars. Exit code 1 when a check is red.
-    """
-    from remediations.facts.postgres import controller_targets
-    from remediations.postgres.backup_check import BackupCheck
-
-    code, _ = execute(BackupCheck, flags, task="backup-check", targets=controller_targets)
-    return code
-
-
 @remediation_task(help={"dump": "restore this dump (key, or name under dump_s3_prefix), not the newest"})
 def restore_test(c: Context, flags: Flags, dump: str | None = None) -> int:
     """The weekly restore drill: the newest dump from S3 into a scratch database, then checks.
@@ -740,7 +725,6 @@ ns = collection(
     disk_cleanup,
     health,
     wal_cleanup,
-    backup_check,
     restore_test,
     install_cron,
     rotate_secret,
