@@ -474,28 +474,6 @@ def health(c: Context, flags: Flags, service: str | None = None) -> int:
 # -------------------------------------------------------- PostgreSQL: WAL archive, backups, drill, cron
 
 
-@remediation_task(
-    help={"drop-inactive-slot": "also drop this replication slot, only if it exists and is inactive"}
-)
-def wal_cleanup(c: Context, flags: Flags, drop_inactive_slot: str | None = None) -> int:
-    """Delete archived WAL segments (wal_archive_dir) that no retained base backup needs.
-
-    The cut point is the start segment of the oldest of the wal_keep_base_backups (default 2) newest
-    base backups, from their .backup history files, as pg_archivecleanup computes it. A segment is
-    deleted only when it is in S3 (wal_s3_bucket, wal_s3_prefix) with the same size and MD5 (the
-    ETag of a single-part upload, else the object read back); the first one that is not keeps
-    itself and every newer one, and fails the host. pg_wal/ is never touched. The result also says
-    what holds pg_wal/: replication slots (and the WAL each retains), archiver failures, the age of
-    the last archived segment; a failing archiver and an inactive slot retaining WAL are warnings
-    (exit code 3). --check lists what it would delete (--diff: the files).
-    """
-    from remediations.postgres.wal_cleanup import WalCleanup
-
-    code, _ = execute(lambda: WalCleanup(drop_inactive_slot), flags, task="wal-cleanup",
-                      arguments={"drop_inactive_slot": drop_inactive_slot})  # fmt: skip
-    return code
-
-
 @remediation_task(help={"dump": "restore this dump (key, or name under dump_s3_prefix), not the newest"})
 def restore_test(c: Context, flags: Flags, dump: str | None = None) -> int:
     """The weekly restore drill: the newest dump from S3 into a scratch database, then checks.
@@ -724,7 +702,6 @@ ns = collection(
     prune,
     disk_cleanup,
     health,
-    wal_cleanup,
     restore_test,
     install_cron,
     rotate_secret,

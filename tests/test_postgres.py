@@ -11,6 +11,7 @@ import pytest
 
 from remediations.core.errors import UsageError
 from remediations.core.inventory import Host
+from remediations.facts import wal as walfacts
 from remediations.facts.postgres import S3Object, sql_identifier, sql_literal
 from remediations.host import install_cron as cron
 from remediations.postgres import backup_check as backups
@@ -45,12 +46,12 @@ def history(n: int, offset: str = "00000028", time: str = "2026-01-01 00:00:00 U
     ],
 )
 def test_segment_name(timeline: int, lsn: int, name: str) -> None:
-    assert wal.segment_name(timeline, lsn) == name
+    assert walfacts.segment_name(timeline, lsn) == name
 
 
 @pytest.mark.parametrize(("text", "value"), [("0/0", 0), ("16/B374D848", 0x16B374D848), ("1/0", 1 << 32)])
 def test_parse_lsn(text: str, value: int) -> None:
-    assert wal.parse_lsn(text) == value
+    assert walfacts.parse_lsn(text) == value
 
 
 @pytest.mark.parametrize(
@@ -67,20 +68,20 @@ def test_parse_lsn(text: str, value: int) -> None:
     ],
 )
 def test_is_segment(name: str, suffix: str, expected: bool) -> None:
-    assert wal.is_segment(name, suffix) is expected
+    assert walfacts.is_segment(name, suffix) is expected
 
 
 def test_parse_history_reads_start_segment_time_and_label() -> None:
     name, text = history(8)
-    backup = wal.parse_history(name, text)
-    assert backup == wal.BaseBackup(name, seg(8), "2026-01-01 00:00:00 UTC", "nightly")
-    assert wal.parse_history("notes.txt", text) is None
+    backup = walfacts.parse_history(name, text)
+    assert backup == walfacts.BaseBackup(name, seg(8), "2026-01-01 00:00:00 UTC", "nightly")
+    assert walfacts.parse_history("notes.txt", text) is None
     # unreadable content: the file name still names the start segment
-    assert wal.parse_history(name, "garbage") == wal.BaseBackup(name, seg(8))
+    assert walfacts.parse_history(name, "garbage") == walfacts.BaseBackup(name, seg(8))
 
 
-def backups_at(*numbers: int) -> list[wal.BaseBackup]:
-    found = [wal.parse_history(*history(n)) for n in numbers]
+def backups_at(*numbers: int) -> list[walfacts.BaseBackup]:
+    found = [walfacts.parse_history(*history(n)) for n in numbers]
     return [b for b in found if b is not None]
 
 
@@ -95,14 +96,14 @@ def backups_at(*numbers: int) -> list[wal.BaseBackup]:
     ],
 )
 def test_keep_set(starts: list[int], keep: int, kept: list[int]) -> None:
-    assert [b.start_segment for b in wal.keep_set(backups_at(*starts), keep)] == [seg(n) for n in kept]
+    assert [b.start_segment for b in walfacts.keep_set(backups_at(*starts), keep)] == [seg(n) for n in kept]
 
 
-FILES = [wal.ArchiveFile(seg(n), 16) for n in range(1, 12)] + [
-    wal.ArchiveFile(f"{seg(5)}.00000028.backup", 300),
-    wal.ArchiveFile("00000002.history", 40),
-    wal.ArchiveFile(f"{seg(3)}.partial", 16),
-    wal.ArchiveFile(f"00000002{seg(4)[8:]}", 16),  # another timeline: ordered by its segment alone
+FILES = [walfacts.ArchiveFile(seg(n), 16) for n in range(1, 12)] + [
+    walfacts.ArchiveFile(f"{seg(5)}.00000028.backup", 300),
+    walfacts.ArchiveFile("00000002.history", 40),
+    walfacts.ArchiveFile(f"{seg(3)}.partial", 16),
+    walfacts.ArchiveFile(f"00000002{seg(4)[8:]}", 16),  # another timeline: ordered by its segment alone
 ]
 
 
@@ -178,7 +179,7 @@ def s3obj(name: str, size: int = 16, etag: str = "") -> S3Object:
 def test_to_checksum_only_what_decide_can_use(
     uploaded: dict[str, S3Object], limit: int, checked: list[str]
 ) -> None:
-    deletable = wal.candidates(FILES, backups_at(5, 8, 11), 3)
+    deletable = walfacts.candidates(FILES, backups_at(5, 8, 11), 3)
     assert [f.name for f in deletable] == ALL_OLD
     assert [f.name for f in wal.to_checksum(deletable, uploaded, limit)] == checked
 
@@ -194,7 +195,7 @@ def test_to_checksum_only_what_decide_can_use(
     ],
 )
 def test_etag_md5(etag: str, md5: str) -> None:
-    assert wal.etag_md5(etag) == md5
+    assert walfacts.etag_md5(etag) == md5
 
 
 @pytest.mark.parametrize(
@@ -208,7 +209,7 @@ def test_etag_md5(etag: str, md5: str) -> None:
     ],
 )
 def test_etag_not_md5(head: dict[str, str], why: str) -> None:
-    assert wal.etag_not_md5(head) == why
+    assert walfacts.etag_not_md5(head) == why
 
 
 def test_parse_md5sum() -> None:
@@ -218,11 +219,11 @@ def test_parse_md5sum() -> None:
         "md5sum: gone: No such file or directory\n"
         f"0CC175B9C0F1B6A831C399E269772661  {seg(2)}\n"  # not md5sum's case: left out
     )
-    assert wal.parse_md5sum(text) == {seg(1): "d41d8cd98f00b204e9800998ecf8427e"}
+    assert walfacts.parse_md5sum(text) == {seg(1): "d41d8cd98f00b204e9800998ecf8427e"}
 
 
 def test_checksum_command_quotes_the_directory() -> None:
-    assert wal.checksum_command("/srv/wal archive") == "cd '/srv/wal archive' && xargs -0 -r md5sum --"
+    assert walfacts.checksum_command("/srv/wal archive") == "cd '/srv/wal archive' && xargs -0 -r md5sum --"
 
 
 @pytest.mark.parametrize(
@@ -265,7 +266,7 @@ def test_older_than_cut_matches_pg_archivecleanup(tmp_path: Path, cut: str) -> N
     )
     theirs = sorted(Path(line).name for line in done.stdout.split())
     cut_segment = cut[:24]
-    ours = sorted(f.name for f in wal.older_than_cut(FILES, cut_segment))
+    ours = sorted(f.name for f in walfacts.older_than_cut(FILES, cut_segment))
     assert ours == theirs
     assert shutil.which("true")
 
@@ -281,12 +282,12 @@ def test_older_than_cut_matches_pg_archivecleanup(tmp_path: Path, cut: str) -> N
     ],
 )
 def test_inside_pg_wal(realpath: str, data_directory: str, inside: bool) -> None:
-    assert wal.inside_pg_wal(realpath, data_directory) is inside
+    assert walfacts.inside_pg_wal(realpath, data_directory) is inside
 
 
 SLOTS = [
-    wal.Slot("idle", "physical", False, "reserved", 48 * 1024**2),
-    wal.Slot("busy", "logical", True, "", 0),
+    walfacts.Slot("idle", "physical", False, "reserved", 48 * 1024**2),
+    walfacts.Slot("busy", "logical", True, "", 0),
 ]
 
 
@@ -295,7 +296,7 @@ SLOTS = [
     [("idle", "drop", "48.0 MiB"), ("busy", "refuse", "is active"), ("gone", "none", "no replication slot")],
 )
 def test_decide_slot(name: str, action: str, words: str) -> None:
-    got, why = wal.decide_slot(SLOTS, name)
+    got, why = walfacts.decide_slot(SLOTS, name)
     assert got == action and words in why
 
 
@@ -311,8 +312,8 @@ FAILING = {
 
 
 def test_pg_wal_report_names_inactive_slots_and_failures() -> None:
-    pg = wal.PgFacts(wal_files=6, wal_bytes=96 * 1024**2, slots=SLOTS, archiver=FAILING)
-    text = wal.pg_wal_report(pg)
+    pg = walfacts.PgFacts(wal_files=6, wal_bytes=96 * 1024**2, slots=SLOTS, archiver=FAILING)
+    text = walfacts.pg_wal_report(pg)
     assert "inactive physical slot 'idle' retains 48.0 MiB" in text
     assert f"archiver is FAILING: 3 failure(s), last on {seg(9)}" in text
     assert f"nothing archived since {seg(8)}" in text
@@ -322,19 +323,19 @@ def test_pg_wal_report_names_inactive_slots_and_failures() -> None:
 @pytest.mark.parametrize(
     ("pg", "warnings"),
     [
-        (wal.PgFacts(slots=SLOTS, archiver=FAILING), ["archiver", "slot idle"]),
-        (wal.PgFacts(slots=SLOTS, archiver={**FAILING, "failing": False}), ["slot idle"]),
-        (wal.PgFacts(archiver=FAILING), ["archiver"]),
-        (wal.PgFacts(archiver={"failed_count": 0}), []),
+        (walfacts.PgFacts(slots=SLOTS, archiver=FAILING), ["archiver", "slot idle"]),
+        (walfacts.PgFacts(slots=SLOTS, archiver={**FAILING, "failing": False}), ["slot idle"]),
+        (walfacts.PgFacts(archiver=FAILING), ["archiver"]),
+        (walfacts.PgFacts(archiver={"failed_count": 0}), []),
         # An inactive slot that reserves nothing, or whose WAL is already lost, holds nothing back.
-        (wal.PgFacts(slots=[wal.Slot("new", "logical", False, "", None)]), []),
-        (wal.PgFacts(slots=[wal.Slot("gone", "physical", False, "lost", 10.0)]), []),
-        (wal.PgFacts(slots=[wal.Slot("busy", "physical", True, "reserved", 1e9)]), []),
-        (wal.PgFacts(error="psql: no", archiver=FAILING, slots=SLOTS), []),
+        (walfacts.PgFacts(slots=[walfacts.Slot("new", "logical", False, "", None)]), []),
+        (walfacts.PgFacts(slots=[walfacts.Slot("gone", "physical", False, "lost", 10.0)]), []),
+        (walfacts.PgFacts(slots=[walfacts.Slot("busy", "physical", True, "reserved", 1e9)]), []),
+        (walfacts.PgFacts(error="psql: no", archiver=FAILING, slots=SLOTS), []),
     ],
 )
-def test_pg_warnings(pg: wal.PgFacts, warnings: list[str]) -> None:
-    found = wal.pg_warnings(pg)
+def test_pg_warnings(pg: walfacts.PgFacts, warnings: list[str]) -> None:
+    found = walfacts.pg_warnings(pg)
     assert [step for step, _ in found] == warnings
     messages = dict(found)
     if "archiver" in messages:
