@@ -474,21 +474,6 @@ def health(c: Context, flags: Flags, service: str | None = None) -> int:
 # -------------------------------------------------------- PostgreSQL: WAL archive, backups, drill, cron
 
 
-@remediation_task(help={"dump": "restore this dump (key, or name under dump_s3_prefix), not the newest"})
-def restore_test(c: Context, flags: Flags, dump: str | None = None) -> int:
-    """The weekly restore drill: the newest dump from S3 into a scratch database, then checks.
-
-    On the restore host (--host, default the group 'restore'): restore into restore_database
-    (default restore_test_scratch; never one of restore_protected_databases), check
-    restore_check_tables (table: minimum rows) and restore_freshness_column against the RPO, then
-    always drop the scratch database. Writes JSON (restore_test_json) and Prometheus textfile metrics
-    (restore_test_metrics) atomically. Exit code 1 on failure; --check says what it would do.
-    """
-    from remediations.postgres.restore_drill import run_task
-
-    return run_task(execute, flags, dump)
-
-
 @remediation_task(
     help={
         "task": "the cron-safe task to schedule: restore-test, backup-check, wal-cleanup, "
@@ -702,7 +687,6 @@ ns = collection(
     prune,
     disk_cleanup,
     health,
-    restore_test,
     install_cron,
     rotate_secret,
     rotate_db_password,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from remediations.actions import drill_report
 from remediations.core.errors import UsageError
 from remediations.core.inventory import Host
 from remediations.facts import wal as walfacts
@@ -697,7 +698,7 @@ def test_restore_checks(exists: dict[str, bool], measured: dict[str, object], pr
 
 
 def test_metrics_text() -> None:
-    text = restore_test.metrics_text(
+    text = drill_report.metrics_text(
         'db"1',
         {
             "success": True,
@@ -712,15 +713,15 @@ def test_metrics_text() -> None:
     assert 'restore_test_phase_duration_seconds{restore_host="db\\"1",phase="restore"} 3.000\n' in text
     assert 'restore_test_last_success_timestamp_seconds{restore_host="db\\"1"} 1700000000\n' in text
     assert 'restore_test_rows{restore_host="db\\"1",table="orders"} 150\n' in text
-    failed = restore_test.metrics_text("h", {"success": False, "last_success_timestamp": None})
+    failed = drill_report.metrics_text("h", {"success": False, "last_success_timestamp": None})
     assert 'restore_test_success{restore_host="h"} 0' in failed
     assert 'restore_test_last_success_timestamp_seconds{restore_host="h"} 0' in failed
 
 
 def test_write_atomically_replaces_whole_files(tmp_path: Path) -> None:
     target = tmp_path / "sub" / "m.prom"
-    restore_test.write_atomically(str(target), "one\n")
-    restore_test.write_atomically(str(target), "two\n")
+    drill_report.write_atomically(str(target), "one\n")
+    drill_report.write_atomically(str(target), "two\n")
     assert target.read_text() == "two\n"
     assert [p.name for p in target.parent.iterdir()] == ["m.prom"]
 
