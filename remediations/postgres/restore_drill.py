@@ -423,7 +423,13 @@ class RestoreTest(Remediation):
                 with interrupt.shielded():  # a stopped drill still drops what it made
                     self._clean(ctx, drill)
         except BaseException as exc:
-            drill.report["error"] = drill.report["error"] or (str(exc) or type(exc).__name__)
+            stopping = interrupt.requested()
+            why = (
+                f"interrupted by {stopping}; the drill stopped"
+                if stopping
+                else str(exc) or type(exc).__name__
+            )
+            drill.report["error"] = drill.report["error"] or why
             raise
         finally:
             self._finish(ctx, drill)
