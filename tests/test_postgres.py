@@ -14,6 +14,7 @@ from remediations.core.errors import UsageError
 from remediations.core.inventory import Host
 from remediations.facts import wal as walfacts
 from remediations.facts.postgres import S3Object, sql_identifier, sql_literal
+from remediations.facts.wal import RemoteCopy
 from remediations.host import install_cron as cron
 from remediations.postgres import backup_check as backups
 from remediations.postgres import restore_drill as restore_test
@@ -115,7 +116,7 @@ def md5_of(name: str) -> str:
     return hashlib.md5(name.encode(), usedforsecurity=False).hexdigest()
 
 
-EVERYTHING = {f.name: wal.RemoteCopy(f.size, md5_of(f.name), "ETag") for f in FILES}
+EVERYTHING = {f.name: RemoteCopy(f.size, md5_of(f.name), "ETag") for f in FILES}
 HERE = {f.name: md5_of(f.name) for f in FILES}
 ALL_OLD = [seg(n) for n in (1, 2, 3)] + [f"{seg(3)}.partial", seg(4), f"00000002{seg(4)[8:]}"]  # oldest first
 
@@ -127,27 +128,27 @@ ALL_OLD = [seg(n) for n in (1, 2, 3)] + [f"{seg(3)}.partial", seg(4), f"00000002
         ({}, HERE, 256, [], f"{seg(1)} is missing", ""),
         ({k: v for k, v in EVERYTHING.items() if k != seg(3)}, HERE, 256, [seg(1), seg(2)],
          f"{seg(3)} is missing", ""),
-        ({**EVERYTHING, seg(3): wal.RemoteCopy(15, md5_of(seg(3)), "ETag")}, HERE, 256, [seg(1), seg(2)],
+        ({**EVERYTHING, seg(3): RemoteCopy(15, md5_of(seg(3)), "ETag")}, HERE, 256, [seg(1), seg(2)],
          f"{seg(3)} has 15 bytes", ""),
         # Same size, other content: every segment is 16 MiB, so only the MD5 tells.
-        ({**EVERYTHING, seg(3): wal.RemoteCopy(16, "0" * 32, "ETag")}, HERE, 256, [seg(1), seg(2)],
+        ({**EVERYTHING, seg(3): RemoteCopy(16, "0" * 32, "ETag")}, HERE, 256, [seg(1), seg(2)],
          f"{seg(3)} in s3://b/wal/ has MD5 {'0' * 32} (ETag) but {md5_of(seg(3))} here", ""),
-        ({**EVERYTHING, seg(2): wal.RemoteCopy(16, "1" * 32, "read back")}, HERE, 256, [seg(1)],
+        ({**EVERYTHING, seg(2): RemoteCopy(16, "1" * 32, "read back")}, HERE, 256, [seg(1)],
          f"has MD5 {'1' * 32} (read back)", ""),
-        ({**EVERYTHING, seg(2): wal.RemoteCopy(16, unknown_why="encrypted with a customer key")}, HERE, 256,
+        ({**EVERYTHING, seg(2): RemoteCopy(16, unknown_why="encrypted with a customer key")}, HERE, 256,
          [seg(1)], f"{seg(2)} in s3://b/wal/: encrypted with a customer key", ""),
-        ({k: wal.RemoteCopy(v.size) for k, v in EVERYTHING.items()}, HERE, 256, [], "its MD5 is not known",
+        ({k: RemoteCopy(v.size) for k, v in EVERYTHING.items()}, HERE, 256, [], "its MD5 is not known",
          ""),
         (EVERYTHING, {k: v for k, v in HERE.items() if k != seg(2)}, 256, [seg(1)],
          f"{seg(2)}: no MD5 of the archived file here", ""),
         # The per-run limits keep the rest for the next run, which is no fault.
         (EVERYTHING, HERE, 2, [seg(1), seg(2)], "", f"{seg(3)} not compared: this run checksums at most 2"),
-        ({**EVERYTHING, seg(3): wal.RemoteCopy(16, deferred="read back 64 already")}, HERE, 256,
+        ({**EVERYTHING, seg(3): RemoteCopy(16, deferred="read back 64 already")}, HERE, 256,
          [seg(1), seg(2)], "", f"{seg(3)} in s3://b/wal/ not compared: read back 64 already"),
     ],
 )  # fmt: skip
 def test_decide_stops_at_the_first_segment_not_proven_in_s3(
-    uploaded: dict[str, wal.RemoteCopy],
+    uploaded: dict[str, RemoteCopy],
     local: dict[str, str],
     limit: int,
     deleted: list[str],

@@ -185,7 +185,7 @@ def wal_host() -> Host:
 def wal_facts(
     files: list[int],
     backups: list[int],
-    copies: dict[str, wal.RemoteCopy] | None,
+    copies: dict[str, walfacts.RemoteCopy] | None,
     local: dict[str, str] | None,
     slots: list[walfacts.Slot] = (),
 ) -> wal.WalFacts:  # type: ignore[assignment]
@@ -199,7 +199,7 @@ def wal_facts(
 
 
 MD5 = "0" * 32
-SAME = {seg(n): wal.RemoteCopy(16, MD5, "ETag") for n in range(1, 9)}
+SAME = {seg(n): walfacts.RemoteCopy(16, MD5, "ETag") for n in range(1, 9)}
 HERE = {seg(n): MD5 for n in range(1, 9)}
 IDLE = walfacts.Slot("idle", "physical", False, "reserved", 1024.0)
 

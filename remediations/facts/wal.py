@@ -118,6 +118,17 @@ class ArchiveFile:
     size: int
 
 
+@dataclass(frozen=True)
+class RemoteCopy:
+    """What S3 holds under an archived file's name: its size and, once known, its MD5."""
+
+    size: int
+    md5: str = ""  # hex; "" when not known
+    md5_from: str = ""  # "ETag" | "read back"
+    unknown_why: str = ""  # why the MD5 is not known (a fault: the segment is kept)
+    deferred: str = ""  # why it was not checked in this run (no fault: the next run checks it)
+
+
 def describe(files: Sequence[ArchiveFile]) -> str:
     if not files:
         return "no files"

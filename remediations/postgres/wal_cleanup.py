@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from remediations.actions.wal_s3 import s3_md5s
 from remediations.core.args import Arg, args
 from remediations.core.context import HostContext
 from remediations.core.errors import HostError, UsageError
@@ -51,12 +52,11 @@ from remediations.facts.wal import (
     ArchiveFile,
     BaseBackup,
     PgFacts,
+    RemoteCopy,
     candidates,
     checksum_command,
     decide_slot,
     describe,
-    etag_md5,
-    etag_not_md5,
     facts_command,
     inside_pg_wal,
     is_segment,
@@ -89,17 +89,6 @@ def slot_name(value: Any, flag: str) -> str:
 # --------------------------------------------------------------------------------------------
 # Which archived segments to delete (pure)
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RemoteCopy:
-    """What S3 holds under an archived file's name: its size and, once known, its MD5."""
-
-    size: int
-    md5: str = ""  # hex; "" when not known
-    md5_from: str = ""  # "ETag" | "read back"
-    unknown_why: str = ""  # why the MD5 is not known (a fault: the segment is kept)
-    deferred: str = ""  # why it was not checked in this run (no fault: the next run checks it)
 
 
 @dataclass(frozen=True)
@@ -341,7 +330,7 @@ class WalCleanup(Remediation):
             facts.local = local = parse_md5sum(result.stdout)
             if not local and not result.ok:
                 raise HostError(f"md5sum failed (exit {result.exit_code}): {result.tail()}", result)
-            found, read_back = s3_md5s(store, conf, uploaded, checked, local)
+            found, read_back = s3_md5s(store, conf.bucket, conf.readback_max, uploaded, checked, local)
             facts.copies.update(found)
             by_etag = sum(1 for c in found.values() if c.md5_from == "ETag")
             step.done(
@@ -448,52 +437,6 @@ def drop_slot(ctx: HostContext, pg: PgTarget, name: str, why: str) -> str:
     if remaining != "0":
         raise HostError(f"slot {name!r} is still there (it became active?); not dropped", result)
     return f"dropped {why}" if dropped == "1" else f"slot {name!r} is gone"
-
-
-def s3_md5s(
-    store: S3Store,
-    conf: WalSettings,
-    uploaded: Mapping[str, S3Object],
-    checked: Sequence[ArchiveFile],
-    local: Mapping[str, str],
-) -> tuple[dict[str, RemoteCopy], int]:
-    """The MD5 of each checked segment's S3 copy, oldest first, until the first that differs (decide
-    stops there); and how many objects were read back.
-
-    A single-part ETag is the MD5 unless SSE-KMS or SSE-C made it something else: a head request
-    tells, and is only needed when the ETag does not match. Otherwise the object is read back,
-    at most `wal_s3_readback_max` per run.
-    """
-    found: dict[str, RemoteCopy] = {}
-    read_back = 0
-    for f in checked:
-        obj = uploaded[f.name]
-        here = local.get(f.name)
-        if not here:
-            break
-        tag_md5 = etag_md5(obj.etag)
-        hidden = "" if tag_md5 == here or not tag_md5 else etag_not_md5(store.head(conf.bucket, obj.key))
-        if tag_md5 and not hidden:
-            found[f.name] = RemoteCopy(obj.size, tag_md5, "ETag")
-        elif hidden == "SSE-C":
-            found[f.name] = RemoteCopy(
-                obj.size,
-                unknown_why=f"encrypted with a customer key (SSE-C): its ETag {obj.etag} is not "
-                "its MD5 and it cannot be read back without the key",
-            )
-        elif read_back >= conf.readback_max:
-            why = "multipart upload" if not tag_md5 else hidden
-            found[f.name] = RemoteCopy(
-                obj.size,
-                deferred=f"its ETag {obj.etag} is not its MD5 ({why}) and this run read back "
-                f"wal_s3_readback_max={conf.readback_max} object(s) already",
-            )
-        else:
-            read_back += 1
-            found[f.name] = RemoteCopy(obj.size, store.md5(conf.bucket, obj.key), "read back")
-        if found[f.name].md5 != here:
-            break
-    return found, read_back
 
 
 @dataclass(frozen=True)
