@@ -206,58 +206,6 @@ def health(c: Context, flags: Flags, service: str | None = None) -> int:
 
 
 @remediation_task(
-    help={"drop-inactive-slot": "also drop this replication slot, only if it exists and is inactive"}
-)
-def wal_cleanup(c: Context, flags: Flags, drop_inactive_slot: str | None = None) -> int:
-    """Delete archived WAL segments (wal_archive_dir) that no retained base backup needs.
-
-    The cut point is the start segment of the oldest of the wal_keep_base_backups (default 2) newest
-    base backups, from their .backup history files, as pg_archivecleanup computes it. A segment is
-    deleted only when it is in S3 (wal_s3_bucket, wal_s3_prefix) with the same size and MD5 (the
-    ETag of a single-part upload, else the object read back); the first one that is not keeps
-    itself and every newer one, and fails the host. pg_wal/ is never touched. The result also says
-    what holds pg_wal/: replication slots (and the WAL each retains), archiver failures, the age of
-    the last archived segment; a failing archiver and an inactive slot retaining WAL are warnings
-    (exit code 3). --check lists what it would delete (--diff: the files).
-    """
-    from remediations.postgres.wal_cleanup import WalCleanup
-
-    code, _ = execute(lambda: WalCleanup(drop_inactive_slot), flags, task="wal-cleanup",
-                      arguments={"drop_inactive_slot": drop_inactive_slot})  # fmt: skip
-    return code
-
-
-@remediation_task()
-def backup_check(c: Context, flags: Flags) -> int:
-    """Check the newest dump and base backup in S3 (and backup_local_dir): age, size, readability.
-
-    Read-only. Age against backup_rpo_hours (default 26), size against dump_min_bytes /
-    basebackup_min_bytes; the dump must read back with pg_restore --list and a full read. Without
-    --host it runs on the controller with the inventory's all vars. Exit code 1 when a check is red.
-    """
-    from remediations.facts.postgres import controller_targets
-    from remediations.postgres.backup_check import BackupCheck
-
-    code, _ = execute(BackupCheck, flags, task="backup-check", targets=controller_targets)
-    return code
-
-
-@remediation_task(help={"dump": "restore this dump (key, or name under dump_s3_prefix), not the newest"})
-def restore_test(c: Context, flags: Flags, dump: str | None = None) -> int:
-    """The weekly restore drill: the newest dump from S3 into a scratch database, then checks.
-
-    On the restore host (--host, default the group 'restore'): restore into restore_database
-    (default restore_test_scratch; never one of restore_protected_databases), check
-    restore_check_tables (table: minimum rows) and restore_freshness_column against the RPO, then
-    always drop the scratch database. Writes JSON (restore_test_json) and Prometheus textfile metrics
-    (restore_test_metrics) atomically. Exit code 1 on failure; --check says what it would do.
-    """
-    from remediations.postgres.restore_drill import run_task
-
-    return run_task(execute, flags, dump)
-
-
-@remediation_task(
     help={
         "task": "the cron-safe task to schedule: restore-test, backup-check, wal-cleanup, "
         "ensure-healthy, health, unblock-expired",
@@ -461,9 +409,6 @@ ns = collection(
     list_blocks,
     disk_cleanup,
     health,
-    wal_cleanup,
-    backup_check,
-    restore_test,
     install_cron,
     rotate_secret,
     rotate_db_password,

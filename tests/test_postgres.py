@@ -9,9 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from remediations.actions import drill_report
 from remediations.core.errors import UsageError
 from remediations.core.inventory import Host
+from remediations.facts import wal as walfacts
 from remediations.facts.postgres import S3Object, sql_identifier, sql_literal
+from remediations.facts.wal import RemoteCopy
 from remediations.host import install_cron as cron
 from remediations.postgres import backup_check as backups
 from remediations.postgres import restore_drill as restore_test
@@ -45,12 +48,12 @@ def history(n: int, offset: str = "00000028", time: str = "2026-01-01 00:00:00 U
     ],
 )
 def test_segment_name(timeline: int, lsn: int, name: str) -> None:
-    assert wal.segment_name(timeline, lsn) == name
+    assert walfacts.segment_name(timeline, lsn) == name
 
 
 @pytest.mark.parametrize(("text", "value"), [("0/0", 0), ("16/B374D848", 0x16B374D848), ("1/0", 1 << 32)])
 def test_parse_lsn(text: str, value: int) -> None:
-    assert wal.parse_lsn(text) == value
+    assert walfacts.parse_lsn(text) == value
 
 
 @pytest.mark.parametrize(
@@ -67,20 +70,20 @@ def test_parse_lsn(text: str, value: int) -> None:
     ],
 )
 def test_is_segment(name: str, suffix: str, expected: bool) -> None:
-    assert wal.is_segment(name, suffix) is expected
+    assert walfacts.is_segment(name, suffix) is expected
 
 
 def test_parse_history_reads_start_segment_time_and_label() -> None:
     name, text = history(8)
-    backup = wal.parse_history(name, text)
-    assert backup == wal.BaseBackup(name, seg(8), "2026-01-01 00:00:00 UTC", "nightly")
-    assert wal.parse_history("notes.txt", text) is None
+    backup = walfacts.parse_history(name, text)
+    assert backup == walfacts.BaseBackup(name, seg(8), "2026-01-01 00:00:00 UTC", "nightly")
+    assert walfacts.parse_history("notes.txt", text) is None
     # unreadable content: the file name still names the start segment
-    assert wal.parse_history(name, "garbage") == wal.BaseBackup(name, seg(8))
+    assert walfacts.parse_history(name, "garbage") == walfacts.BaseBackup(name, seg(8))
 
 
-def backups_at(*numbers: int) -> list[wal.BaseBackup]:
-    found = [wal.parse_history(*history(n)) for n in numbers]
+def backups_at(*numbers: int) -> list[walfacts.BaseBackup]:
+    found = [walfacts.parse_history(*history(n)) for n in numbers]
     return [b for b in found if b is not None]
 
 
@@ -95,14 +98,14 @@ def backups_at(*numbers: int) -> list[wal.BaseBackup]:
     ],
 )
 def test_keep_set(starts: list[int], keep: int, kept: list[int]) -> None:
-    assert [b.start_segment for b in wal.keep_set(backups_at(*starts), keep)] == [seg(n) for n in kept]
+    assert [b.start_segment for b in walfacts.keep_set(backups_at(*starts), keep)] == [seg(n) for n in kept]
 
 
-FILES = [wal.ArchiveFile(seg(n), 16) for n in range(1, 12)] + [
-    wal.ArchiveFile(f"{seg(5)}.00000028.backup", 300),
-    wal.ArchiveFile("00000002.history", 40),
-    wal.ArchiveFile(f"{seg(3)}.partial", 16),
-    wal.ArchiveFile(f"00000002{seg(4)[8:]}", 16),  # another timeline: ordered by its segment alone
+FILES = [walfacts.ArchiveFile(seg(n), 16) for n in range(1, 12)] + [
+    walfacts.ArchiveFile(f"{seg(5)}.00000028.backup", 300),
+    walfacts.ArchiveFile("00000002.history", 40),
+    walfacts.ArchiveFile(f"{seg(3)}.partial", 16),
+    walfacts.ArchiveFile(f"00000002{seg(4)[8:]}", 16),  # another timeline: ordered by its segment alone
 ]
 
 
@@ -113,7 +116,7 @@ def md5_of(name: str) -> str:
     return hashlib.md5(name.encode(), usedforsecurity=False).hexdigest()
 
 
-EVERYTHING = {f.name: wal.RemoteCopy(f.size, md5_of(f.name), "ETag") for f in FILES}
+EVERYTHING = {f.name: RemoteCopy(f.size, md5_of(f.name), "ETag") for f in FILES}
 HERE = {f.name: md5_of(f.name) for f in FILES}
 ALL_OLD = [seg(n) for n in (1, 2, 3)] + [f"{seg(3)}.partial", seg(4), f"00000002{seg(4)[8:]}"]  # oldest first
 
@@ -125,27 +128,27 @@ ALL_OLD = [seg(n) for n in (1, 2, 3)] + [f"{seg(3)}.partial", seg(4), f"00000002
         ({}, HERE, 256, [], f"{seg(1)} is missing", ""),
         ({k: v for k, v in EVERYTHING.items() if k != seg(3)}, HERE, 256, [seg(1), seg(2)],
          f"{seg(3)} is missing", ""),
-        ({**EVERYTHING, seg(3): wal.RemoteCopy(15, md5_of(seg(3)), "ETag")}, HERE, 256, [seg(1), seg(2)],
+        ({**EVERYTHING, seg(3): RemoteCopy(15, md5_of(seg(3)), "ETag")}, HERE, 256, [seg(1), seg(2)],
          f"{seg(3)} has 15 bytes", ""),
         # Same size, other content: every segment is 16 MiB, so only the MD5 tells.
-        ({**EVERYTHING, seg(3): wal.RemoteCopy(16, "0" * 32, "ETag")}, HERE, 256, [seg(1), seg(2)],
+        ({**EVERYTHING, seg(3): RemoteCopy(16, "0" * 32, "ETag")}, HERE, 256, [seg(1), seg(2)],
          f"{seg(3)} in s3://b/wal/ has MD5 {'0' * 32} (ETag) but {md5_of(seg(3))} here", ""),
-        ({**EVERYTHING, seg(2): wal.RemoteCopy(16, "1" * 32, "read back")}, HERE, 256, [seg(1)],
+        ({**EVERYTHING, seg(2): RemoteCopy(16, "1" * 32, "read back")}, HERE, 256, [seg(1)],
          f"has MD5 {'1' * 32} (read back)", ""),
-        ({**EVERYTHING, seg(2): wal.RemoteCopy(16, unknown_why="encrypted with a customer key")}, HERE, 256,
+        ({**EVERYTHING, seg(2): RemoteCopy(16, unknown_why="encrypted with a customer key")}, HERE, 256,
          [seg(1)], f"{seg(2)} in s3://b/wal/: encrypted with a customer key", ""),
-        ({k: wal.RemoteCopy(v.size) for k, v in EVERYTHING.items()}, HERE, 256, [], "its MD5 is not known",
+        ({k: RemoteCopy(v.size) for k, v in EVERYTHING.items()}, HERE, 256, [], "its MD5 is not known",
          ""),
         (EVERYTHING, {k: v for k, v in HERE.items() if k != seg(2)}, 256, [seg(1)],
          f"{seg(2)}: no MD5 of the archived file here", ""),
         # The per-run limits keep the rest for the next run, which is no fault.
         (EVERYTHING, HERE, 2, [seg(1), seg(2)], "", f"{seg(3)} not compared: this run checksums at most 2"),
-        ({**EVERYTHING, seg(3): wal.RemoteCopy(16, deferred="read back 64 already")}, HERE, 256,
+        ({**EVERYTHING, seg(3): RemoteCopy(16, deferred="read back 64 already")}, HERE, 256,
          [seg(1), seg(2)], "", f"{seg(3)} in s3://b/wal/ not compared: read back 64 already"),
     ],
 )  # fmt: skip
 def test_decide_stops_at_the_first_segment_not_proven_in_s3(
-    uploaded: dict[str, wal.RemoteCopy],
+    uploaded: dict[str, RemoteCopy],
     local: dict[str, str],
     limit: int,
     deleted: list[str],
@@ -178,7 +181,7 @@ def s3obj(name: str, size: int = 16, etag: str = "") -> S3Object:
 def test_to_checksum_only_what_decide_can_use(
     uploaded: dict[str, S3Object], limit: int, checked: list[str]
 ) -> None:
-    deletable = wal.candidates(FILES, backups_at(5, 8, 11), 3)
+    deletable = walfacts.candidates(FILES, backups_at(5, 8, 11), 3)
     assert [f.name for f in deletable] == ALL_OLD
     assert [f.name for f in wal.to_checksum(deletable, uploaded, limit)] == checked
 
@@ -194,7 +197,7 @@ def test_to_checksum_only_what_decide_can_use(
     ],
 )
 def test_etag_md5(etag: str, md5: str) -> None:
-    assert wal.etag_md5(etag) == md5
+    assert walfacts.etag_md5(etag) == md5
 
 
 @pytest.mark.parametrize(
@@ -208,7 +211,7 @@ def test_etag_md5(etag: str, md5: str) -> None:
     ],
 )
 def test_etag_not_md5(head: dict[str, str], why: str) -> None:
-    assert wal.etag_not_md5(head) == why
+    assert walfacts.etag_not_md5(head) == why
 
 
 def test_parse_md5sum() -> None:
@@ -218,11 +221,11 @@ def test_parse_md5sum() -> None:
         "md5sum: gone: No such file or directory\n"
         f"0CC175B9C0F1B6A831C399E269772661  {seg(2)}\n"  # not md5sum's case: left out
     )
-    assert wal.parse_md5sum(text) == {seg(1): "d41d8cd98f00b204e9800998ecf8427e"}
+    assert walfacts.parse_md5sum(text) == {seg(1): "d41d8cd98f00b204e9800998ecf8427e"}
 
 
 def test_checksum_command_quotes_the_directory() -> None:
-    assert wal.checksum_command("/srv/wal archive") == "cd '/srv/wal archive' && xargs -0 -r md5sum --"
+    assert walfacts.checksum_command("/srv/wal archive") == "cd '/srv/wal archive' && xargs -0 -r md5sum --"
 
 
 @pytest.mark.parametrize(
@@ -265,7 +268,7 @@ def test_older_than_cut_matches_pg_archivecleanup(tmp_path: Path, cut: str) -> N
     )
     theirs = sorted(Path(line).name for line in done.stdout.split())
     cut_segment = cut[:24]
-    ours = sorted(f.name for f in wal.older_than_cut(FILES, cut_segment))
+    ours = sorted(f.name for f in walfacts.older_than_cut(FILES, cut_segment))
     assert ours == theirs
     assert shutil.which("true")
 
@@ -281,12 +284,12 @@ def test_older_than_cut_matches_pg_archivecleanup(tmp_path: Path, cut: str) -> N
     ],
 )
 def test_inside_pg_wal(realpath: str, data_directory: str, inside: bool) -> None:
-    assert wal.inside_pg_wal(realpath, data_directory) is inside
+    assert walfacts.inside_pg_wal(realpath, data_directory) is inside
 
 
 SLOTS = [
-    wal.Slot("idle", "physical", False, "reserved", 48 * 1024**2),
-    wal.Slot("busy", "logical", True, "", 0),
+    walfacts.Slot("idle", "physical", False, "reserved", 48 * 1024**2),
+    walfacts.Slot("busy", "logical", True, "", 0),
 ]
 
 
@@ -295,7 +298,7 @@ SLOTS = [
     [("idle", "drop", "48.0 MiB"), ("busy", "refuse", "is active"), ("gone", "none", "no replication slot")],
 )
 def test_decide_slot(name: str, action: str, words: str) -> None:
-    got, why = wal.decide_slot(SLOTS, name)
+    got, why = walfacts.decide_slot(SLOTS, name)
     assert got == action and words in why
 
 
@@ -311,8 +314,8 @@ FAILING = {
 
 
 def test_pg_wal_report_names_inactive_slots_and_failures() -> None:
-    pg = wal.PgFacts(wal_files=6, wal_bytes=96 * 1024**2, slots=SLOTS, archiver=FAILING)
-    text = wal.pg_wal_report(pg)
+    pg = walfacts.PgFacts(wal_files=6, wal_bytes=96 * 1024**2, slots=SLOTS, archiver=FAILING)
+    text = walfacts.pg_wal_report(pg)
     assert "inactive physical slot 'idle' retains 48.0 MiB" in text
     assert f"archiver is FAILING: 3 failure(s), last on {seg(9)}" in text
     assert f"nothing archived since {seg(8)}" in text
@@ -322,19 +325,19 @@ def test_pg_wal_report_names_inactive_slots_and_failures() -> None:
 @pytest.mark.parametrize(
     ("pg", "warnings"),
     [
-        (wal.PgFacts(slots=SLOTS, archiver=FAILING), ["archiver", "slot idle"]),
-        (wal.PgFacts(slots=SLOTS, archiver={**FAILING, "failing": False}), ["slot idle"]),
-        (wal.PgFacts(archiver=FAILING), ["archiver"]),
-        (wal.PgFacts(archiver={"failed_count": 0}), []),
+        (walfacts.PgFacts(slots=SLOTS, archiver=FAILING), ["archiver", "slot idle"]),
+        (walfacts.PgFacts(slots=SLOTS, archiver={**FAILING, "failing": False}), ["slot idle"]),
+        (walfacts.PgFacts(archiver=FAILING), ["archiver"]),
+        (walfacts.PgFacts(archiver={"failed_count": 0}), []),
         # An inactive slot that reserves nothing, or whose WAL is already lost, holds nothing back.
-        (wal.PgFacts(slots=[wal.Slot("new", "logical", False, "", None)]), []),
-        (wal.PgFacts(slots=[wal.Slot("gone", "physical", False, "lost", 10.0)]), []),
-        (wal.PgFacts(slots=[wal.Slot("busy", "physical", True, "reserved", 1e9)]), []),
-        (wal.PgFacts(error="psql: no", archiver=FAILING, slots=SLOTS), []),
+        (walfacts.PgFacts(slots=[walfacts.Slot("new", "logical", False, "", None)]), []),
+        (walfacts.PgFacts(slots=[walfacts.Slot("gone", "physical", False, "lost", 10.0)]), []),
+        (walfacts.PgFacts(slots=[walfacts.Slot("busy", "physical", True, "reserved", 1e9)]), []),
+        (walfacts.PgFacts(error="psql: no", archiver=FAILING, slots=SLOTS), []),
     ],
 )
-def test_pg_warnings(pg: wal.PgFacts, warnings: list[str]) -> None:
-    found = wal.pg_warnings(pg)
+def test_pg_warnings(pg: walfacts.PgFacts, warnings: list[str]) -> None:
+    found = walfacts.pg_warnings(pg)
     assert [step for step, _ in found] == warnings
     messages = dict(found)
     if "archiver" in messages:
@@ -696,7 +699,7 @@ def test_restore_checks(exists: dict[str, bool], measured: dict[str, object], pr
 
 
 def test_metrics_text() -> None:
-    text = restore_test.metrics_text(
+    text = drill_report.metrics_text(
         'db"1',
         {
             "success": True,
@@ -711,15 +714,15 @@ def test_metrics_text() -> None:
     assert 'restore_test_phase_duration_seconds{restore_host="db\\"1",phase="restore"} 3.000\n' in text
     assert 'restore_test_last_success_timestamp_seconds{restore_host="db\\"1"} 1700000000\n' in text
     assert 'restore_test_rows{restore_host="db\\"1",table="orders"} 150\n' in text
-    failed = restore_test.metrics_text("h", {"success": False, "last_success_timestamp": None})
+    failed = drill_report.metrics_text("h", {"success": False, "last_success_timestamp": None})
     assert 'restore_test_success{restore_host="h"} 0' in failed
     assert 'restore_test_last_success_timestamp_seconds{restore_host="h"} 0' in failed
 
 
 def test_write_atomically_replaces_whole_files(tmp_path: Path) -> None:
     target = tmp_path / "sub" / "m.prom"
-    restore_test.write_atomically(str(target), "one\n")
-    restore_test.write_atomically(str(target), "two\n")
+    drill_report.write_atomically(str(target), "one\n")
+    drill_report.write_atomically(str(target), "two\n")
     assert target.read_text() == "two\n"
     assert [p.name for p in target.parent.iterdir()] == ["m.prom"]
 

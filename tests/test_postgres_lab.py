@@ -20,6 +20,7 @@ import pytest
 from lab import hosts as lab
 from tests import labkit, pglab
 from tests.labkit import inv
+from tests.quartet import quartet
 
 pytestmark = pytest.mark.lab
 
@@ -48,30 +49,22 @@ def shop(lab: Any) -> Iterator[None]:
 
 def old_segments() -> list[str]:
     """Archived segments older than the cut point of the 2 newest base backups (as pg_archivecleanup)."""
-    from remediations.postgres import wal_cleanup as wal
+    from remediations.facts import wal as walfacts
 
-    files = [wal.ArchiveFile(n, s) for n, s in pglab.archived().items()]
+    files = [walfacts.ArchiveFile(n, s) for n, s in pglab.archived().items()]
     found = [
-        wal.parse_history(n, (pglab.archive_dir() / n).read_text())
+        walfacts.parse_history(n, (pglab.archive_dir() / n).read_text())
         for n in pglab.archived()
         if n.endswith(".backup")
     ]
-    kept = wal.keep_set([b for b in found if b is not None], 2)
-    return [f.name for f in wal.older_than_cut(files, kept[0].start_segment)]
+    kept = walfacts.keep_set([b for b in found if b is not None], 2)
+    return [f.name for f in walfacts.older_than_cut(files, kept[0].start_segment)]
 
 
 def test_wal_cleanup_quartet_and_faults(shop: None, audit: Path, tmp_path: Path) -> None:
     pglab.base_backup()  # a new base backup: the cut point moves, older segments become deletable
     doomed = old_segments()
     assert doomed
-    check = run("wal-cleanup", "--host", "db1", "--check", "--diff", audit=audit)
-    assert check.code == 0, check.stderr + check.stdout
-    assert check.host("db1")["status"] == "changed"
-    decide = steps(check, "db1")["decide"]
-    assert decide["data"]["count"] == len(doomed) and decide["data"]["bytes"] == 16 * 1024**2 * len(doomed)
-    assert all(f"- {name}" in decide["diff"] for name in doomed)
-    assert set(doomed) <= set(pglab.archived()), "check mode deleted something"
-    assert "pg_wal/ holds" in steps(check, "db1")["pg_wal"]["message"]
 
     # Faults first, with nothing lost: S3 unreachable, then a segment missing from S3.
     bad_s3 = labkit.write_inventory(
@@ -96,15 +89,18 @@ def test_wal_cleanup_quartet_and_faults(shop: None, audit: Path, tmp_path: Path)
     finally:
         s3.put_object(Bucket=pglab.BUCKET, Key=f"wal/{missing}", Body=body)
 
-    apply = run("wal-cleanup", "--host", "db1", audit=audit)
-    assert apply.code == 0, apply.stdout
-    assert apply.host("db1")["status"] == "changed"
+    # The quartet, on what the fault left: check, apply, apply again, check again.
+    doomed = old_segments()
+    assert doomed and doomed[0] == missing
+    runs = quartet("wal-cleanup", "--host", "db1", "--diff", hosts=["db1"], audit=audit,
+                   state=pglab.archived, env=pglab.AWS_ENV)  # fmt: skip
+    decide = steps(runs.check, "db1")["decide"]
+    assert decide["data"]["count"] == len(doomed) and decide["data"]["bytes"] == 16 * 1024**2 * len(doomed)
+    assert all(f"- {name}" in decide["diff"] for name in doomed)
+    assert "pg_wal/ holds" in steps(runs.check, "db1")["pg_wal"]["message"]
+    assert steps(runs.apply, "db1")["verify"]["status"] == "ok"
     assert not set(doomed) & set(pglab.archived())
     assert any(n.endswith(".backup") for n in pglab.archived()), "history files are kept"
-    again = run("wal-cleanup", "--host", "db1", audit=audit)
-    assert again.code == 0 and again.host("db1")["status"] == "ok", again.stdout
-    check_again = run("wal-cleanup", "--host", "db1", "--check", audit=audit)
-    assert check_again.host("db1")["status"] == "ok"
     # pg_wal/ itself was never touched: PostgreSQL still archives and answers.
     pglab.switch_wal()
 

@@ -20,11 +20,26 @@ EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
 
 _requested = threading.Event()
 _signal_name = ""
+_local = threading.local()  # `shielded` depth of this thread
 
 
 def requested() -> str | None:
-    """The name of the signal that asked the run to stop, or None."""
+    """The name of the signal that asked the run to stop, or None (None too inside `shielded`)."""
+    if getattr(_local, "shielded", 0):
+        return None
     return _signal_name if _requested.is_set() else None
+
+
+@contextmanager
+def shielded() -> Iterator[None]:
+    """Within the block this thread goes on after a stop request: its steps and commands still
+    start. For the cleanup a stopped remediation owes the host (a drill drops its scratch
+    database); keep it short. A second signal still exits at once."""
+    _local.shielded = getattr(_local, "shielded", 0) + 1
+    try:
+        yield
+    finally:
+        _local.shielded -= 1
 
 
 def request(name: str) -> None:

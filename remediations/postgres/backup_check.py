@@ -21,7 +21,7 @@ import subprocess
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from remediations.core.context import HostContext
 from remediations.core.errors import HostError, UsageError
@@ -104,9 +104,23 @@ def read_dump_command(pg: PgTarget, path: str) -> str:
 
 
 class BackupCheck(Remediation):
+    """Check the newest dump and base backup in S3 (and backup_local_dir): age, size, readability.
+
+    Read-only. Age against backup_rpo_hours (default 26), size against dump_min_bytes /
+    basebackup_min_bytes; the dump must read back with pg_restore --list and a full read. Without
+    --host it runs on the controller with the inventory's all vars. Exit code 1 when a check is red.
+    """
+
     task: ClassVar[str] = "backup-check"
+    cron_safe: ClassVar[bool] = True
+    runs_on_controller: ClassVar[bool] = True
     changes_hosts: ClassVar[bool] = False
     changes: ClassVar[bool] = False
+
+    @classmethod
+    def controller_name(cls, values: dict[str, Any]) -> str:
+        """The controller target is named as the inventory's local host is: `localhost`."""
+        return "localhost"
 
     def validate(self, host: Host) -> None:
         super().validate(host)

@@ -5,14 +5,15 @@ facts   PostgreSQL on the restore host answers, and whether the scratch database
         was killed (it carries our comment) is dropped first; any other database of that name is
         refused, as is a scratch name listed in `restore_protected_databases`;
         the newest dump under `dump_s3_prefix` in S3 (or the one --dump names);
-decide  nothing to decide beyond that: --check stops here and says what it would do;
+decide  the drill, with the dump and the leftover to drop first: --check shows it and stops there;
 apply   download the dump (S3 → controller → restore host), create the scratch database,
         `pg_restore --exit-on-error --no-owner --no-acl` into it, then the checks: the tables of
         `restore_check_tables` exist with at least their minimum row counts, and the newest value of
         `restore_freshness_column` (table.column) is within `backup_rpo_hours` of the server's clock;
 verify  the checks are the verification. The scratch database is always dropped afterwards, on
-        failure and on interrupt (Ctrl-C or SIGTERM stop the drill after the current step); a
-        SIGKILLed run leaves it to the next run, which drops it first.
+        failure and on interrupt (Ctrl-C or SIGTERM stop the drill after the current step, as they
+        stop any run: `core.interrupt`; the drop is shielded from the stop); a SIGKILLed run
+        leaves it to the next run, which drops it first.
 
 Every run writes its result on the controller, atomically (temporary file, then rename): JSON at
 `restore_test_json` and Prometheus textfile metrics at `restore_test_metrics` (`{host}` in either
@@ -29,21 +30,21 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any, ClassVar
 
-from remediations.core import validate
+from remediations.actions.drill_report import metrics_text, previous_success, write_atomically
+from remediations.core import interrupt, validate
+from remediations.core.args import Arg, args
 from remediations.core.context import HostContext
 from remediations.core.errors import HostError, UsageError
 from remediations.core.inventory import Host, truthy
+from remediations.core.plan import Change, Plan
 from remediations.core.remediation import Remediation
 from remediations.core.results import RunResult, Status
 from remediations.facts.postgres import (
@@ -68,9 +69,6 @@ NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 TABLE_RE = re.compile(r"^([a-z_][a-z0-9_]*\.)?[a-z_][a-z0-9_]*$")
 COLUMN_RE = re.compile(r"^([a-z_][a-z0-9_]*\.)?[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*$")
 RESTORE_TIMEOUT = 6 * 3600
-
-# Set by the front end's signal handler; the drill stops after its current step.
-INTERRUPTED = threading.Event()
 
 
 # --------------------------------------------------------------------------------------------
@@ -210,71 +208,6 @@ def evaluate(settings: Settings, exists: Mapping[str, bool], measured: Mapping[s
     return outcome
 
 
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def metrics_text(host: str, report: Mapping[str, Any]) -> str:
-    """Prometheus text exposition of one drill's report (for node_exporter's textfile collector)."""
-    base = f'restore_host="{_label(host)}"'
-    lines = [
-        "# HELP restore_test_success 1 when the last restore test passed, else 0.",
-        "# TYPE restore_test_success gauge",
-        f"restore_test_success{{{base}}} {1 if report.get('success') else 0}",
-        "# HELP restore_test_duration_seconds Wall time of the last restore test.",
-        "# TYPE restore_test_duration_seconds gauge",
-        f"restore_test_duration_seconds{{{base}}} {float(report.get('duration_seconds') or 0):.3f}",
-        "# HELP restore_test_phase_duration_seconds Wall time of each phase of the last restore test.",
-        "# TYPE restore_test_phase_duration_seconds gauge",
-    ]
-    for phase, seconds in (report.get("phases") or {}).items():
-        lines.append(
-            f'restore_test_phase_duration_seconds{{{base},phase="{_label(phase)}"}} {float(seconds):.3f}'
-        )
-    last = report.get("last_success_timestamp")
-    lines += [
-        "# HELP restore_test_last_success_timestamp_seconds Unix time of the last passed restore test.",
-        "# TYPE restore_test_last_success_timestamp_seconds gauge",
-        f"restore_test_last_success_timestamp_seconds{{{base}}} {float(last) if last else 0:.0f}",
-        "# HELP restore_test_rows Rows counted in each checked table of the restored dump.",
-        "# TYPE restore_test_rows gauge",
-    ]
-    for table, rows in (report.get("rows") or {}).items():
-        lines.append(f'restore_test_rows{{{base},table="{_label(table)}"}} {int(rows)}')
-    return "\n".join(lines) + "\n"
-
-
-def write_atomically(path: str, text: str) -> None:
-    """Temporary file in the same folder, fsync, rename: a reader never sees half a file."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(temp, 0o644)
-        os.replace(temp, target)
-    except BaseException:
-        with_suppressed_unlink(temp)
-        raise
-
-
-def with_suppressed_unlink(path: str) -> None:
-    with suppress(FileNotFoundError):
-        os.unlink(path)
-
-
-def previous_success(json_path: str) -> float | None:
-    try:
-        data = json.loads(Path(json_path).read_text(encoding="utf-8"))
-        value = data.get("last_success_timestamp")
-        return float(value) if value else None
-    except (OSError, ValueError, AttributeError, TypeError):
-        return None
-
-
 # --------------------------------------------------------------------------------------------
 # Host side
 # --------------------------------------------------------------------------------------------
@@ -314,8 +247,51 @@ def put_file(remote: Any, local_path: str, remote_path: str) -> None:
         )
 
 
+@dataclass
+class Drill:
+    """One drill on one restore host: what gather found, and what the drill made as it went."""
+
+    conf: Settings
+    pg: PgTarget
+    report: dict[str, Any]
+    started: float
+    store: Any = None  # S3Store
+    key: str = ""
+    size: int = 0
+    leftover: bool = False
+    version: str = ""  # of the server
+    error: str = ""  # gather failed (its step is recorded); a real run still writes the result
+    local_dir: str = ""
+    remote_dir: str = ""
+    created: bool = False
+
+
+def new_report(host: Host, conf: Settings) -> dict[str, Any]:
+    return {
+        "host": host.name,
+        "database": conf.scratch,
+        "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "success": False,
+        "phases": {},
+        "rows": {},
+        "error": "",
+    }
+
+
 class RestoreTest(Remediation):
+    """The weekly restore drill: the newest dump from S3 into a scratch database, then checks.
+
+    On the restore host (--host, default the group 'restore'): restore into restore_database
+    (default restore_test_scratch; never one of restore_protected_databases), check
+    restore_check_tables (table: minimum rows) and restore_freshness_column against the RPO, then
+    always drop the scratch database. Writes JSON (restore_test_json) and Prometheus textfile metrics
+    (restore_test_metrics) atomically. Exit code 1 on failure; --check says what it would do.
+    """
+
     task: ClassVar[str] = "restore-test"
+    cron_safe: ClassVar[bool] = True
+    params = args(Arg("dump", "restore this dump (key, or name under dump_s3_prefix), not the newest"))
+    default_hosts: ClassVar[str | None] = "restore"
     required_vars: ClassVar[tuple[str, ...]] = ("backup_s3_bucket",)
 
     def __init__(self, dump: str | None = None) -> None:
@@ -332,142 +308,66 @@ class RestoreTest(Remediation):
         return float(configured) if configured is not None else 2 * RESTORE_TIMEOUT
 
     def notify_anyway(self, run: RunResult, hosts: Sequence[Host]) -> bool:
-        """A successful drill is announced too where `restore_test_notify_success` says so."""
-        if run.check or run.exit_code != 0:
+        """A successful drill (its checks ran and passed) is announced too where
+        `restore_test_notify_success` says so."""
+        drilled = any(s.step == "checks" and s.status == Status.OK for h in run.hosts for s in h.steps)
+        if not drilled or run.exit_code != 0:
             return False
         return any(settings(h).notify_success for h in hosts)
 
-    def run(self, ctx: HostContext) -> None:
+    # ---------------------------------------------------------------------------------- gather
+
+    def gather(self, ctx: HostContext) -> Drill:
+        """PostgreSQL answers and the scratch database is ours (or absent); the dump to restore.
+        A failure is recorded as its step and kept in `error`: the real run writes it as the
+        drill's result."""
         conf = settings(ctx.host)
-        pg = PgTarget.from_host(ctx.host)
-        started = time.monotonic()
-        report: dict[str, Any] = {
-            "host": ctx.host.name,
-            "database": conf.scratch,
-            "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "success": False,
-            "phases": {},
-            "rows": {},
-            "error": "",
-        }
-        try:
-            self._drill(ctx, conf, pg, report)
-        except BaseException as exc:
-            report["error"] = report["error"] or (str(exc) or type(exc).__name__)
-            raise
-        finally:
-            if not ctx.check:
-                report["duration_seconds"] = round(time.monotonic() - started, 3)
-                self._write_report(ctx, conf, report)
-
-    def _psql(self, ctx: HostContext, pg: PgTarget, sql: str, what: str, database: str = "postgres") -> str:
-        result = ctx.remote.run(script(pg.psql(database)), stdin=sql.encode(), timeout=600)
-        return must_ok(result, what).stdout.strip()
-
-    def _drill(self, ctx: HostContext, conf: Settings, pg: PgTarget, report: dict[str, Any]) -> None:
+        drill = Drill(conf, PgTarget.from_host(ctx.host), new_report(ctx.host, conf), time.monotonic())
         with ctx.step("facts") as step:
-            result = ctx.remote.run(script(pg.psql()), stdin=facts_sql(conf.scratch).encode(), timeout=60)
-            if not result.ok:
-                raise HostError(f"PostgreSQL on the restore host does not answer: {result.tail(2)}", result)
-            facts = json.loads(result.stdout.strip().splitlines()[-1])
-            scratch = facts.get("scratch")
-            if scratch is not None and scratch.get("comment") != SCRATCH_COMMENT:
-                raise HostError(
-                    f"database {conf.scratch} exists and was not made by restore-test; not touched "
-                    "(drop it, or set restore_database to another name)"
-                )
-            leftover = scratch is not None
+            drill.error = self._server(ctx, drill)
+            if drill.error:
+                step.done(Status.FAILED, drill.error)
+                return drill
+            facts_text = f"; scratch database {conf.scratch} left behind by an earlier run"
             step.done(
-                Status.OK,
-                f"PostgreSQL {facts.get('version')} answers"
-                + (f"; scratch database {conf.scratch} left behind by an earlier run" if leftover else ""),
+                Status.OK, f"PostgreSQL {drill.version} answers" + (facts_text if drill.leftover else "")
             )
         with ctx.step("select") as step:
-            store = S3Store(ctx.host.vars)
-            for secret in store.secrets:
-                ctx.redactor.add_value(secret)
-            key, size = self._choose(store, conf)
-            report.update(dump=f"s3://{conf.bucket}/{key}", dump_bytes=size)
-            step.done(Status.OK, f"dump s3://{conf.bucket}/{key} ({human_bytes(size)})", dump=key)
-        if ctx.check:
-            ctx.record(
-                "decide",
-                Status.OK,
-                f"would restore s3://{conf.bucket}/{key} into scratch database {conf.scratch} and check "
-                f"{len(conf.tables)} table(s)"
-                + (f", drop the leftover {conf.scratch} first" if leftover else ""),
+            try:
+                drill.store = store = S3Store(ctx.host.vars)
+                for secret in store.secrets:
+                    ctx.redactor.add_value(secret)
+                drill.key, drill.size = self._choose(store, conf)
+            except HostError as exc:
+                if type(exc) is not HostError:  # lost, interrupted, past the deadline: the host ends
+                    raise
+                drill.error = str(exc)
+                step.done(Status.FAILED, drill.error)
+                return drill
+            drill.report.update(dump=f"s3://{conf.bucket}/{drill.key}", dump_bytes=drill.size)
+            step.done(
+                Status.OK, f"dump s3://{conf.bucket}/{drill.key} ({human_bytes(drill.size)})", dump=drill.key
             )
-            return
-        if leftover:
-            with ctx.step("cleanup") as step:
-                self._psql(ctx, pg, drop_sql(conf.scratch), f"dropping the leftover {conf.scratch}")
-                step.done(
-                    Status.CHANGED, f"dropped scratch database {conf.scratch} left behind by an earlier run"
-                )
-        local_dir = tempfile.mkdtemp(prefix="restore-test-")
-        remote_dir = ""
-        created = False
-        try:
-            self._interrupted()
-            with self._phase(ctx, "download", report) as step:
-                local = os.path.join(local_dir, "dump")
-                store.download(conf.bucket, key, local)
-                made = must_ok(ctx.remote.run("mktemp -d /tmp/restore-test.XXXXXX", timeout=30), "mktemp")
-                remote_dir = made.stdout.strip()
-                put_file(ctx.remote, local, f"{remote_dir}/dump")
-                step.done(Status.OK, f"downloaded {human_bytes(size)} to the restore host")
-            self._interrupted()
-            with self._phase(ctx, "restore", report) as step:
-                self._psql(ctx, pg, create_sql(conf.scratch), f"creating {conf.scratch}")
-                created = True
-                restore = pg.shell(
-                    "pg_restore", "--exit-on-error", "--no-owner", "--no-acl", "-d", conf.scratch
-                )
-                result = ctx.remote.run(
-                    script(f"{restore} < {shlex.quote(remote_dir + '/dump')}"), timeout=RESTORE_TIMEOUT
-                )
-                if not result.ok:
-                    raise HostError(f"pg_restore failed (exit {result.exit_code}): {result.tail(3)}", result)
-                step.done(Status.OK, f"restored into {conf.scratch}")
-            self._interrupted()
-            with self._phase(ctx, "checks", report) as step:
-                exists = json.loads(
-                    self._psql(
-                        ctx, pg, existence_sql(list(conf.tables), conf.freshness), "checks", conf.scratch
-                    )
-                )
-                present = [t for t in conf.tables if exists.get(f"t:{t}")]
-                fresh = conf.freshness if exists.get(f"c:{conf.freshness}") else None
-                measured = json.loads(
-                    self._psql(ctx, pg, measure_sql(present, fresh), "counting rows", conf.scratch)
-                )
-                outcome = evaluate(conf, exists, measured)
-                report["rows"] = outcome.rows
-                report["newest_age_seconds"] = outcome.newest_age
-                if not outcome.ok:
-                    report["error"] = outcome.summary(conf)
-                step.done(
-                    Status.OK if outcome.ok else Status.FAILED, outcome.summary(conf), rows=outcome.rows
-                )
-            report["success"] = outcome.ok
-        finally:
-            self._clean(ctx, pg, conf, created, remote_dir, local_dir)
+        return drill
 
-    @contextmanager
-    def _phase(self, ctx: HostContext, name: str, report: dict[str, Any]) -> Iterator[Any]:
-        start = time.monotonic()
-        try:
-            with ctx.step(name) as step:
-                yield step
-        finally:
-            report["phases"][name] = round(time.monotonic() - start, 3)
+    def _server(self, ctx: HostContext, drill: Drill) -> str:
+        """What stops the drill on this server ("" when nothing does); sets `leftover`."""
+        conf = drill.conf
+        result = ctx.remote.run(script(drill.pg.psql()), stdin=facts_sql(conf.scratch).encode(), timeout=60)
+        if not result.ok:
+            return f"PostgreSQL on the restore host does not answer: {result.tail(2)}"
+        facts = json.loads(result.stdout.strip().splitlines()[-1])
+        scratch = facts.get("scratch")
+        if scratch is not None and scratch.get("comment") != SCRATCH_COMMENT:
+            return (
+                f"database {conf.scratch} exists and was not made by restore-test; not touched "
+                "(drop it, or set restore_database to another name)"
+            )
+        drill.leftover = scratch is not None
+        drill.version = str(facts.get("version"))
+        return ""
 
-    @staticmethod
-    def _interrupted() -> None:
-        if INTERRUPTED.is_set():
-            raise HostError("interrupted (signal); the drill stopped")
-
-    def _choose(self, store: S3Store, conf: Settings) -> tuple[str, int]:
+    def _choose(self, store: Any, conf: Settings) -> tuple[str, int]:
         objects = [o for o in store.list(conf.bucket, conf.prefix) if not o.key.endswith("/")]
         if self.dump:
             wanted = {self.dump, conf.prefix + self.dump}
@@ -480,18 +380,129 @@ class RestoreTest(Remediation):
         newest = max(objects, key=lambda o: (o.modified, o.key))
         return newest.key, newest.size
 
-    def _clean(
-        self, ctx: HostContext, pg: PgTarget, conf: Settings, created: bool, remote_dir: str, local_dir: str
-    ) -> None:
-        shutil.rmtree(local_dir, ignore_errors=True)
-        if remote_dir:
-            ctx.remote.run(f"rm -rf -- {shlex.quote(remote_dir)}", timeout=60)
-        if created:
-            with ctx.step("drop") as step:
-                self._psql(ctx, pg, drop_sql(conf.scratch), f"dropping {conf.scratch}")
-                step.done(Status.OK, f"dropped scratch database {conf.scratch}")
+    # ---------------------------------------------------------------------------------- decide
 
-    def _write_report(self, ctx: HostContext, conf: Settings, report: dict[str, Any]) -> None:
+    def decide(self, ctx: HostContext, facts: Drill) -> Plan:
+        """The drill; or, when gather failed, only the writing of the failed drill's result."""
+        conf = facts.conf
+        if facts.error:
+            summary = f"write the failed drill's result to {conf.json_path} and {conf.metrics_path}"
+            return Plan.of(Change("report", summary, lambda ctx: self._finish(ctx, facts), own_steps=True))
+        summary = (
+            f"restore s3://{conf.bucket}/{facts.key} into scratch database {conf.scratch} and check "
+            f"{len(conf.tables)} table(s)"
+            + (f", drop the leftover {conf.scratch} first" if facts.leftover else "")
+        )
+        return Plan.of(Change("restore", summary, lambda ctx: self._drill(ctx, facts), own_steps=True),
+                       check_step="decide")  # fmt: skip
+
+    # ----------------------------------------------------------------------------------- apply
+
+    def _drill(self, ctx: HostContext, drill: Drill) -> None:
+        """The drill's steps; whatever happens, the scratch database is dropped and the result
+        written."""
+        try:
+            if drill.leftover:
+                with ctx.step("cleanup") as step:
+                    self._psql(
+                        ctx,
+                        drill,
+                        drop_sql(drill.conf.scratch),
+                        f"dropping the leftover {drill.conf.scratch}",
+                    )
+                    step.done(
+                        Status.CHANGED,
+                        f"dropped scratch database {drill.conf.scratch} left behind by an earlier run",
+                    )
+            drill.local_dir = tempfile.mkdtemp(prefix="restore-test-")
+            try:
+                self._download(ctx, drill)
+                self._restore(ctx, drill)
+                drill.report["success"] = self._checks(ctx, drill)
+            finally:
+                with interrupt.shielded():  # a stopped drill still drops what it made
+                    self._clean(ctx, drill)
+        except BaseException as exc:
+            stopping = interrupt.requested()
+            why = (
+                f"interrupted by {stopping}; the drill stopped"
+                if stopping
+                else str(exc) or type(exc).__name__
+            )
+            drill.report["error"] = drill.report["error"] or why
+            raise
+        finally:
+            self._finish(ctx, drill)
+
+    def _psql(self, ctx: HostContext, drill: Drill, sql: str, what: str, database: str = "postgres") -> str:
+        result = ctx.remote.run(script(drill.pg.psql(database)), stdin=sql.encode(), timeout=600)
+        return must_ok(result, what).stdout.strip()
+
+    @contextmanager
+    def _phase(self, ctx: HostContext, name: str, report: dict[str, Any]) -> Iterator[Any]:
+        """A step of the drill, its wall time in the report. Once the run was told to stop, no
+        phase starts (ctx.step says so)."""
+        start = time.monotonic()
+        try:
+            with ctx.step(name) as step:
+                yield step
+        finally:
+            report["phases"][name] = round(time.monotonic() - start, 3)
+
+    def _download(self, ctx: HostContext, drill: Drill) -> None:
+        with self._phase(ctx, "download", drill.report) as step:
+            local = os.path.join(drill.local_dir, "dump")
+            drill.store.download(drill.conf.bucket, drill.key, local)
+            made = must_ok(ctx.remote.run("mktemp -d /tmp/restore-test.XXXXXX", timeout=30), "mktemp")
+            drill.remote_dir = made.stdout.strip()
+            put_file(ctx.remote, local, f"{drill.remote_dir}/dump")
+            step.done(Status.OK, f"downloaded {human_bytes(drill.size)} to the restore host")
+
+    def _restore(self, ctx: HostContext, drill: Drill) -> None:
+        conf = drill.conf
+        with self._phase(ctx, "restore", drill.report) as step:
+            self._psql(ctx, drill, create_sql(conf.scratch), f"creating {conf.scratch}")
+            drill.created = True
+            restore = drill.pg.shell(
+                "pg_restore", "--exit-on-error", "--no-owner", "--no-acl", "-d", conf.scratch
+            )
+            dump = shlex.quote(drill.remote_dir + "/dump")
+            result = ctx.remote.run(script(f"{restore} < {dump}"), timeout=RESTORE_TIMEOUT)
+            if not result.ok:
+                raise HostError(f"pg_restore failed (exit {result.exit_code}): {result.tail(3)}", result)
+            step.done(Status.OK, f"restored into {conf.scratch}")
+
+    def _checks(self, ctx: HostContext, drill: Drill) -> bool:
+        conf, report = drill.conf, drill.report
+        with self._phase(ctx, "checks", report) as step:
+            sql = existence_sql(list(conf.tables), conf.freshness)
+            exists = json.loads(self._psql(ctx, drill, sql, "checks", conf.scratch))
+            present = [t for t in conf.tables if exists.get(f"t:{t}")]
+            fresh = conf.freshness if exists.get(f"c:{conf.freshness}") else None
+            sql = measure_sql(present, fresh)
+            measured = json.loads(self._psql(ctx, drill, sql, "counting rows", conf.scratch))
+            outcome = evaluate(conf, exists, measured)
+            report["rows"] = outcome.rows
+            report["newest_age_seconds"] = outcome.newest_age
+            if not outcome.ok:
+                report["error"] = outcome.summary(conf)
+            step.done(Status.OK if outcome.ok else Status.FAILED, outcome.summary(conf), rows=outcome.rows)
+        return outcome.ok
+
+    def _clean(self, ctx: HostContext, drill: Drill) -> None:
+        shutil.rmtree(drill.local_dir, ignore_errors=True)
+        if drill.remote_dir:
+            ctx.remote.run(f"rm -rf -- {shlex.quote(drill.remote_dir)}", timeout=60)
+        if drill.created:
+            with ctx.step("drop") as step:
+                self._psql(ctx, drill, drop_sql(drill.conf.scratch), f"dropping {drill.conf.scratch}")
+                step.done(Status.OK, f"dropped scratch database {drill.conf.scratch}")
+
+    def _finish(self, ctx: HostContext, drill: Drill) -> None:
+        """Write the drill's result (JSON and metrics) on the controller."""
+        conf, report = drill.conf, drill.report
+        report["error"] = report["error"] or drill.error
+        report["duration_seconds"] = round(time.monotonic() - drill.started, 3)
         now = time.time()
         last = now if report["success"] else previous_success(conf.json_path)
         report["finished_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
@@ -503,38 +514,3 @@ class RestoreTest(Remediation):
             ctx.record("report", Status.FAILED, f"result not written: {exc}")
             return
         ctx.record("report", Status.OK, f"wrote {conf.json_path} and {conf.metrics_path}")
-
-
-# --------------------------------------------------------------------------------------------
-# Front end: signals, and the success notification
-# --------------------------------------------------------------------------------------------
-
-
-@contextmanager
-def stop_on_signals() -> Iterator[None]:
-    """SIGINT/SIGTERM set INTERRUPTED (the drill stops after its current step and cleans up); a
-    second SIGINT interrupts at once."""
-    previous: dict[signal.Signals, Any] = {}
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        if INTERRUPTED.is_set() and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        INTERRUPTED.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        previous[sig] = signal.signal(sig, handler)
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-        INTERRUPTED.clear()
-
-
-def run_task(execute: Callable[..., tuple[int, Any]], flags: Any, dump: str | None) -> int:
-    """`inv restore-test` (on the `restore` group unless --host says otherwise)."""
-    if not flags.host:
-        flags = replace(flags, host="restore")
-    with stop_on_signals():
-        code, _ = execute(lambda: RestoreTest(dump), flags, task="restore-test", arguments={"dump": dump})
-    return int(code)

@@ -24,142 +24,71 @@ person must read, shown under the host's line, and exit code 3 (results.WARNING_
 
 from __future__ import annotations
 
-import json
 import re
 import shlex
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from remediations.actions.wal_s3 import s3_md5s
+from remediations.core.args import Arg, args
 from remediations.core.context import HostContext
 from remediations.core.errors import HostError, UsageError
 from remediations.core.inventory import Host
+from remediations.core.plan import Change, Plan
 from remediations.core.remediation import Remediation
 from remediations.core.results import Status
 from remediations.facts.postgres import (
-    ARCHIVER_JSON_SQL,
     PgTarget,
     S3Object,
     S3Store,
-    Section,
-    archiver_failing,
-    describe_archiver,
-    human_age,
-    human_bytes,
     must_ok,
     parse_sections,
     script,
 )
+from remediations.facts.wal import (
+    PG_FACTS_SQL,
+    ArchiveFacts,
+    ArchiveFile,
+    BaseBackup,
+    PgFacts,
+    RemoteCopy,
+    candidates,
+    checksum_command,
+    decide_slot,
+    describe,
+    facts_command,
+    inside_pg_wal,
+    is_segment,
+    keep_set,
+    older_than_cut,
+    parse_facts,
+    parse_md5sum,
+    pg_wal_report,
+    pg_warnings,
+)
 
 DEFAULT_KEEP = 2
 DEFAULT_PREFIX = "wal/"
-SEGMENT_RE = re.compile(r"^[0-9A-F]{24}(\.partial)?$")
 SLOT_NAME_RE = re.compile(r"^[a-z0-9_]{1,63}$")
 MAX_LISTED = 200
 # Segments checksummed per run (16 MiB each: 4 GiB of reading on the host at most); the rest wait
 # for the next run, which continues where this one stopped.
 VERIFY_MAX = 256
 DEFAULT_READBACK_MAX = 64
-MD5_RE = re.compile(r"^[0-9a-f]{32}$")
 
-PG_FACTS_SQL = """
-select json_build_object(
-  'data_directory', current_setting('data_directory'),
-  'archive_mode', current_setting('archive_mode'),
-  'in_recovery', pg_is_in_recovery(),
-  'wal_files', (select count(*) from pg_ls_waldir()),
-  'wal_bytes', (select coalesce(sum(size), 0) from pg_ls_waldir()),
-  'archiver', ARCHIVER,
-  'slots', (select coalesce(json_agg(s order by s.slot_name), '[]'::json) from (
-      select slot_name, slot_type, active, wal_status,
-             case when restart_lsn is null then null
-                  else pg_wal_lsn_diff(case when pg_is_in_recovery() then pg_last_wal_receive_lsn()
-                                            else pg_current_wal_lsn() end, restart_lsn)::float8
-             end as retained_bytes
-      from pg_replication_slots) s)
-);
-""".replace("ARCHIVER", ARCHIVER_JSON_SQL)
+
+def slot_name(value: Any, flag: str) -> str:
+    """--drop-inactive-slot: a replication slot's name."""
+    name = str(value)
+    if not SLOT_NAME_RE.match(name):
+        raise UsageError(f"{flag} {name!r}: a slot name is 1-63 characters of a-z, 0-9 and _")
+    return name
 
 
 # --------------------------------------------------------------------------------------------
-# WAL file names and base backup history files (pure)
+# Which archived segments to delete (pure)
 # --------------------------------------------------------------------------------------------
-
-
-def strip_suffix(name: str, suffix: str) -> str:
-    return name[: -len(suffix)] if suffix and name.endswith(suffix) else name
-
-
-def is_segment(name: str, suffix: str = "") -> bool:
-    """A WAL segment (or .partial) file name, after the archive's own suffix (pg_archivecleanup -x)."""
-    return bool(SEGMENT_RE.match(strip_suffix(name, suffix)))
-
-
-def segment_name(timeline: int, lsn: int, segment_size: int = 16 * 1024 * 1024) -> str:
-    """The segment file holding `lsn` on `timeline` (XLogFileName)."""
-    per_id = 0x100000000 // segment_size
-    number = lsn // segment_size
-    return f"{timeline:08X}{number // per_id:08X}{number % per_id:08X}"
-
-
-def parse_lsn(text: str) -> int:
-    """`16/B374D848` → its 64-bit position."""
-    high, _, low = text.strip().partition("/")
-    return (int(high, 16) << 32) | int(low, 16)
-
-
-@dataclass(frozen=True)
-class BaseBackup:
-    """A base backup as its history file (`…backup`) in the WAL archive describes it."""
-
-    history_file: str
-    start_segment: str
-    start_time: str = ""
-    label: str = ""
-
-    @property
-    def order(self) -> tuple[str, str, str]:
-        # Newer backups start later in WAL; the timeline (first 8 digits) does not order them,
-        # as in pg_archivecleanup's comparison.
-        return (self.start_segment[8:], self.start_time, self.history_file)
-
-
-HISTORY_NAME_RE = re.compile(r"^([0-9A-F]{24})\.[0-9A-F]{8}\.backup$")
-START_WAL_RE = re.compile(r"^START WAL LOCATION: \S+ \(file ([0-9A-F]{24})\)\s*$", re.MULTILINE)
-
-
-def parse_history(name: str, text: str) -> BaseBackup | None:
-    """A `000000010000000000000003.00000028.backup` file; None when it is not one."""
-    match = HISTORY_NAME_RE.match(name)
-    if match is None:
-        return None
-    fields = dict(
-        (key.strip(), value.strip())
-        for key, sep, value in (line.partition(": ") for line in text.splitlines())
-        if sep
-    )
-    start = START_WAL_RE.search(text)
-    # The file name carries the start segment too (pg_archivecleanup trims it to that); the
-    # content wins when it is readable.
-    segment = start.group(1) if start else match.group(1)
-    return BaseBackup(name, segment, fields.get("START TIME", ""), fields.get("LABEL", ""))
-
-
-@dataclass(frozen=True)
-class ArchiveFile:
-    name: str
-    size: int
-
-
-@dataclass(frozen=True)
-class RemoteCopy:
-    """What S3 holds under an archived file's name: its size and, once known, its MD5."""
-
-    size: int
-    md5: str = ""  # hex; "" when not known
-    md5_from: str = ""  # "ETag" | "read back"
-    unknown_why: str = ""  # why the MD5 is not known (a fault: the segment is kept)
-    deferred: str = ""  # why it was not checked in this run (no fault: the next run checks it)
 
 
 @dataclass(frozen=True)
@@ -176,32 +105,6 @@ class CleanupPlan:
         return sum(f.size for f in self.delete)
 
 
-def keep_set(backups: Iterable[BaseBackup], keep: int) -> tuple[BaseBackup, ...]:
-    """The `keep` newest base backups, oldest first."""
-    ordered = sorted(backups, key=lambda b: b.order)
-    return tuple(ordered[-keep:]) if keep > 0 else ()
-
-
-def older_than_cut(files: Iterable[ArchiveFile], cut_segment: str, suffix: str = "") -> list[ArchiveFile]:
-    """The segments pg_archivecleanup would remove for this cut point, oldest first.
-
-    Its rule: a WAL segment or .partial file whose name, from the 9th character on (the timeline
-    ignored), sorts before the cut segment's. History files (.backup, .history) never match.
-    """
-    chosen = [
-        f for f in files if is_segment(f.name, suffix) and strip_suffix(f.name, suffix)[8:] < cut_segment[8:]
-    ]
-    return sorted(chosen, key=lambda f: (strip_suffix(f.name, suffix)[8:], f.name))
-
-
-def candidates(
-    files: Sequence[ArchiveFile], backups: Sequence[BaseBackup], keep: int, suffix: str = ""
-) -> list[ArchiveFile]:
-    """The segments older than the cut point, oldest first (none without a base backup)."""
-    kept = keep_set(backups, keep)
-    return older_than_cut(files, kept[0].start_segment, suffix) if kept else []
-
-
 def to_checksum(
     files: Sequence[ArchiveFile], uploaded: Mapping[str, S3Object], limit: int = VERIFY_MAX
 ) -> list[ArchiveFile]:
@@ -214,21 +117,6 @@ def to_checksum(
             break
         chosen.append(f)
     return chosen
-
-
-def etag_md5(etag: str) -> str:
-    """The MD5 an ETag is, when it looks like one (a single-part upload); "" for `…-N` (multipart)."""
-    tag = etag.strip('"').lower()
-    return tag if MD5_RE.match(tag) else ""
-
-
-def etag_not_md5(head: Mapping[str, Any]) -> str:
-    """Why an object's single-part-looking ETag is not its MD5 ("" when it is)."""
-    if head.get("SSECustomerAlgorithm"):
-        return "SSE-C"
-    if str(head.get("ServerSideEncryption") or "").startswith("aws:kms"):
-        return "SSE-KMS"
-    return ""
 
 
 def decide(
@@ -292,205 +180,29 @@ def decide(
     return CleanupPlan(tuple(delete), cut, kept, held, deferred)
 
 
-def describe(files: Sequence[ArchiveFile]) -> str:
-    if not files:
-        return "no files"
-    span = files[0].name if len(files) == 1 else f"{files[0].name} … {files[-1].name}"
-    return f"{len(files)} segment(s), {human_bytes(sum(f.size for f in files))} ({span})"
-
-
-# --------------------------------------------------------------------------------------------
-# What holds pg_wal/ (pure)
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Slot:
-    name: str
-    slot_type: str
-    active: bool
-    wal_status: str
-    retained_bytes: float | None
-
-
-@dataclass
-class PgFacts:
-    error: str = ""
-    data_directory: str = ""
-    archive_mode: str = ""
-    wal_files: int = 0
-    wal_bytes: int = 0
-    archiver: dict[str, Any] = field(default_factory=dict)
-    slots: list[Slot] = field(default_factory=list)
-
-
-def parse_pg_facts(exit_code: str, body: str) -> PgFacts:
-    if exit_code != "0":
-        lines = [line for line in body.strip().splitlines() if line.strip()]
-        return PgFacts(error=" ".join(lines[-2:]) or f"psql exited {exit_code}")
-    try:
-        data = json.loads(body.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        return PgFacts(error="psql printed something that is not JSON")
-    slots = [
-        Slot(
-            str(s["slot_name"]),
-            str(s["slot_type"]),
-            bool(s["active"]),
-            str(s.get("wal_status") or ""),
-            s.get("retained_bytes"),
-        )
-        for s in data.get("slots") or []
-    ]
-    return PgFacts(
-        data_directory=str(data.get("data_directory") or ""),
-        archive_mode=str(data.get("archive_mode") or ""),
-        wal_files=int(data.get("wal_files") or 0),
-        wal_bytes=int(data.get("wal_bytes") or 0),
-        archiver=dict(data.get("archiver") or {}),
-        slots=slots,
+def basis(plan: CleanupPlan) -> str:
+    """Why the cut point is where it is, in words."""
+    if plan.cut is None:
+        return ""
+    names = ", ".join(b.history_file for b in plan.kept_backups)
+    return (
+        f"cut point {plan.cut.start_segment} (oldest of {len(plan.kept_backups)} kept base "
+        f"backup(s): {names})"
     )
 
 
-def pg_wal_report(pg: PgFacts) -> str:
-    """What holds pg_wal/, in one line."""
-    parts = [f"pg_wal/ holds {pg.wal_files} file(s), {human_bytes(pg.wal_bytes)}"]
-    inactive = [s for s in pg.slots if not s.active]
-    for slot in inactive:
-        retained = "unknown WAL" if slot.retained_bytes is None else human_bytes(slot.retained_bytes)
-        parts.append(f"inactive {slot.slot_type} slot {slot.name!r} retains {retained}")
-    active = len(pg.slots) - len(inactive)
-    if active:
-        parts.append(f"{active} active slot(s)")
-    if not pg.slots:
-        parts.append("no replication slots")
-    archiver = pg.archiver
-    if pg.archive_mode == "off":
-        parts.append("archive_mode is off")
-    parts.append(describe_archiver(archiver))
-    age = archiver.get("last_archived_age")
-    if age is None:
-        parts.append("nothing archived yet")
-    else:
-        parts.append(f"last archived {archiver.get('last_archived_wal')} {human_age(float(age))} ago")
-    return "; ".join(parts)
+def listing(files: Sequence[ArchiveFile]) -> str:
+    """The files to delete, one a line (at most MAX_LISTED), for --diff."""
+    text = "\n".join(f"- {f.name} ({f.size} bytes)" for f in files[:MAX_LISTED])
+    if len(files) > MAX_LISTED:
+        text += f"\n… and {len(files) - MAX_LISTED} more"
+    return text
 
 
-def retains_wal(slot: Slot) -> bool:
-    """An inactive slot holding WAL back: pg_wal/ grows until a client uses it again or it is
-    dropped (a slot without restart_lsn, or one whose WAL is already lost, holds nothing)."""
-    return not slot.active and slot.retained_bytes is not None and slot.wal_status != "lost"
-
-
-def pg_warnings(pg: PgFacts) -> list[tuple[str, str]]:
-    """(step, message) for each condition a person must look at: a failing archiver, and each
-    inactive slot retaining WAL."""
-    if pg.error:
-        return []
-    found: list[tuple[str, str]] = []
-    if archiver_failing(pg.archiver):
-        found.append(
-            ("archiver", f"{describe_archiver(pg.archiver)}: WAL piles up in pg_wal/ until it archives again")
-        )
-    for slot in pg.slots:
-        if retains_wal(slot):
-            found.append(
-                (
-                    f"slot {slot.name}",
-                    f"inactive {slot.slot_type} replication slot {slot.name!r} retains "
-                    f"{human_bytes(slot.retained_bytes or 0)} of WAL in pg_wal/",
-                )
-            )
-    return found
-
-
-def decide_slot(slots: Sequence[Slot], name: str) -> tuple[str, str]:
-    """("drop" | "none" | "refuse", why) for --drop-inactive-slot."""
-    found = [s for s in slots if s.name == name]
-    if not found:
-        return "none", f"no replication slot named {name!r}; nothing to drop"
-    slot = found[0]
-    if slot.active:
-        return "refuse", f"replication slot {name!r} is active (a client uses it); not dropped"
-    retained = "unknown WAL" if slot.retained_bytes is None else human_bytes(slot.retained_bytes)
-    return "drop", f"inactive {slot.slot_type} slot {name!r} retaining {retained}"
-
-
-# --------------------------------------------------------------------------------------------
-# Facts: one round trip to the host
-# --------------------------------------------------------------------------------------------
-
-
-def facts_command(archive_dir: str, pg: PgTarget) -> str:
-    """The archive's files and history files, and PostgreSQL's view of pg_wal/ (SQL on stdin)."""
-    q = shlex.quote
-    return script(
-        f"dir={q(archive_dir)}",
-        'if [ ! -d "$dir" ]; then echo "@@missing"; else',
-        '  echo "@@realpath $(realpath -- "$dir")"',
-        '  echo "@@files"; find "$dir" -maxdepth 1 -type f -printf "%f\\t%s\\n"',
-        '  for f in "$dir"/*.backup; do [ -f "$f" ] || continue; '
-        'echo "@@history $(basename -- "$f")"; head -c 8192 -- "$f"; echo; done',
-        "fi",
-        f'out=$({pg.psql()} 2>&1); rc=$?; echo "@@pg $rc"; printf "%s\\n" "$out"',
-    )
-
-
-def checksum_command(archive_dir: str) -> str:
-    """MD5 of the archived files named on stdin (NUL-separated): `md5sum` lines, one per file."""
-    return f"cd {shlex.quote(archive_dir)} && xargs -0 -r md5sum --"
-
-
-def parse_md5sum(output: str) -> dict[str, str]:
-    """`md5sum` output → file name → MD5. md5sum escapes an odd name with a leading backslash, which
-    no segment name needs: such a line does not parse, and that file is kept."""
-    found: dict[str, str] = {}
-    for line in output.splitlines():
-        digest, sep, name = line.partition("  ")
-        if sep and MD5_RE.match(digest):
-            found[name] = digest
-    return found
-
-
-@dataclass
-class ArchiveFacts:
-    missing: bool = False
-    realpath: str = ""
-    files: list[ArchiveFile] = field(default_factory=list)
-    backups: list[BaseBackup] = field(default_factory=list)
-    pg: PgFacts = field(default_factory=PgFacts)
-
-
-def parse_facts(sections: Sequence[Section]) -> ArchiveFacts:
-    facts = ArchiveFacts()
-    for section in sections:
-        if section.name == "missing":
-            facts.missing = True
-        elif section.name == "realpath":
-            facts.realpath = section.arg.strip()
-        elif section.name == "files":
-            for line in section.body.splitlines():
-                name, sep, size = line.rpartition("\t")
-                if sep and size.isdigit():
-                    facts.files.append(ArchiveFile(name, int(size)))
-        elif section.name == "history":
-            backup = parse_history(section.arg.strip(), section.body)
-            if backup is not None:
-                facts.backups.append(backup)
-        elif section.name == "pg":
-            facts.pg = parse_pg_facts(section.arg.strip(), section.body)
-    return facts
-
-
-def inside_pg_wal(realpath: str, data_directory: str) -> bool:
-    """True when the archive directory is pg_wal/ (or inside it): refuse to touch it."""
-    path = realpath.rstrip("/")
-    if path.rsplit("/", 1)[-1] in ("pg_wal", "pg_xlog") or "/pg_wal/" in path + "/":
-        return True
-    if data_directory:
-        wal = data_directory.rstrip("/") + "/pg_wal"
-        return path == wal or path.startswith(wal + "/")
-    return False
+def nothing_to_delete(plan: CleanupPlan) -> str:
+    reason = plan.held or plan.deferred or plan.nothing_because
+    why = basis(plan)
+    return f"nothing to delete: {reason}" + (f"; {why}" if why else "")
 
 
 # --------------------------------------------------------------------------------------------
@@ -498,60 +210,87 @@ def inside_pg_wal(realpath: str, data_directory: str) -> bool:
 # --------------------------------------------------------------------------------------------
 
 
+@dataclass
+class WalFacts:
+    conf: WalSettings
+    pg: PgTarget
+    archive: ArchiveFacts
+    copies: dict[str, RemoteCopy] | None = None  # what S3 holds (None: not consulted)
+    local: dict[str, str] | None = None  # the MD5 of the checked segments, here
+
+
 class WalCleanup(Remediation):
+    """Delete archived WAL segments (wal_archive_dir) that no retained base backup needs.
+
+    The cut point is the start segment of the oldest of the wal_keep_base_backups (default 2) newest
+    base backups, from their .backup history files, as pg_archivecleanup computes it. A segment is
+    deleted only when it is in S3 (wal_s3_bucket, wal_s3_prefix) with the same size and MD5 (the
+    ETag of a single-part upload, else the object read back); the first one that is not keeps
+    itself and every newer one, and fails the host. pg_wal/ is never touched. The result also says
+    what holds pg_wal/: replication slots (and the WAL each retains), archiver failures, the age of
+    the last archived segment; a failing archiver and an inactive slot retaining WAL are warnings
+    (exit code 3). --check lists what it would delete (--diff: the files).
+    """
+
     task: ClassVar[str] = "wal-cleanup"
+    cron_safe: ClassVar[bool] = True
+    params = args(
+        Arg("drop_inactive_slot", "also drop this replication slot, only if it exists and is inactive",
+            parse=slot_name),
+    )  # fmt: skip
     required_vars: ClassVar[tuple[str, ...]] = ("wal_archive_dir",)
 
     def __init__(self, drop_inactive_slot: str | None = None) -> None:
-        if drop_inactive_slot is not None and not SLOT_NAME_RE.match(drop_inactive_slot):
-            raise UsageError(
-                f"--drop-inactive-slot {drop_inactive_slot!r}: a slot name is 1-63 characters of "
-                "a-z, 0-9 and _"
-            )
-        self.drop_inactive_slot = drop_inactive_slot
+        self.drop_inactive_slot = (
+            None if drop_inactive_slot is None else slot_name(drop_inactive_slot, "--drop-inactive-slot")
+        )
 
     def validate(self, host: Host) -> None:
         super().validate(host)
         settings(host)
 
-    def run(self, ctx: HostContext) -> None:
+    # ---------------------------------------------------------------------------------- gather
+
+    def gather(self, ctx: HostContext) -> WalFacts:
         conf = settings(ctx.host)
-        pg = PgTarget.from_host(ctx.host)
-
-        def gather() -> ArchiveFacts:
-            result = ctx.remote.run(
-                facts_command(conf.archive_dir, pg), stdin=PG_FACTS_SQL.encode(), timeout=120
-            )
-            if "@@pg" not in result.stdout:
-                raise HostError(f"gathering facts failed (exit {result.exit_code}): {result.tail()}", result)
-            return parse_facts(parse_sections(result.stdout))
-
+        facts = WalFacts(conf, PgTarget.from_host(ctx.host), ArchiveFacts())
         with ctx.step("facts") as step:
-            facts = gather()
-            if facts.missing:
+            facts.archive = archive = self._archive(ctx, facts)
+            if archive.missing:
                 raise HostError(
                     f"archive directory {conf.archive_dir} does not exist on the host; nothing deleted"
                 )
-            if inside_pg_wal(facts.realpath, facts.pg.data_directory):
+            if inside_pg_wal(archive.realpath, archive.pg.data_directory):
                 raise HostError(
-                    f"wal_archive_dir {conf.archive_dir} is PostgreSQL's own pg_wal/ ({facts.realpath}); "
+                    f"wal_archive_dir {conf.archive_dir} is PostgreSQL's own pg_wal/ ({archive.realpath}); "
                     "refusing to touch it"
                 )
-            segments = [f for f in facts.files if is_segment(f.name, conf.suffix)]
+            segments = [f for f in archive.files if is_segment(f.name, conf.suffix)]
             step.done(
                 Status.OK,
                 f"{conf.archive_dir}: {describe(sorted(segments, key=lambda f: f.name))}, "
-                f"{len(facts.backups)} base backup history file(s)",
+                f"{len(archive.backups)} base backup history file(s)",
                 segments=len(segments),
                 bytes=sum(f.size for f in segments),
-                base_backups=[b.history_file for b in sorted(facts.backups, key=lambda b: b.order)],
+                base_backups=[b.history_file for b in sorted(archive.backups, key=lambda b: b.order)],
             )
-        self._report_pg_wal(ctx, facts.pg)
-        if self.drop_inactive_slot:
-            self._drop_slot(ctx, pg, facts.pg, self.drop_inactive_slot)
-        self._cleanup(ctx, facts, conf, gather)
+        self._report_pg_wal(ctx, archive.pg)
+        deletable = candidates(archive.files, archive.backups, conf.keep, conf.suffix)
+        if deletable:
+            self._s3_copies(ctx, facts, deletable)
+        return facts
 
-    def _report_pg_wal(self, ctx: HostContext, pg: PgFacts) -> None:
+    @staticmethod
+    def _archive(ctx: HostContext, facts: WalFacts) -> ArchiveFacts:
+        """The archive directory and PostgreSQL's view of pg_wal/: one round trip."""
+        command = facts_command(facts.conf.archive_dir, facts.pg)
+        result = ctx.remote.run(command, stdin=PG_FACTS_SQL.encode(), timeout=120)
+        if "@@pg" not in result.stdout:
+            raise HostError(f"gathering facts failed (exit {result.exit_code}): {result.tail()}", result)
+        return parse_facts(parse_sections(result.stdout))
+
+    @staticmethod
+    def _report_pg_wal(ctx: HostContext, pg: PgFacts) -> None:
         if pg.error:
             ctx.record("pg_wal", Status.FAILED, f"cannot ask PostgreSQL what holds pg_wal/: {pg.error}")
             return
@@ -568,170 +307,136 @@ class WalCleanup(Remediation):
         for step, message in pg_warnings(pg):
             ctx.record(step, Status.OK, message).warning = True
 
-    def _drop_slot(self, ctx: HostContext, pg: PgTarget, facts: PgFacts, name: str) -> None:
-        if facts.error:
-            ctx.record("drop-slot", Status.FAILED, f"slot {name!r} not dropped: {facts.error}")
+    @staticmethod
+    def _s3_copies(ctx: HostContext, facts: WalFacts, deletable: Sequence[ArchiveFile]) -> None:
+        """What S3 holds of the deletable segments: one listing, then the MD5s here and there."""
+        conf = facts.conf
+        with ctx.step("s3") as step:
+            store = S3Store(ctx.host.vars)
+            for secret in store.secrets:
+                ctx.redactor.add_value(secret)
+            objects = store.list(conf.bucket, conf.prefix)
+            uploaded = {o.key[len(conf.prefix) :]: o for o in objects if "/" not in o.key[len(conf.prefix) :]}
+            facts.copies = {name: RemoteCopy(o.size) for name, o in uploaded.items()}
+            step.done(Status.OK, f"{len(uploaded)} object(s) under {store.where(conf.bucket, conf.prefix)}")
+        checked = to_checksum(deletable, uploaded)
+        if not checked:
             return
-        action, why = decide_slot(facts.slots, name)
+        with ctx.step("checksums") as step:
+            names = "".join(f"{f.name}\0" for f in checked)
+            # md5sum exits 1 when one file vanished meanwhile; the others still count, and the
+            # missing one is kept (decide finds no MD5 for it).
+            result = ctx.remote.run(checksum_command(conf.archive_dir), stdin=names.encode(), timeout=600)
+            facts.local = local = parse_md5sum(result.stdout)
+            if not local and not result.ok:
+                raise HostError(f"md5sum failed (exit {result.exit_code}): {result.tail()}", result)
+            found, read_back = s3_md5s(store, conf.bucket, conf.readback_max, uploaded, checked, local)
+            facts.copies.update(found)
+            by_etag = sum(1 for c in found.values() if c.md5_from == "ETag")
+            step.done(
+                Status.OK,
+                f"MD5 of {len(local)} segment(s) here; in S3 {by_etag} from the ETag, {read_back} read back",
+                compared=len(found),
+                read_back=read_back,
+            )
+
+    # ---------------------------------------------------------------------------------- decide
+
+    def decide(self, ctx: HostContext, facts: WalFacts) -> Plan:
+        """The slot to drop (on request) and the segments to delete; what is kept and why is
+        recorded here, in check mode and real runs alike."""
+        changes = [c for c in (self._slot_change(ctx, facts),) if c is not None]
+        conf, archive = facts.conf, facts.archive
+        where = f"s3://{conf.bucket}/{conf.prefix}"
+        plan = decide(
+            archive.files, archive.backups, conf.keep, facts.copies, facts.local, where, conf.suffix
+        )
+        if plan.delete:
+            changes.append(self._delete_change(facts, plan))
+            if plan.held:
+                ctx.record("s3-check", Status.FAILED, plan.held)
+            elif plan.deferred:
+                ctx.record("s3-check", Status.OK, plan.deferred)
+        elif plan.held:
+            if not changes:  # the host fails here: nothing is to be done
+                with ctx.step("decide"):
+                    raise HostError(nothing_to_delete(plan))
+            ctx.record("decide", Status.FAILED, nothing_to_delete(plan))
+        elif not changes:
+            return Plan.nothing(nothing_to_delete(plan))
+        else:
+            ctx.record("decide", Status.OK, nothing_to_delete(plan))
+        return Plan.of(*changes)
+
+    def _slot_change(self, ctx: HostContext, facts: WalFacts) -> Change | None:
+        """--drop-inactive-slot: the change, or None (what stops it is recorded)."""
+        name, pg = self.drop_inactive_slot, facts.archive.pg
+        if not name:
+            return None
+        if pg.error:
+            ctx.record("drop-slot", Status.FAILED, f"slot {name!r} not dropped: {pg.error}")
+            return None
+        action, why = decide_slot(pg.slots, name)
         if action != "drop":
             ctx.record("drop-slot", Status.FAILED if action == "refuse" else Status.OK, why)
-            return
-        if ctx.check:
-            ctx.record("drop-slot", Status.CHANGED, f"would drop {why}")
-            return
-        with ctx.step("drop-slot") as step:
-            sql = (
-                "select count(pg_drop_replication_slot(slot_name)) from pg_replication_slots "
-                "where slot_name = :'slot' and not active;\n"
-                "select count(*) from pg_replication_slots where slot_name = :'slot';\n"
-            )
-            result = must_ok(
-                ctx.remote.run(
-                    script(pg.psql("postgres", "-v", f"slot={name}")), stdin=sql.encode(), timeout=60
-                ),
-                f"dropping slot {name!r}",
-            )
-            dropped, remaining = [*result.stdout.split(), "?", "?"][:2]
-            if remaining != "0":
-                raise HostError(f"slot {name!r} is still there (it became active?); not dropped", result)
-            step.done(Status.CHANGED, f"dropped {why}" if dropped == "1" else f"slot {name!r} is gone")
+            return None
+        target = facts.pg
 
-    def _cleanup(self, ctx: HostContext, facts: ArchiveFacts, conf: WalSettings, gather: Any) -> None:
-        copies: dict[str, RemoteCopy] | None = None
-        local: dict[str, str] = {}
-        where = f"s3://{conf.bucket}/{conf.prefix}"
-        deletable = candidates(facts.files, facts.backups, conf.keep, conf.suffix)
-        if deletable:
-            with ctx.step("s3") as step:
-                store = S3Store(ctx.host.vars)
-                for secret in store.secrets:
-                    ctx.redactor.add_value(secret)
-                objects = store.list(conf.bucket, conf.prefix)
-                uploaded = {
-                    o.key[len(conf.prefix) :]: o for o in objects if "/" not in o.key[len(conf.prefix) :]
-                }
-                copies = {name: RemoteCopy(o.size) for name, o in uploaded.items()}
-                step.done(
-                    Status.OK, f"{len(uploaded)} object(s) under {store.where(conf.bucket, conf.prefix)}"
-                )
-            checked = to_checksum(deletable, uploaded)
-            if checked:
-                with ctx.step("checksums") as step:
-                    names = "".join(f"{f.name}\0" for f in checked)
-                    # md5sum exits 1 when one file vanished meanwhile; the others still count, and
-                    # the missing one is kept (decide finds no MD5 for it).
-                    result = ctx.remote.run(
-                        checksum_command(conf.archive_dir), stdin=names.encode(), timeout=600
-                    )
-                    local = parse_md5sum(result.stdout)
-                    if not local and not result.ok:
-                        raise HostError(f"md5sum failed (exit {result.exit_code}): {result.tail()}", result)
-                    found, read_back = s3_md5s(store, conf, uploaded, checked, local)
-                    copies.update(found)
-                    by_etag = sum(1 for c in found.values() if c.md5_from == "ETag")
-                    step.done(
-                        Status.OK,
-                        f"MD5 of {len(local)} segment(s) here; in S3 {by_etag} from the ETag, "
-                        f"{read_back} read back",
-                        compared=len(found),
-                        read_back=read_back,
-                    )
-        plan = decide(facts.files, facts.backups, conf.keep, copies, local, where, conf.suffix)
-        basis = ""
-        if plan.cut is not None:
-            names = ", ".join(b.history_file for b in plan.kept_backups)
-            basis = (
-                f"cut point {plan.cut.start_segment} (oldest of {len(plan.kept_backups)} kept base "
-                f"backup(s): {names})"
-            )
-        listing = "\n".join(f"- {f.name} ({f.size} bytes)" for f in plan.delete[:MAX_LISTED])
-        if len(plan.delete) > MAX_LISTED:
-            listing += f"\n… and {len(plan.delete) - MAX_LISTED} more"
-        if not plan.delete:
-            reason = plan.held or plan.deferred or plan.nothing_because
-            ctx.record(
-                "decide",
-                Status.FAILED if plan.held else Status.OK,
-                f"nothing to delete: {reason}" + (f"; {basis}" if basis else ""),
-            )
-            return
-        data: dict[str, Any] = {
-            "files": [f.name for f in plan.delete[:MAX_LISTED]],
-            "bytes": plan.bytes,
-            "count": len(plan.delete),
-        }
-        if ctx.check:
-            ctx.record(
-                "decide",
-                Status.CHANGED,
-                f"would delete {describe(plan.delete)}; {basis}",
-                diff=listing,
-                **data,
-            )
-        else:
+        def apply(ctx: HostContext) -> str:
+            return drop_slot(ctx, target, name, why)
+
+        return Change("drop-slot", f"drop {why}", apply)
+
+    @staticmethod
+    def _delete_change(facts: WalFacts, plan: CleanupPlan) -> Change:
+        archive_dir, files = facts.conf.archive_dir, plan.delete
+        data: dict[str, Any] = {"files": [f.name for f in files[:MAX_LISTED]], "bytes": plan.bytes,
+                                "count": len(files)}  # fmt: skip
+        command = f"cd {shlex.quote(archive_dir)} && xargs -0 rm -f --"
+        summary = f"delete {describe(files)}; {basis(plan)}"
+
+        def apply(ctx: HostContext) -> None:
             with ctx.step("delete") as step:
-                names = "".join(f"{f.name}\0" for f in plan.delete)
-                command = f"cd {shlex.quote(conf.archive_dir)} && xargs -0 rm -f --"
+                names = "".join(f"{f.name}\0" for f in files)
                 must_ok(
                     ctx.remote.run(command, stdin=names.encode(), timeout=300), "deleting archived segments"
                 )
-                step.done(Status.CHANGED, f"deleted {describe(plan.delete)}; {basis}", diff=listing, **data)
-            with ctx.step("verify") as step:
-                after = {f.name for f in gather().files}
-                left = [f.name for f in plan.delete if f.name in after]
-                if left:
-                    raise HostError(f"{len(left)} planned file(s) are still there, e.g. {left[0]}")
-                step.done(Status.OK, f"{len(plan.delete)} segment(s) gone from {conf.archive_dir}")
-        if plan.held:
-            ctx.record("s3-check", Status.FAILED, plan.held)
-        elif plan.deferred:
-            ctx.record("s3-check", Status.OK, plan.deferred)
+                step.done(
+                    Status.CHANGED, f"deleted {describe(files)}; {basis(plan)}", diff=listing(files), **data
+                )
+
+        return Change("decide", summary, apply, diff=listing(files), commands=(command,), own_steps=True,
+                      data={**data, "delete": True})  # fmt: skip
+
+    # ---------------------------------------------------------------------------------- verify
+
+    def verify(self, ctx: HostContext, facts: WalFacts, plan: Plan) -> None:
+        """The planned files are gone from the archive directory (re-listed)."""
+        deleted = [c for c in plan.changes if c.data.get("delete")]
+        if not deleted:
+            return
+        planned = [name for c in deleted for name in c.data["files"]]
+        with ctx.step("verify") as step:
+            after = {f.name for f in self._archive(ctx, facts).files}
+            left = [name for name in planned if name in after]
+            if left:
+                raise HostError(f"{len(left)} planned file(s) are still there, e.g. {left[0]}")
+            step.done(Status.OK, f"{deleted[0].data['count']} segment(s) gone from {facts.conf.archive_dir}")
 
 
-def s3_md5s(
-    store: S3Store,
-    conf: WalSettings,
-    uploaded: Mapping[str, S3Object],
-    checked: Sequence[ArchiveFile],
-    local: Mapping[str, str],
-) -> tuple[dict[str, RemoteCopy], int]:
-    """The MD5 of each checked segment's S3 copy, oldest first, until the first that differs (decide
-    stops there); and how many objects were read back.
-
-    A single-part ETag is the MD5 unless SSE-KMS or SSE-C made it something else: a head request
-    tells, and is only needed when the ETag does not match. Otherwise the object is read back,
-    at most `wal_s3_readback_max` per run.
-    """
-    found: dict[str, RemoteCopy] = {}
-    read_back = 0
-    for f in checked:
-        obj = uploaded[f.name]
-        here = local.get(f.name)
-        if not here:
-            break
-        tag_md5 = etag_md5(obj.etag)
-        hidden = "" if tag_md5 == here or not tag_md5 else etag_not_md5(store.head(conf.bucket, obj.key))
-        if tag_md5 and not hidden:
-            found[f.name] = RemoteCopy(obj.size, tag_md5, "ETag")
-        elif hidden == "SSE-C":
-            found[f.name] = RemoteCopy(
-                obj.size,
-                unknown_why=f"encrypted with a customer key (SSE-C): its ETag {obj.etag} is not "
-                "its MD5 and it cannot be read back without the key",
-            )
-        elif read_back >= conf.readback_max:
-            why = "multipart upload" if not tag_md5 else hidden
-            found[f.name] = RemoteCopy(
-                obj.size,
-                deferred=f"its ETag {obj.etag} is not its MD5 ({why}) and this run read back "
-                f"wal_s3_readback_max={conf.readback_max} object(s) already",
-            )
-        else:
-            read_back += 1
-            found[f.name] = RemoteCopy(obj.size, store.md5(conf.bucket, obj.key), "read back")
-        if found[f.name].md5 != here:
-            break
-    return found, read_back
+def drop_slot(ctx: HostContext, pg: PgTarget, name: str, why: str) -> str:
+    """Drop the replication slot `name` if it is still inactive; the step's message."""
+    sql = (
+        "select count(pg_drop_replication_slot(slot_name)) from pg_replication_slots "
+        "where slot_name = :'slot' and not active;\n"
+        "select count(*) from pg_replication_slots where slot_name = :'slot';\n"
+    )
+    command = script(pg.psql("postgres", "-v", f"slot={name}"))
+    result = must_ok(ctx.remote.run(command, stdin=sql.encode(), timeout=60), f"dropping slot {name!r}")
+    dropped, remaining = [*result.stdout.split(), "?", "?"][:2]
+    if remaining != "0":
+        raise HostError(f"slot {name!r} is still there (it became active?); not dropped", result)
+    return f"dropped {why}" if dropped == "1" else f"slot {name!r} is gone"
 
 
 @dataclass(frozen=True)
