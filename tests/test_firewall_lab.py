@@ -21,12 +21,13 @@ from lab import hosts as lab
 from remediations.core import inventory
 from remediations.core.connection import connect
 from remediations.core.lock import HostLock
-from remediations.firewall import ufw as fw
+from remediations.facts import firewall as fwfacts
+from remediations.facts import ufw
 from tests import labkit
 
 pytestmark = pytest.mark.lab
 
-STATE_FILE = f"{fw.DEFAULT_STATE_DIR}/{fw.STATE_FILE_NAME}"
+STATE_FILE = f"{fwfacts.DEFAULT_STATE_DIR}/{fwfacts.STATE_FILE_NAME}"
 UFW_FILES = ("/etc/ufw/user.rules", "/etc/ufw/user6.rules", "/etc/ufw/ufw.conf")
 
 
@@ -43,8 +44,8 @@ def ufw_active(host: str) -> bool:
     return lab.exec_on(host, ["iptables", "-n", "-L", "ufw-user-input"], check=False).returncode == 0
 
 
-def tuples(host: str, v6: bool = False) -> list[fw.UfwRule]:
-    return list(fw.parse_user_rules(read(host, UFW_FILES[1 if v6 else 0]) or "", v6))
+def tuples(host: str, v6: bool = False) -> list[ufw.UfwRule]:
+    return list(ufw.parse_user_rules(read(host, UFW_FILES[1 if v6 else 0]) or "", v6))
 
 
 def docker_rules(host: str) -> str:
@@ -118,7 +119,7 @@ def restore(
     our DOCKER-USER rules."""
     for tool, v6 in zip(TOOLS, (False, True), strict=True):
         listed = lab.exec_on(host, [tool, "-S", "DOCKER-USER"], check=False).stdout.decode()
-        for rule in fw.parse_docker_rules(listed, v6):
+        for rule in fwfacts.parse_docker_rules(listed, v6):
             lab.exec_on(host, [tool, "-w", "10", "-D", "DOCKER-USER", *rule.spec])
     if not was_active:
         lab.exec_on(host, ["ufw", "--force", "disable"], check=False)
@@ -186,7 +187,7 @@ def test_block_and_unblock_quartets(api1: Firewall) -> None:
         "--comment",
         "ddos wave 3",
     )
-    target = fw.Target(ipaddress.ip_network("203.0.113.0/24"), 443, "tcp")
+    target = ufw.Target(ipaddress.ip_network("203.0.113.0/24"), 443, "tcp")
     untouched = firewall_now("api1")
 
     status, message = api1.status("block-ip", "--check", *args)
@@ -249,7 +250,7 @@ def test_enable_quartet(api2_inactive: Firewall) -> None:
     assert api2.status("block-ip", *args)[0] == "changed"
     assert ufw_active("api2")
     rules = tuples("api2")
-    assert rules[0].blocks(fw.Target(ipaddress.ip_network("203.0.113.7/32")))
+    assert rules[0].blocks(ufw.Target(ipaddress.ip_network("203.0.113.7/32")))
     assert any(r.allows_tcp_port(22, ipaddress.ip_address("198.18.0.1")) for r in rules)
     assert api2.status("block-ip", *args)[0] == "ok"  # the controller still gets in
     assert api2.status("block-ip", "--check", *args)[0] == "ok"
@@ -257,7 +258,7 @@ def test_enable_quartet(api2_inactive: Firewall) -> None:
 
 
 def test_ipv6_block_is_ufw_only_without_a_docker_ipv6_chain(api1: Firewall) -> None:
-    target = fw.Target(ipaddress.ip_network("2001:db8::/32"))
+    target = ufw.Target(ipaddress.ip_network("2001:db8::/32"))
     status, message = api1.status("block-ip", "--ip", "2001:db8::/32")
     assert status == "changed" and "blocked in ufw" in message and "no Docker layer" in message
     assert tuples("api1", v6=True)[0].blocks(target)
@@ -267,7 +268,7 @@ def test_ipv6_block_is_ufw_only_without_a_docker_ipv6_chain(api1: Firewall) -> N
 
 
 def test_a_plain_ufw_deny_below_the_allow_rules_is_moved_up(api1: Firewall) -> None:
-    target = fw.Target(ipaddress.ip_network("203.0.113.9/32"))
+    target = ufw.Target(ipaddress.ip_network("203.0.113.9/32"))
     sh("api1", "ufw deny from 203.0.113.9 >/dev/null")  # what the runbook did: appended, never reached
     assert not tuples("api1")[0].blocks(target)
     status, message = api1.status("block-ip", "--ip", "203.0.113.9")
@@ -342,7 +343,7 @@ def test_unblock_expired_lifts_only_expired_blocks(api1: Firewall) -> None:
     status, message = api1.status("unblock-expired")
     assert status == "changed" and "203.0.113.20" in message and "203.0.113.21" not in message.split("; ")[0]
     assert [r["ip"] for r in records("api1")] == ["203.0.113.21"]
-    assert not any(r.blocks(fw.Target(ipaddress.ip_network("203.0.113.20/32"))) for r in tuples("api1"))
+    assert not any(r.blocks(ufw.Target(ipaddress.ip_network("203.0.113.20/32"))) for r in tuples("api1"))
     assert api1.status("unblock-expired")[0] == "ok"
     assert api1.status("unblock-ip", "--ip", "203.0.113.21")[0] == "changed"
 
