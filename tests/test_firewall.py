@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import shlex
 import subprocess
 from pathlib import Path
@@ -935,3 +936,87 @@ def test_state_round_trip() -> None:
     )
     assert fwfacts.parse_state(fwfacts.render_state(records)) == records
     assert json.loads(fwfacts.render_state(records))["blocks"][0]["ip"] == "203.0.113.0/24"
+
+
+# ---------------------------------------------------------------------------------------------
+# The pieces of decide_block, and the declared target arguments
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("request_", "current", "says"),
+    [
+        (BLOCK, facts(), ""),
+        (BLOCK, facts(error="the facts command did not finish"), "did not finish"),
+        (BLOCK, facts(ufw_installed=False), "ufw is not installed"),
+        (fwrules.BlockRequest(target("198.18.0.0/24")), facts(), "contains 198.18.0.1"),
+        (fwrules.BlockRequest(target("2001:db8::/32")), facts(ipv6=False), "IPV6=no"),
+        (BLOCK, facts(ufw_active=False), "ufw is inactive"),
+        (fwrules.BlockRequest(BLOCK.target, enable=True), facts(ufw_active=False), ""),
+        # the lockout guard comes before the inactive ufw, even with --enable
+        (fwrules.BlockRequest(target("198.18.0.0/24"), enable=True), facts(ufw_active=False), "contains"),
+    ],
+)
+def test_block_refusal(request_: fwrules.BlockRequest, current: fwfacts.FirewallFacts, says: str) -> None:
+    refusal = fwrules.block_refusal(request_, current, [])
+    assert (says in refusal) if says else refusal == "", refusal
+    assert fwrules.decide_block(request_, current, []).refused == refusal
+
+
+@pytest.mark.parametrize(
+    ("current", "commands", "notes"),
+    [
+        (facts(), [], []),  # ufw active: nothing to allow
+        (facts(ufw_active=False), ["ufw allow 22/tcp"], []),
+        (facts(ufw_active=False, rules4=rules4(SSH_ALLOW)), [], []),  # a rule already admits it
+        (facts(ufw_active=False, controller=None), [], ["not connected over SSH: no SSH allow rule needed"]),
+    ],
+)
+def test_ssh_allow_before_enable(
+    current: fwfacts.FirewallFacts, commands: list[str], notes: list[str]
+) -> None:
+    request = fwrules.BlockRequest(BLOCK.target, enable=True, notes=("given",))
+    got_commands, changes, got_notes = fwrules.ssh_allow(request, current)
+    assert (got_commands, got_notes) == (commands, ["given", *notes])
+    assert len(changes) == len(commands)
+
+
+def test_enable_comes_after_the_deny_and_before_docker() -> None:
+    plan = fwrules.decide_block(fwrules.BlockRequest(BLOCK.target, enable=True), facts(ufw_active=False), [])
+    assert [c.split()[:2] for c in plan.commands] == [
+        ["ufw", "allow"], ["ufw", "prepend"], ["ufw", "--force"], ["iptables", "-w"]
+    ]  # fmt: skip
+    assert plan.changes[2] == "enable ufw"
+
+
+@pytest.mark.parametrize(
+    ("given", "want"),
+    [
+        ({"ip": "203.0.113.7"}, (target("203.0.113.7/32"), "")),
+        ({"ip": "203.0.113.0/24", "port": "443", "proto": "TCP"}, (target("203.0.113.0/24", 443, "tcp"), "")),
+        ({"ip": "::ffff:203.0.113.7"}, (target("203.0.113.7/32"), "blocking 203.0.113.7")),
+    ],
+)
+def test_target_args_parse_ip_port_proto(given: dict[str, str], want: tuple[ufw.Target, str]) -> None:
+    from remediations.core.args import args
+
+    values = args(fwargs.TARGET).parse(given)
+    found, note = fwargs.target_of(values["ip"], values["port"], values["proto"])
+    assert found == want[0] and want[1] in note
+
+
+@pytest.mark.parametrize(
+    ("given", "says"),
+    [
+        ({}, "--ip is required: an IPv4 or IPv6 address"),
+        ({"ip": ""}, "--ip is required: an IPv4 or IPv6 address"),
+        ({"ip": "1.2.3.4", "port": "0"}, "--port '0'"),
+        ({"ip": "1.2.3.4", "proto": "icmp"}, "--proto 'icmp'"),
+    ],
+)
+def test_target_args_refuse_with_the_old_messages(given: dict[str, str], says: str) -> None:
+    from remediations.core.args import args
+
+    with pytest.raises(UsageError, match=re.escape(says)):
+        values = args(fwargs.TARGET).parse(given)
+        fwargs.target_of(values["ip"], values["port"], values["proto"])

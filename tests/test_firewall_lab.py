@@ -24,6 +24,7 @@ from remediations.core.lock import HostLock
 from remediations.facts import firewall as fwfacts
 from remediations.facts import ufw
 from tests import labkit
+from tests.quartet import quartet
 
 pytestmark = pytest.mark.lab
 
@@ -188,16 +189,12 @@ def test_block_and_unblock_quartets(api1: Firewall) -> None:
         "ddos wave 3",
     )
     target = ufw.Target(ipaddress.ip_network("203.0.113.0/24"), 443, "tcp")
-    untouched = firewall_now("api1")
-
-    status, message = api1.status("block-ip", "--check", *args)
-    assert status == "changed" and "would add a ufw deny for 203.0.113.0/24 port 443/tcp" in message
-    assert firewall_now("api1") == untouched
-
-    ran = api1.run("block-ip", *args)
-    assert ran.code == 0, ran.stderr
-    host = ran.host("api1")
-    assert host["status"] == "changed", host
+    blocking = quartet("block-ip", "--host", "api1", *args, hosts=["api1"], audit=api1.audit,
+                       state=lambda: firewall_now("api1"), inventory=api1.inventory)  # fmt: skip
+    message = blocking.check.host("api1")["message"]
+    assert "would add a ufw deny for 203.0.113.0/24 port 443/tcp" in message
+    assert blocking.apply.code == 0, blocking.apply.stderr
+    host = blocking.apply.host("api1")
     assert "blocked in ufw and DOCKER-USER" in host["message"]
     assert host["steps"][-1]["data"]["layers"] == ["ufw", "DOCKER-USER"]
     rules = tuples("api1")
@@ -212,27 +209,22 @@ def test_block_and_unblock_quartets(api1: Firewall) -> None:
         "ddos wave 3",
     )
     assert record["expires"] - record["created"] == 3600
-
-    assert api1.status("block-ip", *args)[0] == "ok"
-    assert records("api1") == [record]  # the expiry is not pushed on by a re-run
-    status, message = api1.status("block-ip", "--check", *args)
-    assert (status, "already blocked") == ("ok", message[: len("already blocked")])
+    assert records("api1") == [record]  # the expiry is not pushed on by a re-run (the quartet's third)
+    message = blocking.check_again.host("api1")["message"]
+    assert message[: len("already blocked")] == "already blocked", message
 
     listed = api1.run("list-blocks")
     [block] = [s for s in listed.host("api1")["steps"] if s["step"] == "block"]
     assert block["data"]["layers"] == ["ufw", "DOCKER-USER"] and "ddos wave 3" in block["message"]
     assert "expires in" in block["message"]
 
-    blocked = firewall_now("api1")
-    status, message = api1.status("unblock-ip", "--check", "--ip", "203.0.113.0/24")
-    assert status == "changed" and "would delete the ufw deny" in message
-    assert firewall_now("api1") == blocked
-    assert api1.status("unblock-ip", "--ip", "203.0.113.0/24")[0] == "changed"
+    unblocking = quartet("unblock-ip", "--host", "api1", "--ip", "203.0.113.0/24", hosts=["api1"],
+                         audit=api1.audit, state=lambda: firewall_now("api1"),
+                         inventory=api1.inventory)  # fmt: skip
+    assert "would delete the ufw deny" in unblocking.check.host("api1")["message"]
     assert not any(r.blocks(target) for r in tuples("api1"))
     assert "remediations block-ip" not in docker_rules("api1")
     assert records("api1") == []
-    assert api1.status("unblock-ip", "--ip", "203.0.113.0/24")[0] == "ok"
-    assert api1.status("unblock-ip", "--check", "--ip", "203.0.113.0/24")[0] == "ok"
 
 
 def test_enable_quartet(api2_inactive: Firewall) -> None:
@@ -243,17 +235,15 @@ def test_enable_quartet(api2_inactive: Firewall) -> None:
     assert firewall_now("api2") == before
 
     args = ("--ip", "203.0.113.7", "--enable")
-    status, message = api2.status("block-ip", "--check", *args)
-    assert status == "changed" and "allow SSH 22/tcp" in message and "enable ufw" in message
-    assert firewall_now("api2") == before
-
-    assert api2.status("block-ip", *args)[0] == "changed"
+    enabling = quartet("block-ip", "--host", "api2", *args, hosts=["api2"], audit=api2.audit,
+                       state=lambda: firewall_now("api2"), inventory=api2.inventory)  # fmt: skip
+    message = enabling.check.host("api2")["message"]
+    assert "allow SSH 22/tcp" in message and "enable ufw" in message
     assert ufw_active("api2")
     rules = tuples("api2")
     assert rules[0].blocks(ufw.Target(ipaddress.ip_network("203.0.113.7/32")))
     assert any(r.allows_tcp_port(22, ipaddress.ip_address("198.18.0.1")) for r in rules)
-    assert api2.status("block-ip", *args)[0] == "ok"  # the controller still gets in
-    assert api2.status("block-ip", "--check", *args)[0] == "ok"
+    # the controller still got in for the quartet's last two runs
     assert api2.status("unblock-ip", "--ip", "203.0.113.7")[0] == "changed"
 
 

@@ -226,7 +226,7 @@ def decide_block(request: BlockRequest, facts: FirewallFacts, allowlist: Sequenc
     if refusal:
         return FirewallPlan(refused=refusal)
     target = request.target
-    commands, changes, notes = _ssh_allow(request, facts)
+    commands, changes, notes = ssh_allow(request, facts)
     ufw_commands, ufw_changes = _ufw_deny(target, facts)
     commands += ufw_commands
     changes += ufw_changes
@@ -270,7 +270,7 @@ def block_refusal(request: BlockRequest, facts: FirewallFacts, allowlist: Sequen
     return ""
 
 
-def _ssh_allow(request: BlockRequest, facts: FirewallFacts) -> tuple[list[str], list[str], list[str]]:
+def ssh_allow(request: BlockRequest, facts: FirewallFacts) -> tuple[list[str], list[str], list[str]]:
     """Before ufw is enabled: allow the SSH port the controller is connected on, unless a rule does;
     the commands, the changes in words, and the notes (the request's own first)."""
     commands: list[str] = []
