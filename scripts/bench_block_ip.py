@@ -35,9 +35,9 @@ sys.path.insert(0, str(ROOT))
 
 from lab import hosts as lab  # noqa: E402
 from remediations.core import inventory  # noqa: E402
-from remediations.facts import firewall as fwfacts
-from remediations.facts import ufw
-from remediations.firewall import params as fwargs
+from remediations.facts import firewall as fwfacts  # noqa: E402
+from remediations.facts import ufw  # noqa: E402
+from remediations.firewall import params as fwargs  # noqa: E402
 
 BLOCKED = "203.0.113.77"
 BENCH_VENV = lab.LAB_ROOT / "bench-venv"
