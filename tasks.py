@@ -13,118 +13,6 @@ from invoke.context import Context
 
 from remediations.cli import Flags, collection, execute, remediation_task
 
-# Firewall (issue 6): block-ip, unblock-ip, unblock-expired, list-blocks.
-
-FIREWALL_TARGET_HELP = {
-    "ip": "source to block: an IPv4/IPv6 address or CIDR range (host bits set in a range are refused)",
-    "port": "only traffic to this port (1-65535); default: every port",
-    "proto": "tcp or udp; default: both (with --port) or every protocol",
-}
-
-
-@remediation_task(
-    help={
-        **FIREWALL_TARGET_HELP,
-        "ttl": "lift the block after this long (90s, 30m, 24h, 7d, 1h30m) with unblock-expired; "
-        "default: no expiry",
-        "comment": "why, recorded on the host and shown by list-blocks (no quotes or backslashes)",
-        "enable": "if ufw is inactive, allow the SSH port the controller is connected on, then enable "
-        "ufw (without it an inactive ufw fails the host)",
-        "kill-established": "once the block holds, drop the connections the source already has open "
-        "(conntrack -D; ufw accepts their traffic before its rules, so they survive a block). Default: "
-        "leave them, and say how many there are",
-    }
-)
-def block_ip(
-    c: Context,
-    flags: Flags,
-    ip: str | None = None,
-    port: str | None = None,
-    proto: str | None = None,
-    ttl: str | None = None,
-    comment: str | None = None,
-    enable: bool = False,
-    kill_established: bool = False,
-) -> int:
-    """Block a source address or range: a ufw deny above the allow rules, and a DROP in DOCKER-USER.
-
-    Docker-published ports bypass ufw, so where the host runs Docker the block is mirrored into the
-    DOCKER-USER chain (IPv4, and IPv6 when Docker has that chain). Already blocked: ok. Refused with
-    nothing changed: a range containing the controller's address (as the host sees it) or
-    overlapping the firewall_allowlist inventory var; an inactive ufw unless --enable. The deny must
-    come before every allow rule that matches the source (app profiles such as OpenSSH and
-    `allow in on IFACE` rules included): one below such a rule is moved to the top, and the result
-    is checked against the order of ufw's loaded chain. The block, its comment and expiry are
-    recorded on the host (firewall_state_dir, default /var/lib/remediations). Connections the source
-    already has open survive the block unless --kill-established. Runs under the host lock.
-    """
-    from remediations.firewall.ufw import BlockIp
-
-    code, _ = execute(
-        lambda: BlockIp(ip, port, proto, ttl, comment, enable, kill_established),
-        flags,
-        task="block-ip",
-        arguments={
-            "ip": ip,
-            "port": port,
-            "proto": proto,
-            "ttl": ttl,
-            "comment": comment,
-            "enable": enable,
-            "kill_established": kill_established,
-        },
-    )
-    return code
-
-
-@remediation_task(help=FIREWALL_TARGET_HELP)
-def unblock_ip(
-    c: Context, flags: Flags, ip: str | None = None, port: str | None = None, proto: str | None = None
-) -> int:
-    """Lift a block in every layer (ufw, DOCKER-USER) and remove its record; not blocked: ok.
-
-    Without --port/--proto every block of that exact address or range is lifted, whatever port or
-    protocol it was narrowed to.
-    """
-    from remediations.firewall.ufw import UnblockIp
-
-    code, _ = execute(
-        lambda: UnblockIp(ip, port, proto),
-        flags,
-        task="unblock-ip",
-        arguments={"ip": ip, "port": port, "proto": proto},
-    )
-    return code
-
-
-@remediation_task()
-def unblock_expired(c: Context, flags: Flags) -> int:
-    """Lift every block whose --ttl has passed (by the host's clock); nothing expired: ok. Cron-safe."""
-    from remediations.firewall.ufw import UnblockExpired
-
-    code, _ = execute(UnblockExpired, flags, task="unblock-expired")
-    return code
-
-
-@remediation_task()
-def list_blocks(c: Context, flags: Flags) -> int:
-    """Show each recorded block: the layers that hold it (ufw, DOCKER-USER), its expiry and comment.
-
-    Also shows the ufw denies (and block-ip's DOCKER-USER rules) no record accounts for, hand-made
-    ones marked as such. Exit 1 when a recorded block is missing a layer (no ufw deny, a deny that
-    an allow rule comes before, ufw inactive, no DOCKER-USER rule): re-run block-ip to repair it.
-    """
-    from remediations.firewall.ufw import ListBlocks, listing
-
-    code, run = execute(ListBlocks, flags, task="list-blocks")
-    if run is not None and not flags.json:
-        print(listing(run.hosts))
-    return code
-
-
-# ---------------------------------------------------------------- compose services (ensure, env, rollback)
-
-
 # --- Docker space, disk-full runbook, daily health check -----------------------------------------
 
 PRUNE_HELP = {
@@ -403,10 +291,6 @@ def rotate_aws_key(
 
 # Tasks not yet declared on their remediation class; the others come from the registry.
 ns = collection(
-    block_ip,
-    unblock_ip,
-    unblock_expired,
-    list_blocks,
     disk_cleanup,
     health,
     install_cron,

@@ -35,12 +35,14 @@ sys.path.insert(0, str(ROOT))
 
 from lab import hosts as lab  # noqa: E402
 from remediations.core import inventory  # noqa: E402
-from remediations.firewall import ufw as firewall
+from remediations.facts import firewall as fwfacts  # noqa: E402
+from remediations.facts import ufw  # noqa: E402
+from remediations.firewall import params as fwargs  # noqa: E402
 
 BLOCKED = "203.0.113.77"
 BENCH_VENV = lab.LAB_ROOT / "bench-venv"
-UFW_DENY = ["ufw", "prepend", "deny", "from", BLOCKED, "comment", firewall.UFW_COMMENT]
-DOCKER_SPEC = firewall.docker_rule_spec(firewall.parse_network(BLOCKED)[0], None, None)
+UFW_DENY = ["ufw", "prepend", "deny", "from", BLOCKED, "comment", ufw.UFW_COMMENT]
+DOCKER_SPEC = fwfacts.docker_rule_spec(fwargs.parse_network(BLOCKED)[0], None, None)
 OPENSSH_COMMAND = (
     f"{shlex.join(UFW_DENY)} >/dev/null && "
     f"{{ iptables -w 10 -C DOCKER-USER {shlex.join(DOCKER_SPEC)} 2>/dev/null || "
@@ -49,7 +51,7 @@ OPENSSH_COMMAND = (
 RESET_SCRIPT = f"""
 ufw delete deny from {BLOCKED} >/dev/null
 while iptables -w 10 -D DOCKER-USER {shlex.join(DOCKER_SPEC)} 2>/dev/null; do :; done
-rm -f {shlex.quote(firewall.DEFAULT_STATE_DIR)}/{firewall.STATE_FILE_NAME}
+rm -f {shlex.quote(fwfacts.DEFAULT_STATE_DIR)}/{fwfacts.STATE_FILE_NAME}
 ufw allow 22/tcp >/dev/null
 iptables -w 10 -n -L ufw-user-input >/dev/null 2>&1 || ufw --force enable >/dev/null
 """
@@ -63,7 +65,7 @@ PLAYBOOK = f"""
         rule: deny
         from_ip: {BLOCKED}
         insert: 1
-        comment: {firewall.UFW_COMMENT}
+        comment: {ufw.UFW_COMMENT}
     - name: and in DOCKER-USER (published ports bypass ufw)
       ansible.builtin.iptables:
         chain: DOCKER-USER
@@ -71,7 +73,7 @@ PLAYBOOK = f"""
         jump: DROP
         action: insert
         rule_num: "1"
-        comment: {firewall.DOCKER_COMMENT}
+        comment: {fwfacts.DOCKER_COMMENT}
 """
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import shlex
 import subprocess
 from pathlib import Path
@@ -14,14 +15,18 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from remediations.core.errors import UsageError
-from remediations.firewall import ufw as fw
+from remediations.facts import firewall as fwfacts
+from remediations.facts import ufw
+from remediations.firewall import list_blocks
+from remediations.firewall import params as fwargs
+from remediations.firewall import rules as fwrules
 
 CONTROLLER = ipaddress.ip_address("198.18.0.1")
 NOW = 1_700_000_000
 
 
-def target(text: str, port: int | None = None, proto: str | None = None) -> fw.Target:
-    return fw.Target(ipaddress.ip_network(text), port, proto)
+def target(text: str, port: int | None = None, proto: str | None = None) -> ufw.Target:
+    return ufw.Target(ipaddress.ip_network(text), port, proto)
 
 
 def tuple_line(action: str, proto: str, dport: str, src: str, v6: bool = False, comment: str = "") -> str:
@@ -36,7 +41,7 @@ def rules_file(*lines: str) -> str:
     return f"*filter\n:ufw-user-input - [0:0]\n### RULES ###\n{body}\n### END RULES ###\nCOMMIT\n"
 
 
-def facts(**overrides: object) -> fw.FirewallFacts:
+def facts(**overrides: object) -> fwfacts.FirewallFacts:
     base: dict[str, object] = {
         "now": NOW,
         "controller": CONTROLLER,
@@ -48,12 +53,12 @@ def facts(**overrides: object) -> fw.FirewallFacts:
         "docker4": True,
     }
     base.update(overrides)
-    return fw.FirewallFacts(**base)  # type: ignore[arg-type]
+    return fwfacts.FirewallFacts(**base)  # type: ignore[arg-type]
 
 
-def chain(*lines: str, v6: bool = False) -> tuple[fw.ChainRule, ...]:
-    name = fw.chain_name(v6)
-    return fw.parse_chain("\n".join([f"-N {name}", *(f"-A {name} {line}" for line in lines)]), name)
+def chain(*lines: str, v6: bool = False) -> tuple[ufw.ChainRule, ...]:
+    name = ufw.chain_name(v6)
+    return ufw.parse_chain("\n".join([f"-N {name}", *(f"-A {name} {line}" for line in lines)]), name)
 
 
 OPENSSH_PROFILE = """[OpenSSH]
@@ -109,7 +114,7 @@ RECORDED_CHAIN = r"""-N ufw-user-input
     ],
 )
 def test_parse_network_accepts(text: str, network: str, note: str) -> None:
-    parsed, got_note = fw.parse_network(text)
+    parsed, got_note = fwargs.parse_network(text)
     assert parsed == ipaddress.ip_network(network)
     assert note in got_note and bool(note) == bool(got_note)
 
@@ -138,7 +143,7 @@ def test_parse_network_accepts(text: str, network: str, note: str) -> None:
 )
 def test_parse_network_refuses(text: str | None, says: str) -> None:
     with pytest.raises(UsageError) as err:
-        fw.parse_network(text)
+        fwargs.parse_network(text)
     assert says in str(err.value)
     assert "\n" not in str(err.value)
 
@@ -147,13 +152,13 @@ def test_parse_network_refuses(text: str | None, says: str) -> None:
     ("value", "expected"), [(None, None), ("", None), ("22", 22), (443, 443), ("1", 1), ("65535", 65535)]
 )
 def test_parse_port_accepts(value: str | int | None, expected: int | None) -> None:
-    assert fw.parse_port(value) == expected
+    assert fwargs.parse_port(value) == expected
 
 
 @pytest.mark.parametrize("value", ["0", "65536", "70000", "-1", "22/tcp", "http", "1e3", "²", "1" * 100_000])
 def test_parse_port_refuses(value: str) -> None:
     with pytest.raises(UsageError, match="--port"):
-        fw.parse_port(value)
+        fwargs.parse_port(value)
 
 
 @pytest.mark.parametrize(
@@ -161,7 +166,7 @@ def test_parse_port_refuses(value: str) -> None:
     [("90s", 90), ("30m", 1800), ("24h", 86400), ("7d", 604800), ("1h30m", 5400), (None, None)],
 )
 def test_parse_ttl(value: str | None, seconds: int | None) -> None:
-    assert fw.parse_ttl(value) == seconds
+    assert fwargs.parse_ttl(value) == seconds
 
 
 @pytest.mark.parametrize(
@@ -169,20 +174,20 @@ def test_parse_ttl(value: str | None, seconds: int | None) -> None:
 )
 def test_parse_ttl_refuses(value: str) -> None:
     with pytest.raises(UsageError, match="--ttl"):
-        fw.parse_ttl(value)
+        fwargs.parse_ttl(value)
 
 
 @pytest.mark.parametrize("value", ["it's", 'say "hi"', "a\\b", "line\nbreak", "x" * 201])
 def test_parse_comment_refuses(value: str) -> None:
     with pytest.raises(UsageError, match="--comment"):
-        fw.parse_comment(value)
+        fwargs.parse_comment(value)
 
 
 def test_parse_proto() -> None:
-    assert fw.parse_proto("TCP") == "tcp"
-    assert fw.parse_proto(None) is None
+    assert fwargs.parse_proto("TCP") == "tcp"
+    assert fwargs.parse_proto(None) is None
     with pytest.raises(UsageError, match="--proto"):
-        fw.parse_proto("icmp")
+        fwargs.parse_proto("icmp")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,28 +203,28 @@ networks = st.one_of(st.ip_addresses(v=4), st.ip_addresses(v=6)).flatmap(
 @given(addresses)
 def test_any_address_parses_to_itself(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
     mapped = getattr(address, "ipv4_mapped", None)
-    parsed, note = fw.parse_network(str(address))
+    parsed, note = fwargs.parse_network(str(address))
     expected = mapped if mapped is not None else address
     assert parsed == ipaddress.ip_network(expected)
     assert bool(note) == (mapped is not None)
 
 
 @given(networks)
-def test_any_network_round_trips(network: fw.Network) -> None:
+def test_any_network_round_trips(network: ufw.Network) -> None:
     assume(not (network.version == 6 and network.network_address.ipv4_mapped is not None))
-    parsed, _ = fw.parse_network(str(network))
+    parsed, _ = fwargs.parse_network(str(network))
     assert parsed == network
     # and in the compressed form ufw writes into its tuples
-    assert fw.parse_network(fw.Target(network).source)[0] == network
+    assert fwargs.parse_network(ufw.Target(network).source)[0] == network
 
 
 @given(networks, st.data())
-def test_host_bits_are_refused_and_named(network: fw.Network, data: st.DataObject) -> None:
+def test_host_bits_are_refused_and_named(network: ufw.Network, data: st.DataObject) -> None:
     assume(network.num_addresses > 1)
     offset = data.draw(st.integers(1, min(network.num_addresses - 1, 2**64)))
     address = network.network_address + offset
     with pytest.raises(UsageError) as err:
-        fw.parse_network(f"{address}/{network.prefixlen}")
+        fwargs.parse_network(f"{address}/{network.prefixlen}")
     message = str(err.value)
     assert "host bits" in message or "IPv4-mapped" in message
 
@@ -227,28 +232,28 @@ def test_host_bits_are_refused_and_named(network: fw.Network, data: st.DataObjec
 @given(st.text(max_size=60))
 def test_any_text_is_a_network_or_one_usage_line(text: str) -> None:
     try:
-        parsed, _ = fw.parse_network(text)
+        parsed, _ = fwargs.parse_network(text)
     except UsageError as exc:
         assert "\n" not in str(exc)
         return
     # Whatever is accepted is plain address text: safe on a command line, even unquoted.
     assert set(str(parsed)) <= set("0123456789abcdef:./")
-    assert shlex.quote(fw.Target(parsed).source) == fw.Target(parsed).source
+    assert shlex.quote(ufw.Target(parsed).source) == ufw.Target(parsed).source
 
 
 @given(st.text(alphabet=st.characters(blacklist_characters="0123456789abcdefABCDEF:./"), min_size=1))
 def test_text_with_a_foreign_character_is_refused(junk: str) -> None:
     with pytest.raises(UsageError):
-        fw.parse_network("203.0." + junk + "113.7")  # (surrounding whitespace is stripped)
+        fwargs.parse_network("203.0." + junk + "113.7")  # (surrounding whitespace is stripped)
 
 
 @given(st.integers())
 def test_ports(value: int) -> None:
     if 1 <= value <= 65535:
-        assert fw.parse_port(str(value)) == value
+        assert fwargs.parse_port(str(value)) == value
     else:
         with pytest.raises(UsageError):
-            fw.parse_port(str(value))
+            fwargs.parse_port(str(value))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,7 +270,7 @@ def test_parse_user_rules_reads_tuples_in_order_with_comments() -> None:
         "### tuple ### allow tcp 80 0.0.0.0/0 any 0.0.0.0/0 Apache - in",
         "### tuple ### bad",
     )
-    rules = fw.parse_user_rules(text, v6=False)
+    rules = ufw.parse_user_rules(text, v6=False)
     assert [r.action for r in rules] == ["deny", "allow", "allow", "allow", "allow"]
     assert rules[0].comment == "remediations block-ip"
     assert rules[0].blocks(target("203.0.113.7/32"))
@@ -288,18 +293,18 @@ def test_parse_user_rules_reads_tuples_in_order_with_comments() -> None:
         (tuple_line("deny", "any", "any", "2001:db8::1", v6=True), target("2001:db8::1/128"), True),
     ],
 )
-def test_tuple_matches_target(line: str, blocked: fw.Target, blocks: bool) -> None:
-    (rule,) = fw.parse_user_rules(line, v6=blocked.v6)
+def test_tuple_matches_target(line: str, blocked: ufw.Target, blocks: bool) -> None:
+    (rule,) = ufw.parse_user_rules(line, v6=blocked.v6)
     assert rule.blocks(blocked) is blocks
 
 
 @given(networks, st.one_of(st.none(), st.integers(1, 65535)), st.sampled_from([None, "tcp", "udp"]))
 def test_the_tuple_ufw_writes_for_a_target_matches_it(
-    network: fw.Network, port: int | None, proto: str | None
+    network: ufw.Network, port: int | None, proto: str | None
 ) -> None:
-    blocked = fw.Target(network, port, proto)
+    blocked = ufw.Target(network, port, proto)
     line = tuple_line("deny", proto or "any", str(port) if port else "any", blocked.source, blocked.v6)
-    (rule,) = fw.parse_user_rules(line, v6=blocked.v6)
+    (rule,) = ufw.parse_user_rules(line, v6=blocked.v6)
     assert rule.blocks(blocked)
     assert rule.as_target() == blocked
 
@@ -317,12 +322,12 @@ def test_the_tuple_ufw_writes_for_a_target_matches_it(
     ],
 )
 def test_allow_rule_for_the_ssh_port(dport: str, src: str, allows: bool) -> None:
-    (rule,) = fw.parse_user_rules(tuple_line("allow", "tcp", dport, src), v6=False)
+    (rule,) = ufw.parse_user_rules(tuple_line("allow", "tcp", dport, src), v6=False)
     assert rule.allows_tcp_port(22, CONTROLLER) is allows
 
 
 def test_parse_docker_rules_keeps_only_ours_with_their_spec() -> None:
-    ours = fw.docker_rule_spec(ipaddress.ip_network("203.0.113.0/24"), "tcp", 18080)
+    ours = fwfacts.docker_rule_spec(ipaddress.ip_network("203.0.113.0/24"), "tcp", 18080)
     text = "\n".join(
         [
             "-N DOCKER-USER",
@@ -332,7 +337,7 @@ def test_parse_docker_rules_keeps_only_ours_with_their_spec() -> None:
             "-A DOCKER-USER -j RETURN",
         ]
     )
-    (rule,) = fw.parse_docker_rules(text, v6=False)
+    (rule,) = fwfacts.parse_docker_rules(text, v6=False)
     assert (rule.network, rule.proto, rule.port) == (ipaddress.ip_network("203.0.113.0/24"), "tcp", 18080)
     assert list(rule.spec) == ours
 
@@ -359,11 +364,11 @@ OUTSIDER = target("198.18.0.200/32")
     ],
 )
 def test_parse_app_profiles(text: str, profiles: dict[str, tuple[tuple[str, str], ...]]) -> None:
-    assert fw.parse_app_profiles(text) == profiles
+    assert ufw.parse_app_profiles(text) == profiles
 
 
 def test_recorded_tuples_read_app_interface_limit_and_log_rules() -> None:
-    rules = fw.parse_user_rules(RECORDED_TUPLES, v6=False)
+    rules = ufw.parse_user_rules(RECORDED_TUPLES, v6=False)
     assert [(r.action, r.dapp, r.iface) for r in rules] == [
         ("allow", "OpenSSH", ""),
         ("allow", "", "eth0"),
@@ -378,65 +383,66 @@ def test_recorded_tuples_read_app_interface_limit_and_log_rules() -> None:
 
 
 T22, U22, T80, TANY, UANY, OTHER = (
-    fw.Traffic("tcp", 22),
-    fw.Traffic("udp", 22),
-    fw.Traffic("tcp", 80),
-    fw.Traffic("tcp"),
-    fw.Traffic("udp"),
-    fw.Traffic(fw.OTHER),
+    ufw.Traffic("tcp", 22),
+    ufw.Traffic("udp", 22),
+    ufw.Traffic("tcp", 80),
+    ufw.Traffic("tcp"),
+    ufw.Traffic("udp"),
+    ufw.Traffic(ufw.OTHER),
 )
 
 
 @pytest.mark.parametrize(
     ("line", "traffic", "matched"),
     [
-        ("### tuple ### allow tcp 22 0.0.0.0/0 any 0.0.0.0/0 OpenSSH - in", T22, fw.ALL),
-        ("### tuple ### allow tcp 22 0.0.0.0/0 any 0.0.0.0/0 OpenSSH - in", U22, fw.NONE),
-        ("### tuple ### allow tcp 22 0.0.0.0/0 any 0.0.0.0/0 OpenSSH - in", TANY, fw.SOME),
-        ("### tuple ### allow tcp 22 0.0.0.0/0 any 0.0.0.0/0 OpenSSH - in", OTHER, fw.NONE),
-        ("### tuple ### allow any 22 0.0.0.0/0 any 0.0.0.0/0 in_eth0", T22, fw.SOME),  # on eth0 only
-        ("### tuple ### allow any 22 0.0.0.0/0 any 0.0.0.0/0 in_eth0", U22, fw.SOME),
-        ("### tuple ### allow any 22 0.0.0.0/0 any 0.0.0.0/0 in_eth0", T80, fw.NONE),
-        ("### tuple ### allow any any 0.0.0.0/0 any 0.0.0.0/0 in", OTHER, fw.ALL),
-        ("### tuple ### allow any 53 0.0.0.0/0 any 10.0.0.0/8 in", fw.Traffic("udp", 53), fw.NONE),
-        ("### tuple ### allow any any 0.0.0.0/0 any 198.18.0.0/16 in", T22, fw.ALL),
-        ("### tuple ### allow tcp 22 198.18.0.11 any 0.0.0.0/0 in", T22, fw.SOME),  # to one address
-        ("### tuple ### allow tcp 22 0.0.0.0/0 1024:65535 0.0.0.0/0 in", T22, fw.SOME),
-        ("### tuple ### allow tcp 20:30 0.0.0.0/0 any 0.0.0.0/0 in", T22, fw.ALL),
-        ("### tuple ### allow esp any 0.0.0.0/0 any 0.0.0.0/0 in", OTHER, fw.SOME),
-        ("### tuple ### allow esp any 0.0.0.0/0 any 0.0.0.0/0 in", TANY, fw.NONE),
-        ("### tuple ### allow tcp 22 0.0.0.0/0 any 0.0.0.0/0 out", T22, fw.NONE),
-        ("### tuple ### route:allow tcp 22 0.0.0.0/0 any 0.0.0.0/0 in_eth0!out_eth1", T22, fw.NONE),
+        ("### tuple ### allow tcp 22 0.0.0.0/0 any 0.0.0.0/0 OpenSSH - in", T22, ufw.ALL),
+        ("### tuple ### allow tcp 22 0.0.0.0/0 any 0.0.0.0/0 OpenSSH - in", U22, ufw.NONE),
+        ("### tuple ### allow tcp 22 0.0.0.0/0 any 0.0.0.0/0 OpenSSH - in", TANY, ufw.SOME),
+        ("### tuple ### allow tcp 22 0.0.0.0/0 any 0.0.0.0/0 OpenSSH - in", OTHER, ufw.NONE),
+        ("### tuple ### allow any 22 0.0.0.0/0 any 0.0.0.0/0 in_eth0", T22, ufw.SOME),  # on eth0 only
+        ("### tuple ### allow any 22 0.0.0.0/0 any 0.0.0.0/0 in_eth0", U22, ufw.SOME),
+        ("### tuple ### allow any 22 0.0.0.0/0 any 0.0.0.0/0 in_eth0", T80, ufw.NONE),
+        ("### tuple ### allow any any 0.0.0.0/0 any 0.0.0.0/0 in", OTHER, ufw.ALL),
+        ("### tuple ### allow any 53 0.0.0.0/0 any 10.0.0.0/8 in", ufw.Traffic("udp", 53), ufw.NONE),
+        ("### tuple ### allow any any 0.0.0.0/0 any 198.18.0.0/16 in", T22, ufw.ALL),
+        ("### tuple ### allow tcp 22 198.18.0.11 any 0.0.0.0/0 in", T22, ufw.SOME),  # to one address
+        ("### tuple ### allow tcp 22 0.0.0.0/0 1024:65535 0.0.0.0/0 in", T22, ufw.SOME),
+        ("### tuple ### allow tcp 20:30 0.0.0.0/0 any 0.0.0.0/0 in", T22, ufw.ALL),
+        ("### tuple ### allow esp any 0.0.0.0/0 any 0.0.0.0/0 in", OTHER, ufw.SOME),
+        ("### tuple ### allow esp any 0.0.0.0/0 any 0.0.0.0/0 in", TANY, ufw.NONE),
+        ("### tuple ### allow tcp 22 0.0.0.0/0 any 0.0.0.0/0 out", T22, ufw.NONE),
+        ("### tuple ### route:allow tcp 22 0.0.0.0/0 any 0.0.0.0/0 in_eth0!out_eth1", T22, ufw.NONE),
     ],
 )
-def test_tuple_match(line: str, traffic: fw.Traffic, matched: int) -> None:
-    (rule,) = fw.parse_user_rules(line, v6=False)
+def test_tuple_match(line: str, traffic: ufw.Traffic, matched: int) -> None:
+    (rule,) = ufw.parse_user_rules(line, v6=False)
     assert rule.match(OUTSIDER.network, traffic, {}) == matched
 
 
 def test_an_app_rule_matches_the_profiles_ports_as_well_as_the_ones_ufw_wrote() -> None:
-    (rule,) = fw.parse_user_rules("### tuple ### allow tcp 22 0.0.0.0/0 any 0.0.0.0/0 OpenSSH - in", v6=False)
+    line = "### tuple ### allow tcp 22 0.0.0.0/0 any 0.0.0.0/0 OpenSSH - in"
+    (rule,) = ufw.parse_user_rules(line, v6=False)
     moved = {"OpenSSH": (("tcp", "2222"),)}  # the profile was edited since the rule was written
-    assert rule.match(OUTSIDER.network, fw.Traffic("tcp", 2222), {}) == fw.NONE
-    assert rule.match(OUTSIDER.network, fw.Traffic("tcp", 2222), moved) == fw.ALL
-    assert rule.match(OUTSIDER.network, T22, moved) == fw.ALL
+    assert rule.match(OUTSIDER.network, ufw.Traffic("tcp", 2222), {}) == ufw.NONE
+    assert rule.match(OUTSIDER.network, ufw.Traffic("tcp", 2222), moved) == ufw.ALL
+    assert rule.match(OUTSIDER.network, T22, moved) == ufw.ALL
 
 
 def test_recorded_chain_is_read_in_order_with_verdicts() -> None:
-    rules = fw.parse_chain(RECORDED_CHAIN, "ufw-user-input")
+    rules = ufw.parse_chain(RECORDED_CHAIN, "ufw-user-input")
     assert [(r.proto, r.dports, r.narrowed, r.verdict) for r in rules] == [
-        ("tcp", "22", False, fw.ADMIT),
-        ("tcp", "22", True, fw.ADMIT),  # -i eth0
-        ("udp", "22", True, fw.ADMIT),
-        ("tcp", "2222", True, fw.PASS),  # recent --set: no jump
-        ("tcp", "2222", True, fw.DENY),  # over the rate: ufw-user-limit rejects
-        ("tcp", "2222", False, fw.ADMIT),  # ufw-user-limit-accept
-        ("tcp", "80", False, fw.PASS),  # ufw-user-logging-input logs and returns
-        ("tcp", "80", False, fw.ADMIT),
-        ("tcp", "80,443", False, fw.ADMIT),
-        ("any", "any", False, fw.DENY),
-        ("tcp", "53", False, fw.ADMIT),
-        ("udp", "53", False, fw.ADMIT),
+        ("tcp", "22", False, ufw.ADMIT),
+        ("tcp", "22", True, ufw.ADMIT),  # -i eth0
+        ("udp", "22", True, ufw.ADMIT),
+        ("tcp", "2222", True, ufw.PASS),  # recent --set: no jump
+        ("tcp", "2222", True, ufw.DENY),  # over the rate: ufw-user-limit rejects
+        ("tcp", "2222", False, ufw.ADMIT),  # ufw-user-limit-accept
+        ("tcp", "80", False, ufw.PASS),  # ufw-user-logging-input logs and returns
+        ("tcp", "80", False, ufw.ADMIT),
+        ("tcp", "80,443", False, ufw.ADMIT),
+        ("any", "any", False, ufw.DENY),
+        ("tcp", "53", False, ufw.ADMIT),
+        ("udp", "53", False, ufw.ADMIT),
     ]
     assert rules[9].src == ipaddress.ip_network("198.18.0.200/32")
     assert rules[0].text().startswith("-p tcp -m tcp --dport 22")
@@ -445,15 +451,15 @@ def test_recorded_chain_is_read_in_order_with_verdicts() -> None:
 @pytest.mark.parametrize(
     ("lines", "matched"),
     [
-        (["-s 198.18.0.200/32 -j DROP"], fw.ALL),
-        (["-s 198.18.0.200/32 -j REJECT --reject-with icmp-port-unreachable"], fw.ALL),  # a target option
-        (["! -s 10.0.0.0/8 -j DROP"], fw.SOME),  # a negation: never read as "all"
-        (["-s 198.18.0.200/32 -m conntrack --ctstate NEW -j DROP"], fw.SOME),
-        (["-s 198.18.0.200/32 -m frobnicate --wibble -j DROP"], fw.SOME),  # a module we do not know
-        (["-s 198.18.0.0/24 -d 198.18.0.11/32 -j DROP"], fw.SOME),
-        (["-s 10.0.0.0/8 -j DROP"], fw.NONE),
-        (["-s 198.18.0.128/25 -j DROP"], fw.ALL),
-        (["-s 198.18.0.0/25 -j DROP"], fw.NONE),
+        (["-s 198.18.0.200/32 -j DROP"], ufw.ALL),
+        (["-s 198.18.0.200/32 -j REJECT --reject-with icmp-port-unreachable"], ufw.ALL),  # a target option
+        (["! -s 10.0.0.0/8 -j DROP"], ufw.SOME),  # a negation: never read as "all"
+        (["-s 198.18.0.200/32 -m conntrack --ctstate NEW -j DROP"], ufw.SOME),
+        (["-s 198.18.0.200/32 -m frobnicate --wibble -j DROP"], ufw.SOME),  # a module we do not know
+        (["-s 198.18.0.0/24 -d 198.18.0.11/32 -j DROP"], ufw.SOME),
+        (["-s 10.0.0.0/8 -j DROP"], ufw.NONE),
+        (["-s 198.18.0.128/25 -j DROP"], ufw.ALL),
+        (["-s 198.18.0.0/25 -j DROP"], ufw.NONE),
     ],
 )
 def test_chain_match(lines: list[str], matched: int) -> None:
@@ -465,38 +471,38 @@ def test_chain_match(lines: list[str], matched: int) -> None:
     ("blocked", "admitted"),
     [
         # everything from 198.18.0.200 but its tcp to 22, 2222, 80, 443 and udp to 22 meets the DROP
-        (target("198.18.0.200/32"), [(0, [fw.Traffic("tcp")]), (2, [fw.Traffic("udp")])]),
-        (target("198.18.0.200/32", 443, "tcp"), [(8, [fw.Traffic("tcp", 443)])]),
-        (target("198.18.0.200/32", 2222, "tcp"), [(5, [fw.Traffic("tcp", 2222)])]),
+        (target("198.18.0.200/32"), [(0, [ufw.Traffic("tcp")]), (2, [ufw.Traffic("udp")])]),
+        (target("198.18.0.200/32", 443, "tcp"), [(8, [ufw.Traffic("tcp", 443)])]),
+        (target("198.18.0.200/32", 2222, "tcp"), [(5, [ufw.Traffic("tcp", 2222)])]),
         (target("198.18.0.200/32", 25), []),  # no allow rule for port 25 before the DROP
-        (target("10.1.2.3/32", 53, "udp"), [(11, [fw.Traffic("udp", 53)])]),
+        (target("10.1.2.3/32", 53, "udp"), [(11, [ufw.Traffic("udp", 53)])]),
     ],
 )
 def test_admitted_first_by_the_recorded_chain(
-    blocked: fw.Target, admitted: list[tuple[int, list[fw.Traffic]]]
+    blocked: ufw.Target, admitted: list[tuple[int, list[ufw.Traffic]]]
 ) -> None:
-    rules = fw.parse_chain(RECORDED_CHAIN, "ufw-user-input")
-    assert fw.admitted_first(rules, blocked, {}) == admitted
+    rules = ufw.parse_chain(RECORDED_CHAIN, "ufw-user-input")
+    assert fwrules.admitted_first(rules, blocked, {}) == admitted
 
 
 def test_decide_traffic_a_narrower_deny_lets_the_rest_on() -> None:
     rules = chain("-s 198.18.0.200/32 -p tcp -m tcp --dport 22 -j DROP", "-p tcp -m tcp --dport 22 -j ACCEPT")
-    assert fw.decide_traffic(rules, OUTSIDER.network, T22, {}) == fw.Decision(T22, fw.DENY, 0)
-    assert fw.decide_traffic(rules, OUTSIDER.network, TANY, {}) == fw.Decision(TANY, fw.ADMIT, 1)
-    assert fw.decide_traffic(rules, OUTSIDER.network, UANY, {}) == fw.Decision(UANY, fw.PASS)
+    assert fwrules.decide_traffic(rules, OUTSIDER.network, T22, {}) == fwrules.Decision(T22, ufw.DENY, 0)
+    assert fwrules.decide_traffic(rules, OUTSIDER.network, TANY, {}) == fwrules.Decision(TANY, ufw.ADMIT, 1)
+    assert fwrules.decide_traffic(rules, OUTSIDER.network, UANY, {}) == fwrules.Decision(UANY, ufw.PASS)
 
 
 @given(networks, st.one_of(st.none(), st.integers(1, 65535)), st.sampled_from([None, "tcp", "udp"]))
 def test_a_deny_above_every_rule_decides_all_traffic_and_an_allow_above_it_admits_first(
-    network: fw.Network, port: int | None, proto: str | None
+    network: ufw.Network, port: int | None, proto: str | None
 ) -> None:
-    blocked = fw.Target(network, port, proto)
+    blocked = ufw.Target(network, port, proto)
     deny = tuple_line("deny", proto or "any", str(port) if port else "any", blocked.source, blocked.v6)
     anything = tuple_line("allow", "any", "any", "::/0" if blocked.v6 else "0.0.0.0/0", blocked.v6)
-    first = fw.parse_user_rules(rules_file(deny, anything), blocked.v6)
-    assert fw.admitted_first(first, blocked, {}) == []
-    last = fw.parse_user_rules(rules_file(anything, deny), blocked.v6)
-    assert fw.admitted_first(last, blocked, {}) == [(0, list(blocked.traffic()))]
+    first = ufw.parse_user_rules(rules_file(deny, anything), blocked.v6)
+    assert fwrules.admitted_first(first, blocked, {}) == []
+    last = ufw.parse_user_rules(rules_file(anything, deny), blocked.v6)
+    assert fwrules.admitted_first(last, blocked, {}) == [(0, list(blocked.traffic()))]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -520,69 +526,69 @@ def test_a_deny_above_every_rule_decides_all_traffic_and_an_allow_above_it_admit
 )
 def test_lockout_guard(blocked: str, allowlist: list[str], refused: str) -> None:
     allowed = [ipaddress.ip_network(a) for a in allowlist]
-    reason = fw.lockout_reason(target(blocked), CONTROLLER, allowed)
+    reason = fwrules.lockout_reason(target(blocked), CONTROLLER, allowed)
     assert (refused in reason) if refused else reason == ""
 
 
 @given(networks, addresses)
 def test_guard_refuses_exactly_the_ranges_holding_the_controller(
-    network: fw.Network, controller: ipaddress.IPv4Address | ipaddress.IPv6Address
+    network: ufw.Network, controller: ipaddress.IPv4Address | ipaddress.IPv6Address
 ) -> None:
-    reason = fw.lockout_reason(fw.Target(network), controller, [])
+    reason = fwrules.lockout_reason(ufw.Target(network), controller, [])
     holds = controller.version == network.version and controller in network
     assert bool(reason) is holds
 
 
 def test_allowlist_var() -> None:
-    assert fw.parse_allowlist(["10.0.0.0/8", "2001:db8::/32"], "inv") == (
+    assert fwargs.parse_allowlist(["10.0.0.0/8", "2001:db8::/32"], "inv") == (
         ipaddress.ip_network("10.0.0.0/8"),
         ipaddress.ip_network("2001:db8::/32"),
     )
-    assert fw.parse_allowlist("10.0.0.0/8, 192.0.2.1", "inv")[1] == ipaddress.ip_network("192.0.2.1/32")
+    assert fwargs.parse_allowlist("10.0.0.0/8, 192.0.2.1", "inv")[1] == ipaddress.ip_network("192.0.2.1/32")
     with pytest.raises(UsageError, match="firewall_allowlist"):
-        fw.parse_allowlist(["10.0.0.300"], "inv")
+        fwargs.parse_allowlist(["10.0.0.300"], "inv")
 
 
 # ---------------------------------------------------------------------------------------------
 # Decisions
 # ---------------------------------------------------------------------------------------------
 
-BLOCK = fw.BlockRequest(target("203.0.113.7/32"))
+BLOCK = fwrules.BlockRequest(target("203.0.113.7/32"))
 SSH_ALLOW = tuple_line("allow", "tcp", "22", "0.0.0.0/0")
 
 
-def rules4(*lines: str) -> tuple[fw.UfwRule, ...]:
-    return fw.parse_user_rules(rules_file(*lines), v6=False)
+def rules4(*lines: str) -> tuple[ufw.UfwRule, ...]:
+    return ufw.parse_user_rules(rules_file(*lines), v6=False)
 
 
-def docker_rule(blocked: fw.Target, proto: str | None = None, port: int | None = None) -> fw.DockerRule:
-    spec = fw.docker_rule_spec(blocked.network, proto, port)
-    return fw.DockerRule(blocked.v6, blocked.network, proto, port, tuple(spec))
+def docker_rule(blocked: ufw.Target, proto: str | None = None, port: int | None = None) -> fwfacts.DockerRule:
+    spec = fwfacts.docker_rule_spec(blocked.network, proto, port)
+    return fwfacts.DockerRule(blocked.v6, blocked.network, proto, port, tuple(spec))
 
 
 def test_block_on_an_empty_rule_list_prepends_and_mirrors_into_docker() -> None:
-    plan = fw.decide_block(BLOCK, facts(), [])
+    plan = fwrules.decide_block(BLOCK, facts(), [])
     assert plan.commands[0] == "ufw prepend deny from 203.0.113.7 comment 'remediations block-ip'"
     assert plan.commands[1].startswith("iptables -w 10 -I DOCKER-USER 1 -s 203.0.113.7/32 ")
     assert plan.state is not None and plan.state[0].target == BLOCK.target
 
 
 def test_block_already_in_every_layer_is_ok() -> None:
-    record = fw.BlockRecord(BLOCK.target, created=NOW - 60)
+    record = fwfacts.BlockRecord(BLOCK.target, created=NOW - 60)
     current = facts(
         rules4=rules4(tuple_line("deny", "any", "any", "203.0.113.7"), SSH_ALLOW),
         chain4=chain("-s 203.0.113.7/32 -j DROP", "-p tcp -m tcp --dport 22 -j ACCEPT"),
         docker_rules=(docker_rule(BLOCK.target),),
         records=(record,),
     )
-    plan = fw.decide_block(BLOCK, current, [])
+    plan = fwrules.decide_block(BLOCK, current, [])
     assert plan.nothing, plan
     assert "already blocked" in plan.reason and "ufw and DOCKER-USER" in plan.reason
 
 
 def test_a_deny_below_an_allow_rule_is_moved_to_the_top() -> None:
     current = facts(rules4=rules4(SSH_ALLOW, tuple_line("deny", "any", "any", "203.0.113.7")))
-    plan = fw.decide_block(BLOCK, current, [])
+    plan = fwrules.decide_block(BLOCK, current, [])
     assert plan.commands[:2] == (
         "ufw delete deny from 203.0.113.7",
         "ufw prepend deny from 203.0.113.7 comment 'remediations block-ip'",
@@ -620,10 +626,10 @@ DROP_LAST = chain("-p tcp -m tcp --dport 22 -j ACCEPT", "-s 203.0.113.7/32 -j DR
     ],
 )  # fmt: skip
 def test_a_deny_is_moved_only_when_an_allow_rule_gets_its_traffic_first(
-    lines: list[str], loaded: tuple[fw.ChainRule, ...], blocked: fw.Target, moved: str
+    lines: list[str], loaded: tuple[ufw.ChainRule, ...], blocked: ufw.Target, moved: str
 ) -> None:
     current = facts(rules4=rules4(*lines), chain4=loaded, profiles={"OpenSSH": (("tcp", "22"),)})
-    plan = fw.decide_block(fw.BlockRequest(blocked), current, [])
+    plan = fwrules.decide_block(fwrules.BlockRequest(blocked), current, [])
     deletes = [c for c in plan.commands if c.startswith("ufw delete")]
     if moved:
         assert deletes == [f"ufw delete deny {shlex.join(blocked.ufw_args())}"]
@@ -631,30 +637,30 @@ def test_a_deny_is_moved_only_when_an_allow_rule_gets_its_traffic_first(
             f"ufw prepend deny {shlex.join(blocked.ufw_args())} comment 'remediations block-ip'"
         )
         assert moved in plan.changes[0], plan.changes
-        assert "ufw" not in fw.layers(blocked, current)[0]
+        assert "ufw" not in fwrules.layers(blocked, current)[0]
     else:
         assert not deletes and not any(c.startswith("ufw") for c in plan.commands), plan
-        assert "ufw" in fw.layers(blocked, current)[0]
+        assert "ufw" in fwrules.layers(blocked, current)[0]
 
 
 def test_already_blocked_needs_the_effective_order() -> None:
-    record = fw.BlockRecord(BLOCK.target, created=NOW - 60)
+    record = fwfacts.BlockRecord(BLOCK.target, created=NOW - 60)
     held = facts(
         rules4=rules4(HAND_DENY, OPENSSH_ALLOW),
         chain4=DROP_FIRST,
         docker_rules=(docker_rule(BLOCK.target),),
         records=(record,),
     )
-    assert fw.decide_block(BLOCK, held, []).nothing
+    assert fwrules.decide_block(BLOCK, held, []).nothing
     shadowed = facts(
         rules4=rules4(OPENSSH_ALLOW, HAND_DENY),
         chain4=DROP_LAST,
         docker_rules=(docker_rule(BLOCK.target),),
         records=(record,),
     )
-    plan = fw.decide_block(BLOCK, shadowed, [])
+    plan = fwrules.decide_block(BLOCK, shadowed, [])
     assert not plan.nothing and "move the ufw deny" in plan.changes[0]
-    holding, problems = fw.layers(BLOCK.target, shadowed)
+    holding, problems = fwrules.layers(BLOCK.target, shadowed)
     assert holding == ["DOCKER-USER"] and "below an allow rule" in problems[0]
 
 
@@ -673,7 +679,7 @@ def test_already_blocked_needs_the_effective_order() -> None:
 def test_kill_established(
     kill: bool, conntrack: bool, flows: int | None, blocked_already: bool, after: int, says: str
 ) -> None:
-    record = fw.BlockRecord(BLOCK.target, created=NOW - 60)
+    record = fwfacts.BlockRecord(BLOCK.target, created=NOW - 60)
     current = facts(
         conntrack=conntrack,
         flows=flows,
@@ -682,7 +688,7 @@ def test_kill_established(
         docker_rules=(docker_rule(BLOCK.target),) if blocked_already else (),
         records=(record,) if blocked_already else (),
     )
-    plan = fw.decide_block(fw.BlockRequest(BLOCK.target, kill_established=kill), current, [])
+    plan = fwrules.decide_block(fwrules.BlockRequest(BLOCK.target, kill_established=kill), current, [])
     assert len(plan.after) == after
     if after:
         assert plan.after[0].startswith("out=$(conntrack -D -f ipv4 -s 203.0.113.7 2>&1 >/dev/null)")
@@ -718,19 +724,19 @@ def test_conntrack_delete_in_a_real_shell(
     fake = tmp_path / "conntrack"
     fake.write_text(f'#!/bin/sh\necho "$*" > {tmp_path}/argv\necho {shlex.quote(prints)} >&2\nexit {code}\n')
     fake.chmod(0o755)
-    deletes = fw.conntrack_delete(target("203.0.113.7/32", 22, "tcp"))
+    deletes = fwrules.conntrack_delete(target("203.0.113.7/32", 22, "tcp"))
     script = "\n".join(["set -e", *deletes, "echo finished"])
     path = {"PATH": f"{tmp_path}:/usr/bin:/bin"}
     done = subprocess.run(["sh", "-c", script], capture_output=True, text=True, env=path, check=False)
     assert (done.returncode != 0) is fails
     assert ("finished" in done.stdout) is not fails
-    assert fw.flows_dropped(done.stdout + done.stderr) == dropped
+    assert fwrules.flows_dropped(done.stdout + done.stderr) == dropped
     argv = (tmp_path / "argv").read_text().split()
     assert argv == ["-D", "-f", "ipv4", "-s", "203.0.113.7", "-p", "tcp", "--dport", "22"]
 
 
 def test_unrecorded_denies_are_listed_hand_made_or_not() -> None:
-    recorded = fw.BlockRecord(target("203.0.113.7/32"))
+    recorded = fwfacts.BlockRecord(target("203.0.113.7/32"))
     current = facts(
         rules4=rules4(
             SSH_ALLOW,
@@ -749,7 +755,7 @@ def test_unrecorded_denies_are_listed_hand_made_or_not() -> None:
         docker_rules=(docker_rule(target("198.51.100.0/24")),),
         records=(recorded,),
     )
-    found = fw.unrecorded(current)
+    found = list_blocks.unrecorded(current)
     assert [(u.label, u.layer, u.hand_made) for u in found] == [
         ("203.0.113.8", "ufw", True),
         ("203.0.113.9 port 25/tcp", "ufw", False),
@@ -762,8 +768,8 @@ def test_unrecorded_denies_are_listed_hand_made_or_not() -> None:
 
 
 def test_port_only_block_needs_tcp_and_udp_in_docker() -> None:
-    request = fw.BlockRequest(target("203.0.113.7/32", 443))
-    plan = fw.decide_block(request, facts(), [])
+    request = fwrules.BlockRequest(target("203.0.113.7/32", 443))
+    plan = fwrules.decide_block(request, facts(), [])
     assert (
         plan.commands[0]
         == "ufw prepend deny from 203.0.113.7 to any port 443 comment 'remediations block-ip'"
@@ -775,9 +781,9 @@ def test_port_only_block_needs_tcp_and_udp_in_docker() -> None:
 
 def test_inactive_ufw_fails_unless_enable() -> None:
     inactive = facts(ufw_active=False)
-    refused = fw.decide_block(BLOCK, inactive, [])
+    refused = fwrules.decide_block(BLOCK, inactive, [])
     assert "ufw is inactive" in refused.refused and not refused.commands
-    plan = fw.decide_block(fw.BlockRequest(BLOCK.target, enable=True), inactive, [])
+    plan = fwrules.decide_block(fwrules.BlockRequest(BLOCK.target, enable=True), inactive, [])
     assert plan.commands[0] == "ufw allow 22/tcp"
     assert plan.commands.index("ufw --force enable") > 0
 
@@ -786,53 +792,54 @@ def test_enable_keeps_an_existing_ssh_allow() -> None:
     inactive = facts(
         ufw_active=False, ssh_port=2222, rules4=rules4(tuple_line("allow", "tcp", "2222", "0.0.0.0/0"))
     )
-    plan = fw.decide_block(fw.BlockRequest(BLOCK.target, enable=True), inactive, [])
+    plan = fwrules.decide_block(fwrules.BlockRequest(BLOCK.target, enable=True), inactive, [])
     assert not any(c.startswith("ufw allow") for c in plan.commands)
 
 
 def test_guard_wins_over_everything() -> None:
-    plan = fw.decide_block(fw.BlockRequest(target("198.18.0.0/24"), enable=True), facts(ufw_active=False), [])
+    request = fwrules.BlockRequest(target("198.18.0.0/24"), enable=True)
+    plan = fwrules.decide_block(request, facts(ufw_active=False), [])
     assert "198.18.0.1" in plan.refused and not plan.commands
 
 
 def test_ipv6_needs_ufw_ipv6() -> None:
-    plan = fw.decide_block(fw.BlockRequest(target("2001:db8::/32")), facts(ipv6=False), [])
+    plan = fwrules.decide_block(fwrules.BlockRequest(target("2001:db8::/32")), facts(ipv6=False), [])
     assert "IPV6=no" in plan.refused
 
 
 def test_ipv6_without_a_docker_ipv6_chain_is_ufw_only() -> None:
-    plan = fw.decide_block(fw.BlockRequest(target("2001:db8::/32")), facts(), [])
+    plan = fwrules.decide_block(fwrules.BlockRequest(target("2001:db8::/32")), facts(), [])
     assert plan.commands == ("ufw prepend deny from 2001:db8::/32 comment 'remediations block-ip'",)
     assert any("ufw only" in n for n in plan.notes)
 
 
 def test_same_ttl_keeps_the_expiry_a_new_ttl_sets_a_new_one() -> None:
-    record = fw.BlockRecord(BLOCK.target, "ddos", NOW - 100, 3600, NOW + 3500)
+    record = fwfacts.BlockRecord(BLOCK.target, "ddos", NOW - 100, 3600, NOW + 3500)
     current = facts(
         rules4=rules4(tuple_line("deny", "any", "any", "203.0.113.7")),
         chain4=chain("-s 203.0.113.7/32 -j DROP"),
         docker_rules=(docker_rule(BLOCK.target),),
         records=(record,),
     )
-    same = fw.BlockRequest(BLOCK.target, 3600, "ddos")
-    assert fw.decide_block(same, current, []).nothing
-    longer = fw.decide_block(fw.BlockRequest(BLOCK.target, 7200, "ddos"), current, [])
+    same = fwrules.BlockRequest(BLOCK.target, 3600, "ddos")
+    assert fwrules.decide_block(same, current, []).nothing
+    longer = fwrules.decide_block(fwrules.BlockRequest(BLOCK.target, 7200, "ddos"), current, [])
     assert not longer.commands and longer.state is not None
     assert longer.state[0].expires == NOW + 7200 and longer.state[0].created == NOW - 100
 
 
 def test_unblock_removes_every_layer_and_the_record() -> None:
-    record = fw.BlockRecord(BLOCK.target)
+    record = fwfacts.BlockRecord(BLOCK.target)
     current = facts(
         rules4=rules4(tuple_line("deny", "any", "any", "203.0.113.7"), SSH_ALLOW),
         docker_rules=(docker_rule(BLOCK.target),),
         records=(record,),
     )
-    plan = fw.decide_unblock(BLOCK.target, current)
+    plan = fwrules.decide_unblock(BLOCK.target, current)
     assert plan.commands[0] == "ufw delete deny from 203.0.113.7"
     assert plan.commands[1].startswith("iptables -w 10 -D DOCKER-USER -s 203.0.113.7/32 ")
     assert plan.state == ()
-    assert fw.decide_unblock(BLOCK.target, facts()).nothing
+    assert fwrules.decide_unblock(BLOCK.target, facts()).nothing
 
 
 def test_unblock_without_port_lifts_the_port_blocks_of_that_source() -> None:
@@ -840,9 +847,9 @@ def test_unblock_without_port_lifts_the_port_blocks_of_that_source() -> None:
     current = facts(
         rules4=rules4(tuple_line("deny", "any", "443", "203.0.113.7")),
         docker_rules=(docker_rule(narrowed, "tcp", 443), docker_rule(narrowed, "udp", 443)),
-        records=(fw.BlockRecord(narrowed),),
+        records=(fwfacts.BlockRecord(narrowed),),
     )
-    plan = fw.decide_unblock(BLOCK.target, current)
+    plan = fwrules.decide_unblock(BLOCK.target, current)
     assert plan.commands[0] == "ufw delete deny from 203.0.113.7 to any port 443"
     assert sum("-D DOCKER-USER" in c for c in plan.commands) == 2
     assert plan.state == ()
@@ -855,15 +862,15 @@ def test_unblock_expired_lifts_only_expired_blocks() -> None:
             tuple_line("deny", "any", "any", "203.0.113.7"), tuple_line("deny", "any", "any", "203.0.113.8")
         ),
         records=(
-            fw.BlockRecord(old, ttl=60, expires=NOW - 1),
-            fw.BlockRecord(fresh, ttl=3600, expires=NOW + 60),
+            fwfacts.BlockRecord(old, ttl=60, expires=NOW - 1),
+            fwfacts.BlockRecord(fresh, ttl=3600, expires=NOW + 60),
         ),
     )
-    plan = fw.decide_expired(current)
+    plan = fwrules.decide_expired(current)
     assert plan.commands == ("ufw delete deny from 203.0.113.7",)
     assert plan.state is not None and [r.target for r in plan.state] == [fresh]
-    later = facts(records=(fw.BlockRecord(fresh, ttl=3600, expires=NOW + 60),))
-    assert fw.decide_expired(later).nothing
+    later = facts(records=(fwfacts.BlockRecord(fresh, ttl=3600, expires=NOW + 60),))
+    assert fwrules.decide_expired(later).nothing
 
 
 # ---------------------------------------------------------------------------------------------
@@ -872,8 +879,8 @@ def test_unblock_expired_lifts_only_expired_blocks() -> None:
 
 
 def test_parse_facts_from_marked_sections() -> None:
-    state = fw.StatePath("/var/lib/remediations")
-    record = fw.BlockRecord(target("203.0.113.7/32"), "ddos", NOW, 60, NOW + 60)
+    state = fwfacts.StatePath("/var/lib/remediations")
+    record = fwfacts.BlockRecord(target("203.0.113.7/32"), "ddos", NOW, 60, NOW + 60)
     output = "\n".join(
         [
             f"@@now {NOW}",
@@ -899,11 +906,11 @@ def test_parse_facts_from_marked_sections() -> None:
             "@@conntrack yes",
             "@@flows 3",
             "@@state present",
-            fw.render_state([record]),
+            fwfacts.render_state([record]),
             "@@end",
         ]
     )
-    parsed = fw.parse_facts(output, state)
+    parsed = fwfacts.parse_facts(output, state)
     assert parsed.controller == CONTROLLER and parsed.ssh_port == 22
     assert parsed.ufw_active and parsed.ufw_enabled_conf and parsed.ipv6
     assert parsed.chain4 is not None and parsed.chain4[0].jump == "DROP" and parsed.chain6 is None
@@ -911,21 +918,105 @@ def test_parse_facts_from_marked_sections() -> None:
     assert parsed.docker4 and not parsed.docker6
     assert parsed.conntrack and parsed.flows == 3
     assert parsed.records == (record,)
-    assert fw.layers(record.target, parsed) == (["ufw"], ["no DOCKER-USER rule"])
-    inactive = fw.parse_facts(output.replace("@@chain4 0", "@@chain4 1"), state)
+    assert fwrules.layers(record.target, parsed) == (["ufw"], ["no DOCKER-USER rule"])
+    inactive = fwfacts.parse_facts(output.replace("@@chain4 0", "@@chain4 1"), state)
     assert not inactive.ufw_active and inactive.chain4 is None
 
 
 def test_unreadable_state_file_is_an_error_not_an_empty_list() -> None:
     output = "@@now 1\n@@state present\n{not json\n@@end\n"
-    assert "is not what block-ip writes" in fw.parse_facts(output, fw.StatePath("/x")).error
-    assert fw.parse_facts("@@now 1\n", fw.StatePath("/x")).error
+    assert "is not what block-ip writes" in fwfacts.parse_facts(output, fwfacts.StatePath("/x")).error
+    assert fwfacts.parse_facts("@@now 1\n", fwfacts.StatePath("/x")).error
 
 
 def test_state_round_trip() -> None:
     records = (
-        fw.BlockRecord(target("203.0.113.0/24", 443, "tcp"), "c", NOW, None, None),
-        fw.BlockRecord(target("2001:db8::/32"), "", NOW, 60, NOW + 60),
+        fwfacts.BlockRecord(target("203.0.113.0/24", 443, "tcp"), "c", NOW, None, None),
+        fwfacts.BlockRecord(target("2001:db8::/32"), "", NOW, 60, NOW + 60),
     )
-    assert fw.parse_state(fw.render_state(records)) == records
-    assert json.loads(fw.render_state(records))["blocks"][0]["ip"] == "203.0.113.0/24"
+    assert fwfacts.parse_state(fwfacts.render_state(records)) == records
+    assert json.loads(fwfacts.render_state(records))["blocks"][0]["ip"] == "203.0.113.0/24"
+
+
+# ---------------------------------------------------------------------------------------------
+# The pieces of decide_block, and the declared target arguments
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("request_", "current", "says"),
+    [
+        (BLOCK, facts(), ""),
+        (BLOCK, facts(error="the facts command did not finish"), "did not finish"),
+        (BLOCK, facts(ufw_installed=False), "ufw is not installed"),
+        (fwrules.BlockRequest(target("198.18.0.0/24")), facts(), "contains 198.18.0.1"),
+        (fwrules.BlockRequest(target("2001:db8::/32")), facts(ipv6=False), "IPV6=no"),
+        (BLOCK, facts(ufw_active=False), "ufw is inactive"),
+        (fwrules.BlockRequest(BLOCK.target, enable=True), facts(ufw_active=False), ""),
+        # the lockout guard comes before the inactive ufw, even with --enable
+        (fwrules.BlockRequest(target("198.18.0.0/24"), enable=True), facts(ufw_active=False), "contains"),
+    ],
+)
+def test_block_refusal(request_: fwrules.BlockRequest, current: fwfacts.FirewallFacts, says: str) -> None:
+    refusal = fwrules.block_refusal(request_, current, [])
+    assert (says in refusal) if says else refusal == "", refusal
+    assert fwrules.decide_block(request_, current, []).refused == refusal
+
+
+@pytest.mark.parametrize(
+    ("current", "commands", "notes"),
+    [
+        (facts(), [], []),  # ufw active: nothing to allow
+        (facts(ufw_active=False), ["ufw allow 22/tcp"], []),
+        (facts(ufw_active=False, rules4=rules4(SSH_ALLOW)), [], []),  # a rule already admits it
+        (facts(ufw_active=False, controller=None), [], ["not connected over SSH: no SSH allow rule needed"]),
+    ],
+)
+def test_ssh_allow_before_enable(
+    current: fwfacts.FirewallFacts, commands: list[str], notes: list[str]
+) -> None:
+    request = fwrules.BlockRequest(BLOCK.target, enable=True, notes=("given",))
+    got_commands, changes, got_notes = fwrules.ssh_allow(request, current)
+    assert (got_commands, got_notes) == (commands, ["given", *notes])
+    assert len(changes) == len(commands)
+
+
+def test_enable_comes_after_the_deny_and_before_docker() -> None:
+    plan = fwrules.decide_block(fwrules.BlockRequest(BLOCK.target, enable=True), facts(ufw_active=False), [])
+    assert [c.split()[:2] for c in plan.commands] == [
+        ["ufw", "allow"], ["ufw", "prepend"], ["ufw", "--force"], ["iptables", "-w"]
+    ]  # fmt: skip
+    assert plan.changes[2] == "enable ufw"
+
+
+@pytest.mark.parametrize(
+    ("given", "want"),
+    [
+        ({"ip": "203.0.113.7"}, (target("203.0.113.7/32"), "")),
+        ({"ip": "203.0.113.0/24", "port": "443", "proto": "TCP"}, (target("203.0.113.0/24", 443, "tcp"), "")),
+        ({"ip": "::ffff:203.0.113.7"}, (target("203.0.113.7/32"), "blocking 203.0.113.7")),
+    ],
+)
+def test_target_args_parse_ip_port_proto(given: dict[str, str], want: tuple[ufw.Target, str]) -> None:
+    from remediations.core.args import args
+
+    values = args(fwargs.TARGET).parse(given)
+    found, note = fwargs.target_of(values["ip"], values["port"], values["proto"])
+    assert found == want[0] and want[1] in note
+
+
+@pytest.mark.parametrize(
+    ("given", "says"),
+    [
+        ({}, "--ip is required: an IPv4 or IPv6 address"),
+        ({"ip": ""}, "--ip is required: an IPv4 or IPv6 address"),
+        ({"ip": "1.2.3.4", "port": "0"}, "--port '0'"),
+        ({"ip": "1.2.3.4", "proto": "icmp"}, "--proto 'icmp'"),
+    ],
+)
+def test_target_args_refuse_with_the_old_messages(given: dict[str, str], says: str) -> None:
+    from remediations.core.args import args
+
+    with pytest.raises(UsageError, match=re.escape(says)):
+        values = args(fwargs.TARGET).parse(given)
+        fwargs.target_of(values["ip"], values["port"], values["proto"])

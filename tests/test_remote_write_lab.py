@@ -23,11 +23,13 @@ from typing import Any
 import pytest
 
 from lab import hosts as lab
+from remediations.actions import firewall as fwactions
 from remediations.actions import image_record as images
 from remediations.core import connection, inventory
 from remediations.core.errors import CommandResult, HostError
 from remediations.core.inventory import Host
-from remediations.firewall import ufw as firewall
+from remediations.facts import firewall as fwfacts
+from remediations.firewall import rules as fwrules
 from remediations.secrets import rotation
 from tests import labkit
 from tests.labkit import COMPOSE, ROOT, inv
@@ -193,18 +195,18 @@ def test_a_cut_image_record_stream_changes_nothing(remote: Any, scratch: str) ->
 
 
 def test_a_cut_firewall_record_stream_changes_nothing(remote: Any, scratch: str) -> None:
-    state = firewall.StatePath(scratch)
-    records = firewall.parse_state(
+    state = fwfacts.StatePath(scratch)
+    records = fwfacts.parse_state(
         '{"version": 1, "blocks": [{"ip": "203.0.113.7", "port": null, "proto": null, "comment": "t", '
         '"created": 1, "ttl": null, "expires": null}]}'
     )
-    firewall.apply(remote, firewall.Plan(state=records), state)
+    fwactions.apply(remote, fwrules.FirewallPlan(state=records), state)
     before = sh(f"cat {state.file}")
-    more = records + firewall.parse_state(
+    more = records + fwfacts.parse_state(
         '{"version": 1, "blocks": [{"ip": "203.0.113.8", "port": null, "proto": null, "comment": "u", '
         '"created": 2, "ttl": null, "expires": null}]}'
     )
     with pytest.raises(HostError, match="was not changed"):
-        firewall.apply(CutStream(remote), firewall.Plan(state=more), state)
+        fwactions.apply(CutStream(remote), fwrules.FirewallPlan(state=more), state)
     assert sh(f"cat {state.file}") == before
     assert temp_files(scratch) == []

@@ -1,0 +1,360 @@
+"""The firewall facts of one host in one round trip, and pure parsers of what it prints.
+
+`facts_command` prints, in marked sections: the host's clock, the SSH connection the controller came
+in on, ufw's own rule tuples (/etc/ufw/user.rules, user6.rules) and app profiles, whether its chains
+are loaded, IPV6= from /etc/default/ufw, `iptables -S DOCKER-USER` (and ip6tables), whether conntrack
+is installed (and the flows a source opened), and the state file of recorded blocks (expiry and
+comment). `parse_facts` turns that into `FirewallFacts`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import json
+import shlex
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from remediations.core.errors import HostError
+from remediations.facts.sections import MARK
+from remediations.facts.sections import sections_by_name as sections
+from remediations.facts.ufw import (
+    Address,
+    ChainRule,
+    Network,
+    Profiles,
+    Target,
+    UfwRule,
+    chain_name,
+    parse_app_profiles,
+    parse_chain,
+    parse_user_rules,
+)
+
+if TYPE_CHECKING:
+    from remediations.core.inventory import Host
+    from remediations.core.remote import Remote
+
+DEFAULT_STATE_DIR = "/var/lib/remediations"
+STATE_FILE_NAME = "firewall-blocks.json"
+DOCKER_COMMENT = "remediations block-ip"
+DOCKER_CHAIN = "DOCKER-USER"
+COMMAND_TIMEOUT = 120.0
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(abs(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            parts.append(f"{seconds // size}{unit}")
+            seconds %= size
+    return "".join(parts[:2])
+
+
+def format_time(epoch: int) -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+# ---------------------------------------------------------------------------------------------
+# Docker's DOCKER-USER chain, from `iptables -S` (iptables' own rule syntax)
+# ---------------------------------------------------------------------------------------------
+
+
+def docker_rule_spec(network: Network, proto: str | None, port: int | None) -> list[str]:
+    """An iptables rule spec for DOCKER-USER. After Docker's DNAT the destination port is the
+    container's, so a published port is matched on the original destination port (conntrack)."""
+    spec = ["-s", str(network)]
+    if proto:
+        spec += ["-p", proto]
+    if port is not None:
+        spec += ["-m", "conntrack", "--ctorigdstport", str(port), "--ctdir", "ORIGINAL"]
+    return [*spec, "-m", "comment", "--comment", DOCKER_COMMENT, "-j", "DROP"]
+
+
+@dataclass(frozen=True)
+class DockerRule:
+    """A DROP rule block-ip put in DOCKER-USER (recognised by its comment)."""
+
+    v6: bool
+    network: Network
+    proto: str | None
+    port: int | None
+    spec: tuple[str, ...]  # as `iptables -S` prints it, after `-A DOCKER-USER`: what -D needs
+
+
+def parse_docker_rules(text: str, v6: bool) -> tuple[DockerRule, ...]:
+    rules = []
+    for line in text.splitlines():
+        try:
+            words = shlex.split(line)
+        except ValueError:
+            continue
+        if words[:2] != ["-A", DOCKER_CHAIN] or len(words) % 2:
+            continue
+        options: dict[str, str] = {}
+        for name, value in zip(words[2::2], words[3::2], strict=True):
+            options[name] = value
+        if options.get("--comment") != DOCKER_COMMENT or options.get("-j") != "DROP":
+            continue
+        try:
+            network = ipaddress.ip_network(options.get("-s", ""), strict=True)
+        except ValueError:
+            continue
+        port_text = options.get("--ctorigdstport")
+        port = int(port_text) if port_text and port_text.isdigit() else None
+        rules.append(DockerRule(v6, network, options.get("-p"), port, tuple(words[2:])))
+    return tuple(rules)
+
+
+# ---------------------------------------------------------------------------------------------
+# The host's record of blocks (expiry and comment)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BlockRecord:
+    target: Target
+    comment: str = ""
+    created: int = 0
+    ttl: int | None = None
+    expires: int | None = None
+
+    def expired(self, now: int) -> bool:
+        return self.expires is not None and self.expires <= now
+
+    def expiry_text(self, now: int) -> str:
+        if self.expires is None:
+            return "no expiry"
+        if self.expired(now):
+            return f"EXPIRED {format_duration(now - self.expires)} ago ({format_time(self.expires)})"
+        return f"expires in {format_duration(self.expires - now)} ({format_time(self.expires)})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.target.to_dict(),
+            "comment": self.comment,
+            "created": self.created,
+            "ttl": self.ttl,
+            "expires": self.expires,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BlockRecord:
+        ttl, expires = data.get("ttl"), data.get("expires")
+        return cls(
+            Target.from_dict(data),
+            str(data.get("comment") or ""),
+            int(data.get("created") or 0),
+            int(ttl) if ttl is not None else None,
+            int(expires) if expires is not None else None,
+        )
+
+
+def parse_state(text: str) -> tuple[BlockRecord, ...]:
+    """The state file's records; raises ValueError when it is not what we write."""
+    if not text.strip():
+        return ()
+    data = json.loads(text)
+    if not isinstance(data, dict) or not isinstance(data.get("blocks"), list):
+        raise ValueError("no 'blocks' list")
+    try:
+        return tuple(BlockRecord.from_dict(item) for item in data["blocks"])
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"bad record: {exc}") from None
+
+
+def render_state(records: Iterable[BlockRecord]) -> str:
+    return json.dumps({"version": 1, "blocks": [r.to_dict() for r in records]}, indent=2) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Facts: one round trip
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StatePath:
+    directory: str
+
+    @property
+    def file(self) -> str:
+        return f"{self.directory.rstrip('/')}/{STATE_FILE_NAME}"
+
+    @classmethod
+    def from_host(cls, host: Host) -> StatePath:
+        return cls(str(host.get("firewall_state_dir") or DEFAULT_STATE_DIR))
+
+
+@dataclass(frozen=True)
+class FirewallFacts:
+    now: int = 0
+    controller: Address | None = None  # the controller's address as the host sees it
+    ssh_port: int | None = None  # the host's port the controller's SSH session came in on
+    ufw_installed: bool = False
+    ufw_active: bool = False  # ufw's chains are loaded in iptables
+    ufw_enabled_conf: bool = False  # ENABLED=yes in /etc/ufw/ufw.conf
+    ipv6: bool = False  # IPV6=yes in /etc/default/ufw
+    rules4: tuple[UfwRule, ...] = ()
+    rules6: tuple[UfwRule, ...] = ()
+    profiles: Profiles = field(default_factory=dict)  # /etc/ufw/applications.d
+    chain4: tuple[ChainRule, ...] | None = None  # ufw-user-input as loaded (None: not loaded)
+    chain6: tuple[ChainRule, ...] | None = None  # ufw6-user-input
+    docker4: bool = False  # DOCKER-USER exists in iptables: the host runs Docker
+    docker6: bool = False
+    docker_rules: tuple[DockerRule, ...] = ()
+    records: tuple[BlockRecord, ...] = ()
+    conntrack: bool = False  # the conntrack tool is installed
+    flows: int | None = None  # tracked flows the asked-about source opened (None: not counted)
+    error: str = ""
+
+    def rules(self, v6: bool) -> tuple[UfwRule, ...]:
+        return self.rules6 if v6 else self.rules4
+
+    def chain(self, v6: bool) -> tuple[ChainRule, ...] | None:
+        return self.chain6 if v6 else self.chain4
+
+    def has_docker(self, v6: bool) -> bool:
+        return self.docker6 if v6 else self.docker4
+
+    def record(self, target: Target) -> BlockRecord | None:
+        return next((r for r in self.records if r.target == target), None)
+
+    def docker_rules_for(self, target: Target) -> list[DockerRule]:
+        keys = target.docker_keys()
+        return [
+            r
+            for r in self.docker_rules
+            if r.v6 == target.v6 and r.network == target.network and (r.proto, r.port) in keys
+        ]
+
+    def docker_missing(self, target: Target) -> list[tuple[str | None, int | None]]:
+        have = {(r.proto, r.port) for r in self.docker_rules_for(target)}
+        return [key for key in target.docker_keys() if key not in have]
+
+
+_CONNECTION_SCRIPT = r"""
+conn=${SSH_CONNECTION:-}
+p=$$
+# sudo drops SSH_CONNECTION: look for it in the environment of the ancestors (the SSH session)
+while [ -z "$conn" ] && [ "${p:-1}" -gt 1 ]; do
+  conn=$(tr '\0' '\n' < "/proc/$p/environ" 2>/dev/null | sed -n 's/^SSH_CONNECTION=//p' | head -n 1)
+  p=$(sed -n 's/^PPid:[[:space:]]*//p' "/proc/$p/status" 2>/dev/null)
+done
+"""
+
+
+def facts_command(state: StatePath, flows_of: Target | None = None) -> str:
+    """Shell text that prints every fact in marked sections; every value quoted. With `flows_of`,
+    also the number of tracked flows (conntrack) that source opened."""
+    q = shlex.quote
+    flows = []
+    if flows_of is not None:
+        listing = "; ".join(shlex.join(["conntrack", "-L", *f]) for f in flows_of.conntrack_filters())
+        flows = [f'[ "$ct" = yes ] && echo "{MARK}flows $({{ {listing}; }} 2>/dev/null | wc -l)"']
+    return "\n".join(
+        [
+            f'echo "{MARK}now $(date +%s)"',
+            _CONNECTION_SCRIPT.strip(),
+            f'echo "{MARK}ssh $conn"',
+            f'if command -v ufw >/dev/null 2>&1; then echo "{MARK}ufw yes"; else echo "{MARK}ufw no"; fi',
+            f'echo "{MARK}conf"; cat /etc/ufw/ufw.conf 2>/dev/null',
+            f'echo "{MARK}default"; cat /etc/default/ufw 2>/dev/null',
+            f'echo "{MARK}rules4"; cat /etc/ufw/user.rules 2>/dev/null',
+            f'echo "{MARK}rules6"; cat /etc/ufw/user6.rules 2>/dev/null',
+            f'echo "{MARK}apps"; for f in /etc/ufw/applications.d/*; do [ -f "$f" ] && cat "$f"; echo; done',
+            *(
+                f'd=$({tool} -w 10 -S {chain} 2>/dev/null); echo "{MARK}{name} $?"; echo "$d"'
+                for tool, chain, name in (
+                    ("iptables", chain_name(False), "chain4"),
+                    ("ip6tables", chain_name(True), "chain6"),
+                    ("iptables", DOCKER_CHAIN, "docker4"),
+                    ("ip6tables", DOCKER_CHAIN, "docker6"),
+                )
+            ),
+            "ct=no; command -v conntrack >/dev/null 2>&1 && ct=yes",
+            f'echo "{MARK}conntrack $ct"',
+            *flows,
+            f"if [ -e {q(state.file)} ]; then echo '{MARK}state present'; cat {q(state.file)}; "
+            f"else echo '{MARK}state absent'; fi",
+            f'echo "{MARK}end"',
+        ]
+    )
+
+
+def _key_values(text: str) -> dict[str, str]:
+    values = {}
+    for line in text.splitlines():
+        key, eq, value = line.strip().partition("=")
+        if eq and not key.startswith("#"):
+            values[key.strip()] = value.strip().strip("'\"")
+    return values
+
+
+def parse_facts(output: str, state: StatePath) -> FirewallFacts:
+    """Pure parser of `facts_command` output."""
+    found = sections(output)
+    if "end" not in found:
+        return FirewallFacts(error="the facts command did not finish: " + output.strip()[-300:])
+    now_text = found.get("now", ("", ""))[0]
+    controller: Address | None = None
+    ssh_port: int | None = None
+    words = found.get("ssh", ("", ""))[0].split()
+    if len(words) == 4:
+        try:
+            controller = ipaddress.ip_address(words[0].split("%")[0])
+        except ValueError:
+            controller = None
+        if isinstance(controller, ipaddress.IPv6Address) and controller.ipv4_mapped is not None:
+            controller = controller.ipv4_mapped
+        ssh_port = int(words[3]) if words[3].isdigit() else None
+    records: tuple[BlockRecord, ...] = ()
+    state_arg, state_text = found.get("state", ("absent", ""))
+    if state_arg == "present":
+        try:
+            records = parse_state(state_text)
+        except ValueError as exc:
+            return FirewallFacts(
+                error=f"state file {state.file} is not what block-ip writes ({exc}); fix or remove it"
+            )
+    docker4_rc, docker4_text = found.get("docker4", ("1", ""))
+    docker6_rc, docker6_text = found.get("docker6", ("1", ""))
+    chains = {}
+    for name, v6 in (("chain4", False), ("chain6", True)):
+        rc, text = found.get(name, ("1", ""))
+        chains[name] = parse_chain(text, chain_name(v6)) if rc == "0" else None
+    flows_text = found.get("flows", ("", ""))[0]
+    return FirewallFacts(
+        now=int(now_text) if now_text.isdigit() else 0,
+        controller=controller,
+        ssh_port=ssh_port,
+        ufw_installed=found.get("ufw", ("no", ""))[0] == "yes",
+        ufw_active=chains["chain4"] is not None,  # ufw's chains are loaded only while it is active
+        ufw_enabled_conf=_key_values(found.get("conf", ("", ""))[1]).get("ENABLED", "").lower() == "yes",
+        ipv6=_key_values(found.get("default", ("", ""))[1]).get("IPV6", "").lower() == "yes",
+        rules4=parse_user_rules(found.get("rules4", ("", ""))[1], v6=False),
+        rules6=parse_user_rules(found.get("rules6", ("", ""))[1], v6=True),
+        docker4=docker4_rc == "0",
+        docker6=docker6_rc == "0",
+        docker_rules=(
+            (parse_docker_rules(docker4_text, v6=False) if docker4_rc == "0" else ())
+            + (parse_docker_rules(docker6_text, v6=True) if docker6_rc == "0" else ())
+        ),
+        profiles=parse_app_profiles(found.get("apps", ("", ""))[1]),
+        chain4=chains["chain4"],
+        chain6=chains["chain6"],
+        records=records,
+        conntrack=found.get("conntrack", ("no", ""))[0] == "yes",
+        flows=int(flows_text) if flows_text.isdigit() else None,
+    )
+
+
+def gather(remote: Remote, state: StatePath, flows_of: Target | None = None) -> FirewallFacts:
+    result = remote.run(facts_command(state, flows_of), timeout=COMMAND_TIMEOUT)
+    if not result.ok:
+        raise HostError(f"gathering firewall facts failed (exit {result.exit_code}): {result.tail()}", result)
+    return parse_facts(result.stdout, state)
