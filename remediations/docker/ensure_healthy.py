@@ -55,6 +55,7 @@ def decide(facts: ServiceFacts) -> ServicePlan:
 
 class EnsureHealthy(Remediation):
     task: ClassVar[str] = "ensure-healthy"
+    cron_safe: ClassVar[bool] = True
     required_vars: ClassVar[tuple[str, ...]] = ("compose_project_dir",)
 
     def __init__(self, services: Sequence[str] = ()) -> None:

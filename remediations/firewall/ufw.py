@@ -1537,6 +1537,7 @@ class UnblockExpired(_Firewall):
     """Lift every recorded block whose expiry has passed (by the host's clock); cron-safe."""
 
     task: ClassVar[str] = "unblock-expired"
+    cron_safe: ClassVar[bool] = True
 
     def run(self, ctx: HostContext) -> None:
         before = self.facts(ctx)

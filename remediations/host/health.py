@@ -618,6 +618,7 @@ def newest_s3_object(url: str, host_vars: Mapping[str, Any]) -> tuple[float | No
 
 class Health(Remediation):
     task: ClassVar[str] = "health"
+    cron_safe: ClassVar[bool] = True
     changes_hosts: ClassVar[bool] = False
     changes: ClassVar[bool] = False
 

@@ -105,6 +105,7 @@ def read_dump_command(pg: PgTarget, path: str) -> str:
 
 class BackupCheck(Remediation):
     task: ClassVar[str] = "backup-check"
+    cron_safe: ClassVar[bool] = True
     changes_hosts: ClassVar[bool] = False
     changes: ClassVar[bool] = False
 

@@ -316,6 +316,7 @@ def put_file(remote: Any, local_path: str, remote_path: str) -> None:
 
 class RestoreTest(Remediation):
     task: ClassVar[str] = "restore-test"
+    cron_safe: ClassVar[bool] = True
     required_vars: ClassVar[tuple[str, ...]] = ("backup_s3_bucket",)
 
     def __init__(self, dump: str | None = None) -> None:

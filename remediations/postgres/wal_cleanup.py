@@ -500,6 +500,7 @@ def inside_pg_wal(realpath: str, data_directory: str) -> bool:
 
 class WalCleanup(Remediation):
     task: ClassVar[str] = "wal-cleanup"
+    cron_safe: ClassVar[bool] = True
     required_vars: ClassVar[tuple[str, ...]] = ("wal_archive_dir",)
 
     def __init__(self, drop_inactive_slot: str | None = None) -> None:
