@@ -526,52 +526,6 @@ def restore_test(c: Context, flags: Flags, dump: str | None = None) -> int:
     return run_task(execute, flags, dump)
 
 
-@remediation_task(
-    help={
-        "task": "the cron-safe task to schedule: restore-test, backup-check, wal-cleanup, "
-        "ensure-healthy, health, unblock-expired",
-        "schedule": "cron expression, e.g. '0 4 * * 0' (or @daily, @hourly, …)",
-        "args": "extra arguments for the task, e.g. '--host db1' (split like a shell; each token checked "
-        "and quoted into the entry)",
-        "name": "the entry's name in its marker comment (default: the task); one entry per name",
-        "remove": "remove the entry instead",
-        "user": "whose crontab (crontab -u; default: the connection's user)",
-        "log": "file the runs' output is appended to, an absolute normalised path (default "
-        "/var/log/remediations/cron-NAME.log)",
-    }
-)
-def install_cron(c: Context, flags: Flags, task: str | None = None, schedule: str | None = None,
-                 args: str = "", name: str | None = None, remove: bool = False, user: str | None = None,
-                 log: str | None = None) -> int:  # fmt: skip
-    """Install (or --remove) a crontab entry that runs a cron-safe task under flock; idempotent.
-
-    Without --host the crontab is the controller's. The entry is found by its marker comment, runs
-    `inv TASK --inventory THIS-INVENTORY ARGS` from the project folder under `flock -n` (runs never
-    overlap) and appends its output to --log. Installing it again: ok. A value with a control
-    character or '%', or a path that is not absolute and normalised, is bad input (exit code 2).
-    The whole crontab is read back after writing; if it is not exactly what was written, the
-    previous one is put back and the host fails.
-    """
-    import os
-
-    from remediations.core.inventory import inventory_path
-    from remediations.facts.postgres import controller_targets
-    from remediations.host.install_cron import InstallCron
-
-    inventory = os.path.abspath(inventory_path(flags.inventory))
-    code, _ = execute(
-        lambda: InstallCron(task, schedule, args=args, name=name, remove=remove, user=user, log=log,
-                            inventory=inventory),
-        flags,
-        task="install-cron",
-        arguments={"task": task, "schedule": schedule, "args": args, "name": name, "remove": remove},
-        targets=controller_targets,
-    )  # fmt: skip
-    return code
-
-
-
-
 # ---------------------------------------------------------------- secret rotation
 
 ROTATION_HELP = {
@@ -742,7 +696,6 @@ ns = collection(
     wal_cleanup,
     backup_check,
     restore_test,
-    install_cron,
     rotate_secret,
     rotate_db_password,
     rotate_aws_key,
