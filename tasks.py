@@ -401,51 +401,6 @@ def prune(
     return code
 
 
-@remediation_task(
-    help={
-        "max-age-days": "delete backup files older than N days (default: var backup_max_age_days, else 7)",
-        "keep-newest": "never delete the newest K backup files (default: backup_keep_newest, else 3)",
-        "journal-days": "journalctl --vacuum-time in days, where journald keeps a journal (default 7)",
-        **PRUNE_HELP,
-    }
-)
-def disk_cleanup(
-    c: Context, flags: Flags, max_age_days: str | None = None, keep_newest: str | None = None,
-    journal_days: str | None = None, older_than: str = "168h", all: bool = False, volumes: bool = False,
-) -> int:  # fmt: skip
-    """The disk-full runbook: biggest users, old local backups, the journal, then a Docker prune.
-
-    Reports the sizes of Docker's data, the backup directory, /var/log and the WAL archive; deletes
-    backup files in backup_dir older than --max-age-days (never the newest --keep-newest, never outside
-    that directory, never through a symlink); vacuums journald; prunes Docker as `inv prune` does.
-    Disk use before and after is in the result.
-    """
-    from remediations.core.validate import check_count
-    from remediations.docker.prune import options_from_flags
-    from remediations.host.disk_cleanup import CleanupOptions, DiskCleanup, nonnegative_option
-
-    def make() -> DiskCleanup:
-        return DiskCleanup(
-            CleanupOptions(
-                max_age_days=nonnegative_option(max_age_days, "--max-age-days"),
-                keep_newest=_optional_int(nonnegative_option(keep_newest, "--keep-newest")),
-                journal_days=check_count(7 if journal_days in (None, "") else journal_days, "--journal-days",
-                                         0, 36500),
-                prune=options_from_flags(older_than, all, volumes, None),
-            )
-        )
-
-    code, _ = execute(make, flags, task="disk-cleanup",
-                      arguments={"max_age_days": max_age_days, "keep_newest": keep_newest,
-                                 "journal_days": journal_days, "older_than": older_than, "all": all,
-                                 "volumes": volumes})  # fmt: skip
-    return code
-
-
-def _optional_int(value: float | None) -> int | None:
-    return None if value is None else int(value)
-
-
 @remediation_task(help={"service": "check only these compose services (comma list; default: all of them)"})
 def health(c: Context, flags: Flags, service: str | None = None) -> int:
     """The daily health check, read-only: services, HTTP health, disks, backup age, log errors, probes,
@@ -691,7 +646,6 @@ ns = collection(
     set_env,
     rollback,
     prune,
-    disk_cleanup,
     health,
     wal_cleanup,
     backup_check,

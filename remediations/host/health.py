@@ -31,6 +31,7 @@ from remediations.core.remediation import Remediation
 from remediations.core.results import RunResult, Status
 from remediations.core.units import check_non_negative, check_percent
 from remediations.facts.compose import Container, Project
+from remediations.facts.disk import check_backup_dir
 from remediations.facts.fs import STAT_FS_FORMAT, FsUsage, fs_snippet
 from remediations.facts.postgres import (
     ARCHIVER_JSON_SQL,
@@ -40,7 +41,6 @@ from remediations.facts.postgres import (
     describe_archiver,
 )
 from remediations.facts.sections import MARK, parse_sections
-from remediations.host.disk_cleanup import check_backup_dir
 
 GREEN, YELLOW, RED = "green", "yellow", "red"
 DEFAULT_DISK_WARN = 80.0
