@@ -401,31 +401,6 @@ def prune(
     return code
 
 
-@remediation_task(help={"service": "check only these compose services (comma list; default: all of them)"})
-def health(c: Context, flags: Flags, service: str | None = None) -> int:
-    """The daily health check, read-only: services, HTTP health, disks, backup age, log errors, probes,
-    and the WAL archiver of a PostgreSQL host that archives (wal_archive_dir).
-
-    Per host in one round trip. Thresholds and probes come from inventory vars (health_*). Prints a
-    table of every check (green / yellow / red); --json carries each with its value and threshold.
-    Exit code 1 when any check is red.
-    """
-    from remediations.host.health import Health, render_table
-    from remediations.reporting.output import use_colour
-
-    services = [s.strip() for s in (service or "").split(",") if s.strip()]
-    code, run = execute(lambda: Health(services), flags, task="health", arguments={"service": service})
-    if run is not None and not flags.json:
-        import sys
-
-        table = render_table(run, colour=use_colour(sys.stdout))
-        if table:
-            print("\n" + table)
-    return code
-
-
-
-
 # -------------------------------------------------------- PostgreSQL: WAL archive, backups, drill, cron
 
 
@@ -646,7 +621,6 @@ ns = collection(
     set_env,
     rollback,
     prune,
-    health,
     wal_cleanup,
     backup_check,
     restore_test,

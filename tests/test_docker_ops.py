@@ -656,3 +656,20 @@ def test_a_backup_dir_holding_a_database_is_refused(tmp_path: Any, marker: str) 
     (backups / marker).unlink()
     facts = disk.gather(remote, places)
     assert facts.backup_dir is not None and [b.path for b in facts.backups] == ["old.dump"]
+
+
+@pytest.mark.parametrize(
+    ("given", "services"),
+    [
+        (["api"], ("api",)),
+        (["api", "worker"], ("api", "worker")),  # --service api --service worker
+        (["api,worker"], ("api", "worker")),  # the comma list of before
+        (["api, worker", "db"], ("api", "worker", "db")),
+        ([" , "], ()),
+        ([], ()),
+    ],
+)
+def test_health_service_repeats_or_takes_a_comma_list(given: list[str], services: tuple[str, ...]) -> None:
+    values = health.Health.params.parse({"service": given})
+    assert health.Health.from_values(values).services == services  # type: ignore[attr-defined]
+    assert health.Health.params.repeatable() == ["service"]
