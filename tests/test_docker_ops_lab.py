@@ -19,6 +19,7 @@ import pytest
 from lab import hosts as lab
 from tests import labkit
 from tests.labkit import inv
+from tests.quartet import quartet
 
 pytestmark = pytest.mark.lab
 
@@ -195,35 +196,31 @@ def test_disk_cleanup_quartet(backups: None, audit: Path, tmp_path: Path) -> Non
     inventory = backup_inventory(tmp_path)
     make_stopped_container("rmtest-disk")
     before = listing()
-    args = ("disk-cleanup", "--host", HOST, "--older-than", "0s", "--json")
 
-    check = inv(*args, "--check", audit=audit, inventory=inventory)
-    result = check.host(HOST)
-    assert result["status"] == "changed", result
+    def state() -> tuple[list[str], bool]:
+        return listing(), exists("container", "rmtest-disk")
+
+    runs = quartet("disk-cleanup", "--host", HOST, "--older-than", "0s", hosts=[HOST], audit=audit,
+                   state=state, inventory=inventory)  # fmt: skip
+
+    result = runs.check.host(HOST)
     planned = sorted(f["path"] for f in steps(result)["backups"]["data"]["files"])
     assert planned == ["db-20.sql.gz", "db-30.sql.gz", "weekly/db-40.sql.gz"]
     assert steps(result)["docker prune"]["status"] == "changed"
     assert steps(result)["journal"]["status"] == "skipped"  # the lab hosts keep no journal
     facts = steps(result)["facts"]
     assert BACKUPS in facts["data"]["usage_bytes"] and "/var/lib/docker" in facts["data"]["usage_bytes"]
-    assert listing() == before and exists("container", "rmtest-disk")
+    assert "./weekly/db-40.sql.gz" in before
 
-    apply = inv(*args, audit=audit, inventory=inventory)
-    assert apply.code == 0, apply.stdout
-    result = apply.host(HOST)
-    assert result["status"] == "changed"
+    assert runs.apply.code == 0, runs.apply.stdout
+    result = runs.apply.host(HOST)
     assert listing() == ["./db-0.sql.gz", "./db-10.sql.gz", "./link.sql.gz", "./linkdir", "./weekly"]
     assert sh(HOST, f"cat {OUTSIDE}/old.sql.gz").strip() == "precious"
     assert not exists("container", "rmtest-disk")
     final = steps(result)["disk"]
     assert final["data"]["disk_before"] and final["data"]["disk_after"]
     assert "→" in result["message"]
-
-    again = inv(*args, audit=audit, inventory=inventory)
-    assert again.host(HOST)["status"] == "ok", again.stdout
-    recheck = inv(*args, "--check", audit=audit, inventory=inventory)
-    assert recheck.host(HOST)["status"] == "ok"
-    assert "nothing to clean up" in recheck.host(HOST)["message"]
+    assert "nothing to clean up" in runs.check_again.host(HOST)["message"]
 
 
 def test_disk_cleanup_without_docker_or_backups(lab: Any, audit: Path, tmp_path: Path) -> None:
