@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -10,7 +11,9 @@ import pytest
 from remediations.actions import docker_prune as prune
 from remediations.core.errors import UsageError
 from remediations.core.inventory import Host
+from remediations.core.results import Status
 from remediations.core.units import docker_time, parse_duration, parse_size
+from remediations.facts import disk as diskfacts
 from remediations.facts import docker as dockerfacts
 from remediations.facts.compose import Container
 from remediations.facts.fs import FsUsage
@@ -381,6 +384,51 @@ def test_decide_backups_without_a_directory_says_why() -> None:
     assert plan.delete == () and "No such file" in plan.reason
 
 
+PARTS = [
+    # configured dir, facts' resolved dir, files (name, days old), step status or "plan", summary
+    ("no backup_dir", None, None, [], Status.SKIPPED, "no backup_dir configured"),
+    ("unusable", "/b", None, [], Status.FAILED, "cannot"),
+    ("nothing old", "/b", "/backups", [("a", 1)], Status.OK, "none older than 7 days"),
+    ("old files", "/b", "/backups", [("a", 1), ("b", 9), ("c", 10)], "plan",
+     "delete /backups: 2 file(s) older than 7 days"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("why", "configured", "resolved", "files", "status", "words"), PARTS,
+                         ids=[c[0] for c in PARTS])  # fmt: skip
+def test_backups_part(why: str, configured: str | None, resolved: str | None,
+                      files: list[tuple[str, float]], status: Any, words: str) -> None:  # fmt: skip
+    before = replace(disk_facts(files), backup_dir=resolved, backup_error="" if resolved else "cannot")
+    if configured is None:
+        before = replace(before, backup_error="")
+    facts_ = disk.CleanupFacts(disk.Places(configured, "*", None), 7, 1, before)
+    part = disk.backups_part(facts_)
+    if status == "plan":
+        assert isinstance(part, disk.Part)
+        (change,) = part.plan.changes
+        assert change.step == "backups" and change.summary.startswith(words) and change.own_steps
+        assert sorted(f["path"] for f in change.data["files"]) == ["b", "c"]
+        assert part.note == "2 backup file(s)"
+    else:
+        assert isinstance(part, disk.Verdict)
+        assert part.step == "backups" and part.status == status and words in part.message
+
+
+def test_journal_and_final_parts() -> None:
+    old = disk_facts([], True, ((NOW - 9 * DAY, 5),))
+    part = disk.journal_part(old, 7)
+    assert isinstance(part, disk.Part)
+    assert part.plan.changes[0].summary.startswith("run journalctl --vacuum-time: 1 archived journal file")
+    assert isinstance(disk.journal_part(disk_facts([]), 7), disk.Verdict)
+    facts_ = disk.CleanupFacts(disk.Places("/b", "*", None), 7, 1, old)
+    final = disk.final_part(facts_, [])
+    assert isinstance(final, disk.Verdict) and final.message.startswith("nothing to clean up; disk: ")
+    final = disk.final_part(facts_, ["journal vacuum", "Docker prune"])
+    assert isinstance(final, disk.Part)
+    assert final.plan.changes[0].summary.startswith("clean up: journal vacuum, Docker prune; disk: ")
+    assert "disk_before" in final.plan.changes[0].data
+
+
 @pytest.mark.parametrize(
     ("journal", "archived", "vacuum"),
     [
@@ -399,7 +447,7 @@ def test_decide_journal(journal: bool, archived: tuple[tuple[float, int], ...], 
 )
 def test_backup_dir_refused(value: str) -> None:
     with pytest.raises(UsageError, match="backup_dir"):
-        disk.check_backup_dir(value, "h1")
+        diskfacts.check_backup_dir(value, "h1")
 
 
 @pytest.mark.parametrize(
@@ -407,21 +455,21 @@ def test_backup_dir_refused(value: str) -> None:
     [("/srv/backups", "/srv/backups"), ("/backups/", "/backups"), ("/srv//backups", "/srv/backups")],
 )
 def test_backup_dir_accepted(value: str, normal: str) -> None:
-    assert disk.check_backup_dir(value, "h1") == normal
+    assert diskfacts.check_backup_dir(value, "h1") == normal
 
 
 def test_disk_parse_facts_backups_and_symlinked_dir() -> None:
     places = disk.Places("/srv/backups", "*", None)
     out = ("@@now\n100\n@@fs /\n100 50 40 4096\n@@du /srv/backups\n123\n"
            "@@backupdir /mnt/real\n50.5\t10\tdb-1.sql.gz\x0060.0\t20\tsub/with space.gz\x00\n")  # fmt: skip
-    parsed = disk.parse_facts(out, places)
+    parsed = diskfacts.parse_facts(out, places)
     assert parsed.backup_dir == "/mnt/real"
     assert parsed.backups == (
         disk.BackupFile("db-1.sql.gz", 50.5, 10),
         disk.BackupFile("sub/with space.gz", 60.0, 20),
     )
     assert parsed.usage == {"/srv/backups": 123}
-    root = disk.parse_facts("@@now\n1\n@@backupdir /\n", places)
+    root = diskfacts.parse_facts("@@now\n1\n@@backupdir /\n", places)
     assert root.backup_dir is None and "system directory" in root.backup_error
 
 
@@ -611,3 +659,20 @@ def test_a_backup_dir_holding_a_database_is_refused(tmp_path: Any, marker: str) 
     (backups / marker).unlink()
     facts = disk.gather(remote, places)
     assert facts.backup_dir is not None and [b.path for b in facts.backups] == ["old.dump"]
+
+
+@pytest.mark.parametrize(
+    ("given", "services"),
+    [
+        (["api"], ("api",)),
+        (["api", "worker"], ("api", "worker")),  # --service api --service worker
+        (["api,worker"], ("api", "worker")),  # the comma list of before
+        (["api, worker", "db"], ("api", "worker", "db")),
+        ([" , "], ()),
+        ([], ()),
+    ],
+)
+def test_health_service_repeats_or_takes_a_comma_list(given: list[str], services: tuple[str, ...]) -> None:
+    values = health.Health.params.parse({"service": given})
+    assert health.Health.from_values(values).services == services  # type: ignore[attr-defined]
+    assert health.Health.params.repeatable() == ["service"]

@@ -12,6 +12,7 @@ import pytest
 from remediations.actions import drill_report
 from remediations.core.errors import UsageError
 from remediations.core.inventory import Host
+from remediations.facts import crontab as ctab
 from remediations.facts import wal as walfacts
 from remediations.facts.postgres import S3Object, sql_identifier, sql_literal
 from remediations.facts.wal import RemoteCopy
@@ -401,8 +402,8 @@ def test_invalid_schedules(schedule: str, words: str) -> None:
     assert words in str(caught.value)
 
 
-JOB = cron.Job("restore-test", "0 4 * * 0", "cd /p && flock -n /run/lock/x.lock inv restore-test >> /l 2>&1")
-M = cron.marker("restore-test")
+JOB = ctab.Job("restore-test", "0 4 * * 0", "cd /p && flock -n /run/lock/x.lock inv restore-test >> /l 2>&1")
+M = ctab.marker("restore-test")
 
 
 @pytest.mark.parametrize(
@@ -420,10 +421,10 @@ M = cron.marker("restore-test")
         (f"a\n{M}\n{JOB.line}\nb\n", None, "remove", "a\nb\n"),
         ("a\n", None, "none", None),
         (
-            f"{cron.marker('other')}\nx\n",
+            f"{ctab.marker('other')}\nx\n",
             JOB,
             "add",
-            f"{cron.marker('other')}\nx\n{M}\n{JOB.line}\n",
+            f"{ctab.marker('other')}\nx\n{M}\n{JOB.line}\n",
         ),
         # Other lines are kept byte for byte, whatever str.splitlines would split them on.
         ("a\u2028b\x0bc\x85d\r\n", JOB, "add", f"a\u2028b\x0bc\x85d\r\n{M}\n{JOB.line}\n"),
@@ -446,8 +447,8 @@ M = cron.marker("restore-test")
         (f"{M}\n{JOB.line}", JOB, "replace", f"{M}\n{JOB.line}\n"),
     ],
 )
-def test_edit_crontab(current: str, job: cron.Job | None, action: str, expected: str | None) -> None:
-    text, got = cron.edit(current, "restore-test", job)
+def test_edit_crontab(current: str, job: ctab.Job | None, action: str, expected: str | None) -> None:
+    text, got = ctab.edit(current, "restore-test", job)
     assert got == action
     assert text == (current if expected is None else expected)
 
@@ -462,7 +463,7 @@ def test_job_line_quotes_arguments() -> None:
         lock="/run/lock/l",
         log="/var/log/r.log",
     )
-    line = cron.Job("w", "@daily", command).line
+    line = ctab.Job("w", "@daily", command).line
     assert line == (
         "@daily cd '/srv/my project' && flock -n /run/lock/l /v/inv wal-cleanup --inventory /i.yml "
         "--host 'db 1' '--x=it'\"'\"'s' >> /var/log/r.log 2>&1"
@@ -472,7 +473,7 @@ def test_job_line_quotes_arguments() -> None:
 @pytest.mark.parametrize("command", ["true\n* * * * * touch /var/tmp/p", "date +%F", "a\rb"])
 def test_job_line_is_one_plain_line(command: str) -> None:
     with pytest.raises(ValueError, match="not one plain line"):
-        cron.Job("w", "@daily", command).line  # noqa: B018 - the property is the check
+        ctab.Job("w", "@daily", command).line  # noqa: B018 - the property is the check
 
 
 # Line breaks of every kind a crontab (or str.splitlines) knows, other controls, and cron's `%`.
@@ -558,23 +559,67 @@ def test_bad_inventory_path_is_bad_input() -> None:
     cron.InstallCron("health", None, remove=True, inventory="/tmp/x\n.yml").validate(Host("h", {}))
 
 
-EMPTY = cron.sha256("")
+
+def test_cron_safe_tasks_come_from_the_registry() -> None:
+    """install-cron schedules the classes that say `cron_safe = True`; the refusal lists them."""
+    wanted = {"restore-test", "backup-check", "wal-cleanup", "ensure-healthy", "health", "unblock-expired"}
+    assert set(cron.cron_safe_tasks()) == wanted
+    with pytest.raises(UsageError) as caught:
+        cron.InstallCron("restart-api", "@daily", inventory="/i.yml")
+    listed = str(caught.value).split("cron-safe tasks: ", 1)[1]
+    assert set(listed.split(", ")) == wanted
+
+
+def test_default_project_dir_is_the_project_folder() -> None:
+    """The entry cds into the folder that holds tasks.py (not the remediations package)."""
+    assert (Path(cron.PROJECT_DIR) / "tasks.py").is_file()
+
+
+TEXT = f"MAILTO=x\n{ctab.marker('health')}\n@daily old\n"
+
+
+@pytest.mark.parametrize(
+    ("current", "remove", "summary", "diff"),
+    [
+        ("", False, None, None),  # the entry as wanted: see below
+        ("MAILTO=x\n", False, "add crontab entry 'health'", "+ "),
+        (TEXT, False, "replace crontab entry 'health'", "- @daily old"),
+        (TEXT, True, "remove crontab entry 'health'", "- @daily old"),
+        ("MAILTO=x\n", True, None, None),
+    ],
+)
+def test_install_cron_decide(current: str, remove: bool, summary: str | None, diff: str | None) -> None:
+    remediation = cron.InstallCron("health", "@daily", remove=remove, inventory="/i.yml")
+    job = None if remove else remediation.job(Host("h", {"cron_project_dir": "/srv/p"}))
+    if current == "" and job is not None:
+        current = f"{ctab.marker('health')}\n{job.line}\n"
+    facts = cron.CronFacts("crontab", ctab.Crontab(current, True), job)
+    plan = remediation.decide(None, facts)  # type: ignore[arg-type]  # decide reads no context
+    if summary is None:
+        assert plan.empty and plan.reason in ("entry 'health' is up to date", "entry 'health' is absent")
+        return
+    (change,) = plan.changes
+    assert (change.step, change.summary, plan.check_step) == ("apply", summary, "decide")
+    assert diff in change.diff
+
+
+EMPTY = ctab.sha256("")
 
 
 @pytest.mark.parametrize(
     ("stdout", "missing", "crontab", "error"),
     [
-        (f"@@crontab 0 {cron.sha256('a' + chr(10) * 2)}\na\n\n", [], cron.Crontab("a\n\n", True), ""),
-        (f"@@crontab 0 {EMPTY}\n", [], cron.Crontab("", True), ""),
-        (f"@@crontab 1 {EMPTY}\nno crontab for root\n", [], cron.Crontab("", False), ""),
+        (f"@@crontab 0 {ctab.sha256('a' + chr(10) * 2)}\na\n\n", [], ctab.Crontab("a\n\n", True), ""),
+        (f"@@crontab 0 {EMPTY}\n", [], ctab.Crontab("", True), ""),
+        (f"@@crontab 1 {EMPTY}\nno crontab for root\n", [], ctab.Crontab("", False), ""),
         (f"@@crontab 1 {EMPTY}\nPermission denied\n", [], None, "Permission denied"),
         # Not UTF-8 on the host: decoded with replacement characters, so the sha256 differs.
-        (f"@@crontab 0 {cron.sha256('x')}\n\ufffd\n", [], None, "not UTF-8"),
-        (f"@@missing flock\n@@crontab 0 {EMPTY}\n", ["flock"], cron.Crontab("", True), ""),
+        (f"@@crontab 0 {ctab.sha256('x')}\n\ufffd\n", [], None, "not UTF-8"),
+        (f"@@missing flock\n@@crontab 0 {EMPTY}\n", ["flock"], ctab.Crontab("", True), ""),
     ],
 )
-def test_parse_facts(stdout: str, missing: list[str], crontab: cron.Crontab | None, error: str) -> None:
-    got_missing, got, got_error = cron.parse_facts(stdout)
+def test_parse_facts(stdout: str, missing: list[str], crontab: ctab.Crontab | None, error: str) -> None:
+    got_missing, got, got_error = ctab.parse_facts(stdout)
     assert (got_missing, got) == (missing, crontab)
     assert error in got_error
 

@@ -71,6 +71,7 @@ class EnsureHealthy(Remediation):
     task: ClassVar[str] = "ensure-healthy"
     params = args(replace(SERVICES, example="",
                           help="only this service (repeatable; default: every service of the project)"))
+    cron_safe: ClassVar[bool] = True
     required_vars: ClassVar[tuple[str, ...]] = ("compose_project_dir",)
 
     def __init__(self, services: Sequence[str] = ()) -> None:

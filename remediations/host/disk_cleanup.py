@@ -8,7 +8,7 @@ decide  pure: backup files older than N days, never the newest K, only inside th
         directory; a journal vacuum when archived journal files are older than the vacuum time;
 apply   delete exactly the listed backup files (each re-checked on the host: a regular file, not a
         symlink, whose directory still resolves inside the backup directory); `journalctl
-        --vacuum-time`; then prune as `inv prune` does; all skipped in check mode;
+        --vacuum-time`; then prune as `inv prune` does; check mode shows each part's plan instead;
 verify  re-read the disk facts: the listed files are gone; report use before and after.
 
 The WAL archive is reported, never cleaned here: which WAL files are still needed is the database's
@@ -17,255 +17,45 @@ to say (a base backup's oldest needed segment), not a file age.
 
 from __future__ import annotations
 
-import posixpath
 import shlex
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from remediations.core.args import Arg, args
 from remediations.core.context import HostContext
-from remediations.core.errors import HostError, UsageError
 from remediations.core.inventory import Host
+from remediations.core.plan import Change, Plan
 from remediations.core.remediation import Remediation
 from remediations.core.remote import Remote, must
 from remediations.core.results import Status
 from remediations.core.units import check_non_negative, human_bytes
-from remediations.docker.prune import PruneOptions, prune_host
-from remediations.facts.fs import FsUsage, fs_snippet
-from remediations.facts.sections import MARK, Section, parse_sections
+from remediations.core.validate import check_count
+from remediations.docker.prune import PruneOptions, options_from_flags, prune_host
+from remediations.facts.disk import BackupFile, DiskFacts, Places, gather
 
 DEFAULT_MAX_AGE_DAYS = 7
 DEFAULT_KEEP_NEWEST = 3
 DEFAULT_JOURNAL_DAYS = 7
-DEFAULT_BACKUP_GLOB = "*"
-JOURNAL_DIRS = ("/var/log/journal", "/run/log/journal")
-LOG_DIR = "/var/log"
-FACTS_TIMEOUT = 300.0
 DAY = 86400
 
-# Top-level directories a backup directory must never be: deleting "old files" there is a disaster.
-FORBIDDEN_BACKUP_DIRS = frozenset(
-    {
-        "/",
-        "/bin",
-        "/boot",
-        "/dev",
-        "/etc",
-        "/home",
-        "/lib",
-        "/lib64",
-        "/opt",
-        "/proc",
-        "/root",
-        "/run",
-        "/sbin",
-        "/srv",
-        "/sys",
-        "/tmp",
-        "/usr",
-        "/var",
-        "/var/lib",
-        "/var/lib/containerd",
-        "/var/lib/docker",
-        "/var/lib/mysql",
-        "/var/lib/postgresql",
-        "/var/log",
-    }
-)
+
+# --- arguments ---------------------------------------------------------------------------------
 
 
-def check_backup_dir(value: object, where: str) -> str:
-    """A usable backup directory, or UsageError: absolute, plain, not a system directory."""
-    text = str(value).strip()
-    if not text.startswith("/"):
-        raise UsageError(f"{where}: backup_dir {text!r} must be an absolute path")
-    if any(part in (".", "..") for part in text.split("/")):
-        raise UsageError(f"{where}: backup_dir {text!r} must be a plain path (no '.' or '..')")
-    normal = "/" + posixpath.normpath(text).lstrip("/")
-    if normal in FORBIDDEN_BACKUP_DIRS:
-        raise UsageError(
-            f"{where}: backup_dir {text!r} is a system directory; refusing to delete files in it"
-        )
-    return normal
+def nonnegative_option(value: object, flag: str) -> float | None:
+    """A command-line number that must be 0 or more, or None when not given."""
+    if value is None or value == "":
+        return None
+    return check_non_negative(value, flag, float)
 
 
-# --- facts ---------------------------------------------------------------------------------------
+def _keep_option(value: object, flag: str) -> int | None:
+    number = nonnegative_option(value, flag)
+    return None if number is None else int(number)
 
 
-@dataclass(frozen=True)
-class BackupFile:
-    path: str  # relative to the resolved backup directory
-    mtime: float
-    size: int
-
-
-@dataclass(frozen=True)
-class DiskFacts:
-    now: float
-    filesystems: tuple[FsUsage, ...]
-    usage: dict[str, int]  # path -> bytes (du), for the places the runbook looks at
-    backup_dir: str | None  # resolved, or None when not configured
-    backup_error: str = ""  # why the backup directory cannot be used
-    backups: tuple[BackupFile, ...] = ()
-    journal: bool = False  # journalctl and a journal directory exist
-    journal_archived: tuple[tuple[float, int], ...] = ()  # (mtime, size) of archived journal files
-    has_docker: bool = False
-    errors: tuple[str, ...] = ()
-
-    def disk_summary(self) -> str:
-        seen: set[tuple[int, int]] = set()
-        parts = []
-        for fs in self.filesystems:
-            key = (fs.total, fs.used + fs.available)
-            if key in seen:
-                continue  # the same filesystem seen from another path
-            seen.add(key)
-            parts.append(f"{fs.path} {fs.percent:.0f}%")
-        return ", ".join(parts)
-
-
-@dataclass(frozen=True)
-class Places:
-    """The paths that matter on one host, from inventory vars."""
-
-    backup_dir: str | None
-    backup_glob: str
-    wal_archive_dir: str | None
-
-    @classmethod
-    def from_host(cls, host: Host) -> Places:
-        raw = host.get("backup_dir")
-        backup = check_backup_dir(raw, f"{host.name}") if raw not in (None, "") else None
-        wal = host.get("wal_archive_dir")
-        if wal not in (None, "") and not str(wal).startswith("/"):
-            raise UsageError(f"{host.name}: wal_archive_dir {wal!r} must be an absolute path")
-        glob = str(host.get("backup_glob") or DEFAULT_BACKUP_GLOB)
-        if "/" in glob:
-            raise UsageError(
-                f"{host.name}: backup_glob {glob!r} is a file name pattern; it cannot contain '/'"
-            )
-        return cls(backup, glob, str(wal) if wal not in (None, "") else None)
-
-
-def facts_command(places: Places) -> str:
-    """One shell command printing every disk fact, in marked sections."""
-    q = shlex.quote
-    lines = [
-        f"echo '{MARK}now'; date +%s",
-        "if command -v docker >/dev/null 2>&1 && "
-        "root=$(docker info --format '{{.DockerRootDir}}' 2>/dev/null); then "
-        f'echo "{MARK}docker $root"; else root=; echo "{MARK}nodocker"; fi',
-    ]
-    paths = ["/", LOG_DIR]
-    if places.backup_dir:
-        paths.append(places.backup_dir)
-    if places.wal_archive_dir:
-        paths.append(places.wal_archive_dir)
-    for path in paths:
-        lines.append(f"if [ -e {q(path)} ]; then {fs_snippet(path)}; fi")
-    lines.append(f'if [ -n "$root" ]; then echo "{MARK}fs $root"; stat -f -c \'%b %f %a %S\' "$root"; fi')
-    du_paths = [LOG_DIR] + [p for p in (places.backup_dir, places.wal_archive_dir) if p]
-    for path in du_paths:
-        lines.append(
-            f"if [ -e {q(path)} ]; then echo {q(MARK + 'du ' + path)}; "
-            f"du -sxb {q(path)} 2>/dev/null | cut -f1; fi"
-        )
-    lines.append(f'if [ -n "$root" ]; then echo "{MARK}du $root"; du -sxb "$root" 2>/dev/null | cut -f1; fi')
-    if places.backup_dir:
-        # The resolved directory; find -P never follows a symlink, and -type f skips symlinks
-        # themselves, so nothing outside the directory is ever listed.
-        lines += [
-            # A backup_dir that holds a live PostgreSQL data directory (a typo away from the backups:
-            # /var/lib/postgresql) is refused whatever the glob: its files are the database.
-            f'if real=$(realpath -e -- {q(places.backup_dir)} 2>&1) && [ -d "$real" ]; then '
-            f'live=$(find -P "$real" -type f \\( -name PG_VERSION -o -name pg_control \\) -print -quit '
-            f'2>/dev/null); '
-            f'if [ -n "$live" ]; then echo "{MARK}backupdir"; '
-            f'echo "holds a PostgreSQL data directory ($live); refusing to delete files in it"; else '
-            f'echo "{MARK}backupdir $real"; '
-            f"find -P \"$real\" -type f -name {q(places.backup_glob)} -printf '%T@\\t%s\\t%P\\0'; echo; fi; "
-            f"else echo '{MARK}backupdir'; echo \"${{real:-not a directory}}\"; fi",
-        ]
-    journal_dirs = " ".join(q(d) for d in JOURNAL_DIRS)
-    lines += [
-        f'jd=; for d in {journal_dirs}; do [ -d "$d" ] && jd="$jd $d"; done',
-        f'if command -v journalctl >/dev/null 2>&1 && [ -n "$jd" ]; then echo "{MARK}journal"; '
-        "find $jd -type f \\( -name '*@*.journal' -o -name '*@*.journal~' \\) -printf '%T@\\t%s\\n'; fi",
-    ]
-    return "\n".join(lines)
-
-
-def parse_facts(output: str, places: Places) -> DiskFacts:
-    """Pure parser of `facts_command` output."""
-    sections = parse_sections(output)
-    now = 0.0
-    filesystems: list[FsUsage] = []
-    usage: dict[str, int] = {}
-    errors: list[str] = []
-    backup_dir: str | None = None
-    backup_error = ""
-    backups: list[BackupFile] = []
-    journal = False
-    archived: list[tuple[float, int]] = []
-    has_docker = False
-    for s in sections:
-        if s.name == "now":
-            now = float(s.body.strip() or 0)
-        elif s.name == "docker":
-            has_docker = True
-        elif s.name == "fs":
-            try:
-                filesystems.append(FsUsage.parse(s.arg, s.body))
-            except ValueError as exc:
-                errors.append(str(exc))
-        elif s.name == "du" and s.body.strip().isdigit():
-            usage[s.arg] = int(s.body.strip())
-        elif s.name == "backupdir":
-            backup_dir, backup_error, backups = _backups(s, places)
-        elif s.name == "journal":
-            journal = True
-            for line in s.body.splitlines():
-                mtime, _, size = line.partition("\t")
-                if size.strip().isdigit():
-                    archived.append((float(mtime), int(size)))
-    if places.backup_dir and backup_dir is None and not backup_error:
-        backup_error = "the backup directory was not examined"
-    return DiskFacts(
-        now,
-        tuple(filesystems),
-        usage,
-        backup_dir,
-        backup_error,
-        tuple(backups),
-        journal,
-        tuple(archived),
-        has_docker,
-        tuple(errors),
-    )
-
-
-def _backups(section: Section, places: Places) -> tuple[str | None, str, list[BackupFile]]:
-    if not section.arg:
-        return None, f"backup_dir {places.backup_dir}: {section.body.strip()}", []
-    real = section.arg
-    if real == "/" or real in FORBIDDEN_BACKUP_DIRS:
-        return None, f"backup_dir {places.backup_dir} resolves to {real}, a system directory; refusing", []
-    files = []
-    for record in section.body.split("\0"):
-        record = record.lstrip("\n")
-        if not record:
-            continue
-        mtime, _, rest = record.partition("\t")
-        size, _, path = rest.partition("\t")
-        if path and size.isdigit():
-            files.append(BackupFile(path, float(mtime), int(size)))
-    return real, "", files
-
-
-def gather(remote: Remote, places: Places) -> DiskFacts:
-    result = remote.run(facts_command(places), timeout=FACTS_TIMEOUT)
-    if not result.ok:
-        raise HostError(f"gathering disk facts failed (exit {result.exit_code}): {result.tail()}", result)
-    return parse_facts(result.stdout, places)
+def _journal_days(value: object, flag: str) -> int:
+    return check_count(DEFAULT_JOURNAL_DAYS if value == "" else value, flag, 0, 36500)
 
 
 # --- decide --------------------------------------------------------------------------------------
@@ -360,22 +150,152 @@ def delete_backups(remote: Remote, directory: str, files: tuple[BackupFile, ...]
 # --- the remediation -----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """A part of the runbook with nothing to do on this host: one step, recorded as it is."""
+
+    step: str
+    status: Status
+    message: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Part:
+    """A part of the runbook with something to do: its plan, and what the final summary says of it."""
+
+    plan: Plan
+    note: str  # planned: "3 backup file(s)"
+    done: dict[str, str] = field(default_factory=dict)  # {"note": …} once applied (the real count)
+
+
+@dataclass(frozen=True)
+class CleanupFacts:
+    places: Places
+    age: float  # days
+    keep: int
+    before: DiskFacts
+
+
+def backups_part(facts: CleanupFacts) -> Verdict | Part:
+    """Pure: the backups step: skipped, refused, nothing to delete, or the files to delete."""
+    before = facts.before
+    plan = decide_backups(before, facts.age, facts.keep)
+    if facts.places.backup_dir is None:
+        return Verdict("backups", Status.SKIPPED, plan.reason)
+    if before.backup_dir is None:
+        return Verdict("backups", Status.FAILED, plan.reason)
+    if not plan.delete:
+        return Verdict("backups", Status.OK, plan.reason)
+    directory = before.backup_dir
+    listing = [{"path": f.path, "bytes": f.size, "mtime": f.mtime} for f in plan.delete]
+    done: dict[str, str] = {}
+
+    def apply(ctx: HostContext) -> None:
+        with ctx.step("backups") as step:
+            outcome = delete_backups(ctx.remote, directory, plan.delete)
+            deleted = [p for p, what in outcome.items() if what == "deleted"]
+            refused = {p: what for p, what in outcome.items() if what not in ("deleted", "gone")}
+            text = f"deleted {len(deleted)} of {plan.reason}"
+            if refused:
+                text += "; refused: " + ", ".join(f"{p} ({w})" for p, w in refused.items())
+            step.done(Status.FAILED if refused else Status.CHANGED, text, files=listing, outcome=outcome)
+            done["note"] = f"{len(deleted)} backup file(s)"
+
+    change = Change("backups", f"delete {plan.reason}", apply, own_steps=True, data={"files": listing})
+    return Part(Plan.of(change), f"{len(plan.delete)} backup file(s)", done)
+
+
+def journal_part(before: DiskFacts, days: int) -> Verdict | Part:
+    """Pure: the journal step: no journal, nothing old enough, or a vacuum."""
+    vacuum, why = decide_journal(before, days)
+    if not before.journal:
+        return Verdict("journal", Status.SKIPPED, why)
+    if not vacuum:
+        return Verdict("journal", Status.OK, why)
+    argv = ["journalctl", f"--vacuum-time={days}d"]
+
+    def apply(ctx: HostContext) -> str:
+        must(ctx.remote.run(shlex.join(argv), timeout=300), "journalctl --vacuum-time")
+        return f"vacuumed the journal: {why}"
+
+    change = Change("journal", f"run journalctl --vacuum-time: {why}", apply)
+    return Part(Plan.of(change), "journal vacuum")
+
+
+def final_part(facts: CleanupFacts, notes: list[str]) -> Verdict | Part:
+    """The closing `disk` step: nothing to clean up, or (applied) re-read the disk facts and check
+    that the deleted backup files are gone."""
+    before = facts.before
+    summary = before.disk_summary()
+    if not notes:
+        return Verdict("disk", Status.OK, f"nothing to clean up; disk: {summary}",
+                       {"disk_before": _disk(before)})  # fmt: skip
+    deleting = decide_backups(before, facts.age, facts.keep).delete if before.backup_dir else ()
+
+    def apply(ctx: HostContext) -> None:
+        with ctx.step("disk") as step:
+            after = gather(ctx.remote, facts.places)
+            left = []
+            if deleting and after.backup_dir is not None:
+                still = {f.path for f in after.backups}
+                left = [f.path for f in deleting if f.path in still]
+            freed = _freed(before, after)
+            text = (
+                f"cleaned up: {', '.join(notes)}; disk {summary} → {after.disk_summary()}"
+                + (f"; {human_bytes(freed)} freed on /" if freed is not None and freed > 0 else "")
+            )
+            if left:
+                step.done(Status.FAILED, f"{text}; backup files still present: {', '.join(left)}")
+            else:
+                step.done(Status.CHANGED, text, disk_before=_disk(before), disk_after=_disk(after))
+
+    change = Change("disk", f"clean up: {', '.join(notes)}; disk: {summary}", apply, own_steps=True,
+                    data={"disk_before": _disk(before)})  # fmt: skip
+    return Part(Plan.of(change), "")
+
+
+def carry(ctx: HostContext, part: Verdict | Part) -> list[str]:
+    """Record a verdict, or show/apply a part's plan; the note it adds to the summary."""
+    if isinstance(part, Verdict):
+        ctx.record(part.step, part.status, part.message, **part.data)
+        return []
+    ctx.carry_out(part.plan)
+    return [part.done.get("note", part.note)]
+
+
 class DiskCleanup(Remediation):
+    """The disk-full runbook: biggest users, old local backups, the journal, then a Docker prune.
+
+    Reports the sizes of Docker's data, the backup directory, /var/log and the WAL archive; deletes
+    backup files in backup_dir older than --max-age-days (never the newest --keep-newest, never outside
+    that directory, never through a symlink); vacuums journald; prunes Docker as `inv prune` does.
+    Disk use before and after is in the result.
+    """
+
     task: ClassVar[str] = "disk-cleanup"
+    params = args(
+        Arg("max_age_days", "delete backup files older than N days (default: var backup_max_age_days, "
+            "else 7)", parse=nonnegative_option),
+        Arg("keep_newest", "never delete the newest K backup files (default: backup_keep_newest, else 3)",
+            parse=_keep_option),
+        Arg("journal_days", "journalctl --vacuum-time in days, where journald keeps a journal (default 7)",
+            parse=_journal_days, default=DEFAULT_JOURNAL_DAYS),
+        Arg("older_than", "only objects created before this long ago: 168h (default), 30m, 7d, 0s"),
+        Arg("all", "remove every unused image, not only dangling ones (and all unused build cache)",
+            kind="flag", default=False),
+        Arg("volumes", "also remove volumes no container uses (their data is gone for good; listed in the "
+            "result)", kind="flag", default=False),
+    )  # fmt: skip
 
     def __init__(self, options: CleanupOptions) -> None:
         self.options = options
 
-    def arguments(self) -> dict[str, Any]:
-        o = self.options
-        return {
-            "max_age_days": o.max_age_days,
-            "keep_newest": o.keep_newest,
-            "journal_days": o.journal_days,
-            "older_than": f"{o.prune.older_than}s",
-            "all": o.prune.all_images,
-            "volumes": o.prune.volumes,
-        }
+    @classmethod
+    def from_values(cls, values: dict[str, Any]) -> Remediation:
+        prune = options_from_flags(values["older_than"], values["all"], values["volumes"], None)
+        days, keep, journal = values["max_age_days"], values["keep_newest"], values["journal_days"]
+        return cls(CleanupOptions(days, keep, journal, prune))
 
     def validate(self, host: Host) -> None:
         super().validate(host)
@@ -395,7 +315,7 @@ class DiskCleanup(Remediation):
             value = host.get("backup_keep_newest", DEFAULT_KEEP_NEWEST)
         return int(check_non_negative(value, f"{host.name}: backup_keep_newest / --keep-newest", int))
 
-    def run(self, ctx: HostContext) -> None:
+    def gather(self, ctx: HostContext) -> CleanupFacts:
         places = Places.from_host(ctx.host)
         age, keep = self._age(ctx.host), self._keep(ctx.host)
         with ctx.step("facts") as step:
@@ -406,102 +326,34 @@ class DiskCleanup(Remediation):
             step.done(
                 Status.OK,
                 f"disk: {before.disk_summary() or 'unknown'}; biggest users: {users or 'none measured'}",
-                disk_before=[fs.to_dict() for fs in before.filesystems],
+                disk_before=_disk(before),
                 usage_bytes=before.usage,
                 errors=list(before.errors),
             )
-        changed = False
-        notes: list[str] = []
+        return CleanupFacts(places, age, keep, before)
 
-        plan = decide_backups(before, age, keep)
-        listing = [{"path": f.path, "bytes": f.size, "mtime": f.mtime} for f in plan.delete]
-        if places.backup_dir is None:
-            ctx.record("backups", Status.SKIPPED, plan.reason)
-        elif before.backup_dir is None:
-            ctx.record("backups", Status.FAILED, plan.reason)
-        elif not plan.delete:
-            ctx.record("backups", Status.OK, plan.reason)
-        elif ctx.check:
-            ctx.record("backups", Status.CHANGED, f"would delete {plan.reason}", files=listing)
-            changed = True
-            notes.append(f"{len(plan.delete)} backup file(s)")
-        else:
-            with ctx.step("backups") as step:
-                outcome = delete_backups(ctx.remote, before.backup_dir, plan.delete)
-                deleted = [p for p, what in outcome.items() if what == "deleted"]
-                refused = {p: what for p, what in outcome.items() if what not in ("deleted", "gone")}
-                status = Status.FAILED if refused else Status.CHANGED
-                text = f"deleted {len(deleted)} of {plan.reason}"
-                if refused:
-                    text += "; refused: " + ", ".join(f"{p} ({w})" for p, w in refused.items())
-                step.done(status, text, files=listing, outcome=outcome)
-                changed = True
-                notes.append(f"{len(deleted)} backup file(s)")
+    def run(self, ctx: HostContext) -> None:
+        """The runbook's parts in order, each shown (check mode) or applied, then the closing step."""
+        facts = self.gather(ctx)
+        notes = carry(ctx, backups_part(facts))
+        notes += carry(ctx, journal_part(facts.before, self.options.journal_days))
+        notes += self._prune(ctx, facts.before)
+        carry(ctx, final_part(facts, notes))
 
-        vacuum, why = decide_journal(before, self.options.journal_days)
-        if not before.journal:
-            ctx.record("journal", Status.SKIPPED, why)
-        elif not vacuum:
-            ctx.record("journal", Status.OK, why)
-        elif ctx.check:
-            ctx.record("journal", Status.CHANGED, f"would run journalctl --vacuum-time: {why}")
-            changed = True
-            notes.append("journal vacuum")
-        else:
-            with ctx.step("journal") as step:
-                argv = ["journalctl", f"--vacuum-time={self.options.journal_days}d"]
-                must(ctx.remote.run(shlex.join(argv), timeout=300), "journalctl --vacuum-time")
-                step.done(Status.CHANGED, f"vacuumed the journal: {why}")
-                changed = True
-                notes.append("journal vacuum")
-
-        if before.has_docker:
-            outcome_prune = prune_host(ctx, self.options.prune, prefix="docker ")
-            if outcome_prune is not None and not outcome_prune.plan.empty:
-                changed = True
-                notes.append("Docker prune")
-        else:
+    def _prune(self, ctx: HostContext, before: DiskFacts) -> list[str]:
+        """`inv prune`'s steps, prefixed "docker " (it shows or applies its own plan)."""
+        if not before.has_docker:
             ctx.record("docker prune", Status.SKIPPED, "no Docker on this host")
+            return []
+        outcome = prune_host(ctx, self.options.prune, prefix="docker ")
+        return ["Docker prune"] if outcome is not None and not outcome.plan.empty else []
 
-        if ctx.check or not changed:
-            ctx.record(
-                "disk",
-                Status.CHANGED if changed else Status.OK,
-                (f"would clean up: {', '.join(notes)}; " if changed else "nothing to clean up; ")
-                + f"disk: {before.disk_summary()}",
-                disk_before=[fs.to_dict() for fs in before.filesystems],
-            )
-            return
-        with ctx.step("disk") as step:
-            after = gather(ctx.remote, places)
-            left = []
-            if plan.delete and after.backup_dir is not None:
-                still = {f.path for f in after.backups}
-                left = [f.path for f in plan.delete if f.path in still]
-            freed = _freed(before, after)
-            text = (
-                f"cleaned up: {', '.join(notes)}; disk {before.disk_summary()} → {after.disk_summary()}"
-                + (f"; {human_bytes(freed)} freed on /" if freed is not None and freed > 0 else "")
-            )
-            if left:
-                step.done(Status.FAILED, f"{text}; backup files still present: {', '.join(left)}")
-            else:
-                step.done(
-                    Status.CHANGED,
-                    text,
-                    disk_before=[fs.to_dict() for fs in before.filesystems],
-                    disk_after=[fs.to_dict() for fs in after.filesystems],
-                )
+
+def _disk(facts: DiskFacts) -> list[dict[str, Any]]:
+    return [fs.to_dict() for fs in facts.filesystems]
 
 
 def _freed(before: DiskFacts, after: DiskFacts) -> int | None:
     first = next((fs for fs in before.filesystems if fs.path == "/"), None)
     second = next((fs for fs in after.filesystems if fs.path == "/"), None)
     return None if first is None or second is None else second.available - first.available
-
-
-def nonnegative_option(value: object, flag: str) -> float | None:
-    """A command-line number that must be 0 or more, or None when not given."""
-    if value is None or value == "":
-        return None
-    return check_non_negative(value, flag, float)

@@ -1,4 +1,5 @@
-"""install-cron: one crontab entry per cron-safe task, installed idempotently.
+"""install-cron: one crontab entry per cron-safe task (`cron_safe = True` on its class), installed
+idempotently.
 
 check   before any host is touched, every value that goes into the entry (schedule, --log, --user,
         --name, --args tokens, the inventory, project folder, inv and lock paths): no control
@@ -20,36 +21,38 @@ skips a run while the previous one still holds the lock, so runs never overlap.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
+from remediations.core.args import Arg, args
 from remediations.core.context import HostContext
 from remediations.core.errors import HostError, UsageError
-from remediations.core.inventory import Host
+from remediations.core.inventory import Host, Inventory
+from remediations.core.plan import Change, Plan
 from remediations.core.remediation import Remediation
 from remediations.core.results import Status
 from remediations.core.validate import shown
-
-CRON_SAFE_TASKS = (
-    "restore-test",
-    "backup-check",
-    "wal-cleanup",
-    "ensure-healthy",
-    "health",
-    "unblock-expired",
+from remediations.facts.crontab import (
+    FACTS,
+    Crontab,
+    Job,
+    edit,
+    find,
+    lines_of,
+    parse_facts,
+    sha256,
+    unsafe_char,
 )
-MARKER = "# remediations: "
-MARKER_NOTE = " (managed by inv install-cron; do not edit)"
+
 # Used with fullmatch: "$" alone would also match before a trailing line break.
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,47}")
 USER_RE = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
-PROJECT_DIR = str(Path(__file__).resolve().parent.parent)
+PROJECT_DIR = str(Path(__file__).resolve().parents[2])  # the project folder (remediations/host/..)
 DEFAULT_LOG = "/var/log/remediations/cron-{name}.log"
 
 MACROS = ("@reboot", "@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
@@ -64,8 +67,15 @@ FIELDS = (  # name, lowest, highest, names (index + offset = value)
 )
 
 
+def cron_safe_tasks() -> list[str]:
+    """The tasks install-cron may schedule: every registered remediation with `cron_safe = True`."""
+    from remediations.core import registry
+
+    return [name for name, cls in registry.discover().items() if cls.cron_safe]
+
+
 # --------------------------------------------------------------------------------------------
-# Cron expressions and crontab text (pure)
+# Cron expressions and the values spliced into an entry (pure)
 # --------------------------------------------------------------------------------------------
 
 
@@ -119,16 +129,6 @@ def validate_schedule(schedule: str) -> str:
     return text
 
 
-def _unsafe_char(value: str) -> str | None:
-    """The first character that must not be in a crontab line: C0 and C1 controls and DEL (a line
-    break would start a new crontab line), and the Unicode line and paragraph separators."""
-    for char in value:
-        code = ord(char)
-        if code < 0x20 or 0x7F <= code <= 0x9F or char in "\u2028\u2029":
-            return char
-    return None
-
-
 def check_text(what: str, value: str) -> str:
     r"""`value` when it can be spliced into a crontab line as it is; UsageError when not.
 
@@ -136,7 +136,7 @@ def check_text(what: str, value: str) -> str:
     to the command's stdin, and `\%` is undone by Vixie cron and cronie but kept by others (busybox
     crond), so no escaping means the same everywhere.
     """
-    bad = _unsafe_char(value)
+    bad = unsafe_char(value)
     if bad is not None:
         raise UsageError(
             f"{what} {shown(value)} has the control character {bad!r}: a crontab entry is one line; remove it"
@@ -175,27 +175,6 @@ def parse_args(args: str) -> list[str]:
     return tokens
 
 
-def marker(name: str) -> str:
-    return f"{MARKER}{name}{MARKER_NOTE}"
-
-
-@dataclass(frozen=True)
-class Job:
-    """A wanted crontab entry."""
-
-    name: str
-    schedule: str
-    command: str
-
-    @property
-    def line(self) -> str:
-        line = f"{self.schedule} {self.command}"
-        # Every part was checked (check_text); this guards the splice itself.
-        if _unsafe_char(line) is not None or "%" in line:
-            raise ValueError(f"crontab entry {line!r} is not one plain line")
-        return line
-
-
 def job_command(
     task: str, args: Sequence[str], *, project: str, inv: str, inventory: str, lock: str, log: str
 ) -> str:
@@ -206,69 +185,9 @@ def job_command(
     )
 
 
-def lines_of(text: str) -> list[str]:
-    r"""The crontab's lines as cron splits them: on "\n" only (str.splitlines also splits on
-    \x0b, \x1c, \x85, \u2028, …, which would change other entries when the text is joined again)."""
-    lines = text.split("\n")
-    if lines[-1] == "":
-        lines.pop()
-    return lines
-
-
-def find(lines: Sequence[str], name: str) -> int | None:
-    """Index of the (first) marker line of `name`, or None."""
-    wanted = marker(name)
-    for index, line in enumerate(lines):
-        if line.rstrip() == wanted:
-            return index
-    return None
-
-
-def edit(current: str, name: str, job: Job | None) -> tuple[str, str]:
-    """Pure: (new crontab text, action) with action one of add, replace, remove, none.
-
-    `job` None removes the entry. Every other line is kept as it is; the entry (marker and the
-    line under it) is there exactly once, where its first copy was: copies of it are dropped.
-    """
-    lines = lines_of(current)
-    wanted = marker(name)
-    ours = {i for i, line in enumerate(lines) if line.rstrip() == wanted}
-    if not ours:
-        if job is None:
-            return current, "none"
-        return _text([*lines, wanted, job.line]), "add"
-    first = min(ours)
-    kept = [line for i, line in enumerate(lines) if i not in ours and i - 1 not in ours]
-    if job is None:
-        return _text(kept), "remove"
-    new = _text([*kept[:first], wanted, job.line, *kept[first:]])
-    return (current, "none") if new == current else (new, "replace")
-
-
-def _text(lines: Sequence[str]) -> str:
-    return "\n".join(lines) + "\n" if lines else ""
-
-
-def sha256(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 # --------------------------------------------------------------------------------------------
 # Host-side scripts
 # --------------------------------------------------------------------------------------------
-
-# The crontab exactly as bytes (no $(...), which drops trailing newlines), with its sha256, so the
-# decoded text can be checked to be those bytes before anything is written back.
-FACTS = """
-for tool in crontab flock sha256sum; do
-  command -v "$tool" >/dev/null 2>&1 || echo "@@missing $tool"
-done
-dir=$(mktemp -d) || exit 1
-{crontab} -l >"$dir/out" 2>"$dir/err"; rc=$?
-echo "@@crontab $rc $(sha256sum <"$dir/out" | cut -c1-64)"
-if [ "$rc" = 0 ]; then cat "$dir/out"; else cat "$dir/err"; fi
-rm -rf "$dir"
-"""
 
 # stdin: the new crontab ("" for none: an entry removed from a crontab that held only it leaves no
 # crontab, as before it was added). Writes only when the crontab is still the one the facts read,
@@ -302,36 +221,6 @@ cat "$dir/err"; exit 1
 """
 
 
-@dataclass(frozen=True)
-class Crontab:
-    """A user's crontab as `crontab -l` gave it; `exists` False when the user has none."""
-
-    text: str
-    exists: bool
-
-    @property
-    def state(self) -> str:
-        """What the install script compares before it writes."""
-        return f"{'yes' if self.exists else 'no'} {sha256(self.text)}"
-
-
-def parse_facts(stdout: str) -> tuple[list[str], Crontab | None, str]:
-    """Pure: (missing tools, the crontab or None when `crontab -l` failed, its error text)."""
-    head, found, rest = stdout.partition("@@crontab ")
-    missing = [line.split()[1] for line in head.splitlines() if line.startswith("@@missing ")]
-    if not found:
-        return missing, None, stdout.strip()
-    status, _, body = rest.partition("\n")
-    code, _, digest = status.partition(" ")
-    if code != "0":
-        if "no crontab for" in body:
-            return missing, Crontab("", exists=False), ""
-        return missing, None, body.strip()
-    if sha256(body) != digest.strip():
-        return missing, None, "its text is not UTF-8 (it would not be written back as it is)"
-    return missing, Crontab(body, exists=True), ""
-
-
 INSTALL_FAILURES = {
     "@@short-input": "the new crontab did not reach the host whole; nothing written",
     "@@error": "crontab -l failed; nothing written",
@@ -348,8 +237,38 @@ INSTALL_FAILURES = {
 # --------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class CronFacts:
+    crontab: str  # the crontab command (with -u USER)
+    before: Crontab
+    job: Job | None  # None: remove the entry
+
+
 class InstallCron(Remediation):
+    """Install (or --remove) a crontab entry that runs a cron-safe task under flock; idempotent.
+
+    Without --host the crontab is the controller's. The entry is found by its marker comment, runs
+    `inv TASK --inventory THIS-INVENTORY ARGS` from the project folder under `flock -n` (runs never
+    overlap) and appends its output to --log. Installing it again: ok. A value with a control
+    character or '%', or a path that is not absolute and normalised, is bad input (exit code 2).
+    The whole crontab is read back after writing; if it is not exactly what was written, the
+    previous one is put back and the host fails.
+    """
+
     task: ClassVar[str] = "install-cron"
+    params = args(
+        Arg("task", "the cron-safe task to schedule: restore-test, backup-check, wal-cleanup, "
+            "ensure-healthy, health, unblock-expired"),
+        Arg("schedule", "cron expression, e.g. '0 4 * * 0' (or @daily, @hourly, …)"),
+        Arg("args", "extra arguments for the task, e.g. '--host db1' (split like a shell; each token checked "
+            "and quoted into the entry)", default=""),
+        Arg("name", "the entry's name in its marker comment (default: the task); one entry per name"),
+        Arg("remove", "remove the entry instead", kind="flag", default=False),
+        Arg("user", "whose crontab (crontab -u; default: the connection's user)"),
+        Arg("log", "file the runs' output is appended to, an absolute normalised path (default "
+            "/var/log/remediations/cron-NAME.log)"),
+    )  # fmt: skip
+    runs_on_controller: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -363,10 +282,9 @@ class InstallCron(Remediation):
         log: str | None = None,
         inventory: str = "",
     ) -> None:
-        if not task or task not in CRON_SAFE_TASKS:
-            raise UsageError(
-                f"--task {task!r}: give one of the cron-safe tasks: {', '.join(CRON_SAFE_TASKS)}"
-            )
+        safe = cron_safe_tasks()
+        if not task or task not in safe:
+            raise UsageError(f"--task {task!r}: give one of the cron-safe tasks: {', '.join(safe)}")
         self.cron_task = task
         self.name = name or task
         if not NAME_RE.fullmatch(self.name):
@@ -379,6 +297,20 @@ class InstallCron(Remediation):
         self.user = user
         self.log = check_path("--log", log or DEFAULT_LOG.replace("{name}", self.name))
         self.inventory = inventory
+
+    @classmethod
+    def from_values(cls, values: dict[str, Any]) -> Remediation:
+        given = dict(values)
+        return cls(given.pop("task"), given.pop("schedule"), **given)
+
+    @classmethod
+    def controller_name(cls, values: dict[str, Any]) -> str:
+        return "localhost"
+
+    def prepare(self, inventory: Inventory) -> None:
+        """The entry runs the task with the inventory of this run."""
+        if not self.inventory:
+            self.inventory = os.path.abspath(inventory.source)
 
     def validate(self, host: Host) -> None:
         super().validate(host)
@@ -406,69 +338,73 @@ class InstallCron(Remediation):
         )
         return Job(self.name, self.schedule, command)
 
-    def run(self, ctx: HostContext) -> None:
+    def gather(self, ctx: HostContext) -> CronFacts:
         crontab = shlex.join(["crontab", *(["-u", self.user] if self.user else [])])
         job = None if self.remove else self.job(ctx.host)
-
-        def current() -> Crontab:
-            result = ctx.remote.run(FACTS.replace("{crontab}", crontab), timeout=30)
-            missing, found, error = parse_facts(result.stdout)
-            if missing:
-                raise HostError(
-                    f"{' and '.join(missing)} not installed on the host (Debian: apt install cron util-linux)"
-                )
-            if found is None:
-                raise HostError(f"crontab -l failed: {error or result.tail()}", result)
-            return found
-
         with ctx.step("facts") as step:
-            before = current()
+            before = read_crontab(ctx, crontab)
             at = find(lines_of(before.text), self.name)
             step.done(Status.OK, f"entry {self.name!r} " + ("present" if at is not None else "absent"))
-        new_text, action = edit(before.text, self.name, job)
+        return CronFacts(crontab, before, job)
+
+    def decide(self, ctx: HostContext, facts: CronFacts) -> Plan:
+        new_text, action = edit(facts.before.text, self.name, facts.job)
         if action == "none":
-            ctx.record(
-                "decide", Status.OK, f"entry {self.name!r} is " + ("absent" if job is None else "up to date")
-            )
-            return
+            state = "absent" if facts.job is None else "up to date"
+            return Plan.nothing(f"entry {self.name!r} is {state}")
         diff = "\n".join(
-            [f"- {line}" for line in _entry(before.text, self.name)]
+            [f"- {line}" for line in _entry(facts.before.text, self.name)]
             + [f"+ {line}" for line in _entry(new_text, self.name)]
         )
-        verb, done = {
-            "add": ("add", "added"),
-            "replace": ("replace", "replaced"),
-            "remove": ("remove", "removed"),
-        }[action]
-        if ctx.check:
-            ctx.record("decide", Status.CHANGED, f"would {verb} crontab entry {self.name!r}", diff=diff)
-            return
-        with ctx.step("apply") as step:
-            log_dir = self.log.rsplit("/", 1)[0] or "/"
-            mkdir = f"mkdir -p -- {shlex.quote(log_dir)} || {{ echo @@mkdir; exit 1; }}" if job else ":"
-            script = (  # the quoted user values go in last: no placeholder is looked for inside them
-                INSTALL.replace("{crontab}", crontab)
-                .replace("{new_sha}", sha256(new_text))
-                .replace("{before}", shlex.quote(before.state))
-                .replace("{after}", shlex.quote(Crontab(new_text, exists=bool(new_text)).state))
-                .replace("{mkdir}", mkdir)
-            )
-            result = ctx.remote.run(script, stdin=new_text.encode(), timeout=30)
-            if not result.ok:
-                failure = _install_failure(result.stdout, log_dir)
-                raise HostError(failure or f"installing the crontab failed: {result.tail()}", result)
-            step.done(
-                Status.CHANGED,
-                f"{done} crontab entry {self.name!r}" + (f": {job.line}" if job else ""),
-                diff=diff,
-            )
+        done = {"add": "added", "replace": "replaced", "remove": "removed"}[action]
+        job = facts.job
+
+        def apply(ctx: HostContext) -> str:
+            install(ctx, facts, new_text, self.log)
+            return f"{done} crontab entry {self.name!r}" + (f": {job.line}" if job else "")
+
+        change = Change("apply", f"{action} crontab entry {self.name!r}", apply, diff=diff)
+        return Plan.of(change, check_step="decide")
+
+    def verify(self, ctx: HostContext, facts: CronFacts, plan: Plan) -> None:
+        new_text, _ = edit(facts.before.text, self.name, facts.job)  # what apply wrote
         with ctx.step("verify") as step:
-            after = current()
+            after = read_crontab(ctx, facts.crontab)
             if after != Crontab(new_text, exists=bool(new_text)):
                 raise HostError("crontab -l changed after it was installed and checked (another edit?)")
             step.done(
                 Status.OK, "crontab -l is exactly the crontab written" if new_text else "no crontab is left"
             )
+
+
+def read_crontab(ctx: HostContext, crontab: str) -> Crontab:
+    """The user's crontab; HostError when crontab or flock is missing or `crontab -l` fails."""
+    result = ctx.remote.run(FACTS.replace("{crontab}", crontab), timeout=30)
+    missing, found, error = parse_facts(result.stdout)
+    if missing:
+        raise HostError(
+            f"{' and '.join(missing)} not installed on the host (Debian: apt install cron util-linux)"
+        )
+    if found is None:
+        raise HostError(f"crontab -l failed: {error or result.tail()}", result)
+    return found
+
+
+def install(ctx: HostContext, facts: CronFacts, new_text: str, log: str) -> None:
+    """Write `new_text` as the crontab if it is still the one read; HostError saying why not."""
+    log_dir = log.rsplit("/", 1)[0] or "/"
+    mkdir = f"mkdir -p -- {shlex.quote(log_dir)} || {{ echo @@mkdir; exit 1; }}" if facts.job else ":"
+    script = (  # the quoted user values go in last: no placeholder is looked for inside them
+        INSTALL.replace("{crontab}", facts.crontab)
+        .replace("{new_sha}", sha256(new_text))
+        .replace("{before}", shlex.quote(facts.before.state))
+        .replace("{after}", shlex.quote(Crontab(new_text, exists=bool(new_text)).state))
+        .replace("{mkdir}", mkdir)
+    )
+    result = ctx.remote.run(script, stdin=new_text.encode(), timeout=30)
+    if not result.ok:
+        failure = _install_failure(result.stdout, log_dir)
+        raise HostError(failure or f"installing the crontab failed: {result.tail()}", result)
 
 
 def _install_failure(stdout: str, log_dir: str) -> str:
