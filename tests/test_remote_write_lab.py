@@ -24,11 +24,11 @@ import pytest
 
 from lab import hosts as lab
 from remediations.actions import image_record as images
+from remediations.actions import rotation
 from remediations.core import connection, inventory
 from remediations.core.errors import CommandResult, HostError
 from remediations.core.inventory import Host
 from remediations.firewall import ufw as firewall
-from remediations.secrets import rotation
 from tests import labkit
 from tests.labkit import COMPOSE, ROOT, inv
 
