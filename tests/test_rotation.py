@@ -9,17 +9,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from remediations.actions import remote_write
+from remediations.actions import rotation as actions
 from remediations.actions.env_files import env_file_write
 from remediations.core.errors import UsageError
-from remediations.facts import envfile
-from remediations.secrets import rotation
-from remediations.secrets.rotate_aws import check_user, parse_env_keys
-from remediations.secrets.rotate_db import check_role
+from remediations.facts import envfile, rotation
+from remediations.secrets.rotate_aws_key import check_user, parse_env_keys
+from remediations.secrets.rotate_db_password import check_role
 
 
 @pytest.mark.parametrize("alphabet", sorted(rotation.ALPHABETS))
 def test_generated_values_have_the_length_and_alphabet_asked(alphabet: str) -> None:
-    values = {rotation.generate(40, alphabet) for _ in range(50)}
+    values = {actions.generate(40, alphabet) for _ in range(50)}
     assert len(values) == 50  # no repeats
     for value in values:
         assert len(value) == 40 and set(value) <= set(rotation.ALPHABETS[alphabet])
@@ -74,15 +74,15 @@ class Terminal(io.StringIO):
 
 
 def test_value_from_stdin() -> None:
-    assert rotation.value_from_stdin(Pipe("s3cr3t-value\n")) == "s3cr3t-value"
-    assert rotation.value_from_stdin(Pipe("s3cr3t-value\r\n")) == "s3cr3t-value"
-    assert rotation.value_from_stdin(Pipe("  spaces kept  ")) == "  spaces kept  "
+    assert actions.value_from_stdin(Pipe("s3cr3t-value\n")) == "s3cr3t-value"
+    assert actions.value_from_stdin(Pipe("s3cr3t-value\r\n")) == "s3cr3t-value"
+    assert actions.value_from_stdin(Pipe("  spaces kept  ")) == "  spaces kept  "
     with pytest.raises(UsageError, match="stdin was empty"):
-        rotation.value_from_stdin(Pipe("\n"))
+        actions.value_from_stdin(Pipe("\n"))
     with pytest.raises(UsageError, match="holds a newline"):
-        rotation.value_from_stdin(Pipe("one\ntwo\n"))
+        actions.value_from_stdin(Pipe("one\ntwo\n"))
     with pytest.raises(UsageError, match="not from a terminal"):
-        rotation.value_from_stdin(Terminal("typed"))
+        actions.value_from_stdin(Terminal("typed"))
 
 
 @pytest.mark.parametrize("name", ["", "1ABC", "A-B", "A B", "A;rm -rf /", None])
@@ -128,8 +128,8 @@ services:
   other: {image: x, environment: {X: "${DATABASE_PASSWORD_OLD}"}}
   plain: {image: x}
 """
-    assert rotation.interpolating("DATABASE_PASSWORD", [compose]) == ["api", "cron", "worker"]
-    assert rotation.interpolating("NOPE", [compose, "not: [yaml"]) == []
+    assert actions.interpolating("DATABASE_PASSWORD", [compose]) == ["api", "cron", "worker"]
+    assert actions.interpolating("NOPE", [compose, "not: [yaml"]) == []
 
 
 def test_backup_of_a_rotation_is_never_readable_by_others() -> None:
