@@ -199,34 +199,9 @@ def declared_task(cls: type[Remediation]) -> Task[Any]:
     return made
 
 
-def remediation_task(
-    help: dict[str, str] | None = None, iterable: list[str] | None = None
-) -> Callable[[Callable[..., Any]], Any]:
-    """A hand-written Invoke task whose body receives `Flags` plus its own arguments; exits with the
-    run's code. For tasks not yet declared on their class (`params`)."""
-
-    def decorate(body: Callable[..., Any]) -> Any:
-        own = list(inspect.signature(body).parameters.values())[2:]  # after (c, flags)
-
-        def wrapper(c: Context, **kwargs: Any) -> None:
-            flags = Flags(**{k: v for k, v in kwargs.items() if k in COMMON_NAMES})
-            code = body(c, flags, **{k: v for k, v in kwargs.items() if k not in COMMON_NAMES})
-            if code:
-                raise Exit(code=code)
-
-        wrapper.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-            [_CONTEXT, *(p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own), *COMMON_PARAMS]
-        )
-        wrapper.__name__ = body.__name__
-        wrapper.__doc__ = body.__doc__
-        return task(help={**COMMON_HELP, **(help or {})}, iterable=iterable or [])(wrapper)
-
-    return decorate
-
-
 def collection(*extra: Task[Any]) -> Collection:
     """Every remediation of the registry as an Invoke task, its flags from its declaration, plus
-    `extra` hand-written tasks (a registered task of the same name is left to its hand-written form)."""
+    `extra` tasks of a team's own (a registered task of the same name is left to theirs)."""
     ns = Collection()
     names = {t.name for t in extra}
     for name, cls in registry.discover().items():

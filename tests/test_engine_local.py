@@ -25,6 +25,7 @@ from remediations.core.engine import Engine
 from remediations.core.errors import HostError, UsageError
 from remediations.core.inventory import Inventory
 from remediations.core.options import MaxFail, RunOptions
+from remediations.core.plan import Change, Plan
 from remediations.core.remediation import Remediation
 from remediations.core.remote import Remote, must
 from remediations.core.results import WARNING_EXIT_CODE, HostResult, RunResult, Status, StepResult
@@ -95,19 +96,19 @@ class EnsureFile(Remediation):
     def path(self, ctx: HostContext) -> str:
         return os.path.join(str(ctx.var("target_dir")), "managed.txt")
 
-    def run(self, ctx: HostContext) -> None:
-        path = self.path(ctx)
+    def gather(self, ctx: HostContext) -> tuple[str | None]:
         with ctx.step("facts") as step:
-            current = read_file(ctx.remote, path)
+            current = read_file(ctx.remote, self.path(ctx))
             step.done(Status.OK, "absent" if current is None else f"present, {len(current)} bytes")
-        plan = decide_file(current, self.content)
-        if plan.action == "none":
-            ctx.record("decide", Status.OK, plan.reason)
-            return
-        if ctx.check:
-            ctx.record("decide", Status.CHANGED, f"would {plan.reason}")
-            return
-        with ctx.step("apply") as step:
+        return (current,)  # absent (None) is a fact too
+
+    def decide(self, ctx: HostContext, facts: tuple[str | None]) -> Plan:
+        decision = decide_file(facts[0], self.content)
+        if decision.action == "none":
+            return Plan.nothing(decision.reason)
+        path = self.path(ctx)
+
+        def write(ctx: HostContext) -> str:
             directory = shlex.quote(os.path.dirname(path))
             must(
                 ctx.remote.run(
@@ -115,7 +116,12 @@ class EnsureFile(Remediation):
                 ),
                 "write managed.txt",
             )
-            step.done(Status.CHANGED, f"wrote {path}", diff=f"+{self.content}")
+            return f"wrote {path}"
+
+        return Plan.of(Change("apply", decision.reason, write, diff=f"+{self.content}"), check_step="decide")
+
+    def verify(self, ctx: HostContext, facts: tuple[str | None], plan: Plan) -> None:
+        path = self.path(ctx)
         with ctx.step("verify") as step:
             if read_file(ctx.remote, path) != self.content:
                 raise HostError(f"{path} does not hold the content just written")

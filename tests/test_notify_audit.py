@@ -27,6 +27,7 @@ from remediations.core.engine import Engine
 from remediations.core.errors import HostError
 from remediations.core.inventory import Host
 from remediations.core.options import MaxFail, RunOptions
+from remediations.core.plan import Change, Plan
 from remediations.core.remediation import Remediation
 from remediations.core.results import HostResult, RunResult, Status, StepResult
 from remediations.reporting import audit as audit_mod
@@ -372,7 +373,7 @@ class Touch(Remediation):
         self.env = list(env)
         self.service = service
 
-    def run(self, ctx: HostContext) -> None:
+    def gather(self, ctx: HostContext) -> tuple[Path, bool]:
         target = Path(str(ctx.var("target_dir"))) / "touched"
         with ctx.step("facts") as step:
             exists = ctx.remote.run(f"test -e '{target}'").ok
@@ -380,16 +381,19 @@ class Touch(Remediation):
         if ctx.var("fail"):
             with ctx.step("apply"):
                 raise HostError("apply failed on purpose")
+        return target, exists
+
+    def decide(self, ctx: HostContext, facts: tuple[Path, bool]) -> Plan:
+        target, exists = facts
         if exists:
-            ctx.record("decide", Status.OK, "already touched")
-            return
-        if ctx.check:
-            ctx.record("decide", Status.CHANGED, "would touch")
-            return
-        with ctx.step("apply") as step:
+            return Plan.nothing("already touched")
+
+        def touch(ctx: HostContext) -> str:
             target.parent.mkdir(parents=True, exist_ok=True)
             ctx.remote.run(f"touch '{target}'")
-            step.done(Status.CHANGED, "touched")
+            return "touched"
+
+        return Plan.of(Change("apply", "touch", touch), check_step="decide")
 
 
 def engine_run(

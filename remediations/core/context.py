@@ -54,12 +54,6 @@ class HostContext:
         self.arguments = arguments
         self._opener = opener
 
-    @property
-    def check(self) -> bool:
-        """Deprecated for remediations: return a plan and let `carry_out` decide. Kept for the engine
-        and for read-only tasks that gather more facts in a real run than in check mode."""
-        return self.options.check
-
     def carry_out(self, plan: Plan) -> bool:
         """Show the plan (check mode) or apply it; True when it was applied.
 
