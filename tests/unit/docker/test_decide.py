@@ -10,7 +10,7 @@ from remediations.actions import image_record as images
 from remediations.docker import ensure_healthy, rollback, set_env
 from remediations.facts.compose import Container, ServiceFacts
 from tests import labkit
-from tests.test_bad_input import inventory_file
+from tests.unit.test_bad_input import inventory_file
 
 
 def box(name: str, state: str = "running", health: str | None = "healthy", image: str = "sha256:new"

@@ -16,7 +16,7 @@ from remediations.core.errors import UsageError
 from remediations.core.inventory import Host
 from remediations.facts import envfile
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 HOSTILE = ["a\nb", "$(touch /tmp/x)", "a;reboot", "a`id`", "a b", "x" * 100_000, "", "-a", "a\0b", "é"]
 
 

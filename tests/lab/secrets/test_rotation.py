@@ -28,7 +28,7 @@ from remediations.facts import envfile
 from tests import labkit
 from tests.labkit import COMPOSE, ROOT, inv
 from tests.quartet import quartet
-from tests.test_notify_audit import Recorder, server  # noqa: F401 - the webhook fixture
+from tests.unit.reporting.test_notify_audit import Recorder, server  # noqa: F401 - the webhook fixture
 
 pytestmark = pytest.mark.lab
 

@@ -18,9 +18,19 @@ from botocore.exceptions import ClientError
 
 from remediations.facts import envfile
 from tests import labkit
+from tests.lab.secrets.test_rotation import (
+    ENV,
+    HOST,
+    RECORDS,
+    Watcher,
+    assert_nowhere,
+    env_text,
+    reset,
+    running,
+    sh,
+)
 from tests.labkit import inv
 from tests.quartet import quartet
-from tests.test_rotation_lab import ENV, HOST, RECORDS, Watcher, assert_nowhere, env_text, reset, running, sh
 
 pytestmark = pytest.mark.lab
 

@@ -291,7 +291,7 @@ def test_sigint_stops_a_prefix_restore_after_the_copies_in_flight(
            "REMEDIATIONS_AUDIT_LOG": str(tmp_path / "audit.jsonl")}  # fmt: skip
     proc = subprocess.Popen(
         [sys.executable, "-m", "invoke", *args, "--json", "--inventory", str(inventory(tmp_path, **SMALL))],
-        cwd=Path(__file__).resolve().parent.parent, env=env, text=True,
+        cwd=Path(__file__).resolve().parents[3], env=env, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:

@@ -17,7 +17,7 @@ import yaml
 from remediations.cli import Flags, execute
 from remediations.reporting import audit as audit_mod
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 HEAVY_MODULES = ("boto3", "botocore", "docker", "psycopg", "paramiko", "fabric")
 COMMON_FLAGS = (
     "--host",
