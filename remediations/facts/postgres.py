@@ -256,11 +256,3 @@ class S3Store(s3client.Client):
     def download(self, bucket: str, key: str, path: str) -> None:
         with self.failing(f"downloading s3://{bucket}/{key}"):
             self.client.download_file(bucket, key, path)
-
-
-def controller_targets(inventory: Any) -> list[Host]:
-    """The target when --host is left out of a controller-side task: the controller itself
-    (`localhost`, ansible_connection local) with the vars every inventory host shares (`all` vars)."""
-    from remediations.core.inventory import controller_host
-
-    return [controller_host(inventory, "localhost")]
