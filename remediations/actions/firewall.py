@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from remediations.actions import remote_write
+from remediations.actions.firewall_rules import FirewallPlan
 from remediations.core.context import HostContext
 from remediations.core.errors import HostError
 from remediations.core.plan import Change, Plan
@@ -29,7 +30,6 @@ from remediations.facts.firewall import (
 from remediations.facts.sections import MARK
 from remediations.facts.sections import sections_by_name as sections
 from remediations.facts.ufw import Target
-from remediations.firewall.rules import FirewallPlan
 
 Check = Callable[[FirewallFacts, str], str]  # (facts, apply output) -> "" when as intended, else why not
 Outcome = Callable[[FirewallFacts, str], tuple[str, dict[str, Any]]]  # the result line and its data

@@ -17,6 +17,14 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from remediations.actions.firewall import Outcome, plan_of, read_facts
+from remediations.actions.firewall_rules import (
+    BlockRequest,
+    decide_block,
+    describe,
+    flows_dropped,
+    layers,
+    lockout_reason,
+)
 from remediations.core.args import Arg, args
 from remediations.core.context import HostContext
 from remediations.core.errors import UsageError
@@ -26,14 +34,6 @@ from remediations.core.remediation import Remediation
 from remediations.facts.firewall import FirewallFacts, StatePath, facts_command
 from remediations.facts.ufw import Network, Target
 from remediations.firewall.params import TARGET, allowlist_of, parse_comment, parse_ttl, target_of
-from remediations.firewall.rules import (
-    BlockRequest,
-    decide_block,
-    describe,
-    flows_dropped,
-    layers,
-    lockout_reason,
-)
 
 
 class BlockIp(Remediation):

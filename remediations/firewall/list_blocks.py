@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 from remediations.actions.firewall import read_facts
+from remediations.actions.firewall_rules import layers, ufw_order_problems
 from remediations.core.context import HostContext
 from remediations.core.remediation import Remediation
 from remediations.core.results import HostResult, Status
 from remediations.facts.firewall import DOCKER_CHAIN, BlockRecord, FirewallFacts
 from remediations.facts.ufw import ANY_DST, DENY, UFW_COMMENT, Target
-from remediations.firewall.rules import layers, ufw_order_problems
 
 if TYPE_CHECKING:
     from remediations.core.results import RunResult

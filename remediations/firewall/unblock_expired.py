@@ -11,12 +11,12 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from remediations.actions.firewall import plan_of, read_facts
+from remediations.actions.firewall_rules import decide_expired, layers
 from remediations.core.context import HostContext
 from remediations.core.inventory import Host
 from remediations.core.plan import Plan
 from remediations.core.remediation import Remediation
 from remediations.facts.firewall import FirewallFacts, StatePath, facts_command
-from remediations.firewall.rules import decide_expired, layers
 
 
 class UnblockExpired(Remediation):

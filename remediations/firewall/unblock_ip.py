@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from remediations.actions.firewall import plan_of, read_facts
+from remediations.actions.firewall_rules import decide_unblock, layers, matching_targets
 from remediations.core.args import args
 from remediations.core.context import HostContext
 from remediations.core.inventory import Host
@@ -19,7 +20,6 @@ from remediations.core.remediation import Remediation
 from remediations.facts.firewall import FirewallFacts, StatePath, facts_command
 from remediations.facts.ufw import Network
 from remediations.firewall.params import TARGET, target_of
-from remediations.firewall.rules import decide_unblock, layers, matching_targets
 
 
 class UnblockIp(Remediation):

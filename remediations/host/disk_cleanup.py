@@ -21,6 +21,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from remediations.actions.docker_prune import PruneOptions, options_from_flags, prune_host
 from remediations.core.args import Arg, args
 from remediations.core.context import HostContext
 from remediations.core.inventory import Host
@@ -30,7 +31,6 @@ from remediations.core.remote import Remote, must
 from remediations.core.results import Status
 from remediations.core.units import check_non_negative, human_bytes
 from remediations.core.validate import check_count
-from remediations.docker.prune import PruneOptions, options_from_flags, prune_host
 from remediations.facts.disk import BackupFile, DiskFacts, Places, gather
 
 DEFAULT_MAX_AGE_DAYS = 7

@@ -24,13 +24,13 @@ import pytest
 
 from lab import hosts as lab
 from remediations.actions import firewall as fwactions
+from remediations.actions import firewall_rules as fwrules
 from remediations.actions import image_record as images
 from remediations.actions import rotation
 from remediations.core import connection, inventory
 from remediations.core.errors import CommandResult, HostError
 from remediations.core.inventory import Host
 from remediations.facts import firewall as fwfacts
-from remediations.firewall import rules as fwrules
 from tests import labkit
 from tests.labkit import COMPOSE, ROOT, inv
 

@@ -14,12 +14,12 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from remediations.actions import firewall_rules as fwrules
 from remediations.core.errors import UsageError
 from remediations.facts import firewall as fwfacts
 from remediations.facts import ufw
 from remediations.firewall import list_blocks
 from remediations.firewall import params as fwargs
-from remediations.firewall import rules as fwrules
 
 CONTROLLER = ipaddress.ip_address("198.18.0.1")
 NOW = 1_700_000_000
