@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from remediations.facts.wal import ArchiveFile, RemoteCopy, etag_md5, etag_not_md5
 
 if TYPE_CHECKING:
-    from remediations.facts.postgres import S3Object
+    from remediations.actions.s3client import S3Object
 
 
 def s3_md5s(

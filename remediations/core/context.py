@@ -73,13 +73,28 @@ class HostContext:
                             diff=change.diff, **data)  # fmt: skip
             return False
         for change in plan.changes:
+            data = change.data  # the commands are shown in check mode; a real run records what it did
             if change.own_steps:
+                first = len(self.result.steps)
                 change.apply(self)
+                self._attach(self.result.steps[first:], change.diff, data)
                 continue
             with self.step(change.step) as timer:
                 message = change.apply(self)
-                timer.done(Status.CHANGED, message or change.summary, diff=change.diff, **change.data)
+                timer.done(Status.CHANGED, message or change.summary, diff=change.diff, **data)
         return True
+
+    def _attach(self, steps: list[StepResult], diff: str, data: dict[str, Any]) -> None:
+        """A change that recorded its own steps: its diff and data go with the last of them that
+        changed something, unless that step has a diff of its own (so --diff shows it)."""
+        changed = [s for s in steps if s.status == Status.CHANGED]
+        if not changed:
+            return
+        last = changed[-1]
+        if diff and not last.diff and self.options.diff:
+            last.diff = self.redactor.text(diff)
+        for key, value in self.redactor.data(data).items():
+            last.data.setdefault(key, value)
 
     def open(self, host: Host) -> AbstractContextManager[HostContext]:
         """A context on another host this remediation needs (the env hosts of a rotation, a drill's

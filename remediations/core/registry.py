@@ -1,7 +1,9 @@
 """Every remediation, by task name: the CLI, install-cron and the docs read it.
 
 A remediation registers itself by subclassing `Remediation` with a `task` name; `discover()` imports
-every module of the domain packages so that a new remediation is one new file, listed nowhere else.
+every module of the domain packages (every sub-package of `remediations` but the layers below them:
+core, facts, actions, reporting) so that a new remediation is one new file, or a new domain folder,
+listed nowhere else.
 Those modules stay import-light (paramiko, boto3, docker and psycopg are imported when a task runs),
 so that `inv --list` is quick.
 """
@@ -15,7 +17,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from remediations.core.remediation import Remediation
 
-DOMAINS = ("docker", "host", "firewall", "s3", "postgres", "secrets")
+LAYERS = frozenset({"core", "facts", "actions", "reporting"})  # below the domains: no remediations
 
 _REGISTRY: dict[str, type[Remediation]] = {}
 
@@ -33,9 +35,17 @@ def unregister(task: str) -> None:
     _REGISTRY.pop(task, None)
 
 
-def discover(domains: tuple[str, ...] = DOMAINS) -> dict[str, type[Remediation]]:
+def domains() -> list[str]:
+    """The domain packages: every sub-package of `remediations` that is not a layer below them."""
+    import remediations
+
+    found = pkgutil.iter_modules(remediations.__path__)
+    return sorted(m.name for m in found if m.ispkg and m.name not in LAYERS)
+
+
+def discover() -> dict[str, type[Remediation]]:
     """Import every remediation module of the domain packages; every registered task, sorted by name."""
-    for domain in domains:
+    for domain in domains():
         package = importlib.import_module(f"remediations.{domain}")
         for module in pkgutil.iter_modules(package.__path__):
             if not module.name.startswith("_"):

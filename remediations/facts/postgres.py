@@ -13,15 +13,11 @@ AWS_ENDPOINT_URL) and `s3_region`. boto3 is imported only when a task needs it.
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
 import shlex
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from remediations.actions import s3client
 from remediations.core import units
 from remediations.core.errors import CommandResult, HostError, UsageError
 from remediations.core.inventory import Host
@@ -169,90 +165,7 @@ def must_ok(result: CommandResult, what: str) -> CommandResult:
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class S3Object:
-    key: str
-    size: int
-    modified: dt.datetime
-    etag: str = ""  # without its quotes; the MD5 in hex for a single-part upload without SSE-KMS/SSE-C
 
 
-def s3_endpoint(host_vars: Mapping[str, Any]) -> str | None:
-    """The endpoint every S3 client of the package uses (`s3client.endpoint_url`)."""
-    return s3client.endpoint_url(host_vars)
 
 
-class S3Store(s3client.Client):
-    """The package's S3 client (`s3client.Client`) for one host's settings; failures become one
-    readable HostError line."""
-
-    def __init__(self, host_vars: Mapping[str, Any], label: str = "s3") -> None:
-        super().__init__(host_vars, label, strict=False)
-
-    def where(self, bucket: str, prefix: str = "") -> str:
-        return f"s3://{bucket}/{prefix}" + (f" at {self.endpoint}" if self.endpoint else "")
-
-    def explain(self, exc: Exception) -> str:
-        from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
-
-        if isinstance(exc, ClientError):
-            error = exc.response.get("Error", {})
-            code = str(error.get("Code") or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode"))
-            text = {
-                "NoSuchBucket": "the bucket does not exist",
-                "NoSuchKey": "no such object",
-                "404": "no such object",
-            }.get(code) or f"{code}: {error.get('Message') or ''}".rstrip(": ")
-        elif s3client.is_unanswered(exc):
-            text = self.waits.unanswered()
-        elif isinstance(exc, EndpointConnectionError):
-            text = f"cannot reach the S3 endpoint {self.endpoint or 'AWS'}"
-        elif isinstance(exc, NoCredentialsError):
-            text = "no AWS credentials (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or aws_profile)"
-        else:
-            text = f"{type(exc).__name__}: {exc}"
-        for secret in self.secrets:
-            text = text.replace(secret, "*****")
-        return text
-
-    @contextmanager
-    def failing(self, what: str) -> Iterator[None]:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
-            yield
-        except (ClientError, BotoCoreError) as exc:
-            raise HostError(f"{what}: {self.explain(exc)}") from None
-
-    def list(self, bucket: str, prefix: str) -> list[S3Object]:
-        """Every object under `prefix` (paginated)."""
-        found: list[S3Object] = []
-        with self.failing(f"listing {self.where(bucket, prefix)}"):
-            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-                for item in page.get("Contents") or []:
-                    found.append(
-                        S3Object(
-                            str(item["Key"]),
-                            int(item["Size"]),
-                            item["LastModified"],
-                            str(item.get("ETag") or "").strip('"'),
-                        )
-                    )
-        return found
-
-    def head(self, bucket: str, key: str) -> dict[str, Any]:
-        with self.failing(f"reading the metadata of s3://{bucket}/{key}"):
-            return dict(self.client.head_object(Bucket=bucket, Key=key))
-
-    def md5(self, bucket: str, key: str) -> str:
-        """The MD5 (hex) of an object's content, read back in chunks (never held whole in memory)."""
-        digest = hashlib.md5(usedforsecurity=False)
-        with self.failing(f"reading back s3://{bucket}/{key}"):
-            body = self.client.get_object(Bucket=bucket, Key=key)["Body"]
-            for chunk in iter(lambda: body.read(1024 * 1024), b""):
-                digest.update(chunk)
-        return digest.hexdigest()
-
-    def download(self, bucket: str, key: str, path: str) -> None:
-        with self.failing(f"downloading s3://{bucket}/{key}"):
-            self.client.download_file(bucket, key, path)

@@ -23,20 +23,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from remediations.actions.s3client import S3Object, S3Store
 from remediations.core.context import HostContext
 from remediations.core.errors import HostError, UsageError
 from remediations.core.inventory import Host
 from remediations.core.remediation import Remediation
 from remediations.core.results import Status
-from remediations.facts.postgres import (
-    PgTarget,
-    S3Object,
-    S3Store,
-    human_age,
-    human_bytes,
-    positive_number,
-    script,
-)
+from remediations.facts.postgres import PgTarget, human_age, human_bytes, positive_number, script
 
 DEFAULT_RPO_HOURS = 26.0
 DEFAULT_DUMP_MIN_BYTES = 1024

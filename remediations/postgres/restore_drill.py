@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from remediations.actions.drill_report import metrics_text, previous_success, write_atomically
+from remediations.actions.s3client import S3Store
 from remediations.core import interrupt, validate
 from remediations.core.args import Arg, args
 from remediations.core.context import HostContext
@@ -49,7 +50,6 @@ from remediations.core.remediation import Remediation
 from remediations.core.results import RunResult, Status
 from remediations.facts.postgres import (
     PgTarget,
-    S3Store,
     human_age,
     human_bytes,
     must_ok,

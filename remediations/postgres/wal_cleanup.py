@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from remediations.actions.s3client import S3Object, S3Store
 from remediations.actions.wal_s3 import s3_md5s
 from remediations.core.args import Arg, args
 from remediations.core.context import HostContext
@@ -38,14 +39,7 @@ from remediations.core.inventory import Host
 from remediations.core.plan import Change, Plan
 from remediations.core.remediation import Remediation
 from remediations.core.results import Status
-from remediations.facts.postgres import (
-    PgTarget,
-    S3Object,
-    S3Store,
-    must_ok,
-    parse_sections,
-    script,
-)
+from remediations.facts.postgres import PgTarget, must_ok, parse_sections, script
 from remediations.facts.wal import (
     PG_FACTS_SQL,
     ArchiveFacts,

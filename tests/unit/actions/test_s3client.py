@@ -11,10 +11,9 @@ from typing import Any
 
 import pytest
 
-from remediations.actions.s3client import Bounds, S3Unanswered
+from remediations.actions.s3client import Bounds, S3Store, S3Unanswered
 from remediations.actions.s3versions import S3, Tuning
 from remediations.core.errors import HostError, UsageError
-from remediations.facts.postgres import S3Store
 
 
 @pytest.mark.parametrize(

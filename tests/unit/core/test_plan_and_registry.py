@@ -142,3 +142,23 @@ def test_a_task_name_declared_twice_is_refused() -> None:
 
         class Again(Remediation):
             task: ClassVar[str] = "restart-api"
+
+
+class OwnSteps(Steps):
+    """One change that records two steps of its own."""
+
+    def decide(self, ctx: HostContext, facts: list[str]) -> Plan:
+        def apply(ctx: HostContext) -> None:
+            ctx.record("copy", Status.CHANGED, "copied")
+            ctx.record("truncate", Status.CHANGED, "truncated")
+
+        diff = "-4053 bytes\n+0 bytes"
+        return Plan.of(Change("rotate", "rotate the log", apply, diff=diff, own_steps=True))
+
+
+def test_a_change_with_its_own_steps_keeps_its_diff(tmp_path: Path) -> None:
+    result = run(tmp_path, OwnSteps([]))
+    assert [(s.step, s.message) for s in result.steps] == [("copy", "copied"), ("truncate", "truncated"),
+                                                           ("verify", "0 done")]  # fmt: skip
+    assert result.steps[1].diff == "-4053 bytes\n+0 bytes"  # the real run shows what --check showed
+    assert run(tmp_path, OwnSteps([]), check=True).steps[0].diff == "-4053 bytes\n+0 bytes"

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from remediations.actions.s3client import S3Object
 from remediations.core import interrupt
 from remediations.core.context import HostContext
 from remediations.core.errors import CommandResult
@@ -20,7 +21,6 @@ from remediations.core.options import RunOptions
 from remediations.core.remote import Guard
 from remediations.core.results import HostResult, Status
 from remediations.facts import wal as walfacts
-from remediations.facts.postgres import S3Object
 from remediations.postgres import restore_drill
 from remediations.postgres import wal_cleanup as wal
 from remediations.reporting.redact import Redactor

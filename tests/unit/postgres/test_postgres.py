@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 
 from remediations.actions import drill_report
+from remediations.actions.s3client import S3Object
 from remediations.core.errors import UsageError
 from remediations.core.inventory import Host
 from remediations.facts import crontab as ctab
 from remediations.facts import wal as walfacts
-from remediations.facts.postgres import S3Object, sql_identifier, sql_literal
+from remediations.facts.postgres import sql_identifier, sql_literal
 from remediations.facts.wal import RemoteCopy
 from remediations.host import install_cron as cron
 from remediations.postgres import backup_check as backups
