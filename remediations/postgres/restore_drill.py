@@ -18,6 +18,9 @@ verify  the checks are the verification. The scratch database is always dropped 
 Every run writes its result on the controller, atomically (temporary file, then rename): JSON at
 `restore_test_json` and Prometheus textfile metrics at `restore_test_metrics` (`{host}` in either
 path is replaced by the restore host's name).
+
+A little over 500 lines on purpose: the drill's phases (cleanup, download, restore, checks, clean)
+and their SQL read top to bottom in one module; the result files are `actions.drill_report`.
 """
 
 # ruff: noqa: S608 - SQL here is built only from validated names, quoted (see sql_literal)
