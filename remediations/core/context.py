@@ -86,9 +86,9 @@ class HostContext:
 
     def _attach(self, steps: list[StepResult], diff: str, data: dict[str, Any]) -> None:
         """A change that recorded its own steps: its diff and data go with the last of them that
-        changed something, unless that step has a diff of its own (so --diff shows it)."""
+        changed something, unless one of them shows a diff of its own (so --diff shows it once)."""
         changed = [s for s in steps if s.status == Status.CHANGED]
-        if not changed:
+        if not changed or any(s.diff for s in steps):  # a step that shows its own diff: not twice
             return
         last = changed[-1]
         if diff and not last.diff and self.options.diff:

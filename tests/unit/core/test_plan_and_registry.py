@@ -162,3 +162,19 @@ def test_a_change_with_its_own_steps_keeps_its_diff(tmp_path: Path) -> None:
                                                            ("verify", "0 done")]  # fmt: skip
     assert result.steps[1].diff == "-4053 bytes\n+0 bytes"  # the real run shows what --check showed
     assert run(tmp_path, OwnSteps([]), check=True).steps[0].diff == "-4053 bytes\n+0 bytes"
+
+
+class OwnDiff(Steps):
+    """A change whose first own step shows the diff itself (as set-env's write does)."""
+
+    def decide(self, ctx: HostContext, facts: list[str]) -> Plan:
+        def apply(ctx: HostContext) -> None:
+            ctx.record("write", Status.CHANGED, "wrote", diff="-a\n+b")
+            ctx.record("recreate", Status.CHANGED, "recreated")
+
+        return Plan.of(Change("set", "set a", apply, diff="-a\n+b", own_steps=True))
+
+
+def test_a_diff_an_own_step_shows_is_not_shown_twice(tmp_path: Path) -> None:
+    result = run(tmp_path, OwnDiff([]))
+    assert [(s.step, s.diff) for s in result.steps[:2]] == [("write", "-a\n+b"), ("recreate", "")]
