@@ -301,31 +301,43 @@ class SSHRemote:
                 raise DeadlineExceeded(self.guard.expired()) from None
             raise HostError(f"could not send input to a command on {self.host.address}: {exc}") from None
         out, err = bytearray(), bytearray()
+        exited_at: float | None = None
         while True:
             while channel.recv_ready():
                 out += channel.recv(65536)
             while channel.recv_stderr_ready():
                 err += channel.recv_stderr(65536)
-            if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
+            if _output_ended(channel):
                 break
-            if channel.closed and channel.eof_received and not channel.recv_ready():
-                break
+            if channel.exit_status_ready() and exited_at is None:
+                exited_at = time.monotonic()
+            if exited_at is not None and time.monotonic() - exited_at > EXIT_GRACE:
+                break  # exited, but a child it left behind keeps the output open
             if channel.closed and self._lost_now():
                 raise ConnectionLost(str(self.guard.lost))
+            if channel.closed and not channel.recv_ready() and not channel.recv_stderr_ready():
+                break
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                channel.close()
-                if by_deadline:
-                    raise DeadlineExceeded(self.guard.expired())
-                return CommandResult(
-                    command, TIMED_OUT, out.decode(errors="replace"), f"timed out after {allowed:.0f}s"
-                )
+                return self._timed_out(channel, command, out, allowed, by_deadline)
             select.select([channel], [], [], min(remaining, 1.0))
+        # output closed before the exit: wait for the exit status within the same deadline
+        if not channel.status_event.wait(max(deadline - time.monotonic(), 0.0)):
+            return self._timed_out(channel, command, out, allowed, by_deadline)
         code = channel.recv_exit_status()
         channel.close()
         if code == -1 and self._lost_now():  # closed without an exit status: the connection died
             raise ConnectionLost(str(self.guard.lost))
         return CommandResult(command, code, out.decode(errors="replace"), err.decode(errors="replace"))
+
+    def _timed_out(
+        self, channel: paramiko.Channel, command: str, out: bytearray, allowed: float, by_deadline: bool
+    ) -> CommandResult:
+        channel.close()
+        if by_deadline:
+            raise DeadlineExceeded(self.guard.expired())
+        reason = f"timed out after {allowed:.0f}s"
+        return CommandResult(command, TIMED_OUT, out.decode(errors="replace"), reason)
 
     def open_process(self, command: str) -> SSHProcess:
         return SSHProcess(self._channel(command))
@@ -426,6 +438,17 @@ class _Forwarder:
             thread.join(timeout=2)
 
 
+# sshd may send a command's exit status before the last of its output: the output has ended only at
+# the channel's EOF. A command that exits while a child it started keeps stdout open never sends EOF;
+# it is taken as finished this long after its exit status, so that it cannot hang the run.
+EXIT_GRACE = 2.0
+
+
+def _output_ended(channel: paramiko.Channel) -> bool:
+    """All output has arrived: EOF was received and nothing is left in the buffers."""
+    return bool(channel.eof_received and not channel.recv_ready() and not channel.recv_stderr_ready())
+
+
 class SSHProcess:
     def __init__(self, channel: paramiko.Channel) -> None:
         self.channel = channel
@@ -444,7 +467,7 @@ class SSHProcess:
                     break
                 self.buffer += chunk
                 continue
-            if self.channel.exit_status_ready() and not self.channel.recv_ready():
+            if _output_ended(self.channel):
                 break
             select.select([self.channel], [], [], min(remaining, 0.5))
         line, self.buffer = take_line(self.buffer)
