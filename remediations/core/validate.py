@@ -212,6 +212,7 @@ VARS: dict[str, Var] = {
     "state_dir": Var(ABSOLUTE, "/var/lib/remediations"),
     "audit_log": Var(PATH, "/var/log/remediations/audit.jsonl"),
     "secret_vars": Var(list_of(WORD_KIND, "a list of variable names"), "[LICENSE_BLOB]", ()),
+    "notify_environment": Var(WORD_KIND, "prod"),
     "notify_on": Var(choice("changes", "failures", "always", "never"), "failures"),
     "notify_slack_webhook": Var(URL_KIND, "https://hooks.slack.com/services/…"),
     "notify_telegram_api": Var(URL_KIND, "https://api.telegram.org"),
