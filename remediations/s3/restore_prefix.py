@@ -55,11 +55,13 @@ class RestorePrefix(S3Task):
 
     Overwritten keys get their version of that time back and deleted keys come back (copies: history
     is kept); keys created later are left alone and listed (--delete-new hides them). Copies run in a
-    bounded pool, throttling, 5xx and timeouts are retried with backoff, and a progress line shows on
-    a terminal. Every S3 request is bounded (s3_connect_timeout 5 s, s3_read_timeout 30 s,
-    s3_max_attempts 3: 108 s at most); a request waiting longer than s3_progress_interval (10 s) is
-    reported on stderr, and an endpoint that stops answering stops the run with the keys restored so
-    far. --check lists every key and what would happen to it. A second run finds nothing to do.
+    bounded pool, throttling, 5xx and timeouts are retried with backoff, and progress (listing,
+    copying with % and ETA, verifying) goes to stderr (off a terminal: each phase's first and last
+    line, and one per progress_interval, 60 s). Every S3 request is bounded (s3_connect_timeout 5 s,
+    s3_read_timeout 30 s, s3_max_attempts 3: 108 s at most); a request waiting longer than
+    s3_progress_interval (10 s) is reported on stderr, and an endpoint that stops answering stops the
+    run with the keys restored so far. --check leads with the totals and lists each key (at most
+    1000, changes first) and what would happen to it. A second run finds nothing to do.
     """
 
     task: ClassVar[str] = "restore-s3-prefix"
