@@ -269,7 +269,8 @@ class RestorePrefix(S3Task):
                     meter.add(_size(futures[future]))
                     progress.update(lambda: f"copying: {meter.text()}")
         finally:
-            progress.end(f"copied: {meter.text()}; {human_age(time.monotonic() - meter.start)}")
+            ended = "copying stopped" if applied.silence else "copied"  # failures: the result line
+            progress.end(f"{ended}: {meter.text()}; {human_age(time.monotonic() - meter.start)}")
         applied.failures.sort()
         for keys in (applied.restored_keys, applied.unanswered_keys, applied.not_sent):
             keys.sort()
