@@ -104,8 +104,12 @@ def test_multibyte_reasons_fit_telegram_counted_in_utf16(apis: ChatAPIs) -> None
     run = failing_run(40, reason="🔥 disk full on /var/lib/docker 🔥 " * 8)
     assert send(both(apis), summary(run, ACTOR), Redactor()) == []
     telegram = next(d for d in apis.delivered if d.channel == "telegram")
-    assert utf16_units(telegram.text) <= 4096 < utf16_units(telegram.text) + len(telegram.text) // 2
+    assert len(telegram.text) < utf16_units(telegram.text) <= 4096
     assert "\ufffd" not in telegram.text
+    by_code_points = notify.Channel("telegram", 4096).render(summary(run, ACTOR), Redactor())
+    url = f"{apis.url}/bot{TOKEN}/sendMessage"
+    with pytest.raises(notify.Refused, match="message is too long"):
+        notify._post_json(url, {"chat_id": "1", "text": by_code_points})
 
 
 def test_the_old_summary_of_twelve_failures_would_not_fit() -> None:
