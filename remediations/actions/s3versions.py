@@ -2,20 +2,16 @@
 
 `S3` reads versions (list_object_versions, paginated; HEAD of a version) and changes S3 only by
 adding: a copy of an old version over the key (part by part along the source's own boundaries for
-multipart objects), delete-marker removal (undelete), archive retrievals. `Tuning` holds the knobs,
-`Progress` the line a terminal sees while copies run.
+multipart objects), delete-marker removal (undelete), archive retrievals. `Tuning` holds the knobs.
 """
 
 from __future__ import annotations
 
-import sys
-import threading
-import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any
 from urllib.parse import urlencode
 
 from remediations.actions import s3client
@@ -131,13 +127,13 @@ class S3(s3client.Client):
             raise
         return parse_head(found, version_id)
 
-    def list_versions(self, bucket: str, prefix: str, page_size: int, *, only_key: str | None = None
-                      ) -> Listing:
+    def list_versions(self, bucket: str, prefix: str, page_size: int, *, only_key: str | None = None,
+                      on_page: Callable[[Listing], None] | None = None) -> Listing:
         """Every version and delete marker under `prefix`, page by page.
 
         A page may hold only delete markers (no "Versions" element at all): nothing here assumes
         either list is present. With `only_key`, stops after that key's entries (keys are listed in
-        order, so every later page is about other keys).
+        order, so every later page is about other keys). `on_page` sees the listing after each page.
         """
         listing = Listing()
         request: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": page_size}
@@ -145,11 +141,15 @@ class S3(s3client.Client):
             with self.waits.doing(f"ListObjectVersions page {listing.pages + 1} of {bucket}/{prefix}"):
                 page = self.client.list_object_versions(**request)
             past_key = listing.add_page(page, only_key)
+            if on_page is not None:
+                on_page(listing)
             if past_key or not next_page(request, page):
                 return listing
 
-    def list_current(self, bucket: str, prefix: str, page_size: int) -> dict[str, Content]:
-        """The current objects under `prefix` (deleted keys are absent), for a restore elsewhere."""
+    def list_current(self, bucket: str, prefix: str, page_size: int,
+                     on_page: Callable[[int, int], None] | None = None) -> dict[str, Content]:
+        """The current objects under `prefix` (deleted keys are absent), for a restore elsewhere;
+        `on_page` sees (pages, objects) after each page."""
         found: dict[str, Content] = {}
         request: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": page_size}
         pages = 0
@@ -159,6 +159,8 @@ class S3(s3client.Client):
                 page = self.client.list_objects_v2(**request)
             for entry in page.get("Contents") or []:
                 found[str(entry["Key"])] = Content(int(entry.get("Size", 0)), str(entry.get("ETag", "")))
+            if on_page is not None:
+                on_page(pages, len(found))
             if not page.get("IsTruncated"):
                 return found
             request["ContinuationToken"] = page["NextContinuationToken"]
@@ -247,36 +249,3 @@ class S3(s3client.Client):
                 return False
             raise
         return True
-
-
-
-
-class Progress:
-    """`done/total keys, N keys/s` on one rewritten line, only when the stream is a terminal."""
-
-    def __init__(self, total: int, label: str, stream: TextIO | None = None, every: float = 0.2) -> None:
-        self.total, self.label = total, label
-        self.stream = stream if stream is not None else sys.stderr
-        self.live = self.stream.isatty()
-        self.every = every
-        self.done = 0
-        self.start = time.monotonic()
-        self._shown = 0.0
-        self._lock = threading.Lock()
-
-    def tick(self) -> None:
-        with self._lock:
-            self.done += 1
-            now = time.monotonic()
-            if self.live and (now - self._shown >= self.every or self.done == self.total):
-                self._shown = now
-                rate = self.done / max(now - self.start, 1e-6)
-                self.stream.write(f"\r\033[K{self.label}: {self.done}/{self.total} keys, {rate:.1f} keys/s")
-                self.stream.flush()
-
-    def close(self) -> None:
-        if self.live and self.done:
-            self.stream.write("\n")
-            self.stream.flush()
-
-

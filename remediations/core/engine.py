@@ -23,7 +23,7 @@ from remediations.core.remote import Remote
 from remediations.core.results import HostResult, RunResult, Status, StepResult, timed
 from remediations.core.validate import check_vars
 from remediations.reporting.audit import Actor, AuditLog, audit_path
-from remediations.reporting.notify import NotifyConfig, send, summary
+from remediations.reporting.notify import NotifyConfig, environment_name, send, summary
 from remediations.reporting.redact import Redactor
 
 Listener = Callable[[HostResult], None]
@@ -239,9 +239,9 @@ class Engine:
     def _notify(self, run: RunResult, anyway: bool = False) -> None:
         if not (anyway or self.notify_config.wants(run)):
             return
-        self.warnings.extend(
-            send(self.notify_config, summary(run, self.actor.holder(run.task)), self.redactor)
-        )
+        environment = self.notify_config.environment or environment_name(self.inventory.source)
+        message = summary(run, self.actor.holder(run.task), environment, self.actor.run_id)
+        self.warnings.extend(send(self.notify_config, message, self.redactor))
 
 
 def _batches(hosts: list[Host], serial: int | None) -> list[list[Host]]:

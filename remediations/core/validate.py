@@ -212,6 +212,7 @@ VARS: dict[str, Var] = {
     "state_dir": Var(ABSOLUTE, "/var/lib/remediations"),
     "audit_log": Var(PATH, "/var/log/remediations/audit.jsonl"),
     "secret_vars": Var(list_of(WORD_KIND, "a list of variable names"), "[LICENSE_BLOB]", ()),
+    "notify_environment": Var(WORD_KIND, "prod"),
     "notify_on": Var(choice("changes", "failures", "always", "never"), "failures"),
     "notify_slack_webhook": Var(URL_KIND, "https://hooks.slack.com/services/…"),
     "notify_telegram_api": Var(URL_KIND, "https://api.telegram.org"),
@@ -285,6 +286,7 @@ VARS: dict[str, Var] = {
     "s3_read_timeout": Var(number(0.1, 3600, unit="seconds"), "30"),
     "s3_max_attempts": Var(number(1, 10, whole=True), "3"),
     "s3_progress_interval": Var(number(0.1, 3600, unit="seconds"), "10"),
+    "progress_interval": Var(number(0.01, 3600, unit="seconds"), "60", 60.0),
     "s3_noncurrent_retention_days": Var(number(1, 36500, whole=True, unit="days"), "30", 30),
     # firewall, cron
     "firewall_state_dir": Var(ABSOLUTE, "/var/lib/remediations"),

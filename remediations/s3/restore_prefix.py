@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from typing import Any, ClassVar, TextIO
 from remediations.actions import s3client
 from remediations.actions.s3client import S3Unanswered, is_endpoint_down
 from remediations.actions.s3task import BUCKET, TUNING, S3Task, tuning
-from remediations.actions.s3versions import S3, Progress, Tuning
+from remediations.actions.s3versions import S3, Tuning
 from remediations.core import interrupt, validate
 from remediations.core.args import Arg, args
 from remediations.core.context import HostContext
@@ -31,16 +32,21 @@ from remediations.core.inventory import Host
 from remediations.core.plan import Change, Plan
 from remediations.core.remediation import Remediation
 from remediations.core.results import Status
+from remediations.core.units import human_age, human_bytes
 from remediations.facts.s3 import ARCHIVED, Content, Listing, history, iso, parse_at
+from remediations.reporting.progress import Meter, Progress
 from remediations.s3.decide import KeyPlan, count_actions, dest_key, plan_key, plan_lines, refine_archived
 
 WORK = ("restore", "retrieve", "hide")  # the actions that change S3
+LISTED_KEYS = 1000  # a listing of more keys shows these, changes first, and counts the rest
+LISTING_ORDER = {"restore": 0, "retrieve": 1, "hide": 2, "wait": 3, "new": 4, "unchanged": 5}
 
 
 @dataclass
 class Facts:
     s3: S3
     plans: list[KeyPlan]
+    progress: Progress
     applied: Applied | None = None  # what the apply did (set by it)
 
 
@@ -49,11 +55,13 @@ class RestorePrefix(S3Task):
 
     Overwritten keys get their version of that time back and deleted keys come back (copies: history
     is kept); keys created later are left alone and listed (--delete-new hides them). Copies run in a
-    bounded pool, throttling, 5xx and timeouts are retried with backoff, and a progress line shows on
-    a terminal. Every S3 request is bounded (s3_connect_timeout 5 s, s3_read_timeout 30 s,
-    s3_max_attempts 3: 108 s at most); a request waiting longer than s3_progress_interval (10 s) is
-    reported on stderr, and an endpoint that stops answering stops the run with the keys restored so
-    far. --check lists every key and what would happen to it. A second run finds nothing to do.
+    bounded pool, throttling, 5xx and timeouts are retried with backoff, and progress (listing,
+    copying with % and ETA, verifying) goes to stderr (off a terminal: each phase's first and last
+    line, and one per progress_interval, 60 s). Every S3 request is bounded (s3_connect_timeout 5 s,
+    s3_read_timeout 30 s, s3_max_attempts 3: 108 s at most); a request waiting longer than
+    s3_progress_interval (10 s) is reported on stderr, and an endpoint that stops answering stops the
+    run with the keys restored so far. --check leads with the totals and lists each key (at most
+    1000, changes first) and what would happen to it. A second run finds nothing to do.
     """
 
     task: ClassVar[str] = "restore-s3-prefix"
@@ -116,24 +124,25 @@ class RestorePrefix(S3Task):
 
     def gather(self, ctx: HostContext) -> Facts:
         s3 = self.s3(ctx)
+        progress = Progress(self.task, self._progress, validate.value(ctx.host, "progress_interval"))
         self.require_versioning(ctx, s3, self.destination[0])
         with ctx.step("facts") as step, s3.failing(f"s3://{self.bucket}/{self.prefix}: facts"):
-            plans, listing = self._plan(s3)
+            plans, listing = self._plan(s3, progress)
             step.done(Status.OK, f"{len(plans)} key(s) under s3://{self.bucket}/{self.prefix} in "
                       f"{listing.pages} listing page(s)", keys=len(plans), pages=listing.pages,
                       marker_only_pages=listing.marker_only_pages)  # fmt: skip
-        return Facts(s3, plans)
+        return Facts(s3, plans, progress)
 
     def decide(self, ctx: HostContext, facts: Facts) -> Plan:
         counts = count_actions(facts.plans)
         work = [p for p in facts.plans if p.action in WORK]
         new = [p.dest_key for p in facts.plans if p.action == "new"]
         pending = any(p.action == "wait" for p in facts.plans)
-        listing = plan_lines(facts.plans)
+        listing = listed(facts.plans)
         if not work:
             return Plan(reason=self._nothing_message(counts, new), data=dict(counts),
                         diff=listing if pending or new else "")  # fmt: skip
-        summary = self._summary(counts, new)
+        summary = self._summary(counts, new, self._totals(facts.plans))
 
         def apply(ctx: HostContext) -> None:
             ctx.record("decide", Status.OK, summary, diff=listing, **counts)
@@ -145,7 +154,7 @@ class RestorePrefix(S3Task):
     def _restore(self, ctx: HostContext, facts: Facts, work: list[KeyPlan], counts: Mapping[str, int],
                  new: Sequence[str]) -> None:  # fmt: skip
         with ctx.step("restore") as step:
-            applied = facts.applied = self._apply(facts.s3, work)
+            applied = facts.applied = self._apply(facts.s3, work, facts.progress)
             done, failures = applied.done, applied.failures
             if applied.silence:
                 step.done(Status.FAILED, self._stopped(applied), diff=applied.listing(),
@@ -164,7 +173,7 @@ class RestorePrefix(S3Task):
             return  # verifying would ask the silent endpoint again: the next run re-plans
         dest_bucket, dest_prefix = self.destination
         with ctx.step("verify") as step, facts.s3.failing(f"s3://{self.bucket}/{self.prefix}: verify"):
-            after, _ = self._plan(facts.s3)
+            after, _ = self._plan(facts.s3, facts.progress, "verifying: ")
             # retrievals started now are copied by a later run
             retrieving = {p.dest_key for p in facts.plans if p.action == "retrieve"}
             left = [p for p in after if p.action in ("restore", "hide") and p.dest_key not in retrieving]
@@ -177,9 +186,9 @@ class RestorePrefix(S3Task):
                 step.done(Status.OK, f"every key under s3://{dest_bucket}/{dest_prefix} is at its state of "
                           f"{iso(self._when)}{pending_text}")
 
-    def _plan(self, s3: S3) -> tuple[list[KeyPlan], Listing]:
+    def _plan(self, s3: S3, progress: Progress, phase: str = "") -> tuple[list[KeyPlan], Listing]:
         dest_bucket, dest_prefix = self.destination
-        listing = s3.list_versions(self.bucket, self.prefix, self._tuning.page_size)
+        listing = self._list_versions(s3, progress, phase)
         current: dict[str, Content] = {}
         current_ids: dict[str, str] = {}
         if self.in_place:
@@ -188,7 +197,15 @@ class RestorePrefix(S3Task):
                 if not latest.is_delete_marker:
                     current[key], current_ids[key] = latest.content, latest.version_id
         else:
-            current = s3.list_current(dest_bucket, dest_prefix, self._tuning.page_size)
+            where = f"s3://{dest_bucket}/{dest_prefix}"
+            progress.begin(f"{phase}listing current objects under {where} …")
+
+            def on_page(pages: int, found: int) -> None:
+                progress.update(lambda: f"{phase}listing current objects under {where}: {found:,} so far "
+                                f"({pages} page(s))")  # fmt: skip
+
+            current = s3.list_current(dest_bucket, dest_prefix, self._tuning.page_size, on_page)
+            progress.end(f"{phase}listed {len(current):,} current object(s) under {where}")
         plans = []
         seen = set()
         for key, entries in sorted(listing.by_key.items()):
@@ -207,28 +224,53 @@ class RestorePrefix(S3Task):
 
         archived = [i for i, p in enumerate(plans)
                     if p.action == "restore" and p.version and p.version.storage_class in ARCHIVED]
+        if archived:
+            progress.begin(f"{phase}reading the state of {len(archived):,} archived version(s) …")
         with ThreadPoolExecutor(max_workers=self._tuning.workers, thread_name_prefix="s3head") as pool:
             for index, refined in zip(archived, pool.map(lambda i: archive_head(plans[i]), archived),
                                       strict=True):
                 plans[index] = refined
+        if archived:
+            progress.end(f"{phase}read the state of {len(archived):,} archived version(s)")
         return plans, listing
 
+    def _list_versions(self, s3: S3, progress: Progress, phase: str) -> Listing:
+        where = f"s3://{self.bucket}/{self.prefix}"
+        started = time.monotonic()
 
-    def _apply(self, s3: S3, work: list[KeyPlan]) -> Applied:
+        def so_far(listing: Listing) -> str:
+            found = sum(len(entries) for entries in listing.by_key.values())
+            return (f"{phase}listing versions under {where}: {found:,} version(s) of {len(listing.by_key):,} "
+                    f"key(s) so far ({listing.pages} page(s))")
+
+        progress.begin(f"{phase}listing versions under {where} …")
+        listing = s3.list_versions(self.bucket, self.prefix, self._tuning.page_size,
+                                   on_page=lambda listing: progress.update(lambda: so_far(listing)))
+        found = sum(len(entries) for entries in listing.by_key.values())
+        progress.end(f"{phase}listed {found:,} version(s) of {len(listing.by_key):,} key(s) under {where} in "
+                     f"{listing.pages} page(s), {human_age(time.monotonic() - started)}")  # fmt: skip
+        return listing
+
+
+    def _apply(self, s3: S3, work: list[KeyPlan], progress: Progress) -> Applied:
         """Every planned change in the copy pool. The first request the endpoint does not answer (or
         cannot be sent) stops the run: queued keys are not sent, those in flight end within their
         own bound, and the result lists what was restored before that."""
         applied = Applied(started=iso(dt.datetime.now(dt.UTC)))
         silent = threading.Event()
-        progress = Progress(len(work), self.task, self._progress)
+        meter = Meter(len(work), sum(_size(p) for p in work))
+        progress.begin(f"copying {meter.keys:,} key(s), {human_bytes(meter.size)}, "
+                       f"{self._tuning.workers} at a time …")
         try:
             with ThreadPoolExecutor(max_workers=self._tuning.workers, thread_name_prefix="s3copy") as pool:
                 futures = {pool.submit(self._send, s3, plan, silent): plan for plan in work}
                 for future in as_completed(futures):
                     self._collect(s3, future, futures, applied)
-                    progress.tick()
+                    meter.add(_size(futures[future]))
+                    progress.update(lambda: f"copying: {meter.text()}")
         finally:
-            progress.close()
+            ended = "copying stopped" if applied.silence else "copied"  # failures: the result line
+            progress.end(f"{ended}: {meter.text()}; {human_age(time.monotonic() - meter.start)}")
         applied.failures.sort()
         for keys in (applied.restored_keys, applied.unanswered_keys, applied.not_sent):
             keys.sort()
@@ -300,13 +342,20 @@ class RestorePrefix(S3Task):
                          + "; ".join(f"{k}: {why}" for k, why in applied.failures[:3]))
         return "; ".join(parts) + "; run again to finish"
 
-    def _summary(self, counts: Mapping[str, int], new: Sequence[str]) -> str:
+    def _totals(self, plans: Sequence[KeyPlan]) -> str:
+        """What --check leads with on a prefix of any size: how much there is and how much is copied."""
+        size = sum(p.version.size for p in plans if p.version is not None)  # the keys as of --at
+        copied = sum(_size(p) for p in plans)
+        return (f" ({human_bytes(copied)} to copy) of {len(plans):,} key(s), {human_bytes(size)} at "
+                f"{iso(self._when)}, under s3://{self.bucket}/{self.prefix}")
+
+    def _summary(self, counts: Mapping[str, int], new: Sequence[str], totals: str = "") -> str:
         parts = [f"restore {counts['restore']} key(s)"] if counts["restore"] else []
         if counts["retrieve"]:
             parts.append(f"start {counts['retrieve']} archive retrieval(s)")
         if counts["hide"]:
             parts.append(f"hide {counts['hide']} new key(s) behind delete markers")
-        return ", ".join(parts) + self._tail(counts, new)
+        return ", ".join(parts) + totals + self._tail(counts, new)
 
     def _applied(self, done: Mapping[str, int], failures: Sequence[tuple[str, str]], started: str,
                  counts: Mapping[str, int], new: Sequence[str]) -> str:
@@ -334,6 +383,25 @@ class RestorePrefix(S3Task):
         return (f"nothing to do: s3://{dest_bucket}/{dest_prefix} is at its state of {iso(self._when)}"
                 + self._tail(counts, new))
 
+
+
+def _size(plan: KeyPlan) -> int:
+    """The bytes a key's change copies (a retrieval or a delete marker copies none)."""
+    return plan.version.size if plan.action == "restore" and plan.version is not None else 0
+
+
+def listed(plans: Sequence[KeyPlan]) -> str:
+    """The per-key listing; past LISTED_KEYS keys, the changes first and the rest counted."""
+    if len(plans) <= LISTED_KEYS:
+        return plan_lines(plans)
+    ranked = sorted(plans, key=lambda p: LISTING_ORDER[p.action])  # stable: by key within an action
+    rest = count_actions(ranked[LISTED_KEYS:])
+    counted = ", ".join(f"{n:,} {ACTION_NAMES[a]}" for a, n in rest.items() if n)
+    return plan_lines(ranked[:LISTED_KEYS]) + f"\n… and {len(plans) - LISTED_KEYS:,} more key(s): {counted}"
+
+
+ACTION_NAMES = {"unchanged": "ok", "restore": "to restore", "retrieve": "to retrieve", "wait": "pending",
+                "new": "new (kept)", "hide": "new (to hide)"}
 
 
 class _NotSent(Exception):

@@ -244,20 +244,31 @@ def test_notify_on_modes(on: str, statuses: list[Status], check: bool, wanted: b
 def test_summary_text() -> None:
     run = run_with(Status.OK, Status.CHANGED, Status.FAILED)
     run.stopped_early = "1 host(s) failed; 2 remaining host(s) not started"
-    assert summary(run, "alice@ctl task=restart-api run=r1") == (
-        "restart-api by alice@ctl task=restart-api run=r1: 1 ok, 1 changed, 1 failed\n"
-        "- api2: changed: changed on api2\n"
-        "- api3: failed: failed on api3\n"
-        "stopped early: 1 host(s) failed; 2 remaining host(s) not started"
+    assert summary(run, "alice@ctl task=restart-api run=r1").lines() == [
+        "FAILED: restart-api on 1 of 3 hosts (1 ok, 1 changed)",
+        "stopped early: 1 host(s) failed; 2 remaining host(s) not started",
+        "- api3: failed: failed on api3",
+        "- api2: changed: changed on api2",
+        "by alice@ctl task=restart-api run=r1",
+    ]
+
+
+def test_summary_of_many_hosts_fits_one_message(server: Recorder) -> None:
+    run = run_with(*[Status.CHANGED] * 400, check=True)
+    assert (
+        send(
+            NotifyConfig(slack_webhook=server.url + WEBHOOK_PATH),
+            summary(run, "bob@ctl", "", "r9"),
+            Redactor(),
+        )
+        == []
     )
-
-
-def test_summary_of_many_hosts_is_capped() -> None:
-    run = run_with(*[Status.CHANGED] * 13, check=True)
-    lines = summary(run, "bob@ctl").splitlines()
-    assert lines[0] == "restart-api (check) by bob@ctl: 13 changed"
-    assert len(lines) == 1 + notify.MAX_DETAIL_HOSTS + 1
-    assert lines[-1] == "- … and 3 more"
+    lines = server.requests[0].json()["text"].splitlines()
+    assert lines[0] == "WOULD CHANGE: restart-api (check) on 400 of 400 hosts"
+    assert lines[-1] == "by bob@ctl"
+    shown = len(lines) - 3
+    assert 50 < shown < 400
+    assert lines[-2] == f"… and {400 - shown} more (every host is in the audit log, run r9)"
 
 
 # ---- sending to a real local server -------------------------------------------------------------
@@ -409,10 +420,12 @@ def test_engine_notifies_on_changes_from_inventory_vars(tmp_path: Path, server: 
     engine, _ = engine_run(path, Touch(), actor=Actor("alice", "ctl", "r1"))
     assert engine.warnings == []
     [request] = server.requests
-    assert request.json() == {
-        "text": "touch by alice@ctl task=touch run=r1: 2 changed\n"
-        "- h1: changed: touched\n- h2: changed: touched"
-    }
+    assert request.json()["text"].splitlines() == [
+        f"CHANGED {tmp_path.name}: touch on 2 of 2 hosts",  # hosts.yml: the folder names it
+        "- h1: changed: touched",
+        "- h2: changed: touched",
+        "by alice@ctl task=touch run=r1",
+    ]
     server.requests.clear()
     engine_run(path, Touch())  # nothing changes the second time: no message
     assert server.requests == []
@@ -427,7 +440,9 @@ def test_engine_notify_on_from_environment(
     monkeypatch.setenv("REMEDIATIONS_NOTIFY_ON", "always")
     engine_run(path, Touch(), RunOptions(check=True))
     assert len(server.requests) == 1
-    assert server.requests[0].json()["text"].startswith("touch (check) by ")
+    assert (
+        server.requests[0].json()["text"].startswith(f"WOULD CHANGE {tmp_path.name}: touch (check) on 1 of 1")
+    )
     monkeypatch.setenv("REMEDIATIONS_NOTIFY_ON", "never")
     engine_run(path, Touch())
     assert len(server.requests) == 1
@@ -451,7 +466,7 @@ def test_a_remediation_can_ask_to_be_announced_whatever_notify_on_says(
     engine_run(path, Announced())
     [request] = server.requests
     text = request.json()["text"]
-    assert text.startswith("touch by ") and text.endswith(": 1 ok"), text
+    assert text.startswith(f"OK {tmp_path.name}: touch on 1 of 1 hosts\nby "), text
     engine_run(path, Announced(), RunOptions(check=True))  # a check run is not announced
     engine_run(write_inventory(tmp_path, {"h1": {"fail": True}}, notify_slack_webhook=server.url
                                + WEBHOOK_PATH, notify_on="never"), Announced())  # fmt: skip

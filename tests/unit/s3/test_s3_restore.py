@@ -1,11 +1,10 @@
 """S3 restore without the lab: the pure decisions (tables), archive states moto cannot produce
 (botocore Stubber with recorded-shape responses), botocore's retries against a real local HTTP
-server that answers 503 SlowDown, and the progress line."""
+server that answers 503 SlowDown. (Progress lines: tests/unit/reporting/test_progress.py.)"""
 
 from __future__ import annotations
 
 import datetime as dt
-import io
 import re
 import threading
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from botocore.stub import Stubber
 
 from remediations.actions.s3task import controller_targets
 from remediations.actions.s3versions import S3 as S3Api
-from remediations.actions.s3versions import Progress, Tuning
+from remediations.actions.s3versions import Tuning
 from remediations.core import inventory
 from remediations.core.engine import Engine
 from remediations.core.errors import HostError, UsageError
@@ -849,29 +848,6 @@ def test_retrieved_version_is_copied_and_verified(creds: None) -> None:
     assert host.status == Status.CHANGED, host.to_dict()
     assert [s.status for s in host.steps][-2:] == [Status.CHANGED, Status.OK]
     assert "new current version v-new" in host.steps[-2].message
-
-
-# --- progress ---------------------------------------------------------------------------------
-
-
-class Terminal(io.StringIO):
-    def isatty(self) -> bool:
-        return True
-
-
-def test_progress_shows_only_on_a_terminal() -> None:
-    quiet, term = io.StringIO(), Terminal()
-    for stream in (quiet, term):
-        progress = Progress(3, "restore-s3-prefix", stream, every=0)
-        for _ in range(3):
-            progress.tick()
-        progress.close()
-    assert quiet.getvalue() == ""
-    lines = term.getvalue().split("\r\033[K")
-    assert [line.split(" keys, ")[0] for line in lines[1:]] == [
-        f"restore-s3-prefix: {n}/3" for n in (1, 2, 3)
-    ]
-    assert term.getvalue().endswith(" keys/s\n")
 
 
 # --- the listing and HEAD parsers (facts.s3) ----------------------------------------------------
