@@ -301,14 +301,15 @@ class InstallCron(Remediation):
         self.remove = remove
         self.schedule = "" if remove else validate_schedule(schedule or "")
         self.args = parse_args(args or "")
-        self.task_flags = task_flags(task, self.args) if not remove else {}
-        if not remove:
-            check_task_flags(task, self.task_flags)
         if user is not None and not USER_RE.fullmatch(user):
             raise UsageError(f"--user {user!r} is not a user name")
         self.user = user
-        self.log = check_path("--log", log or DEFAULT_LOG.replace("{name}", self.name))
+        self.log = check_path("--log", log or DEFAULT_LOG)
         self.inventory = inventory
+        # Last: every value is checked for what it is before the task is asked what it makes of them.
+        self.task_flags = {} if remove else task_flags(task, self.args)
+        if not remove:
+            check_task_flags(task, self.task_flags)
 
     @classmethod
     def from_values(cls, values: dict[str, Any]) -> Remediation:

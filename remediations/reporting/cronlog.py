@@ -24,6 +24,7 @@ of the run carry the same id.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import fcntl
 import os
@@ -86,8 +87,14 @@ def output_line(name: str, text: str, at: str) -> str:
 
 
 def end_line(name: str, run_id: str, code: int, seconds: float, at: str, note: str = "") -> str:
+    """`code` < 0: killed by that signal, shown as the shell shows it (exit=143 killed by SIGTERM)."""
     detail = f"{seconds:.1f}s" + (f"; {clean(note)}" if note else "")
-    return f"{at} {name} exit={code} {outcome(code)} ({detail}) run={run_id}"
+    return f"{at} {name} exit={exit_status(code)} {outcome(code)} ({detail}) run={run_id}"
+
+
+def exit_status(code: int) -> int:
+    """The exit status a shell reports for a child's return code (128 + N for signal N)."""
+    return 128 - code if code < 0 else code
 
 
 def skipped_line(name: str, holder: str, at: str) -> str:
@@ -158,7 +165,7 @@ def run(name: str, lock: str, command: Sequence[str], *, write: Callable[[str], 
     finally:
         os.ftruncate(fd, 0)
         os.close(fd)
-    return code if code >= 0 else 128 - code
+    return exit_status(code)
 
 
 def _child(
@@ -169,9 +176,11 @@ def _child(
     try:
         # The task keeps the lock's file descriptor, as under flock(1): if this runner is killed,
         # a task still running goes on holding the lock, and the next run is still skipped.
+        # Its own process group: a signal passed on reaches the whole task (a shell's children too),
+        # so the output pipe closes and the end line gets written.
         child = subprocess.Popen(
             list(command), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            env=env, pass_fds=(fd,),
+            env=env, pass_fds=(fd,), start_new_session=True,
         )  # fmt: skip
     except OSError as exc:
         return CANNOT_START_EXIT, f"cannot run {command[0]}: {exc.strerror}"
@@ -179,7 +188,8 @@ def _child(
 
     def forward(signum: int, frame: FrameType | None) -> None:
         forwarded.append(signal.Signals(signum).name)
-        child.send_signal(signum)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signum)
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, forward)
