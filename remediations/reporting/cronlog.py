@@ -216,6 +216,14 @@ def preflight(inv: str, inventory: str, select: str | None, lock: str) -> str:
 
     if not (os.path.isfile(inv) and os.access(inv, os.X_OK)):
         return f"{inv} is not an executable file (set the host var cron_inv to the project's inv)"
+    try:  # its #! line names an interpreter this host has, with Invoke installed
+        done = subprocess.run([inv, "--version"], stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, errors="replace", timeout=60, check=False)  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"{inv} does not run ({exc})"
+    if done.returncode != 0:
+        said = (done.stderr.strip() or done.stdout.strip()).splitlines()
+        return f"{inv} does not run (exit code {done.returncode}" + (f": {said[-1][:200]})" if said else ")")
     folder = os.path.dirname(lock) or "/"
     if not (os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK)):
         return f"the lock folder {folder} is not a writable folder (set the host var lock_dir)"

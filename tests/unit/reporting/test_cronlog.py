@@ -184,3 +184,14 @@ def test_preflight(tmp_path: Path) -> None:
         assert done.returncode == 2, done
         assert done.stdout.startswith("@@preflight error: ") and words in done.stdout, done.stdout
         assert done.stdout.count("\n") == 1
+
+
+def test_preflight_runs_inv(tmp_path: Path) -> None:
+    """An inv whose #! interpreter this host lacks is executable but does not run: refused."""
+    good = tmp_path / "hosts.yml"
+    good.write_text("all:\n  hosts:\n    db1: {}\n")
+    broken = tmp_path / "inv"
+    broken.write_text("#!/nonexistent/python3\n")
+    broken.chmod(0o755)
+    done = preflight(tmp_path, str(good), inv=str(broken))
+    assert done.returncode == 2 and f"{broken} does not run (" in done.stdout, done.stdout
