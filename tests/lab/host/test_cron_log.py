@@ -27,6 +27,8 @@ pytestmark = pytest.mark.lab
 STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
 CRON_ENV = {"PATH": "/usr/bin:/bin", "HOME": "/root", "SHELL": "/bin/sh", "LOGNAME": "root"}
 HOST = "db1"
+# db1 runs no compose project: its health check is then green (the lab's vars give every host one).
+NO_COMPOSE = {HOST: {"compose_project_dir": "", "api_health_url": ""}}
 
 
 def run(*args: str, audit: Path, inventory: Path) -> labkit.Ran:
@@ -98,7 +100,8 @@ def test_an_installed_entry_run_as_cron_runs_it_logs_its_runs(
     output, `exit=0 ok`, the run id also in the audit log; a second run while a first holds the
     lock: one `skipped` line naming it, exit 0, the task not run."""
     cron_audit = tmp_path / "cron-audit.jsonl"
-    inventory = labkit.write_inventory(tmp_path / "hosts.yml", all_vars={"audit_log": str(cron_audit)})
+    inventory = labkit.write_inventory(tmp_path / "hosts.yml", all_vars={"audit_log": str(cron_audit)},
+                                       host_vars=NO_COMPOSE)  # fmt: skip
     log = tmp_path / "logs" / "cron.log"
     ran = run("install-cron", "--task", "health", "--schedule", "0 4 * * 0", "--name", controller_entry,
               "--args", f"--host {HOST}", "--log", str(log), audit=tmp_path / "a.jsonl",
@@ -174,7 +177,7 @@ def test_a_real_cron_daemon_logs_a_run_and_a_skipped_one(db1_crontab: None, tmp_
     with labkit.host_venv("rmtest-cron-venv") as venv:
         cron_vars = {"cron_project_dir": str(labkit.ROOT), "cron_inv": str(venv / "inv"),
                      "audit_log": str(cron_audit)}  # fmt: skip
-        inventory = labkit.write_inventory(tmp_path / "hosts.yml", all_vars=cron_vars)
+        inventory = labkit.write_inventory(tmp_path / "hosts.yml", all_vars=cron_vars, host_vars=NO_COMPOSE)
         names = ("rmtest-cron-ran", "rmtest-cron-busy")
         with lab.cron_daemon(HOST):
             for name in names:

@@ -567,7 +567,7 @@ def test_install_cron_refuses_hostile_values_and_changes_nothing(
         tmp_path / "bad.yml", host_vars={CRON_HOST: {"cron_project_dir": f"/srv\n* * * * * touch {planted}"}}
     )
     ran = run("install-cron", "--task", "health", "--host", CRON_HOST, "--schedule", "@daily",
-              audit=audit, inventory=bad_vars)  # fmt: skip
+              "--args", f"--host {CRON_HOST}", audit=audit, inventory=bad_vars)  # fmt: skip
     assert ran.code == 2 and "cron_project_dir" in ran.stderr, ran.stderr
     assert host_crontab() == (0, db1_crontab)
     assert crontab() == controller_before
