@@ -455,7 +455,8 @@ def test_install_cron_quartet(audit: Path, cron_name: str, tmp_path: Path) -> No
     assert runs.check.code == 0, runs.check.stdout + runs.check.stderr
     assert steps(runs.check, "localhost")["decide"]["message"] == f"would add crontab entry {cron_name!r}"
     # The wording of the change itself, as the summary shows it (issue 13: no "addd").
-    assert runs.apply.host("localhost")["message"].startswith(f"added crontab entry {cron_name!r}: "), runs.apply
+    applied = runs.apply.host("localhost")["message"]
+    assert applied.startswith(f"added crontab entry {cron_name!r}: "), applied
     lines = crontab().splitlines()
     at = lines.index(f"# remediations: {cron_name} (managed by inv install-cron; do not edit)")
     entry = lines[at + 1]
