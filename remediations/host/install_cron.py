@@ -119,8 +119,9 @@ def _check_field(text: str, field: str, low: int, high: int, names: Sequence[str
             end = _value(last, field, low, high, names, offset)
             if end < start:
                 raise ValueError(f"{field} range {base!r} runs backwards")
-        elif slash:
-            continue  # "5/15": from 5 every 15 (Vixie cron)
+        elif slash:  # "5/15": cronie takes it as 5-59/15, Debian's cron refuses the crontab
+            hint = f"{first}-{high}/{step}"
+            raise ValueError(f"{field} {item!r}: a step needs '*' or a range before it ({hint})")
 
 
 def validate_schedule(schedule: str) -> str:

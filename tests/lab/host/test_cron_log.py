@@ -235,3 +235,44 @@ def wait_for(path: str, done: Any, timeout: float) -> str:
             return text
         time.sleep(2)
     raise AssertionError(f"cron did not log the runs within {timeout:.0f}s; {path}: {text[-2000:]!r}")
+
+
+# ------------------------------------------------------------------ the schedule, judged by cron itself
+
+SCHEDULES = [
+    "0 4 * * 0", "*/5 * * * *", "0 0 1 jan,jul *", "30 2 * * mon-fri", "0 3 1-15/2 * 7", "5/15 * * * *",
+    "0 4 * * SUN", "@daily", "@reboot", "@weekly", "@hourly", "@annually", "@midnight",
+    "60 4 * * 0", "0 24 * * 0", "0 4 0 * *", "0 4 * 13 *", "0 4 * * 8", "0 4 * * funday", "*/0 * * * *",
+    "5-1 * * * *", "0 4 * *", "0 4 * * 0 1", "@sometimes", "1,,2 * * * *", ",1 * * * *", "0-60 * * * *",
+    "* * 32 * *", "x * * * *", "-1 * * * *", "1- * * * *",
+]  # fmt: skip
+
+
+def cron_accepts(schedule: str) -> bool:
+    """Whether Debian's `crontab` (on db1, whose spool is its own) installs a line with `schedule`."""
+    done = on_host(["crontab", "-"], input=f"{schedule} /bin/true\n".encode(), check=False)
+    return done.returncode == 0
+
+
+def test_install_cron_accepts_no_schedule_cron_rejects(db1_crontab: None) -> None:
+    """The oracle: every schedule install-cron accepts, Debian's crontab accepts too; one crontab
+    refuses is refused by install-cron before any host is touched. install-cron is stricter only
+    where it says so."""
+    from remediations.core.errors import UsageError
+    from remediations.host.install_cron import validate_schedule
+
+    verdicts = {}
+    for schedule in SCHEDULES:
+        try:
+            validate_schedule(schedule)
+            ours = True
+        except UsageError:
+            ours = False
+        verdicts[schedule] = (ours, cron_accepts(schedule))
+    accepted_by_us_only = [s for s, (ours, theirs) in verdicts.items() if ours and not theirs]
+    assert not accepted_by_us_only, f"install-cron accepts what cron rejects: {accepted_by_us_only}"
+    stricter = [s for s, (ours, theirs) in verdicts.items() if theirs and not ours]
+    # On purpose: a backwards range (cron runs it at no minute or wraps, by version), and a sixth
+    # field (cron takes it as the start of the command).
+    assert stricter == ["5-1 * * * *", "0 4 * * 0 1"], f"install-cron refuses what cron accepts: {stricter}"
+    assert sum(theirs for _, theirs in verdicts.values()) >= 12, verdicts  # the oracle said yes too

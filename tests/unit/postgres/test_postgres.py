@@ -396,6 +396,7 @@ def test_valid_schedules(schedule: str) -> None:
         ("5-1 * * * *", "backwards"),
         ("0 4 * * 0;rm", "characters"),
         ("@sometimes", "5 fields"),
+        ("5/15 * * * *", "a step needs '*' or a range before it (5-59/15)"),  # Debian's crontab refuses it
     ],
 )
 def test_invalid_schedules(schedule: str, words: str) -> None:
