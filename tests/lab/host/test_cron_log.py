@@ -276,3 +276,27 @@ def test_install_cron_accepts_no_schedule_cron_rejects(db1_crontab: None) -> Non
     # field (cron takes it as the start of the command).
     assert stricter == ["5-1 * * * *", "0 4 * * 0 1"], f"install-cron refuses what cron accepts: {stricter}"
     assert sum(theirs for _, theirs in verdicts.values()) >= 12, verdicts  # the oracle said yes too
+
+
+def test_an_entry_db1_could_not_run_is_refused_there(db1_crontab: None, tmp_path: Path) -> None:
+    """With --host the entry runs on that host: the preflight runs there, with the entry's Python.
+    The controller's venv Python is under its own /root, which db1 does not see; an inventory db1
+    does not have. The host fails saying so, and db1's crontab is as it was."""
+    before = on_host(["crontab", "-l"], check=False)
+    with labkit.host_venv("rmtest-refused-venv") as venv:
+        no_inventory = {"cron_project_dir": str(labkit.ROOT), "cron_inv": str(venv / "inv"),
+                        "cron_inventory": "/nonexistent.yml"}  # fmt: skip
+        cases = [
+            (labkit.LAB_INVENTORY, "cannot run the cron runner"),
+            (labkit.write_inventory(tmp_path / "x.yml", all_vars=no_inventory),
+             "/nonexistent.yml: inventory not found"),
+        ]
+        for inventory, words in cases:
+            ran = run("install-cron", "--task", "health", "--host", HOST, "--schedule", "@daily", "--args",
+                      f"--host {HOST}", audit=tmp_path / "a.jsonl", inventory=inventory)  # fmt: skip
+            assert ran.code == 1, ran.stdout + ran.stderr
+            message = ran.host(HOST)["message"]
+            assert message.startswith(f"the entry would fail on every run on {HOST}: "), message
+            assert words in message and message.endswith("; nothing written"), message
+            after = on_host(["crontab", "-l"], check=False)
+            assert (after.returncode, after.stdout) == (before.returncode, before.stdout)
