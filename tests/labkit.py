@@ -183,3 +183,27 @@ def private_moto(setup_calls: int) -> Iterator[str]:
     finally:
         server.terminate()
         server.wait(10)
+
+
+@contextlib.contextmanager
+def host_venv(name: str) -> Iterator[Path]:
+    """A venv lab hosts can run, for the cron entries installed on them: the interpreter of the
+    controller's venv lives under the controller's /root, which every lab host has its own of. This
+    one is Debian's python3 (also on each host) with this venv's packages on its path, under /var/tmp
+    (shared), with an `inv` beside it. Yields its bin folder."""
+    import sysconfig
+
+    venv = Path(f"/var/tmp/{name}-{os.getpid()}")
+    subprocess.run(["rm", "-rf", str(venv)], check=True)
+    subprocess.run(["/usr/bin/python3", "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    done = subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()"
+                           "['purelib'])"], capture_output=True, text=True, check=True)  # fmt: skip
+    Path(done.stdout.strip(), "controller-venv.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    inv_script = venv / "bin" / "inv"
+    inv_script.write_text(f"#!{venv}/bin/python\nimport sys\n\nfrom invoke.main import program\n\n"
+                          "sys.exit(program.run())\n")  # fmt: skip
+    inv_script.chmod(0o755)
+    try:
+        yield venv / "bin"
+    finally:
+        subprocess.run(["rm", "-rf", str(venv)], check=False)

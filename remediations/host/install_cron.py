@@ -15,8 +15,15 @@ apply   one host-side script: re-read the crontab and write only if it is still 
         text written, put the previous crontab back and fail saying so;
 verify  re-read `crontab -l`: the whole crontab is the text written.
 
-The entry runs `cd PROJECT && flock -n LOCK INV TASK --inventory FILE ARGS >> LOG 2>&1`: flock -n
-skips a run while the previous one still holds the lock, so runs never overlap.
+The entry runs `cd PROJECT && PYTHON -m remediations.reporting.cronlog --name NAME --lock LOCK --
+INV TASK --inventory FILE ARGS >> LOG 2>&1`: the runner takes the entry's lock (a run that finds the
+previous one still holding it writes one `skipped` line and exits 0, so runs never overlap) and
+writes a start line, each output line and an end line with the exit status, all timestamped (UTC).
+Refused before anything is written (exit code 2, one line; see cron_entry.py): --args `inv TASK`
+would reject, a task that needs --host without one, and on the controller an entry whose inv,
+lock folder or inventory is not there (the inventory must parse and hold the --host given). On
+another host the same preflight runs there, with the entry's interpreter: the host fails, nothing
+written.
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import subprocess
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,12 +57,19 @@ from remediations.facts.crontab import (
     sha256,
     unsafe_char,
 )
+from remediations.host.cron_entry import (
+    check_task_flags,
+    job_command,
+    preflight_command,
+    preflight_problem,
+    task_flags,
+)
 
 # Used with fullmatch: "$" alone would also match before a trailing line break.
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,47}")
 USER_RE = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
 PROJECT_DIR = str(Path(__file__).resolve().parents[2])  # the project folder (remediations/host/..)
-DEFAULT_LOG = "/var/log/remediations/cron-{name}.log"
+DEFAULT_LOG = "/var/log/remediations/cron.log"  # every line names its entry: one log can take them all
 
 MACROS = ("@reboot", "@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
 MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
@@ -103,8 +119,9 @@ def _check_field(text: str, field: str, low: int, high: int, names: Sequence[str
             end = _value(last, field, low, high, names, offset)
             if end < start:
                 raise ValueError(f"{field} range {base!r} runs backwards")
-        elif slash:
-            continue  # "5/15": from 5 every 15 (Vixie cron)
+        elif slash:  # "5/15": cronie takes it as 5-59/15, Debian's cron refuses the crontab
+            hint = f"{first}-{high}/{step}"
+            raise ValueError(f"{field} {item!r}: a step needs '*' or a range before it ({hint})")
 
 
 def validate_schedule(schedule: str) -> str:
@@ -175,16 +192,6 @@ def parse_args(args: str) -> list[str]:
     return tokens
 
 
-def job_command(
-    task: str, args: Sequence[str], *, project: str, inv: str, inventory: str, lock: str, log: str
-) -> str:
-    run = [inv, task, "--inventory", inventory, *args]
-    return (
-        f"cd {shlex.quote(project)} && flock -n {shlex.quote(lock)} {shlex.join(run)} "
-        f">> {shlex.quote(log)} 2>&1"
-    )
-
-
 # --------------------------------------------------------------------------------------------
 # Host-side scripts
 # --------------------------------------------------------------------------------------------
@@ -245,14 +252,17 @@ class CronFacts:
 
 
 class InstallCron(Remediation):
-    """Install (or --remove) a crontab entry that runs a cron-safe task under flock; idempotent.
+    """Install (or --remove) a crontab entry that runs a cron-safe task under its lock; idempotent.
 
     Without --host the crontab is the controller's. The entry is found by its marker comment, runs
-    `inv TASK --inventory THIS-INVENTORY ARGS` from the project folder under `flock -n` (runs never
-    overlap) and appends its output to --log. Installing it again: ok. A value with a control
-    character or '%', or a path that is not absolute and normalised, is bad input (exit code 2).
-    The whole crontab is read back after writing; if it is not exactly what was written, the
-    previous one is put back and the host fails.
+    `inv TASK --inventory THIS-INVENTORY ARGS` from the project folder under the entry's lock (runs
+    never overlap: a run that finds the previous one still going logs `skipped` and exits 0) and
+    appends to --log a start line, the task's output and an end line (UTC time, the entry's name,
+    exit=N and ok/failed/…). Installing it again: ok. Bad input (exit code 2, nothing written): a
+    value with a control character or '%', a path that is not absolute and normalised, --args the
+    task would refuse, a task that needs --host without one in --args, an inventory that is not
+    there or does not parse (checked where cron will run it). The whole crontab is read back after
+    writing; if it is not exactly what was written, the previous one is put back and the host fails.
     """
 
     task: ClassVar[str] = "install-cron"
@@ -265,8 +275,8 @@ class InstallCron(Remediation):
         Arg("name", "the entry's name in its marker comment (default: the task); one entry per name"),
         Arg("remove", "remove the entry instead", kind="flag", default=False),
         Arg("user", "whose crontab (crontab -u; default: the connection's user)"),
-        Arg("log", "file the runs' output is appended to, an absolute normalised path (default "
-            "/var/log/remediations/cron-NAME.log)"),
+        Arg("log", "file the runs' log lines are appended to, an absolute normalised path (default "
+            "/var/log/remediations/cron.log)"),
     )  # fmt: skip
     runs_on_controller: ClassVar[bool] = True
 
@@ -295,8 +305,12 @@ class InstallCron(Remediation):
         if user is not None and not USER_RE.fullmatch(user):
             raise UsageError(f"--user {user!r} is not a user name")
         self.user = user
-        self.log = check_path("--log", log or DEFAULT_LOG.replace("{name}", self.name))
+        self.log = check_path("--log", log or DEFAULT_LOG)
         self.inventory = inventory
+        # Last: every value is checked for what it is before the task is asked what it makes of them.
+        self.task_flags = {} if remove else task_flags(task, self.args)
+        if not remove:
+            check_task_flags(task, self.task_flags)
 
     @classmethod
     def from_values(cls, values: dict[str, Any]) -> Remediation:
@@ -314,18 +328,28 @@ class InstallCron(Remediation):
 
     def validate(self, host: Host) -> None:
         super().validate(host)
-        if not self.remove:
-            self.job(host)  # UsageError for a bad path in the host's vars, before any host is touched
+        if self.remove:
+            return
+        self.job(host)  # UsageError for a bad path in the host's vars, before any host is touched
+        if is_controller(host):  # cron runs the entry here: what it needs is checked here, now
+            problem = self.preflight_local(host)
+            if problem:
+                raise UsageError(f"the entry would fail on every run: {problem}; nothing written")
 
-    def job(self, host: Host) -> Job:
+    def paths(self, host: Host) -> dict[str, str]:
+        """project, python, inv, inventory and lock of the entry on `host`, each checked."""
         where = f"host {host.name}:"
         project = check_path(
             f"{where} cron_project_dir" if host.get("cron_project_dir") else "the project folder",
             str(host.get("cron_project_dir") or PROJECT_DIR),
         )
         inv = check_path(
-            f"{where} cron_inv" if host.get("cron_inv") else "the project's .venv/bin/inv",
-            str(host.get("cron_inv") or f"{project.rstrip('/')}/.venv/bin/inv"),
+            f"{where} cron_inv" if host.get("cron_inv") else "the inv of this Python",
+            str(host.get("cron_inv") or default_inv(project, bool(host.get("cron_project_dir")))),
+        )
+        python = check_path(
+            f"{where} cron_python" if host.get("cron_python") else "the python beside inv",
+            str(host.get("cron_python") or f"{os.path.dirname(inv)}/python"),
         )
         inventory = check_path(
             f"{where} cron_inventory" if host.get("cron_inventory") else "--inventory",
@@ -333,14 +357,38 @@ class InstallCron(Remediation):
         )
         lock_dir = str(host.get("lock_dir") or "/run/lock").rstrip("/")
         lock = check_path(f"{where} lock_dir", f"{lock_dir}/remediations-cron-{self.name}.lock")
-        command = job_command(
-            self.cron_task, self.args, project=project, inv=inv, inventory=inventory, lock=lock, log=self.log
-        )
+        return {"project": project, "python": python, "inv": inv, "inventory": inventory, "lock": lock}
+
+    def job(self, host: Host) -> Job:
+        paths = self.paths(host)
+        command = job_command(self.name, self.cron_task, self.args, log=self.log, **paths)
         return Job(self.name, self.schedule, command)
+
+    def preflight_script(self, host: Host) -> str:
+        select = self.task_flags.get("host")
+        return preflight_command(**self.paths(host), select=str(select) if select else None)
+
+    def preflight_local(self, host: Host) -> str:
+        """The preflight on the controller, as cron would run it; "" when it passed."""
+        try:
+            done = subprocess.run(["/bin/sh", "-c", self.preflight_script(host)], capture_output=True,
+                                  text=True, errors="replace", timeout=60, check=False)  # fmt: skip
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"the preflight did not finish ({exc})"
+        return preflight_problem(done.stdout + done.stderr, done.returncode, self.paths(host)["python"])
 
     def gather(self, ctx: HostContext) -> CronFacts:
         crontab = shlex.join(["crontab", *(["-u", self.user] if self.user else [])])
         job = None if self.remove else self.job(ctx.host)
+        if job is not None and not is_controller(ctx.host):
+            with ctx.step("preflight") as step:
+                done = ctx.remote.run(self.preflight_script(ctx.host), timeout=60)
+                python = self.paths(ctx.host)["python"]
+                problem = preflight_problem(done.stdout + done.stderr, done.exit_code, python)
+                if problem:
+                    raise HostError(f"the entry would fail on every run on {ctx.host.name}: {problem}; "
+                                    "nothing written")
+                step.done(Status.OK, "the entry's interpreter, inv, lock folder and inventory are there")
         with ctx.step("facts") as step:
             before = read_crontab(ctx, crontab)
             at = find(lines_of(before.text), self.name)
@@ -375,6 +423,19 @@ class InstallCron(Remediation):
             step.done(
                 Status.OK, "crontab -l is exactly the crontab written" if new_text else "no crontab is left"
             )
+
+
+def is_controller(host: Host) -> bool:
+    """Whether the crontab is the controller's own (no --host: the local connection)."""
+    return bool(host.get("ansible_connection") == "local")
+
+
+def default_inv(project: str, project_given: bool) -> str:
+    """The project's .venv/bin/inv when cron_project_dir names the project; else the inv beside the
+    Python running install-cron (the one that has the project's packages)."""
+    if project_given:
+        return f"{project.rstrip('/')}/.venv/bin/inv"
+    return os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(sys.executable)), "inv"))
 
 
 def read_crontab(ctx: HostContext, crontab: str) -> Crontab:

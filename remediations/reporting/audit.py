@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from remediations.core.results import HostResult, RunResult
+from remediations.reporting.cronlog import RUN_ID_ENV, RUN_ID_RE
 from remediations.reporting.redact import Redactor
 
 AUDIT_ENV = "REMEDIATIONS_AUDIT_LOG"
@@ -47,6 +48,9 @@ class Actor:
     @classmethod
     def current(cls) -> Actor:
         user = os.environ.get("SUDO_USER") or getpass.getuser()
+        given = os.environ.get(RUN_ID_ENV, "")
+        if RUN_ID_RE.fullmatch(given):  # a cron entry's runner named the run (its log lines say it)
+            return cls(user, socket.gethostname(), given)
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
         return cls(user, socket.gethostname(), f"{stamp}-{os.getpid()}")
 

@@ -9,13 +9,13 @@ import json
 import os
 import shlex
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from lab import hosts as lab
 from tests import labkit, pglab
@@ -454,12 +454,15 @@ def test_install_cron_quartet(audit: Path, cron_name: str, tmp_path: Path) -> No
     runs = quartet(*args, hosts=["localhost"], audit=audit, state=crontab, env=pglab.AWS_ENV)
     assert runs.check.code == 0, runs.check.stdout + runs.check.stderr
     assert steps(runs.check, "localhost")["decide"]["message"] == f"would add crontab entry {cron_name!r}"
+    # The wording of the change itself, as the summary shows it (issue 13: no "addd").
+    applied = runs.apply.host("localhost")["message"]
+    assert applied.startswith(f"added crontab entry {cron_name!r}: "), applied
     lines = crontab().splitlines()
     at = lines.index(f"# remediations: {cron_name} (managed by inv install-cron; do not edit)")
     entry = lines[at + 1]
     assert (
         entry.startswith(f"0 4 * * 0 cd {labkit.ROOT} ")  # the project folder, where tasks.py is
-        and f"flock -n /run/lock/remediations-cron-{cron_name}.lock" in entry
+        and f"--name {cron_name} --lock /run/lock/remediations-cron-{cron_name}.lock -- " in entry
     )
     assert f"restore-test --inventory {labkit.LAB_INVENTORY}" in entry and f">> {log} 2>&1" in entry
     assert Path(log).parent.is_dir()
@@ -519,6 +522,15 @@ def db1_crontab(lab: Any) -> Iterator[bytes]:
 
 
 @pytest.fixture
+def host_inventory(lab: Any, tmp_path: Path) -> Iterator[Path]:
+    """The lab inventory with the project and an inv db1 can run (the controller's venv Python is
+    under its /root, which db1 does not see; install-cron's preflight on db1 would refuse it)."""
+    with labkit.host_venv("rmtest-pg-venv") as venv:
+        cron_vars = {"cron_project_dir": str(labkit.ROOT), "cron_inv": str(venv / "inv")}
+        yield labkit.write_inventory(tmp_path / "cron-hosts.yml", all_vars=cron_vars)
+
+
+@pytest.fixture
 def planted(lab: Any) -> Iterator[Path]:
     """Where the hostile payloads' planted cron line would write (/var/tmp is the controller's too)."""
     path = Path(f"/var/tmp/rmtest-planted-{os.getpid()}")
@@ -558,27 +570,29 @@ def test_install_cron_refuses_hostile_values_and_changes_nothing(
         tmp_path / "bad.yml", host_vars={CRON_HOST: {"cron_project_dir": f"/srv\n* * * * * touch {planted}"}}
     )
     ran = run("install-cron", "--task", "health", "--host", CRON_HOST, "--schedule", "@daily",
-              audit=audit, inventory=bad_vars)  # fmt: skip
+              "--args", f"--host {CRON_HOST}", audit=audit, inventory=bad_vars)  # fmt: skip
     assert ran.code == 2 and "cron_project_dir" in ran.stderr, ran.stderr
     assert host_crontab() == (0, db1_crontab)
     assert crontab() == controller_before
     assert not planted.exists()
 
 
-def test_install_cron_on_a_host_keeps_every_other_line(db1_crontab: bytes, audit: Path) -> None:
+def test_install_cron_on_a_host_keeps_every_other_line(
+    db1_crontab: bytes, audit: Path, host_inventory: Path
+) -> None:
     args = ("install-cron", "--task", "health", "--host", CRON_HOST, "--schedule", "0 4 * * 0",
             "--args", "--host 'db1' --service \"a b\"")  # fmt: skip
     controller_before = crontab()
-    apply = run(*args, audit=audit)
+    apply = run(*args, audit=audit, inventory=host_inventory)
     assert apply.host(CRON_HOST)["status"] == "changed", apply.stdout + apply.stderr
     code, text = host_crontab()
     assert code == 0 and text.startswith(db1_crontab)
     added = text[len(db1_crontab) :].decode().splitlines()
     assert added[0] == "# remediations: health (managed by inv install-cron; do not edit)"
-    assert added[1].endswith("--host db1 --service 'a b' >> /var/log/remediations/cron-health.log 2>&1")
+    assert added[1].endswith("--host db1 --service 'a b' >> /var/log/remediations/cron.log 2>&1")
     assert len(added) == 2
     assert steps(apply, CRON_HOST)["verify"]["message"] == "crontab -l is exactly the crontab written"
-    assert run(*args, audit=audit).host(CRON_HOST)["status"] == "ok"
+    assert run(*args, audit=audit, inventory=host_inventory).host(CRON_HOST)["status"] == "ok"
     assert crontab() == controller_before, "the controller's crontab changed"
     removed = run("install-cron", "--task", "health", "--host", CRON_HOST, "--remove", audit=audit)
     assert removed.host(CRON_HOST)["status"] == "changed"
@@ -617,9 +631,10 @@ def mangling_crontab(lab: Any, planted: Path) -> Iterator[None]:
 
 
 def test_install_cron_restores_the_crontab_when_it_reads_back_otherwise(
-    db1_crontab: bytes, planted: Path, mangling_crontab: None, audit: Path
+    db1_crontab: bytes, planted: Path, mangling_crontab: None, audit: Path, host_inventory: Path
 ) -> None:
-    ran = run("install-cron", "--task", "health", "--host", CRON_HOST, "--schedule", "0 4 * * 0", audit=audit)
+    ran = run("install-cron", "--task", "health", "--host", CRON_HOST, "--schedule", "0 4 * * 0",
+              "--args", f"--host {CRON_HOST}", audit=audit, inventory=host_inventory)  # fmt: skip
     assert ran.code == 1, ran.stdout + ran.stderr
     message = ran.host(CRON_HOST)["message"]
     assert "did not show exactly the crontab written; the previous crontab is restored" in message, message
@@ -631,24 +646,19 @@ def test_install_cron_restores_the_crontab_when_it_reads_back_otherwise(
 
 @pytest.mark.slow_faults
 def test_a_real_cron_daemon_runs_the_entry(
-    db1_crontab: bytes, planted: Path, audit: Path, tmp_path: Path
+    db1_crontab: bytes, planted: Path, audit: Path, tmp_path: Path, host_inventory: Path
 ) -> None:
     """The oracle: Debian's cron, on db1 with db1's own spool, parses the installed entry and runs
     it (the task's JSON lands in --log); hostile payloads tried while it runs plant nothing."""
     cron_audit = tmp_path / "cron-audit.jsonl"
-    inventory = labkit.write_inventory(
-        tmp_path / "cron.yml",
-        all_vars={
-            "cron_project_dir": str(labkit.ROOT),
-            "cron_inv": str(Path(sys.executable).parent / "inv"),
-            "audit_log": str(cron_audit),
-        },
-    )
+    data = yaml.safe_load(host_inventory.read_text())
+    data["all"]["vars"]["audit_log"] = str(cron_audit)
+    inventory = tmp_path / "cron.yml"
+    inventory.write_text(yaml.safe_dump(data))
     log = f"/var/log/rmtest-cron-{os.getpid()}/health.log"
     args = ("install-cron", "--task", "health", "--host", CRON_HOST, "--name", "rmtest-oracle",
             "--schedule", "* * * * *", "--args", "--host db1 --json", "--log", log)  # fmt: skip
-    # The venv's Python is under the controller's /root, which a lab host does not see.
-    with lab.cron_daemon(CRON_HOST, share=[sys.base_prefix]):
+    with lab.cron_daemon(CRON_HOST):
         for payload in hostile_payloads(planted):
             refused = run("install-cron", "--task", "health", "--host", CRON_HOST, *payload, audit=audit)
             assert refused.code == 2, (payload, refused.stderr)
@@ -668,13 +678,15 @@ def test_a_real_cron_daemon_runs_the_entry(
 
 
 def wait_for_json(host: str, path: str, timeout: float) -> dict[str, Any]:
-    """The first whole JSON document cron's run appended to `path` on the host."""
+    """The first whole JSON document cron's run appended to `path` on the host (the task's output
+    lines, each after the runner's "TIME NAME | ")."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         done = lab.exec_on(host, ["cat", path], check=False)
         if done.returncode == 0:
+            output = [line.split(" | ", 1)[1] for line in done.stdout.decode().splitlines() if " | " in line]
             with contextlib.suppress(ValueError):
-                return json.JSONDecoder().raw_decode(done.stdout.decode().lstrip())[0]  # type: ignore[no-any-return]
+                return json.JSONDecoder().raw_decode("\n".join(output).lstrip())[0]  # type: ignore[no-any-return]
         time.sleep(2)
     tail = lab.exec_on(host, ["sh", "-c", f"tail -c 2000 {shlex.quote(path)}"], check=False).stdout.decode()
     raise AssertionError(f"cron did not run the entry within {timeout:.0f}s; {path}: {tail!r}")

@@ -17,6 +17,7 @@ from remediations.facts import crontab as ctab
 from remediations.facts import wal as walfacts
 from remediations.facts.postgres import sql_identifier, sql_literal
 from remediations.facts.wal import RemoteCopy
+from remediations.host import cron_entry
 from remediations.host import install_cron as cron
 from remediations.postgres import backup_check as backups
 from remediations.postgres import restore_drill as restore_test
@@ -395,6 +396,7 @@ def test_valid_schedules(schedule: str) -> None:
         ("5-1 * * * *", "backwards"),
         ("0 4 * * 0;rm", "characters"),
         ("@sometimes", "5 fields"),
+        ("5/15 * * * *", "a step needs '*' or a range before it (5-59/15)"),  # Debian's crontab refuses it
     ],
 )
 def test_invalid_schedules(schedule: str, words: str) -> None:
@@ -455,10 +457,12 @@ def test_edit_crontab(current: str, job: ctab.Job | None, action: str, expected:
 
 
 def test_job_line_quotes_arguments() -> None:
-    command = cron.job_command(
+    command = cron_entry.job_command(
+        "w",
         "wal-cleanup",
         ["--host", "db 1", "--x=it's"],
         project="/srv/my project",
+        python="/v/python",
         inv="/v/inv",
         inventory="/i.yml",
         lock="/run/lock/l",
@@ -466,7 +470,8 @@ def test_job_line_quotes_arguments() -> None:
     )
     line = ctab.Job("w", "@daily", command).line
     assert line == (
-        "@daily cd '/srv/my project' && flock -n /run/lock/l /v/inv wal-cleanup --inventory /i.yml "
+        "@daily cd '/srv/my project' && /v/python -m remediations.reporting.cronlog --name w "
+        "--lock /run/lock/l -- /v/inv wal-cleanup --inventory /i.yml "
         "--host 'db 1' '--x=it'\"'\"'s' >> /var/log/r.log 2>&1"
     )
 
@@ -531,7 +536,7 @@ def test_args_are_split_checked_and_quoted_again() -> None:
     job = remediation.job(Host("h", {"cron_project_dir": "/srv/p"}))
     assert job.line.endswith(
         "/srv/p/.venv/bin/inv wal-cleanup --inventory /i.yml --host db1,db2 --drop-inactive-slot "
-        "'old slot' >> /var/log/remediations/cron-wal-cleanup.log 2>&1"
+        "'old slot' >> /var/log/remediations/cron.log 2>&1"
     )
 
 
@@ -547,7 +552,7 @@ def test_args_are_split_checked_and_quoted_again() -> None:
     ],
 )
 def test_install_cron_bad_host_vars_before_connecting(host_vars: dict[str, str], words: str) -> None:
-    remediation = cron.InstallCron("health", "@daily", inventory="/i.yml")
+    remediation = cron.InstallCron("health", "@daily", args="--host h", inventory="/i.yml")
     with pytest.raises(UsageError) as caught:
         remediation.validate(Host("h", host_vars))
     assert words in str(caught.value)
@@ -555,7 +560,8 @@ def test_install_cron_bad_host_vars_before_connecting(host_vars: dict[str, str],
 
 def test_bad_inventory_path_is_bad_input() -> None:
     with pytest.raises(UsageError, match="--inventory"):
-        cron.InstallCron("health", "@daily", inventory="/tmp/x\n.yml").validate(Host("h", {}))
+        remediation = cron.InstallCron("health", "@daily", args="--host h", inventory="/tmp/x\n.yml")
+        remediation.validate(Host("h", {}))
     # Removing builds no entry: the paths it would run do not matter.
     cron.InstallCron("health", None, remove=True, inventory="/tmp/x\n.yml").validate(Host("h", {}))
 
@@ -590,7 +596,7 @@ TEXT = f"MAILTO=x\n{ctab.marker('health')}\n@daily old\n"
     ],
 )
 def test_install_cron_decide(current: str, remove: bool, summary: str | None, diff: str | None) -> None:
-    remediation = cron.InstallCron("health", "@daily", remove=remove, inventory="/i.yml")
+    remediation = cron.InstallCron("health", "@daily", args="--host h", remove=remove, inventory="/i.yml")
     job = None if remove else remediation.job(Host("h", {"cron_project_dir": "/srv/p"}))
     if current == "" and job is not None:
         current = f"{ctab.marker('health')}\n{job.line}\n"
