@@ -20,7 +20,6 @@ import base64
 import hashlib
 import os
 import select
-import shlex
 import socket
 import threading
 import time
@@ -45,7 +44,7 @@ from remediations.core.errors import (
     HostKeyRefused,
     HostUnreachable,
 )
-from remediations.core.inventory import Host
+from remediations.core.inventory import Host, jump_host_parts
 from remediations.core.remote import (
     CHANNEL_TIMEOUT as CHANNEL_TIMEOUT,
 )
@@ -196,17 +195,17 @@ class SSHRemote:
 
     @staticmethod
     def _jump(host: Host, spec: str, connect_timeout: float) -> Connection:
-        """A jump host named by ProxyJump ([user@]host[:port]); checked as strictly as the target."""
-        user, _, hostport = spec.rpartition("@")
-        address, _, port = hostport.partition(":")
-        jump_vars = {k: v for k, v in host.vars.items() if k in ("ansible_ssh_private_key_file",)}
+        """The jump host named by ProxyJump ([user@]host[:port]), checked as strictly as the target:
+        the same key file, the same known_hosts files and policy (the target's whole
+        `ansible_ssh_common_args`, read without its jump)."""
+        user, address, port = jump_host_parts(spec, f"{host.source}: host {host.name}")
+        jump_vars: dict[str, object] = {
+            k: v for k, v in host.vars.items()
+            if k in ("ansible_ssh_private_key_file", "ansible_ssh_common_args")
+        }
         jump_vars.update(ansible_host=address, ansible_user=user or host.user)
         if port:
-            jump_vars["ansible_port"] = int(port)
-        common = host.vars.get("ansible_ssh_common_args", "")
-        jump_vars["ansible_ssh_common_args"] = " ".join(
-            w for w in shlex.split(str(common)) if "ProxyJump" not in w and "ProxyCommand" not in w
-        )
+            jump_vars["ansible_port"] = port
         jump = Host(f"{host.name} (jump {address})", jump_vars, (), host.source)
         return SSHRemote._build(jump, connect_timeout, via_jump=True)
 
@@ -230,10 +229,18 @@ class SSHRemote:
                 f"(ssh-keygen -R {exc.hostname} -f FILE) and trust the new key"
             ) from None
         except paramiko.AuthenticationException as exc:
-            raise HostUnreachable(f"SSH authentication failed for {self.host.address}: {exc}") from None
+            raise HostUnreachable(
+                f"SSH authentication failed for {self.host.address}{self._via()}: {exc}"
+            ) from None
         except (OSError, paramiko.SSHException, EOFError) as exc:
             reason = str(exc) or type(exc).__name__
-            raise HostUnreachable(f"cannot connect to {self.host.address}: {reason}") from None
+            raise HostUnreachable(f"cannot connect to {self.host.address}{self._via()}: {reason}") from None
+
+    def _via(self) -> str:
+        gateway = self.connection.gateway
+        if gateway is None or isinstance(gateway, str):
+            return ""
+        return f" through jump host {gateway.host}"
 
     @property
     def transport(self) -> paramiko.Transport:

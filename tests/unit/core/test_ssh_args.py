@@ -1,0 +1,129 @@
+"""`ansible_ssh_common_args`: the jump host, known_hosts files and host key policy, in every shape an
+inventory writes them (YAML folded scalars, quoted values, several -o options after a jump)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from remediations.core.connection import SSHRemote
+from remediations.core.errors import UsageError
+from remediations.core.inventory import SSHOptions, jump_host_parts, load, parse, parse_ssh_common_args
+
+ROOT = Path(__file__).resolve().parents[3]
+WHERE = "inv.yml: host h"
+
+
+def folded(*lines: str) -> str:
+    """What YAML makes of `ansible_ssh_common_args: >-` followed by these lines."""
+    text = "ansible_ssh_common_args: >-\n" + "".join(f"  {line}\n" for line in lines)
+    return str(yaml.safe_load(text)["ansible_ssh_common_args"])
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        # the shape of inventories/prod.example.yml: a jump host followed by another option
+        (
+            folded("-o ProxyJump=deploy@bastion.example.com", "-o UserKnownHostsFile=~/.ssh/kh"),
+            SSHOptions((os.path.expanduser("~/.ssh/kh"),), "deploy@bastion.example.com"),
+        ),
+        (
+            "-o UserKnownHostsFile=/kh -o ProxyJump=b -o StrictHostKeyChecking=accept-new",
+            SSHOptions(("/kh",), "b", "accept-new"),
+        ),
+        ("-J b -o UserKnownHostsFile=/kh", SSHOptions(("/kh",), "b")),
+        ("-Ju@b:2200 -oUserKnownHostsFile=/kh", SSHOptions(("/kh",), "u@b:2200")),
+        ('-o "ProxyJump = b" -o "UserKnownHostsFile = /a /b"', SSHOptions(("/a", "/b"), "b")),
+        (
+            folded('-o ProxyCommand="ssh -W %h:%p -q deploy@bastion"', "-o UserKnownHostsFile=/kh"),
+            SSHOptions(("/kh",), "deploy@bastion"),
+        ),
+        (
+            "-o 'ProxyCommand=ssh -o StrictHostKeyChecking=yes -W %h:%p -p 2200 b' -o UserKnownHostsFile=/kh",
+            SSHOptions(("/kh",), "b:2200"),
+        ),
+        ("-o ProxyCommand='ssh -l u -W %h:%p b'", SSHOptions((), "u@b")),
+        # ssh: the first value of an option wins; ProxyJump and ProxyCommand compete, first wins
+        ("-o UserKnownHostsFile=/a -o UserKnownHostsFile=/b", SSHOptions(("/a",))),
+        ("-J j1 -o ProxyJump=j2", SSHOptions((), "j1")),
+        ("-o 'ProxyCommand ssh -W %h:%p j1' -o ProxyJump=j2", SSHOptions((), "j1")),
+        ("-o ProxyJump=none -J j2", SSHOptions()),
+        # other flags and their arguments are skipped, never read as options
+        ("-i ~/.ssh/k -F /dev/null -l deploy -p 22 -o ProxyJump=b", SSHOptions((), "b")),
+        ("-C -4 -q -o ProxyJump=b", SSHOptions((), "b")),
+        ("-o ProxyJump=ssh://u@b:2200", SSHOptions((), "ssh://u@b:2200")),
+        ("-o ProxyJump=[2001:db8::1]:2200", SSHOptions((), "[2001:db8::1]:2200")),
+    ],
+)
+def test_common_args_parse(args: str, expected: SSHOptions) -> None:
+    assert parse_ssh_common_args(args, WHERE) == expected
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        ("-o -o UserKnownHostsFile=/kh", ["-o has no value"]),
+        ("-o UserKnownHostsFile=/kh -o", ["-o has no value"]),
+        ("-J", ["-J has no value"]),
+        ("-o ProxyJump=", ["has no value"]),
+        ("-o ProxyJump b", ["'ProxyJump' has no value"]),  # ssh too: -o takes one word
+        ("-o ProxyJump=j1,j2", ["several jump hosts"]),
+        ("-o ProxyJump=u@", ["not [user@]host[:port]"]),
+        ("-o ProxyJump=b:port", ["not [user@]host[:port]"]),
+        ("-o 'ProxyCommand ssh -W %h:%p b nc x 1'", ["not supported"]),
+        ("-o 'ProxyCommand ssh -W %h:%p \"b'", ["not supported"]),
+    ],
+)
+def test_common_args_refused_in_one_line(args: str, needles: list[str]) -> None:
+    with pytest.raises(UsageError) as info:
+        parse_ssh_common_args(args, WHERE)
+    message = str(info.value)
+    assert message.startswith(WHERE + ":")
+    assert "\n" not in message
+    for needle in needles:
+        assert needle in message
+
+
+@pytest.mark.parametrize(
+    ("spec", "parts"),
+    [
+        ("b", (None, "b", None)),
+        ("u@b", ("u", "b", None)),
+        ("u@b:2200", ("u", "b", 2200)),
+        ("ssh://u@b.example.com:2200", ("u", "b.example.com", 2200)),
+        ("[2001:db8::1]:2200", (None, "2001:db8::1", 2200)),
+        ("u@[::1]", ("u", "::1", None)),
+    ],
+)
+def test_jump_host_parts(spec: str, parts: tuple[str | None, str, int | None]) -> None:
+    assert jump_host_parts(spec) == parts
+
+
+def test_every_shipped_example_host_builds_its_jump(tmp_path: Path) -> None:
+    """Every SSH host of inventories/prod.example.yml gets a connection through its jump host
+    (built, not opened): the jump host's own options are read from the same common args."""
+    inventory = load(ROOT / "inventories" / "prod.example.yml")
+    ssh_hosts = [h for h in inventory.hosts.values() if not h.is_local]
+    assert ssh_hosts
+    for host in ssh_hosts:
+        remote = SSHRemote(host)
+        gateway = remote.connection.gateway
+        assert gateway is not None and not isinstance(gateway, str)
+        assert (gateway.host, gateway.user) == ("bastion.example.com", "deploy")
+        assert remote.connection.host == host.address
+        remote.close()
+
+
+def test_jump_host_gets_port_and_user_of_the_spec() -> None:
+    text = yaml.safe_dump({"all": {"hosts": {"t": {
+        "ansible_host": "10.0.0.5", "ansible_user": "app",
+        "ansible_ssh_common_args": "-J ops@jump:2200 -o UserKnownHostsFile=/nonexistent/kh",
+    }}}})
+    remote = SSHRemote(parse(text, "inv.yml").hosts["t"])
+    gateway = remote.connection.gateway
+    assert (gateway.host, gateway.port, gateway.user) == ("jump", 2200, "ops")
+    assert (remote.connection.host, remote.connection.user) == ("10.0.0.5", "app")
