@@ -7,7 +7,6 @@ and group vars (see README: "Inventory variables").
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import re
 import shlex
@@ -18,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from remediations.core import patterns
 from remediations.core.errors import UsageError
 
 INVENTORY_ENV = "REMEDIATIONS_INVENTORY"
@@ -101,44 +101,11 @@ class Inventory:
     hosts: dict[str, Host] = field(default_factory=dict)
     groups: dict[str, list[str]] = field(default_factory=dict)
 
-    def select(self, pattern: str) -> list[Host]:
-        """Hosts matching a host name, group name, comma list or glob; `!x` excludes x.
-
-        Raises UsageError naming the pattern when a term matches nothing.
-        """
-        terms = [t.strip() for t in pattern.split(",") if t.strip()]
-        if not terms:
-            raise UsageError(f"{self.source}: --host is empty; give a host, a group, a list or a glob")
-        chosen: list[str] = []
-        excluded: set[str] = set()
-        for term in terms:
-            negate = term.startswith("!")
-            names = self._match(term[1:] if negate else term)
-            if negate:
-                excluded.update(names)
-            else:
-                chosen.extend(n for n in names if n not in chosen)
-        selected = [self.hosts[n] for n in chosen if n not in excluded]
-        if not selected:
-            raise UsageError(f"{self.source}: --host {pattern!r} selects no host after exclusions")
-        return selected
-
-    def _match(self, term: str) -> list[str]:
-        if term in self.hosts:
-            return [term]
-        if term in self.groups:
-            return list(self.groups[term])
-        if any(ch in term for ch in "*?["):
-            names: list[str] = [h for h in self.hosts if fnmatch.fnmatchcase(h, term)]
-            for group in self.groups:
-                if fnmatch.fnmatchcase(group, term):
-                    names.extend(h for h in self.groups[group] if h not in names)
-            if names:
-                return names
-        known = ", ".join(sorted(self.groups)) or "none"
-        raise UsageError(
-            f"{self.source}: unknown host or group {term!r} (groups: {known}); check --host or the inventory"
-        )
+    def select(self, pattern: str, flag: str = "--host") -> list[Host]:
+        """The hosts an Ansible host pattern selects (see core/patterns.py and README: "Choosing
+        hosts (--host)"). Raises UsageError naming the term when a term matches nothing."""
+        names = patterns.select(pattern, list(self.hosts), self.groups, self.source, flag)
+        return [self.hosts[n] if n in self.hosts else controller_host(self, n) for n in names]
 
 
 def truthy(value: Any) -> bool:
