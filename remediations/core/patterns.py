@@ -72,20 +72,19 @@ def select(
         _check_term(term, source, flag)
     matcher = _Matcher(hosts, groups, source, flag)
     plain = [t for t in terms if t[0] not in "&!"] or ["all"]
-    chosen: list[str] = []
+    chosen: dict[str, None] = {}  # insertion-ordered, each name once
     for term in plain:
-        found = [term] if term in matcher.host_set else matcher.match(term)
-        chosen.extend(n for n in found if n not in chosen)
+        chosen.update(dict.fromkeys([term] if term in matcher.host_set else matcher.match(term)))
     for term in (t for t in terms if t[0] == "&"):
         keep = set(matcher.match(term[1:], term))
-        chosen = [n for n in chosen if n in keep]
+        chosen = {n: None for n in chosen if n in keep}
     for term in (t for t in terms if t[0] == "!"):
         drop = set(matcher.match(term[1:], term))
-        chosen = [n for n in chosen if n not in drop]
+        chosen = {n: None for n in chosen if n not in drop}
     if not chosen:
         raise UsageError(f"{source}: {flag} {_show(pattern)} selects no host after"
                          " intersections and exclusions")
-    return chosen
+    return list(chosen)
 
 
 def split(pattern: str) -> list[str]:
@@ -173,6 +172,7 @@ class _Matcher:
             self.groups = dict(ordered)
         self.source = source
         self.flag = flag
+        self.memo: dict[str, tuple[list[str], list[str]]] = {}
 
     def match(self, term: str, written: str | None = None) -> list[str]:
         """The names `term` matches (in order); `written`: the term as given, `&` or `!` included."""
@@ -190,15 +190,31 @@ class _Matcher:
         return names
 
     def _enumerate(self, expr: str) -> tuple[list[str], list[str]]:
+        if expr not in self.memo:
+            self.memo[expr] = self._names(expr)
+        return self.memo[expr]
+
+    def _names(self, expr: str) -> tuple[list[str], list[str]]:
+        if expr[0] != "~" and not any(c in expr for c in "*?["):  # a plain name: no scan
+            groups = [expr] if expr in self.groups else []
+            names = list(self.groups[expr]) if groups else []
+            if (not groups or "." in expr) and expr in self.host_set:
+                names.append(expr)
+        else:
+            groups, names = self._scan(expr)
+        if not names and expr in LOCALHOST_NAMES:
+            names = [next((h for h in self.hosts if h in LOCALHOST_NAMES), expr)]
+        return list(dict.fromkeys(names)), groups
+
+    def _scan(self, expr: str) -> tuple[list[str], list[str]]:
+        """Groups, then hosts, whose names a glob or `~regex` matches."""
         test = self._compile(expr)
         with _bounded(REGEX_SECONDS if expr[0] == "~" else None, self._too_slow(expr)):
             groups = [g for g in self.groups if test(g)]
             names = [h for g in groups for h in self.groups[g]]
             if not groups or expr[0] == "~" or any(c in expr for c in _GLOB_CHARS):
                 names.extend(h for h in self.hosts if test(h))
-        if not names and expr in LOCALHOST_NAMES:
-            names = [next((h for h in self.hosts if h in LOCALHOST_NAMES), expr)]
-        return list(dict.fromkeys(names)), groups
+        return groups, names
 
     def _compile(self, expr: str) -> Callable[[str], object]:
         if expr[0] != "~":
