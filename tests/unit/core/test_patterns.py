@@ -3,9 +3,13 @@ the flag named in messages. test_patterns_oracle.py holds the grammar to Ansible
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -15,6 +19,7 @@ from remediations.core.errors import UsageError
 from remediations.core.inventory import Inventory, parse
 
 SOURCE = "inv.yml"
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def inventory(*extra_hosts: str) -> Inventory:
@@ -126,3 +131,30 @@ def test_a_long_term_is_cut_in_the_message() -> None:
 )  # fmt: skip
 def test_split(pattern: str, terms: list[str]) -> None:
     assert patterns.split(pattern) == terms
+
+
+@pytest.mark.parametrize(
+    ("pattern", "needle"),
+    [("web1," * 20_480, "--host is 102400 characters long"),
+     ("web1\x1b[2J", r"control character '\x1b' at position 4"),
+     (r"~(a+)+$", "the regular expression took more than 2s"),
+     ("web:&nope", "unknown host or group 'nope' in --host term '&nope'")],
+)  # fmt: skip
+def test_hostile_patterns_through_the_front_end(tmp_path: Path, pattern: str, needle: str) -> None:
+    hosts = {name: {"target_dir": str(tmp_path / name)} for name in ("web1", "a" * 40 + "!")}
+    path = tmp_path / "inv.yml"
+    data = {"all": {"vars": {"ansible_connection": "local"}, "hosts": hosts,
+                    "children": {"web": {"hosts": {"web1": None}}}}}  # fmt: skip
+    path.write_text(yaml.safe_dump(data))
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "invoke", "health", "--host", pattern, "--inventory", str(path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "REMEDIATIONS_AUDIT_LOG": str(tmp_path / "audit.jsonl"), "NO_COLOR": "1"},
+    )  # fmt: skip
+    assert time.monotonic() - started < 30
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert done.stdout == ""
+    [line] = done.stderr.splitlines()
+    assert line.startswith("error: ") and needle in line and len(line) < 400, line
+    assert not (tmp_path / "web1").exists()
