@@ -373,7 +373,11 @@ class SSHRemote:
             forwarder.close()
 
     def close(self) -> None:
+        """Close the connection and the jump host's under it (Fabric leaves a gateway open)."""
         self.connection.close()
+        gateway = self.connection.gateway
+        if gateway is not None and not isinstance(gateway, str):
+            gateway.close()
 
 
 class _Forwarder:

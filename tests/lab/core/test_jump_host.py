@@ -89,10 +89,12 @@ def test_example_connects_through_its_jump_host(lab: Any, tmp_path: Path) -> Non
     inventory = load(lab_copy(tmp_path))
     for name in ("api-1", "api-2", "db-1"):
         remote = connect(inventory.hosts[name])
+        gateway = remote.connection.gateway
         try:
             done = remote.run('printf "%s\\n" "$SSH_CLIENT"; hostname -I 2>/dev/null || hostname -i')
         finally:
             remote.close()
+        assert not gateway.is_connected  # the bastion's connection is closed with the target's
         assert done.ok, done
         client, addresses = done.stdout.splitlines()[:2]
         assert client.split()[0] == BASTION, done.stdout
