@@ -111,7 +111,7 @@ def test_read_only_task_runs_through_the_jump_host(lab: Any, tmp_path: Path, aud
         result = ran.host(name)
         assert result["status"] == "changed", ran.stdout  # --check: what would be done
         decide = [s for s in result["steps"] if s["step"] == "decide"]
-        assert decide and decide[0]["message"] == "would restart api (api is healthy)", ran.stdout
+        assert decide and decide[0]["message"].startswith("would restart api"), ran.stdout
 
 
 @pytest.mark.parametrize("which", ["bastion", "target"])
