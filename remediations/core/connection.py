@@ -43,6 +43,7 @@ from remediations.core.errors import (
     HostError,
     HostKeyRefused,
     HostUnreachable,
+    UsageError,
 )
 from remediations.core.inventory import Host, jump_host_parts
 from remediations.core.remote import (
@@ -171,14 +172,19 @@ class SSHRemote:
         gateway = None
         if options.proxy_jump and not via_jump:
             gateway = SSHRemote._jump(host, options.proxy_jump, connect_timeout)
-        conn = Connection(
-            host.address,
-            user=host.user,
-            port=host.port,
-            connect_timeout=int(connect_timeout),
-            connect_kwargs=connect_kwargs,
-            gateway=gateway,
-        )
+        try:
+            conn = Connection(
+                host.address,
+                user=host.user,
+                port=host.port,
+                connect_timeout=int(connect_timeout),
+                connect_kwargs=connect_kwargs,
+                gateway=gateway if gateway is not None else (False if via_jump else None),
+            )
+        except ValueError as exc:  # Fabric reading a ProxyJump of ~/.ssh/config it cannot parse
+            raise HostUnreachable(f"~/.ssh/config: the SSH settings for {host.address}: {exc}") from None
+        if gateway is None:
+            SSHRemote._configured_jump(host, conn, connect_timeout, via_jump)
         files = list(options.known_hosts_files)
         if not files:
             configured = conn.ssh_config.get("userknownhostsfile", "")
@@ -192,6 +198,29 @@ class SSHRemote:
             _StrictPolicy(host, files, options.host_key_policy == "accept-new")
         )
         return conn
+
+    @staticmethod
+    def _configured_jump(host: Host, conn: Connection, connect_timeout: float, via_jump: bool) -> None:
+        """A ProxyJump from ~/.ssh/config: Fabric would open it trusting any host key
+        (AutoAddPolicy), so it is replaced by a jump host checked like the inventory's."""
+        spec = str(conn.ssh_config.get("proxyjump", "none"))
+        if spec.lower() == "none":
+            return
+        where = f"~/.ssh/config: ProxyJump {spec} for {host.address}"
+        try:
+            hops = [jump_host_parts(hop.strip(), where)[1] for hop in spec.split(",")]
+        except UsageError as exc:
+            raise HostUnreachable(str(exc)) from None
+        if via_jump:  # the jump host's own jump: unless it is itself (`Host *`), not supported
+            if hops != [host.address]:
+                raise HostUnreachable(f"{where}: a jump host behind a jump host is not supported")
+            return
+        if len(hops) > 1:
+            raise HostUnreachable(f"{where}: several jump hosts; one jump host is supported")
+        if hops[0] == host.address:  # `Host *` naming the jump host itself
+            conn.gateway = None
+            return
+        conn.gateway = SSHRemote._jump(host, spec, connect_timeout)
 
     @staticmethod
     def _jump(host: Host, spec: str, connect_timeout: float) -> Connection:
@@ -238,7 +267,7 @@ class SSHRemote:
 
     def _via(self) -> str:
         gateway = self.connection.gateway
-        if gateway is None or isinstance(gateway, str):
+        if not gateway or isinstance(gateway, str):
             return ""
         return f" through jump host {gateway.host}"
 
@@ -376,7 +405,7 @@ class SSHRemote:
         """Close the connection and the jump host's under it (Fabric leaves a gateway open)."""
         self.connection.close()
         gateway = self.connection.gateway
-        if gateway is not None and not isinstance(gateway, str):
+        if gateway and not isinstance(gateway, str):
             gateway.close()
 
 

@@ -137,3 +137,28 @@ def test_an_unknown_host_key_fails_in_one_line(lab: Any, tmp_path: Path, which: 
     lines = [line for line in (ran.stdout + ran.stderr).splitlines() if f"of {address} is not in" in line]
     assert len(lines) == 1, (ran.stdout, ran.stderr)
     assert f"ssh-keyscan -t ssh-ed25519 {address} >> {known_hosts}" in lines[0]
+
+
+@pytest.mark.parametrize("bastion_known", [True, False])
+def test_a_jump_host_from_ssh_config_is_checked_too(
+    lab: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bastion_known: bool
+) -> None:
+    """A ProxyJump in ~/.ssh/config (not in the inventory) reaches api1 through the bastion, and the
+    bastion's key is checked against the inventory's known_hosts (Fabric alone would trust any)."""
+    (tmp_path / ".ssh").mkdir()
+    (tmp_path / ".ssh" / "config").write_text(f"Host {ADDRESS['api1']}\n  ProxyJump root@{BASTION}\n")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    known_hosts = KNOWN_HOSTS if bastion_known else known_hosts_with(tmp_path, BASTION, None)
+    text = (ROOT / "inventories" / "lab.yml").read_text().replace(str(KNOWN_HOSTS), str(known_hosts))
+    (tmp_path / "lab.yml").write_text(text)
+    host = load(tmp_path / "lab.yml").hosts["api1"]
+    if not bastion_known:
+        with pytest.raises(HostKeyRefused, match=rf"of {re.escape(BASTION)} is not in {known_hosts}"):
+            connect(host)
+        return
+    remote = connect(host)
+    try:
+        done = remote.run('printf "%s\\n" "$SSH_CLIENT"')
+    finally:
+        remote.close()
+    assert done.ok and done.stdout.split()[0] == BASTION, done

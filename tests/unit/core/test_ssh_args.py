@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from remediations.core.connection import SSHRemote
-from remediations.core.errors import UsageError
-from remediations.core.inventory import SSHOptions, jump_host_parts, load, parse, parse_ssh_common_args
+from remediations.core.connection import SSHRemote, _StrictPolicy
+from remediations.core.errors import HostUnreachable, UsageError
+from remediations.core.inventory import Host, SSHOptions, jump_host_parts, load, parse, parse_ssh_common_args
 
 ROOT = Path(__file__).resolve().parents[3]
 WHERE = "inv.yml: host h"
@@ -127,3 +127,59 @@ def test_jump_host_gets_port_and_user_of_the_spec() -> None:
     gateway = remote.connection.gateway
     assert (gateway.host, gateway.port, gateway.user) == ("jump", 2200, "ops")
     assert (remote.connection.host, remote.connection.user) == ("10.0.0.5", "app")
+
+
+# ---------------------------------------------------------------- a ProxyJump from ~/.ssh/config
+
+
+def target(known_hosts: str = "/nonexistent/kh") -> Host:
+    text = yaml.safe_dump({"all": {"hosts": {"t": {
+        "ansible_host": "10.0.0.5", "ansible_user": "app",
+        "ansible_ssh_common_args": f"-o UserKnownHostsFile={known_hosts}",
+    }}}})  # fmt: skip
+    return parse(text, "inv.yml").hosts["t"]
+
+
+def ssh_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, text: str) -> None:
+    (tmp_path / ".ssh").mkdir()
+    (tmp_path / ".ssh" / "config").write_text(text)
+    monkeypatch.setenv("HOME", str(tmp_path))
+
+
+@pytest.mark.parametrize("config", ["Host 10.0.0.5\n  ProxyJump ops@jump:2200\n",
+                                    "Host *\n  ProxyJump ops@jump:2200\n"])  # fmt: skip
+def test_a_configured_jump_host_is_checked_strictly(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, config: str
+) -> None:
+    """Fabric opens a ~/.ssh/config ProxyJump trusting any host key; this one is checked."""
+    ssh_config(monkeypatch, tmp_path, config)
+    remote = SSHRemote(target())
+    gateway = remote.connection.gateway
+    assert (gateway.host, gateway.port, gateway.user) == ("jump", 2200, "ops")
+    assert isinstance(gateway.client._policy, _StrictPolicy)
+    assert gateway.client._policy.files == ["/nonexistent/kh"]
+    assert not gateway.gateway  # `Host *` names the jump host too: it is not its own jump
+
+
+@pytest.mark.parametrize(
+    ("config", "needle"),
+    [("Host 10.0.0.5\n  ProxyJump j1,j2\n", "several jump hosts"),
+     ("Host 10.0.0.5\n  ProxyJump jump\nHost jump\n  ProxyJump j0\n", "a jump host behind a jump host"),
+     ("Host 10.0.0.5\n  ProxyJump jump:ssh\n", "the SSH settings for 10.0.0.5")],
+)  # fmt: skip
+def test_a_configured_jump_host_we_cannot_check_fails_the_host(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, config: str, needle: str
+) -> None:
+    ssh_config(monkeypatch, tmp_path, config)
+    with pytest.raises(HostUnreachable) as info:
+        SSHRemote(target())
+    assert needle in str(info.value) and "~/.ssh/config" in str(info.value)
+
+
+def test_the_inventory_jump_wins_over_the_configured_one(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    ssh_config(monkeypatch, tmp_path, "Host 10.0.0.5\n  ProxyJump other\n")
+    host = target()
+    host = Host(host.name, {**host.vars, "ansible_ssh_common_args": "-J bastion"}, (), host.source)
+    assert SSHRemote(host).connection.gateway.host == "bastion"
