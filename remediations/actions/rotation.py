@@ -448,7 +448,7 @@ def env_hosts(inventory: Inventory, pattern: str | None, flag: str = "--env-host
     """The env hosts a rotation updates; bad input when the pattern selects none or lacks the vars."""
     if not pattern:
         raise UsageError(f"{flag} is required: the host(s) whose compose env file holds the secret")
-    hosts = inventory.select(pattern)
+    hosts = inventory.select(pattern, flag)
     for host in hosts:
         validate.check_vars(host)  # opened from the run's host: checked like the run's own hosts
         host.require("compose_project_dir")

@@ -20,7 +20,6 @@ import base64
 import hashlib
 import os
 import select
-import shlex
 import socket
 import threading
 import time
@@ -44,8 +43,9 @@ from remediations.core.errors import (
     HostError,
     HostKeyRefused,
     HostUnreachable,
+    UsageError,
 )
-from remediations.core.inventory import Host
+from remediations.core.inventory import Host, jump_host_parts
 from remediations.core.remote import (
     CHANNEL_TIMEOUT as CHANNEL_TIMEOUT,
 )
@@ -172,14 +172,19 @@ class SSHRemote:
         gateway = None
         if options.proxy_jump and not via_jump:
             gateway = SSHRemote._jump(host, options.proxy_jump, connect_timeout)
-        conn = Connection(
-            host.address,
-            user=host.user,
-            port=host.port,
-            connect_timeout=int(connect_timeout),
-            connect_kwargs=connect_kwargs,
-            gateway=gateway,
-        )
+        try:
+            conn = Connection(
+                host.address,
+                user=host.user,
+                port=host.port,
+                connect_timeout=int(connect_timeout),
+                connect_kwargs=connect_kwargs,
+                gateway=gateway if gateway is not None else (False if via_jump else None),
+            )
+        except ValueError as exc:  # Fabric reading a ProxyJump of ~/.ssh/config it cannot parse
+            raise HostUnreachable(f"~/.ssh/config: the SSH settings for {host.address}: {exc}") from None
+        if gateway is None:
+            SSHRemote._configured_jump(host, conn, connect_timeout, via_jump)
         files = list(options.known_hosts_files)
         if not files:
             configured = conn.ssh_config.get("userknownhostsfile", "")
@@ -195,18 +200,41 @@ class SSHRemote:
         return conn
 
     @staticmethod
+    def _configured_jump(host: Host, conn: Connection, connect_timeout: float, via_jump: bool) -> None:
+        """A ProxyJump from ~/.ssh/config: Fabric would open it trusting any host key
+        (AutoAddPolicy), so it is replaced by a jump host checked like the inventory's."""
+        spec = str(conn.ssh_config.get("proxyjump", "none"))
+        if spec.lower() == "none":
+            return
+        where = f"~/.ssh/config: ProxyJump {spec} for {host.address}"
+        try:
+            hops = [jump_host_parts(hop.strip(), where)[1] for hop in spec.split(",")]
+        except UsageError as exc:
+            raise HostUnreachable(str(exc)) from None
+        if via_jump:  # the jump host's own jump: unless it is itself (`Host *`), not supported
+            if hops != [host.address]:
+                raise HostUnreachable(f"{where}: a jump host behind a jump host is not supported")
+            return
+        if len(hops) > 1:
+            raise HostUnreachable(f"{where}: several jump hosts; one jump host is supported")
+        if hops[0] == host.address:  # `Host *` naming the jump host itself
+            conn.gateway = None
+            return
+        conn.gateway = SSHRemote._jump(host, spec, connect_timeout)
+
+    @staticmethod
     def _jump(host: Host, spec: str, connect_timeout: float) -> Connection:
-        """A jump host named by ProxyJump ([user@]host[:port]); checked as strictly as the target."""
-        user, _, hostport = spec.rpartition("@")
-        address, _, port = hostport.partition(":")
-        jump_vars = {k: v for k, v in host.vars.items() if k in ("ansible_ssh_private_key_file",)}
+        """The jump host named by ProxyJump ([user@]host[:port]), checked as strictly as the target:
+        the same key file, the same known_hosts files and policy (the target's whole
+        `ansible_ssh_common_args`, read without its jump)."""
+        user, address, port = jump_host_parts(spec, f"{host.source}: host {host.name}")
+        jump_vars: dict[str, object] = {
+            k: v for k, v in host.vars.items()
+            if k in ("ansible_ssh_private_key_file", "ansible_ssh_common_args")
+        }
         jump_vars.update(ansible_host=address, ansible_user=user or host.user)
         if port:
-            jump_vars["ansible_port"] = int(port)
-        common = host.vars.get("ansible_ssh_common_args", "")
-        jump_vars["ansible_ssh_common_args"] = " ".join(
-            w for w in shlex.split(str(common)) if "ProxyJump" not in w and "ProxyCommand" not in w
-        )
+            jump_vars["ansible_port"] = port
         jump = Host(f"{host.name} (jump {address})", jump_vars, (), host.source)
         return SSHRemote._build(jump, connect_timeout, via_jump=True)
 
@@ -230,10 +258,18 @@ class SSHRemote:
                 f"(ssh-keygen -R {exc.hostname} -f FILE) and trust the new key"
             ) from None
         except paramiko.AuthenticationException as exc:
-            raise HostUnreachable(f"SSH authentication failed for {self.host.address}: {exc}") from None
+            raise HostUnreachable(
+                f"SSH authentication failed for {self.host.address}{self._via()}: {exc}"
+            ) from None
         except (OSError, paramiko.SSHException, EOFError) as exc:
             reason = str(exc) or type(exc).__name__
-            raise HostUnreachable(f"cannot connect to {self.host.address}: {reason}") from None
+            raise HostUnreachable(f"cannot connect to {self.host.address}{self._via()}: {reason}") from None
+
+    def _via(self) -> str:
+        gateway = self.connection.gateway
+        if not gateway or isinstance(gateway, str):
+            return ""
+        return f" through jump host {gateway.host}"
 
     @property
     def transport(self) -> paramiko.Transport:
@@ -378,7 +414,11 @@ class SSHRemote:
             forwarder.close()
 
     def close(self) -> None:
+        """Close the connection and the jump host's under it (Fabric leaves a gateway open)."""
         self.connection.close()
+        gateway = self.connection.gateway
+        if gateway and not isinstance(gateway, str):
+            gateway.close()
 
 
 class _Forwarder:

@@ -7,17 +7,17 @@ and group vars (see README: "Inventory variables").
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import re
 import shlex
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from remediations.core import patterns
 from remediations.core.errors import UsageError
 
 INVENTORY_ENV = "REMEDIATIONS_INVENTORY"
@@ -101,44 +101,11 @@ class Inventory:
     hosts: dict[str, Host] = field(default_factory=dict)
     groups: dict[str, list[str]] = field(default_factory=dict)
 
-    def select(self, pattern: str) -> list[Host]:
-        """Hosts matching a host name, group name, comma list or glob; `!x` excludes x.
-
-        Raises UsageError naming the pattern when a term matches nothing.
-        """
-        terms = [t.strip() for t in pattern.split(",") if t.strip()]
-        if not terms:
-            raise UsageError(f"{self.source}: --host is empty; give a host, a group, a list or a glob")
-        chosen: list[str] = []
-        excluded: set[str] = set()
-        for term in terms:
-            negate = term.startswith("!")
-            names = self._match(term[1:] if negate else term)
-            if negate:
-                excluded.update(names)
-            else:
-                chosen.extend(n for n in names if n not in chosen)
-        selected = [self.hosts[n] for n in chosen if n not in excluded]
-        if not selected:
-            raise UsageError(f"{self.source}: --host {pattern!r} selects no host after exclusions")
-        return selected
-
-    def _match(self, term: str) -> list[str]:
-        if term in self.hosts:
-            return [term]
-        if term in self.groups:
-            return list(self.groups[term])
-        if any(ch in term for ch in "*?["):
-            names: list[str] = [h for h in self.hosts if fnmatch.fnmatchcase(h, term)]
-            for group in self.groups:
-                if fnmatch.fnmatchcase(group, term):
-                    names.extend(h for h in self.groups[group] if h not in names)
-            if names:
-                return names
-        known = ", ".join(sorted(self.groups)) or "none"
-        raise UsageError(
-            f"{self.source}: unknown host or group {term!r} (groups: {known}); check --host or the inventory"
-        )
+    def select(self, pattern: str, flag: str = "--host") -> list[Host]:
+        """The hosts an Ansible host pattern selects (see core/patterns.py and README: "Choosing
+        hosts (--host)"). Raises UsageError naming the term when a term matches nothing."""
+        names = patterns.select(pattern, list(self.hosts), self.groups, self.source, flag)
+        return [self.hosts[n] if n in self.hosts else controller_host(self, n) for n in names]
 
 
 def truthy(value: Any) -> bool:
@@ -278,36 +245,31 @@ class _Builder:
 
 
 def parse_ssh_common_args(args: str, where: str) -> SSHOptions:
-    """Read the ssh options this project honours from `ansible_ssh_common_args`."""
+    """Read the ssh options this project honours from `ansible_ssh_common_args`.
+
+    As in ssh, the first value given for an option wins, and ProxyJump (`-J`) and ProxyCommand
+    compete: whichever comes first is used. Other flags are ignored, with their arguments.
+    """
     try:
         words = shlex.split(args)
     except ValueError as exc:
         raise UsageError(f"{where}: ansible_ssh_common_args: {exc}") from None
     options: dict[str, str] = {}
-    jump: str | None = None
-    i = 0
-    while i < len(words):
-        word = words[i]
-        if word in ("-o", "-J") and i + 1 < len(words):
-            value = words[i + 1]
-            i += 2
-        elif word.startswith(("-o", "-J")) and len(word) > 2:
-            value = word[2:]
-            i += 1
-        else:
-            i += 1
-            continue
-        if word.startswith("-J"):
-            jump = value
+    for flag, value in _ssh_flags(words, where):
+        if flag == "-J":
+            options.setdefault("proxy", f"jump {value}")
             continue
         match = re.match(r"\s*([A-Za-z]+)\s*(?:=|\s)\s*(.*)\Z", value, re.DOTALL)
-        if match is None:
-            raise UsageError(f"{where}: ansible_ssh_common_args: option {value!r} has no value")
-        options[match.group(1).lower()] = match.group(2)
-    if "proxyjump" in options:
-        jump = options["proxyjump"]
-    if "proxycommand" in options and jump is None:
-        jump = _jump_from_proxy_command(options["proxycommand"], where)
+        if match is None or not match.group(2).strip():
+            raise UsageError(
+                f"{where}: ansible_ssh_common_args: option {value!r} has no value "
+                "(write -o Name=value)"
+            )
+        name, setting = match.group(1).lower(), match.group(2).strip()
+        if name in ("proxyjump", "proxycommand"):
+            options.setdefault("proxy", f"{'jump' if name == 'proxyjump' else 'command'} {setting}")
+        else:
+            options.setdefault(name, setting)
     policy = options.get("stricthostkeychecking", "yes").lower()
     if policy not in ("yes", "accept-new"):
         raise UsageError(
@@ -315,33 +277,95 @@ def parse_ssh_common_args(args: str, where: str) -> SSHOptions:
             "checked; use 'yes' or 'accept-new'"
         )
     files = tuple(os.path.expanduser(f) for f in options.get("userknownhostsfile", "").split())
-    return SSHOptions(known_hosts_files=files, proxy_jump=jump, host_key_policy=policy)
+    return SSHOptions(known_hosts_files=files, proxy_jump=_proxy(options.get("proxy"), where),
+                      host_key_policy=policy)
+
+
+# ssh's flags that take an argument: their argument is skipped, never read as an option.
+_SSH_FLAGS_WITH_ARG = set("BbcDEeFIiLlmOopQRSWw")
+
+
+def _ssh_flags(words: list[str], where: str) -> Iterator[tuple[str, str]]:
+    """(`-o` or `-J`, value) for each option in an ssh command line, in order."""
+    i = 0
+    while i < len(words):
+        word = words[i]
+        i += 1
+        if not word.startswith("-") or len(word) < 2:
+            continue
+        letter = word[1]
+        if letter not in _SSH_FLAGS_WITH_ARG and letter != "J":
+            continue
+        if len(word) > 2:
+            value = word[2:]
+        elif i < len(words) and not (letter in "oJ" and words[i].startswith("-")):
+            value = words[i]
+            i += 1
+        elif letter in "oJ":
+            raise UsageError(f"{where}: ansible_ssh_common_args: {word} has no value (write {word} VALUE)")
+        else:
+            continue
+        if letter in "oJ":
+            yield f"-{letter}", value
+
+
+def _proxy(proxy: str | None, where: str) -> str | None:
+    """The jump host named by the first ProxyJump / -J / ProxyCommand, or None."""
+    if proxy is None:
+        return None
+    kind, _, value = proxy.partition(" ")
+    if value.lower() == "none":
+        return None
+    if kind == "command":
+        return _jump_from_proxy_command(value, where)
+    if "," in value:
+        raise UsageError(
+            f"{where}: ProxyJump {value!r} names several jump hosts; one jump host is supported"
+        )
+    jump_host_parts(value, where)  # refuse a malformed one now, before any host is connected to
+    return value
+
+
+def jump_host_parts(spec: str, where: str = "ProxyJump") -> tuple[str | None, str, int | None]:
+    """(user, address, port) of a ProxyJump value: `[ssh://][user@]host[:port]`, `[v6addr]:port`."""
+    rest = spec[len("ssh://"):] if spec.startswith("ssh://") else spec
+    user, _, hostport = rest.rpartition("@")
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::(\d+))?|([^\s:@/\[\]]+)(?::(\d+))?", hostport)
+    if match is None:
+        raise UsageError(f"{where}: ProxyJump {spec!r} is not [user@]host[:port]")
+    address = match.group(1) or match.group(3)
+    port = match.group(2) or match.group(4)
+    return user or None, address, int(port) if port else None
 
 
 def _jump_from_proxy_command(command: str, where: str) -> str:
-    """`ssh -W %h:%p [-p PORT] [user@]jump` is the one ProxyCommand form turned into a jump host."""
-    words = shlex.split(command)
+    """`ssh -W %h:%p [-p PORT] [-l USER] [user@]jump` is the one ProxyCommand form turned into a
+    jump host; any other command is refused."""
+    unsupported = f"{where}: ProxyCommand {command!r} is not supported; use ProxyJump (or -J)"
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        raise UsageError(unsupported) from None
     if not words or os.path.basename(words[0]) != "ssh" or "-W" not in words:
-        raise UsageError(f"{where}: ProxyCommand {command!r} is not supported; use ProxyJump (or -J)")
-    port = None
-    user = None
-    target = None
+        raise UsageError(unsupported)
+    found: dict[str, str] = {}
+    target: str | None = None
     rest = iter(words[1:])
     for word in rest:
-        if word in ("-p", "-l"):
-            value = next(rest, None)
-            port, user = (value, user) if word == "-p" else (port, value)
-        elif word.startswith(("-p", "-l")) and len(word) > 2:
-            port, user = (word[2:], user) if word.startswith("-p") else (port, word[2:])
-        elif word in ("-W", "-i", "-o", "-F", "-J"):
-            next(rest, None)
-        elif not word.startswith("-"):
+        if word.startswith("-") and len(word) > 1:
+            letter = word[1]
+            if letter in _SSH_FLAGS_WITH_ARG:
+                value = word[2:] if len(word) > 2 else next(rest, "")
+                found.setdefault(letter, value)
+        elif target is None:
             target = word
+        else:  # `ssh -W %h:%p jump some command`: not a plain jump
+            raise UsageError(unsupported)
     if target is None:
         raise UsageError(f"{where}: ProxyCommand {command!r} names no jump host")
-    if user and "@" not in target:
-        target = f"{user}@{target}"
-    return f"{target}:{port}" if port else target
+    if "l" in found and "@" not in target:
+        target = f"{found['l']}@{target}"
+    return f"{target}:{found['p']}" if found.get("p") else target
 
 
 def run_wide_vars(inventory: Inventory) -> dict[str, Any]:

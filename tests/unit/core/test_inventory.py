@@ -209,7 +209,7 @@ all:
         ("api*", ["api1", "api2", "api3"]),
         ("*1", ["lb1", "api1", "db1", "web1"]),  # glob: inventory order
         ("db?", ["db1", "db2"]),
-        ("api[13]", ["api1", "api3"]),
+        ("api[!2]", ["api1", "api3"]),  # a glob class (`api[13]` would be a subscript)
         ("api,!api2", ["api1", "api3"]),
         ("!api2,api", ["api1", "api3"]),  # exclusion wins wherever it is
         ("all,!api", ["lb1", "db1", "db2", "web1"]),
