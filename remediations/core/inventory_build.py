@@ -19,7 +19,7 @@ from typing import Any
 
 from remediations.core.errors import UsageError
 from remediations.core.hostrange import expand, split_port
-from remediations.core.inventory_vars import VarsDirs, refuse_unsupported
+from remediations.core.inventory_vars import VarsDirs, refuse_unsupported, var_name
 
 MAX_TOTAL_HOSTS = 100_000
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -131,7 +131,7 @@ class Builder:
                     raise UsageError(f"{self.source}: {where}: ansible_group_priority {value!r} "
                                      "is not a whole number") from None  # fmt: skip
                 continue
-            definition.vars[str(key)] = value
+            definition.vars[var_name(key)] = value
 
     def _hosts(self, definition: GroupDef, body: Any, where: str) -> None:
         for pattern, host_body in self._mapping(body, where).items():
@@ -146,7 +146,7 @@ class Builder:
                                      "split the inventory")  # fmt: skip
                 if port is not None:
                     known["ansible_port"] = port
-                known.update((str(k), v) for k, v in own.items())
+                known.update((var_name(k), v) for k, v in own.items())
                 if host not in definition.hosts:
                     definition.hosts.append(host)
 

@@ -25,6 +25,13 @@ BECOME_METHODS = ("sudo",)
 _JINJA = ("{{", "{%", "{#")
 
 
+def var_name(key: Any) -> str:
+    """A var's name as text, as Ansible shows it (YAML `off:` is the boolean false: "false")."""
+    if isinstance(key, bool) or key is None:
+        return {True: "true", False: "false", None: "null"}[key]
+    return str(key)
+
+
 class VaultText(str):
     """A `!vault` scalar: Ansible Vault ciphertext, never used as the value."""
 
@@ -133,7 +140,7 @@ class VarsDirs:
             if not isinstance(data, Mapping):
                 raise UsageError(f"{path}: a vars file must be a mapping of names to values, "
                                  f"got {type(data).__name__}")  # fmt: skip
-            self._cache[path] = {str(k): v for k, v in data.items()}
+            self._cache[path] = {var_name(k): v for k, v in data.items()}
         return self._cache[path]
 
 
@@ -169,9 +176,9 @@ def _has(value: Any, kind: str) -> bool:
 
 def refuse_unsupported(merged: dict[str, Any], source: str, host: str) -> dict[str, Any]:
     """The host's effective vars with every value this project must not use replaced by a Refused."""
-    shown = f"ansible -i {source} {host} -m ansible.builtin.debug -a var=NAME"
     out: dict[str, Any] = {}
     for name, value in merged.items():
+        shown = f"ansible -i {source} {host} -m ansible.builtin.debug -a var={name}"
         if _has(value, "vault"):
             value = Refused(value, "is an Ansible Vault value, which this project does not decrypt",
                             "put the plain value in a vars file only you can read (Ansible shows it: "
