@@ -48,7 +48,8 @@ class Host:
 
     def __post_init__(self) -> None:
         if not isinstance(self.vars, HostVars):
-            object.__setattr__(self, "vars", HostVars(self.vars, f"{self.source}: host {self.name}"))
+            wrapped = HostVars(self.vars, f"{self.source}: host {self.name}", self.name)
+            object.__setattr__(self, "vars", wrapped)
 
     def _last(self, *names: str) -> Any:
         """Ansible's rule for a connection setting named several ways: the last one set wins
@@ -174,11 +175,17 @@ def load(path: str | Path) -> Inventory:
     """An inventory file, YAML or INI (by its suffix; without one, YAML if it reads as a mapping),
     with the `group_vars/` and `host_vars/` folders beside it."""
     path = Path(path)
-    if path.is_dir():
-        raise UsageError(f"{path}: is a folder; pass the inventory file in it (--inventory {path}/hosts.yml)")
-    if not path.exists():
-        raise UsageError(f"{path}: inventory not found; pass --inventory or set {INVENTORY_ENV}")
-    text = read_text(path, "inventory")
+    try:
+        text = read_text(path, "inventory")
+    except UsageError:
+        if os.path.isdir(path):
+            raise UsageError(f"{path}: is a folder; pass the inventory file in it "
+                             f"(--inventory {path}/hosts.yml)") from None  # fmt: skip
+        if not os.path.lexists(path):
+            raise UsageError(
+                f"{path}: inventory not found; pass --inventory or set {INVENTORY_ENV}"
+            ) from None
+        raise
     source = str(path)
     dirs = VarsDirs(path)
     suffix = path.suffix.lower()
@@ -208,7 +215,7 @@ def _inventory(data: Mapping[str, Any], source: str, vars_dirs: VarsDirs | None)
     built = Builder(source, vars_dirs).build(data)
     inventory = Inventory(source, groups=built.groups)
     for name, (variables, groups) in built.hosts.items():
-        inventory.hosts[name] = Host(name, HostVars(variables, f"{source}: host {name}"), groups, source)
+        inventory.hosts[name] = Host(name, variables, groups, source)
     return inventory
 
 

@@ -83,7 +83,7 @@ class Builder:
             mine = of_host[host]
             mine.sort(key=lambda g: (depth.get(g, 0), self.defs[g].priority, g))
             merged = self._effective(host, own, mine)
-            hosts[host] = (refuse_unsupported(merged, self.source, host), tuple(sorted(["all", *mine])))
+            hosts[host] = (refuse_unsupported(merged, self.source), tuple(sorted(["all", *mine])))
         return Built(hosts, groups)
 
     def _effective(self, host: str, own: dict[str, Any], groups: list[str]) -> dict[str, Any]:

@@ -85,28 +85,33 @@ def read_text(path: Path, what: str) -> str:
 def _dir_files(folder: Path) -> list[Path]:
     """Every vars file under a folder, sorted, recursing: hidden files and `~` backups skipped."""
     found: list[Path] = []
-    for name in sorted(os.listdir(folder)):
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError as exc:
+        raise UsageError(f"{folder}: cannot read the vars folder: {exc.strerror}") from None
+    for name in names:
         if name.startswith(".") or name.endswith("~"):
             continue
         path = folder / name
         ext = os.path.splitext(name)[1]
-        if path.is_dir() and not ext:
+        if os.path.isdir(path) and not ext:
             found.extend(_dir_files(path))
-        elif path.is_file() and ext in VARS_EXTENSIONS:
+        elif os.path.isfile(path) and ext in VARS_EXTENSIONS:
             found.append(path)
     return found
 
 
 def vars_files(folder: Path, name: str) -> list[Path]:
     """The files that hold one group's or host's vars: `NAME` (a file, or a folder of them), else
-    `NAME.yml`, `NAME.yaml`, `NAME.json`; the first that exists is the only one read, as in Ansible."""
-    if not folder.is_dir() or name.startswith(os.sep):
-        return []
+    `NAME.yml`, `NAME.yaml`, `NAME.json`; the first that exists is the only one read, as in Ansible.
+    A folder's files are read in name order, sub-folders included, hidden files and `~` backups not."""
+    if not os.path.isdir(folder) or name.startswith(os.sep) or ".." in name.split(os.sep):
+        return []  # a name that would climb out of the folder reads nothing there
     for ext in VARS_EXTENSIONS:
         path = folder / f"{name}{ext}"
-        if path.is_dir():
+        if os.path.isdir(path):
             return _dir_files(path)
-        if path.exists():
+        if os.path.exists(path):
             return [path]
     return []
 
@@ -158,8 +163,9 @@ class Refused:
     def __str__(self) -> str:
         return "<refused value>"
 
-    def error(self, where: str, name: str) -> UsageError:
-        return UsageError(f"{where}: {name}: {self.reason}; {self.way_out}")
+    def error(self, where: str, host: str, name: str) -> UsageError:
+        """`{host}` in the way out is the host that read it (the same value may be every host's)."""
+        return UsageError(f"{where}: {name}: {self.reason}; {self.way_out.replace('{host}', host)}")
 
 
 def _has(value: Any, kind: str) -> bool:
@@ -174,11 +180,11 @@ def _has(value: Any, kind: str) -> bool:
         and any(mark in value for mark in _JINJA)  # fmt: skip
 
 
-def refuse_unsupported(merged: dict[str, Any], source: str, host: str) -> dict[str, Any]:
+def refuse_unsupported(merged: dict[str, Any], source: str) -> dict[str, Any]:
     """The host's effective vars with every value this project must not use replaced by a Refused."""
     out: dict[str, Any] = {}
     for name, value in merged.items():
-        shown = f"ansible -i {source} {host} -m ansible.builtin.debug -a var={name}"
+        shown = f"ansible -i {source} {{host}} -m ansible.builtin.debug -a var={name}"
         if _has(value, "vault"):
             value = Refused(value, "is an Ansible Vault value, which this project does not decrypt",
                             "put the plain value in a vars file only you can read (Ansible shows it: "
@@ -216,14 +222,17 @@ def _short(value: Any) -> str:
 class HostVars(dict[str, Any]):
     """A host's vars: reading a refused one raises its one-line UsageError."""
 
-    def __init__(self, values: Mapping[str, Any] | Iterable[tuple[str, Any]] = (), where: str = "") -> None:
+    def __init__(
+        self, values: Mapping[str, Any] | Iterable[tuple[str, Any]] = (), where: str = "", host: str = "HOST"
+    ) -> None:
         super().__init__(values)
         self.where = where
+        self.host = host
 
     def __getitem__(self, key: str) -> Any:
         value = super().__getitem__(key)
         if isinstance(value, Refused):
-            raise value.error(self.where, key)
+            raise value.error(self.where, self.host, key)
         return value
 
     def get(self, key: str, default: Any = None) -> Any:
