@@ -28,7 +28,8 @@ def _inventory(tmp_path: Path, name: str, host_line: str) -> Path:
     if name.endswith(".ini"):
         path.write_text(f"[app]\nlocal1 {host_line}\n")
     else:
-        path.write_text(f"all:\n  children:\n    app:\n      hosts:\n        local1:\n          {host_line}\n")
+        hosts = f"      hosts:\n        local1:\n          {host_line}\n"
+        path.write_text(f"all:\n  children:\n    app:\n{hosts}")
     return path
 
 
