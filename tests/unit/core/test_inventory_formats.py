@@ -65,6 +65,13 @@ def test_a_yaml_looking_file_without_suffix_keeps_its_yaml_error(tmp_path: Path)
     assert "all.hosts: expected a mapping, got list" in refused(tmp_path / "hosts")
 
 
+def test_an_inventory_plugin_config_is_refused_with_the_way_out(tmp_path: Path) -> None:
+    write(tmp_path, {"aws_ec2.yml": "plugin: amazon.aws.aws_ec2\nregions: [eu-west-1]\n"})
+    message = refused(tmp_path / "aws_ec2.yml")
+    assert "plugin: amazon.aws.aws_ec2" in message
+    assert f"ansible-inventory -i {tmp_path / 'aws_ec2.yml'} --list -y > flat.yml" in message
+
+
 # ---------------------------------------------------------------- INI errors
 
 

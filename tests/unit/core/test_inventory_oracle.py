@@ -97,8 +97,7 @@ BOTH_REFUSE: dict[str, list[str]] = {
 }
 
 
-def _run_ansible(inventory: Path, home: Path) -> dict[str, Any] | None:
-    """ansible-inventory's --list for one file; None when Ansible cannot read it."""
+def _run_ansible(inventory: Path, home: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(home),
@@ -109,10 +108,15 @@ def _run_ansible(inventory: Path, home: Path) -> dict[str, Any] | None:
         "ANSIBLE_NOCOLOR": "1",
         "LC_ALL": "C.UTF-8",
     }
-    result = subprocess.run(  # our own venv's ansible-inventory
-        [str(ANSIBLE_INVENTORY), "-i", str(inventory), "--list"],
+    return subprocess.run(  # our own venv's ansible-inventory
+        [str(ANSIBLE_INVENTORY), "-i", str(inventory), "--list", *extra],
         capture_output=True, text=True, env=env, cwd=home, timeout=120, check=False,
     )  # fmt: skip
+
+
+def _listing(inventory: Path, home: Path) -> dict[str, Any] | None:
+    """ansible-inventory's --list for one file; None when Ansible cannot read it."""
+    result = _run_ansible(inventory, home)
     if result.returncode != 0:
         return None
     data: dict[str, Any] = json.loads(result.stdout)
@@ -132,7 +136,7 @@ def oracle() -> Iterator[dict[str, dict[str, Any] | None]]:
         (home / "ansible.cfg").write_text("")
         (home / "tmp").mkdir()
         with ThreadPoolExecutor(max_workers=2) as pool:
-            runs = pool.map(lambda c: _run_ansible(FIXTURES / c / CASES[c], home), CASES)
+            runs = pool.map(lambda c: _listing(FIXTURES / c / CASES[c], home), CASES)
             answers = dict(zip(CASES, runs, strict=True))
         yield answers
 
@@ -249,6 +253,28 @@ def test_what_ansible_cannot_read_is_refused_in_one_line(
     assert "\n" not in message
     for needle in BOTH_REFUSE[case]:
         assert needle in message, message
+
+
+FLATTENED = ["real_team_layout", "precedence_ladder", "group_vars_folders", "ranges_ini", "legacy_ssh_vars"]
+
+
+def test_the_way_out_flattening_with_ansible_inventory_reads_the_same(
+    tmp_path: Path, oracle: dict[str, dict[str, Any] | None]
+) -> None:
+    """`ansible-inventory -i X --list -y > flat.yml` (the way out this README gives for inventory
+    plugins) loads here to the same hosts, groups and vars as X itself."""
+    (tmp_path / "ansible.cfg").write_text("")
+    (tmp_path / "tmp").mkdir()
+    for case in FLATTENED:
+        original = load(FIXTURES / case / CASES[case])
+        result = _run_ansible(FIXTURES / case / CASES[case], tmp_path, "-y")
+        assert result.returncode == 0, result.stderr
+        (tmp_path / f"{case}.yml").write_text(result.stdout)
+        flat = load(tmp_path / f"{case}.yml")
+        assert set(flat.hosts) == set(original.hosts), case
+        assert {g: set(h) for g, h in flat.groups.items()} == {g: set(h) for g, h in original.groups.items()}
+        for host in original.hosts:
+            assert _raw_vars(flat, host) == _raw_vars(original, host), (case, host)
 
 
 def test_connection_settings_follow_ansible_names() -> None:
