@@ -209,8 +209,9 @@ def parse(text: str, source: str = "<inventory>", vars_dirs: VarsDirs | None = N
     if not isinstance(data, dict):
         raise UsageError(f"{source}: the top level must be a mapping of groups (such as 'all:')")
     if isinstance(data.get("plugin"), str):
-        raise UsageError(f"{source}: an inventory plugin's config (plugin: {data['plugin']}) is not read "
-                         f"here; flatten it first: ansible-inventory -i {source} --list -y > flat.yml")  # fmt: skip
+        flatten = f"ansible-inventory -i {source} --list -y > flat.yml"
+        raise UsageError(f"{source}: an inventory plugin's config (plugin: {data['plugin']}) is not "
+                         f"read here; flatten it first: {flatten}")  # fmt: skip
     return _inventory(data, source, vars_dirs)
 
 
