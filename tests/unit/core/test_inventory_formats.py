@@ -263,3 +263,12 @@ def test_run_wide_vars_and_the_controller_keep_a_refused_value_unread(tmp_path: 
     assert controller.get("audit_log") == "/var/log/a.jsonl"
     with pytest.raises(UsageError, match=r"host controller: tpl: '\{\{ x \}\}' is a Jinja template"):
         controller.get("tpl")
+
+
+def test_ungrouped_is_a_group_like_in_ansible(tmp_path: Path) -> None:
+    write(tmp_path, {"hosts.ini": "lonely\n[web]\nw1\n"})
+    inventory = load(tmp_path / "hosts.ini")
+    assert [h.name for h in inventory.select("ungrouped")] == ["lonely"]
+    assert inventory.groups["ungrouped"] == ["lonely"]
+    assert inventory.hosts["lonely"].groups == ("all", "ungrouped")
+    assert inventory.hosts["w1"].groups == ("all", "web")
