@@ -135,6 +135,9 @@ class Builder:
 
     def _hosts(self, definition: GroupDef, body: Any, where: str) -> None:
         for pattern, host_body in self._mapping(body, where).items():
+            if not isinstance(pattern, str):  # `1234:` is a number to YAML; Ansible refuses it too
+                raise UsageError(f"{self.source}: {where}: host pattern {pattern!r} must be a string; "
+                                 "put it in quotes")  # fmt: skip
             text = self._name(pattern, "host", where)
             name_pattern, port = split_port(text)
             own = dict(self._mapping(host_body, f"{where}.{text}"))

@@ -63,12 +63,17 @@ CASES: dict[str, str] = {
     "top_level_groups_only": "hosts.yaml",
     "real_team_layout": "inventories/prod/hosts.ini",
     "unsafe_tag": "hosts.yml",
+    "order_conflict": "hosts.yml",
+    "ini_repeated": "hosts.ini",
+    "ip_and_int_names": "hosts.yml",
+    "hv_for_range": "hosts",
     "refuse_jinja": "hosts.yml",
     "refuse_vault": "hosts.yml",
     "refuse_connection": "hosts.ini",
     "refuse_become_method": "hosts.yml",
     "refuse_ini_undefined_child": "hosts.ini",
     "refuse_vault_file": "hosts.yml",
+    "refuse_int_host_name": "hosts.yml",
 }
 
 # case -> (host, var, what the one-line refusal must say) for values Ansible reads and we refuse
@@ -94,6 +99,7 @@ REFUSED: dict[str, list[tuple[str, str, list[str]]]] = {
 BOTH_REFUSE: dict[str, list[str]] = {
     "refuse_ini_undefined_child": ["hosts.ini: line 2:", "[prod:children]", "'ghost'"],
     "refuse_vault_file": ["group_vars/all/vault.yml: encrypted with Ansible Vault", "ansible-vault view"],
+    "refuse_int_host_name": ["all.hosts: host pattern 1234 must be a string; put it in quotes"],
 }
 
 
