@@ -33,6 +33,7 @@ class GroupDef:
     vars: dict[str, Any] = field(default_factory=dict)
     children: list[str] = field(default_factory=list)
     priority: int = 1
+    listed: set[str] = field(default_factory=set)  # `hosts`, for a quick "already there"
 
 
 @dataclass
@@ -104,9 +105,10 @@ class Builder:
             self.defs["all"].children.insert(0, "ungrouped")
         memo: dict[str, list[str]] = {}
         grouped = {h for g in self.defs if g not in ("all", "ungrouped") for h in self._members(g, memo)}
-        listed = [h for h in ungrouped.hosts if h not in grouped]
-        listed += [h for h in self.defs["all"].hosts if h not in grouped and h not in listed]
-        ungrouped.hosts = listed
+        listed = dict.fromkeys(h for h in ungrouped.hosts if h not in grouped)
+        listed.update(dict.fromkeys(h for h in self.defs["all"].hosts if h not in grouped))
+        ungrouped.hosts = list(listed)
+        ungrouped.listed = set(listed)
 
     def _mapping(self, value: Any, key: str) -> Mapping[str, Any]:
         if value is None:
@@ -150,7 +152,8 @@ class Builder:
                 if port is not None:
                     known["ansible_port"] = port
                 known.update((var_name(k), v) for k, v in own.items())
-                if host not in definition.hosts:
+                if host not in definition.listed:
+                    definition.listed.add(host)
                     definition.hosts.append(host)
 
     def _collect(self, group: str, body: Any, path: tuple[str, ...]) -> None:
@@ -190,9 +193,10 @@ class Builder:
             self._depths(child, level + 1, (*path, child), depth)
 
     def _members(self, group: str, memo: dict[str, list[str]]) -> list[str]:
+        """The group's own hosts, then its children's, each once."""
         if group not in memo:
-            found = list(self.defs[group].hosts)
+            found = dict.fromkeys(self.defs[group].hosts)
             for child in self.defs[group].children:
-                found.extend(h for h in self._members(child, memo) if h not in found)
-            memo[group] = found
+                found.update(dict.fromkeys(self._members(child, memo)))
+            memo[group] = list(found)
         return memo[group]

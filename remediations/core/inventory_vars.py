@@ -122,15 +122,18 @@ class VarsDirs:
     def __init__(self, inventory_file: Path | None) -> None:
         self.base = Path(os.path.realpath(inventory_file)).parent if inventory_file else None
         self._cache: dict[Path, dict[str, Any]] = {}
+        self._merged: dict[tuple[str, str], dict[str, Any]] = {}
 
-    def vars_of(self, kind: str, name: str) -> dict[str, Any]:
+    def vars_of(self, kind: str, name: str) -> Mapping[str, Any]:
         """The merged vars of one group (`kind` "group_vars") or host ("host_vars"), files in order."""
         if self.base is None:
             return {}
-        merged: dict[str, Any] = {}
-        for path in vars_files(self.base / kind, name):
-            merged.update(self._load(path))
-        return merged
+        if (kind, name) not in self._merged:
+            merged: dict[str, Any] = {}
+            for path in vars_files(self.base / kind, name):
+                merged.update(self._load(path))
+            self._merged[(kind, name)] = merged
+        return self._merged[(kind, name)]
 
     def _load(self, path: Path) -> dict[str, Any]:
         if path not in self._cache:

@@ -272,3 +272,15 @@ def test_ungrouped_is_a_group_like_in_ansible(tmp_path: Path) -> None:
     assert inventory.groups["ungrouped"] == ["lonely"]
     assert inventory.hosts["lonely"].groups == ("all", "ungrouped")
     assert inventory.hosts["w1"].groups == ("all", "web")
+
+
+def test_ten_thousand_hosts_with_vars_folders_load_quickly(tmp_path: Path) -> None:
+    write(tmp_path, {"hosts.ini": "[web]\nweb[00001:10000]\n[db]\ndb[1:100]\n[prod:children]\nweb\ndb\n",
+                     "group_vars/web.yml": "a: 1\n", "group_vars/all.yml": "b: 1\n",
+                     "host_vars/web00042.yml": "c: 1\n"})  # fmt: skip
+    started = time.monotonic()
+    inventory = load(tmp_path / "hosts.ini")
+    assert time.monotonic() - started < 5  # was 10 s with list look-ups (quadratic in the hosts)
+    assert len(inventory.groups["prod"]) == 10_100
+    assert dict(inventory.hosts["web00042"].vars) == {"a": 1, "b": 1, "c": 1}
+    assert dict(inventory.hosts["db7"].vars) == {"b": 1}
