@@ -199,7 +199,8 @@ class SSHRemote:
         """A jump host named by ProxyJump ([user@]host[:port]); checked as strictly as the target."""
         user, _, hostport = spec.rpartition("@")
         address, _, port = hostport.partition(":")
-        jump_vars = {k: v for k, v in host.vars.items() if k in ("ansible_ssh_private_key_file",)}
+        keys = ("ansible_private_key_file", "ansible_ssh_private_key_file")  # Ansible takes either name
+        jump_vars = {k: v for k, v in host.vars.items() if k in keys}
         jump_vars.update(ansible_host=address, ansible_user=user or host.user)
         if port:
             jump_vars["ansible_port"] = int(port)

@@ -284,3 +284,18 @@ def test_ten_thousand_hosts_with_vars_folders_load_quickly(tmp_path: Path) -> No
     assert len(inventory.groups["prod"]) == 10_100
     assert dict(inventory.hosts["web00042"].vars) == {"a": 1, "b": 1, "c": 1}
     assert dict(inventory.hosts["db7"].vars) == {"b": 1}
+
+
+def test_legacy_and_short_connection_names_reach_the_ssh_connection_and_its_jump(tmp_path: Path) -> None:
+    """Nothing is connected to: the Fabric connection is only built (address, user, port, keys)."""
+    from remediations.core.connection import SSHRemote
+
+    write(tmp_path, {"hosts.ini": "[web]\nw1 ansible_ssh_host=192.0.2.7 ansible_ssh_port=2200 "
+                                  "ansible_ssh_user=ops ansible_private_key_file=/keys/id\n",
+                     "group_vars/web.yml": "ansible_ssh_common_args: -o ProxyJump=jumper@192.0.2.1:2222\n"})
+    connection = SSHRemote(load(tmp_path / "hosts.ini").hosts["w1"]).connection
+    assert (connection.host, connection.user, connection.port) == ("192.0.2.7", "ops", 2200)
+    assert connection.connect_kwargs["key_filename"] == ["/keys/id"]
+    jump = connection.gateway
+    assert (jump.host, jump.user, jump.port) == ("192.0.2.1", "jumper", 2222)
+    assert jump.connect_kwargs["key_filename"] == ["/keys/id"]  # the jump uses the same key, as before
