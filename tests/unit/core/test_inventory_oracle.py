@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -294,3 +295,19 @@ def test_connection_settings_follow_ansible_names() -> None:
     assert (ports["host.example.com"].address, ports["host.example.com"].port) == ("host.example.com", 2201)
     assert ports["explicit.example.com"].port == 2999  # the host's own ansible_port beats :2201
     assert ports["plain.example.com"].port == 2022  # from host_vars/
+
+
+@pytest.mark.parametrize(("ci", "code", "says"), [("true", 1, "1 error"), (None, 0, "1 skipped")])
+def test_a_missing_oracle_fails_under_ci_and_is_skipped_elsewhere(
+    ci: str | None, code: int, says: str
+) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "CI"}
+    env.update(REMEDIATIONS_ORACLE_VENV="/nonexistent/venv-oracle", **({"CI": ci} if ci else {}))
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", str(Path(__file__)),
+         "-k", "test_what_ansible_cannot_read and vault_file"],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == code, result.stdout[-3000:]
+    assert says in result.stdout
+    assert "/nonexistent/venv-oracle/bin/ansible-inventory is missing: run scripts/bootstrap" in result.stdout
