@@ -1,6 +1,7 @@
 """Inventory variables: YAML as Ansible reads it, `group_vars/` and `host_vars/` beside the inventory,
-and the values this project refuses to use as plain text (Jinja, `!vault`) or to run differently from
-what they mean (`ansible_connection` other than ssh/local, `ansible_become_method` other than sudo).
+Ansible Vault values opened (core/vault.py), and the values this project refuses to use as plain
+text (Jinja, `!vault` without a password) or to run differently from what they mean
+(`ansible_connection` other than ssh/local, `ansible_become_method` other than sudo).
 
 A refused value stays in the host's vars as a `Refused` marker; reading it (`host.get`, `host.vars[..]`,
 the var checks run before any host is touched) raises one UsageError line naming the var and the way
@@ -17,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from remediations.core import vault
 from remediations.core.errors import UsageError
 
 VARS_EXTENSIONS = ("", ".yml", ".yaml", ".json")  # Ansible's YAML_FILENAME_EXTENSIONS, no extension first
@@ -138,17 +140,20 @@ class VarsDirs:
     def _load(self, path: Path) -> dict[str, Any]:
         if path not in self._cache:
             text = read_text(path, "vars file")
-            if text.lstrip().startswith("$ANSIBLE_VAULT;"):
-                raise UsageError(f"{path}: encrypted with Ansible Vault, which this project does not "
-                                 "decrypt; keep the vars this project reads in a plain file beside it "
-                                 "(readable only by you); see it with: ansible-vault view FILE")
+            vaulted = text.lstrip().startswith(vault.HEADER)
+            if vaulted:
+                if vault.password_file() is None:
+                    raise UsageError(f"{path}: encrypted with Ansible Vault and no password is given; "
+                                     f"set {vault.PASSWORD_ENV} to the file holding it (as for ansible)")
+                text = vault.decrypt(text, vault.read_password(str(path)), str(path))
             data = load_yaml(text, str(path))
             if data is None:
                 data = {}
             if not isinstance(data, Mapping):
                 raise UsageError(f"{path}: a vars file must be a mapping of names to values, "
                                  f"got {type(data).__name__}")  # fmt: skip
-            self._cache[path] = {var_name(k): v for k, v in data.items()}
+            values = {var_name(k): v for k, v in data.items()}
+            self._cache[path] = vault.secrets_in(values) if vaulted else values
         return self._cache[path]
 
 
@@ -172,13 +177,16 @@ class Refused:
 
 
 def _has(value: Any, kind: str) -> bool:
-    """Whether a value (or anything inside it) is vault text ("vault") or a Jinja template ("jinja")."""
+    """Whether a value (or anything inside it) is vault text ("vault"), decrypted from the vault
+    ("secret") or a Jinja template ("jinja")."""
     if isinstance(value, Mapping):
         return any(_has(k, kind) or _has(v, kind) for k, v in value.items())
     if isinstance(value, list | tuple):
         return any(_has(v, kind) for v in value)
     if kind == "vault":
         return isinstance(value, VaultText)
+    if kind == "secret":
+        return isinstance(value, vault.VaultSecret)
     return isinstance(value, str) and not isinstance(value, UnsafeText | VaultText) \
         and any(mark in value for mark in _JINJA)  # fmt: skip
 
@@ -188,11 +196,14 @@ def refuse_unsupported(merged: dict[str, Any], source: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, value in merged.items():
         shown = f"ansible -i {source} {{host}} -m ansible.builtin.debug -a var={name}"
+        if isinstance(value, VaultText) and vault.password_file() is not None:
+            value = _opened(value, f"{source}: {name}")
         if _has(value, "vault"):
-            value = Refused(value, "is an Ansible Vault value, which this project does not decrypt",
-                            "put the plain value in a vars file only you can read (Ansible shows it: "
-                            f"{shown} --ask-vault-pass)")  # fmt: skip
-        elif _has(value, "jinja"):
+            value = Refused(value, "is an Ansible Vault value inside a list or mapping, which is not "
+                            "decrypted here" if vault.password_file() else "is an Ansible Vault value "
+                            "and no vault password is given", f"set {vault.PASSWORD_ENV} to the file "
+                            "holding it, as for ansible, and keep each secret a var of its own")  # fmt: skip
+        if _has(value, "jinja"):
             value = Refused(value, f"{_short(value)} is a Jinja template, which this project does not "
                             f"render", f"write the value itself (Ansible shows it: {shown})")  # fmt: skip
         out[name] = value
@@ -211,6 +222,12 @@ def refuse_unsupported(merged: dict[str, Any], source: str) -> dict[str, Any]:
     return out
 
 
+def _opened(value: VaultText, where: str) -> vault.VaultSecret:
+    plain = vault.VaultSecret(vault.decrypt(value, vault.read_password(where), where))
+    plain.ciphertext = str(value)
+    return plain
+
+
 def _truthy(value: Any) -> bool:
     if isinstance(value, str):
         return value.strip().lower() in {"1", "yes", "true", "on", "y", "t"}
@@ -218,6 +235,8 @@ def _truthy(value: Any) -> bool:
 
 
 def _short(value: Any) -> str:
+    if _has(value, "secret"):
+        return "(a value from the vault)"  # never shown: it is a secret
     text = repr(str(value)) if isinstance(value, str) else repr(value)
     return text if len(text) <= 60 else f"{text[:56]}…{text[-3:]}"
 

@@ -40,7 +40,8 @@ def _inventory(tmp_path: Path, name: str, host_line: str) -> Path:
          ["host local1: compose_project_dir: '{{ base }}/app' is a Jinja template",
           "-m ansible.builtin.debug -a var=compose_project_dir"]),
         ("hosts.yml", f"compose_project_dir: {VAULT}",
-         ["host local1: compose_project_dir: is an Ansible Vault value", "--ask-vault-pass"]),
+         ["host local1: compose_project_dir: is an Ansible Vault value and no vault password is given",
+          "set ANSIBLE_VAULT_PASSWORD_FILE"]),
         ("hosts.ini", "ansible_connection=docker",
          ["host local1: ansible_connection: 'docker' is not supported (only ssh and local)"]),
         ("hosts.ini", "ansible_become=true ansible_become_method=su",
@@ -49,9 +50,10 @@ def _inventory(tmp_path: Path, name: str, host_line: str) -> Path:
     ],
 )  # fmt: skip
 def test_refused_inventory_value_is_one_line_exit_2_and_nothing_runs(
-    tmp_path: Path, audit: Path, name: str, host_line: str, want: list[str]
+    tmp_path: Path, audit: Path, name: str, host_line: str, want: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     inventory = _inventory(tmp_path, name, host_line)
+    monkeypatch.delenv("ANSIBLE_VAULT_PASSWORD_FILE", raising=False)
     ran = labkit.inv("restart-api", "--host", "local1", audit=audit, inventory=inventory, timeout=60)
     assert ran.code == 2, (ran.code, ran.stdout[-2000:], ran.stderr[-2000:])
     assert "Traceback" not in ran.stderr and ran.stdout == ""

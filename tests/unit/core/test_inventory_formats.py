@@ -299,3 +299,63 @@ def test_legacy_and_short_connection_names_reach_the_ssh_connection_and_its_jump
     jump = connection.gateway
     assert (jump.host, jump.user, jump.port) == ("192.0.2.1", "jumper", 2222)
     assert jump.connect_kwargs["key_filename"] == ["/keys/id"]  # the jump uses the same key, as before
+
+
+# ---------------------------------------------------------------- Ansible Vault
+
+VAULT_CASE = Path(__file__).resolve().parents[2] / "fixtures" / "inventories" / "vault_decrypt"
+
+
+@pytest.fixture
+def vault_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The ansible-vault-made fixture, copied so its password file can be changed."""
+    import shutil
+
+    shutil.copytree(VAULT_CASE, tmp_path / "inv")
+    monkeypatch.setenv("ANSIBLE_VAULT_PASSWORD_FILE", str(tmp_path / "inv" / "vault-pass.txt"))
+    return tmp_path / "inv"
+
+
+@pytest.mark.parametrize(
+    ("password", "mode", "needle"),
+    [
+        (b"wrong-password\n", 0o600, "the vault password in ANSIBLE_VAULT_PASSWORD_FILE does not open it"),
+        (b"\n", 0o600, "vault-pass.txt is empty"),
+        (b"#!/bin/sh\necho pw\n", 0o700, "is a script, which this project does not run"),
+    ],
+)
+def test_vault_password_problems_are_one_line_and_never_show_the_secret(
+    vault_copy: Path, password: bytes, mode: int, needle: str
+) -> None:
+    (vault_copy / "vault-pass.txt").write_bytes(password)
+    os.chmod(vault_copy / "vault-pass.txt", mode)
+    message = refused(vault_copy / "hosts.yml")
+    assert needle in message
+    assert "s3cr3t" not in message and "tok-123" not in message
+
+
+def test_damaged_vault_text_is_one_line(vault_copy: Path) -> None:
+    header, body = (vault_copy / "group_vars" / "all" / "vault.yml").read_text().split("\n", 1)
+    (vault_copy / "group_vars" / "all" / "vault.yml").write_text(f"{header}\n{body.replace('6', 'z', 3)}")
+    assert "the Ansible Vault text is damaged" in refused(vault_copy / "hosts.yml")
+
+
+def test_decrypted_values_are_masked_whatever_their_name(vault_copy: Path) -> None:
+    from remediations.reporting.redact import Redactor
+
+    host = load(vault_copy / "hosts.yml").hosts["v1"]
+    redactor = Redactor()
+    redactor.learn(host.vars)
+    shown = redactor.text("app_token=tok-123456789 pw=s3cr3t-db-p@ss plain=visible")
+    assert shown == "app_token=***** pw=***** plain=visible"
+
+
+def test_a_decrypted_template_is_refused_without_showing_it() -> None:
+    from remediations.core.inventory import Host
+    from remediations.core.inventory_vars import refuse_unsupported
+    from remediations.core.vault import VaultSecret
+
+    out = refuse_unsupported({"db_url": VaultSecret("postgres://u:{{ pw }}@db")}, "inv.yml")
+    with pytest.raises(UsageError) as info:
+        Host("v1", out, (), "inv.yml").get("db_url")
+    assert "Jinja template" in str(info.value) and "postgres://" not in str(info.value)

@@ -28,6 +28,7 @@ from remediations.core.errors import UsageError
 from remediations.core.inventory import Inventory, load
 from remediations.core.inventory_vars import HostVars, Refused, UnsafeText, VaultText
 from remediations.core.validate import VARS, check_vars
+from remediations.core.vault import PASSWORD_ENV, VaultSecret
 
 ROOT = Path(__file__).resolve().parents[3]
 FIXTURES = ROOT / "tests" / "fixtures" / "inventories"
@@ -75,7 +76,10 @@ CASES: dict[str, str] = {
     "refuse_ini_undefined_child": "hosts.ini",
     "refuse_vault_file": "hosts.yml",
     "refuse_int_host_name": "hosts.yml",
+    "vault_decrypt": "hosts.yml",
 }
+# case -> its vault password file (ansible-inventory --vault-password-file, ANSIBLE_VAULT_PASSWORD_FILE)
+VAULT_PASSWORDS = {"vault_decrypt": "vault-pass.txt"}
 
 # case -> (host, var, what the one-line refusal must say) for values Ansible reads and we refuse
 REFUSED: dict[str, list[tuple[str, str, list[str]]]] = {
@@ -85,7 +89,8 @@ REFUSED: dict[str, list[tuple[str, str, list[str]]]] = {
         ("j1", "role_setting", ["Jinja template", "ansible -i ", " j1 ", "-a var=role_setting"]),
     ],
     "refuse_vault": [
-        ("v1", "postgres_admin_passfile", ["Ansible Vault", "does not decrypt", "--ask-vault-pass"]),
+        ("v1", "postgres_admin_passfile",
+         ["is an Ansible Vault value and no vault password is given", "set ANSIBLE_VAULT_PASSWORD_FILE"]),
     ],
     "refuse_connection": [
         ("c1", "ansible_connection", ["'docker' is not supported (only ssh and local)", "--host"]),
@@ -99,7 +104,8 @@ REFUSED: dict[str, list[tuple[str, str, list[str]]]] = {
 # case -> what our refusal says where ansible-inventory cannot read the inventory either
 BOTH_REFUSE: dict[str, list[str]] = {
     "refuse_ini_undefined_child": ["hosts.ini: line 2:", "[prod:children]", "'ghost'"],
-    "refuse_vault_file": ["group_vars/all/vault.yml: encrypted with Ansible Vault", "ansible-vault view"],
+    "refuse_vault_file": ["group_vars/all/vault.yml: encrypted with Ansible Vault and no password is given",
+                          "set ANSIBLE_VAULT_PASSWORD_FILE"],
     "refuse_int_host_name": ["all.hosts: host pattern 1234 must be a string; put it in quotes"],
 }
 
@@ -121,9 +127,11 @@ def _run_ansible(inventory: Path, home: Path, *extra: str) -> subprocess.Complet
     )  # fmt: skip
 
 
-def _listing(inventory: Path, home: Path) -> dict[str, Any] | None:
-    """ansible-inventory's --list for one file; None when Ansible cannot read it."""
-    result = _run_ansible(inventory, home)
+def _listing(case: str, home: Path) -> dict[str, Any] | None:
+    """ansible-inventory's --list for one case; None when Ansible cannot read it."""
+    password = VAULT_PASSWORDS.get(case)
+    extra = ["--vault-password-file", str(FIXTURES / case / password)] if password else []
+    result = _run_ansible(FIXTURES / case / CASES[case], home, *extra)
     if result.returncode != 0:
         return None
     data: dict[str, Any] = json.loads(result.stdout)
@@ -143,9 +151,15 @@ def oracle() -> Iterator[dict[str, dict[str, Any] | None]]:
         (home / "ansible.cfg").write_text("")
         (home / "tmp").mkdir()
         with ThreadPoolExecutor(max_workers=2) as pool:
-            runs = pool.map(lambda c: _listing(FIXTURES / c / CASES[c], home), CASES)
+            runs = pool.map(lambda c: _listing(c, home), CASES)
             answers = dict(zip(CASES, runs, strict=True))
         yield answers
+
+
+@pytest.fixture(autouse=True)
+def no_vault_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the cases in VAULT_PASSWORDS have one; the developer's own is never used here."""
+    monkeypatch.delenv(PASSWORD_ENV, raising=False)
 
 
 def _members(listing: dict[str, Any], group: str) -> list[str]:
@@ -170,6 +184,8 @@ def _as_ansible_shows(value: Any) -> Any:
         value = value.original
     if isinstance(value, VaultText):
         return {"__ansible_vault": str(value)}
+    if isinstance(value, VaultSecret):  # --list shows an inline one still encrypted, a file's decrypted
+        return {"__ansible_vault": value.ciphertext} if value.ciphertext else str(value)
     if isinstance(value, UnsafeText):
         return {"__ansible_unsafe": str(value)}
     if isinstance(value, dict):
@@ -194,7 +210,11 @@ def test_the_table_has_every_fixture_and_enough_cases() -> None:
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c not in BOTH_REFUSE])
-def test_loader_matches_ansible_inventory(case: str, oracle: dict[str, dict[str, Any] | None]) -> None:
+def test_loader_matches_ansible_inventory(
+    case: str, oracle: dict[str, dict[str, Any] | None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if case in VAULT_PASSWORDS:
+        monkeypatch.setenv(PASSWORD_ENV, str(FIXTURES / case / VAULT_PASSWORDS[case]))
     listing = oracle[case]
     assert listing is not None, f"ansible-inventory could not read {case}"
     inventory = load(FIXTURES / case / CASES[case])
@@ -260,6 +280,34 @@ def test_what_ansible_cannot_read_is_refused_in_one_line(
     assert "\n" not in message
     for needle in BOTH_REFUSE[case]:
         assert needle in message, message
+
+
+def test_vault_values_decrypt_to_what_ansible_decrypts(
+    tmp_path: Path, oracle: dict[str, dict[str, Any] | None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ansible-vault wrote the fixture (an inline !vault value, a vars file encrypted whole); what
+    Ansible's own debug module prints for them is what this project reads, and each is a secret."""
+    case = FIXTURES / "vault_decrypt"
+    monkeypatch.setenv(PASSWORD_ENV, str(case / "vault-pass.txt"))
+    host = load(case / "hosts.yml").hosts["v1"]
+    (tmp_path / "ansible.cfg").write_text("")
+    (tmp_path / "tmp").mkdir()
+    for var in ("postgres_admin_password", "app_token", "port_in_vault"):
+        result = subprocess.run(
+            [str(ANSIBLE_INVENTORY.with_name("ansible")), "-i", str(case / "hosts.yml"), "v1",
+             "-m", "ansible.builtin.debug", "-a", f"var={var}", "-e", "ansible_connection=local",
+             "--vault-password-file", str(case / "vault-pass.txt"), "-o"],
+            capture_output=True, text=True, cwd=tmp_path, timeout=120, check=False,
+            env={"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), "ANSIBLE_HOME": str(tmp_path),
+                 "ANSIBLE_CONFIG": str(tmp_path / "ansible.cfg"), "ANSIBLE_LOCAL_TEMP": str(tmp_path / "tmp"),
+                 "ANSIBLE_NOCOLOR": "1"},
+        )  # fmt: skip
+        assert result.returncode == 0, result.stdout + result.stderr
+        shown = json.loads(result.stdout.split("=>", 1)[1])[var]
+        assert host.get(var) == shown, var
+    assert isinstance(host.get("postgres_admin_password"), VaultSecret)
+    assert isinstance(host.get("app_token"), VaultSecret)
+    assert host.get("plain") == "visible" and not isinstance(host.get("plain"), VaultSecret)
 
 
 FLATTENED = ["real_team_layout", "precedence_ladder", "group_vars_folders", "ranges_ini", "legacy_ssh_vars"]
