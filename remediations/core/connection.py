@@ -230,7 +230,7 @@ class SSHRemote:
         user, address, port = jump_host_parts(spec, f"{host.source}: host {host.name}")
         jump_vars: dict[str, object] = {
             k: v for k, v in host.vars.items()
-            if k in ("ansible_ssh_private_key_file", "ansible_ssh_common_args")
+            if k in ("ansible_private_key_file", "ansible_ssh_private_key_file", "ansible_ssh_common_args")
         }
         jump_vars.update(ansible_host=address, ansible_user=user or host.user)
         if port:

@@ -1,8 +1,9 @@
-"""Ansible YAML inventories, read unchanged, and host selection.
+"""Ansible inventories (YAML or INI, with the `group_vars/` and `host_vars/` beside them), read
+unchanged, and host selection.
 
-Variable precedence follows Ansible's: `all` vars, then group vars from the outermost group to the
-innermost (siblings in name order), then host vars. This project's own settings are ordinary host
-and group vars (see README: "Inventory variables").
+Reading: `inventory_build` (groups -> hosts and effective vars, Ansible's precedence), `inventory_ini`
+(the INI format), `inventory_vars` (vars folders, refused values), `hostrange` (`web[01:03]`, `host:2201`).
+This project's own settings are ordinary host and group vars (see README: "Inventory variables").
 """
 
 from __future__ import annotations
@@ -15,14 +16,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from remediations.core import patterns
 from remediations.core.errors import UsageError
+from remediations.core.inventory_build import Builder
+from remediations.core.inventory_ini import parse_ini
+from remediations.core.inventory_vars import HostVars, VarsDirs, load_yaml, read_text
 
 INVENTORY_ENV = "REMEDIATIONS_INVENTORY"
 DEFAULT_INVENTORY = Path("inventories/hosts.yml")
-GROUP_KEYS = {"hosts", "vars", "children"}
+YAML_SUFFIXES = (".yml", ".yaml", ".json")
+INI_SUFFIXES = (".ini", ".cfg")
 
 
 @dataclass(frozen=True)
@@ -36,30 +39,46 @@ class SSHOptions:
 
 @dataclass(frozen=True)
 class Host:
-    """One inventory host with its merged variables."""
+    """One inventory host with its merged variables (a HostVars: reading a refused value raises)."""
 
     name: str
     vars: Mapping[str, Any]
     groups: tuple[str, ...] = ()
     source: str = ""
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.vars, HostVars):
+            wrapped = HostVars(self.vars, f"{self.source}: host {self.name}", self.name)
+            object.__setattr__(self, "vars", wrapped)
+
+    def _last(self, *names: str) -> Any:
+        """Ansible's rule for a connection setting named several ways: the last one set wins
+        (`ansible_ssh_host` over `ansible_host`, `ansible_ssh_port` over `ansible_port`, ...)."""
+        found = None
+        for name in names:
+            value = self.vars.get(name)
+            if value is not None:
+                found = value
+        return found
+
     @property
     def address(self) -> str:
-        return str(self.vars.get("ansible_host", self.name))
+        address = self._last("ansible_host", "ansible_ssh_host")
+        return str(address) if address is not None else self.name
 
     @property
     def port(self) -> int | None:
-        port = self.vars.get("ansible_port")
+        port = self._last("ansible_port", "ansible_ssh_port")
         return int(port) if port is not None else None
 
     @property
     def user(self) -> str | None:
-        user = self.vars.get("ansible_user")
+        user = self._last("ansible_user", "ansible_ssh_user")
         return str(user) if user is not None else None
 
     @property
     def key_file(self) -> str | None:
-        key = self.vars.get("ansible_ssh_private_key_file")
+        key = self._last("ansible_private_key_file", "ansible_ssh_private_key_file")
         return os.path.expanduser(str(key)) if key else None
 
     @property
@@ -120,128 +139,55 @@ def inventory_path(flag: str | None = None) -> Path:
 
 
 def load(path: str | Path) -> Inventory:
+    """An inventory file, YAML or INI (by its suffix; without one, YAML if it reads as a mapping),
+    with the `group_vars/` and `host_vars/` folders beside it."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"{path}: inventory not found; pass --inventory or set {INVENTORY_ENV}") from None
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read inventory: {exc.strerror}") from None
-    return parse(text, str(path))
-
-
-def parse(text: str, source: str = "<inventory>") -> Inventory:
+        text = read_text(path, "inventory")
+    except UsageError:
+        if os.path.isdir(path):
+            raise UsageError(f"{path}: is a folder; pass the inventory file in it "
+                             f"(--inventory {path}/hosts.yml)") from None  # fmt: skip
+        if not os.path.lexists(path):
+            raise UsageError(
+                f"{path}: inventory not found; pass --inventory or set {INVENTORY_ENV}"
+            ) from None
+        raise
+    source = str(path)
+    dirs = VarsDirs(path)
+    suffix = path.suffix.lower()
+    if suffix in INI_SUFFIXES:
+        return _inventory(parse_ini(text, source), source, dirs)
+    if suffix in YAML_SUFFIXES:
+        return parse(text, source, dirs)
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise UsageError(f"{source}:{where}: malformed YAML: {problem}") from None
+        return parse(text, source, dirs)
+    except UsageError:
+        if not re.search(r"^\s*\[", text, re.MULTILINE) and ":" in text:
+            raise  # reads as meant for YAML: its error is the useful one
+        return _inventory(parse_ini(text, source), source, dirs)
+
+
+def parse(text: str, source: str = "<inventory>", vars_dirs: VarsDirs | None = None) -> Inventory:
+    """A YAML inventory's text (`vars_dirs`: the group_vars/ and host_vars/ to read with it)."""
+    data = load_yaml(text, source)
     if data is None:
         raise UsageError(f"{source}: inventory is empty")
     if not isinstance(data, dict):
         raise UsageError(f"{source}: the top level must be a mapping of groups (such as 'all:')")
-    return _Builder(source).build(data)
+    if isinstance(data.get("plugin"), str):
+        flatten = f"ansible-inventory -i {source} --list -y > flat.yml"
+        raise UsageError(f"{source}: an inventory plugin's config (plugin: {data['plugin']}) is not "
+                         f"read here; flatten it first: {flatten}")  # fmt: skip
+    return _inventory(data, source, vars_dirs)
 
 
-@dataclass
-class _GroupDef:
-    """One group, merged over every place the file mentions it (as Ansible merges them)."""
-
-    hosts: list[str] = field(default_factory=list)
-    vars: dict[str, Any] = field(default_factory=dict)
-    children: list[str] = field(default_factory=list)
-
-
-class _Builder:
-    """Reads every group definition, merges repeated ones, then resolves membership and vars.
-
-    A group may be defined in one place and referenced elsewhere as an empty child
-    (`prod: {children: {web: }}`): Ansible merges the two, and so does this.
-    """
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.defs: dict[str, _GroupDef] = {}
-        self.host_vars: dict[str, dict[str, Any]] = {}  # in order of first appearance
-
-    def build(self, data: Mapping[str, Any]) -> Inventory:
-        top = dict(data)
-        all_group = top.pop("all", None) or {}
-        # Top-level groups other than `all` are implicitly its children, as in Ansible.
-        if top:
-            all_group = dict(self._mapping(all_group, "all"))
-            children = dict(self._mapping(all_group.get("children") or {}, "all.children"))
-            children.update(top)
-            all_group["children"] = children
-        self._collect("all", all_group, ("all",))
-        depth: dict[str, int] = {}
-        self._depths("all", 0, ("all",), depth)
-        members: dict[str, list[str]] = {}
-        inventory = Inventory(self.source)
-        for group in self.defs:
-            inventory.groups[group] = self._members(group, members)
-        for host, own in self.host_vars.items():
-            groups = sorted((g for g, hosts in inventory.groups.items() if host in hosts),
-                            key=lambda g: (depth.get(g, 0), g))
-            merged: dict[str, Any] = {}
-            for group in groups:
-                merged.update(self.defs[group].vars)
-            merged.update(own)
-            inventory.hosts[host] = Host(host, merged, tuple(sorted(groups)), self.source)
-        return inventory
-
-    def _mapping(self, value: Any, key: str) -> Mapping[str, Any]:
-        if value is None:
-            return {}
-        if not isinstance(value, Mapping):
-            raise UsageError(f"{self.source}: {key}: expected a mapping, got {type(value).__name__}")
-        return value
-
-    def _collect(self, group: str, body: Any, path: tuple[str, ...]) -> None:
-        where = ".".join(path)
-        body = self._mapping(body, where)
-        unknown = set(body) - GROUP_KEYS
-        if unknown:
-            raise UsageError(
-                f"{self.source}: {where}: unknown key {sorted(unknown)[0]!r} "
-                "(a group holds only hosts, vars and children)"
-            )
-        definition = self.defs.setdefault(group, _GroupDef())
-        definition.vars.update(self._mapping(body.get("vars"), f"{where}.vars"))
-        for host, host_body in self._mapping(body.get("hosts"), f"{where}.hosts").items():
-            host = str(host)
-            self.host_vars.setdefault(host, {}).update(self._mapping(host_body, f"{where}.hosts.{host}"))
-            if host not in definition.hosts:
-                definition.hosts.append(host)
-        for child, child_body in self._mapping(body.get("children"), f"{where}.children").items():
-            child = str(child)
-            if child in path:
-                raise UsageError(f"{self.source}: {where}.children.{child}: group contains itself")
-            if child not in definition.children:
-                definition.children.append(child)
-            self._collect(child, child_body, (*path, child))
-
-    def _depths(self, group: str, level: int, path: tuple[str, ...], depth: dict[str, int]) -> None:
-        """A group's depth is its longest distance from `all`, as Ansible orders group vars."""
-        if depth.get(group, -1) >= level:
-            return
-        depth[group] = level
-        for child in self.defs[group].children:
-            if child in path:
-                raise UsageError(
-                    f"{self.source}: group {child!r} contains itself (through {' -> '.join(path)})"
-                )
-            self._depths(child, level + 1, (*path, child), depth)
-
-    def _members(self, group: str, memo: dict[str, list[str]]) -> list[str]:
-        if group not in memo:
-            found = list(self.defs[group].hosts)
-            for child in self.defs[group].children:
-                found.extend(h for h in self._members(child, memo) if h not in found)
-            memo[group] = found
-        return memo[group]
+def _inventory(data: Mapping[str, Any], source: str, vars_dirs: VarsDirs | None) -> Inventory:
+    built = Builder(source, vars_dirs).build(data)
+    inventory = Inventory(source, groups=built.groups)
+    for name, (variables, groups) in built.hosts.items():
+        inventory.hosts[name] = Host(name, variables, groups, source)
+    return inventory
 
 
 def parse_ssh_common_args(args: str, where: str) -> SSHOptions:
@@ -373,8 +319,14 @@ def run_wide_vars(inventory: Inventory) -> dict[str, Any]:
     hosts = list(inventory.hosts.values())
     if not hosts:
         return {}
-    first = dict(hosts[0].vars)
-    return {k: v for k, v in first.items() if all(h.vars.get(k) == v for h in hosts[1:])}
+    first = dict(hosts[0].vars.items())  # items(): a refused value is kept as such, not raised
+    missing = object()
+    return {k: v for k, v in first.items()
+            if all(_raw(h, k, missing) == v for h in hosts[1:])}  # fmt: skip
+
+
+def _raw(host: Host, name: str, default: Any) -> Any:
+    return host.vars.raw(name, default) if isinstance(host.vars, HostVars) else host.vars.get(name, default)
 
 
 def controller_host(inventory: Inventory, name: str) -> Host:

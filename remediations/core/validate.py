@@ -203,6 +203,11 @@ VARS: dict[str, Var] = {
     "ansible_port": Var(PORT, "22"),
     "ansible_user": Var(WORD_KIND, "deploy"),
     "ansible_connection": Var(choice("ssh", "local", "paramiko", "smart"), "ssh"),
+    # the older names Ansible still honours (the later name wins, as in Host.address/port/user)
+    "ansible_ssh_host": Var(WORD_KIND, "10.0.0.3"),
+    "ansible_ssh_port": Var(PORT, "22"),
+    "ansible_ssh_user": Var(WORD_KIND, "deploy"),
+    "ansible_private_key_file": Var(PATH, "~/.ssh/id_ed25519"),
     "ansible_become": Var(BOOLEAN, "true", False),
     "ansible_become_user": Var(WORD_KIND, "root", "root"),
     "ansible_ssh_private_key_file": Var(PATH, "~/.ssh/id_ed25519"),

@@ -11,6 +11,8 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from remediations.core.vault import VaultSecret
+
 MASK = "*****"
 DECLARING_VAR = "secret_vars"  # the inventory var that names more secret vars
 
@@ -56,7 +58,12 @@ class Redactor:
             # variable changed ("*****: *****").
             self._names.update(str(n).lower() for n in declared)
         for name, value in variables.items():
-            if isinstance(value, Mapping):
+            if isinstance(value, VaultSecret) or (
+                isinstance(value, list | tuple) and any(isinstance(v, VaultSecret) for v in value)
+            ):  # decrypted from Ansible Vault: a secret whatever its name
+                for item in value if isinstance(value, list | tuple) else [value]:
+                    self.add_value(item)
+            elif isinstance(value, Mapping):
                 self.learn(value)
             elif self.is_secret(str(name)) and isinstance(value, list | tuple):
                 # Output shows each item (one password of several), never the list's repr.

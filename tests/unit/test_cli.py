@@ -97,7 +97,7 @@ def test_unknown_host_is_one_line_exit_2_and_audited(good_inventory: Path, audit
     ran = inv("restart-api", "--host", "nosuchhost", "--inventory", str(good_inventory), audit=audit)
     line = assert_one_error_line(ran, str(good_inventory), "'nosuchhost'")
     assert line == (
-        f"error: {good_inventory}: unknown host or group 'nosuchhost' (groups: all, api); "
+        f"error: {good_inventory}: unknown host or group 'nosuchhost' (groups: all, api, ungrouped); "
         "check --host or the inventory"
     )
     [record] = audit_records(audit)

@@ -246,7 +246,7 @@ def test_select_errors_name_source_and_term(pattern: str, needles: list[str]) ->
 
 
 def test_unknown_term_lists_known_groups() -> None:
-    with pytest.raises(UsageError, match=r"groups: all, api, db, web"):
+    with pytest.raises(UsageError, match=r"groups: all, api, db, ungrouped, web"):
         inv(SELECT).select("apii")
 
 
