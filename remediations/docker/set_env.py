@@ -22,6 +22,7 @@ from remediations.actions.compose_service import ServiceSettings, recover
 from remediations.actions.env_files import (
     EnvFileFacts,
     backup_name,
+    compose_texts,
     env_file_of,
     env_file_write,
     read_files,
@@ -167,18 +168,17 @@ class SetEnv(Remediation):
 
     def _env_paths(self, ctx: HostContext, project: Project) -> tuple[list[str], list[str]]:
         """The compose files' texts and the env files the service reads (HostError: none)."""
-        compose_paths = [posixpath.join(project.directory, f) for f in project.files]
-        compose_texts = [f.text for f in read_files(ctx.remote, compose_paths)[0]]
+        texts = compose_texts(ctx.remote, project)
         explicit = (ctx.var("env_files") or {}).get(self.service)
         if explicit:
-            return compose_texts, [posixpath.join(project.directory, str(explicit))]
-        paths = env_file_of(self.service, compose_texts, project.directory)
+            return texts, [posixpath.join(project.directory, str(explicit))]
+        paths = env_file_of(self.service, texts, project.directory)
         if not paths:
             raise HostError(
                 f"{self.service} reads no env_file: add `env_file: .env` to it in the compose file, "
                 "or set the env_files var"
             )
-        return compose_texts, paths
+        return texts, paths
 
     # ---------------------------------------------------------------------------------- decide
 

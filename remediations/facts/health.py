@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from remediations.core.errors import UsageError
 from remediations.core.inventory import Host
 from remediations.core.units import check_non_negative, check_percent
-from remediations.facts.compose import Container, Project
+from remediations.facts.compose import Container, Project, config_error
 from remediations.facts.disk import check_backup_dir
 from remediations.facts.fs import STAT_FS_FORMAT, FsUsage, fs_snippet
 from remediations.facts.postgres import ARCHIVER_JSON_SQL, AS_USER, PgTarget
@@ -261,6 +261,15 @@ def _compose_lines(settings: Settings) -> list[str]:
         "  if docker compose version >/dev/null 2>&1; then v=v2; "
         "elif docker-compose version >/dev/null 2>&1; then v=v1; else v=none; fi",
         f'  echo "{MARK}compose $v"',
+        # The services compose's configuration defines (its check of that configuration too: a
+        # problem there is said in compose's words), then the containers.
+        "  case $v in",
+        f"    v2) svc=$({shlex.join(p.argv('v2', 'config', '--services'))} 2>&1); src=$? ;;",
+        f"    v1) svc=$({shlex.join(p.argv('v1', 'config', '--services'))} 2>&1); src=$? ;;",
+        "    *) svc= src=0 ;;",
+        "  esac",
+        f'  echo "{MARK}services $src"; printf "%s\\n" "$svc"',
+        '  [ "$src" = 0 ] || v=skip',
         "  case $v in",
         f"    v2) ids=$({shlex.join(p.argv('v2', 'ps', '-a', '-q'))} 2>&1) ;;",
         f"    v1) ids=$({shlex.join(p.argv('v1', 'ps', '-a', '-q'))} 2>&1) ;;",
@@ -306,6 +315,7 @@ class HealthFacts:
     probes: Mapping[int, tuple[int, str]] = field(default_factory=dict)
     error: str = ""
     pg_archiver: tuple[int, str] | None = None  # psql's exit code and output
+    services: tuple[str, ...] | None = None  # what the compose configuration defines (None: not read)
 
 
 def parse_facts(output: str) -> HealthFacts:
@@ -326,6 +336,7 @@ def parse_facts(output: str) -> HealthFacts:
         parsed.probes,
         parsed.error,
         parsed.pg_archiver,
+        parsed.services,
     )
 
 
@@ -345,6 +356,7 @@ class _Parsed:
     probes: dict[int, tuple[int, str]] = field(default_factory=dict)
     error: str = ""
     pg_archiver: tuple[int, str] | None = None
+    services: tuple[str, ...] | None = None
 
     def add(self, s: Section) -> None:
         if s.name == "now":
@@ -353,7 +365,12 @@ class _Parsed:
             self.compose = s.arg
         elif s.name == "noproject":
             self.project_missing = True
-        elif s.name == "ps" and s.arg != "0" and s.body.strip():
+        elif s.name == "services":
+            if s.arg != "0":
+                self.error = config_error(s.body, s.arg)
+            else:
+                self.services = tuple(line.strip() for line in s.body.splitlines() if _is_service(line))
+        elif s.name == "ps" and s.arg != "0" and s.body.strip() and not self.error:
             self.error = f"compose ps failed: {s.body.strip()[-300:]}"
         elif s.name == "inspect" and s.body.strip():
             self._inspect(s.body)
@@ -387,6 +404,11 @@ class _Parsed:
                 self.containers.append((service, Container.from_inspect(data)))
         except (ValueError, TypeError, AttributeError):
             self.error = "docker inspect printed something that is not JSON"
+
+
+def _is_service(line: str) -> bool:
+    """A line of `config --services` that is a service name (2>&1 mixes compose's warnings in)."""
+    return bool(SERVICE_NAME.fullmatch(line.strip()))
 
 
 def _int(text: str) -> int:
