@@ -54,9 +54,15 @@ def decide_action(path: str, service: str, summary: str, changed: bool, stale: S
                f"{', '.join(sorted(set(stale)))}: recreate {service}"  # fmt: skip
     else:
         plan = f"{summary} in {path}; recreate {service}"
-    if sharing and changed:
-        plan += f" ({', '.join(sharing)} also read(s) this file and keep the old values until recreated)"
-    return plan
+    return plan + sharing_note(sharing, changed)
+
+
+def sharing_note(sharing: Sequence[str], changed: bool) -> str:
+    """Pure: the other services reading the file keep the old values until they are recreated
+    (said in the plan and again when it is done)."""
+    if not (sharing and changed):
+        return ""
+    return f" ({', '.join(sharing)} also read(s) this file and keep the old values until recreated)"
 
 
 def names_only(items: Sequence[str]) -> list[str]:
@@ -233,7 +239,9 @@ class SetEnv(Remediation):
             else:
                 done = f"{summary} in {path}" if facts.changes else f"{path} unchanged"
                 kept = f" (backup {backup})" if backup else ""
-                step.done(Status.CHANGED, f"{done}{kept}; {service} recreated, healthy, runs with it")
+                step.done(Status.CHANGED, f"{done}{kept}; {service} recreated, healthy, runs with it"
+                          + sharing_note(facts.sharing, bool(facts.changes)),
+                          services_sharing=facts.sharing)  # fmt: skip
 
     def _restore(self, ctx: HostContext, facts: Facts, backup: str) -> None:
         s, service, path = facts.settings, self.service, facts.target.path

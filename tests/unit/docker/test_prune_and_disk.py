@@ -268,6 +268,23 @@ def test_prune_images_children_first_and_volumes_named_loudly() -> None:
     assert plan.reclaim == 2003
 
 
+def test_prune_summary_names_what_would_go_with_sizes() -> None:
+    """--check says what would go, by name and size, as --json lists it (not only counts)."""
+    state = facts(
+        containers=(container("old-web", size=2048),),
+        images=(image("sha256:" + "d" * 64, size=5 * 1024 * 1024), image("sha256:e", tags=("team/app:1",))),
+        networks=(network("teamapp_default"),),
+    )
+    plan = prune.decide(prune.PruneOptions(WEEK, all_images=True), state)
+    text = plan.summary()
+    assert text.startswith("1 container (old-web 2.0 kB), 2 images (")
+    assert "<none> dddddddddddd 5.2 MB" in text and "team/app:1 1.0 kB" in text
+    assert "1 network (teamapp_default)" in text and text.endswith("to reclaim")
+    stopped = tuple(container(f"c{i}") for i in range(25))
+    many = prune.decide(prune.PruneOptions(WEEK), facts(containers=stopped))
+    assert "c19 100 B; … and 5 more" in many.summary() and "c20" not in many.summary()
+
+
 def test_prune_leftovers_name_what_survived() -> None:
     plan = prune.decide(
         prune.PruneOptions(0), facts(containers=(container("old"),), images=(image("sha256:d"),))
