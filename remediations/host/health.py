@@ -70,11 +70,12 @@ def evaluate(
     """Pure: every check's colour from the facts and the thresholds."""
     checks: list[Check] = []
     checks += service_checks(settings, facts)
-    if settings.http_url and facts.http is not None:
-        code, body = facts.http
+    urls = [(settings.http_url, facts.http)] if settings.http_url and facts.http is not None else []
+    urls += [(url, facts.service_http.get(service, (1, "not run"))) for service, url in settings.service_urls]
+    for url, (code, body) in urls:
         checks.append(
             Check(
-                f"http {settings.http_url}",
+                f"http {url}",
                 GREEN if code == 0 else RED,
                 "answers" if code == 0 else f"exit {code}",
                 "answers",

@@ -120,6 +120,7 @@ def test_docker_compose_yml_alone_is_the_project(teamapp: Path, audit: Path) -> 
                  inventory=teamapp)  # fmt: skip
     services = {name: s["status"] for name, s in steps(health).items() if name.startswith("service ")}
     assert services == {"service web": "ok", "service worker": "ok"}, health.stdout
+    assert steps(health)["http http://127.0.0.1:8091/health"]["status"] == "ok"  # the worker's own URL
 
 
 def test_unknown_service_is_named_alike_by_every_task(teamapp: Path, audit: Path) -> None:
