@@ -248,8 +248,10 @@ def _configuration(sections: dict[str, tuple[str, str]]) -> tuple[tuple[str, ...
 
 
 def unknown_service(names: Sequence[str], services: Sequence[str]) -> str:
-    """The one wording of "no such service" every task uses."""
-    return f"unknown service {', '.join(map(repr, names))}: the project has {', '.join(services) or 'none'}"
+    """The one wording of "no such service" every task uses (the services sorted: compose lists them
+    in no fixed order)."""
+    defined = ", ".join(sorted(services)) or "none"
+    return f"unknown service {', '.join(map(repr, names))}: the project has {defined}"
 
 
 def _containers(
