@@ -42,7 +42,7 @@ def write_file(directory: Path, name: str) -> None:
     (directory / name).write_text(f"services:\n  {service_of(name)}:\n    image: busybox\n")
 
 
-def compose_services(directory: Path) -> set[str]:
+def compose_says(directory: Path) -> set[str]:
     done = subprocess.run(["docker", "compose", "config", "--services"], cwd=directory, capture_output=True,
                           text=True, check=False, timeout=30)  # fmt: skip
     return set(done.stdout.split()) if done.returncode == 0 else set()
@@ -65,7 +65,7 @@ def test_chosen_files_are_the_ones_compose_reads(tmp_path: Path) -> None:
         project = Project(str(directory), "p", (), explicit_name=False)
         existing = [str(directory / n) for n in names]
         chosen = project.chosen_files(existing)
-        expected = compose_services(directory)
+        expected = compose_says(directory)
         assert {service_of(Path(p).name) for p in chosen} == expected, names
 
 
@@ -93,7 +93,11 @@ def test_config_error_is_compose_first_error_after_its_warnings() -> None:
 
 
 def run_facts(command: str, directory: Path) -> CommandResult:
-    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(directory), "DOCKER_HOST": "unix:///nonexistent"}
+    env = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": str(directory),
+        "DOCKER_HOST": "unix:///nonexistent",
+    }
     done = subprocess.run(
         ["sh", "-c", command], cwd=directory, capture_output=True, text=True, check=False, timeout=60, env=env
     )
@@ -141,3 +145,39 @@ def test_docker_compose_yml_alone_is_read_and_a_missing_service_named(tmp_path: 
     # No daemon here: compose ps fails, but the configuration was read (api and worker).
     every = parse_project_facts({}, run_facts(project_facts_command(project, {}, 2), tmp_path))
     assert not every.error.startswith("compose configuration"), every.error
+
+
+@needs_compose
+@pytest.mark.parametrize(
+    ("names", "dotenv", "services"),
+    [
+        (
+            ["docker-compose.yml", "docker-compose.override.yml"],
+            "",
+            {"docker-compose-yml", "docker-compose-override-yml"},
+        ),
+        (["compose.yaml", "docker-compose.yml"], "", {"compose-yaml"}),
+        (
+            ["compose.yaml", "base.yml", "ops.yml"],
+            "SECRET=x\nCOMPOSE_FILE=base.yml:ops.yml\n",
+            {"base-yml", "ops-yml"},
+        ),
+    ],
+    ids=["override", "several", "compose-file-in-env"],
+)
+def test_compose_texts_are_the_files_compose_reads(
+    tmp_path: Path, names: list[str], dotenv: str, services: set[str]
+) -> None:
+    """set-env and the rotations read env_file: from the files compose reads, COMPOSE_FILE in the
+    project's .env included: held to `docker compose config` in a real shell."""
+    from remediations.actions.env_files import compose_services, compose_texts
+    from remediations.core.inventory import Host
+    from remediations.core.remote import LocalRemote
+
+    for name in names:
+        write_file(tmp_path, name)
+    (tmp_path / ".env").write_text(dotenv)
+    assert compose_says(tmp_path) == services  # the oracle
+    project = Project(str(tmp_path), "p", (), explicit_name=False)
+    texts = compose_texts(LocalRemote(Host("ctl", {"ansible_connection": "local"}, (), "t.yml")), project)
+    assert {name for found in compose_services(texts) for name in found} == services
