@@ -26,6 +26,7 @@ from remediations.facts.compose import (
     container_logs,
     gather_project,
     health_urls,
+    unknown_service,
 )
 
 POLL_INTERVAL = 1.0
@@ -58,8 +59,7 @@ class ServiceSettings:
             raise HostError(facts.error)
         unknown = facts.unknown(known)
         if unknown:
-            names = ", ".join(map(repr, unknown))
-            raise HostError(f"unknown service {names}: the project has {', '.join(facts.services)}")
+            raise HostError(unknown_service(unknown, facts.services))
         return facts
 
     def facts_of(self, remote: Remote, service: str) -> Callable[[], ServiceFacts]:

@@ -78,18 +78,21 @@ class PrunePlan:
         )
 
     def summary(self, done: bool = False) -> str:
+        """Every object by name (or short id) and size, as --json lists them; a long list is cut
+        after NAMED_PER_KIND per kind ("… and N more")."""
         parts = []
-        for count, noun in (
-            (len(self.containers), "container"),
-            (len(self.images), "image"),
-            (len(self.networks), "network"),
-            (len(self.build_cache), "build cache entry"),
+        for noun, items in (
+            ("container", [f"{c.name or short(c.id)} {human_bytes(c.size)}" for c in self.containers]),
+            ("image", [f"{i.label} {human_bytes(i.size)}" for i in self.images]),
+            ("network", [n.name for n in self.networks]),
+            ("build cache entry", [f"{b.id[:12]} {human_bytes(b.size)}" for b in self.build_cache]),
         ):
-            if count:
-                parts.append(f"{count} {noun}{'' if count == 1 or noun.endswith('entry') else 's'}")
+            if items:
+                plural = "" if len(items) == 1 or noun.endswith("entry") else "s"
+                parts.append(f"{len(items)} {noun}{plural} ({_named(items)})")
         text = ", ".join(parts)
         if self.volumes:
-            names = ", ".join(v.name for v in self.volumes)
+            names = _named([f"{v.name} {human_bytes(v.size)}" for v in self.volumes])
             text += ("; " if text else "") + f"VOLUMES (data deleted for good): {names}"
         return f"{text}; about {human_bytes(self.reclaim)} {'reclaimed' if done else 'to reclaim'}"
 
@@ -105,6 +108,14 @@ class PrunePlan:
             "build_cache": [{"id": b.id, "bytes": b.size} for b in self.build_cache],
             "reclaim_bytes": self.reclaim,
         }
+
+
+NAMED_PER_KIND = 20
+
+
+def _named(items: list[str]) -> str:
+    shown = "; ".join(items[:NAMED_PER_KIND])
+    return shown + (f"; … and {len(items) - NAMED_PER_KIND} more" if len(items) > NAMED_PER_KIND else "")
 
 
 def decide(options: PruneOptions, facts: DockerFacts) -> PrunePlan:

@@ -19,7 +19,7 @@ from remediations.actions import remote_write
 from remediations.core.errors import UsageError
 from remediations.core.remote import Remote, must
 from remediations.facts import envfile
-from remediations.facts.compose import ServiceFacts
+from remediations.facts.compose import Project, ServiceFacts
 from remediations.facts.sections import MARK, sections_by_name
 
 
@@ -43,6 +43,25 @@ def compose_services(compose_texts: Sequence[str]) -> list[dict[str, Any]]:
         services = data.get("services") if isinstance(data, dict) else None
         found.append(services if isinstance(services, dict) else {})
     return found
+
+
+def compose_texts(remote: Remote, project: Project) -> list[str]:
+    """The texts of the compose files compose reads for the project (`Project.chosen_files`), in one
+    round trip: every candidate, and only the COMPOSE_FILE line of the project's .env (the rest of
+    that file, secrets among them, is not read)."""
+    candidates = project.file_candidates()
+    dotenv = shlex.quote(posixpath.join(project.directory, ".env"))
+    grep = f"grep -E '^[[:space:]]*(export[[:space:]]+)?COMPOSE_FILE=' {dotenv} 2>/dev/null | tail -n 1"
+    command = _read_files_command(candidates) + f"\necho '{MARK}composefile'; {grep}"
+    sections = sections_by_name(must(remote.run(command, timeout=30), "reading the compose files").stdout)
+    files = _files(sections, candidates)
+    line = sections.get("composefile", ("", ""))[1]
+    compose_file = "" if project.files else envfile.parse(line + "\n").get("COMPOSE_FILE", "")
+    chosen = project.chosen_files([f.path for f in files if f.exists], compose_file)
+    by_path = {f.path: f for f in files}
+    missing = [p for p in chosen if p not in by_path]
+    more = {f.path: f for f in read_files(remote, missing)[0]} if missing else {}
+    return [(by_path.get(p) or more[p]).text for p in chosen]
 
 
 def env_file_of(service: str, compose_texts: Sequence[str], project_dir: str) -> list[str]:
@@ -115,6 +134,11 @@ def read_files(
     """The files, and (with `facts`) the env the service's first container runs with: one round trip."""
     result = must(remote.run(_read_files_command(paths, facts), timeout=30), "reading files")
     sections = sections_by_name(result.stdout)
+    return _files(sections, paths), _parse_env(sections.get("env", ("", ""))[1])
+
+
+def _files(sections: dict[str, tuple[str, str]], paths: Sequence[str]) -> list[EnvFileFacts]:
+    """Pure: the files of `_read_files_command`'s sections."""
     out = []
     for i, path in enumerate(paths):
         head, body = sections.get(f"file{i}", ("missing", ""))
@@ -123,7 +147,7 @@ def read_files(
         else:
             uid, gid, mode = [*head.split(":"), "", "", ""][:3]
             out.append(EnvFileFacts(path, True, body + ("\n" if body else ""), f"{uid}:{gid}", mode))
-    return out, _parse_env(sections.get("env", ("", ""))[1])
+    return out
 
 
 def env_file_write(

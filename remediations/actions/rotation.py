@@ -44,6 +44,7 @@ from remediations.actions.env_files import (
     EnvFileFacts,
     backup_name,
     compose_services,
+    compose_texts,
     env_file_of,
     env_file_write,
     read_files,
@@ -282,8 +283,7 @@ def gather_env(
     remote = ctx.remote
     settings = ServiceSettings.of(ctx.host, list(services))
     pf = settings.gather(remote, list(services))
-    compose_paths = [posixpath.join(settings.project.directory, f) for f in settings.project.files]
-    texts = [f.text for f in read_files(remote, compose_paths)[0]]
+    texts = compose_texts(remote, settings.project)
     project = _Project(settings, pf, texts, dict(ctx.var("env_files") or {}))
     paths, _ = _env_paths(project, services)
     files = read_files(remote, paths)[0]

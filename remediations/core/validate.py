@@ -228,9 +228,11 @@ VARS: dict[str, Var] = {
     "compose_project_name": Var(
         text("a compose project name (lower-case letters, digits, - and _)", pattern=PROJECT_NAME), "shop"
     ),
+    # unset: no -f, compose finds its files in the directory as by hand (README, "Compose files")
     "compose_files": Var(list_of(PATH, "a file name or a list of file names", single=True), "[compose.yaml]"),
     "api_service": Var(SERVICE, "api"),
     "api_health_url": Var(URL_KIND, "http://127.0.0.1:8080/health"),
+    # each service's own health URL: restart-api, ensure-healthy, set-env, rollback, health
     "health_urls": Var(mapping_of(SERVICE, URL_KIND, "a mapping of service names to http(s) URLs"),
                        "{worker: 'http://127.0.0.1:8081/health'}", {}),
     "health_timeout": Var(number(0, DAY, above=True, unit="seconds"), "60", 60.0),

@@ -1,7 +1,7 @@
 """restart-api: restart the api service of a compose project and wait until it is healthy.
 
-facts   the service's containers (docker inspect), its Docker health and its HTTP health URL,
-        checked from the host itself;
+facts   the service's containers (docker inspect), its Docker health and its own HTTP health URL
+        (api_health_url for the api service, health_urls for any other), checked from the host itself;
 decide  restart, or (with --if-unhealthy) nothing when it is healthy; recreate when no container exists;
 apply   `compose restart -t STOP SERVICE`, then wait for health; if it stays unhealthy, escalate once
         to `compose up -d --force-recreate --no-deps SERVICE` and wait again (`actions.compose_service`);
@@ -53,10 +53,11 @@ class Facts:
 class RestartApi(Remediation):
     """Restart the api service of each host's compose project and wait until it is healthy.
 
-    Health is the container's Docker health status and the inventory's api_health_url, checked from
-    the host. If a restart does not bring it back, the container is recreated once; if it is still
-    unhealthy the host fails with the last health output and log lines, and the rollout stops.
-    Hosts are restarted one at a time unless --serial says otherwise.
+    Health is the service's own: its container's Docker health status and its URL (api_health_url for
+    the api, health_urls for another service), checked from the host. If a restart does not bring it
+    back, the container is recreated once; if it is still unhealthy the host fails with the last
+    health output and log lines, and the rollout stops. Hosts are restarted one at a time unless
+    --serial says otherwise.
     """
 
     task: ClassVar[str] = "restart-api"
@@ -89,7 +90,7 @@ class RestartApi(Remediation):
             healthy, why = before.verdict()
             step.done(
                 Status.FAILED if before.error else Status.OK,
-                f"{service}: {'healthy' if healthy else 'unhealthy'} ({why})",
+                before.error or f"{service}: {'healthy' if healthy else 'unhealthy'} ({why})",
                 healthy=healthy,
                 compose=before.variant,
                 started_at=[c.started_at for c in before.containers],
@@ -112,6 +113,7 @@ class RestartApi(Remediation):
 
     @staticmethod
     def _facts(ctx: HostContext, settings: ServiceSettings, service: str) -> ServiceFacts:
-        """One service only: cheaper than the whole project's facts."""
-        url = ctx.var("api_health_url") or None
+        """One service only: cheaper than the whole project's facts. Judged by its own health: its
+        Docker health, its own URL (`health_urls`; `api_health_url` is the api's), else running."""
+        url = settings.urls.get(service)
         return gather(ctx.remote, settings.project, service, url, settings.probe)

@@ -22,6 +22,7 @@ from remediations.actions.compose_service import ServiceSettings, recover
 from remediations.actions.env_files import (
     EnvFileFacts,
     backup_name,
+    compose_texts,
     env_file_of,
     env_file_write,
     read_files,
@@ -53,9 +54,15 @@ def decide_action(path: str, service: str, summary: str, changed: bool, stale: S
                f"{', '.join(sorted(set(stale)))}: recreate {service}"  # fmt: skip
     else:
         plan = f"{summary} in {path}; recreate {service}"
-    if sharing and changed:
-        plan += f" ({', '.join(sharing)} also read(s) this file and keep the old values until recreated)"
-    return plan
+    return plan + sharing_note(sharing, changed)
+
+
+def sharing_note(sharing: Sequence[str], changed: bool) -> str:
+    """Pure: the other services reading the file keep the old values until they are recreated
+    (said in the plan and again when it is done)."""
+    if not (sharing and changed):
+        return ""
+    return f" ({', '.join(sharing)} also read(s) this file and keep the old values until recreated)"
 
 
 def names_only(items: Sequence[str]) -> list[str]:
@@ -167,18 +174,17 @@ class SetEnv(Remediation):
 
     def _env_paths(self, ctx: HostContext, project: Project) -> tuple[list[str], list[str]]:
         """The compose files' texts and the env files the service reads (HostError: none)."""
-        compose_paths = [posixpath.join(project.directory, f) for f in project.files]
-        compose_texts = [f.text for f in read_files(ctx.remote, compose_paths)[0]]
+        texts = compose_texts(ctx.remote, project)
         explicit = (ctx.var("env_files") or {}).get(self.service)
         if explicit:
-            return compose_texts, [posixpath.join(project.directory, str(explicit))]
-        paths = env_file_of(self.service, compose_texts, project.directory)
+            return texts, [posixpath.join(project.directory, str(explicit))]
+        paths = env_file_of(self.service, texts, project.directory)
         if not paths:
             raise HostError(
                 f"{self.service} reads no env_file: add `env_file: .env` to it in the compose file, "
                 "or set the env_files var"
             )
-        return compose_texts, paths
+        return texts, paths
 
     # ---------------------------------------------------------------------------------- decide
 
@@ -233,7 +239,9 @@ class SetEnv(Remediation):
             else:
                 done = f"{summary} in {path}" if facts.changes else f"{path} unchanged"
                 kept = f" (backup {backup})" if backup else ""
-                step.done(Status.CHANGED, f"{done}{kept}; {service} recreated, healthy, runs with it")
+                step.done(Status.CHANGED, f"{done}{kept}; {service} recreated, healthy, runs with it"
+                          + sharing_note(facts.sharing, bool(facts.changes)),
+                          services_sharing=facts.sharing)  # fmt: skip
 
     def _restore(self, ctx: HostContext, facts: Facts, backup: str) -> None:
         s, service, path = facts.settings, self.service, facts.target.path

@@ -7,6 +7,7 @@ Container state comes from `docker inspect` JSON, never from human-readable tabl
 from __future__ import annotations
 
 import json
+import posixpath
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,31 +21,76 @@ from remediations.facts.sections import MARK, sections_by_name
 HTTP_BODY_LIMIT = 300
 
 
+# The names compose looks for in the project directory when no -f is given, in the order it picks
+# one (it warns when several exist and uses the first), and the override file it then adds.
+DEFAULT_FILES = ("compose.yaml", "compose.yml", "docker-compose.yml", "docker-compose.yaml")
+OVERRIDE_FILES = tuple(name.replace(".y", ".override.y") for name in DEFAULT_FILES)
+CONFIG_ERROR = "compose configuration: "
+
+
 @dataclass(frozen=True)
 class Project:
-    """A compose project on a host, from inventory vars."""
+    """A compose project on a host, from inventory vars.
+
+    Without `compose_files` no -f is passed, and without `compose_project_name` no -p: compose, run
+    in the project directory, finds its files and its name as it does by hand (`name:`, the
+    directory's name, COMPOSE_FILE / COMPOSE_PROJECT_NAME in the project's .env). `name` is then
+    the directory's name, used only to key the host's own records."""
 
     directory: str
     name: str
-    files: tuple[str, ...]
+    files: tuple[str, ...]  # empty: the files compose finds by itself
+    explicit_name: bool = True
 
     @classmethod
     def from_host(cls, host: Host) -> Project:
         directory = str(host.require("compose_project_dir"))
-        files = host.get("compose_files") or ["compose.yaml"]
+        files = host.get("compose_files") or []
         if isinstance(files, str):
             files = [files]
-        name = str(host.get("compose_project_name") or directory.rstrip("/").rsplit("/", 1)[-1])
-        return cls(directory, name, tuple(str(f) for f in files))
+        given = host.get("compose_project_name")
+        name = str(given or directory.rstrip("/").rsplit("/", 1)[-1])
+        return cls(directory, name, tuple(str(f) for f in files), bool(given))
 
     def argv(self, variant: str, *args: str) -> list[str]:
         base = ["docker", "compose"] if variant == "v2" else ["docker-compose"]
         files = [arg for f in self.files for arg in ("-f", f)]
-        return [*base, "-p", self.name, *files, *args]
+        name = ["-p", self.name] if self.explicit_name else []
+        return [*base, *name, *files, *args]
 
     def command(self, variant: str, *args: str) -> str:
         """Shell text that runs compose in the project directory, every argument quoted."""
         return f"cd {shlex.quote(self.directory)} && {shlex.join(self.argv(variant, *args))}"
+
+    def file_candidates(self) -> list[str]:
+        """Absolute paths of the compose files compose may read: the `compose_files`, else every
+        name compose looks for (`chosen_files` picks among those that exist)."""
+        names = self.files or (*DEFAULT_FILES, *OVERRIDE_FILES)
+        return [posixpath.join(self.directory, name) for name in names]
+
+    def chosen_files(self, existing: Sequence[str], compose_file_var: str = "") -> list[str]:
+        """Pure: of the `file_candidates` that exist, the ones compose reads, in order: the
+        `compose_files`; else COMPOSE_FILE (from the project's .env), else the first default name
+        found plus the first override name found."""
+        if self.files:
+            return self.file_candidates()
+        if compose_file_var:
+            parts = [p for p in compose_file_var.split(":") if p]
+            return [posixpath.normpath(posixpath.join(self.directory, p)) for p in parts]
+        base = [posixpath.join(self.directory, n) for n in DEFAULT_FILES]
+        over = [posixpath.join(self.directory, n) for n in OVERRIDE_FILES]
+        first = next((p for p in base if p in existing), None)
+        if first is None:
+            return []
+        return [first, *[p for p in over if p in existing][:1]]
+
+
+def config_error(stderr: str, code: str) -> str:
+    """Pure: compose's own first error line, after its warnings (`level=warning`, `WARNING:`)."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if "level=warning" not in line and not line.startswith("WARNING")]
+    text = (errors or lines or [f"exit {code}"])[0]
+    return CONFIG_ERROR + text[:300]
 
 
 @dataclass(frozen=True)
@@ -165,21 +211,47 @@ def _http_probe(url: str, section: str, http_timeout: float) -> str:
     )
 
 
-def facts_command(project: Project, service: str, http_url: str | None, http_timeout: float) -> str:
-    """One shell command that prints every fact about the service in marked sections."""
-    lines = [
-        *_preamble(project),
-        "case $v in",
-        f"  v2) ids=$({shlex.join(project.argv('v2', 'ps', '-a', '-q', service))} 2>\"$e\") ;;",
-        f"  v1) ids=$({shlex.join(project.argv('v1', 'ps', '-a', '-q', service))} 2>\"$e\") ;;",
-        "  *) ids= ;;",
-        "esac",
-        f'echo "{MARK}ps $?"; printf "%s\\n" "$ids"',
+def _config_and_ps(project: Project, *ps_service: str) -> list[str]:
+    """Shell lines: the project's services (`config --services`, which is also compose's check of
+    its configuration: its stderr goes to section `cferr`), then, only when that worked, the ids of
+    its (or `ps_service`'s) containers and their `docker inspect`."""
+
+    def both(*args: str) -> str:  # the command in whichever compose the host has
+        v2, v1 = shlex.join(project.argv("v2", *args)), shlex.join(project.argv("v1", *args))
+        return f"case $v in (v2) {v2} ;; (v1) {v1} ;; esac"
+
+    return [
+        f'svc=$({both("config", "--services")} 2>"$e"); src=$?',
+        f'echo "{MARK}services $src"; printf "%s\\n" "$svc"',
+        f'echo "{MARK}cferr"; head -c 2000 "$e"; : >"$e"',
+        f'if [ "$src" = 0 ]; then ids=$({both("ps", "-a", "-q", *ps_service)} 2>"$e"); psrc=$?;'
+        " else ids= psrc=0; fi",
+        f'echo "{MARK}ps $psrc"; printf "%s\\n" "$ids"',
         *_inspect_lines(),
     ]
+
+
+def facts_command(project: Project, service: str, http_url: str | None, http_timeout: float) -> str:
+    """One shell command that prints every fact about the service in marked sections."""
+    lines = [*_preamble(project), *_config_and_ps(project, service)]
     if http_url:
         lines.append(_http_probe(http_url, "http", http_timeout))
     return "\n".join(lines)
+
+
+def _configuration(sections: dict[str, tuple[str, str]]) -> tuple[tuple[str, ...], str]:
+    """Pure: the project's services, or compose's own words on what is wrong with its configuration."""
+    code, text = sections.get("services", ("1", ""))
+    if code != "0":
+        return (), config_error(sections.get("cferr", ("", ""))[1] or text, code)
+    return tuple(line.strip() for line in text.splitlines() if line.strip()), ""
+
+
+def unknown_service(names: Sequence[str], services: Sequence[str]) -> str:
+    """The one wording of "no such service" every task uses (the services sorted: compose lists them
+    in no fixed order)."""
+    defined = ", ".join(sorted(services)) or "none"
+    return f"unknown service {', '.join(map(repr, names))}: the project has {defined}"
 
 
 def _containers(
@@ -221,6 +293,11 @@ def parse_facts(service: str, http_url: str | None, result: CommandResult) -> Se
     variant = sections.get("compose", ("none", ""))[0]
     if variant == "none":
         return ServiceFacts(service, variant, error="neither 'docker compose' nor 'docker-compose' works")
+    services, error = _configuration(sections)
+    if not error and service not in services:
+        error = unknown_service([service], services)
+    if error:
+        return ServiceFacts(service, variant, error=error)
     containers, error = _containers(sections)
     if error:
         return ServiceFacts(service, variant, error=error)
@@ -283,19 +360,7 @@ class ProjectFacts:
 
 def project_facts_command(project: Project, http_urls: dict[str, str], http_timeout: float) -> str:
     """One shell command: compose variant, the project's services, all its containers, HTTP probes."""
-    lines = [
-        *_preamble(project),
-        "case $v in",
-        f"  v2) svc=$({shlex.join(project.argv('v2', 'config', '--services'))} 2>\"$e\"); src=$?;"
-        f" ids=$({shlex.join(project.argv('v2', 'ps', '-a', '-q'))} 2>>\"$e\"); psrc=$? ;;",
-        f"  v1) svc=$({shlex.join(project.argv('v1', 'config', '--services'))} 2>\"$e\"); src=$?;"
-        f" ids=$({shlex.join(project.argv('v1', 'ps', '-a', '-q'))} 2>>\"$e\"); psrc=$? ;;",
-        "  *) svc= ; src=1; ids= ; psrc=1 ;;",
-        "esac",
-        f'echo "{MARK}services $src"; printf "%s\\n" "$svc"',
-        f'echo "{MARK}ps $psrc"; printf "%s\\n" "$ids"',
-        *_inspect_lines(),
-    ]
+    lines = [*_preamble(project), *_config_and_ps(project)]
     lines += [_http_probe(url, f"http:{service}", http_timeout) for service, url in sorted(http_urls.items())]
     return "\n".join(lines)
 
@@ -308,12 +373,9 @@ def parse_project_facts(http_urls: dict[str, str], result: CommandResult) -> Pro
     variant = sections.get("compose", ("none", ""))[0]
     if variant == "none":
         return ProjectFacts(variant, (), {}, error="neither 'docker compose' nor 'docker-compose' works")
-    errors = sections.get("pserr", ("", ""))[1].strip()
-    code, text = sections.get("services", ("1", ""))
-    if code != "0":
-        failed = (errors or text).strip()[-300:]
-        return ProjectFacts(variant, (), {}, error=f"compose config failed: {failed}")
-    services = tuple(line.strip() for line in text.splitlines() if line.strip())
+    services, error = _configuration(sections)
+    if error:
+        return ProjectFacts(variant, (), {}, error=error)
     containers, error = _containers(sections)
     if error:
         return ProjectFacts(variant, services, {}, error=error)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from remediations.core.errors import UsageError
 from remediations.core.inventory import Host
 from remediations.core.units import check_non_negative, check_percent
-from remediations.facts.compose import Container, Project
+from remediations.facts.compose import Container, Project, config_error, health_urls
 from remediations.facts.disk import check_backup_dir
 from remediations.facts.fs import STAT_FS_FORMAT, FsUsage, fs_snippet
 from remediations.facts.postgres import ARCHIVER_JSON_SQL, AS_USER, PgTarget
@@ -65,6 +65,7 @@ class Settings:
     error_pattern: str
     probes: tuple[Probe, ...] = field(default_factory=tuple)
     pg_archiver: PgTarget | None = None  # the PostgreSQL whose WAL archiver is checked
+    service_urls: tuple[tuple[str, str], ...] = ()  # (service, its own URL) from health_urls
 
     @classmethod
     def from_host(cls, host: Host, only_services: Sequence[str] = ()) -> Settings:
@@ -102,6 +103,7 @@ class Settings:
             error_pattern=_pattern(host.get("health_error_pattern", DEFAULT_ERROR_PATTERN), where),
             probes=_probes(host.get("health_probes") or [], where),
             pg_archiver=_pg_archiver(host, where),
+            service_urls=_service_urls(host, project, services),
         )
 
 
@@ -127,6 +129,18 @@ def _services(host: Host, project: Project | None, only_services: Sequence[str])
     if project is None:
         raise UsageError(f"{where}: --service needs compose_project_dir")
     return tuple(only_services)
+
+
+def _service_urls(
+    host: Host, project: Project | None, services: tuple[str, ...] | None
+) -> tuple[tuple[str, str], ...]:
+    """Each checked service's own health URL (`health_urls`), but the api's `api_health_url`,
+    which is checked as it always was."""
+    if project is None or services == ():
+        return ()
+    api_url = host.get("api_health_url")
+    urls = sorted(health_urls(host).items())
+    return tuple((s, u) for s, u in urls if u != api_url and (services is None or s in services))
 
 
 def _disk_limits(host: Host) -> tuple[float, float]:
@@ -223,6 +237,8 @@ def facts_command(settings: Settings) -> str:
         lines += _compose_lines(settings)
     if settings.http_url:
         lines += [_fetch(settings.http_url), f'echo "{MARK}http $rc"; printf "%s\\n" "$out" | head -c 300']
+    for service, url in settings.service_urls:
+        lines += [_fetch(url), f'echo "{MARK}http:{service} $rc"; printf "%s\\n" "$out" | head -c 300']
     for path in settings.disk_paths:
         lines.append(
             f"if [ -e {q(path)} ]; then {fs_snippet(path)}; else echo {q(MARK + 'fs ' + path)}; "
@@ -261,6 +277,15 @@ def _compose_lines(settings: Settings) -> list[str]:
         "  if docker compose version >/dev/null 2>&1; then v=v2; "
         "elif docker-compose version >/dev/null 2>&1; then v=v1; else v=none; fi",
         f'  echo "{MARK}compose $v"',
+        # The services compose's configuration defines (its check of that configuration too: a
+        # problem there is said in compose's words), then the containers.
+        "  case $v in",
+        f"    v2) svc=$({shlex.join(p.argv('v2', 'config', '--services'))} 2>&1); src=$? ;;",
+        f"    v1) svc=$({shlex.join(p.argv('v1', 'config', '--services'))} 2>&1); src=$? ;;",
+        "    *) svc= src=0 ;;",
+        "  esac",
+        f'  echo "{MARK}services $src"; printf "%s\\n" "$svc"',
+        '  [ "$src" = 0 ] || v=skip',
         "  case $v in",
         f"    v2) ids=$({shlex.join(p.argv('v2', 'ps', '-a', '-q'))} 2>&1) ;;",
         f"    v1) ids=$({shlex.join(p.argv('v1', 'ps', '-a', '-q'))} 2>&1) ;;",
@@ -306,6 +331,8 @@ class HealthFacts:
     probes: Mapping[int, tuple[int, str]] = field(default_factory=dict)
     error: str = ""
     pg_archiver: tuple[int, str] | None = None  # psql's exit code and output
+    services: tuple[str, ...] | None = None  # what the compose configuration defines (None: not read)
+    service_http: Mapping[str, tuple[int, str]] = field(default_factory=dict)  # service -> its URL's answer
 
 
 def parse_facts(output: str) -> HealthFacts:
@@ -326,6 +353,8 @@ def parse_facts(output: str) -> HealthFacts:
         parsed.probes,
         parsed.error,
         parsed.pg_archiver,
+        parsed.services,
+        parsed.service_http,
     )
 
 
@@ -345,6 +374,8 @@ class _Parsed:
     probes: dict[int, tuple[int, str]] = field(default_factory=dict)
     error: str = ""
     pg_archiver: tuple[int, str] | None = None
+    services: tuple[str, ...] | None = None
+    service_http: dict[str, tuple[int, str]] = field(default_factory=dict)
 
     def add(self, s: Section) -> None:
         if s.name == "now":
@@ -353,7 +384,12 @@ class _Parsed:
             self.compose = s.arg
         elif s.name == "noproject":
             self.project_missing = True
-        elif s.name == "ps" and s.arg != "0" and s.body.strip():
+        elif s.name == "services":
+            if s.arg != "0":
+                self.error = config_error(s.body, s.arg)
+            else:
+                self.services = tuple(line.strip() for line in s.body.splitlines() if _is_service(line))
+        elif s.name == "ps" and s.arg != "0" and s.body.strip() and not self.error:
             self.error = f"compose ps failed: {s.body.strip()[-300:]}"
         elif s.name == "inspect" and s.body.strip():
             self._inspect(s.body)
@@ -362,6 +398,8 @@ class _Parsed:
             self.log_errors[s.arg[:12]] = int(count[0]) if count[0].isdigit() else 0
         elif s.name == "http":
             self.http = (_int(s.arg), s.body.strip())
+        elif s.name.startswith("http:"):
+            self.service_http[s.name.removeprefix("http:")] = (_int(s.arg), s.body.strip())
         elif s.name == "fs":
             try:
                 self.filesystems.append((s.arg, FsUsage.parse(s.arg, s.body)))
@@ -387,6 +425,11 @@ class _Parsed:
                 self.containers.append((service, Container.from_inspect(data)))
         except (ValueError, TypeError, AttributeError):
             self.error = "docker inspect printed something that is not JSON"
+
+
+def _is_service(line: str) -> bool:
+    """A line of `config --services` that is a service name (2>&1 mixes compose's warnings in)."""
+    return bool(SERVICE_NAME.fullmatch(line.strip()))
 
 
 def _int(text: str) -> int:

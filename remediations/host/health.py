@@ -30,7 +30,7 @@ from remediations.core.errors import HostError, UsageError
 from remediations.core.inventory import Host
 from remediations.core.remediation import Remediation
 from remediations.core.results import RunResult, Status
-from remediations.facts.compose import Container
+from remediations.facts.compose import CONFIG_ERROR, Container, unknown_service
 from remediations.facts.health import LOG_WINDOW, HealthFacts, Settings, facts_command, parse_facts
 from remediations.facts.postgres import archiver_failing, describe_archiver
 
@@ -70,11 +70,12 @@ def evaluate(
     """Pure: every check's colour from the facts and the thresholds."""
     checks: list[Check] = []
     checks += service_checks(settings, facts)
-    if settings.http_url and facts.http is not None:
-        code, body = facts.http
+    urls = [(settings.http_url, facts.http)] if settings.http_url and facts.http is not None else []
+    urls += [(url, facts.service_http.get(service, (1, "not run"))) for service, url in settings.service_urls]
+    for url, (code, body) in urls:
         checks.append(
             Check(
-                f"http {settings.http_url}",
+                f"http {url}",
                 GREEN if code == 0 else RED,
                 "answers" if code == 0 else f"exit {code}",
                 "answers",
@@ -144,7 +145,9 @@ def service_checks(settings: Settings, facts: HealthFacts) -> list[Check]:
             )
         ]
     if facts.error:
-        return [Check("compose project", RED, "unreadable", "readable", facts.error)]
+        misconfigured = facts.error.startswith(CONFIG_ERROR)
+        return [Check("compose project", RED, "misconfigured" if misconfigured else "unreadable", "readable",
+                      facts.error)]  # fmt: skip
     by_service: dict[str, list[Container]] = {}
     for service, container in facts.containers:
         by_service.setdefault(service, []).append(container)
@@ -327,6 +330,10 @@ class Health(Remediation):
                     f"gathering health facts failed (exit {result.exit_code}): {result.tail()}", result
                 )
             facts = parse_facts(result.stdout)
+            defined = facts.services
+            unknown = [s for s in settings.services or () if defined is not None and s not in defined]
+            if unknown:
+                raise HostError(unknown_service(unknown, defined or ()))
             step.done(Status.OK, "gathered in one round trip")
         s3_newest, s3_error = (None, "")
         if settings.backup_s3:

@@ -58,6 +58,9 @@ def test_set_env_quartet_backup_and_mode(baseline: None, audit: Path) -> None:
                    hosts=[HOST], audit=audit, state=lambda: (sh(f"cat {ENV}"), labkit.started_at(HOST)))
     assert "would set MAINTENANCE_MODE: '0' → '1'" in runs.check.host(HOST)["message"]
     assert "+MAINTENANCE_MODE=1" in runs.check.stdout
+    # the apply says, as the check did, that the worker (it reads .env too) keeps the old value
+    sharing = "worker also read(s) this file and keep the old values until recreated"
+    assert sharing in runs.check.host(HOST)["message"] and sharing in runs.apply.host(HOST)["message"]
 
     text = sh(f"cat {ENV}")
     assert text == BASELINE_ENV.replace("MAINTENANCE_MODE=0", "MAINTENANCE_MODE=1")  # order and rest kept

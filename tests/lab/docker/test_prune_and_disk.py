@@ -114,9 +114,13 @@ def test_prune_quartet(docker_clean: None, audit: Path) -> None:
     assert sorted(t for i in plan["images"] for t in i["tags"]) == ["rmtest/unused:1"]
     assert len(plan["images"]) == 2 and plan["networks"] == ["rmtest-net"] and plan["volumes"] == []
     assert plan["reclaim_bytes"] >= 512 * 1024
-    assert "would remove 1 container, 2 images, 1 network" in result["message"]
+    # --check names what would go, with sizes, as the JSON lists it: not only counts
+    message = result["message"]
+    assert "would remove 1 container (rmtest-stopped " in message, message
+    assert "rmtest/unused:1 " in message and f"<none> {dangling.removeprefix('sha256:')[:12]} " in message
+    assert "1 network (rmtest-net)" in message
 
-    assert "removed 1 container, 2 images, 1 network" in runs.apply.host(HOST)["message"]
+    assert "removed 1 container (rmtest-stopped" in runs.apply.host(HOST)["message"]
     for kind, name in objects:
         assert not exists(kind, name), f"{kind} {name} survived"
     assert exists("image", "local/busybox:1")

@@ -268,6 +268,23 @@ def test_prune_images_children_first_and_volumes_named_loudly() -> None:
     assert plan.reclaim == 2003
 
 
+def test_prune_summary_names_what_would_go_with_sizes() -> None:
+    """--check says what would go, by name and size, as --json lists it (not only counts)."""
+    state = facts(
+        containers=(container("old-web", size=2048),),
+        images=(image("sha256:" + "d" * 64, size=5 * 1024 * 1024), image("sha256:e", tags=("team/app:1",))),
+        networks=(network("teamapp_default"),),
+    )
+    plan = prune.decide(prune.PruneOptions(WEEK, all_images=True), state)
+    text = plan.summary()
+    assert text.startswith("1 container (old-web 2.0 kB), 2 images (")
+    assert "<none> dddddddddddd 5.2 MB" in text and "team/app:1 1.0 kB" in text
+    assert "1 network (teamapp_default)" in text and text.endswith("to reclaim")
+    stopped = tuple(container(f"c{i}") for i in range(25))
+    many = prune.decide(prune.PruneOptions(WEEK), facts(containers=stopped))
+    assert "c19 100 B; … and 5 more" in many.summary() and "c20" not in many.summary()
+
+
 def test_prune_leftovers_name_what_survived() -> None:
     plan = prune.decide(
         prune.PruneOptions(0), facts(containers=(container("old"),), images=(image("sha256:d"),))
@@ -546,6 +563,36 @@ def test_evaluate_carries_every_check() -> None:
     assert checks["http http://127.0.0.1:8080/health"].colour == health.RED
     assert checks["probe pg"].colour == health.GREEN
     assert checks["probe s3"].colour == health.RED and "404" in checks["probe s3"].detail
+
+
+def test_health_checks_each_service_by_its_own_url() -> None:
+    """health_urls: every checked service's own URL is fetched on the host and is a check of its
+    own; the api's stays api_health_url; --service narrows them."""
+    urls = {"worker": "http://127.0.0.1:8091/health", "api": "http://127.0.0.1:8080/health"}
+    s = settings(api_service="api", api_health_url=urls["api"], health_urls=urls)
+    assert s.service_urls == (("worker", urls["worker"]),)
+    command = health.facts_command(s)
+    assert "@@http:worker $rc" in command and "curl -fsS -m 5 http://127.0.0.1:8091/health" in command
+    parsed = health.parse_facts("@@now\n100\n@@http 0\nok\n@@http:worker 22\n404 Not Found\n")
+    checks = {c.name: c for c in health.evaluate(s, parsed)}
+    assert checks["http http://127.0.0.1:8080/health"].colour == health.GREEN
+    worker = checks["http http://127.0.0.1:8091/health"]
+    assert worker.colour == health.RED and "404" in worker.detail
+    only_api = health.Settings.from_host(Host("h1", {"compose_project_dir": "/srv/shop", "health_urls": urls,
+                                                      "api_health_url": urls["api"]}, (), "inv.yml"), ["api"])
+    assert only_api.service_urls == ()
+
+
+def test_health_unknown_service_and_configuration_problem_from_compose() -> None:
+    """The services compose's configuration defines are read (for --service nosuch); a problem with
+    the configuration is said in compose's words."""
+    out = "@@now\n100\n@@compose v2\n@@services 0\napi\nworker\n@@ps 0\n@@inspect\n"
+    assert health.parse_facts(out).services == ("api", "worker")
+    bad = "@@now\n100\n@@compose v2\n@@services 1\nno configuration file provided: not found\n@@ps 0\n"
+    parsed = health.parse_facts(bad)
+    assert parsed.error == "compose configuration: no configuration file provided: not found"
+    [check] = health.service_checks(settings(), parsed)
+    assert (check.colour, check.value) == (health.RED, "misconfigured") and "unhealthy" not in check.detail
 
 
 def test_health_parse_facts() -> None:

@@ -101,9 +101,13 @@ WORKER_INSPECT: list[dict[str, Any]] = json.loads(
 )
 
 
+# `config --services` of the lab's project, and its (empty) stderr.
+SERVICES = "@@services 0\napi\nworker\n@@cferr\n"
+
+
 def recorded(compose: str, ps: str, inspect: list[dict[str, Any]] | None, http: str | None = None) -> str:
     """facts_command's output: the same sections in the same order, inspect as docker indents it."""
-    text = f"@@compose {compose}\n@@ps {ps}\n@@inspect\n"
+    text = f"@@compose {compose}\n{SERVICES}@@ps {ps}\n@@inspect\n"
     if inspect is not None:
         text += json.dumps(inspect, indent=4) + "\n"
     if http is not None:
@@ -142,14 +146,14 @@ BAD_URL_OUT = recorded(
     API_INSPECT,
     "7\ncurl: (7) Failed to connect to 127.0.0.1 port 8099 after 0 ms: Couldn't connect to server",
 )
-NO_SUCH_SERVICE_OUT = "@@compose v2\n@@ps 1\nno such service: nosuchservice\n@@inspect\n"
+NO_SUCH_SERVICE_OUT = f"@@compose v2\n{SERVICES}@@ps 0\n@@inspect\n"
 NO_DIR_OUT = "@@error\nproject directory /srv/nosuch dir does not exist\n"
 WORKER_OUT = recorded(
     "v2", "0\n65b06470a083b2d84c5f6007a94e3b8c110db2157d8515e9d34083cc16e9af4d", WORKER_INSPECT
 )
 # compose printed a deprecation warning (merged into the ids by 2>&1), then the real container id.
 WARNING_OUT = (
-    "@@compose v2\n@@ps 0\n"
+    f"@@compose v2\n{SERVICES}@@ps 0\n"
     'time="2026-11-23T16:15:51Z" level=warning msg="/tmp/rmtest-facts/override.yaml: the attribute '
     '`version` is obsolete, it will be ignored, please remove it to avoid potential confusion"\n'
     f"{API_ID}\n@@inspect\n@@http 0\n" + '{"status":"ok"}\n'
@@ -235,8 +239,8 @@ VERDICT_CASES = [
         "nosuchservice",
         None,
         False,
-        "compose ps failed: no such service: nosuchservice",
-        "compose ps failed: no such service: nosuchservice",
+        "unknown service 'nosuchservice': the project has api, worker",
+        "unknown service 'nosuchservice': the project has api, worker",
         id="no-such-service",
     ),
     pytest.param(
@@ -413,7 +417,9 @@ def host(**variables: Any) -> Host:
 
 def test_project_from_host_defaults() -> None:
     project = Project.from_host(host(compose_project_dir="/srv/shop/"))
-    assert project == Project("/srv/shop/", "shop", ("compose.yaml",))
+    # No -f and no -p: compose finds its files and its name itself; "shop" only keys the records.
+    assert project == Project("/srv/shop/", "shop", (), explicit_name=False)
+    assert project.argv("v2", "ps") == ["docker", "compose", "ps"]
 
 
 def test_project_from_host_explicit() -> None:
@@ -474,9 +480,9 @@ def test_command_quotes_every_value(variant: str) -> None:
 
 def test_facts_command_quotes_compose_argv() -> None:
     text = facts_command(NASTY, NASTY_SERVICE, None, 5)
+    line = next(line for line in text.splitlines() if "ids=$(case" in line)
     for variant in ("v1", "v2"):
-        line = next(line for line in text.splitlines() if line.strip().startswith(f"{variant}) ids=$("))
-        inner = line.split("ids=$(", 1)[1].rsplit(" 2>", 1)[0]
+        inner = line.split(f"({variant}) ", 1)[1].split(" ;;", 1)[0]
         assert shlex.split(inner) == NASTY.argv(variant, "ps", "-a", "-q", NASTY_SERVICE)
 
 
@@ -484,6 +490,7 @@ FAKE_TOOL = """#!/bin/sh
 # Stands in for a tool on the host so the shell text can be run here: records its cwd and argv
 # (one call per line, arguments separated by \\037), then prints $FAKE_OUTPUT.
 { pwd; IFS=$(printf '\\037'); echo "$*"; } >> "$ARGV_LOG"
+case "$*" in *--services*) printf '%s\\n' "$FAKE_SERVICES"; exit 0 ;; esac
 [ -n "$FAKE_OUTPUT" ] && printf '%s\\n' "$FAKE_OUTPUT"
 exit 0
 """
@@ -527,7 +534,8 @@ def test_facts_command_in_a_real_shell_keeps_hostile_values_inert(tmp_path: Path
     project = Project(str(directory), "my 'shop' $HOME", ("base file.yaml", "over'ride\".yml"))
     bin_dir = fake_bin(tmp_path, "docker", "curl")
     result, calls = run_locally(
-        facts_command(project, NASTY_SERVICE, url, 2), tmp_path, bin_dir, FAKE_OUTPUT="ok"
+        facts_command(project, NASTY_SERVICE, url, 2), tmp_path, bin_dir, FAKE_OUTPUT="ok",
+        FAKE_SERVICES=NASTY_SERVICE,
     )
     assert result.exit_code == 0, result.stderr
     assert [p.name for p in tmp_path.rglob("CANARY*")] == []
@@ -557,7 +565,9 @@ def test_http_probe_in_a_real_shell(tmp_path: Path) -> None:
     """A real curl against a closed port: its exit code and message arrive in the http section."""
     project = Project(str(tmp_path), "shop", ("compose.yaml",))
     url = "http://127.0.0.1:9/health"
-    result, _ = run_locally(facts_command(project, "api", url, 2), tmp_path, fake_bin(tmp_path, "docker"))
+    result, _ = run_locally(
+        facts_command(project, "api", url, 2), tmp_path, fake_bin(tmp_path, "docker"), FAKE_SERVICES="api"
+    )
     facts = parse_facts("api", url, result)
     assert facts.http_exit == 7
     assert facts.http_output.startswith("curl: (7)")
