@@ -229,8 +229,8 @@ def previous(
     service: str, history: list[images.Sighting], current: str, options: list[Candidate],
     created: dict[str, ImageInfo] | None = None,
 ) -> Previous:  # fmt: skip
-    """Pure: the record's image before the current one; without one, the only image Docker ties to
-    the service; else nothing, with the candidates to choose from (`--to`).
+    """Pure: the record's image before the current one; without one, the only image older than the
+    current one that Docker ties to the service; else nothing, with the candidates (`--to`).
 
     When the current image was seen rather than put there by this tool, deploys may have come and gone
     between two sightings: an image made after the one chosen and before the current one (`created`:
@@ -248,14 +248,16 @@ def previous(
                             present)  # fmt: skip
         chosen, observed, since = before.image_id, history[-1].by == images.OBSERVED, before.seen
     else:
-        strong = [c for c in present if c.strong]
+        # An image made after the current one is no previous deploy (a rollback by hand aside: --to).
+        made = created or {}
+        strong = [c for c in present if c.strong and _older(c.image_id, current, made)]
         if not present:
             return Previous("", f"no previous image known for {service}: the record holds no image before "
                             f"{short(current)} and Docker knows no other image of it; {choose}")  # fmt: skip
         if not strong:
             return Previous("", f"no previous image known for {service}: the record holds no image before "
-                            f"{short(current)} and Docker ties none to it (untagged images may be anything); "
-                            f"candidates: {listing}; {choose}", present)  # fmt: skip
+                            f"{short(current)} and Docker knows no older image of it (untagged ones may be "
+                            f"anything); candidates: {listing}; {choose}", present)  # fmt: skip
         if len(strong) != 1:
             why = "several images could be it"
             return Previous("", f"cannot tell which image {service} ran before {short(current)}: no record "
@@ -271,6 +273,11 @@ def previous(
                         f"before it, so {short(chosen)} may be two deploys back; candidates: {listing}; "
                         f"{choose}", present)  # fmt: skip
     return Previous(chosen, what)
+
+
+def _older(image_id: str, current: str, created: dict[str, ImageInfo]) -> bool:
+    one, other = created.get(image_id), created.get(current)
+    return bool(one and other and one.created and other.created and one.created < other.created)
 
 
 def _made_between(

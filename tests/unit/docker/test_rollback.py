@@ -14,13 +14,14 @@ from remediations.facts.sections import MARK
 
 A, B, C, D = ("sha256:" + ch * 64 for ch in "abcd")
 REF = "local/api:1"
+NOW = "2026-12-01T00:00:00+00:00"  # when the current image was made
 
 
 def seen(image_id: str, by: str = images.OBSERVED, at: str = "2026-12-01T10:00:00+00:00") -> images.Sighting:
     return images.Sighting(image_id, REF, at, by)
 
 
-def image(image_id: str, *tags: str, created: str = "2026-12-01T09:00:00+00:00") -> known.ImageInfo:
+def image(image_id: str, *tags: str, created: str = "2026-11-15T00:00:00+00:00") -> known.ImageInfo:
     return known.ImageInfo(image_id, tags, created)
 
 
@@ -68,23 +69,23 @@ ON_HOST = (image(A, created="2026-11-01T00:00:00+00:00"), image(B, created="2026
         (situation(D, [seen(B), seen(C), seen(B, "rollback")], (*ON_HOST, image(D, REF))),
          "rollback", B, "ran"),
         # The image before is pruned: refused, naming what is still there.
-        (situation(C, [seen(A), seen(B)], (image(A), image(C, REF))), "fail", "",
+        (situation(C, [seen(A), seen(B)], (image(A), image(C, REF, created=NOW))), "fail", "",
          "bbbbbbbbbbbb, the image api ran before cccccccccccc (a deploy outside this tool, first seen "
          "2026-12-01T10:00:00+00:00) is no longer on the host (pruned?); candidates: aaaaaaaaaaaa"),
         # No record at all: the repository's only other tag is the previous image.
-        (situation(C, [], (image(B, "local/api:0.9"), image(C, REF), image(D, "local/other:1"))),
+        (situation(C, [], (image(B, "local/api:0.9"), image(C, REF, created=NOW), image(D, "local/other:1"))),
          "rollback", B, "the only other image Docker ties to api (tagged local/api:0.9)"),
         # No record: an old container of the service (stopped, kept by hand) names it.
-        (situation(C, [], (image(B), image(C, REF)), (OLD_CONTAINER,)),
+        (situation(C, [], (image(B), image(C, REF, created=NOW)), (OLD_CONTAINER,)),
          "rollback", B, "the image of container shop-api-old (exited)"),
         # No record: two other tags: cannot tell, refused with both.
-        (situation(C, [], (image(A, "local/api:0.8"), image(B, "local/api:0.9"), image(C, REF))),
+        (situation(C, [], (image(A, "local/api:0.8"), image(B, "local/api:0.9"), image(C, REF, created=NOW))),
          "fail", "", "cannot tell which image api ran before cccccccccccc: no record of it and several "
          "images could be it; candidates: "),
         # No record: only untagged images (they may be anything): refused, listing them.
         (situation(C, [], ON_HOST), "fail", "", "no previous image known for api: the record holds no image "
-         "before cccccccccccc and Docker ties none to it (untagged images may be anything); candidates: "
-         "bbbbbbbbbbbb (an untagged image created 2026-11-20"),
+         "before cccccccccccc and Docker knows no older image of it (untagged ones may be anything); "
+         "candidates: bbbbbbbbbbbb (an untagged image created 2026-11-20"),
         # Seen A, then two deploys before the next sighting: B was made after A ran and before C, so A
         # may be two deploys back: refused, naming both.
         (situation(C, [seen(A, at="2026-11-02T00:00:00+00:00")], ON_HOST), "fail", "",
@@ -92,8 +93,11 @@ ON_HOST = (image(A, created="2026-11-01T00:00:00+00:00"), image(B, created="2026
          "aaaaaaaaaaaa ran and before it, so aaaaaaaaaaaa may be two deploys back"),
         # ... but an image made before A was seen running is no such sign.
         (situation(C, [seen(A, at="2026-11-25T00:00:00+00:00")], ON_HOST), "rollback", A, "ran before"),
+        # No record: the repository's other tag is newer than what runs: no previous deploy.
+        (situation(C, [], (image(B, "local/api:2", created="2026-12-02T00:00:00+00:00"),)), "fail", "",
+         "no previous image known for api"),
         # No record and nothing else: refused.
-        (situation(C, [], (image(C, REF),)), "fail", "", "no previous image known for api"),
+        (situation(C, [], (image(C, REF, created=NOW),)), "fail", "", "no previous image known for api"),
         # Two images at once (a rolling deploy under way): refused.
         (situation((B, C), [seen(B)], ON_HOST), "fail", "", "containers run different images"),
         # --to: a name or id present on the host; absent; the one it runs.
@@ -137,7 +141,7 @@ def test_candidates_newest_first_with_where_each_came_from() -> None:
     s = situation(
         C,
         [seen(A, at="t1"), seen(B, "set-env", at="t2")],
-        (image(A), image(C, REF), image(D, "local/api:0.7", created="2026-10-01T00:00:00+00:00")),
+        (image(A), image(C, REF, created=NOW), image(D, "local/api:0.7", created="2026-10-01T00:00:00Z")),
     )
     got = [(c.image_id, c.present, c.sources[0]) for c in s.options]
     assert got == [
