@@ -202,7 +202,13 @@ def observe(
     is now. `records`: the record already read in this round trip, if it was."""
     current = read(remote, host) if records is None else records
     updated = noticed(current, project, running, now())
-    if updated != current:
+    if updated == current:
+        return current
+    # Read again just before writing: a run holding the host lock (health takes none) may have
+    # recorded its own change since, which a write based on the first read would drop.
+    fresh = read(remote, host)
+    updated = noticed(fresh, project, running, now())
+    if updated != fresh:
         write(remote, host, updated)
     return updated
 
