@@ -35,7 +35,7 @@ from remediations.core.inventory import Host
 from remediations.core.plan import Change, Plan
 from remediations.core.remediation import Remediation
 from remediations.core.results import Status
-from remediations.core.validate import check_service
+from remediations.core.validate import check_service, shown
 from remediations.facts.compose import Project, ServiceFacts
 
 IMAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}")
@@ -73,12 +73,14 @@ def situation(
     docker: known.DockerKnowledge,
     to: str | None = None,
     also_move: bool = False,
+    at: str = "",
 ) -> Situation:
-    """Pure: the history once what runs now is noted, and the candidates."""
+    """Pure (given `at`, the time to note a sighting at): the history once what runs now is noted,
+    and the candidates."""
     running = frozenset(c.image_id for c in facts.containers if c.image_id)
     current, ref = images.running_image(facts.containers)
     ref = ref or next((c.image_ref for c in facts.containers if c.image_ref), "")
-    history = images.noticed(records, project, {service: facts.containers}, images.now()).get(
+    history = images.noticed(records, project, {service: facts.containers}, at or images.now()).get(
         images.key(project, service), [])  # fmt: skip
     options = known.candidates(history, current, ref, docker, project, service)
     return Situation(project, service, running, ref, history, docker, to, also_move, options)
@@ -154,7 +156,7 @@ def image_name(value: Any, flag: str) -> str | None:
     if value in (None, ""):
         return None
     if not isinstance(value, str) or not IMAGE_NAME.fullmatch(value):
-        raise UsageError(f"{flag} {value!r}: not an image name or id (e.g. local/api:1.4 or 3f2a9c1b04de)")
+        raise UsageError(f"{flag} {shown(value)}: not an image name or id (e.g. local/api:1.4, 3f2a9c1b04de)")
     return value
 
 
