@@ -183,3 +183,25 @@ def test_without_a_record_the_only_other_tag_of_the_repository_is_the_previous_i
     ran = inv("rollback", "--host", HOST, "--service", "api", "--also-move", "--json", audit=audit)
     assert ran.code == 0, ran.stdout
     assert running("api") == base and running("worker") == second
+
+
+def test_two_deploys_between_sightings_are_refused_not_rolled_back_two(base: str, audit: Path) -> None:
+    """health saw the baseline, then two deploys by hand before the next sighting (ensure-healthy's
+    gather): going back to the baseline would be two deploys back, so rollback refuses and names the
+    image in between."""
+    inv("health", "--host", HOST, "--json", audit=audit)
+    second = deploy("b")
+    checked = inv("ensure-healthy", "--host", HOST, "--check", "--json", audit=audit)
+    assert checked.code == 0, checked.stdout
+    assert [e["id"] for e in record()] == [base]  # check mode notes nothing
+    third = deploy("c")
+    noted = inv("ensure-healthy", "--host", HOST, "--json", audit=audit)
+    assert noted.code == 0, noted.stdout
+    assert [(e["id"], e["by"]) for e in record()] == [(base, "observed"), (third, "observed")]
+
+    refused = inv("rollback", "--host", HOST, "--service", "api", "--also-move", "--json", audit=audit)
+    assert refused.code == 1, refused.stdout
+    message = refused.host(HOST)["message"]
+    assert f"{short(second)} (an untagged image created" in message
+    assert f"so {short(base)} may be two deploys back" in message and "choose one with --to IMAGE" in message
+    assert (running("api"), image_of(NAME)) == (third, third)
