@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
+from remediations.actions import image_record as images
 from remediations.actions.compose_service import ServiceSettings, recover
 from remediations.core.args import SERVICES, args
 from remediations.core.context import HostContext
@@ -89,6 +90,8 @@ class EnsureHealthy(Remediation):
         settings = ServiceSettings.of(ctx.host)
         with ctx.step("facts") as step:
             pf = settings.gather(ctx.remote, self.services)
+            noted = images.observe_quietly(ctx.remote, ctx.host, settings.project.name,
+                                           {s: f.containers for s, f in pf.facts.items()}, ctx.options.check)
             wanted = self.services or list(pf.services)
             plans = [decide(pf.facts[s]) for s in wanted]
             bad = [p.service for p in plans if p.action != "none"]
@@ -97,6 +100,7 @@ class EnsureHealthy(Remediation):
                 f"{len(wanted) - len(bad)} of {len(wanted)} service(s) healthy"
                 + (f"; not healthy: {', '.join(bad)}" if bad else ""),
                 services={p.service: p.action for p in plans},
+                **({"image_record": noted} if noted else {}),
             )
         # Each healthy service says so in its own ok step; when none needs anything, the last one's
         # step is the plan's "nothing to do".

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
+from remediations.actions import image_record as images
 from remediations.actions.compose_service import ServiceSettings, recover, service_deadline
 from remediations.core import validate
 from remediations.core.args import SERVICE, Arg, args
@@ -87,6 +88,8 @@ class RestartApi(Remediation):
         service = str(self.service or ctx.var("api_service"))
         with ctx.step("facts") as step:
             before = self._facts(ctx, settings, service)
+            noted = images.observe_quietly(ctx.remote, ctx.host, settings.project.name,
+                                           {service: before.containers}, ctx.options.check)
             healthy, why = before.verdict()
             step.done(
                 Status.FAILED if before.error else Status.OK,
@@ -94,6 +97,7 @@ class RestartApi(Remediation):
                 healthy=healthy,
                 compose=before.variant,
                 started_at=[c.started_at for c in before.containers],
+                **({"image_record": noted} if noted else {}),
             )
         return None if before.error else Facts(service, before, settings)
 

@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from remediations.actions import image_record as images
 from remediations.actions import s3client
 from remediations.core.args import Arg, args
 from remediations.core.context import HostContext
@@ -335,6 +336,11 @@ class Health(Remediation):
             if unknown:
                 raise HostError(unknown_service(unknown, defined or ()))
             step.done(Status.OK, "gathered in one round trip")
+        if settings.project is not None:  # what each service runs, for rollback (image_record)
+            noted = images.observe_quietly(ctx.remote, ctx.host, settings.project.name,
+                                           images.by_service(facts.containers), ctx.options.check)
+            if noted:
+                ctx.record("image record", Status.OK, noted)
         s3_newest, s3_error = (None, "")
         if settings.backup_s3:
             s3_newest, s3_error = newest_s3_object(settings.backup_s3, ctx.host.vars)

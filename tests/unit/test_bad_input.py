@@ -60,6 +60,11 @@ CASES = [
     *service_cases("set-env", "--set", "A=1"),
     *service_cases("ensure-healthy", only=("newline", "100kB")),
     *service_cases("rollback", only=("newline", "semicolon")),
+    case("rollback-to-subshell", "rollback", *L1, "--service", "api", "--to", HOSTILE["subshell"],
+         want=("--to '$(touch /tmp/rm-pwned)': not an image name or id",)),
+    case("rollback-to-100kB", "rollback", *L1, "--service", "api", "--to", BIG, want=("--to 'xxx",)),
+    case("rollback-list-and-to", "rollback", *L1, "--service", "api", "--list", "--to", "local/api:1",
+         want=("--list and --to",)),
     *service_cases("rotate-secret", "--name", "API_TOKEN", only=("subshell", "100kB")),
     case("restart-api-service-empty", "restart-api", *L1, "--service", "", want=("--service ''",)),
     # PostgreSQL roles: refused before connecting (after, before)

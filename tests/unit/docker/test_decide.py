@@ -1,4 +1,5 @@
-"""The pure decisions of ensure-healthy, set-env and rollback, table-driven; set-env's audit of --set."""
+"""The pure decisions of ensure-healthy and set-env, table-driven; set-env's audit of --set (rollback:
+test_rollback.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from remediations.actions import image_record as images
-from remediations.docker import ensure_healthy, rollback, set_env
+from remediations.docker import ensure_healthy, set_env
 from remediations.facts.compose import Container, ServiceFacts
 from tests import labkit
 from tests.unit.test_bad_input import inventory_file
@@ -61,31 +61,6 @@ def test_set_env_decide_action(changed: bool, stale: list[str], healthy: bool, s
                                expected: str | None) -> None:  # fmt: skip
     got = set_env.decide_action(P, "api", "A: '0' → '1'", changed, stale, healthy, "why", sharing)
     assert got == expected
-
-
-def change(task: str, before: str, after: str) -> images.Replacement:
-    return images.Replacement("t", task, before, after, "local/api:1")
-
-
-SET = change("set-env", "sha256:old", "sha256:new")
-
-
-@pytest.mark.parametrize(
-    ("history", "running", "present", "action", "reason"),
-    [
-        ([], "sha256:new", True, "fail", "no previous image known for api"),
-        ([change("set-env", "sha256:old", "sha256:old")], "sha256:old", True, "fail", "no previous image"),
-        ([SET], "sha256:new", True, "rollback", "going back to old"),
-        ([SET], "sha256:old", True, "none", "already runs old"),
-        ([SET], "sha256:new", False, "fail", "no longer on the host"),
-        ([SET, change("rollback", "sha256:new", "sha256:old")],
-         "sha256:old", True, "none", "already runs old"),
-    ],
-)  # fmt: skip
-def test_rollback_decide(history: list[images.Replacement], running: str, present: bool, action: str,
-                         reason: str) -> None:  # fmt: skip
-    got, why, _ = rollback.decide("api", service(box("api-1", image=running)), history, present)
-    assert got == action and reason in why, why
 
 
 def test_set_env_audits_names_never_values() -> None:
