@@ -284,10 +284,11 @@ def _made_between(
     older: str, since: str, newer: str, present: tuple[Candidate, ...], created: dict[str, ImageInfo]
 ) -> list[Candidate]:
     """Pure: the candidates whose image was made after `older` was made and seen running (`since`) and
-    before `newer` was made (ISO 8601 UTC texts compare in time order)."""
+    before `newer` was made (ISO 8601 UTC texts to the second compare in time order). The same second
+    counts as between: which came first cannot be told, and refusing is the careful side (`--to`)."""
     low, high = (created[i].created if i in created else "" for i in (older, newer))
     if not low or not high:
         return []
     low = max(low, since)
     return [c for c in present if c.image_id not in (older, newer) and c.image_id in created
-            and low < created[c.image_id].created < high]  # fmt: skip
+            and low <= created[c.image_id].created <= high]  # fmt: skip

@@ -198,3 +198,25 @@ def test_to_must_look_like_an_image() -> None:
             rollback.image_name(bad, "--to")
     with pytest.raises(UsageError, match="--list and --to"):
         rollback.Rollback.from_values({"service": "api", "to": "x:1", "list": True, "also_move": False})
+
+
+@pytest.mark.parametrize(
+    ("made", "between"),
+    [
+        ("2026-12-01T03:00:04+00:00", False),  # before the old image was seen running
+        ("2026-12-01T03:00:05+00:00", True),  # the second it was seen: cannot tell which came first
+        ("2026-12-01T03:00:06+00:00", True),
+        ("2026-12-01T03:00:09+00:00", True),  # the second the current image was made
+        ("2026-12-01T03:00:10+00:00", False),  # after the current image
+    ],
+)
+def test_an_image_made_in_the_same_second_counts_as_between(made: str, between: bool) -> None:
+    """A sighting and an image build are to the second: the same second is refused, not guessed."""
+    created = {
+        "sha256:old": known.ImageInfo("sha256:old", (), "2026-12-01T03:00:00+00:00"),
+        "sha256:mid": known.ImageInfo("sha256:mid", (), made),
+        "sha256:new": known.ImageInfo("sha256:new", (), "2026-12-01T03:00:09+00:00"),
+    }
+    present = tuple(known.Candidate(i, True) for i in created)
+    found = known._made_between("sha256:old", "2026-12-01T03:00:05+00:00", "sha256:new", present, created)
+    assert [c.image_id for c in found] == (["sha256:mid"] if between else [])
