@@ -49,7 +49,8 @@ class Flags:
 
     def options(self) -> RunOptions:
         from remediations.core.options import MaxFail, RunOptions
-        from remediations.core.validate import check_count, check_seconds
+        from remediations.core.units import parse_seconds
+        from remediations.core.validate import MAX_LOCK_WAIT, check_count
 
         return RunOptions(
             check=self.check,
@@ -57,9 +58,12 @@ class Flags:
             parallel=check_count(self.parallel, "--parallel") if _given(self.parallel) else DEFAULT_PARALLEL,
             serial=check_count(self.serial, "--serial") if _given(self.serial) else None,
             max_fail=MaxFail.parse(self.max_fail),
-            lock_wait=check_seconds(self.lock_wait, "--lock-wait") if _given(self.lock_wait)
-            else DEFAULT_LOCK_WAIT,
+            lock_wait=parse_seconds(self.lock_wait, "--lock-wait", LOCK_WAIT_HINT, high=MAX_LOCK_WAIT)
+            if _given(self.lock_wait) else DEFAULT_LOCK_WAIT,
         )
+
+
+LOCK_WAIT_HINT = "give a duration from 0 to 1d such as 30, 1.5, 90s or 5m (a bare number is seconds)"
 
 
 def _given(value: object) -> bool:
@@ -77,7 +81,8 @@ COMMON_HELP = {
     "serial": "rolling batches of N hosts; later batches wait for earlier ones",
     "max-fail": "stop starting batches after more than N failed hosts, or more than P% (default 0 "
     "for rolling runs)",
-    "lock-wait": f"seconds to wait for another run's lock on a host (default {DEFAULT_LOCK_WAIT:g})",
+    "lock-wait": f"seconds to wait for another run's lock on a host (default {DEFAULT_LOCK_WAIT:g}); "
+    "a duration such as 1.5, 90s or 5m",
 }
 
 
