@@ -149,3 +149,17 @@ def test_rotate_secret_dash_c_is_no_longer_create(audit: Path) -> None:
     done = inv("rotate-secret", "--host", "prod", "--name", "API_TOKEN", "-c", audit=audit)
     assert done.returncode == 2
     assert done.stderr == "error: --collection needs a value (inv --help rotate-secret)\n"
+
+
+def test_a_run_to_a_closed_pipe_goes_on_and_keeps_its_exit_code(audit: Path, tmp_path: Path) -> None:
+    """`inv … --json | head -1` with the reader already gone: no traceback, every host run and
+    audited, and the run's own exit code (1: the hosts' facts fail, their project is missing)."""
+    from tests import labkit
+
+    hosts = {f"h{i}": {"compose_project_dir": str(tmp_path / "none"), "api_service": "api"} for i in range(3)}
+    inventory = labkit.write_local_inventory(tmp_path, hosts)
+    for extra in (["--json"], []):
+        audit.unlink(missing_ok=True)
+        done = closed_pipe_run([INV, "restart-api", "-H", "h*", "-C", "-i", str(inventory), *extra], audit)
+        assert (done.returncode, done.stderr) == (1, ""), extra
+        assert {r["host"] for r in labkit.audit_lines(audit)} == set(hosts)
