@@ -6,6 +6,8 @@ built from the registry, flags and help from each class's `params`. Exit code: 0
 interrupted. The lab's development tasks are a separate collection: `inv -r lab --list`.
 """
 
+from remediations import invoke_errors
 from remediations.cli import collection
 
+invoke_errors.install()  # Invoke's own parse errors: one line and exit 2, as every bad input
 ns = collection()

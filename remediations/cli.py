@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # the engine pulls in paramiko: imported when a task runs, no
     from remediations.core.options import RunOptions
     from remediations.core.remediation import Remediation
     from remediations.core.results import RunResult
+    from remediations.reporting.audit import Actor
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,8 @@ class Flags:
 
     def options(self) -> RunOptions:
         from remediations.core.options import MaxFail, RunOptions
-        from remediations.core.validate import check_count, check_seconds
+        from remediations.core.units import parse_seconds
+        from remediations.core.validate import MAX_LOCK_WAIT, check_count
 
         return RunOptions(
             check=self.check,
@@ -56,9 +58,12 @@ class Flags:
             parallel=check_count(self.parallel, "--parallel") if _given(self.parallel) else DEFAULT_PARALLEL,
             serial=check_count(self.serial, "--serial") if _given(self.serial) else None,
             max_fail=MaxFail.parse(self.max_fail),
-            lock_wait=check_seconds(self.lock_wait, "--lock-wait") if _given(self.lock_wait)
-            else DEFAULT_LOCK_WAIT,
+            lock_wait=parse_seconds(self.lock_wait, "--lock-wait", LOCK_WAIT_HINT, high=MAX_LOCK_WAIT)
+            if _given(self.lock_wait) else DEFAULT_LOCK_WAIT,
         )
+
+
+LOCK_WAIT_HINT = "give a duration from 0 to 1d such as 30, 1.5, 90s or 5m (a bare number is seconds)"
 
 
 def _given(value: object) -> bool:
@@ -76,7 +81,8 @@ COMMON_HELP = {
     "serial": "rolling batches of N hosts; later batches wait for earlier ones",
     "max-fail": "stop starting batches after more than N failed hosts, or more than P% (default 0 "
     "for rolling runs)",
-    "lock-wait": f"seconds to wait for another run's lock on a host (default {DEFAULT_LOCK_WAIT:g})",
+    "lock-wait": f"seconds to wait for another run's lock on a host (default {DEFAULT_LOCK_WAIT:g}); "
+    "a duration such as 1.5, 90s or 5m",
 }
 
 
@@ -97,15 +103,17 @@ def execute(
     With `declared`, `arguments` (the declaration's audited values) are what every audit record of the
     run says it was given, bad input and good runs alike.
     """
+    import datetime as dt
+
     from remediations.core import inventory as inventory_mod
     from remediations.core.engine import Engine
     from remediations.core.inventory import run_wide_vars
-    from remediations.reporting.audit import Actor, AuditLog, audit_path
-    from remediations.reporting.output import Reporter
-    from remediations.reporting.redact import Redactor
+    from remediations.reporting.audit import Actor
+    from remediations.reporting.output import Reporter, RunInfo
 
     reporter = Reporter(as_json=flags.json, show_diff=flags.diff)
     audit_log: str | None = None  # the inventory's audit_log var, once the inventory is read
+    actor = Actor.current()
     try:
         if not flags.host and targets is None:
             raise UsageError("--host is required: a host, a group, a comma list or a glob")
@@ -119,20 +127,45 @@ def execute(
             inv = inventory_mod.load(path)
         audit_log = run_wide_vars(inv).get("audit_log")
         hosts = inv.select(flags.host) if flags.host else targets(inv) if targets else []
-        engine = Engine(inv, options, listener=reporter.host_done)
+        engine = Engine(inv, options, actor=actor, listener=reporter.host_done)
+        started = dt.datetime.now(dt.UTC)
         run = engine.run(remediation, hosts, dict(arguments or {}) if declared else None)
+        ended = dt.datetime.now(dt.UTC)
     except UsageError as exc:
-        message = str(exc)
-        redactor = Redactor()
-        record = {"host": flags.host, "check": flags.check, **(arguments or {})}
-        print(f"error: {redactor.data(message)}", file=sys.stderr)
-        try:
-            AuditLog(audit_path(audit_log), Actor.current(), redactor).usage_error(task, record, message)
-        except OSError as err:
-            print(f"warning: audit log not written: {err.strerror}", file=sys.stderr)
-        return UsageError.exit_code, None
-    reporter.summary(run, engine.warnings)
+        return _usage_error(exc, flags, task, arguments, audit_log, actor), None
+    options_given = ("check", "diff", "parallel", "serial", "max_fail", "lock_wait")
+    given = {"host": flags.host, "inventory": flags.inventory, **(arguments or {}),
+             **{name: getattr(flags, name) for name in options_given}}  # fmt: skip
+    info = RunInfo(actor.run_id, engine.redactor.data(given), started, ended)
+    reporter.summary(run, engine.warnings, info)
     return run.exit_code, run
+
+
+def _usage_error(exc: UsageError, flags: Flags, task: str, arguments: Mapping[str, Any] | None,
+                 audit_log: str | None, actor: Actor) -> int:  # fmt: skip
+    """Bad input: one line on stderr (and a JSON error object on stdout with --json), audited."""
+    import json
+
+    from remediations.reporting.audit import AuditLog, audit_path
+    from remediations.reporting.output import error_document
+    from remediations.reporting.redact import Redactor
+
+    redactor = Redactor()
+    message = redactor.data(str(exc))
+    record = {"host": flags.host, "check": flags.check, **(arguments or {})}
+    if flags.json:
+        try:
+            print(json.dumps(error_document(message, UsageError.exit_code)), flush=True)
+        except BrokenPipeError:
+            from remediations.invoke_errors import reader_gone
+
+            reader_gone()
+    print(f"error: {message}", file=sys.stderr)
+    try:
+        AuditLog(audit_path(audit_log), actor, redactor).usage_error(task, record, str(exc))
+    except OSError as err:
+        print(f"warning: audit log not written: {err.strerror}", file=sys.stderr)
+    return UsageError.exit_code
 
 
 # ------------------------------------------------------------------------- the Invoke collection
@@ -156,6 +189,26 @@ COMMON_PARAMS = [
 COMMON_NAMES = {p.name for p in COMMON_PARAMS}
 _CONTEXT = inspect.Parameter("c", inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
+# The only short forms: each means the same in every task, and none destroys or creates anything
+# (Invoke's automatic ones made `-c` --create in one task and `-d` --delete-new in another).
+# Invoke's own core flags already take c d D e f F h l p r R T V w.
+SHORT_FLAGS = {"host": "H", "inventory": "i", "check": "C"}
+
+
+class RemediationTask(Task[Any]):
+    """An Invoke task with no automatic short flags: only SHORT_FLAGS, the same in every task."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["auto_shortflags"] = False
+        super().__init__(*args, **kwargs)
+
+    def arg_opts(self, name: str, default: str, taken_names: set[str]) -> dict[str, Any]:
+        opts: dict[str, Any] = super().arg_opts(name, default, taken_names)
+        short = SHORT_FLAGS.get(name)
+        if short and short not in taken_names:
+            opts["names"] = [*opts["names"], short]
+        return opts
+
 
 def run_task(cls: type[Remediation], flags: Flags, given: Mapping[str, Any]) -> tuple[int, RunResult | None]:
     """Run the declared remediation `cls` with the flags' text `given` (parsed by `cls.params`)."""
@@ -175,7 +228,13 @@ def run_task(cls: type[Remediation], flags: Flags, given: Mapping[str, Any]) -> 
     code, run = execute(make, flags, task=cls.task, arguments=cls.params.audited(given),
                         targets=targets if cls.runs_on_controller else None, declared=True)  # fmt: skip
     if run is not None:
-        cls.report(run, flags.json)
+        try:
+            cls.report(run, flags.json)
+            sys.stdout.flush()
+        except BrokenPipeError:  # `inv health … | head -1`: the run is done, the reader went away
+            from remediations.invoke_errors import reader_gone
+
+            reader_gone()
     return code, run
 
 
@@ -194,7 +253,7 @@ def declared_task(cls: type[Remediation]) -> Task[Any]:
     body.__name__ = cls.task.replace("-", "_")
     body.__doc__ = inspect.getdoc(cls)
     common = {**COMMON_HELP, **({"host": cls.host_help} if cls.host_help else {})}
-    made: Task[Any] = task(name=cls.task, help={**common, **cls.params.help()},
+    made: Task[Any] = task(name=cls.task, help={**common, **cls.params.help()}, klass=RemediationTask,
                            iterable=cls.params.repeatable())(body)  # fmt: skip
     return made
 

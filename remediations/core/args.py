@@ -161,10 +161,10 @@ def count(low: int = 1, high: int | None = None) -> Parser:
 
 
 def seconds(value: Any, flag: str) -> float:
-    """A number of seconds (`--lock-wait 30`)."""
-    from remediations.core.validate import check_seconds
+    """A duration kept to the fraction of a second (`--lock-wait 1.5`, `--lock-wait 2m`)."""
+    from remediations.core.units import parse_seconds
 
-    return check_seconds(value, flag)
+    return parse_seconds(value, flag)
 
 
 def duration(value: Any, flag: str) -> int:

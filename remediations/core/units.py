@@ -58,32 +58,76 @@ def human_age(seconds: float) -> str:
     return f"{seconds / 86400:.1f}d"
 
 
-_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)([smhdw]?)")
-_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-DURATION_HINT = "give a duration of 0 or more such as 168h, 30m, 7d or 0s"
+# The one duration grammar, for every duration flag (--ttl, --grace, --max-age, --older-than,
+# --lock-wait, --at … ago) and var: a number and a unit, several of them combined, or a bare number
+# of seconds. Each part consumes at least one digit, so long hostile text costs linear time.
+_DURATION_PART = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-z]*)\s*")
+_SECONDS = {
+    "": 1,
+    **dict.fromkeys(("s", "sec", "secs", "second", "seconds"), 1),
+    **dict.fromkeys(("m", "min", "mins", "minute", "minutes"), 60),
+    **dict.fromkeys(("h", "hr", "hrs", "hour", "hours"), 3600),
+    **dict.fromkeys(("d", "day", "days"), 86400),
+    **dict.fromkeys(("w", "week", "weeks"), 604800),
+}
+DURATION_HINT = "give a duration of 0 or more such as 168h, 30m, 7d, 1h30m or 0s"
+
+
+class DurationError(ValueError):
+    """Not a duration; the message says why (completes "--flag 'text': …")."""
+
+
+def duration_parts(text: object) -> list[tuple[str, str]]:
+    """The (number, unit) parts of a duration; DurationError when `text` is not one."""
+    value = str(text).strip().lower()
+    parts: list[tuple[str, str]] = []
+    position = 0
+    while position < len(value):
+        match = _DURATION_PART.match(value, position)
+        if not match:
+            raise DurationError("")
+        parts.append((match.group(1), match.group(2)))
+        position = match.end()
+    if not parts:
+        raise DurationError("")
+    unknown = next((u for _, u in parts if u not in _SECONDS), None)
+    if unknown is not None:
+        raise DurationError(f"unknown unit {unknown[:20]!r} (use s, m, h, d or w)")
+    if len(parts) > 1 and any(not u or "." in n for n, u in parts):
+        raise DurationError("")  # '1h30' or '1.5h30m': a combined duration is whole numbers with units
+    return parts
 
 
 def duration_seconds(text: object) -> float | None:
-    """The one duration grammar of this project: '90s', '30m', '24h', '7d', '2w', '1.5h', combined
-    ('1h30m', '1d12h'), or a bare number of seconds; None when `text` is not one. (Every match
-    of the part pattern consumes its digits, so long hostile text costs linear time.)"""
-    value = str(text).strip().lower()
-    if not value:
+    """Seconds of a duration in the one grammar: '90s', '30m', '24h', '7d', '2w', '1.5h', combined
+    ('1h30m', '1d 12h'), unit words ('90 minutes', '2 hours'), or a bare number of seconds ('1.5');
+    None when `text` is not one."""
+    try:
+        return sum(float(n) * _SECONDS[u] for n, u in duration_parts(text))
+    except DurationError:
         return None
-    parts = _DURATION_PART.findall(value)
-    if "".join(n + u for n, u in parts) != value:
-        return None
-    if len(parts) > 1 and any(not u or "." in n for n, u in parts):
-        return None  # '1h30' or '1.5h30m': a combined duration is whole numbers, each with a unit
-    return sum(float(n) * _SECONDS[u] for n, u in parts)
+
+
+def parse_seconds(text: object, flag: str, hint: str = DURATION_HINT, *, unit_required: bool = False,
+                  high: float | None = None) -> float:  # fmt: skip
+    """Seconds of a duration (see `duration_seconds`), at most `high`; UsageError with `hint`
+    otherwise. `unit_required` refuses a bare number (for --ttl, where `24` is never 24 seconds)."""
+    try:
+        parts = duration_parts(text)
+    except DurationError as exc:
+        why = f"{exc}; " if str(exc) else ""
+        raise UsageError(f"{flag} {shown(text)}: {why}{hint}") from None
+    if unit_required and not all(u for _, u in parts):
+        raise UsageError(f"{flag} {shown(text)}: give a unit, e.g. {str(text).strip()[:20]}h; {hint}")
+    seconds = check_duration(sum(float(n) * _SECONDS[u] for n, u in parts), flag, text)
+    if high is not None and seconds > high:
+        raise UsageError(f"{flag} {shown(text)}: at most {human_age(high)}; {hint}")
+    return seconds
 
 
 def parse_duration(text: object, flag: str, hint: str = DURATION_HINT) -> int:
     """Whole seconds of a duration (see `duration_seconds`); UsageError with `hint` otherwise."""
-    seconds = duration_seconds(text)
-    if seconds is None:
-        raise UsageError(f"{flag} {shown(text)}: {hint}")
-    return int(check_duration(seconds, flag, text))
+    return int(parse_seconds(text, flag, hint))
 
 
 def docker_time(text: str) -> float:

@@ -4,7 +4,7 @@ Two halves:
 - the inventory var schema (`VARS`: name → kind, default, example), which the engine checks on every
   selected host before connecting, and through which readers get typed values (`value`);
 - the checkers of arguments the tasks share: compose service names, PostgreSQL roles, S3 buckets,
-  worker counts, whole numbers, seconds and duration bounds.
+  worker counts, whole numbers and duration bounds (durations themselves: core/units.py).
 
 Every refusal is a UsageError of one line naming what was wrong (the file, host and var for a var)
 and what to give instead. A value is shown shortened: it may be 100 kB of hostile text.
@@ -396,14 +396,6 @@ def check_count(value: object, flag: str, low: int = 1, high: int | None = None)
 def check_workers(value: object, flag: str = "--workers") -> int:
     """Copies in flight at once: 1 to MAX_WORKERS (each holds a thread and an HTTP connection)."""
     return check_count(value, flag, 1, MAX_WORKERS)
-
-
-def check_seconds(value: object, flag: str, high: float = MAX_LOCK_WAIT) -> float:
-    """A number of seconds from 0 to `high`."""
-    try:
-        return float(number(0, high).parse(value))
-    except (ValueError, TypeError):
-        raise UsageError(f"{flag} {shown(value)}: give a number of seconds from 0 to {high:g}") from None
 
 
 def check_duration(seconds: float, flag: str, text: object) -> float:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from remediations.core import validate
 from remediations.core.errors import UsageError
+from remediations.core.units import parse_seconds
 
 GiB = 1024**3
 MiB = 1024**2
@@ -30,36 +30,20 @@ SYSTEM_HEADERS = ("CacheControl", "ContentDisposition", "ContentEncoding", "Cont
 
 
 
-_UNITS = {
-    **dict.fromkeys(("s", "sec", "secs", "second", "seconds"), 1),
-    **dict.fromkeys(("m", "min", "mins", "minute", "minutes"), 60),
-    **dict.fromkeys(("h", "hr", "hrs", "hour", "hours"), 3600),
-    **dict.fromkeys(("d", "day", "days"), 86400),
-    **dict.fromkeys(("w", "week", "weeks"), 7 * 86400),
-}
-_RELATIVE = re.compile(r"((?:\d+(?:\.\d+)?\s*[a-z]+\s*)+)ago", re.IGNORECASE)
-_AMOUNT = re.compile(r"(\d+(?:\.\d+)?)\s*([a-z]+)", re.IGNORECASE)
+AT_HINT = ("give an ISO 8601 time with a timezone (2024-05-01T09:30:00Z, 2024-05-01T12:30+03:00) or a "
+           "relative time such as '2h ago'")
 
 
 def parse_at(text: str, now: dt.datetime) -> dt.datetime:
     """`--at`: ISO 8601 with a timezone, or relative ("2h ago", "1d 6h ago"); returned in UTC."""
     raw = text.strip()
-    relative = _RELATIVE.fullmatch(raw)
-    if relative:
-        seconds = 0.0
-        for amount, unit in _AMOUNT.findall(relative.group(1)):
-            if unit.lower() not in _UNITS:
-                raise UsageError(f"--at {validate.shown(text)}: unknown unit {unit!r} (use s, m, h, d or w)")
-            seconds += float(amount) * _UNITS[unit.lower()]
-        validate.check_duration(seconds, "--at", text)
+    if raw.lower().endswith("ago"):  # a duration in the one grammar (core/units.py), then "ago"
+        seconds = parse_seconds(raw[: -len("ago")], "--at", AT_HINT)
         return (now - dt.timedelta(seconds=seconds)).astimezone(dt.UTC)
     try:
         when = dt.datetime.fromisoformat(raw)
     except ValueError:
-        raise UsageError(
-            f"--at {validate.shown(text)}: give an ISO 8601 time with a timezone (2024-05-01T09:30:00Z, "
-            "2024-05-01T12:30+03:00) or a relative time such as '2h ago'"
-        ) from None
+        raise UsageError(f"--at {validate.shown(text)}: {AT_HINT}") from None
     if when.tzinfo is None:
         raise UsageError(
             f"--at {validate.shown(text)} has no timezone: add Z (UTC) or an offset such as +03:00"

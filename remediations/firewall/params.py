@@ -12,7 +12,7 @@ from typing import Any
 from remediations.core.args import Arg
 from remediations.core.errors import UsageError
 from remediations.core.inventory import Host
-from remediations.core.units import duration_seconds
+from remediations.core.units import parse_seconds
 from remediations.facts.ufw import PROTOCOLS, Network, Target
 
 COMMENT_MAX = 200
@@ -86,23 +86,17 @@ def parse_proto(value: str | None, flag: str = "--proto") -> str | None:
 TTL_MAX = 100 * 366 * 86400
 
 
+TTL_HINT = "give a duration such as 90s, 30m, 24h, 7d or 1h30m; leave it out for no expiry"
+
+
 def parse_ttl(value: str | None, flag: str = "--ttl") -> int | None:
-    """'90s', '30m', '24h', '7d', '2w', or combined ('1h30m'), in seconds; None for no expiry."""
+    """The one duration grammar (core/units.py) in whole seconds, with a unit (`--ttl 24` is refused:
+    24 seconds is never what it meant), longer than 0s and at most 100 years; None for no expiry."""
     if value is None or str(value).strip() == "":
         return None
-    text = str(value).strip().lower()
-    found = duration_seconds(text)
-    if found is None or not text[-1].isalpha() or "." in text:  # whole numbers, each with its unit
-        raise UsageError(f"{flag} {str(value)[:30]!r}: give a duration such as 90s, 30m, 24h, 7d or 1h30m")
-    if found > TTL_MAX:
-        raise UsageError(
-            f"{flag} {text[:30]!r}: at most 100 years (3650d is ten); leave it out for no expiry"
-        )
-    seconds = int(found)
+    seconds = int(parse_seconds(value, flag, TTL_HINT, unit_required=True, high=TTL_MAX))
     if seconds <= 0:
-        raise UsageError(f"{flag} {text!r}: must be longer than 0s")
-    if seconds > TTL_MAX:
-        raise UsageError(f"{flag} {text!r}: at most 100 years (3650d is ten); leave it out for no expiry")
+        raise UsageError(f"{flag} {str(value).strip()[:30]!r}: must be longer than 0s")
     return seconds
 
 

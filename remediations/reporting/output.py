@@ -1,14 +1,26 @@
-"""What a person (or a script) reads: a live line per host, then a summary table or JSON."""
+"""What a person (or a script) reads: a live line per host, then a summary table or JSON.
+
+The --json document's shape is versioned (`"schema": SCHEMA_VERSION`) and described by
+run.schema.json beside this module (shipped in the wheel; README "--json output").
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import sys
 import threading
-from typing import TextIO
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
 
 from remediations.core.results import WARNING_EXIT_CODE, HostResult, RunResult, Status
+
+SCHEMA_VERSION = 1  # raise it, and say so in README, whenever a key changes meaning or goes away
+SCHEMA_PATH = Path(__file__).with_name("run.schema.json")
+USAGE_EXIT_CODE = 2
 
 COLOURS = {
     Status.OK: "\033[32m",
@@ -18,6 +30,35 @@ COLOURS = {
 }
 RESET = "\033[0m"
 REASON_WIDTH = 90
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What the --json document says about the run beyond its results: who ran what, and when."""
+
+    run_id: str
+    arguments: Mapping[str, Any]  # already redacted: secret values are masked
+    started: dt.datetime
+    ended: dt.datetime
+
+
+def iso_time(when: dt.datetime) -> str:
+    """ISO 8601 in UTC with milliseconds, as the audit log writes it."""
+    return when.astimezone(dt.UTC).isoformat(timespec="milliseconds")
+
+
+def run_document(run: RunResult, warnings: list[str], info: RunInfo | None = None) -> dict[str, Any]:
+    """The --json document of a run (README "--json output")."""
+    head: dict[str, Any] = {"schema": SCHEMA_VERSION}
+    if info is not None:
+        head.update(run_id=info.run_id, arguments=dict(info.arguments), started=iso_time(info.started),
+                    ended=iso_time(info.ended))  # fmt: skip
+    return {**head, **run.to_dict(), "exit_code": run.exit_code, "warnings": warnings}
+
+
+def error_document(message: str, exit_code: int = USAGE_EXIT_CODE) -> dict[str, Any]:
+    """The --json document of bad input: nothing ran."""
+    return {"schema": SCHEMA_VERSION, "error": message, "exit_code": exit_code}
 
 
 def use_colour(stream: TextIO) -> bool:
@@ -75,20 +116,20 @@ class Reporter:
                 print(f"    {line}", file=self.stream)
         self.stream.flush()
 
-    def summary(self, run: RunResult, warnings: list[str]) -> None:
+    def summary(self, run: RunResult, warnings: list[str], info: RunInfo | None = None) -> None:
         if self.gone:
             return
         try:
-            self._summary(run, warnings)
+            self._summary(run, warnings, info)
             self.stream.flush()
         except BrokenPipeError:
             self._reader_gone()
 
-    def _summary(self, run: RunResult, warnings: list[str]) -> None:
+    def _summary(self, run: RunResult, warnings: list[str], info: RunInfo | None) -> None:
         for warning in warnings:
             print(f"warning: {warning}", file=sys.stderr)
         if self.as_json:
-            print(json.dumps({**run.to_dict(), "warnings": warnings}, indent=2), file=self.stream)
+            print(json.dumps(run_document(run, warnings, info), indent=2, default=str), file=self.stream)
             return
         rows = [(h.host, h.status, _one_line(h.message), f"{h.duration:.1f}s") for h in run.hosts]
         width = max([len("host"), *(len(r[0]) for r in rows)])

@@ -253,8 +253,10 @@ def test_json_output_shape_on_a_local_host(tmp_path: Path, good_inventory: Path,
     assert "Traceback" not in ran.stderr
     document = json.loads(ran.stdout)  # stdout is the JSON document and nothing else
     assert set(document) == {
-        "task", "check", "duration", "counts", "stopped_early", "interrupted", "hosts", "warnings"
+        "task", "check", "duration", "counts", "stopped_early", "interrupted", "hosts", "warnings",
+        "schema", "run_id", "arguments", "started", "ended", "exit_code",  # schema 1 added these
     }
+    assert (document["schema"], document["exit_code"]) == (1, ran.code)
     assert (document["task"], document["check"], document["stopped_early"]) == ("restart-api", True, "")
     assert document["counts"] == {"ok": 0, "changed": 0, "failed": 1, "skipped": 0}
     assert document["warnings"] == []

@@ -64,13 +64,16 @@ def test_bad_declarations_are_refused() -> None:
 @pytest.mark.parametrize(
     ("text", "seconds"),
     [("90s", 90), ("30m", 1800), ("24h", 86400), ("7d", 604800), ("2w", 1209600), ("1h30m", 5400),
-     ("1.5h", 5400), ("45", 45), ("0s", 0), (" 1D12H ", 129600)],
+     ("1.5h", 5400), ("45", 45), ("0s", 0), (" 1D12H ", 129600), ("1 h", 3600), ("1d 12h", 129600),
+     ("90 minutes", 5400), ("2 Hours 30 min", 9000), ("1.5", 1)],
 )  # fmt: skip
 def test_one_duration_grammar(text: str, seconds: int) -> None:
     assert duration(text, "--older-than") == seconds
 
 
-@pytest.mark.parametrize("text", ["", "soon", "1h30", "1.5h30m", "-1h", "1y", "h", "1 h"])
+@pytest.mark.parametrize(
+    "text", ["", "soon", "1h30", "1.5h30m", "-1h", "1y", "h", "1 30", "1h-30m", "2 fortnights"]
+)
 def test_not_a_duration(text: str) -> None:
     with pytest.raises(UsageError, match=r"--max-age .*give a duration"):
         duration(text, "--max-age")

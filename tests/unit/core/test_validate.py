@@ -189,15 +189,18 @@ def test_worker_counts(value: Any, expected: int | None) -> None:
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [("0", 0.0), ("60", 60.0), ("1.5", 1.5), (30, 30.0), ("abc", None), ("-1", None), ("nan", None),
-     ("inf", None), ("1e9", None), ("86401", None)],
+    [("0", 0.0), ("60", 60.0), ("1.5", 1.5), (30, 30.0), ("90s", 90.0), ("abc", None), ("-1", None),
+     ("nan", None), ("inf", None), ("1e9", None), ("86401", None)],
 )  # fmt: skip
 def test_seconds(value: Any, expected: float | None) -> None:
+    """Seconds with decimals (--lock-wait) are the one duration grammar (core/units.py), bounded."""
+    from remediations.core.units import parse_seconds
+
     if expected is not None:
-        assert validate.check_seconds(value, "--lock-wait") == expected
+        assert parse_seconds(value, "--lock-wait", high=validate.MAX_LOCK_WAIT) == expected
         return
-    with pytest.raises(UsageError, match=r"^--lock-wait .*: give a number of seconds from 0 to 86400$"):
-        validate.check_seconds(value, "--lock-wait")
+    with pytest.raises(UsageError, match=r"^--lock-wait '.*': .*give a duration"):
+        parse_seconds(value, "--lock-wait", high=validate.MAX_LOCK_WAIT)
 
 
 @pytest.mark.parametrize("seconds", [float("inf"), float("nan"), 1e20, validate.MAX_DURATION + 1])

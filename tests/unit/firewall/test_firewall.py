@@ -163,14 +163,17 @@ def test_parse_port_refuses(value: str) -> None:
 
 @pytest.mark.parametrize(
     ("value", "seconds"),
-    [("90s", 90), ("30m", 1800), ("24h", 86400), ("7d", 604800), ("1h30m", 5400), (None, None)],
+    # the one duration grammar (core/units.py): spaces, unit words and decimals too, but a unit is needed
+    [("90s", 90), ("30m", 1800), ("24h", 86400), ("7d", 604800), ("1h30m", 5400), (None, None),
+     ("1h 30m", 5400), ("1.5h", 5400), ("2 hours", 7200)],
 )
 def test_parse_ttl(value: str | None, seconds: int | None) -> None:
     assert fwargs.parse_ttl(value) == seconds
 
 
 @pytest.mark.parametrize(
-    "value", ["5x", "24", "h", "0s", "1h 30m", "-1h", "1.5h", "999999999d", "36601d", "1" * 100_000 + "s"]
+    "value",
+    ["5x", "24", "h", "0s", "-1h", "1h30", "999999999d", "36601d", "1" * 100_000 + "s", "2 fortnights"],
 )
 def test_parse_ttl_refuses(value: str) -> None:
     with pytest.raises(UsageError, match="--ttl"):

@@ -1,0 +1,132 @@
+"""Invoke's own bad-input answers, made this project's: one line, exit 2, a JSON error with --json.
+
+Invoke parses the command line in `Program.run`, after it has imported tasks.py and before any task
+body runs; its `ParseError` ("No idea what '--hots' is!") is printed raw and ends in exit 1. Users
+type `inv` (Invoke's own binary), so a Program subclass of ours would never be the one running.
+`install()`, called by tasks.py, wraps the two Program steps that come after tasks.py was loaded
+(`parse_tasks`: the task names and their flags; `parse_cleanup`: --help TASK and --list), so that
+their ParseError becomes Invoke's own `Exit(message, code=2)`, and a reader that closed the pipe
+(`inv --list | head -1`) ends the listing quietly. Errors Invoke meets before tasks.py is imported
+(a bad core flag such as `-r` without its folder, no tasks.py at all) stay Invoke's.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+import sys
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from invoke.exceptions import Exit, ParseError
+from invoke.program import Program
+
+from remediations.reporting.output import USAGE_EXIT_CODE, error_document
+
+_UNKNOWN = re.compile(r"No idea what '(?P<token>.*)' is!", re.DOTALL)
+_NEEDS_VALUE = re.compile(r"Flag <Argument: (?P<name>[\w-]+)[^>]*> needed value")
+_NO_VALUE = re.compile(r"Flag '(?P<flag>[^']+)' doesn't take any value")
+
+
+def install() -> None:
+    """Wrap Invoke's Program steps once per process (idempotent: tasks.py may be imported twice)."""
+    if getattr(Program, "_one_line_errors", False):
+        return
+    parse_tasks, parse_cleanup = Program.parse_tasks, Program.parse_cleanup
+
+    def tasks_step(self: Program) -> None:
+        _guarded(self, lambda: parse_tasks(self))
+
+    def cleanup_step(self: Program) -> None:
+        _guarded(self, lambda: parse_cleanup(self))
+
+    Program.parse_tasks = tasks_step  # type: ignore[method-assign]
+    Program.parse_cleanup = cleanup_step  # type: ignore[method-assign]
+    Program._one_line_errors = True  # type: ignore[attr-defined]
+
+
+def _guarded(program: Program, step: Callable[[], None]) -> None:
+    try:
+        step()
+    except ParseError as exc:
+        raise usage_exit(explain(exc, program), json_wanted(program.argv)) from None
+    except Exit:  # --list and --help end in Exit: what they printed must reach the reader now
+        _flush_or_quiet()
+        raise
+    except BrokenPipeError:
+        reader_gone()
+        raise Exit(code=0) from None
+
+
+def json_wanted(argv: Iterable[str] | None) -> bool:
+    return "--json" in (argv or ())
+
+
+def usage_exit(line: str, as_json: bool) -> Exit:
+    """Invoke's own way out, with our line on stderr (and a JSON error object on stdout with --json)."""
+    if as_json:
+        print(json.dumps(error_document(line)), flush=True)
+    return Exit(f"error: {line}", code=USAGE_EXIT_CODE)
+
+
+def explain(exc: ParseError, program: Program) -> str:
+    """One line saying what was wrong and what to do, from Invoke's ParseError."""
+    text = str(exc)
+    context: Any = getattr(exc, "context", None)
+    task = getattr(context, "name", None)
+    tasks = sorted(getattr(program.collection, "task_names", {}) or ())
+    unknown = _UNKNOWN.match(text)
+    if unknown:
+        token = unknown.group("token")
+        if task and token.startswith("-"):
+            flags = sorted(f for f in context.flags if f.startswith("--"))
+            hint = f"(inv --help {task} lists them)"
+            return f"{task} has no flag {_shown(token)}{_did_you_mean(token, flags)} {hint}"
+        glued = next((a for a in program.argv or () if a.startswith("--") and a.endswith(f"={token}")), None)
+        if task and glued:
+            switch = glued.split("=", 1)[0]
+            return f"{switch} is a switch and takes no value; leave out '={_shown(token)[1:-1]}'"
+        if task:
+            return (f"{_shown(token)} is neither a flag of {task} nor a task{_did_you_mean(token, tasks)}; "
+                    "flags take their value after the name (--host prod)")  # fmt: skip
+        return f"no task {_shown(token)}{_did_you_mean(token, tasks)} (inv --list shows every task)"
+    needs = _NEEDS_VALUE.search(text)
+    if needs:
+        flag = "--" + needs.group("name").replace("_", "-")
+        return f"{flag} needs a value" + (f" (inv --help {task})" if task else "")
+    no_value = _NO_VALUE.search(text)
+    if no_value:
+        return f"{no_value.group('flag')} is a switch and takes no value; leave out the '=…'"
+    return f"{' '.join(text.split())} (inv --list, inv --help TASK)"
+
+
+def _shown(token: str) -> str:
+    text = repr(token)
+    return text if len(text) <= 60 else f"{text[:56]}…{text[-3:]}"
+
+
+def _did_you_mean(token: str, candidates: list[str]) -> str:
+    close = difflib.get_close_matches(token[:200], candidates, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def reader_gone() -> None:
+    """The reader closed the pipe: point stdout at /dev/null so that Python's exit flush (and any
+    later print) does not fail on it; nothing more is shown, no traceback."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # a stdout without a file descriptor (tests): nothing to redirect
+        pass
+
+
+def _flush_or_quiet() -> None:
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        reader_gone()
+    except (OSError, ValueError):
+        pass
