@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from invoke.collection import Collection
 from invoke.context import Context
 from invoke.exceptions import Exit
+from invoke.parser import Argument
 from invoke.tasks import Task, task
 
 from remediations.core import registry
@@ -201,6 +202,16 @@ class RemediationTask(Task[Any]):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["auto_shortflags"] = False
         super().__init__(*args, **kwargs)
+
+    def get_arguments(self, ignore_unknown_help: bool | None = None) -> list[Argument]:
+        """Invoke starts a repeatable flag's raw value as [] rather than None, so a bare `--service`
+        passed its "needed value" check and meant every service: here it starts as None, and a
+        repeatable flag given without a value is a parse error like any other."""
+        arguments: list[Argument] = super().get_arguments(ignore_unknown_help)
+        for argument in arguments:
+            if argument.kind is list:
+                argument.raw_value = None
+        return arguments
 
     def arg_opts(self, name: str, default: str, taken_names: set[str]) -> dict[str, Any]:
         opts: dict[str, Any] = super().arg_opts(name, default, taken_names)

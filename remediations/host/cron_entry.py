@@ -84,6 +84,13 @@ def check_task_flags(task: str, flags: dict[str, Any]) -> None:
     if "inventory" in flags:
         raise UsageError("--args: the entry passes --inventory itself (the inventory of this run)")
     cls = registry.discover()[task]
+    from remediations.cli import COMMON_NAMES
+
+    try:  # what the task itself checks before it connects anywhere (values, rules between flags)
+        given = {k.replace("-", "_"): v for k, v in flags.items()}
+        cls.from_values(dict(cls.params.parse({k: v for k, v in given.items() if k not in COMMON_NAMES})))
+    except UsageError as exc:
+        raise UsageError(f"--args: inv {task} would refuse it on every run: {exc}") from None
     if not flags.get("host") and not cls.runs_on_controller and not cls.default_hosts:
         raise UsageError(
             f"--task {task} needs --host: give the hosts in --args, e.g. --args '--host db1' "

@@ -278,8 +278,10 @@ def newest_s3_object(url: str, host_vars: Mapping[str, Any]) -> tuple[float | No
 
 def comma_services(value: Any, flag: str) -> list[str]:
     """`--service a --service b`, or a comma list in one value (`--service a,b`), or both."""
+    from remediations.core.validate import check_services
+
     given = [value] if isinstance(value, str) else list(value)
-    return [s.strip() for item in given for s in str(item).split(",") if s.strip()]
+    return check_services([s.strip() for item in given for s in str(item).split(",") if s.strip()], flag)
 
 
 class Health(Remediation):

@@ -55,6 +55,24 @@ def test_args_the_task_would_refuse_are_refused(args: str, words: str) -> None:
     assert "\n" not in message
 
 
+@pytest.mark.parametrize(
+    ("task", "args", "words"),
+    [
+        ("health", "--host web01 --service 'bad;name'", "--service 'bad;name': not a compose service name"),
+        ("health", "--host web01 --service '$(id)'", "not a compose service name"),
+        ("health", "--host web01 --service", "needed value"),  # a bare --service meant every service
+        ("wal-cleanup", "--host db1 --drop-inactive-slot 'x;rm'", "--drop-inactive-slot"),
+    ],
+)
+def test_values_the_task_would_refuse_are_refused_at_install(task: str, args: str, words: str) -> None:
+    """Not only the flags: the values too, as the task checks them before it connects anywhere."""
+    with pytest.raises(UsageError) as caught:
+        cron.InstallCron(task, "@daily", args=args, inventory="/i.yml")
+    message = str(caught.value)
+    assert f"inv {task} would refuse it on every run" in message and words in message, message
+    assert "\n" not in message
+
+
 def test_task_flags_are_what_inv_would_parse() -> None:
     flags = cron_entry.task_flags("health", ["--host", "db1", "--json", "--service", "api"])
     assert flags["host"] == "db1" and flags["json"] is True
