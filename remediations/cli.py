@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from invoke.collection import Collection
 from invoke.context import Context
 from invoke.exceptions import Exit
-from invoke.parser import Argument
+from invoke.parser.argument import Argument
 from invoke.tasks import Task, task
 
 from remediations.core import registry
