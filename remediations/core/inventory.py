@@ -107,7 +107,8 @@ class Host:
         if value is None or value == "":
             raise UsageError(
                 f"{self.source}: host {self.name}: missing required var {name!r} "
-                "(set it in the host's vars or a group's vars)"
+                "(set it in the host's vars or a group's vars, "
+                f"or leave the host out: --host 'GROUP:!{self.name}')"
             )
         return value
 

@@ -89,8 +89,11 @@ def config_error(stderr: str, code: str) -> str:
     """Pure: compose's own first error line, after its warnings (`level=warning`, `WARNING:`)."""
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
     errors = [line for line in lines if "level=warning" not in line and not line.startswith("WARNING")]
-    text = (errors or lines or [f"exit {code}"])[0]
-    return CONFIG_ERROR + text[:300]
+    text = (errors or lines or [f"exit {code}"])[0][:300]
+    if "no configuration file provided" in text:  # compose names neither the folder nor the names
+        names = ", ".join(DEFAULT_FILES)
+        text += f" (compose looks in the project directory for {names}; or set compose_files)"
+    return CONFIG_ERROR + text
 
 
 @dataclass(frozen=True)

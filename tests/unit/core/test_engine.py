@@ -402,7 +402,7 @@ def test_missing_required_var_is_a_usage_error_before_anything_runs(tmp_path: Pa
         Engine(inv, RunOptions()).run(Tracked(), inv.select("all"))
     assert str(error.value) == (
         f"{tmp_path / 'hosts.yml'}: host h2: missing required var 'target_dir' "
-        "(set it in the host's vars or a group's vars)"
+        "(set it in the host's vars or a group's vars, or leave the host out: --host 'GROUP:!h2')"
     )
     assert started == []
     assert not (tmp_path / "hosts").exists()

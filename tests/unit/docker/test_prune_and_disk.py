@@ -590,7 +590,7 @@ def test_health_unknown_service_and_configuration_problem_from_compose() -> None
     assert health.parse_facts(out).services == ("api", "worker")
     bad = "@@now\n100\n@@compose v2\n@@services 1\nno configuration file provided: not found\n@@ps 0\n"
     parsed = health.parse_facts(bad)
-    assert parsed.error == "compose configuration: no configuration file provided: not found"
+    assert parsed.error.startswith("compose configuration: no configuration file provided: not found (")
     [check] = health.service_checks(settings(), parsed)
     assert (check.colour, check.value) == (health.RED, "misconfigured") and "unhealthy" not in check.detail
 

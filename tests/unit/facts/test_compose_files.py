@@ -87,6 +87,11 @@ def test_config_error_is_compose_first_error_after_its_warnings() -> None:
         "compose configuration: validating /srv/app/docker-compose.yml: services.api.bogus false schema"
     )
     assert config_error("", "15") == "compose configuration: exit 15"
+    assert config_error("no configuration file provided: not found\n", "14") == (
+        "compose configuration: no configuration file provided: not found (compose looks in the project "
+        "directory for compose.yaml, compose.yml, docker-compose.yml, docker-compose.yaml; "
+        "or set compose_files)"
+    )
     assert config_error("WARNING: v1 says\nERROR: Can't find a suitable configuration file\n", "1") == (
         "compose configuration: ERROR: Can't find a suitable configuration file"
     )
