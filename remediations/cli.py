@@ -74,7 +74,8 @@ def _given(value: object) -> bool:
 COMMON_HELP = {
     "host": "host, group, comma list or glob from the inventory (e.g. prod, api1,api2, 'web*'); "
     "'!name' excludes",
-    "inventory": "inventory YAML (default: $REMEDIATIONS_INVENTORY, else inventories/hosts.yml)",
+    "inventory": "inventory file, YAML, INI or JSON as Ansible reads it "
+    "(default: $REMEDIATIONS_INVENTORY, else inventories/hosts.yml)",
     "check": "gather facts and show the plan; change nothing",
     "diff": "show what would change / changed, secrets masked",
     "json": "print the run's results as JSON (for scripts and cron)",
