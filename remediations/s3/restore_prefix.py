@@ -7,7 +7,8 @@ decide  `decide.plan_key` per key: unchanged, restore, retrieve, pending, new (l
         (--delete-new); the plan lists every key;
 apply   the copies, delete markers and retrievals in a bounded pool; an endpoint that stops
         answering stops the run with the keys restored so far;
-verify  the whole prefix planned again: nothing left to restore.
+verify  one listing of the destination's current objects (ListObjectsV2): every planned key holds
+        the bytes of its version at --at (ETag and size), hidden and absent keys are absent.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from remediations.core.plan import Change, Plan
 from remediations.core.remediation import Remediation
 from remediations.core.results import Status
 from remediations.core.units import human_age, human_bytes
-from remediations.facts.s3 import ARCHIVED, Content, Listing, history, iso, parse_at
+from remediations.facts.s3 import ARCHIVED, Content, Listing, history, iso, parse_at, same_content
 from remediations.reporting.progress import Meter, Progress
 from remediations.s3.decide import KeyPlan, count_actions, dest_key, plan_key, plan_lines, refine_archived
 
@@ -173,21 +174,34 @@ class RestorePrefix(S3Task):
             return  # verifying would ask the silent endpoint again: the next run re-plans
         dest_bucket, dest_prefix = self.destination
         with ctx.step("verify") as step, facts.s3.failing(f"s3://{self.bucket}/{self.prefix}: verify"):
-            after, _ = self._plan(facts.s3, facts.progress, "verifying: ")
-            # retrievals started now are copied by a later run
-            retrieving = {p.dest_key for p in facts.plans if p.action == "retrieve"}
-            left = [p for p in after if p.action in ("restore", "hide") and p.dest_key not in retrieving]
+            current = self._list_current(facts.s3, facts.progress, "verifying: ")
+            left = [p for p in facts.plans if not settled(p, current.get(p.dest_key))]
             if left:
                 step.done(Status.FAILED, f"{len(left)} key(s) still not at their state of {iso(self._when)}: "
                           + ", ".join(p.dest_key for p in left[:5]), diff=plan_lines(left))
             else:
-                waiting = sum(p.action in ("retrieve", "wait") or p.dest_key in retrieving for p in after)
+                # retrievals started now are copied by a later run
+                waiting = sum(p.action in ("retrieve", "wait") for p in facts.plans)
                 pending_text = f" except {waiting} pending retrieval(s)" if waiting else ""
                 step.done(Status.OK, f"every key under s3://{dest_bucket}/{dest_prefix} is at its state of "
                           f"{iso(self._when)}{pending_text}")
 
-    def _plan(self, s3: S3, progress: Progress, phase: str = "") -> tuple[list[KeyPlan], Listing]:
+    def _list_current(self, s3: S3, progress: Progress, phase: str = "") -> dict[str, Content]:
+        """The destination's current objects (one ListObjectsV2 pass): what the verify compares."""
         dest_bucket, dest_prefix = self.destination
+        where = f"s3://{dest_bucket}/{dest_prefix}"
+        progress.begin(f"{phase}listing current objects under {where} …")
+
+        def on_page(pages: int, found: int) -> None:
+            progress.update(lambda: f"{phase}listing current objects under {where}: {found:,} so far "
+                            f"({pages} page(s))")  # fmt: skip
+
+        current = s3.list_current(dest_bucket, dest_prefix, self._tuning.page_size, on_page)
+        progress.end(f"{phase}listed {len(current):,} current object(s) under {where}")
+        return current
+
+    def _plan(self, s3: S3, progress: Progress, phase: str = "") -> tuple[list[KeyPlan], Listing]:
+        dest_prefix = self.destination[1]
         listing = self._list_versions(s3, progress, phase)
         current: dict[str, Content] = {}
         current_ids: dict[str, str] = {}
@@ -197,15 +211,7 @@ class RestorePrefix(S3Task):
                 if not latest.is_delete_marker:
                     current[key], current_ids[key] = latest.content, latest.version_id
         else:
-            where = f"s3://{dest_bucket}/{dest_prefix}"
-            progress.begin(f"{phase}listing current objects under {where} …")
-
-            def on_page(pages: int, found: int) -> None:
-                progress.update(lambda: f"{phase}listing current objects under {where}: {found:,} so far "
-                                f"({pages} page(s))")  # fmt: skip
-
-            current = s3.list_current(dest_bucket, dest_prefix, self._tuning.page_size, on_page)
-            progress.end(f"{phase}listed {len(current):,} current object(s) under {where}")
+            current = self._list_current(s3, progress, phase)
         plans = []
         seen = set()
         for key, entries in sorted(listing.by_key.items()):
@@ -383,6 +389,20 @@ class RestorePrefix(S3Task):
         return (f"nothing to do: s3://{dest_bucket}/{dest_prefix} is at its state of {iso(self._when)}"
                 + self._tail(counts, new))
 
+
+
+def settled(plan: KeyPlan, now: Content | None) -> bool:
+    """After the apply: whether the key's current object (from ListObjectsV2) is what the plan wanted.
+
+    Keys kept as they are (new, or waiting for a retrieval) are settled; a key absent at --at (or
+    hidden) must be absent; any other must hold the bytes of its version at --at (its ETag and size
+    prove it, as they did in the plan).
+    """
+    if plan.action in ("new", "retrieve", "wait"):
+        return True
+    if plan.version is None or plan.action == "hide":
+        return now is None
+    return now is not None and same_content(plan.version.content, now) is True
 
 
 def _size(plan: KeyPlan) -> int:
