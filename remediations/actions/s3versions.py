@@ -42,7 +42,7 @@ S3Client = Any  # boto3's client is generated at run time; no stubs are installe
 class Tuning:
     """Knobs with production defaults; tests shrink them to exercise paging and multipart copy."""
 
-    workers: int = 16  # copies in flight; the HTTP connection pool is at least this large
+    workers: int = 64  # copies in flight (the gate halves them on SlowDown); the HTTP pool is as large
     page_size: int = 1000  # MaxKeys of each listing page
     multipart_threshold: int = COPY_OBJECT_LIMIT  # larger objects are copied part by part
     part_size: int = 512 * MiB  # part size when the source's own layout cannot be read

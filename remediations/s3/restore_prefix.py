@@ -24,6 +24,7 @@ from typing import Any, ClassVar, TextIO
 from remediations.actions import s3client
 from remediations.actions.s3client import S3Unanswered, is_endpoint_down
 from remediations.actions.s3task import BUCKET, TUNING, S3Task, tuning
+from remediations.actions.s3throttle import Gate
 from remediations.actions.s3versions import S3, Tuning
 from remediations.core import interrupt, validate
 from remediations.core.args import Arg, args
@@ -164,10 +165,10 @@ class RestorePrefix(S3Task):
                           unanswered_keys=applied.unanswered_keys, not_sent=len(applied.not_sent))
                 return
             step.done(Status.FAILED if failures else Status.CHANGED,
-                      self._applied(done, failures, applied.started, counts, new),
+                      self._applied(done, failures, applied.started, counts, new) + applied.throttling(),
                       diff="\n".join(f"failed    {key}  {why}" for key, why in failures),
                       restored=done["restore"], hidden=done["hide"], retrievals=done["retrieve"],
-                      failed=len(failures))  # fmt: skip
+                      failed=len(failures), slowdowns=applied.slowdowns)  # fmt: skip
 
     def verify(self, ctx: HostContext, facts: Facts, plan: Plan) -> None:
         if facts.applied is None or facts.applied.silence:
@@ -264,30 +265,36 @@ class RestorePrefix(S3Task):
         own bound, and the result lists what was restored before that."""
         applied = Applied(started=iso(dt.datetime.now(dt.UTC)))
         silent = threading.Event()
+        gate = Gate(self._tuning.workers)
+        gate.observe(s3.client)
         meter = Meter(len(work), sum(_size(p) for p in work))
         progress.begin(f"copying {meter.keys:,} key(s), {human_bytes(meter.size)}, "
                        f"{self._tuning.workers} at a time …")
         try:
             with ThreadPoolExecutor(max_workers=self._tuning.workers, thread_name_prefix="s3copy") as pool:
-                futures = {pool.submit(self._send, s3, plan, silent): plan for plan in work}
+                futures = {pool.submit(self._send, s3, plan, silent, gate): plan for plan in work}
                 for future in as_completed(futures):
                     self._collect(s3, future, futures, applied)
                     meter.add(_size(futures[future]))
                     progress.update(lambda: f"copying: {meter.text()}")
         finally:
             ended = "copying stopped" if applied.silence else "copied"  # failures: the result line
-            progress.end(f"{ended}: {meter.text()}; {human_age(time.monotonic() - meter.start)}")
+            applied.slowdowns, applied.lowest = gate.slowdowns, gate.lowest
+            progress.end(f"{ended}: {meter.text()}; {human_age(time.monotonic() - meter.start)}"
+                         + applied.throttling())
         applied.failures.sort()
         for keys in (applied.restored_keys, applied.unanswered_keys, applied.not_sent):
             keys.sort()
         return applied
 
-    def _send(self, s3: S3, plan: KeyPlan, silent: threading.Event) -> str:
-        """One key's change, in a worker of the copy pool; the action it took."""
+    def _send(self, s3: S3, plan: KeyPlan, silent: threading.Event, gate: Gate) -> str:
+        """One key's change, in a worker of the copy pool (within the gate's limit, sent again while
+        S3 throttles it); the action it took."""
         if silent.is_set() or interrupt.requested():
             raise _NotSent
         dest_bucket, _ = self.destination
-        try:
+
+        def send() -> None:
             if plan.action == "hide":
                 s3.client.delete_object(Bucket=dest_bucket, Key=plan.dest_key)
             elif plan.action == "retrieve":
@@ -296,6 +303,9 @@ class RestorePrefix(S3Task):
             else:
                 assert plan.version is not None
                 s3.copy(self.bucket, plan.key, plan.version, dest_bucket, plan.dest_key, self._tuning)
+
+        try:
+            gate.throttled_retry(send)
         except Exception as exc:
             if isinstance(exc, S3Unanswered) or is_endpoint_down(exc):
                 silent.set()  # here, before this worker takes the next key
@@ -440,6 +450,13 @@ class Applied:
     restored_keys: list[str] = field(default_factory=list)
     unanswered_keys: list[str] = field(default_factory=list)
     not_sent: list[str] = field(default_factory=list)
+    slowdowns: int = 0  # 503 SlowDown answers seen
+    lowest: int = 0  # the fewest copies in flight the pool came down to
+
+    def throttling(self) -> str:
+        if not self.slowdowns:
+            return ""
+        return f"; S3 answered SlowDown {self.slowdowns} time(s): {self.lowest} copies at a time at the least"
 
     def listing(self) -> str:
         return "\n".join([*(f"restored  {k}" for k in self.restored_keys),
