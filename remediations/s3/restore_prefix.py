@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TextIO
@@ -35,7 +35,7 @@ from remediations.core.plan import Change, Plan
 from remediations.core.remediation import Remediation
 from remediations.core.results import Status
 from remediations.core.units import human_age, human_bytes
-from remediations.facts.s3 import ARCHIVED, Content, Listing, history, iso, parse_at, same_content
+from remediations.facts.s3 import ARCHIVED, Content, Listing, Version, history, iso, parse_at, same_content
 from remediations.reporting.progress import Meter, Progress
 from remediations.s3.decide import KeyPlan, count_actions, dest_key, plan_key, plan_lines, refine_archived
 
@@ -202,25 +202,20 @@ class RestorePrefix(S3Task):
         return current
 
     def _plan(self, s3: S3, progress: Progress, phase: str = "") -> tuple[list[KeyPlan], Listing]:
-        dest_prefix = self.destination[1]
-        listing = self._list_versions(s3, progress, phase)
-        current: dict[str, Content] = {}
-        current_ids: dict[str, str] = {}
-        if self.in_place:
-            for key, entries in listing.by_key.items():
-                latest = history(entries)[0]
-                if not latest.is_delete_marker:
-                    current[key], current_ids[key] = latest.content, latest.version_id
-        else:
-            current = self._list_current(s3, progress, phase)
+        """Plan each key as soon as the listing has all its entries: the versions are not kept, so
+        memory goes with the keys (one small plan each), not with the versions of the prefix."""
+        dest_prefix = None if self.in_place else self.destination[1]
+        current = {} if self.in_place else self._list_current(s3, progress, phase)
+        listing = Listing()
         plans = []
-        seen = set()
-        for key, entries in sorted(listing.by_key.items()):
-            target = dest_key(key, self.prefix, None if self.in_place else dest_prefix)
-            seen.add(target)
-            plans.append(plan_key(key, target, history(entries), self._when, current.get(target),
-                                  current_ids.get(target), self.delete_new, self.in_place))
-        for target in sorted(set(current) - seen):  # only in the destination: new there
+        for key, entries in self._stream_versions(s3, progress, phase, listing):
+            hist = history(entries)
+            target = dest_key(key, self.prefix, dest_prefix)
+            now, now_id = current.pop(target, None), None
+            if self.in_place and not hist[0].is_delete_marker:
+                now, now_id = hist[0].content, hist[0].version_id
+            plans.append(plan_key(key, target, hist, self._when, now, now_id, self.delete_new, self.in_place))
+        for target in sorted(current):  # only in the destination: new there
             plans.append(plan_key(target, target, [], self._when, current[target], None, self.delete_new,
                                   in_place=False))
 
@@ -241,23 +236,21 @@ class RestorePrefix(S3Task):
             progress.end(f"{phase}read the state of {len(archived):,} archived version(s)")
         return plans, listing
 
-    def _list_versions(self, s3: S3, progress: Progress, phase: str) -> Listing:
+    def _stream_versions(self, s3: S3, progress: Progress, phase: str, listing: Listing
+                         ) -> Iterator[tuple[str, list[Version]]]:  # fmt: skip
+        """The prefix's keys with their entries as the pages come, with the listing's progress lines."""
         where = f"s3://{self.bucket}/{self.prefix}"
         started = time.monotonic()
 
-        def so_far(listing: Listing) -> str:
-            found = sum(len(entries) for entries in listing.by_key.values())
-            return (f"{phase}listing versions under {where}: {found:,} version(s) of {len(listing.by_key):,} "
-                    f"key(s) so far ({listing.pages} page(s))")
+        def so_far() -> str:
+            return (f"{phase}listing versions under {where}: {listing.entries:,} version(s) of "
+                    f"{listing.keys:,} key(s) so far ({listing.pages} page(s))")  # fmt: skip
 
         progress.begin(f"{phase}listing versions under {where} …")
-        listing = s3.list_versions(self.bucket, self.prefix, self._tuning.page_size,
-                                   on_page=lambda listing: progress.update(lambda: so_far(listing)))
-        found = sum(len(entries) for entries in listing.by_key.values())
-        progress.end(f"{phase}listed {found:,} version(s) of {len(listing.by_key):,} key(s) under {where} in "
-                     f"{listing.pages} page(s), {human_age(time.monotonic() - started)}")  # fmt: skip
-        return listing
-
+        yield from s3.stream_versions(self.bucket, self.prefix, self._tuning.page_size, listing,
+                                      on_page=lambda _: progress.update(so_far))
+        progress.end(f"{phase}listed {listing.entries:,} version(s) of {listing.keys:,} key(s) under {where} "
+                     f"in {listing.pages} page(s), {human_age(time.monotonic() - started)}")  # fmt: skip
 
     def _apply(self, s3: S3, work: list[KeyPlan], progress: Progress) -> Applied:
         """Every planned change in the copy pool. The first request the endpoint does not answer (or
