@@ -301,7 +301,11 @@ def main() -> None:
     finally:
         proxy.stop()
         moto.send_signal(signal.SIGTERM)
-        moto.wait(timeout=30)
+        try:
+            moto.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # werkzeug still serving a kept-alive connection
+            moto.kill()
+            moto.wait()
 
 
 if __name__ == "__main__":
