@@ -37,8 +37,8 @@ def _days(value: Any, flag: str) -> int:
 BUCKET = Arg("bucket", "the bucket (required)")
 TIER = Arg("tier", "retrieval tier for archived (GLACIER, DEEP_ARCHIVE) versions: Expedited, Standard, Bulk "
            "(default Standard)", default="Standard")  # fmt: skip
-WORKERS = Arg("workers", "copies in flight at once, 1 to 64 (default 16); the HTTP connection pool is at "
-              "least as large", parse=_given(_workers))  # fmt: skip
+WORKERS = Arg("workers", "copies in flight at once, 1 to 64 (default 64, halved while S3 answers SlowDown); "
+              "the HTTP connection pool is at least as large", parse=_given(_workers))  # fmt: skip
 RESTORE_DAYS = Arg("restore_days", "days a retrieved archived version stays readable (default 7)",
                    parse=_given(_days))  # fmt: skip
 RETENTION_DAYS = Arg("retention_days", "noncurrent versions must be kept at least this long (default: the "

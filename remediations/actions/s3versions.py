@@ -28,6 +28,7 @@ from remediations.facts.s3 import (
     MiB,
     Version,
     byte_ranges,
+    complete_keys,
     etag_parts,
     next_page,
     parse_head,
@@ -42,7 +43,7 @@ S3Client = Any  # boto3's client is generated at run time; no stubs are installe
 class Tuning:
     """Knobs with production defaults; tests shrink them to exercise paging and multipart copy."""
 
-    workers: int = 16  # copies in flight; the HTTP connection pool is at least this large
+    workers: int = 64  # copies in flight (the gate halves them on SlowDown); the HTTP pool is as large
     page_size: int = 1000  # MaxKeys of each listing page
     multipart_threshold: int = COPY_OBJECT_LIMIT  # larger objects are copied part by part
     part_size: int = 512 * MiB  # part size when the source's own layout cannot be read
@@ -145,6 +146,24 @@ class S3(s3client.Client):
                 on_page(listing)
             if past_key or not next_page(request, page):
                 return listing
+
+    def stream_versions(self, bucket: str, prefix: str, page_size: int, listing: Listing,
+                        on_page: Callable[[Listing], None] | None = None
+                        ) -> Iterator[tuple[str, list[Version]]]:  # fmt: skip
+        """Every key under `prefix` with its versions and delete markers, in key order, as the pages
+        come: at most one page of entries is held, whatever the size of the prefix. `listing` keeps
+        the counts (pages, entries, keys); `on_page` sees it after each page."""
+        request: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": page_size}
+        while True:
+            with self.waits.doing(f"ListObjectVersions page {listing.pages + 1} of {bucket}/{prefix}"):
+                page = self.client.list_object_versions(**request)
+            listing.add_page(page)
+            more = next_page(request, page)
+            if on_page is not None:
+                on_page(listing)
+            yield from complete_keys(listing, more)
+            if not more:
+                return
 
     def list_current(self, bucket: str, prefix: str, page_size: int,
                      on_page: Callable[[int, int], None] | None = None) -> dict[str, Content]:

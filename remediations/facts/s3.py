@@ -56,7 +56,7 @@ def parse_at(text: str, now: dt.datetime) -> dt.datetime:
         raise UsageError(f"--at {validate.shown(text)}: too long ago") from None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Content:
     """What identifies an object's bytes: size, ETag and any checksums S3 keeps for it."""
 
@@ -94,7 +94,7 @@ def same_content(a: Content, b: Content) -> bool | None:
     return None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Version:
     """One entry of list_object_versions: a data version or a delete marker."""
 
@@ -193,9 +193,14 @@ def byte_ranges(layout: Sequence[int]) -> list[tuple[int, int]]:
 
 @dataclass
 class Listing:
+    """A version listing: the entries by key (a streamed listing hands complete keys on and drops
+    them, see `complete_keys`), and counts of everything it has seen."""
+
     by_key: dict[str, list[Version]] = field(default_factory=dict)
     pages: int = 0
     marker_only_pages: int = 0
+    entries: int = 0  # versions and delete markers seen
+    keys: int = 0  # distinct keys seen
 
 
 
@@ -216,12 +221,25 @@ class Listing:
             if only_key is not None and key != only_key:
                 past_key = past_key or key > only_key
                 continue
-            self.by_key.setdefault(key, []).append(Version(
+            self.entries += 1
+            if key not in self.by_key:
+                self.keys += 1
+                self.by_key[key] = []
+            self.by_key[key].append(Version(
                 key, str(entry.get("VersionId") or "null"), entry["LastModified"],
                 bool(entry.get("IsLatest")), is_marker, str(entry.get("ETag", "")),
                 int(entry.get("Size", 0)), str(entry.get("StorageClass") or "STANDARD"),
             ))  # fmt: skip
         return past_key
+
+
+def complete_keys(listing: Listing, more: bool) -> list[tuple[str, list[Version]]]:
+    """Take the keys whose entries are all listed out of `listing`, in key order: every key but the
+    last one seen while pages follow (S3 lists keys in order; one key's entries may go on in the
+    next page), all of them at the end."""
+    keys = sorted(listing.by_key)
+    done = keys[:-1] if more else keys
+    return [(key, listing.by_key.pop(key)) for key in done]
 
 
 def next_page(request: dict[str, Any], page: Mapping[str, Any]) -> bool:

@@ -107,7 +107,7 @@ def _leading_markers(hist: Sequence[Version]) -> Iterator[Version]:
         yield entry
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class KeyPlan:
     """What a prefix restore does to one key.
 

@@ -7,7 +7,8 @@ decide  `decide.plan_key` per key: unchanged, restore, retrieve, pending, new (l
         (--delete-new); the plan lists every key;
 apply   the copies, delete markers and retrievals in a bounded pool; an endpoint that stops
         answering stops the run with the keys restored so far;
-verify  the whole prefix planned again: nothing left to restore.
+verify  one listing of the destination's current objects (ListObjectsV2): every planned key holds
+        the bytes of its version at --at (ETag and size), hidden and absent keys are absent.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TextIO
@@ -23,6 +24,7 @@ from typing import Any, ClassVar, TextIO
 from remediations.actions import s3client
 from remediations.actions.s3client import S3Unanswered, is_endpoint_down
 from remediations.actions.s3task import BUCKET, TUNING, S3Task, tuning
+from remediations.actions.s3throttle import Gate
 from remediations.actions.s3versions import S3, Tuning
 from remediations.core import interrupt, validate
 from remediations.core.args import Arg, args
@@ -33,7 +35,7 @@ from remediations.core.plan import Change, Plan
 from remediations.core.remediation import Remediation
 from remediations.core.results import Status
 from remediations.core.units import human_age, human_bytes
-from remediations.facts.s3 import ARCHIVED, Content, Listing, history, iso, parse_at
+from remediations.facts.s3 import ARCHIVED, Content, Listing, Version, history, iso, parse_at, same_content
 from remediations.reporting.progress import Meter, Progress
 from remediations.s3.decide import KeyPlan, count_actions, dest_key, plan_key, plan_lines, refine_archived
 
@@ -163,57 +165,57 @@ class RestorePrefix(S3Task):
                           unanswered_keys=applied.unanswered_keys, not_sent=len(applied.not_sent))
                 return
             step.done(Status.FAILED if failures else Status.CHANGED,
-                      self._applied(done, failures, applied.started, counts, new),
+                      self._applied(done, failures, applied.started, counts, new) + applied.throttling(),
                       diff="\n".join(f"failed    {key}  {why}" for key, why in failures),
                       restored=done["restore"], hidden=done["hide"], retrievals=done["retrieve"],
-                      failed=len(failures))  # fmt: skip
+                      failed=len(failures), slowdowns=applied.slowdowns)  # fmt: skip
 
     def verify(self, ctx: HostContext, facts: Facts, plan: Plan) -> None:
         if facts.applied is None or facts.applied.silence:
             return  # verifying would ask the silent endpoint again: the next run re-plans
         dest_bucket, dest_prefix = self.destination
         with ctx.step("verify") as step, facts.s3.failing(f"s3://{self.bucket}/{self.prefix}: verify"):
-            after, _ = self._plan(facts.s3, facts.progress, "verifying: ")
-            # retrievals started now are copied by a later run
-            retrieving = {p.dest_key for p in facts.plans if p.action == "retrieve"}
-            left = [p for p in after if p.action in ("restore", "hide") and p.dest_key not in retrieving]
+            current = self._list_current(facts.s3, facts.progress, "verifying: ")
+            left = [p for p in facts.plans if not settled(p, current.get(p.dest_key))]
             if left:
                 step.done(Status.FAILED, f"{len(left)} key(s) still not at their state of {iso(self._when)}: "
                           + ", ".join(p.dest_key for p in left[:5]), diff=plan_lines(left))
             else:
-                waiting = sum(p.action in ("retrieve", "wait") or p.dest_key in retrieving for p in after)
+                # retrievals started now are copied by a later run
+                waiting = sum(p.action in ("retrieve", "wait") for p in facts.plans)
                 pending_text = f" except {waiting} pending retrieval(s)" if waiting else ""
                 step.done(Status.OK, f"every key under s3://{dest_bucket}/{dest_prefix} is at its state of "
                           f"{iso(self._when)}{pending_text}")
 
-    def _plan(self, s3: S3, progress: Progress, phase: str = "") -> tuple[list[KeyPlan], Listing]:
+    def _list_current(self, s3: S3, progress: Progress, phase: str = "") -> dict[str, Content]:
+        """The destination's current objects (one ListObjectsV2 pass): what the verify compares."""
         dest_bucket, dest_prefix = self.destination
-        listing = self._list_versions(s3, progress, phase)
-        current: dict[str, Content] = {}
-        current_ids: dict[str, str] = {}
-        if self.in_place:
-            for key, entries in listing.by_key.items():
-                latest = history(entries)[0]
-                if not latest.is_delete_marker:
-                    current[key], current_ids[key] = latest.content, latest.version_id
-        else:
-            where = f"s3://{dest_bucket}/{dest_prefix}"
-            progress.begin(f"{phase}listing current objects under {where} …")
+        where = f"s3://{dest_bucket}/{dest_prefix}"
+        progress.begin(f"{phase}listing current objects under {where} …")
 
-            def on_page(pages: int, found: int) -> None:
-                progress.update(lambda: f"{phase}listing current objects under {where}: {found:,} so far "
-                                f"({pages} page(s))")  # fmt: skip
+        def on_page(pages: int, found: int) -> None:
+            progress.update(lambda: f"{phase}listing current objects under {where}: {found:,} so far "
+                            f"({pages} page(s))")  # fmt: skip
 
-            current = s3.list_current(dest_bucket, dest_prefix, self._tuning.page_size, on_page)
-            progress.end(f"{phase}listed {len(current):,} current object(s) under {where}")
+        current = s3.list_current(dest_bucket, dest_prefix, self._tuning.page_size, on_page)
+        progress.end(f"{phase}listed {len(current):,} current object(s) under {where}")
+        return current
+
+    def _plan(self, s3: S3, progress: Progress, phase: str = "") -> tuple[list[KeyPlan], Listing]:
+        """Plan each key as soon as the listing has all its entries: the versions are not kept, so
+        memory goes with the keys (one small plan each), not with the versions of the prefix."""
+        dest_prefix = None if self.in_place else self.destination[1]
+        current = {} if self.in_place else self._list_current(s3, progress, phase)
+        listing = Listing()
         plans = []
-        seen = set()
-        for key, entries in sorted(listing.by_key.items()):
-            target = dest_key(key, self.prefix, None if self.in_place else dest_prefix)
-            seen.add(target)
-            plans.append(plan_key(key, target, history(entries), self._when, current.get(target),
-                                  current_ids.get(target), self.delete_new, self.in_place))
-        for target in sorted(set(current) - seen):  # only in the destination: new there
+        for key, entries in self._stream_versions(s3, progress, phase, listing):
+            hist = history(entries)
+            target = dest_key(key, self.prefix, dest_prefix)
+            now, now_id = current.pop(target, None), None
+            if self.in_place and not hist[0].is_delete_marker:
+                now, now_id = hist[0].content, hist[0].version_id
+            plans.append(plan_key(key, target, hist, self._when, now, now_id, self.delete_new, self.in_place))
+        for target in sorted(current):  # only in the destination: new there
             plans.append(plan_key(target, target, [], self._when, current[target], None, self.delete_new,
                                   in_place=False))
 
@@ -234,23 +236,21 @@ class RestorePrefix(S3Task):
             progress.end(f"{phase}read the state of {len(archived):,} archived version(s)")
         return plans, listing
 
-    def _list_versions(self, s3: S3, progress: Progress, phase: str) -> Listing:
+    def _stream_versions(self, s3: S3, progress: Progress, phase: str, listing: Listing
+                         ) -> Iterator[tuple[str, list[Version]]]:  # fmt: skip
+        """The prefix's keys with their entries as the pages come, with the listing's progress lines."""
         where = f"s3://{self.bucket}/{self.prefix}"
         started = time.monotonic()
 
-        def so_far(listing: Listing) -> str:
-            found = sum(len(entries) for entries in listing.by_key.values())
-            return (f"{phase}listing versions under {where}: {found:,} version(s) of {len(listing.by_key):,} "
-                    f"key(s) so far ({listing.pages} page(s))")
+        def so_far() -> str:
+            return (f"{phase}listing versions under {where}: {listing.entries:,} version(s) of "
+                    f"{listing.keys:,} key(s) so far ({listing.pages} page(s))")  # fmt: skip
 
         progress.begin(f"{phase}listing versions under {where} …")
-        listing = s3.list_versions(self.bucket, self.prefix, self._tuning.page_size,
-                                   on_page=lambda listing: progress.update(lambda: so_far(listing)))
-        found = sum(len(entries) for entries in listing.by_key.values())
-        progress.end(f"{phase}listed {found:,} version(s) of {len(listing.by_key):,} key(s) under {where} in "
-                     f"{listing.pages} page(s), {human_age(time.monotonic() - started)}")  # fmt: skip
-        return listing
-
+        yield from s3.stream_versions(self.bucket, self.prefix, self._tuning.page_size, listing,
+                                      on_page=lambda _: progress.update(so_far))
+        progress.end(f"{phase}listed {listing.entries:,} version(s) of {listing.keys:,} key(s) under {where} "
+                     f"in {listing.pages} page(s), {human_age(time.monotonic() - started)}")  # fmt: skip
 
     def _apply(self, s3: S3, work: list[KeyPlan], progress: Progress) -> Applied:
         """Every planned change in the copy pool. The first request the endpoint does not answer (or
@@ -258,30 +258,36 @@ class RestorePrefix(S3Task):
         own bound, and the result lists what was restored before that."""
         applied = Applied(started=iso(dt.datetime.now(dt.UTC)))
         silent = threading.Event()
+        gate = Gate(self._tuning.workers)
+        gate.observe(s3.client)
         meter = Meter(len(work), sum(_size(p) for p in work))
         progress.begin(f"copying {meter.keys:,} key(s), {human_bytes(meter.size)}, "
                        f"{self._tuning.workers} at a time …")
         try:
             with ThreadPoolExecutor(max_workers=self._tuning.workers, thread_name_prefix="s3copy") as pool:
-                futures = {pool.submit(self._send, s3, plan, silent): plan for plan in work}
+                futures = {pool.submit(self._send, s3, plan, silent, gate): plan for plan in work}
                 for future in as_completed(futures):
                     self._collect(s3, future, futures, applied)
                     meter.add(_size(futures[future]))
                     progress.update(lambda: f"copying: {meter.text()}")
         finally:
             ended = "copying stopped" if applied.silence else "copied"  # failures: the result line
-            progress.end(f"{ended}: {meter.text()}; {human_age(time.monotonic() - meter.start)}")
+            applied.slowdowns, applied.lowest = gate.slowdowns, gate.lowest
+            progress.end(f"{ended}: {meter.text()}; {human_age(time.monotonic() - meter.start)}"
+                         + applied.throttling())
         applied.failures.sort()
         for keys in (applied.restored_keys, applied.unanswered_keys, applied.not_sent):
             keys.sort()
         return applied
 
-    def _send(self, s3: S3, plan: KeyPlan, silent: threading.Event) -> str:
-        """One key's change, in a worker of the copy pool; the action it took."""
+    def _send(self, s3: S3, plan: KeyPlan, silent: threading.Event, gate: Gate) -> str:
+        """One key's change, in a worker of the copy pool (within the gate's limit, sent again while
+        S3 throttles it); the action it took."""
         if silent.is_set() or interrupt.requested():
             raise _NotSent
         dest_bucket, _ = self.destination
-        try:
+
+        def send() -> None:
             if plan.action == "hide":
                 s3.client.delete_object(Bucket=dest_bucket, Key=plan.dest_key)
             elif plan.action == "retrieve":
@@ -290,6 +296,9 @@ class RestorePrefix(S3Task):
             else:
                 assert plan.version is not None
                 s3.copy(self.bucket, plan.key, plan.version, dest_bucket, plan.dest_key, self._tuning)
+
+        try:
+            gate.throttled_retry(send)
         except Exception as exc:
             if isinstance(exc, S3Unanswered) or is_endpoint_down(exc):
                 silent.set()  # here, before this worker takes the next key
@@ -385,6 +394,20 @@ class RestorePrefix(S3Task):
 
 
 
+def settled(plan: KeyPlan, now: Content | None) -> bool:
+    """After the apply: whether the key's current object (from ListObjectsV2) is what the plan wanted.
+
+    Keys kept as they are (new, or waiting for a retrieval) are settled; a key absent at --at (or
+    hidden) must be absent; any other must hold the bytes of its version at --at (its ETag and size
+    prove it, as they did in the plan).
+    """
+    if plan.action in ("new", "retrieve", "wait"):
+        return True
+    if plan.version is None or plan.action == "hide":
+        return now is None
+    return now is not None and same_content(plan.version.content, now) is True
+
+
 def _size(plan: KeyPlan) -> int:
     """The bytes a key's change copies (a retrieval or a delete marker copies none)."""
     return plan.version.size if plan.action == "restore" and plan.version is not None else 0
@@ -420,6 +443,13 @@ class Applied:
     restored_keys: list[str] = field(default_factory=list)
     unanswered_keys: list[str] = field(default_factory=list)
     not_sent: list[str] = field(default_factory=list)
+    slowdowns: int = 0  # 503 SlowDown answers seen
+    lowest: int = 0  # the fewest copies in flight the pool came down to
+
+    def throttling(self) -> str:
+        if not self.slowdowns:
+            return ""
+        return f"; S3 answered SlowDown {self.slowdowns} time(s): {self.lowest} copies at a time at the least"
 
     def listing(self) -> str:
         return "\n".join([*(f"restored  {k}" for k in self.restored_keys),

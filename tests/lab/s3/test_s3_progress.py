@@ -84,8 +84,8 @@ def test_listing_copying_and_verifying_show_progress_and_a_rerun_says_what_it_li
     assert [line for line in lines if line.startswith("copied: 240/240 keys (100%)")]
     assert lines.index(copying[0]) > lines.index("copying 240 key(s), 241.7 kB, 4 at a time …")
     verifying = [line for line in lines if line.startswith("verifying: ")]
-    assert verifying[0] == f"verifying: listing versions under {where} …"
-    assert verifying[-1].startswith(f"verifying: listed {3 * KEYS} version(s) of {KEYS} key(s)")
+    assert verifying[0] == f"verifying: listing current objects under {where} …"
+    assert verifying[-1] == f"verifying: listed {KEYS} current object(s) under {where}"
 
     again = io.StringIO()
     rerun = run(RestorePrefix(name, "data/", at, tuning=tuning, progress=again), name)
