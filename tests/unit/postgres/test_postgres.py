@@ -531,12 +531,13 @@ def test_install_cron_bad_input(kwargs: dict[str, str], words: str) -> None:
 
 
 def test_args_are_split_checked_and_quoted_again() -> None:
-    args = "--host 'db1,db2' --drop-inactive-slot \"old slot\""
+    # the slot name must be one wal-cleanup accepts: install-cron refuses values every run would refuse
+    args = "--host 'db1 db2' --drop-inactive-slot \"old_slot\""
     remediation = cron.InstallCron("wal-cleanup", "@hourly", args=args, inventory="/i.yml")
     job = remediation.job(Host("h", {"cron_project_dir": "/srv/p"}))
     assert job.line.endswith(
-        "/srv/p/.venv/bin/inv wal-cleanup --inventory /i.yml --host db1,db2 --drop-inactive-slot "
-        "'old slot' >> /var/log/remediations/cron.log 2>&1"
+        "/srv/p/.venv/bin/inv wal-cleanup --inventory /i.yml --host 'db1 db2' --drop-inactive-slot "
+        "old_slot >> /var/log/remediations/cron.log 2>&1"
     )
 
 
