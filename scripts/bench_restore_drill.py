@@ -8,6 +8,7 @@ MD5, so the drill checks it). Rounds interleave the sides so machine noise hits 
 
     raw     createdb, then `pg_restore --exit-on-error --no-owner --no-acl -d DB FILE` on dbrestore
             (timed: pg_restore alone), then dropdb
+    piped   the same with `cat FILE | pg_restore …`: what pg_restore costs reading a pipe
     drill   `inv restore-test --dump KEY` (timed: the whole process: start, facts, listing, create,
             the streamed restore, the checks, the drop)
     old     (with --old DIR, e.g. a `git archive` of main) the same `inv restore-test` from DIR
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -133,11 +135,15 @@ def clean() -> None:
     print("cleaned up: the dump file, the S3 object, the benchmark databases")
 
 
-def raw_round() -> float:
+def raw_round(pipe: bool = False) -> float:
+    """pg_restore of the file on the host; with `pipe`, of the same file through a pipe
+    (`cat FILE | pg_restore`: what a streamed restore reads from)."""
     sql(f"drop database if exists {RAW_DB}")
     sql(f"create database {RAW_DB}")
     restore = as_postgres(f"{BIN}/pg_restore", "--exit-on-error", "--no-owner", "--no-acl", "-d", RAW_DB,
-                          DUMP_ON_HOST)  # fmt: skip
+                          *([] if pipe else [DUMP_ON_HOST]))  # fmt: skip
+    if pipe:
+        restore = ["sh", "-c", f"cat {DUMP_ON_HOST} | {shlex.join(restore)}"]
     t0 = time.monotonic()
     lab.exec_on(HOST, restore, timeout=3600)
     took = time.monotonic() - t0
@@ -186,14 +192,15 @@ def main() -> None:
         return
     size = prepare(args.gib)
     print(f"dump: {size / 1024**3:.2f} GiB ({size} bytes)", flush=True)
-    raw, ours, old = [], [], []
+    raw, piped, ours, old = [], [], [], []
     with tempfile.TemporaryDirectory(prefix="rmbench-") as folder:
         inventory = drill_inventory(Path(folder))
         for n in range(args.rounds):
             raw.append(raw_round())
             ours.append(drill_round(ROOT, inventory))
-            print(f"round {n + 1}: raw pg_restore {raw[-1]:.1f} s, inv restore-test {ours[-1]:.1f} s",
-                  flush=True)  # fmt: skip
+            piped.append(raw_round(pipe=True))
+            print(f"round {n + 1}: raw pg_restore {raw[-1]:.1f} s, inv restore-test {ours[-1]:.1f} s, "
+                  f"cat | pg_restore {piped[-1]:.1f} s", flush=True)  # fmt: skip
         if args.old:
             old.append(drill_round(args.old, inventory))
             print(f"old code ({args.old}): inv restore-test {old[-1]:.1f} s", flush=True)
@@ -201,6 +208,7 @@ def main() -> None:
           "medians")
     print(f"raw pg_restore (file on the host)   {statistics.median(raw):8.1f} s")
     print(f"inv restore-test (streamed)         {statistics.median(ours):8.1f} s")
+    print(f"cat FILE | pg_restore (on the host) {statistics.median(piped):8.1f} s")
     print(f"ratio restore-test/raw: {statistics.median(ours) / statistics.median(raw):.2f} (target <= 1.2)")
     if old:
         print(f"old inv restore-test (download, SFTP) {old[0]:6.1f} s")
