@@ -23,7 +23,7 @@ Every run writes its result on the controller, atomically (temporary file, then 
 `restore_test_json` and Prometheus textfile metrics at `restore_test_metrics` (`{host}` in either
 path is replaced by the restore host's name).
 
-A little under 500 lines on purpose: the drill's phases (cleanup, restore, checks, clean)
+About 500 lines on purpose: the drill's phases (cleanup, restore, checks, clean)
 and their SQL read top to bottom in one module; the result files are `actions.drill_report`.
 """
 
