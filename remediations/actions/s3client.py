@@ -334,6 +334,19 @@ def s3_endpoint(host_vars: Mapping[str, Any]) -> str | None:
     return endpoint_url(host_vars)
 
 
+STREAM_CHUNK = 1024 * 1024
+
+
+@dataclass
+class Received:
+    """What `S3Store.stream` got so far, and what it checked."""
+
+    expected: int = -1  # the GET's Content-Length
+    received: int = 0
+    etag: str = ""  # the MD5 the content must have ("" when the ETag is not one)
+    md5_checked: bool = False
+
+
 class S3Store(Client):
     """The package's S3 client (`Client`) for one host's settings; failures become one
     readable HostError line."""
@@ -408,3 +421,37 @@ class S3Store(Client):
     def download(self, bucket: str, key: str, path: str) -> None:
         with self.failing(f"downloading s3://{bucket}/{key}"):
             self.client.download_file(bucket, key, path)
+
+    def stream(self, bucket: str, key: str, got: Received, chunk: int = STREAM_CHUNK) -> Iterator[bytes]:
+        """The object's content in chunks of at most `chunk` bytes, read as they are consumed (one
+        GET; never more than a chunk held here), checked at the end: the byte count against the
+        GET's Content-Length and, for a single-part object without SSE-KMS/SSE-C (its ETag is the
+        content's MD5), the MD5 against the ETag. A cut or short stream raises HostError in one line
+        (after the chunks already given out: the consumer must treat what it got as void)."""
+        what = f"streaming s3://{bucket}/{key}"
+        digest = hashlib.md5(usedforsecurity=False)
+        with self.failing(what):
+            reply = self.client.get_object(Bucket=bucket, Key=key)
+            got.expected = int(reply.get("ContentLength") or 0)
+            etag = str(reply.get("ETag") or "").strip('"')
+            plain = not reply.get("SSECustomerAlgorithm") and reply.get("ServerSideEncryption") != "aws:kms"
+            got.etag = etag if plain and len(etag) == 32 and "-" not in etag else ""
+            body = reply["Body"]
+            try:
+                for data in body.iter_chunks(chunk):
+                    got.received += len(data)
+                    if got.etag:
+                        digest.update(data)
+                    yield data
+            except (OSError, BotoCoreError) as exc:
+                raise HostError(
+                    f"{what}: the stream was cut after {got.received} of {got.expected} bytes "
+                    f"({self.explain(exc)})"
+                ) from None
+            finally:
+                body.close()
+        if got.received != got.expected:
+            raise HostError(f"{what}: got {got.received} of {got.expected} bytes: the stream was cut")
+        if got.etag and digest.hexdigest() != got.etag:
+            raise HostError(f"{what}: the content's MD5 {digest.hexdigest()} is not the ETag {got.etag}")
+        got.md5_checked = bool(got.etag)

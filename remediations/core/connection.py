@@ -23,9 +23,9 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import paramiko
 from tenacity import Retrying as _Retrying
@@ -330,13 +330,49 @@ class SSHRemote:
                 channel.sendall(stdin)
             channel.shutdown_write()
         except (OSError, EOFError, paramiko.SSHException) as exc:
-            channel.close()
-            if self._lost_now():
-                raise ConnectionLost(str(self.guard.lost)) from None
-            if by_deadline:
-                raise DeadlineExceeded(self.guard.expired()) from None
-            raise HostError(f"could not send input to a command on {self.host.address}: {exc}") from None
+            self._send_failed(channel, exc, by_deadline)
+        return self._collect(channel, command, deadline, allowed, by_deadline, bytearray(), bytearray())
+
+    def run_stream(
+        self, command: str, chunks: Iterable[bytes], *, timeout: float | None = None
+    ) -> CommandResult:
+        """`run` with stdin fed from `chunks` as they come (never joined: memory stays one chunk,
+        plus the channel's window), stdout and stderr read meanwhile (a chatty command cannot stall
+        the feed). When `chunks` raises, the channel is closed without an exit status (the command
+        reads an end of input, or dies of SIGPIPE) and the exception propagates."""
+        allowed, by_deadline = self.guard.admit(timeout)
+        deadline = time.monotonic() + allowed
+        channel = self._channel(command)
         out, err = bytearray(), bytearray()
+        try:
+            for chunk in chunks:
+                channel.settimeout(max(deadline - time.monotonic(), 0.1))
+                channel.sendall(chunk)
+                while channel.recv_ready():
+                    out += channel.recv(65536)
+                while channel.recv_stderr_ready():
+                    err += channel.recv_stderr(65536)
+            channel.shutdown_write()
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            if not (channel.exit_status_ready() and not self._lost_now()):
+                self._send_failed(channel, exc, by_deadline)
+            # else: the command ended before reading all its input: its exit status says why
+        except BaseException:
+            channel.close()
+            raise
+        return self._collect(channel, command, deadline, allowed, by_deadline, out, err)
+
+    def _send_failed(self, channel: paramiko.Channel, exc: BaseException, by_deadline: bool) -> NoReturn:
+        channel.close()
+        if self._lost_now():
+            raise ConnectionLost(str(self.guard.lost)) from None
+        if by_deadline:
+            raise DeadlineExceeded(self.guard.expired()) from None
+        raise HostError(f"could not send input to a command on {self.host.address}: {exc}") from None
+
+    def _collect(self, channel: paramiko.Channel, command: str, deadline: float, allowed: float,
+                 by_deadline: bool, out: bytearray, err: bytearray) -> CommandResult:  # fmt: skip
+        """The command's output until it ends, and its exit status, within the deadline."""
         exited_at: float | None = None
         while True:
             while channel.recv_ready():

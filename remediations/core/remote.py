@@ -9,10 +9,11 @@ import contextlib
 import os
 import select
 import shlex
+import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Protocol
 
@@ -175,6 +176,57 @@ class LocalRemote:
             done.stdout.decode(errors="replace"),
             done.stderr.decode(errors="replace"),
         )
+
+    def run_stream(
+        self, command: str, chunks: Iterable[bytes], *, timeout: float | None = None
+    ) -> CommandResult:
+        """`run` with stdin fed from `chunks` as they come (see SSHRemote.run_stream); past the
+        timeout the command is killed. When `chunks` raises, the command is killed and the
+        exception propagates."""
+        timeout, by_deadline = self.guard.admit(timeout)
+        proc = subprocess.Popen(["sh", "-c", wrap_become(self.host, command)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                start_new_session=True)  # fmt: skip
+
+        def kill() -> None:  # the shell and what it started: they hold the output open
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+
+        output: dict[str, bytes] = {}
+        readers = [threading.Thread(target=lambda n=n, f=f: output.__setitem__(n, f.read()), daemon=True)
+                   for n, f in (("out", proc.stdout), ("err", proc.stderr))]  # fmt: skip
+        for reader in readers:
+            reader.start()
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            kill()
+
+        killer = threading.Timer(timeout, expire)
+        killer.daemon = True
+        killer.start()
+        assert proc.stdin is not None
+        try:
+            with contextlib.suppress(BrokenPipeError):
+                for chunk in chunks:
+                    proc.stdin.write(chunk)
+                proc.stdin.close()
+            code = proc.wait()
+        except BaseException:
+            kill()
+            proc.wait()
+            raise
+        finally:
+            killer.cancel()
+            for reader in readers:
+                reader.join()
+        out, err = (output.get(n, b"").decode(errors="replace") for n in ("out", "err"))
+        if expired.is_set() and by_deadline:
+            raise DeadlineExceeded(self.guard.expired())
+        if expired.is_set():
+            return CommandResult(command, TIMED_OUT, out, f"timed out after {timeout:.0f}s")
+        return CommandResult(command, code, out, err)
 
     def open_process(self, command: str) -> LocalProcess:
         self.guard.check()

@@ -6,10 +6,14 @@ facts   PostgreSQL on the restore host answers, and whether the scratch database
         refused, as is a scratch name listed in `restore_protected_databases`;
         the newest dump under `dump_s3_prefix` in S3 (or the one --dump names);
 decide  the drill, with the dump and the leftover to drop first: --check shows it and stops there;
-apply   download the dump (S3 → controller → restore host), create the scratch database,
-        `pg_restore --exit-on-error --no-owner --no-acl` into it, then the checks: the tables of
-        `restore_check_tables` exist with at least their minimum row counts, and the newest value of
-        `restore_freshness_column` (table.column) is within `backup_rpo_hours` of the server's clock;
+apply   create the scratch database and stream the dump into
+        `pg_restore --exit-on-error --no-owner --no-acl` on the restore host: S3 GET body →
+        the SSH channel's stdin, a chunk at a time (no file on the controller or the host; the
+        download overlaps the restore), its byte count and (single-part) MD5 checked against the
+        GET's Content-Length and ETag before pg_restore reads the end of its input; then the
+        checks: the tables of `restore_check_tables` exist with at least their minimum row
+        counts, and the newest value of `restore_freshness_column` (table.column) is within
+        `backup_rpo_hours` of the server's clock;
 verify  the checks are the verification. The scratch database is always dropped afterwards, on
         failure and on interrupt (Ctrl-C or SIGTERM stop the drill after the current step, as they
         stop any run: `core.interrupt`; the drop is shielded from the stop); a SIGKILLed run
@@ -19,7 +23,7 @@ Every run writes its result on the controller, atomically (temporary file, then 
 `restore_test_json` and Prometheus textfile metrics at `restore_test_metrics` (`{host}` in either
 path is replaced by the restore host's name).
 
-A little over 500 lines on purpose: the drill's phases (cleanup, download, restore, checks, clean)
+About 500 lines on purpose: the drill's phases (cleanup, restore, checks, clean)
 and their SQL read top to bottom in one module; the result files are `actions.drill_report`.
 """
 
@@ -29,24 +33,20 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import re
 import shlex
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
 
 from remediations.actions.drill_report import metrics_text, previous_success, write_atomically
-from remediations.actions.s3client import S3Store
+from remediations.actions.s3client import Received, S3Store
 from remediations.core import interrupt, validate
 from remediations.core.args import Arg, args
 from remediations.core.context import HostContext
-from remediations.core.errors import HostError, UsageError
+from remediations.core.errors import CommandResult, HostError, UsageError
 from remediations.core.inventory import Host, truthy
 from remediations.core.plan import Change, Plan
 from remediations.core.remediation import Remediation
@@ -235,19 +235,25 @@ def create_sql(scratch: str) -> str:
     )
 
 
-def put_file(remote: Any, local_path: str, remote_path: str) -> None:
-    """Copy a file to the host: SFTP over the run's SSH connection, a plain copy when local."""
-    from remediations.core.connection import SSHRemote
-    from remediations.core.remote import LocalRemote
+def feed(remote: Any, command: str, chunks: Iterator[bytes], timeout: float) -> CommandResult:
+    """Run `command` with `chunks` on its stdin as they come (`run_stream` of the SSH and local
+    remotes); any other Remote gets them joined, through `run`'s stdin."""
+    try:
+        if hasattr(remote, "run_stream"):
+            return remote.run_stream(command, chunks, timeout=timeout)  # type: ignore[no-any-return]
+        return remote.run(command, stdin=b"".join(chunks), timeout=timeout)  # type: ignore[no-any-return]
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:  # the GET ends here, however the command did
+            close()
 
-    if isinstance(remote, SSHRemote):
-        remote.put(local_path, remote_path, timeout=RESTORE_TIMEOUT)
-    elif isinstance(remote, LocalRemote):
-        shutil.copyfile(local_path, remote_path)
-    else:  # any other Remote: through stdin
-        must_ok(
-            remote.run(f"cat > {shlex.quote(remote_path)}", stdin=Path(local_path).read_bytes()), "upload"
-        )
+
+def restore_command(pg: PgTarget, scratch: str) -> str:
+    """pg_restore reading the dump on stdin; when it fails (a cut stream included: the controller
+    may be gone by then), the host itself drops the scratch database."""
+    restore = pg.shell("pg_restore", "--exit-on-error", "--no-owner", "--no-acl", "-d", scratch)
+    drop = f"printf '%s' {shlex.quote(drop_sql(scratch))} | {pg.psql()} >/dev/null 2>&1"
+    return script(f"{restore} || {{ status=$?; {drop}; exit $status; }}")
 
 
 @dataclass
@@ -264,8 +270,6 @@ class Drill:
     leftover: bool = False
     version: str = ""  # of the server
     error: str = ""  # gather failed (its step is recorded); a real run still writes the result
-    local_dir: str = ""
-    remote_dir: str = ""
     created: bool = False
 
 
@@ -305,8 +309,8 @@ class RestoreTest(Remediation):
         settings(host)
 
     def deadline(self, host: Host) -> float:
-        """The drill of a big database takes hours: the download, the upload and the restore each
-        have their own bound; this one only stops a drill that hangs past all of them."""
+        """The drill of a big database takes hours: the streamed restore has its own bound; this
+        one only stops a drill that hangs past it and the rest."""
         configured = validate.value(host, "run_deadline")
         return float(configured) if configured is not None else 2 * RESTORE_TIMEOUT
 
@@ -417,9 +421,7 @@ class RestoreTest(Remediation):
                         Status.CHANGED,
                         f"dropped scratch database {drill.conf.scratch} left behind by an earlier run",
                     )
-            drill.local_dir = tempfile.mkdtemp(prefix="restore-test-")
             try:
-                self._download(ctx, drill)
                 self._restore(ctx, drill)
                 drill.report["success"] = self._checks(ctx, drill)
             finally:
@@ -452,28 +454,24 @@ class RestoreTest(Remediation):
         finally:
             report["phases"][name] = round(time.monotonic() - start, 3)
 
-    def _download(self, ctx: HostContext, drill: Drill) -> None:
-        with self._phase(ctx, "download", drill.report) as step:
-            local = os.path.join(drill.local_dir, "dump")
-            drill.store.download(drill.conf.bucket, drill.key, local)
-            made = must_ok(ctx.remote.run("mktemp -d /tmp/restore-test.XXXXXX", timeout=30), "mktemp")
-            drill.remote_dir = made.stdout.strip()
-            put_file(ctx.remote, local, f"{drill.remote_dir}/dump")
-            step.done(Status.OK, f"downloaded {human_bytes(drill.size)} to the restore host")
-
     def _restore(self, ctx: HostContext, drill: Drill) -> None:
+        """The scratch database, then the dump streamed from S3 into pg_restore on the host."""
         conf = drill.conf
         with self._phase(ctx, "restore", drill.report) as step:
             self._psql(ctx, drill, create_sql(conf.scratch), f"creating {conf.scratch}")
             drill.created = True
-            restore = drill.pg.shell(
-                "pg_restore", "--exit-on-error", "--no-owner", "--no-acl", "-d", conf.scratch
-            )
-            dump = shlex.quote(drill.remote_dir + "/dump")
-            result = ctx.remote.run(script(f"{restore} < {dump}"), timeout=RESTORE_TIMEOUT)
+            got = Received()
+            chunks = drill.store.stream(conf.bucket, drill.key, got)
+            result = feed(ctx.remote, restore_command(drill.pg, conf.scratch), chunks, RESTORE_TIMEOUT)
             if not result.ok:
                 raise HostError(f"pg_restore failed (exit {result.exit_code}): {result.tail(3)}", result)
-            step.done(Status.OK, f"restored into {conf.scratch}")
+            checked = "its MD5 matches the ETag" if got.md5_checked else "the size matches Content-Length"
+            drill.report["streamed_bytes"] = got.received
+            step.done(
+                Status.OK,
+                f"streamed {human_bytes(got.received)} from S3 into pg_restore ({checked}); "
+                f"restored into {conf.scratch}",
+            )
 
     def _checks(self, ctx: HostContext, drill: Drill) -> bool:
         conf, report = drill.conf, drill.report
@@ -493,9 +491,6 @@ class RestoreTest(Remediation):
         return outcome.ok
 
     def _clean(self, ctx: HostContext, drill: Drill) -> None:
-        shutil.rmtree(drill.local_dir, ignore_errors=True)
-        if drill.remote_dir:
-            ctx.remote.run(f"rm -rf -- {shlex.quote(drill.remote_dir)}", timeout=60)
         if drill.created:
             with ctx.step("drop") as step:
                 self._psql(ctx, drill, drop_sql(drill.conf.scratch), f"dropping {drill.conf.scratch}")

@@ -1,0 +1,223 @@
+"""restore-test streams the dump (S3 → controller → SSH channel → pg_restore) on the lab: real moto,
+sshd and PostgreSQL; a real TCP proxy in front of moto slows or cuts the S3 reply, a real SIGKILL of
+the host's sshd session cuts the SSH connection mid-stream."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import resource
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lab import hosts as labhosts
+from tests import labkit, pglab
+
+pytestmark = pytest.mark.lab
+
+PREFIX = "drillstream/"
+ROWS = 120_000  # a dump of about 4 MiB: md5 text compresses about 2:1
+FILL_SQL = """create table rows (id int primary key, payload text not null);
+insert into rows select g, md5(g::text) || md5((g * 7)::text) from generate_series(1, ROWS) g"""
+
+
+class Proxy:
+    """TCP proxy on 127.0.0.1 in front of the lab's S3: each reply at most `rate` bytes/s (0: as
+    fast as it comes), and any connection whose reply passed `cut_after` bytes is reset."""
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        self.upstream = upstream
+        self.rate = 0
+        self.cut_after = 0
+        self.forwarded = 0  # reply bytes, all connections
+        self.cuts = 0
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.upstream)
+            threading.Thread(target=self._pipe, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, True), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket, reply: bool) -> None:
+        sent = 0
+        try:
+            while data := source.recv(16384):
+                if reply and self.cut_after and sent + len(data) > self.cut_after:
+                    self.cuts += 1
+                    for s in (source, sink):  # a reset, not a clean end
+                        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                        s.close()
+                    return
+                sink.sendall(data)
+                if reply:
+                    sent += len(data)
+                    self.forwarded += len(data)
+                    if self.rate:
+                        time.sleep(len(data) / self.rate)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.server.close()
+
+
+@pytest.fixture
+def proxy(lab: Any) -> Iterator[Proxy]:
+    host, port = labhosts.S3_ENDPOINT.removeprefix("http://").split(":")
+    made = Proxy((host, int(port)))
+    yield made
+    made.close()
+
+
+@pytest.fixture(scope="module")
+def big_dump(lab: Any) -> Iterator[tuple[str, int]]:
+    """A pg_dump -Fc of a database of incompressible-ish rows on db1, in S3 under its own prefix
+    (single-part: its ETag is its MD5). Returns (key, size)."""
+    pglab.sql("db1", "drop database if exists drillstream")
+    pglab.sql("db1", "create database drillstream")
+    pglab.sql("db1", FILL_SQL.replace("ROWS", str(ROWS)), db="drillstream")
+    data = labhosts.exec_on(
+        "db1", ["runuser", "-u", "postgres", "--", f"{pglab.BIN}/pg_dump", "-Fc", "-d", "drillstream"],
+        timeout=120,
+    ).stdout  # fmt: skip
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    key = f"{PREFIX}drillstream-{stamp}.dump"
+    etag = pglab.put_object(key, data)
+    assert "-" not in etag
+    yield key, len(data)
+    pglab.s3().delete_object(Bucket=pglab.BUCKET, Key=key)
+    pglab.sql("db1", "drop database if exists drillstream")
+
+
+def inventory(tmp_path: Path, **more: Any) -> Path:
+    return labkit.write_inventory(
+        tmp_path / "stream.yml",
+        host_vars={"dbrestore": {"dump_s3_prefix": PREFIX, "restore_check_tables": {"rows": ROWS},
+                                 "restore_freshness_column": "",
+                                 "restore_test_json": str(tmp_path / "r.json"),
+                                 "restore_test_metrics": str(tmp_path / "r.prom"), **more}},
+    )  # fmt: skip
+
+
+def start_inv(inv: Path, audit: Path, file_limit: int | None = None) -> subprocess.Popen[str]:
+    """`inv restore-test --json` in a fresh process; with `file_limit`, no file it writes may grow
+    past that many bytes (RLIMIT_FSIZE: a write beyond it fails)."""
+
+    def limit() -> None:
+        if file_limit is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (file_limit, file_limit))
+
+    env = {**os.environ, **pglab.AWS_ENV, "REMEDIATIONS_AUDIT_LOG": str(audit), "NO_COLOR": "1",
+           "PYTHONDONTWRITEBYTECODE": "1"}  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "invoke", "restore-test", "--json", "--inventory", str(inv)],
+        cwd=labkit.ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        preexec_fn=limit,  # only setrlimit, before exec
+    )  # fmt: skip
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 180) -> labkit.Ran:
+    out, err = proc.communicate(timeout=timeout)
+    return labkit.Ran(proc.returncode, out, err)
+
+
+def steps(ran: labkit.Ran) -> dict[str, dict[str, Any]]:
+    return {s["step"]: s for s in ran.host("dbrestore")["steps"]}
+
+
+def scratch_exists() -> bool:
+    found = pglab.sql("dbrestore", "select count(*) from pg_database where datname = 'restore_test_scratch'")
+    return found == "1"
+
+
+def host_scratch_files() -> str:
+    found = labhosts.exec_on("dbrestore", ["sh", "-c", "ls -d /tmp/restore-test.* 2>/dev/null || true"])
+    return found.stdout.decode().strip()
+
+
+def test_the_dump_streams_without_a_file_on_the_controller(
+    big_dump: tuple[str, int], audit: Path, tmp_path: Path
+) -> None:
+    """No file the controller writes may grow past 1 MiB, the dump is 4: the drill passes anyway,
+    and the restore host holds no copy either; the MD5 was checked against the ETag."""
+    key, size = big_dump
+    assert size > 3 * 1024 * 1024
+    ran = finish(start_inv(inventory(tmp_path), audit, file_limit=1024 * 1024))
+    assert ran.code == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
+    got = steps(ran)
+    assert "its MD5 matches the ETag" in got["restore"]["message"]
+    assert got["checks"]["status"] == "ok" and got["checks"]["data"]["rows"] == {"rows": ROWS}
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["success"] is True and report["streamed_bytes"] == size
+    assert report["dump"] == f"s3://{pglab.BUCKET}/{key}"
+    assert not scratch_exists() and host_scratch_files() == ""
+
+
+def test_a_cut_s3_stream_fails_the_drill_in_one_line_and_leaves_nothing(
+    big_dump: tuple[str, int], proxy: Proxy, audit: Path, tmp_path: Path
+) -> None:
+    key, size = big_dump
+    proxy.cut_after = 1024 * 1024  # the listing passes, the dump's reply is reset after 1 MiB
+    ran = finish(start_inv(inventory(tmp_path, s3_endpoint_url=proxy.url), audit))
+    assert ran.code == 1, ran.stdout[-3000:] + ran.stderr[-3000:]
+    assert proxy.cuts >= 1
+    restore = steps(ran)["restore"]
+    assert restore["status"] == "failed"
+    message = restore["message"]
+    assert "\n" not in message and "Traceback" not in ran.stderr
+    assert f"streaming s3://{pglab.BUCKET}/{key}: the stream was cut after " in message
+    assert f" of {size} bytes" in message
+    assert steps(ran)["drop"]["status"] == "ok"
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["success"] is False and "the stream was cut" in report["error"]
+    assert not scratch_exists() and host_scratch_files() == ""
+
+
+def test_a_cut_ssh_connection_mid_stream_fails_and_the_host_drops_the_scratch_database(
+    big_dump: tuple[str, int], proxy: Proxy, audit: Path, tmp_path: Path
+) -> None:
+    """The SSH session is SIGKILLed while the dump streams (slowed to 1 MiB/s by the proxy): the run
+    fails in one line, and pg_restore, reading the end of its input, fails and the host itself drops
+    the scratch database (the controller cannot any more)."""
+    proxy.rate = 1024 * 1024
+    proc = start_inv(inventory(tmp_path, s3_endpoint_url=proxy.url), audit)
+    try:
+        deadline = time.monotonic() + 60
+        while proxy.forwarded < 1024 * 1024 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        assert proc.poll() is None and scratch_exists(), "the stream should be under way"
+        assert labhosts.kill_ssh_sessions("dbrestore") >= 1
+        ran = finish(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert ran.code == 1, ran.stdout[-3000:] + ran.stderr[-3000:]
+    message = ran.host("dbrestore")["message"]
+    assert "\n" not in message and "Traceback" not in ran.stderr
+    assert "dropped" in message or "lost" in message, message
+    deadline = time.monotonic() + 30
+    while scratch_exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not scratch_exists(), "the host should have dropped the scratch database itself"
+    assert host_scratch_files() == ""
