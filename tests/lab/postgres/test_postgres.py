@@ -581,7 +581,7 @@ def test_install_cron_on_a_host_keeps_every_other_line(
     db1_crontab: bytes, audit: Path, host_inventory: Path
 ) -> None:
     args = ("install-cron", "--task", "health", "--host", CRON_HOST, "--schedule", "0 4 * * 0",
-            "--args", "--host 'db1' --service \"a b\"")  # fmt: skip
+            "--args", "--host 'db1' --lock-wait \"1 m\"")  # a value that needs quoting (and is valid)
     controller_before = crontab()
     apply = run(*args, audit=audit, inventory=host_inventory)
     assert apply.host(CRON_HOST)["status"] == "changed", apply.stdout + apply.stderr
@@ -589,7 +589,7 @@ def test_install_cron_on_a_host_keeps_every_other_line(
     assert code == 0 and text.startswith(db1_crontab)
     added = text[len(db1_crontab) :].decode().splitlines()
     assert added[0] == "# remediations: health (managed by inv install-cron; do not edit)"
-    assert added[1].endswith("--host db1 --service 'a b' >> /var/log/remediations/cron.log 2>&1")
+    assert added[1].endswith("--host db1 --lock-wait '1 m' >> /var/log/remediations/cron.log 2>&1")
     assert len(added) == 2
     assert steps(apply, CRON_HOST)["verify"]["message"] == "crontab -l is exactly the crontab written"
     assert run(*args, audit=audit, inventory=host_inventory).host(CRON_HOST)["status"] == "ok"
