@@ -1,9 +1,11 @@
 """Invoke front end: `inv --list`, `inv --help restart-api`, `inv restart-api --host prod`.
 
 Every task is a remediation that declares itself (remediations/<domain>/*.py): the collection is
-built from the registry, flags and help from each class's `params`. Exit code: 0 when no host failed,
-1 when one did, 2 for bad input (nothing run), 3 when none failed but a step warned, 130/143 when
-interrupted. The lab's development tasks are a separate collection: `inv -r lab --list`.
+built from the registry, flags and help from each class's `params`. `inv TASK` imports that task's
+module alone (the registry's index, remediations/<domain>/__init__.py); --list, --help and
+--complete import them all. Exit code: 0 when no host failed, 1 when one did, 2 for bad input
+(nothing run), 3 when none failed but a step warned, 130/143 when interrupted. The lab's
+development tasks are a separate collection: `inv -r lab --list`.
 """
 
 from remediations import invoke_errors

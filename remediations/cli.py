@@ -8,9 +8,10 @@ but a step warned, 130/143 when interrupted.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -270,14 +271,78 @@ def declared_task(cls: type[Remediation]) -> Task[Any]:
     return made
 
 
-def collection(*extra: Task[Any]) -> Collection:
+class PendingTask(RemediationTask):
+    """A declared remediation's task before its module is imported.
+
+    Its name comes from the registry's index; the first use of anything else (its flags, its
+    docstring, its body: what Invoke's parser, `--help`, `--list` and the executor read) imports the
+    remediation's module and makes this the task `declared_task` builds. `inv TASK` parses against
+    the tasks the command line names (`only_named`), so that the other modules are never imported.
+    """
+
+    def __init__(self, name: str) -> None:  # the real task's __init__ runs on first use (resolve)
+        self._name = name
+        self.__name__ = name.replace("-", "_")
+        self.aliases: tuple[str, ...] = ()
+        self.is_default = False
+
+    @property
+    def resolved(self) -> bool:
+        return "body" in self.__dict__
+
+    def resolve(self) -> None:
+        if not self.resolved:
+            self.__dict__.update(declared_task(registry.get(self.name)).__dict__)
+
+    def __getattr__(self, attr: str) -> Any:  # only for attributes the instance does not have yet
+        if attr.startswith("__") or "_name" not in self.__dict__ or self.resolved:
+            raise AttributeError(attr)  # copy's and inspect's probes; a half-built copy; a real miss
+        self.resolve()
+        return getattr(self, attr)
+
+    @property
+    def __doc__(self) -> str | None:  # type: ignore[override]  # Invoke's --list reads it
+        self.resolve()
+        doc: str | None = self.__dict__.get("__doc__")
+        return doc
+
+
+def collection(*extra: Task[Any], lazy: bool = True) -> Collection:
     """Every remediation of the registry as an Invoke task, its flags from its declaration, plus
-    `extra` tasks of a team's own (a registered task of the same name is left to theirs)."""
+    `extra` tasks of a team's own (a registered task of the same name is left to theirs).
+
+    With `lazy` (the default) the tasks are PendingTasks: no remediation module is imported until a
+    task is used; `lazy=False` imports every module and builds every task now.
+    """
     ns = Collection()
-    names = {t.name for t in extra}
-    for name, cls in registry.discover().items():
-        if name not in names:
-            ns.add_task(declared_task(cls))
+    taken = {t.name for t in extra}
+    for name in registry.names() if lazy else registry.discover():
+        if name not in taken:
+            ns.add_task(PendingTask(name) if lazy else declared_task(registry.get(name)))
     for made in extra:
         ns.add_task(made)
     return ns
+
+
+def only_named(ns: Collection, tokens: Iterable[str]) -> Collection | None:
+    """A copy of `ns` without the pending tasks that none of `tokens` (the command line) names,
+    or None when there is none to leave out."""
+    named = {ns.transform(token) for token in tokens if not token.startswith("-")}
+    left_out = [name for name, made in ns.tasks.items()
+                if isinstance(made, PendingTask) and not made.resolved and name not in named]  # fmt: skip
+    if not left_out:
+        return None
+    only = copy.copy(ns)
+    only.tasks = copy.copy(ns.tasks)  # a pending task has no aliases: the shared alias map stays right
+    for name in left_out:
+        del only.tasks[name]  # type: ignore[no-untyped-call]
+    return only
+
+
+def every_task(ns: Collection) -> None:
+    """Add to a lazy `ns` the tasks that the index does not name but a remediation module declares
+    (imports every module: for --list, --complete and a command line that does not parse)."""
+    if any(isinstance(made, PendingTask) for made in ns.tasks.values()):
+        for name in registry.discover():
+            if name not in ns.tasks:
+                ns.add_task(PendingTask(name))

@@ -37,7 +37,7 @@ def install() -> None:
     parse_tasks, parse_cleanup = Program.parse_tasks, Program.parse_cleanup
 
     def tasks_step(self: Program) -> None:
-        _guarded(self, lambda: parse_tasks(self))
+        _guarded(self, lambda: _parse_named(self, parse_tasks))
 
     def cleanup_step(self: Program) -> None:
         _guarded(self, lambda: parse_cleanup(self))
@@ -45,6 +45,38 @@ def install() -> None:
     Program.parse_tasks = tasks_step  # type: ignore[method-assign]
     Program.parse_cleanup = cleanup_step  # type: ignore[method-assign]
     Program._one_line_errors = True  # type: ignore[attr-defined]
+
+
+def _parse_named(program: Program, parse: Callable[[Program], None]) -> None:
+    """Parse against the tasks the command line names, so that only their remediation modules are
+    imported (remediations.cli.PendingTask); against every task when it names none, asks for
+    --list, --complete or the whole --help, or does not parse: the listings and the one-line errors
+    (did you mean …?) are those of the whole collection, as before."""
+    from remediations.cli import every_task, only_named
+
+    whole = program.collection
+    if not _wants_all(program):
+        halp = program.args.help.value
+        only = only_named(whole, [*program.core.unparsed, *([halp] if isinstance(halp, str) else [])])
+        if only is not None:
+            program.collection = program.scoped_collection = only
+            try:
+                parse(program)
+                if not _wants_all(program):  # a core flag after the task (inv restart-api --list)
+                    return
+            except ParseError:
+                pass
+            program.collection = program.scoped_collection = whole
+    every_task(whole)
+    parse(program)
+
+
+def _wants_all(program: Program) -> bool:
+    args, unparsed = program.args, program.core.unparsed
+    halp = args.help.value
+    unknown_help = isinstance(halp, str) and halp not in program.collection
+    return bool(args.list.value or args.complete.value or halp is True or unknown_help
+                or not (unparsed or halp))  # fmt: skip
 
 
 def _guarded(program: Program, step: Callable[[], None]) -> None:

@@ -2,10 +2,13 @@
 
 A remediation registers itself by subclassing `Remediation` with a `task` name; `discover()` imports
 every module of the domain packages (every sub-package of `remediations` but the layers below them:
-core, facts, actions, reporting) so that a new remediation is one new file, or a new domain folder,
-listed nowhere else.
-Those modules stay import-light (paramiko, boto3, docker and psycopg are imported when a task runs),
-so that `inv --list` is quick.
+core, facts, actions, reporting), for `inv --list`, `--help` and `--complete`.
+`inv TASK` needs one remediation only: each domain package's `__init__` declares
+`TASKS = {"task-name": "module"}`, read by `index()` without importing a remediation module, and
+`get(task)` imports that one module (every module when the index does not name the task).
+tests/unit/core/test_task_index.py compares the index with what the modules declare.
+Remediation modules stay import-light (paramiko, boto3, docker and psycopg are imported when a task
+runs).
 """
 
 from __future__ import annotations
@@ -53,7 +56,28 @@ def discover() -> dict[str, type[Remediation]]:
     return dict(sorted(_REGISTRY.items()))
 
 
+def index() -> dict[str, str]:
+    """Task name → the module that declares it, from each domain's `TASKS`, sorted by name."""
+    found: dict[str, str] = {}
+    for domain in domains():
+        package = importlib.import_module(f"remediations.{domain}")
+        for task, module in getattr(package, "TASKS", {}).items():
+            found[task] = f"remediations.{domain}.{module}"
+    return dict(sorted(found.items()))
+
+
+def names() -> list[str]:
+    """Every task name known without importing a remediation module: the index's and those
+    registered already (a team's or a test's own), sorted."""
+    return sorted(set(index()) | set(_REGISTRY))
+
+
 def get(task: str) -> type[Remediation]:
+    """The remediation of `task`: its module alone when the index names it, else every module."""
+    if task not in _REGISTRY:
+        module = index().get(task)
+        if module is not None:
+            importlib.import_module(module)
     if task not in _REGISTRY:
         discover()
     return _REGISTRY[task]

@@ -1,0 +1,12 @@
+"""Remediations of the host itself: health, disk, cron.
+
+TASKS names each task of this folder and the module that declares it, so that `inv TASK` imports
+that one module and not every remediation (see remediations/core/registry.py). A new remediation
+here is its module plus one line below; tests/unit/core/test_task_index.py fails until it is there.
+"""
+
+TASKS = {
+    "disk-cleanup": "disk_cleanup",
+    "health": "health",
+    "install-cron": "install_cron",
+}
