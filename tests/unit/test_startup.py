@@ -1,0 +1,124 @@
+"""Start-up of the real front end: `inv TASK` imports that task's remediation module and no other;
+--list, --help and bad input still see every task."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from remediations.cli import PendingTask, collection
+from remediations.core import registry
+
+ROOT = Path(__file__).resolve().parents[2]
+DOMAINS = ("docker", "host", "firewall", "s3", "postgres", "secrets")
+HEAVY = ("boto3", "botocore", "psycopg", "docker", "fabric")  # none of them is restart-api's
+
+# Runs Invoke's own `inv` program in this process and prints, once it is done, which remediation
+# modules and heavy libraries it imported.
+PROBE = f"""
+import atexit, json, sys
+def seen():
+    names = sorted(sys.modules)
+    print(json.dumps({{
+        "remediations": [m for m in names if m.count(".") == 2 and m.split(".")[1] in {DOMAINS!r}
+                         and m.startswith("remediations.")],
+        "heavy": [m for m in names if m.split(".")[0] in {HEAVY!r}],
+        "paramiko": "paramiko" in sys.modules,
+    }}), file=sys.stderr)
+atexit.register(seen)
+from invoke.main import program
+program.run(["inv", *sys.argv[1:]])
+"""
+
+
+def probe(*argv: str, cwd: Path = ROOT) -> tuple[subprocess.CompletedProcess[str], dict[str, list[str]]]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("REMEDIATIONS_")}
+    environ |= {"NO_COLOR": "1", "REMEDIATIONS_AUDIT_LOG": str(cwd / "audit.jsonl")}
+    done = subprocess.run([sys.executable, "-c", PROBE, *argv], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env=environ, check=False)  # fmt: skip
+    return done, json.loads(done.stderr.splitlines()[-1])
+
+
+def assert_only(seen: dict[str, list[str]], *modules: str) -> None:
+    """`modules` are the remediation modules imported, and nothing else of another domain was."""
+    remediations = set(registry.index().values())
+    assert sorted(m for m in seen["remediations"] if m in remediations) == sorted(modules)
+    domains = {m.split(".")[1] for m in modules}
+    assert [m for m in seen["remediations"] if m.split(".")[1] not in domains] == []
+
+
+def test_task_help_imports_that_task_alone() -> None:
+    done, seen = probe("restart-api", "--help")
+    assert done.returncode == 0, done.stderr
+    assert "Restart the api service" in done.stdout
+    assert_only(seen, "remediations.docker.restart_api")
+    assert seen["heavy"] == [] and not seen["paramiko"]
+
+
+def test_help_of_a_task_named_after_help_imports_that_task_alone() -> None:
+    done, seen = probe("--help", "block-ip")
+    assert done.returncode == 0, done.stderr
+    assert "--ip" in done.stdout
+    assert_only(seen, "remediations.firewall.block_ip")
+
+
+def test_a_check_run_imports_no_other_remediation_and_no_boto_or_psycopg(tmp_path: Path) -> None:
+    """A real run (a local host whose project directory is missing: the facts step fails)."""
+    hosts = {"local1": {"compose_project_dir": str(tmp_path / "no such project")}}
+    data = {"all": {"vars": {"ansible_connection": "local", "lock_dir": str(tmp_path / "lock"),
+                             "compose_project_name": "shop", "api_service": "api"},
+                    "children": {"api": {"hosts": hosts}}}}  # fmt: skip
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text(yaml.safe_dump(data))
+    argv = ("restart-api", "--check", "--host", "local1", "--inventory", str(inventory))
+    done, seen = probe(*argv, cwd=tmp_path)
+    assert done.returncode == 1, done.stderr  # the host failed: the run went through the engine
+    assert "local1" in done.stdout
+    assert_only(seen, "remediations.docker.restart_api")
+    assert seen["heavy"] == []
+
+
+def test_two_tasks_on_one_command_line_import_both() -> None:
+    done, seen = probe("list-blocks", "--help", "restart-api")
+    assert done.returncode == 0, done.stderr
+    assert_only(seen, "remediations.firewall.list_blocks", "remediations.docker.restart_api")
+
+
+@pytest.mark.parametrize("argv", [["--list"], ["restart-api", "--list"]], ids=["list", "list-after-a-task"])
+def test_list_still_shows_every_task_with_its_help(argv: list[str]) -> None:
+    done, _ = probe(*argv)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    listed = {line.split()[0]: line for line in lines if line[:2] == "  " and line[2:3].strip()}
+    declared = {name: cls for name, cls in registry.discover().items()
+                if cls.__module__.startswith("remediations.")}  # fmt: skip
+    assert set(declared) <= set(listed)
+    for name, cls in declared.items():
+        first_words = " ".join((cls.__doc__ or "").split()[:3])
+        assert first_words and first_words in " ".join(listed[name].split()), name
+
+
+def test_an_unknown_task_still_gets_a_suggestion_from_every_task() -> None:
+    done, _ = probe("rotate-secrt", "--host", "prod")
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[0] == (
+        "error: no task 'rotate-secrt'; did you mean rotate-secret? (inv --list shows every task)")
+
+
+def test_a_pending_task_is_the_declared_task_once_used() -> None:
+    lazy, eager = collection(), collection(lazy=False)
+    assert set(lazy.tasks) == set(eager.tasks)
+    for name, made in eager.tasks.items():
+        pending = lazy.tasks[name]
+        assert isinstance(pending, PendingTask) and not pending.resolved
+        assert pending.name == name
+        assert [(a.names, a.kind, a.default, a.help) for a in pending.get_arguments()] == \
+            [(a.names, a.kind, a.default, a.help) for a in made.get_arguments()]  # fmt: skip
+        assert pending.resolved
+        assert pending.__doc__ == made.__doc__ and pending.iterable == made.iterable
