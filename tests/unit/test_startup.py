@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -122,3 +123,19 @@ def test_a_pending_task_is_the_declared_task_once_used() -> None:
             [(a.names, a.kind, a.default, a.help) for a in made.get_arguments()]  # fmt: skip
         assert pending.resolved
         assert pending.__doc__ == made.__doc__ and pending.iterable == made.iterable
+
+
+def test_inv_writes_the_bytecode_of_the_modules_it_imports(tmp_path: Path) -> None:
+    """Invoke turns bytecode writing off: a checkout that only `inv` runs kept compiling from source."""
+    checkout = tmp_path / "checkout"
+    shutil.copytree(ROOT / "remediations", checkout / "remediations",
+                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    shutil.copy(ROOT / "tasks.py", checkout)
+    unset = ("PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX")
+    environ = {k: v for k, v in os.environ.items() if k not in unset}
+    done = subprocess.run([sys.executable, "-m", "invoke", "restart-api", "--help"], cwd=checkout,
+                          env=environ | {"PYTHONPATH": str(checkout)}, capture_output=True, text=True,
+                          timeout=120, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert list((checkout / "remediations" / "docker" / "__pycache__").glob("restart_api.*.pyc"))
+    assert not (checkout / "__pycache__").exists()  # tasks.py itself: Invoke's choice stands
