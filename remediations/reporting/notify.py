@@ -20,13 +20,10 @@ is summed up as "… and K more"; the lead line and the run id are never dropped
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import re
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePath
@@ -238,6 +235,9 @@ class Refused(Exception):
 
 
 def _post_json(url: str, payload: Mapping[str, Any]) -> None:
+    import urllib.error  # with urllib.request and http.client: imported when a run sends, not at start-up
+    import urllib.request
+
     if not url.startswith(("http://", "https://")):
         raise ValueError("URL must start with http:// or https://")
     request = urllib.request.Request(
@@ -314,6 +314,9 @@ def send(
         text = TELEGRAM.render(message, redactor)  # plain text: no parse_mode, nothing to escape
         payload = {"chat_id": config.telegram_chat_id, "text": text, "disable_web_page_preview": True}
         targets.append(("telegram", url, payload))
+    if targets:
+        import http.client
+        import urllib.error
     for name, url, payload in targets:
         try:
             _deliver(url, payload, sleep)

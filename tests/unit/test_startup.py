@@ -31,6 +31,7 @@ def seen():
                          and m.startswith("remediations.")],
         "heavy": [m for m in names if m.split(".")[0] in {HEAVY!r}],
         "paramiko": "paramiko" in sys.modules,
+        "http": [m for m in ("http.client", "urllib.request") if m in sys.modules],
     }}), file=sys.stderr)
 atexit.register(seen)
 from invoke.main import program
@@ -83,6 +84,7 @@ def test_a_check_run_imports_no_other_remediation_and_no_boto_or_psycopg(tmp_pat
     assert "local1" in done.stdout
     assert_only(seen, "remediations.docker.restart_api")
     assert seen["heavy"] == []
+    assert seen["http"] == []  # no notification channel configured: nothing imported to send one
 
 
 def test_two_tasks_on_one_command_line_import_both() -> None:
