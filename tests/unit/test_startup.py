@@ -141,3 +141,12 @@ def test_inv_writes_the_bytecode_of_the_modules_it_imports(tmp_path: Path) -> No
     assert done.returncode == 0, done.stderr
     assert list((checkout / "remediations" / "docker" / "__pycache__").glob("restart_api.*.pyc"))
     assert not (checkout / "__pycache__").exists()  # tasks.py itself: Invoke's choice stands
+
+
+def test_completion_still_sees_every_task_and_a_tasks_flags() -> None:
+    done, _ = probe("--complete", "--", "inv")
+    assert done.returncode == 0, done.stderr
+    assert set(registry.index()) <= set(done.stdout.split())
+    done, _ = probe("--complete", "--", "inv", "restart-api", "--")
+    assert done.returncode == 0, done.stderr
+    assert {"--service", "--if-unhealthy", "--host", "--check"} <= set(done.stdout.split())
