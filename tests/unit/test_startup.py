@@ -9,11 +9,13 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
 import yaml
+from invoke.tasks import Task
 
-from remediations.cli import PendingTask, collection
+from remediations.cli import PendingTask, collection, every_task, only_named
 from remediations.core import registry
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -150,3 +152,33 @@ def test_completion_still_sees_every_task_and_a_tasks_flags() -> None:
     done, _ = probe("--complete", "--", "inv", "restart-api", "--")
     assert done.returncode == 0, done.stderr
     assert {"--service", "--if-unhealthy", "--host", "--check"} <= set(done.stdout.split())
+
+
+def test_only_named_keeps_the_named_the_used_and_a_teams_own_tasks() -> None:
+    def deploy(c: Any) -> None:
+        """A team's own task."""
+
+    ns = collection(Task(deploy))
+    ns.tasks["health"].get_arguments()  # used already: kept
+    only = only_named(ns, ["restart-api", "--host", "prod"])
+    assert only is not None and sorted(only.tasks) == ["deploy", "health", "restart-api"]
+    assert set(ns.tasks) == set(registry.names()) | {"deploy"}  # the whole collection is left whole
+    assert only_named(only, ["restart-api"]) is None  # nothing more to leave out
+
+
+def test_every_task_adds_a_declared_task_the_index_lacks() -> None:
+    from remediations.core.remediation import Remediation
+
+    ns = collection()
+
+    class Unindexed(Remediation):
+        """A remediation whose folder's TASKS does not name it."""
+
+        task: ClassVar[str] = "toy-unindexed"
+
+    try:
+        assert "toy-unindexed" not in ns.tasks and "toy-unindexed" not in registry.index()
+        every_task(ns)
+        assert ns.tasks["toy-unindexed"].__doc__ == "A remediation whose folder's TASKS does not name it."
+    finally:
+        registry.unregister("toy-unindexed")
