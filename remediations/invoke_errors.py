@@ -7,8 +7,9 @@ type `inv` (Invoke's own binary), so a Program subclass of ours would never be t
 (`parse_tasks`: the task names and their flags; `parse_cleanup`: --help TASK and --list), so that
 their ParseError becomes Invoke's own `Exit(message, code=2)`, and a reader that closed the pipe
 (`inv --list | head -1`) ends the listing quietly. The task step parses against the tasks the
-command line names (`_parse_named`), so that `inv TASK` imports TASK's remediation module alone. Errors Invoke meets before tasks.py is imported
-(a bad core flag such as `-r` without its folder, no tasks.py at all) stay Invoke's.
+command line names (`_parse_named`), so that `inv TASK` imports TASK's remediation module alone.
+Errors Invoke meets before tasks.py is imported (a bad core flag such as `-r` without its folder, no
+tasks.py at all) stay Invoke's.
 """
 
 from __future__ import annotations
