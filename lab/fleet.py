@@ -77,8 +77,10 @@ printf '%s\n' "addr replace $addr/{FLEET_PREFIX_LEN} dev eth0" "link set lo up" 
 unshare --mount="$mnt" --propagation private true
 nsenter --mount="$mnt" -- sh -c '
 set -eu
-umount -R -l /run/netns 2>/dev/null || true
-umount -R -l /run/remediations-lab 2>/dev/null || true
+# drop this copy of the namespace handles of the other hosts (they would keep those alive): one lazy
+# umount detaches a whole subtree (umount -R, one call per mount, is quadratic at 1,000 hosts)
+umount -l /run/netns /run/remediations-lab/mnt 2>/dev/null || true
+for f in /run/remediations-lab/uts/*; do [ -e "$f" ] && umount -l /run/remediations-lab/uts/*; break; done
 mount -t tmpfs -o mode=0755,size=16m rmlab-run /run
 mkdir -p /run/sshd /run/lock
 chmod 1777 /run/lock

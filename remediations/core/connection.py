@@ -452,6 +452,7 @@ class SSHRemote:
     def close(self) -> None:
         """Close the connection and the jump host's under it (Fabric leaves a gateway open)."""
         self.connection.close()
+        self.connection.client.close()  # Fabric skips it when its open() failed half-way
         gateway = self.connection.gateway
         if gateway and not isinstance(gateway, str):
             gateway.close()
@@ -579,7 +580,11 @@ class SSHProcess:
 def connect(host: Host, connect_timeout: float = CONNECT_TIMEOUT) -> SSHRemote | LocalRemote:
     """An open connection to `host`; raises HostUnreachable or HostKeyRefused."""
     remote: SSHRemote | LocalRemote = LocalRemote(host) if host.is_local else SSHRemote(host, connect_timeout)
-    remote.open()
+    try:
+        remote.open()
+    except BaseException:
+        remote.close()  # a refused key or failed auth leaves paramiko's transport (a thread, a socket) open
+        raise
     return remote
 
 
