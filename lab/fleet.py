@@ -138,13 +138,14 @@ def _fleet_dirs(host: HostSpec) -> list[Path]:
 
 
 def _prepare(host: HostSpec) -> None:
-    """The host's files: private folders, host key and sshd config (kept across ``down``)."""
+    """The host's files: a fresh host each time it starts (ufw as the machine ships it, inactive;
+    no recorded blocks, no logs); its host key and sshd config are kept across ``down``."""
     ufw, default_ufw, logdir, state, home, spool = _fleet_dirs(host)
-    if not ufw.is_dir() or not any(ufw.iterdir()):
-        shutil.copytree("/etc/ufw", ufw, symlinks=True, dirs_exist_ok=True)
-    if not default_ufw.exists():
-        src = Path("/etc/default/ufw")
-        default_ufw.write_bytes(src.read_bytes() if src.exists() else b"")
+    for folder in (ufw, logdir, state):
+        shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree("/etc/ufw", ufw, symlinks=True)
+    src = Path("/etc/default/ufw")
+    default_ufw.write_bytes(src.read_bytes() if src.exists() else b"")
     for folder in (logdir, state):
         folder.mkdir(parents=True, exist_ok=True)
     home.mkdir(mode=0o700, parents=True, exist_ok=True)

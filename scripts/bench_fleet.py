@@ -201,10 +201,10 @@ def main() -> None:
                f"<{shlex.quote(str(work / 'addresses'))} >/dev/null"]  # fmt: skip
     pyinfra = [str(venv / "pyinfra"), "-y", "--parallel", str(p), str(work / "inventory.py"),
                str(work / "deploy.py")]  # fmt: skip
-    ours = [sys.executable, "-m", "invoke", "--", "--host", selection, "--json",
-            "--parallel", str(p), "--inventory", inventory]  # fmt: skip
-    block = [*ours[:3], "block-ip", "--ip", BLOCKED, *ours[4:]]
-    listing = [*ours[:3], "list-blocks", *ours[4:]]
+    invoke = [sys.executable, "-m", "invoke"]
+    flags = ["--host", selection, "--json", "--parallel", str(p), "--inventory", inventory]
+    block = [*invoke, "block-ip", "--ip", BLOCKED, *flags]
+    listing = [*invoke, "list-blocks", *flags]
     sides: list[tuple[str, Callable[[], Sample]]] = [
         (f"OpenSSH xargs -P {p}", lambda: run(openssh)),
         (f"pyinfra --parallel {p}", lambda: run(pyinfra, None, work)),
