@@ -62,6 +62,14 @@ class Sample:
     threads: int = 0
     fds: int = 0
     hosts_ok: int = 0
+    cpu: float = 0.0  # the side's own CPU seconds (wait4: the process and the children it waited for)
+    machine_cpu: float = 0.0  # every core's busy seconds meanwhile: the hosts' sshd too (and any load)
+
+
+def busy_seconds() -> float:
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def ensure_pyinfra() -> Path:
@@ -89,7 +97,7 @@ def run(argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = N
         expect: list[str] | None = None) -> Sample:  # fmt: skip
     """Run `argv`; with `expect` (host names) it is ours: sample it and check its --json."""
     out = tempfile.TemporaryFile()  # noqa: SIM115 - read after the child ends
-    t0 = time.monotonic()
+    t0, busy0 = time.monotonic(), busy_seconds()
     proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.PIPE if expect else out,
                             env=env, cwd=cwd)  # fmt: skip
     sample, stop = Sample(0.0), threading.Event()
@@ -100,6 +108,8 @@ def run(argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = N
     _, code, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(code)
     sample.wall = time.monotonic() - t0
+    sample.machine_cpu = busy_seconds() - busy0
+    sample.cpu = usage.ru_utime + usage.ru_stime
     stop.set()
     out.seek(0)
     output = out.read().decode(errors="replace")
@@ -229,13 +239,15 @@ def report(results: dict[str, list[Sample]], n: int, p: int, openssh: str, pyinf
     load = os.getloadavg()[0]
     print(f"\nno-op over {n} fleet hosts, --parallel {p}, {len(results[openssh])} round(s) interleaved, "
           f"load {load:.1f}; wall seconds (median)")  # fmt: skip
-    print(f"{'side':26} {'wall':>7} {'/pyinfra':>9} {'/OpenSSH':>9} {'RSS MB':>7} {'threads':>8} "
-          f"{'fds':>5} {'results':>8}")  # fmt: skip
+    print(f"{'side':26} {'wall':>7} {'/pyinfra':>9} {'/OpenSSH':>9} {'CPU ms/host':>12} "
+          f"{'all CPU ms/host':>16} {'RSS MB':>7} {'threads':>8} {'fds':>5} {'results':>8}")  # fmt: skip
     for name, samples in results.items():
         wall = med(name)
-        extra = ""
+        cpu = statistics.median(s.cpu for s in samples) * 1000 / n
+        machine = statistics.median(s.machine_cpu for s in samples) * 1000 / n
+        extra = f"{cpu:12.1f} {machine:16.1f} "
         if samples[0].hosts_ok:
-            extra = (f"{max(s.rss_mb for s in samples):7.0f} {max(s.threads for s in samples):8d} "
+            extra += (f"{max(s.rss_mb for s in samples):7.0f} {max(s.threads for s in samples):8d} "
                      f"{max(s.fds for s in samples):5d} {min(s.hosts_ok for s in samples):8d}")  # fmt: skip
         print(f"{name:26} {wall:7.2f} {wall / med(pyinfra):9.2f} {wall / med(openssh):9.2f} {extra}")
     print("targets: block-ip <= 1.0x pyinfra, <= 0.5x OpenSSH; RSS <= 300 MB; threads bounded by "
