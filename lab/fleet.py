@@ -217,7 +217,8 @@ def _start(hosts: Sequence[HostSpec]) -> None:
     deadline = time.monotonic() + 30
     waiting = list(hosts)
     while waiting:
-        waiting = [h for h in waiting if h.name not in _listening(waiting)]
+        answering = _listening(waiting)
+        waiting = [h for h in waiting if h.name not in answering]
         if waiting and time.monotonic() > deadline:
             names = ", ".join(h.name for h in waiting[:10])
             raise LabError(f"sshd did not listen on {len(waiting)} fleet host(s) within 30s: {names}")

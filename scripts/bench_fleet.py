@@ -94,7 +94,7 @@ def _sampler(pid: int, into: Sample, stop: threading.Event) -> None:
 
 
 def run(argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None,
-        expect: list[str] | None = None) -> Sample:  # fmt: skip
+        expect: list[str] | None = None, status: str = "ok") -> Sample:  # fmt: skip
     """Run `argv`; with `expect` (host names) it is ours: sample it and check its --json."""
     out = tempfile.TemporaryFile()  # noqa: SIM115 - read after the child ends
     t0, busy0 = time.monotonic(), busy_seconds()
@@ -119,9 +119,9 @@ def run(argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = N
         sample.rss_mb = usage.ru_maxrss / 1024
         results = {h["host"]: h for h in json.loads(output)["hosts"]}
         missing = sorted(set(expect) - results.keys())
-        bad = [f"{n}: {h['status']} {h['message']}" for n, h in results.items() if h["status"] != "ok"]
+        bad = [f"{n}: {h['status']} {h['message']}" for n, h in results.items() if h["status"] != status]
         if missing or bad or len(results) != len(expect):
-            sys.exit(f"results lost or not ok: {len(missing)} missing {missing[:5]}, {bad[:5]}")
+            sys.exit(f"results lost or not {status}: {len(missing)} missing {missing[:5]}, {bad[:5]}")
         sample.hosts_ok = len(results)
     return sample
 
@@ -136,7 +136,7 @@ def prepare(names: list[str], inventory: str, env: dict[str, str]) -> None:
     first = names[0]
     lab.exec_on(first, ["sh", "-c", "ufw --force reset >/dev/null; ufw allow 22/tcp >/dev/null"])
     run([sys.executable, "-m", "invoke", "block-ip", "--host", first, "--ip", BLOCKED, "--enable",
-         "--json", "--inventory", inventory], env, ROOT, expect=[first])  # fmt: skip
+         "--json", "--inventory", inventory], env, ROOT, expect=[first], status="changed")  # fmt: skip
     template = fleet_host(1).dir
     rules = {
         tool: lab.exec_on(first, [f"{tool}-save"]).stdout for tool in ("iptables", "ip6tables")
