@@ -226,7 +226,10 @@ def main() -> None:
         for name, side in sides:
             sample = side()
             results[name].append(sample)
-            print(f"round {r + 1} {name}: {sample.wall:.2f}s", flush=True)
+            detail = (f", CPU {sample.cpu:.1f}s, all cores {sample.machine_cpu:.1f}s" +
+                      (f", RSS {sample.rss_mb:.0f} MB, threads {sample.threads}, fds {sample.fds}, "
+                       f"results {sample.hosts_ok}" if sample.hosts_ok else ""))  # fmt: skip
+            print(f"round {r + 1} {name}: {sample.wall:.2f}s{detail}", flush=True)
     report(results, n, p, sides[0][0], sides[1][0])
     if args.down:
         lab.fleet(0)

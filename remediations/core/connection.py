@@ -36,6 +36,7 @@ from tenacity import (
     wait_exponential,
 )
 
+from remediations.core import known_hosts
 from remediations.core.errors import (
     CommandResult,
     ConnectionLost,
@@ -191,9 +192,8 @@ class SSHRemote:
             files = [os.path.expanduser(f) for f in str(configured).split()] or [
                 os.path.expanduser(f) for f in DEFAULT_KNOWN_HOSTS
             ]
-        for path in files:
-            if os.path.exists(path):
-                conn.client.load_system_host_keys(path)
+        # parsed once per run, not per host (core.known_hosts): SSHClient has no public setter
+        conn.client._system_host_keys = known_hosts.host_keys(files)
         conn.client.set_missing_host_key_policy(
             _StrictPolicy(host, files, options.host_key_policy == "accept-new")
         )

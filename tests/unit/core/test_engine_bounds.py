@@ -138,3 +138,45 @@ def inventory_yaml(hosts: dict[str, dict[str, Any]], all_vars: dict[str, Any]) -
     import yaml
 
     return yaml.safe_dump({"all": {"vars": all_vars, "hosts": hosts}})
+
+
+def test_a_known_hosts_file_is_parsed_once_per_run_not_once_per_host(
+    tmp_path: Path, unknown_key_server: tuple[int, list[paramiko.Transport]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fleet's known_hosts has a line per host: parsing it for every connection is quadratic
+    (at 1,000 hosts, minutes of one core under the GIL before the first command)."""
+    port, _ = unknown_key_server
+    other = paramiko.RSAKey.generate(1024).get_base64()
+    known = tmp_path / "known_hosts"
+    known.write_text("".join(f"198.18.20.{i} ssh-rsa {other}\n" for i in range(1, 201)))
+    loads: list[str] = []
+    original = paramiko.HostKeys.load
+
+    def counting(self: paramiko.HostKeys, filename: str) -> None:
+        loads.append(filename)
+        original(self, filename)
+
+    monkeypatch.setattr(paramiko.HostKeys, "load", counting)
+    common = f"-o UserKnownHostsFile={known} -o StrictHostKeyChecking=yes"
+    hosts = {f"k{i:02d}": {"ansible_host": "127.0.0.1", "ansible_port": port} for i in range(1, 31)}
+    path = tmp_path / "inventory.yml"
+    path.write_text(inventory_yaml(hosts, {"ansible_user": "root", "ansible_ssh_common_args": common}))
+    inv = inventory.load(path)
+    run = Engine(inv, RunOptions(parallel=5, connect_timeout=10)).run(CountThreads(), inv.select("all"))
+    assert len(run.hosts) == 30 and all("is not in" in h.message for h in run.hosts)
+    assert loads == [str(known)]
+
+
+def test_known_hosts_are_read_again_when_the_file_changes(tmp_path: Path) -> None:
+    from remediations.core import known_hosts
+
+    first, second = (paramiko.RSAKey.generate(1024).get_base64() for _ in range(2))
+    known = tmp_path / "known_hosts"
+    known.write_text(f"198.18.20.1 ssh-rsa {first}\n")
+    before = known_hosts.host_keys([str(known), str(tmp_path / "absent")])
+    assert before.lookup("198.18.20.1") is not None and before.lookup("198.18.20.2") is None
+    assert known_hosts.host_keys([str(known)]) is known_hosts.host_keys([str(known)])
+    with known.open("a") as out:  # what accept-new does
+        out.write(f"198.18.20.2 ssh-rsa {second}\n")
+    after = known_hosts.host_keys([str(known)])
+    assert after.lookup("198.18.20.2") is not None
