@@ -49,6 +49,8 @@ def test_the_fleet_comes_up_beside_the_lab_and_a_plain_up_keeps_it(fleet: list[H
     assert status.up
     assert fleet_status() == (SIZE, SIZE)
     assert listeners(fleet) == before
+    known = lab_mod.KNOWN_HOSTS.read_text()
+    assert all(f"{h.address} ssh-ed25519 " in known for h in fleet)  # up rewrote it with the fleet's keys
     assert lab_mod.exec_on(fleet[0].name, ["ufw", "status"]).stdout.decode().startswith("Status: inactive")
 
 
