@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import ipaddress
 import logging
 import os
 import re
@@ -28,6 +29,7 @@ SSH_KEY = LAB_ROOT / "ssh" / "id_ed25519"
 KNOWN_HOSTS = LAB_ROOT / "ssh" / "known_hosts"
 S3_ENDPOINT = "http://198.18.0.1:9000"
 BENCH_INVENTORY = LAB_ROOT / "bench.yml"
+FLEET_INVENTORY = LAB_ROOT / "fleet.yml"  # the sshd-only fleet (lab.fleet), when it runs
 PG_PASSWORD_FILE = LAB_ROOT / "pg_password"
 PG_PASSFILE = LAB_ROOT / "pgpass"  # libpq's format, for the postgres_admin_passfile var
 STATE_DIR = "/var/lib/remediations"  # private per host
@@ -38,6 +40,7 @@ ROLE_DOCKER = "docker"
 ROLE_UFW = "ufw"
 ROLE_POSTGRES = "postgres"
 ROLE_WAL_ARCHIVE = "wal-archive"  # archive_mode on: WAL to PG_WAL_ARCHIVE and to S3
+ROLE_FLEET = "fleet"  # sshd and ufw only, on the fleet bridge (lab.fleet)
 
 BRIDGE = "rmlab0"
 BRIDGE_ADDRESS = "198.18.0.1"
@@ -56,6 +59,12 @@ PG_WAL_ARCHIVE = "/var/lib/postgresql/wal-archive"  # private per host
 S3_BACKUP_BUCKET = "rmlab-backups"
 S3_WAL_PREFIX = "wal/"
 MAX_EXTRA_API_HOSTS = 99
+# The fleet: sshd-only hosts on their own bridge and subnet, inside the lab's 198.18.0.0/15.
+FLEET_BRIDGE = "rmfleet0"
+FLEET_BRIDGE_ADDRESS = "198.18.16.1"
+FLEET_PREFIX_LEN = 20
+FLEET_SUBNET = "198.18.16.0/20"
+MAX_FLEET = 4000
 
 ASSETS = Path(__file__).resolve().parent / "assets"  # copied to the hosts, or run from here
 _AUTHORIZED_KEYS = LAB_ROOT / "ssh" / "authorized_keys"
@@ -75,6 +84,8 @@ _DAEMON_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _BUSYBOX = Path("/bin/busybox")
 _BUSYBOX_LINKS = ("sh", "httpd", "wget", "cp", "mkdir", "sleep", "cat", "rm", "echo", "ls")
 _BENCH_RE = re.compile(r"^bench(\d{2})$")
+_FLEET_RE = re.compile(r"^fleet(\d{4})$")
+_FLEET_STATE = LAB_ROOT / "fleet.json"
 _FORWARD_RULE = ("FORWARD", "-i", BRIDGE, "-o", BRIDGE, "-j", "ACCEPT")
 _IMAGE_EPOCH = "2024-01-01T00:00:00Z"
 
@@ -214,6 +225,14 @@ DEFAULT_HOSTS: tuple[HostSpec, ...] = (
 def bench_host(index: int) -> HostSpec:
     """The ``index``-th extra api host (1-based): bench01 at 198.18.0.101, ..."""
     return HostSpec(f"bench{index:02d}", f"198.18.0.{100 + index}", (ROLE_DOCKER,))
+
+
+def fleet_host(index: int) -> HostSpec:
+    """The ``index``-th fleet host (1-based): fleet0001 at 198.18.16.2, ..., fleet4000."""
+    if not 1 <= index <= MAX_FLEET:
+        raise LabError(f"fleet host index must be within 1..{MAX_FLEET}")
+    address = ipaddress.IPv4Address(FLEET_BRIDGE_ADDRESS) + index
+    return HostSpec(f"fleet{index:04d}", str(address), (ROLE_FLEET, ROLE_UFW))
 
 
 def lab_hosts(extra_api_hosts: int = 0) -> list[HostSpec]:

@@ -8,8 +8,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from lab.base import BRIDGE, LAB_ROOT, LabError, LabStatus
-from lab.control import down, status, up
+from lab.base import BRIDGE, FLEET_BRIDGE, FLEET_INVENTORY, FLEET_SUBNET, LAB_ROOT, LabError, LabStatus
+from lab.control import down, fleet, fleet_status, status, up
 
 # ---------------------------------------------------------------------------------------------
 # Command line
@@ -29,6 +29,13 @@ def print_status(st: LabStatus) -> None:
         )
 
 
+def print_fleet() -> None:
+    wanted, answering = fleet_status()
+    if wanted:
+        print(f"fleet {FLEET_BRIDGE} {FLEET_SUBNET}: {answering}/{wanted} hosts answer on :22 "
+              f"(inventory {FLEET_INVENTORY})")  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from lab import hosts  # the lab's overview is the docstring of its public face
 
@@ -39,6 +46,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_up = sub.add_parser("up", help="build or repair the lab")
     p_up.add_argument("--extra-api-hosts", type=int, default=None, metavar="N",
                       help="bench hosts to run (default: keep those running now)")
+    p_up.add_argument("--fleet", type=int, default=None, metavar="N",
+                      help="sshd-only fleet hosts to run (default: leave the fleet as it is)")
+    p_fleet = sub.add_parser("fleet", help="run N sshd-only fleet hosts (0: remove the fleet)")
+    p_fleet.add_argument("count", type=int, metavar="N")
     p_down = sub.add_parser("down", help="stop and remove everything")
     p_down.add_argument("--purge", action="store_true", help=f"also delete {LAB_ROOT}")
     p_status = sub.add_parser("status", help="show what runs")
@@ -49,7 +60,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         if args.command == "up":
-            print_status(up(args.extra_api_hosts))
+            print_status(up(args.extra_api_hosts, args.fleet))
+        elif args.command == "fleet":
+            fleet(args.count)
+            print_fleet()
         elif args.command == "down":
             down(purge=args.purge)
         elif args.json:
@@ -57,6 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             st = status()
             print_status(st)
+            print_fleet()
             return 0 if st.up else 3
     except LabError as exc:
         print(f"lab {args.command} failed: {exc}", file=sys.stderr)

@@ -43,6 +43,10 @@ from lab.base import (
 )
 from lab.clients import _remove_clients
 from lab.docker import _build_busybox_image, _docker_answers, _ensure_dockerd, _ensure_image, _ensure_shop
+from lab.fleet import fleet as _fleet
+from lab.fleet import fleet_status as fleet_status
+from lab.fleet import remove_all as _remove_fleet
+from lab.fleet import saved_fleet
 from lab.mounts import (
     _ensure_mnt_dir,
     _ensure_mntns,
@@ -170,12 +174,13 @@ def _bench_inventory(hosts: Sequence[HostSpec]) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def up(extra_api_hosts: int | None = None) -> LabStatus:
+def up(extra_api_hosts: int | None = None, fleet: int | None = None) -> LabStatus:
     """Build the lab, or repair it to its baseline; idempotent. Returns ``status()``.
 
     ``extra_api_hosts`` bench hosts are added (or removed down to that number); ``None`` keeps the
     bench hosts that run now, so a test session starting the lab does not pull them from under a
-    benchmark.
+    benchmark. ``fleet``: run that many sshd-only fleet hosts (lab.fleet); ``None`` leaves the
+    fleet as it is, untouched.
     """
     _require_root()
     with _locked():
@@ -193,7 +198,9 @@ def up(extra_api_hosts: int | None = None) -> LabStatus:
         _start_moto()
         image_id = _build_busybox_image() if any(h.has(ROLE_DOCKER) for h in hosts) else None
         _parallel(lambda h: _ensure_host(h, image_id), hosts, "bringing up hosts")
-        _write_known_hosts(hosts)
+        if fleet is not None:
+            _fleet(fleet)
+        _write_known_hosts([*hosts, *saved_fleet()])
         if extra_api_hosts:
             _write_if_changed(BENCH_INVENTORY, _bench_inventory(hosts).encode())
         else:
@@ -203,11 +210,23 @@ def up(extra_api_hosts: int | None = None) -> LabStatus:
     return status()
 
 
+def fleet(count: int) -> list[HostSpec]:
+    """Run exactly ``count`` sshd-only fleet hosts (0 removes the fleet), leaving every other lab
+    host alone; writes FLEET_INVENTORY and adds their keys to KNOWN_HOSTS. Returns the hosts."""
+    _require_root()
+    with _locked():
+        hosts = _fleet(count)
+        _write_known_hosts([*_current_hosts(), *hosts])
+    return hosts
+
+
 def down(purge: bool = False) -> None:
     """Stop and remove everything the lab runs or mounts; ``purge`` also deletes LAB_ROOT."""
     _require_root()
     with _locked():
         t0 = time.monotonic()
+        if _remove_fleet():
+            _write_known_hosts(_current_hosts())
         hosts = _discovered_hosts()
         _parallel(_teardown_host, hosts, "tearing down hosts")
         _remove_clients()

@@ -8,7 +8,8 @@ the controller side of the bridge.
 
 Usage (as root)::
 
-    python -m lab up [--extra-api-hosts N]
+    python -m lab up [--extra-api-hosts N] [--fleet N]
+    python -m lab fleet N          # N sshd-only hosts on rmfleet0 (lab.fleet); 0 removes them
     python -m lab status [--json]
     python -m lab down [--purge]
 
@@ -29,6 +30,8 @@ import sys
 from lab.base import ASSETS as ASSETS
 from lab.base import BENCH_INVENTORY as BENCH_INVENTORY
 from lab.base import BRIDGE_ADDRESS as BRIDGE_ADDRESS
+from lab.base import FLEET_INVENTORY as FLEET_INVENTORY
+from lab.base import FLEET_SUBNET as FLEET_SUBNET
 from lab.base import KNOWN_HOSTS as KNOWN_HOSTS
 from lab.base import LAB_ROOT as LAB_ROOT
 from lab.base import PG_DATA as PG_DATA
@@ -47,6 +50,7 @@ from lab.cli import print_status as print_status
 from lab.clients import Client as Client
 from lab.clients import client as client
 from lab.control import down as down
+from lab.control import fleet as fleet
 from lab.control import status as status
 from lab.control import up as up
 from lab.cron import cron_daemon as cron_daemon

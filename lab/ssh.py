@@ -103,8 +103,11 @@ def _start_sshd(host: HostSpec) -> None:
 
 
 def _write_known_hosts(hosts: Sequence[HostSpec]) -> None:
+    """Every host's key whose key file exists (the fleet's hosts included, see lab.fleet)."""
     lines = []
     for host in hosts:
+        if not _host_key(host).with_suffix(".pub").exists():
+            continue
         kind, blob, *_ = _host_key(host).with_suffix(".pub").read_text().split()
         lines.append(f"{host.address} {kind} {blob}\n")
     _write_if_changed(KNOWN_HOSTS, "".join(lines).encode())

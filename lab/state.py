@@ -13,6 +13,7 @@ from typing import Any
 
 from lab.base import (
     _BENCH_RE,
+    _FLEET_RE,
     _LOCK_FILE,
     _MNT_DIR,
     _NETNS_DIR,
@@ -24,6 +25,7 @@ from lab.base import (
     LabError,
     _write_if_changed,
     bench_host,
+    fleet_host,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -76,11 +78,15 @@ def _host(name: str) -> HostSpec:
     match = _BENCH_RE.match(name)
     if match:
         return bench_host(int(match.group(1)))
+    match = _FLEET_RE.match(name)
+    if match and int(match.group(1)) >= 1:
+        return fleet_host(int(match.group(1)))
     raise LabError(f"unknown lab host {name!r}")
 
 
 def _discovered_hosts() -> list[HostSpec]:
-    """Hosts that may exist from a crashed run: saved, default, or found by their handles."""
+    """Hosts that may exist from a crashed run: saved, default, or found by their handles. Fleet
+    hosts are not among them: lab.fleet keeps those (an ``up`` never removes the fleet)."""
     names: dict[str, HostSpec] = {h.name: h for h in (*_saved_hosts(), *DEFAULT_HOSTS)}
     found: set[str] = set()
     for folder in (_NETNS_DIR, _MNT_DIR, _UTS_DIR):
@@ -89,6 +95,8 @@ def _discovered_hosts() -> list[HostSpec]:
     with contextlib.suppress(OSError):
         found.update(p.name[4:] for p in Path("/sys/class/net").iterdir() if p.name[:4] == "rmv-")
     for name in sorted(found - names.keys()):
+        if _FLEET_RE.match(name):
+            continue
         match = _BENCH_RE.match(name)
         if match:
             names[name] = bench_host(int(match.group(1)))

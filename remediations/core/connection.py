@@ -36,6 +36,7 @@ from tenacity import (
     wait_exponential,
 )
 
+from remediations.core import known_hosts
 from remediations.core.errors import (
     CommandResult,
     ConnectionLost,
@@ -191,9 +192,8 @@ class SSHRemote:
             files = [os.path.expanduser(f) for f in str(configured).split()] or [
                 os.path.expanduser(f) for f in DEFAULT_KNOWN_HOSTS
             ]
-        for path in files:
-            if os.path.exists(path):
-                conn.client.load_system_host_keys(path)
+        # parsed once per run, not per host (core.known_hosts): SSHClient has no public setter
+        conn.client._system_host_keys = known_hosts.host_keys(files)
         conn.client.set_missing_host_key_policy(
             _StrictPolicy(host, files, options.host_key_policy == "accept-new")
         )
@@ -452,6 +452,7 @@ class SSHRemote:
     def close(self) -> None:
         """Close the connection and the jump host's under it (Fabric leaves a gateway open)."""
         self.connection.close()
+        self.connection.client.close()  # Fabric skips it when its open() failed half-way
         gateway = self.connection.gateway
         if gateway and not isinstance(gateway, str):
             gateway.close()
@@ -579,7 +580,11 @@ class SSHProcess:
 def connect(host: Host, connect_timeout: float = CONNECT_TIMEOUT) -> SSHRemote | LocalRemote:
     """An open connection to `host`; raises HostUnreachable or HostKeyRefused."""
     remote: SSHRemote | LocalRemote = LocalRemote(host) if host.is_local else SSHRemote(host, connect_timeout)
-    remote.open()
+    try:
+        remote.open()
+    except BaseException:
+        remote.close()  # a refused key or failed auth leaves paramiko's transport (a thread, a socket) open
+        raise
     return remote
 
 
