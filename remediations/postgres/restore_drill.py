@@ -34,13 +34,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-import shlex
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from remediations.actions import drill_fetch
 from remediations.actions.drill_report import metrics_text, previous_success, write_atomically
 from remediations.actions.s3client import Received, S3Store
 from remediations.core import interrupt, validate
@@ -72,6 +72,8 @@ NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 TABLE_RE = re.compile(r"^([a-z_][a-z0-9_]*\.)?[a-z_][a-z0-9_]*$")
 COLUMN_RE = re.compile(r"^([a-z_][a-z0-9_]*\.)?[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*$")
 RESTORE_TIMEOUT = 6 * 3600
+FETCH_MODES = ("auto", "host", "controller")
+URL_SECONDS = 120  # a presigned URL's life: the host's GET starts within it
 
 
 # --------------------------------------------------------------------------------------------
@@ -90,6 +92,7 @@ class Settings:
     json_path: str
     metrics_path: str
     notify_success: bool
+    fetch: str = "auto"  # who downloads the dump: the restore host (presigned URL) or the controller
 
 
 def settings(host: Host) -> Settings:
@@ -122,7 +125,11 @@ def settings(host: Host) -> Settings:
     freshness = str(host.get("restore_freshness_column") or "")
     if freshness and not COLUMN_RE.match(freshness):
         raise UsageError(f"{where}: restore_freshness_column {freshness!r} must be [schema.]table.column")
+    fetch = str(host.get("restore_fetch") or "auto")
+    if fetch not in FETCH_MODES:
+        raise UsageError(f"{where}: restore_fetch {fetch!r} must be one of {', '.join(FETCH_MODES)}")
     return Settings(
+        fetch=fetch,
         scratch=scratch,
         bucket=bucket,
         prefix=str(host.get("dump_s3_prefix", "dumps/") or ""),
@@ -249,11 +256,17 @@ def feed(remote: Any, command: str, chunks: Iterator[bytes], timeout: float) -> 
 
 
 def restore_command(pg: PgTarget, scratch: str) -> str:
-    """pg_restore reading the dump on stdin; when it fails (a cut stream included: the controller
-    may be gone by then), the host itself drops the scratch database."""
+    """Create the scratch database, then pg_restore reading the dump on stdin; when it fails (a
+    cut stream included: the controller may be gone by then), the host itself drops the scratch
+    database."""
     restore = pg.shell("pg_restore", "--exit-on-error", "--no-owner", "--no-acl", "-d", scratch)
-    drop = f"printf '%s' {shlex.quote(drop_sql(scratch))} | {pg.psql()} >/dev/null 2>&1"
-    return script(f"{restore} || {{ status=$?; {drop}; exit $status; }}")
+    body = f"failed=0; {restore} || failed=1"
+    return script(*drill_fetch.create_then(pg, create_sql(scratch), drop_sql(scratch), body))
+
+
+def facts_command(pg: PgTarget) -> str:
+    """The server's facts (facts_sql on stdin), and whether the host has curl: one round trip."""
+    return script("command -v curl >/dev/null 2>&1 && echo curl", pg.psql())
 
 
 @dataclass
@@ -269,6 +282,7 @@ class Drill:
     size: int = 0
     leftover: bool = False
     version: str = ""  # of the server
+    curl: bool = False  # on the restore host
     error: str = ""  # gather failed (its step is recorded); a real run still writes the result
     created: bool = False
 
@@ -360,10 +374,12 @@ class RestoreTest(Remediation):
     def _server(self, ctx: HostContext, drill: Drill) -> str:
         """What stops the drill on this server ("" when nothing does); sets `leftover`."""
         conf = drill.conf
-        result = ctx.remote.run(script(drill.pg.psql()), stdin=facts_sql(conf.scratch).encode(), timeout=60)
+        result = ctx.remote.run(facts_command(drill.pg), stdin=facts_sql(conf.scratch).encode(), timeout=60)
         if not result.ok:
             return f"PostgreSQL on the restore host does not answer: {result.tail(2)}"
-        facts = json.loads(result.stdout.strip().splitlines()[-1])
+        lines = result.stdout.strip().splitlines()
+        drill.curl = "curl" in lines[:-1]
+        facts = json.loads(lines[-1])
         scratch = facts.get("scratch")
         if scratch is not None and scratch.get("comment") != SCRATCH_COMMENT:
             return (
@@ -455,23 +471,77 @@ class RestoreTest(Remediation):
             report["phases"][name] = round(time.monotonic() - start, 3)
 
     def _restore(self, ctx: HostContext, drill: Drill) -> None:
-        """The scratch database, then the dump streamed from S3 into pg_restore on the host."""
+        """Create the scratch database and restore the dump into it: fetched by the restore host
+        itself (restore_fetch auto, when it has curl, or host) or streamed from the controller."""
         conf = drill.conf
         with self._phase(ctx, "restore", drill.report) as step:
-            self._psql(ctx, drill, create_sql(conf.scratch), f"creating {conf.scratch}")
-            drill.created = True
-            got = Received()
-            chunks = drill.store.stream(conf.bucket, drill.key, got)
-            result = feed(ctx.remote, restore_command(drill.pg, conf.scratch), chunks, RESTORE_TIMEOUT)
-            if not result.ok:
-                raise HostError(f"pg_restore failed (exit {result.exit_code}): {result.tail(3)}", result)
-            checked = "its MD5 matches the ETag" if got.md5_checked else "the size matches Content-Length"
-            drill.report["streamed_bytes"] = got.received
-            step.done(
-                Status.OK,
-                f"streamed {human_bytes(got.received)} from S3 into pg_restore ({checked}); "
-                f"restored into {conf.scratch}",
+            fallback = ""
+            if conf.fetch == "host" or (conf.fetch == "auto" and drill.curl):
+                message = self._host_fetch(ctx, drill)
+                if message.startswith("restored"):
+                    step.done(Status.OK, message)
+                    return
+                if conf.fetch == "host":
+                    raise HostError(f"the restore host could not fetch the dump: {message}")
+                fallback = f"; the restore host could not fetch it ({message})"
+            step.done(Status.OK, self._stream(ctx, drill) + fallback)
+
+    def _run_restore(self, ctx: HostContext, drill: Drill, run: Any) -> CommandResult:
+        """`run()` runs a script of drill_fetch.create_then; what it made is recorded."""
+        made_before, drill.created = drill.created, True  # from here on it may exist: it is dropped
+        result: CommandResult = run()
+        if result.exit_code == drill_fetch.CREATE_FAILED:
+            drill.created = made_before  # not made by this command: not ours, unless made before
+            raise HostError(f"creating {drill.conf.scratch} failed: {result.tail(2)}", result)
+        return result
+
+    def _stream(self, ctx: HostContext, drill: Drill) -> str:
+        """The dump streamed from S3 through the controller into pg_restore on the host."""
+        conf = drill.conf
+        got = Received()
+        chunks = drill.store.stream(conf.bucket, drill.key, got)
+        command = restore_command(drill.pg, conf.scratch)
+        result = self._run_restore(ctx, drill, lambda: feed(ctx.remote, command, chunks, RESTORE_TIMEOUT))
+        if not result.ok:
+            raise HostError(f"pg_restore failed (exit {result.exit_code}): {result.tail(3)}", result)
+        checked = "its MD5 matches the ETag" if got.md5_checked else "the size matches Content-Length"
+        drill.report["streamed_bytes"] = got.received
+        drill.report["fetched_by"] = "controller"
+        return (f"streamed {human_bytes(got.received)} from S3 into pg_restore ({checked}); "
+                f"restored into {conf.scratch}")  # fmt: skip
+
+    def _host_fetch(self, ctx: HostContext, drill: Drill) -> str:
+        """The restore host GETs the dump with a presigned URL (on curl's stdin) into pg_restore.
+        Returns "restored …", or why the host got none of it (the caller may stream instead);
+        any other failure raises."""
+        conf = drill.conf
+        where = f"s3://{conf.bucket}/{drill.key}"
+        with drill.store.failing(f"presigning a GET of {where}"):
+            url = drill.store.client.generate_presigned_url(
+                "get_object", Params={"Bucket": conf.bucket, "Key": drill.key}, ExpiresIn=URL_SECONDS
             )
+        ctx.redactor.add_value(url)
+        ctx.redactor.add_value(url.partition("Signature=")[2].partition("&")[0])
+        command = drill_fetch.fetch_script(
+            drill.pg, conf.scratch, create_sql(conf.scratch), drop_sql(conf.scratch)
+        )
+        config = drill_fetch.curl_config(url)
+        result = self._run_restore(
+            ctx, drill, lambda: ctx.remote.run(command, stdin=config, timeout=RESTORE_TIMEOUT)
+        )
+        got = drill_fetch.parse(result.stdout)
+        if drill_fetch.not_fetched(got):  # the script dropped the scratch database
+            return drill_fetch.why_not(got, result.tail(1))
+        problem, md5_checked = drill_fetch.verdict(got, where)
+        drill.report["streamed_bytes"] = got.bytes
+        if problem:
+            raise HostError(problem + (f"; pg_restore exit {got.restore}" if got.restore else ""), result)
+        if not result.ok:
+            raise HostError(f"pg_restore failed (exit {got.restore}): {result.tail(3)}", result)
+        drill.report["fetched_by"] = "host"
+        checked = "its MD5 matches the ETag" if md5_checked else "the size matches Content-Length"
+        return (f"restored into {conf.scratch}: the restore host fetched {human_bytes(got.bytes)} "
+                f"from S3 into pg_restore ({checked})")  # fmt: skip
 
     def _checks(self, ctx: HostContext, drill: Drill) -> bool:
         conf, report = drill.conf, drill.report
