@@ -177,9 +177,13 @@ def raw_round(how: str = "raw") -> float:
         copy = "/var/lib/postgresql/rmbench.fetched"
         restore = ["sh", "-c", f"curl -sS --fail -K - -o {copy} && chown postgres {copy} && "
                    f"{shlex.join(restore)} {copy}; s=$?; rm -f {copy}; exit $s"]  # fmt: skip
+    before_host, before_here = host_cpu(), children_cpu()
     t0 = time.monotonic()
     lab.exec_on(HOST, restore, input=config or None, timeout=3600)
     took = time.monotonic() - t0
+    after = host_cpu()
+    host = sum(v - before_host.get(pid, 0.0) for pid, v in after.items()) + children_cpu() - before_here
+    print(f"  {how}: cpu s: host {host:.1f} (pg_restore and the tools it reads from, the server)", flush=True)
     sql(f"drop database {RAW_DB}")
     return took
 

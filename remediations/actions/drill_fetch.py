@@ -4,8 +4,8 @@ GET URL) and pipes it into pg_restore, so the dump's bytes never cross the contr
 The URL is a credential for one object, short-lived (`expires` seconds: S3 checks it when the GET
 starts, a long download goes on after it), and travels only on the command's stdin as curl's
 config (`curl -K -`): never on a command line, in output or in the audit record. On the host the
-bytes go curl → tee → pg_restore; tee also feeds `md5sum` and `wc -c` (FIFOs in a private
-temporary folder), and when pg_restore stops early the rest is still read, so the whole object is
+bytes go curl → tee → pg_restore; tee also feeds `md5sum` (a FIFO in a private temporary folder),
+curl counts them, and when pg_restore stops early the rest is still read, so the whole object is
 counted and hashed whatever pg_restore made of it. The script prints what it saw as
 `fetch-KEY VALUE` lines (curl's exit code, the HTTP status and headers that matter, the byte count,
 the MD5, pg_restore's exit code); `parse` reads them and `verdict` says what they mean.
@@ -17,6 +17,7 @@ import re
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from remediations.facts.postgres import PgTarget, script
 
@@ -24,6 +25,25 @@ CREATE_FAILED = 91  # the script's exit code when the scratch database could not
 NO_TEMP = 90  # no private temporary folder on the host
 HEADERS = ("etag", "content-length", "x-amz-server-side-encryption",
            "x-amz-server-side-encryption-customer-algorithm")  # fmt: skip
+
+
+def presigned_get(store: Any, bucket: str, key: str, seconds: int) -> str:
+    """A SigV4 presigned GET of the object (boto3 presigns S3 with SigV2 for us-east-1 and custom
+    endpoints, which buckets made since 2020 refuse), with the store's credentials chain,
+    endpoint, region and bounds. Raises botocore's errors (the caller's `store.failing`)."""
+    import boto3
+    from botocore.config import Config
+
+    session = boto3.session.Session(profile_name=store.profile, region_name=store.client.meta.region_name)
+    signer = session.client(
+        "s3",
+        endpoint_url=store.endpoint,
+        config=store.client.meta.config.merge(Config(signature_version="s3v4")),
+    )
+    url: str = signer.generate_presigned_url(
+        "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=seconds
+    )
+    return url
 
 
 def curl_config(url: str) -> bytes:
@@ -49,20 +69,20 @@ def create_then(pg: PgTarget, create_sql: str, drop_sql: str, body: str) -> list
 def fetch_script(pg: PgTarget, scratch: str, create_sql: str, drop_sql: str) -> str:
     """The host's whole restore: create, fetch | pg_restore (hashing every byte), report."""
     restore = pg.shell("pg_restore", "--exit-on-error", "--no-owner", "--no-acl", "-d", scratch)
-    curl = 'curl -sS --fail -K - -D "$d/h" -o -'
+    curl = "curl -sS --fail -K - -D \"$d/h\" -o - -w '%{stderr}fetch-bytes %{size_download}\\n'"
     body = "\n".join([
         f'd=$(mktemp -d /tmp/restore-test.XXXXXX) || exit {NO_TEMP}',
         "trap 'rm -rf \"$d\"' EXIT",
-        f'mkfifo "$d/m" "$d/n" || exit {NO_TEMP}',
-        'md5sum < "$d/m" > "$d/md5" & wc -c < "$d/n" > "$d/bytes" &',
-        f'{{ {curl} 2>"$d/err"; echo $? > "$d/curl"; }} | tee "$d/m" "$d/n" | '
+        f'mkfifo "$d/m" || exit {NO_TEMP}',
+        'md5sum < "$d/m" > "$d/md5" &',
+        f'{{ {curl} 2>"$d/err"; echo $? > "$d/curl"; }} | tee "$d/m" | '
         f'{{ {restore} >&2; echo $? > "$d/restore"; cat > /dev/null; }}',
         "wait",
         'echo "fetch-curl $(cat "$d/curl")"; echo "fetch-restore $(cat "$d/restore")"',
-        'echo "fetch-bytes $(tr -dc 0-9 < "$d/bytes")"; echo "fetch-md5 $(cut -c1-32 "$d/md5")"',
+        'grep "^fetch-bytes " "$d/err"; echo "fetch-md5 $(cut -c1-32 "$d/md5")"',
         "echo \"fetch-status $(head -n 1 \"$d/h\" | tr -d '\\r')\"",
         f"grep -i -E '^({'|'.join(HEADERS)}):' \"$d/h\" | tr -d '\\r' | sed 's/^/fetch-header /'",
-        'tail -c 2000 "$d/err" >&2',
+        'grep -v "^fetch-bytes " "$d/err" | tail -c 2000 >&2',
         'failed=0; [ "$(cat "$d/restore")" = 0 ] && [ "$(cat "$d/curl")" = 0 ] || failed=1',
     ])  # fmt: skip
     return script(*create_then(pg, create_sql, drop_sql, body))

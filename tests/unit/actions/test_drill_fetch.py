@@ -23,7 +23,7 @@ DUMP = os.urandom(3 * 1024 * 1024 + 17)
 
 class Server(http.server.ThreadingHTTPServer):
     body = DUMP
-    etag = hashlib.md5(DUMP).hexdigest()
+    etag = hashlib.md5(DUMP, usedforsecurity=False).hexdigest()
     status = 200
     cut_after = 0  # close the connection after this many body bytes (0: send all)
 
@@ -31,7 +31,7 @@ class Server(http.server.ThreadingHTTPServer):
 class Handler(http.server.BaseHTTPRequestHandler):
     server: Server
 
-    def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+    def do_GET(self) -> None:
         server = self.server
         if server.status != 200:
             self.send_response(server.status)
@@ -77,7 +77,8 @@ def tools(tmp_path: Path) -> Path:
 
 def run(tools: Path, url: str, **env: str) -> tuple[subprocess.CompletedProcess[str], drill_fetch.Fetched]:
     pg = PgTarget(os_user=getpass.getuser(), bin_dir=str(tools))
-    command = drill_fetch.fetch_script(pg, "scratch", "create database scratch;\n", "drop database scratch;\n")
+    create, drop = "create database scratch;\n", "drop database scratch;\n"
+    command = drill_fetch.fetch_script(pg, "scratch", create, drop)
     done = subprocess.run(
         ["sh", "-c", command], input=drill_fetch.curl_config(url).decode(), capture_output=True, text=True,
         env={**os.environ, **env}, timeout=60, check=False,
@@ -102,12 +103,12 @@ def test_the_whole_dump_reaches_pg_restore_hashed_and_counted(server: Server, to
 
 
 def test_a_corrupt_dump_is_hashed_whole_even_when_pg_restore_stops_early(server: Server, tools: Path) -> None:
-    server.etag = hashlib.md5(b"another content").hexdigest()
+    server.etag = hashlib.md5(b"another content", usedforsecurity=False).hexdigest()
     done, got = run(tools, url_of(server), KEEP="1000", RESTORE_EXIT="1")
     assert done.returncode == 1
     assert len((tools.parent / "restored").read_bytes()) == 1000
     assert got.restore == 1 and got.bytes == len(DUMP), "the rest was still read and counted"
-    assert got.md5 == hashlib.md5(DUMP).hexdigest()
+    assert got.md5 == hashlib.md5(DUMP, usedforsecurity=False).hexdigest()
     problem, checked = drill_fetch.verdict(got, "s3://b/dump")
     assert checked and problem.endswith("is not the ETag " + server.etag + ": the dump is corrupt")
     assert "drop database scratch" in (tools.parent / "sql.log").read_text(), "the host dropped it"
@@ -173,3 +174,19 @@ def test_parse_without_curl() -> None:
 )
 def test_only_a_plain_single_part_etag_is_an_md5(headers: dict[str, str], md5: str) -> None:
     assert drill_fetch.Fetched(headers=headers).etag_md5 == md5
+
+
+def test_the_presigned_url_is_sigv4_and_short_lived(monkeypatch: pytest.MonkeyPatch) -> None:
+    """boto3 alone would presign with SigV2 here (us-east-1, a custom endpoint)."""
+    from remediations.actions.s3client import S3Store
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDUNITTEST")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "unit-test-secret")
+    store = S3Store({"s3_endpoint_url": "http://127.0.0.1:9", "s3_region": "us-east-1"})
+    assert "Signature=" in store.client.generate_presigned_url(
+        "get_object", Params={"Bucket": "b", "Key": "k"}
+    )
+    url = drill_fetch.presigned_get(store, "b", "dumps/a b.dump", 120)
+    assert url.startswith("http://127.0.0.1:9/b/dumps/a%20b.dump?")
+    assert "X-Amz-Algorithm=AWS4-HMAC-SHA256" in url and "X-Amz-Expires=120" in url
+    assert "X-Amz-Signature=" in url and "AWSAccessKeyId" not in url
