@@ -6,13 +6,15 @@ facts   PostgreSQL on the restore host answers, and whether the scratch database
         refused, as is a scratch name listed in `restore_protected_databases`;
         the newest dump under `dump_s3_prefix` in S3 (or the one --dump names);
 decide  the drill, with the dump and the leftover to drop first: --check shows it and stops there;
-apply   create the scratch database and stream the dump into
-        `pg_restore --exit-on-error --no-owner --no-acl` on the restore host: S3 GET body →
-        the SSH channel's stdin, a chunk at a time (no file on the controller or the host; the
-        download overlaps the restore), its byte count and (single-part) MD5 checked against the
-        GET's Content-Length and ETag before pg_restore reads the end of its input; then the
-        checks: the tables of `restore_check_tables` exist with at least their minimum row
-        counts, and the newest value of `restore_freshness_column` (table.column) is within
+apply   in one command on the restore host, create the scratch database and feed the dump into
+        `pg_restore --exit-on-error --no-owner --no-acl`: fetched by the host itself (curl, a
+        presigned URL on its stdin: `actions.drill_fetch`) or, with `restore_fetch: controller`
+        or when the host gets none of it, streamed from the controller (S3 GET body → the SSH
+        channel's stdin, a chunk at a time); no file on the controller or the host, the download
+        overlaps the restore, and the whole object's byte count and (single-part) MD5 are checked
+        against the GET's Content-Length and ETag; then the checks, one query
+        (`facts.drill`): the tables of `restore_check_tables` exist with at least their minimum
+        row counts, and the newest value of `restore_freshness_column` (table.column) is within
         `backup_rpo_hours` of the server's clock;
 verify  the checks are the verification. The scratch database is always dropped afterwards, on
         failure and on interrupt (Ctrl-C or SIGTERM stop the drill after the current step, as they
@@ -24,7 +26,8 @@ Every run writes its result on the controller, atomically (temporary file, then 
 path is replaced by the restore host's name).
 
 About 500 lines on purpose: the drill's phases (cleanup, restore, checks, clean)
-and their SQL read top to bottom in one module; the result files are `actions.drill_report`.
+and their SQL read top to bottom in one module; the host-side fetch is `actions.drill_fetch`, the
+checks' query `facts.drill`, the result files `actions.drill_report`.
 """
 
 # ruff: noqa: S608 - SQL here is built only from validated names, quoted (see sql_literal)
@@ -231,7 +234,9 @@ class RestoreTest(Remediation):
     On the restore host (--host, default the group 'restore'): restore into restore_database
     (default restore_test_scratch; never one of restore_protected_databases), check
     restore_check_tables (table: minimum rows) and restore_freshness_column against the RPO, then
-    always drop the scratch database. Writes JSON (restore_test_json) and Prometheus textfile metrics
+    always drop the scratch database. The host fetches the dump itself with curl and a presigned
+    URL (restore_fetch: auto, the default, falls back to streaming it from the controller;
+    host or controller force one way). Writes JSON (restore_test_json) and Prometheus textfile metrics
     (restore_test_metrics) atomically. Exit code 1 on failure; --check says what it would do.
     """
 
