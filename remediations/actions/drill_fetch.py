@@ -69,7 +69,10 @@ def create_then(pg: PgTarget, create_sql: str, drop_sql: str, body: str) -> list
 def fetch_script(pg: PgTarget, scratch: str, create_sql: str, drop_sql: str) -> str:
     """The host's whole restore: create, fetch | pg_restore (hashing every byte), report."""
     restore = pg.shell("pg_restore", "--exit-on-error", "--no-owner", "--no-acl", "-d", scratch)
-    curl = "curl -sS --fail -K - -D \"$d/h\" -o - -w '%{stderr}fetch-bytes %{size_download}\\n'"
+    # an endpoint the host cannot reach fails within 10 s (auto then streams); no stall limit: a
+    # slow pg_restore may leave curl waiting on the pipe for as long as it takes
+    curl = ("curl -sS --fail --connect-timeout 10 -K - -D \"$d/h\" -o - "
+            "-w '%{stderr}fetch-bytes %{size_download}\\n'")  # fmt: skip
     body = "\n".join([
         f'd=$(mktemp -d /tmp/restore-test.XXXXXX) || exit {NO_TEMP}',
         "trap 'rm -rf \"$d\"' EXIT",
