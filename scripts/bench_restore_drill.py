@@ -9,9 +9,17 @@ MD5, so the drill checks it). Rounds interleave the sides so machine noise hits 
     raw     createdb, then `pg_restore --exit-on-error --no-owner --no-acl -d DB FILE` on dbrestore
             (timed: pg_restore alone), then dropdb
     piped   the same with `cat FILE | pg_restore …`: what pg_restore costs reading a pipe
-    drill   `inv restore-test --dump KEY` (timed: the whole process: start, facts, listing, create,
-            the streamed restore, the checks, the drop)
+    curl    the same with `curl URL | pg_restore …` on the host (a presigned URL on curl's stdin):
+            the floor of a host-side fetch
+    file-jN option (b): `curl URL -o FILE; pg_restore -j N FILE` on the host (timed: both)
+    host    `inv restore-test --dump KEY` (timed: the whole process: start, facts, listing, create,
+            the restore, the checks, the drop), restore_fetch: host (the host fetches the dump)
+    ctl     the same with restore_fetch: controller (S3 → controller → SSH stdin → pg_restore)
     old     (with --old DIR, e.g. a `git archive` of main) the same `inv restore-test` from DIR
+
+Each drill round also prints its steps' wall times (from --json) and the CPU seconds spent by the
+controller (the inv process), moto, and the restore host (every process in its network namespace,
+its exited children included).
 
 The dump is written uncompressed (-Z 0): nothing on the path compresses (SSH is not compressed),
 so the bytes carried are the dump's size; the table's rows are md5 text.
@@ -21,12 +29,14 @@ Target (issue 14, item 2): drill <= 1.2 x raw. Be kind to the disk: the script c
 reuses the dump if it is still there, so that each run under the lab's lock stays short).
 
 Usage (root; the lab up):
-    .venv/bin/python scripts/bench_restore_drill.py [--gib 1] [--rounds 2] [--old /tmp/main] [--clean]
+    .venv/bin/python scripts/bench_restore_drill.py [--gib 1] [--rounds 2] [--sides raw,host,ctl]
+        [--old /tmp/main] [--clean]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import shlex
@@ -58,6 +68,12 @@ insert into bench_rows select g, PAYLOAD from generate_series(1, ROWS) g;
 """
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "AKIDLABTEST", "AWS_SECRET_ACCESS_KEY": "lab-test-secret-key",
            "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
+
+
+DRILLS = {"host": "host", "ctl": "controller"}  # side: restore_fetch
+LABELS = {"raw": "raw pg_restore (file on the host)", "piped": "cat FILE | pg_restore (on the host)",
+          "curl": "curl URL | pg_restore (on the host)", "host": "inv restore-test (the host fetches)",
+          "ctl": "inv restore-test (streamed by the controller)"}  # fmt: skip
 
 
 def as_postgres(*argv: str) -> list[str]:
@@ -135,47 +151,113 @@ def clean() -> None:
     print("cleaned up: the dump file, the S3 object, the benchmark databases")
 
 
-def raw_round(pipe: bool = False) -> float:
-    """pg_restore of the file on the host; with `pipe`, of the same file through a pipe
-    (`cat FILE | pg_restore`: what a streamed restore reads from)."""
+def presigned() -> str:
+    return s3().generate_presigned_url(  # type: ignore[attr-defined,no-any-return]
+        "get_object", Params={"Bucket": lab.S3_BACKUP_BUCKET, "Key": KEY}, ExpiresIn=600
+    )
+
+
+def raw_round(how: str = "raw") -> float:
+    """pg_restore of the file on the host (raw); of the same file through a pipe (piped:
+    `cat FILE | pg_restore`, what a streamed restore reads from); from curl on the host (curl);
+    or curl to a file on the host, then `pg_restore -j N` (file-jN)."""
     sql(f"drop database if exists {RAW_DB}")
     sql(f"create database {RAW_DB}")
+    jobs = ["-j", how.removeprefix("file-j")] if how.startswith("file-j") else []
     restore = as_postgres(f"{BIN}/pg_restore", "--exit-on-error", "--no-owner", "--no-acl", "-d", RAW_DB,
-                          *([] if pipe else [DUMP_ON_HOST]))  # fmt: skip
-    if pipe:
+                          *jobs, *([DUMP_ON_HOST] if how == "raw" else []))  # fmt: skip
+    config = b""
+    if how == "piped":
         restore = ["sh", "-c", f"cat {DUMP_ON_HOST} | {shlex.join(restore)}"]
+    elif how == "curl":
+        config = f'url = "{presigned()}"\n'.encode()
+        restore = ["sh", "-c", f"curl -sS --fail -K - | {shlex.join(restore)}"]
+    elif jobs:
+        config = f'url = "{presigned()}"\n'.encode()
+        copy = "/var/lib/postgresql/rmbench.fetched"
+        restore = ["sh", "-c", f"curl -sS --fail -K - -o {copy} && chown postgres {copy} && "
+                   f"{shlex.join(restore)} {copy}; s=$?; rm -f {copy}; exit $s"]  # fmt: skip
+    before_host, before_here = host_cpu(), children_cpu()
     t0 = time.monotonic()
-    lab.exec_on(HOST, restore, timeout=3600)
+    lab.exec_on(HOST, restore, input=config or None, timeout=3600)
     took = time.monotonic() - t0
+    after = host_cpu()
+    host = sum(v - before_host.get(pid, 0.0) for pid, v in after.items()) + children_cpu() - before_here
+    print(f"  {how}: cpu s: host {host:.1f} (pg_restore and the tools it reads from, the server)", flush=True)
     sql(f"drop database {RAW_DB}")
     return took
 
 
-def drill_inventory(folder: Path) -> Path:
+def host_cpu() -> dict[int, float]:
+    """CPU seconds (self and reaped children) of every process in the restore host's netns."""
+    tick = os.sysconf("SC_CLK_TCK")
+    netns = os.stat(f"/run/netns/{HOST}").st_ino
+    found: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.stat(entry / "ns" / "net").st_ino != netns:
+                continue
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        found[int(entry.name)] = sum(int(f) for f in fields[11:15]) / tick
+    return found
+
+
+def moto_cpu() -> float:
+    try:
+        pid = int((lab.LAB_ROOT / "moto.pid").read_text().strip())
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except (OSError, ValueError):
+        return 0.0
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def drill_inventory(folder: Path, fetch: str) -> Path:
     data = yaml.safe_load((ROOT / "inventories" / "lab.yml").read_text())
     body = data["all"]["children"]["restore"]["hosts"][HOST]
     body.update({"dump_s3_prefix": "bench-restore/", "restore_check_tables": {"bench_rows": 1},
+                 "restore_fetch": fetch,
                  "restore_freshness_column": "", "restore_test_json": str(folder / "r.json"),
                  "restore_test_metrics": str(folder / "r.prom")})  # fmt: skip
-    path = folder / "bench.yml"
+    path = folder / f"bench-{fetch}.yml"
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def children_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
 
-def drill_round(code_root: Path, inventory: Path) -> float:
+def drill_round(code_root: Path, inventory: Path, old: bool = False) -> float:
+    """One `inv restore-test`; prints its steps and the CPU it took on each side."""
     env = {**os.environ, **AWS_ENV, "PYTHONPATH": str(code_root), "NO_COLOR": "1",
            "REMEDIATIONS_AUDIT_LOG": str(inventory.parent / "audit.jsonl")}  # fmt: skip
-    argv = [sys.executable, "-m", "invoke", "restore-test", "--dump", KEY, "--inventory", str(inventory)]
+    argv = [sys.executable, "-m", "invoke", "restore-test", "--dump", KEY, "--inventory", str(inventory),
+            *([] if old else ["--json"])]  # fmt: skip
+    before_host, before_moto, before_here = host_cpu(), moto_cpu(), children_cpu()
     t0 = time.monotonic()
-    done = subprocess.run(argv, cwd=code_root, env=env, capture_output=True, text=True, check=False)
+    proc = subprocess.Popen(argv, cwd=code_root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    out, err = proc.communicate()
     took = time.monotonic() - t0
-    if done.returncode != 0:
-        sys.exit(f"restore-test from {code_root} failed ({done.returncode}):\n{done.stdout[-2000:]}"
-                 f"\n{done.stderr[-2000:]}")  # fmt: skip
+    controller = children_cpu() - before_here
+    after = host_cpu()
+    host = sum(v - before_host.get(pid, 0.0) for pid, v in after.items())
+    if proc.returncode != 0:
+        sys.exit(f"restore-test from {code_root} failed ({proc.returncode}):\n{out[-2000:]}\n{err[-2000:]}")
+    if not old:
+        steps = json.loads(out)["hosts"][0]["steps"]
+        print("    steps: " + ", ".join(f"{s['step']} {s['duration']:.2f}" for s in steps), flush=True)
+    moto = moto_cpu() - before_moto
+    print(f"    cpu s: controller (inv) {controller:.1f}, moto {moto:.1f}, host {host:.1f}", flush=True)
     return took
 
 
@@ -183,6 +265,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[1])
     parser.add_argument("--gib", type=float, default=1.0, help="the dump's size, GiB (default 1)")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--sides", default="raw,host,ctl,piped,curl",
+                        help="what to time, in this order each round (first: the base of the ratios): "
+                             "raw, piped, curl, file-jN, host, ctl")  # fmt: skip
     parser.add_argument("--old", type=Path, help="also time the restore-test of this tree (e.g. main)")
     parser.add_argument("--clean", action="store_true", help="remove the dump, object and databases")
     parser.add_argument("--clean-only", action="store_true", help="only clean up")
@@ -192,27 +277,33 @@ def main() -> None:
         return
     size = prepare(args.gib)
     print(f"dump: {size / 1024**3:.2f} GiB ({size} bytes)", flush=True)
-    raw, piped, ours, old = [], [], [], []
+    sides = args.sides.split(",")
+    times: dict[str, list[float]] = {side: [] for side in sides}
+    old: list[float] = []
     with tempfile.TemporaryDirectory(prefix="rmbench-") as folder:
-        inventory = drill_inventory(Path(folder))
+        inventories = {side: drill_inventory(Path(folder), fetch) for side, fetch in DRILLS.items()}
         for n in range(args.rounds):
-            raw.append(raw_round())
-            ours.append(drill_round(ROOT, inventory))
-            piped.append(raw_round(pipe=True))
-            print(f"round {n + 1}: raw pg_restore {raw[-1]:.1f} s, inv restore-test {ours[-1]:.1f} s, "
-                  f"cat | pg_restore {piped[-1]:.1f} s", flush=True)  # fmt: skip
+            for side in sides:
+                if side in DRILLS:
+                    print(f"  {side}:", flush=True)
+                    times[side].append(drill_round(ROOT, inventories[side]))
+                else:
+                    times[side].append(raw_round(side))
+            print(
+                f"round {n + 1}: " + ", ".join(f"{side} {times[side][-1]:.1f} s" for side in sides),
+                flush=True,
+            )
         if args.old:
-            old.append(drill_round(args.old, inventory))
+            old.append(drill_round(args.old, inventories["ctl"], old=True))
             print(f"old code ({args.old}): inv restore-test {old[-1]:.1f} s", flush=True)
     print(f"\nrestore of a {size / 1024**3:.2f} GiB dump on {HOST}, {args.rounds} interleaved round(s), "
-          "medians")
-    print(f"raw pg_restore (file on the host)   {statistics.median(raw):8.1f} s")
-    print(f"inv restore-test (streamed)         {statistics.median(ours):8.1f} s")
-    print(f"cat FILE | pg_restore (on the host) {statistics.median(piped):8.1f} s")
-    print(f"ratio restore-test/raw: {statistics.median(ours) / statistics.median(raw):.2f} (target <= 1.2)")
+          "medians")  # fmt: skip
+    base = statistics.median(times[sides[0]])
+    for side in sides:
+        median = statistics.median(times[side])
+        print(f"{LABELS.get(side, side):44} {median:8.1f} s   {median / base:5.2f} x {sides[0]}")
     if old:
-        print(f"old inv restore-test (download, SFTP) {old[0]:6.1f} s")
-        print(f"old ratio restore-test/raw: {old[0] / statistics.median(raw):.2f}")
+        print(f"{'old inv restore-test':44} {old[0]:8.1f} s   {old[0] / base:5.2f} x {sides[0]}")
     print(f"largest child process RSS (the inv runs, or pg tools via nsenter): {children_rss_mib():.0f} MiB")
     if args.clean:
         clean()

@@ -6,13 +6,15 @@ facts   PostgreSQL on the restore host answers, and whether the scratch database
         refused, as is a scratch name listed in `restore_protected_databases`;
         the newest dump under `dump_s3_prefix` in S3 (or the one --dump names);
 decide  the drill, with the dump and the leftover to drop first: --check shows it and stops there;
-apply   create the scratch database and stream the dump into
-        `pg_restore --exit-on-error --no-owner --no-acl` on the restore host: S3 GET body →
-        the SSH channel's stdin, a chunk at a time (no file on the controller or the host; the
-        download overlaps the restore), its byte count and (single-part) MD5 checked against the
-        GET's Content-Length and ETag before pg_restore reads the end of its input; then the
-        checks: the tables of `restore_check_tables` exist with at least their minimum row
-        counts, and the newest value of `restore_freshness_column` (table.column) is within
+apply   in one command on the restore host, create the scratch database and feed the dump into
+        `pg_restore --exit-on-error --no-owner --no-acl`: fetched by the host itself (curl, a
+        presigned URL on its stdin: `actions.drill_fetch`) or, with `restore_fetch: controller`
+        or when the host gets none of it, streamed from the controller (S3 GET body → the SSH
+        channel's stdin, a chunk at a time); no file on the controller or the host, the download
+        overlaps the restore, and the whole object's byte count and (single-part) MD5 are checked
+        against the GET's Content-Length and ETag; then the checks, one query
+        (`facts.drill`): the tables of `restore_check_tables` exist with at least their minimum
+        row counts, and the newest value of `restore_freshness_column` (table.column) is within
         `backup_rpo_hours` of the server's clock;
 verify  the checks are the verification. The scratch database is always dropped afterwards, on
         failure and on interrupt (Ctrl-C or SIGTERM stop the drill after the current step, as they
@@ -24,7 +26,8 @@ Every run writes its result on the controller, atomically (temporary file, then 
 path is replaced by the restore host's name).
 
 About 500 lines on purpose: the drill's phases (cleanup, restore, checks, clean)
-and their SQL read top to bottom in one module; the result files are `actions.drill_report`.
+and their SQL read top to bottom in one module; the host-side fetch is `actions.drill_fetch`, the
+checks' query `facts.drill`, the result files `actions.drill_report`.
 """
 
 # ruff: noqa: S608 - SQL here is built only from validated names, quoted (see sql_literal)
@@ -34,13 +37,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-import shlex
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from remediations.actions import drill_fetch
 from remediations.actions.drill_report import metrics_text, previous_success, write_atomically
 from remediations.actions.s3client import Received, S3Store
 from remediations.core import interrupt, validate
@@ -51,9 +54,11 @@ from remediations.core.inventory import Host, truthy
 from remediations.core.plan import Change, Plan
 from remediations.core.remediation import Remediation
 from remediations.core.results import RunResult, Status
+from remediations.facts.drill import CheckOutcome as CheckOutcome
+from remediations.facts.drill import checks_sql, split
+from remediations.facts.drill import evaluate as evaluate
 from remediations.facts.postgres import (
     PgTarget,
-    human_age,
     human_bytes,
     must_ok,
     positive_number,
@@ -72,6 +77,8 @@ NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 TABLE_RE = re.compile(r"^([a-z_][a-z0-9_]*\.)?[a-z_][a-z0-9_]*$")
 COLUMN_RE = re.compile(r"^([a-z_][a-z0-9_]*\.)?[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*$")
 RESTORE_TIMEOUT = 6 * 3600
+FETCH_MODES = ("auto", "host", "controller")
+URL_SECONDS = 120  # a presigned URL's life: the host's GET starts within it
 
 
 # --------------------------------------------------------------------------------------------
@@ -90,6 +97,7 @@ class Settings:
     json_path: str
     metrics_path: str
     notify_success: bool
+    fetch: str = "auto"  # who downloads the dump: the restore host (presigned URL) or the controller
 
 
 def settings(host: Host) -> Settings:
@@ -122,7 +130,11 @@ def settings(host: Host) -> Settings:
     freshness = str(host.get("restore_freshness_column") or "")
     if freshness and not COLUMN_RE.match(freshness):
         raise UsageError(f"{where}: restore_freshness_column {freshness!r} must be [schema.]table.column")
+    fetch = str(host.get("restore_fetch") or "auto")
+    if fetch not in FETCH_MODES:
+        raise UsageError(f"{where}: restore_fetch {fetch!r} must be one of {', '.join(FETCH_MODES)}")
     return Settings(
+        fetch=fetch,
         scratch=scratch,
         bucket=bucket,
         prefix=str(host.get("dump_s3_prefix", "dumps/") or ""),
@@ -133,82 +145,6 @@ def settings(host: Host) -> Settings:
         metrics_path=str(host.get("restore_test_metrics") or DEFAULT_METRICS).replace("{host}", host.name),
         notify_success=truthy(host.get("restore_test_notify_success", False)),
     )
-
-
-# --------------------------------------------------------------------------------------------
-# Checks and metrics (pure)
-# --------------------------------------------------------------------------------------------
-
-# The SQL below is built from names validated by TABLE_RE / COLUMN_RE / NAME_RE and quoted with
-# sql_literal / sql_identifier; it travels on psql's stdin, never on a command line.
-
-
-def existence_sql(tables: Sequence[str], freshness: str) -> str:
-    parts = [f"{sql_literal('t:' + t)}, to_regclass({sql_literal(t)}) is not null" for t in tables]
-    if freshness:
-        table, _, column = freshness.rpartition(".")
-        parts.append(
-            f"{sql_literal('c:' + freshness)}, exists(select 1 from pg_attribute where attrelid = "
-            f"to_regclass({sql_literal(table)}) and attname = {sql_literal(column)} and not attisdropped)"
-        )
-    return f"select json_build_object({', '.join(parts) or chr(39) + 'none' + chr(39) + ', true'});\n"
-
-
-def measure_sql(tables: Sequence[str], freshness: str | None) -> str:
-    parts = [f"{sql_literal('t:' + t)}, (select count(*) from {sql_identifier(t)})" for t in tables]
-    if freshness:
-        table, _, column = freshness.rpartition(".")
-        parts.append(
-            f"'newest_age', (select extract(epoch from now() - max({sql_identifier(column)}))::float8 "
-            f"from {sql_identifier(table)})"
-        )
-    return f"select json_build_object({', '.join(parts) or chr(39) + 'none' + chr(39) + ', true'});\n"
-
-
-@dataclass
-class CheckOutcome:
-    ok: bool
-    problems: list[str] = field(default_factory=list)
-    rows: dict[str, int] = field(default_factory=dict)
-    newest_age: float | None = None
-
-    def summary(self, settings: Settings) -> str:
-        counts = ", ".join(f"{t} {n} rows" for t, n in self.rows.items())
-        fresh = ""
-        if settings.freshness and self.newest_age is not None:
-            fresh = f"; newest {settings.freshness} {human_age(self.newest_age)} old"
-        if self.ok:
-            return f"checks passed: {counts or 'no tables configured'}{fresh}"
-        return "checks FAILED: " + "; ".join(self.problems)
-
-
-def evaluate(settings: Settings, exists: Mapping[str, bool], measured: Mapping[str, Any]) -> CheckOutcome:
-    """Pure: the configured checks against what the scratch database holds."""
-    outcome = CheckOutcome(ok=True)
-    for table, minimum in settings.tables.items():
-        if not exists.get(f"t:{table}"):
-            outcome.problems.append(f"table {table} is missing")
-            continue
-        count = int(measured.get(f"t:{table}") or 0)
-        outcome.rows[table] = count
-        if count < minimum:
-            outcome.problems.append(f"table {table} has {count} rows, fewer than the minimum {minimum}")
-    if settings.freshness:
-        if not exists.get(f"c:{settings.freshness}"):
-            outcome.problems.append(f"column {settings.freshness} is missing")
-        else:
-            age = measured.get("newest_age")
-            if age is None:
-                outcome.problems.append(f"{settings.freshness} has no values")
-            else:
-                outcome.newest_age = float(age)
-                if outcome.newest_age > settings.rpo_hours * 3600:
-                    outcome.problems.append(
-                        f"newest {settings.freshness} is {human_age(outcome.newest_age)} old, older than "
-                        f"the RPO of {settings.rpo_hours:g}h"
-                    )
-    outcome.ok = not outcome.problems
-    return outcome
 
 
 # --------------------------------------------------------------------------------------------
@@ -249,11 +185,17 @@ def feed(remote: Any, command: str, chunks: Iterator[bytes], timeout: float) -> 
 
 
 def restore_command(pg: PgTarget, scratch: str) -> str:
-    """pg_restore reading the dump on stdin; when it fails (a cut stream included: the controller
-    may be gone by then), the host itself drops the scratch database."""
+    """Create the scratch database, then pg_restore reading the dump on stdin; when it fails (a
+    cut stream included: the controller may be gone by then), the host itself drops the scratch
+    database."""
     restore = pg.shell("pg_restore", "--exit-on-error", "--no-owner", "--no-acl", "-d", scratch)
-    drop = f"printf '%s' {shlex.quote(drop_sql(scratch))} | {pg.psql()} >/dev/null 2>&1"
-    return script(f"{restore} || {{ status=$?; {drop}; exit $status; }}")
+    body = f"failed=0; {restore} || failed=1"
+    return script(*drill_fetch.create_then(pg, create_sql(scratch), drop_sql(scratch), body))
+
+
+def facts_command(pg: PgTarget) -> str:
+    """The server's facts (facts_sql on stdin), and whether the host has curl: one round trip."""
+    return script("command -v curl >/dev/null 2>&1 && echo curl", pg.psql())
 
 
 @dataclass
@@ -269,6 +211,7 @@ class Drill:
     size: int = 0
     leftover: bool = False
     version: str = ""  # of the server
+    curl: bool = False  # on the restore host
     error: str = ""  # gather failed (its step is recorded); a real run still writes the result
     created: bool = False
 
@@ -291,7 +234,9 @@ class RestoreTest(Remediation):
     On the restore host (--host, default the group 'restore'): restore into restore_database
     (default restore_test_scratch; never one of restore_protected_databases), check
     restore_check_tables (table: minimum rows) and restore_freshness_column against the RPO, then
-    always drop the scratch database. Writes JSON (restore_test_json) and Prometheus textfile metrics
+    always drop the scratch database. The host fetches the dump itself with curl and a presigned
+    URL (restore_fetch: auto, the default, falls back to streaming it from the controller;
+    host or controller force one way). Writes JSON (restore_test_json) and Prometheus textfile metrics
     (restore_test_metrics) atomically. Exit code 1 on failure; --check says what it would do.
     """
 
@@ -360,10 +305,12 @@ class RestoreTest(Remediation):
     def _server(self, ctx: HostContext, drill: Drill) -> str:
         """What stops the drill on this server ("" when nothing does); sets `leftover`."""
         conf = drill.conf
-        result = ctx.remote.run(script(drill.pg.psql()), stdin=facts_sql(conf.scratch).encode(), timeout=60)
+        result = ctx.remote.run(facts_command(drill.pg), stdin=facts_sql(conf.scratch).encode(), timeout=60)
         if not result.ok:
             return f"PostgreSQL on the restore host does not answer: {result.tail(2)}"
-        facts = json.loads(result.stdout.strip().splitlines()[-1])
+        lines = result.stdout.strip().splitlines()
+        drill.curl = "curl" in lines[:-1]
+        facts = json.loads(lines[-1])
         scratch = facts.get("scratch")
         if scratch is not None and scratch.get("comment") != SCRATCH_COMMENT:
             return (
@@ -455,33 +402,81 @@ class RestoreTest(Remediation):
             report["phases"][name] = round(time.monotonic() - start, 3)
 
     def _restore(self, ctx: HostContext, drill: Drill) -> None:
-        """The scratch database, then the dump streamed from S3 into pg_restore on the host."""
+        """Create the scratch database and restore the dump into it: fetched by the restore host
+        itself (restore_fetch auto, when it has curl, or host) or streamed from the controller."""
         conf = drill.conf
         with self._phase(ctx, "restore", drill.report) as step:
-            self._psql(ctx, drill, create_sql(conf.scratch), f"creating {conf.scratch}")
-            drill.created = True
-            got = Received()
-            chunks = drill.store.stream(conf.bucket, drill.key, got)
-            result = feed(ctx.remote, restore_command(drill.pg, conf.scratch), chunks, RESTORE_TIMEOUT)
-            if not result.ok:
-                raise HostError(f"pg_restore failed (exit {result.exit_code}): {result.tail(3)}", result)
-            checked = "its MD5 matches the ETag" if got.md5_checked else "the size matches Content-Length"
-            drill.report["streamed_bytes"] = got.received
-            step.done(
-                Status.OK,
-                f"streamed {human_bytes(got.received)} from S3 into pg_restore ({checked}); "
-                f"restored into {conf.scratch}",
-            )
+            fallback = ""
+            if conf.fetch == "host" or (conf.fetch == "auto" and drill.curl):
+                message = self._host_fetch(ctx, drill)
+                if message.startswith("restored"):
+                    step.done(Status.OK, message)
+                    return
+                if conf.fetch == "host":
+                    raise HostError(f"the restore host could not fetch the dump: {message}")
+                fallback = f"; the restore host could not fetch it ({message})"
+            step.done(Status.OK, self._stream(ctx, drill) + fallback)
+
+    def _run_restore(self, ctx: HostContext, drill: Drill, run: Any) -> CommandResult:
+        """`run()` runs a script of drill_fetch.create_then; what it made is recorded."""
+        made_before, drill.created = drill.created, True  # from here on it may exist: it is dropped
+        result: CommandResult = run()
+        if result.exit_code == drill_fetch.CREATE_FAILED:
+            drill.created = made_before  # not made by this command: not ours, unless made before
+            raise HostError(f"creating {drill.conf.scratch} failed: {result.tail(2)}", result)
+        return result
+
+    def _stream(self, ctx: HostContext, drill: Drill) -> str:
+        """The dump streamed from S3 through the controller into pg_restore on the host."""
+        conf = drill.conf
+        got = Received()
+        chunks = drill.store.stream(conf.bucket, drill.key, got)
+        command = restore_command(drill.pg, conf.scratch)
+        result = self._run_restore(ctx, drill, lambda: feed(ctx.remote, command, chunks, RESTORE_TIMEOUT))
+        if not result.ok:
+            raise HostError(f"pg_restore failed (exit {result.exit_code}): {result.tail(3)}", result)
+        checked = "its MD5 matches the ETag" if got.md5_checked else "the size matches Content-Length"
+        drill.report["streamed_bytes"] = got.received
+        drill.report["fetched_by"] = "controller"
+        return (f"streamed {human_bytes(got.received)} from S3 into pg_restore ({checked}); "
+                f"restored into {conf.scratch}")  # fmt: skip
+
+    def _host_fetch(self, ctx: HostContext, drill: Drill) -> str:
+        """The restore host GETs the dump with a presigned URL (on curl's stdin) into pg_restore.
+        Returns "restored …", or why the host got none of it (the caller may stream instead);
+        any other failure raises."""
+        conf = drill.conf
+        where = f"s3://{conf.bucket}/{drill.key}"
+        with drill.store.failing(f"presigning a GET of {where}"):
+            url = drill_fetch.presigned_get(drill.store, conf.bucket, drill.key, URL_SECONDS)
+        ctx.redactor.add_value(url)
+        ctx.redactor.add_value(url.partition("Signature=")[2].partition("&")[0])  # also alone
+        command = drill_fetch.fetch_script(
+            drill.pg, conf.scratch, create_sql(conf.scratch), drop_sql(conf.scratch)
+        )
+        config = drill_fetch.curl_config(url)
+        result = self._run_restore(
+            ctx, drill, lambda: ctx.remote.run(command, stdin=config, timeout=RESTORE_TIMEOUT)
+        )
+        got = drill_fetch.parse(result.stdout)
+        if drill_fetch.not_fetched(got):  # the script dropped the scratch database
+            return drill_fetch.why_not(got, result.tail(1))
+        problem, md5_checked = drill_fetch.verdict(got, where)
+        drill.report["streamed_bytes"] = got.bytes
+        if problem:
+            raise HostError(problem + (f"; pg_restore exit {got.restore}" if got.restore else ""), result)
+        if not result.ok:
+            raise HostError(f"pg_restore failed (exit {got.restore}): {result.tail(3)}", result)
+        drill.report["fetched_by"] = "host"
+        checked = "its MD5 matches the ETag" if md5_checked else "the size matches Content-Length"
+        return (f"restored into {conf.scratch}: the restore host fetched {human_bytes(got.bytes)} "
+                f"from S3 into pg_restore ({checked})")  # fmt: skip
 
     def _checks(self, ctx: HostContext, drill: Drill) -> bool:
         conf, report = drill.conf, drill.report
         with self._phase(ctx, "checks", report) as step:
-            sql = existence_sql(list(conf.tables), conf.freshness)
-            exists = json.loads(self._psql(ctx, drill, sql, "checks", conf.scratch))
-            present = [t for t in conf.tables if exists.get(f"t:{t}")]
-            fresh = conf.freshness if exists.get(f"c:{conf.freshness}") else None
-            sql = measure_sql(present, fresh)
-            measured = json.loads(self._psql(ctx, drill, sql, "counting rows", conf.scratch))
+            sql = checks_sql(list(conf.tables), conf.freshness)
+            exists, measured = split(json.loads(self._psql(ctx, drill, sql, "checks", conf.scratch)))
             outcome = evaluate(conf, exists, measured)
             report["rows"] = outcome.rows
             report["newest_age_seconds"] = outcome.newest_age

@@ -1,6 +1,8 @@
-"""restore-test streams the dump (S3 → controller → SSH channel → pg_restore) on the lab: real moto,
-sshd and PostgreSQL; a real TCP proxy in front of moto slows or cuts the S3 reply, a real SIGKILL of
-the host's sshd session cuts the SSH connection mid-stream."""
+"""restore-test gets the dump to pg_restore on the lab, both ways: the restore host fetching it
+itself (curl, a presigned URL) and the controller streaming it (S3 → controller → SSH channel →
+pg_restore): real moto, sshd, curl and PostgreSQL; a real TCP proxy in front of moto slows or cuts
+the S3 reply, refuses the host's presigned GET or flips a byte of it; a real SIGKILL of the host's
+sshd session cuts the SSH connection mid-stream."""
 
 from __future__ import annotations
 
@@ -31,18 +33,29 @@ FILL_SQL = """create table rows (id int primary key, payload text not null);
 insert into rows select g, md5(g::text) || md5((g * 7)::text) from generate_series(1, ROWS) g"""
 
 
-class Proxy:
-    """TCP proxy on 127.0.0.1 in front of the lab's S3: each reply at most `rate` bytes/s (0: as
-    fast as it comes), and any connection whose reply passed `cut_after` bytes is reset."""
+DENIED = (b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\nContent-Length: 95\r\n"
+          b"Connection: close\r\n\r\n<Error><Code>AccessDenied</Code><Message>Request has expired"
+          b"</Message></Error>".ljust(95))  # fmt: skip
 
-    def __init__(self, upstream: tuple[str, int]) -> None:
+
+class Proxy:
+    """TCP proxy on `address` (the restore host reaches the bridge's, not the controller's
+    loopback) in front of the lab's S3: each reply at most `rate` bytes/s (0: as fast as it comes),
+    any connection whose reply passed `cut_after` bytes is reset; a presigned GET (its request
+    line carries X-Amz-Signature) is refused with S3's 403 when `deny_presigned`, or gets the byte
+    at `flip_at` of its reply flipped."""
+
+    def __init__(self, upstream: tuple[str, int], address: str = "127.0.0.1") -> None:
         self.upstream = upstream
         self.rate = 0
         self.cut_after = 0
+        self.deny_presigned = False
+        self.flip_at = 0
+        self.presigned = 0  # presigned GETs seen
         self.forwarded = 0  # reply bytes, all connections
         self.cuts = 0
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
+        self.server = socket.create_server((address, 0))
+        self.url = f"http://{address}:{self.server.getsockname()[1]}"
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -51,14 +64,28 @@ class Proxy:
                 client, _ = self.server.accept()
             except OSError:
                 return
-            upstream = socket.create_connection(self.upstream)
-            threading.Thread(target=self._pipe, args=(client, upstream, False), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client, True), daemon=True).start()
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
-    def _pipe(self, source: socket.socket, sink: socket.socket, reply: bool) -> None:
+    def _serve(self, client: socket.socket) -> None:
+        first = client.recv(65536)
+        presigned = b"X-Amz-Signature=" in first.split(b"\r\n", 1)[0]
+        self.presigned += presigned
+        if presigned and self.deny_presigned:
+            client.sendall(DENIED)
+            client.close()
+            return
+        upstream = socket.create_connection(self.upstream)
+        upstream.sendall(first)
+        flip = self.flip_at if presigned else 0
+        threading.Thread(target=self._pipe, args=(client, upstream, False), daemon=True).start()
+        self._pipe(upstream, client, True, flip)
+
+    def _pipe(self, source: socket.socket, sink: socket.socket, reply: bool, flip: int = 0) -> None:
         sent = 0
         try:
             while data := source.recv(16384):
+                if flip and sent <= flip < sent + len(data):
+                    data = data[: flip - sent] + bytes([data[flip - sent] ^ 0x20]) + data[flip - sent + 1 :]
                 if reply and self.cut_after and sent + len(data) > self.cut_after:
                     self.cuts += 1
                     for s in (source, sink):  # a reset, not a clean end
@@ -86,6 +113,15 @@ class Proxy:
 def proxy(lab: Any) -> Iterator[Proxy]:
     host, port = labhosts.S3_ENDPOINT.removeprefix("http://").split(":")
     made = Proxy((host, int(port)))
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def bridge_proxy(lab: Any) -> Iterator[Proxy]:
+    """A Proxy the restore host reaches too: on the S3 endpoint's own address."""
+    host, port = labhosts.S3_ENDPOINT.removeprefix("http://").split(":")
+    made = Proxy((host, int(port)), address=host)
     yield made
     made.close()
 
@@ -156,21 +192,107 @@ def host_scratch_files() -> str:
     return found.stdout.decode().strip()
 
 
+@pytest.mark.parametrize("fetch", ["host", "controller"])
 def test_the_dump_streams_without_a_file_on_the_controller(
-    big_dump: tuple[str, int], audit: Path, tmp_path: Path
+    big_dump: tuple[str, int], audit: Path, tmp_path: Path, fetch: str
 ) -> None:
     """No file the controller writes may grow past 1 MiB, the dump is 4: the drill passes anyway,
     and the restore host holds no copy either; the MD5 was checked against the ETag."""
     key, size = big_dump
     assert size > 3 * 1024 * 1024
-    ran = finish(start_inv(inventory(tmp_path), audit, file_limit=1024 * 1024))
+    ran = finish(start_inv(inventory(tmp_path, restore_fetch=fetch), audit, file_limit=1024 * 1024))
     assert ran.code == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
     got = steps(ran)
     assert "its MD5 matches the ETag" in got["restore"]["message"]
+    said = "the restore host fetched" if fetch == "host" else "streamed"
+    assert said in got["restore"]["message"] and "could not fetch" not in got["restore"]["message"]
     assert got["checks"]["status"] == "ok" and got["checks"]["data"]["rows"] == {"rows": ROWS}
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["success"] is True and report["streamed_bytes"] == size
-    assert report["dump"] == f"s3://{pglab.BUCKET}/{key}"
+    assert report["dump"] == f"s3://{pglab.BUCKET}/{key}" and report["fetched_by"] == fetch
+    assert not scratch_exists() and host_scratch_files() == ""
+
+
+def command_lines() -> list[str]:
+    """Every process's command line on the machine (the lab's hosts share its PID namespace)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                found.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+    return found
+
+
+CREDENTIAL_WORDS = ("X-Amz-Signature", "Signature=", "X-Amz-Credential", pglab.AWS_ENV["AWS_ACCESS_KEY_ID"])
+
+
+def test_the_host_fetches_the_dump_with_a_url_on_no_command_line_and_in_no_record(
+    big_dump: tuple[str, int], audit: Path, tmp_path: Path
+) -> None:
+    """While the drill runs, every command line on the machine is read again and again: curl is
+    seen (so the scan covered the fetch), and no command line, output or audit record holds the
+    presigned URL's signature or the access key."""
+    seen: list[str] = []
+    proc = start_inv(inventory(tmp_path, restore_fetch="host"), audit)
+    while proc.poll() is None:
+        seen += [
+            line for line in command_lines() if "curl" in line or "pg_restore" in line or "X-Amz" in line
+        ]
+    ran = finish(proc)
+    assert ran.code == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
+    assert any(line.startswith("curl ") and " -K - " in line for line in seen), sorted(set(seen))[:5]
+    for word in CREDENTIAL_WORDS:
+        assert not [line for line in seen if word in line], word
+        assert word not in ran.stdout + ran.stderr and word not in audit.read_text(), word
+        assert word not in (tmp_path / "r.json").read_text() + (tmp_path / "r.prom").read_text()
+
+
+@pytest.mark.parametrize("fetch", ["auto", "host"])
+def test_a_refused_presigned_url_falls_back_to_the_stream_or_fails_clearly(
+    big_dump: tuple[str, int], bridge_proxy: Proxy, audit: Path, tmp_path: Path, fetch: str
+) -> None:
+    """S3 (a proxy in front of it) answers the host's presigned GET with 403 "Request has
+    expired": with restore_fetch auto the controller streams the dump instead and the drill
+    passes, saying why; with host it fails in one line. Nothing is left either way."""
+    bridge_proxy.deny_presigned = True
+    ran = finish(start_inv(inventory(tmp_path, s3_endpoint_url=bridge_proxy.url, restore_fetch=fetch), audit))
+    assert bridge_proxy.presigned >= 1, "the host's GET went through the proxy"
+    restore = steps(ran)["restore"]
+    report = json.loads((tmp_path / "r.json").read_text())
+    why = "S3 answered the host's GET with 403 Forbidden"
+    if fetch == "auto":
+        assert ran.code == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
+        assert restore["message"].startswith("streamed ")
+        assert restore["message"].endswith(f"; the restore host could not fetch it ({why})")
+        assert report["success"] is True and report["fetched_by"] == "controller"
+    else:
+        assert ran.code == 1, ran.stdout[-3000:] + ran.stderr[-3000:]
+        assert restore["status"] == "failed"
+        assert restore["message"] == f"the restore host could not fetch the dump: {why}"
+        assert report["success"] is False and why in report["error"]
+    assert "\n" not in restore["message"] and "Traceback" not in ran.stderr
+    assert not scratch_exists() and host_scratch_files() == ""
+
+
+def test_a_dump_corrupted_on_the_way_to_the_host_fails_the_drill_on_its_md5(
+    big_dump: tuple[str, int], bridge_proxy: Proxy, audit: Path, tmp_path: Path
+) -> None:
+    """One byte of the host's GET flipped (by a proxy in front of S3): the whole object is
+    still hashed, the MD5 is not the ETag, the drill fails saying so, and nothing is left."""
+    key, size = big_dump
+    bridge_proxy.flip_at = size // 2
+    ran = finish(
+        start_inv(inventory(tmp_path, s3_endpoint_url=bridge_proxy.url, restore_fetch="host"), audit)
+    )
+    assert ran.code == 1, ran.stdout[-3000:] + ran.stderr[-3000:]
+    assert bridge_proxy.presigned >= 1
+    restore = steps(ran)["restore"]
+    assert restore["status"] == "failed" and "\n" not in restore["message"]
+    assert restore["message"].startswith(f"s3://{pglab.BUCKET}/{key}: the content's MD5 ")
+    assert "is not the ETag" in restore["message"] and "the dump is corrupt" in restore["message"]
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["success"] is False and "the dump is corrupt" in report["error"]
+    assert steps(ran)["drop"]["status"] == "ok"
     assert not scratch_exists() and host_scratch_files() == ""
 
 
@@ -179,7 +301,7 @@ def test_a_cut_s3_stream_fails_the_drill_in_one_line_and_leaves_nothing(
 ) -> None:
     key, size = big_dump
     proxy.cut_after = 1024 * 1024  # the listing passes, the dump's reply is reset after 1 MiB
-    ran = finish(start_inv(inventory(tmp_path, s3_endpoint_url=proxy.url), audit))
+    ran = finish(start_inv(inventory(tmp_path, s3_endpoint_url=proxy.url, restore_fetch="controller"), audit))
     assert ran.code == 1, ran.stdout[-3000:] + ran.stderr[-3000:]
     assert proxy.cuts >= 1
     restore = steps(ran)["restore"]
@@ -201,7 +323,7 @@ def test_a_cut_ssh_connection_mid_stream_fails_and_the_host_drops_the_scratch_da
     fails in one line, and pg_restore, reading the end of its input, fails and the host itself drops
     the scratch database (the controller cannot any more)."""
     proxy.rate = 1024 * 1024
-    proc = start_inv(inventory(tmp_path, s3_endpoint_url=proxy.url), audit)
+    proc = start_inv(inventory(tmp_path, s3_endpoint_url=proxy.url, restore_fetch="controller"), audit)
     try:
         deadline = time.monotonic() + 60
         while proxy.forwarded < 1024 * 1024 and time.monotonic() < deadline and proc.poll() is None:

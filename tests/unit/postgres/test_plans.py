@@ -96,9 +96,7 @@ def drill_answer(leftover: bool = False, on_restore: Callable[[], None] = lambda
             assert stdin == "PGDMP", "the dump arrives on pg_restore's stdin"
             on_restore()
             return 0, ""
-        if "to_regclass" in stdin:
-            return 0, json.dumps({"t:orders": True})
-        if "count(*)" in stdin:
+        if "to_regclass" in stdin and "count(*)" in stdin:  # the checks: one query
             return 0, json.dumps({"t:orders": 5})
         return 0, ""
 

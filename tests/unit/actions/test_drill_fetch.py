@@ -1,0 +1,192 @@
+"""The restore drill's host-side fetch script, run for real: sh, curl, tee, md5sum and wc against
+an HTTP server on loopback; pg_restore and psql are small scripts here (the lab runs the real
+ones) that record what they read."""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import http.server
+import os
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from remediations.actions import drill_fetch
+from remediations.facts.postgres import PgTarget
+
+DUMP = os.urandom(3 * 1024 * 1024 + 17)
+
+
+class Server(http.server.ThreadingHTTPServer):
+    body = DUMP
+    etag = hashlib.md5(DUMP, usedforsecurity=False).hexdigest()
+    status = 200
+    cut_after = 0  # close the connection after this many body bytes (0: send all)
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    server: Server
+
+    def do_GET(self) -> None:
+        server = self.server
+        if server.status != 200:
+            self.send_response(server.status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(server.body)))
+        self.send_header("ETag", f'"{server.etag}"')
+        self.end_headers()
+        self.wfile.write(server.body[: server.cut_after] if server.cut_after else server.body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    made = Server(("127.0.0.1", 0), Handler)
+    threading.Thread(target=made.serve_forever, daemon=True).start()
+    yield made
+    made.shutdown()
+    made.server_close()
+
+
+@pytest.fixture
+def tools(tmp_path: Path) -> Path:
+    """psql (records its SQL) and pg_restore (keeps `$KEEP` bytes of its input, or all, then
+    exits `$RESTORE_EXIT`) in a bin folder."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "psql").write_text(f'#!/bin/sh\ncat >> {tmp_path}/sql.log\nexit "${{PSQL_EXIT:-0}}"\n')
+    (bin_dir / "pg_restore").write_text(
+        "#!/bin/sh\n"
+        f'if [ -n "$KEEP" ]; then head -c "$KEEP" > {tmp_path}/restored; '
+        f"else cat > {tmp_path}/restored; fi\n"
+        'exit "${RESTORE_EXIT:-0}"\n'
+    )
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    return bin_dir
+
+
+def run(tools: Path, url: str, **env: str) -> tuple[subprocess.CompletedProcess[str], drill_fetch.Fetched]:
+    pg = PgTarget(os_user=getpass.getuser(), bin_dir=str(tools))
+    create, drop = "create database scratch;\n", "drop database scratch;\n"
+    command = drill_fetch.fetch_script(pg, "scratch", create, drop)
+    done = subprocess.run(
+        ["sh", "-c", command], input=drill_fetch.curl_config(url).decode(), capture_output=True, text=True,
+        env={**os.environ, **env}, timeout=60, check=False,
+    )  # fmt: skip
+    return done, drill_fetch.parse(done.stdout)
+
+
+def url_of(server: Server) -> str:
+    return f"http://127.0.0.1:{server.server_address[1]}/b/dump?X-Amz-Signature=abc"
+
+
+def test_the_whole_dump_reaches_pg_restore_hashed_and_counted(server: Server, tools: Path) -> None:
+    done, got = run(tools, url_of(server))
+    assert done.returncode == 0, done.stderr
+    assert (tools.parent / "restored").read_bytes() == DUMP
+    assert got.created and got.curl == 0 and got.restore == 0
+    assert got.bytes == len(DUMP) == got.expected and got.md5 == server.etag == got.etag_md5
+    assert drill_fetch.verdict(got, "s3://b/dump") == ("", True)
+    assert "create database scratch" in (tools.parent / "sql.log").read_text()
+    assert "drop database" not in (tools.parent / "sql.log").read_text()
+    assert url_of(server) not in done.stdout + done.stderr
+
+
+def test_a_corrupt_dump_is_hashed_whole_even_when_pg_restore_stops_early(server: Server, tools: Path) -> None:
+    server.etag = hashlib.md5(b"another content", usedforsecurity=False).hexdigest()
+    done, got = run(tools, url_of(server), KEEP="1000", RESTORE_EXIT="1")
+    assert done.returncode == 1
+    assert len((tools.parent / "restored").read_bytes()) == 1000
+    assert got.restore == 1 and got.bytes == len(DUMP), "the rest was still read and counted"
+    assert got.md5 == hashlib.md5(DUMP, usedforsecurity=False).hexdigest()
+    problem, checked = drill_fetch.verdict(got, "s3://b/dump")
+    assert checked and problem.endswith("is not the ETag " + server.etag + ": the dump is corrupt")
+    assert "drop database scratch" in (tools.parent / "sql.log").read_text(), "the host dropped it"
+
+
+def test_a_refused_url_reaches_nothing_and_says_why(server: Server, tools: Path) -> None:
+    server.status = 403
+    done, got = run(tools, url_of(server))
+    assert done.returncode == 1
+    assert drill_fetch.not_fetched(got) and got.http_code == 403
+    assert drill_fetch.why_not(got, "") == "S3 answered the host's GET with 403 Forbidden"
+    assert "drop database scratch" in (tools.parent / "sql.log").read_text()
+
+
+def test_an_unreachable_endpoint_reaches_nothing(tools: Path) -> None:
+    done, got = run(tools, "http://127.0.0.1:9/b/dump")
+    assert done.returncode == 1 and drill_fetch.not_fetched(got) and got.curl == 7
+    assert drill_fetch.why_not(got, "curl: (7) Failed to connect").startswith("curl exit 7: curl: (7)")
+
+
+def test_a_cut_download_fails_with_its_byte_count(server: Server, tools: Path) -> None:
+    server.cut_after = 1024 * 1024
+    done, got = run(tools, url_of(server))
+    assert done.returncode == 1 and not drill_fetch.not_fetched(got)
+    problem, _ = drill_fetch.verdict(got, "s3://b/dump")
+    assert problem == (
+        f"the restore host's download of s3://b/dump was cut after {1024 * 1024} of {len(DUMP)} bytes "
+        "(curl exit 18)"
+    )
+
+
+def test_a_failed_create_stops_before_the_fetch(server: Server, tools: Path) -> None:
+    done, got = run(tools, url_of(server), PSQL_EXIT="1")
+    assert done.returncode == drill_fetch.CREATE_FAILED
+    assert not got.created and not (tools.parent / "restored").exists()
+
+
+def test_no_temporary_folder_is_left(server: Server, tools: Path, tmp_path: Path) -> None:
+    before = set(Path("/tmp").glob("restore-test.*"))
+    run(tools, url_of(server))
+    assert set(Path("/tmp").glob("restore-test.*")) == before
+
+
+@pytest.mark.parametrize("url", ['http://x/"', "http://x/\\", "http://x/\n"])
+def test_a_url_that_would_break_curls_config_is_refused(url: str) -> None:
+    with pytest.raises(ValueError):
+        drill_fetch.curl_config(url)
+
+
+def test_parse_without_curl() -> None:
+    got = drill_fetch.parse("fetch-created 1\nfetch-curl 127\nfetch-restore 1\nfetch-bytes 0\n")
+    assert drill_fetch.not_fetched(got) and drill_fetch.why_not(got, "") == "no curl on the restore host"
+
+
+@pytest.mark.parametrize(
+    ("headers", "md5"),
+    [
+        ({"etag": '"' + "a" * 32 + '"'}, "a" * 32),
+        ({"etag": '"' + "a" * 32 + '-3"'}, ""),  # multipart
+        ({"etag": '"' + "a" * 32 + '"', "x-amz-server-side-encryption": "aws:kms"}, ""),
+        ({"etag": '"' + "a" * 32 + '"', "x-amz-server-side-encryption-customer-algorithm": "AES256"}, ""),
+    ],
+)
+def test_only_a_plain_single_part_etag_is_an_md5(headers: dict[str, str], md5: str) -> None:
+    assert drill_fetch.Fetched(headers=headers).etag_md5 == md5
+
+
+def test_the_presigned_url_is_sigv4_and_short_lived(monkeypatch: pytest.MonkeyPatch) -> None:
+    """boto3 alone would presign with SigV2 here (us-east-1, a custom endpoint)."""
+    from remediations.actions.s3client import S3Store
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDUNITTEST")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "unit-test-secret")
+    store = S3Store({"s3_endpoint_url": "http://127.0.0.1:9", "s3_region": "us-east-1"})
+    assert "Signature=" in store.client.generate_presigned_url(
+        "get_object", Params={"Bucket": "b", "Key": "k"}
+    )
+    url = drill_fetch.presigned_get(store, "b", "dumps/a b.dump", 120)
+    assert url.startswith("http://127.0.0.1:9/b/dumps/a%20b.dump?")
+    assert "X-Amz-Algorithm=AWS4-HMAC-SHA256" in url and "X-Amz-Expires=120" in url
+    assert "X-Amz-Signature=" in url and "AWSAccessKeyId" not in url
