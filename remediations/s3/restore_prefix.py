@@ -123,7 +123,7 @@ class RestorePrefix(S3Task):
         if self.to_bucket and self.to_bucket != self.bucket and self.answered(host):
             s3 = self._clients[host.name]
             with s3.failing(f"--to-bucket s3://{self.to_bucket}", UsageError):
-                s3.versioning(self.to_bucket)
+                self.read_versioning(host, s3, self.to_bucket)
 
 
     def gather(self, ctx: HostContext) -> Facts:

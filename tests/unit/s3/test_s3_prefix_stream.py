@@ -66,7 +66,8 @@ def check(keys: int, monkeypatch: Any) -> tuple[Any, int, int]:
                          connect=generated(keys, pages), progress=io.StringIO())  # fmt: skip
     tracemalloc.start()
     try:
-        result = Engine(inv, RunOptions(check=True, diff=True)).run(task, controller_targets("generated")(inv))
+        engine = Engine(inv, RunOptions(check=True, diff=True))
+        result = engine.run(task, controller_targets("generated")(inv))
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -80,7 +81,8 @@ def test_the_plan_of_a_prefix_does_not_grow_in_memory_with_its_keys(monkeypatch:
     small, small_peak, small_pages = check(3_000, monkeypatch)
     large, large_peak, large_pages = check(15_000, monkeypatch)
     assert (small_pages, large_pages) == (6, 30)
-    assert large.message.startswith("would restore 15000 key(s) (1.5 MB to copy) of 15,000 key(s)"), large.message
+    assert large.message.startswith("would restore 15000 key(s) (1.5 MB to copy) of 15,000 key(s)"), (
+        large.message)
     listing = large.diff.splitlines()
     assert len(listing) == 1001 and listing[-1] == "… and 14,000 more key(s): 14,000 to restore"
     assert small.message.startswith("would restore 3000 key(s)"), small.message
@@ -107,7 +109,8 @@ def test_the_spool_gives_the_plans_back_in_order_counted_and_two_readers_do_not_
     assert len(list(spool.work())) == 1500
     listing = spool.listing().splitlines()
     assert [line.split()[0] for line in listing[:3]] == ["restore"] * 3
-    assert listing[-1] == "… and 2,997 more key(s): 1,000 ok, 997 to restore, 500 new (kept), 500 new (to hide)"
+    assert listing[-1] == ("… and 2,997 more key(s): 1,000 ok, 997 to restore, 500 new (kept), "
+                           "500 new (to hide)")
     spool.close()
 
 
