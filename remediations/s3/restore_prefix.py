@@ -40,7 +40,7 @@ from remediations.core.units import human_age, human_bytes
 from remediations.facts.s3 import ARCHIVED, Content, Listing, Version, history, iso, parse_at, same_content
 from remediations.reporting.progress import Meter, Progress
 from remediations.s3.decide import KeyPlan, dest_key, plan_key, plan_lines, refine_archived
-from remediations.s3.spool import Ahead, Spool, copied
+from remediations.s3.spool import Ahead, KeyLog, Spool, copied
 
 LISTED_KEYS = 1000  # a listing of more keys shows these, changes first, and counts the rest
 QUEUED_PER_WORKER = 4  # keys handed to the copy pool ahead of its workers
@@ -295,6 +295,8 @@ class RestorePrefix(S3Task):
             applied.slowdowns, applied.lowest = gate.slowdowns, gate.lowest
             progress.end(f"{ended}: {meter.text()}; {human_age(time.monotonic() - meter.start)}"
                          + applied.throttling())
+        restored = applied.restored.read()  # named in the result only when the run stopped short
+        applied.restored_keys = restored if applied.silence else []
         applied.failures.sort()
         for keys in (applied.restored_keys, applied.unanswered_keys, applied.not_sent):
             keys.sort()
@@ -353,7 +355,7 @@ class RestorePrefix(S3Task):
             return
         applied.done[action] += 1
         if action == "restore":
-            applied.restored_keys.append(plan.dest_key)
+            applied.restored.add(plan.dest_key)
 
     def _stopped(self, applied: Applied) -> str:
         """The result line when the endpoint went silent mid-run: why, and how far it got."""
@@ -441,7 +443,8 @@ class Applied:
     done: dict[str, int] = field(default_factory=lambda: dict.fromkeys(("restore", "retrieve", "hide"), 0))
     failures: list[tuple[str, str]] = field(default_factory=list)
     silence: str = ""  # why the run stopped sending; "" when the endpoint answered throughout
-    restored_keys: list[str] = field(default_factory=list)
+    restored: KeyLog = field(default_factory=KeyLog)  # the keys restored, written down as they are
+    restored_keys: list[str] = field(default_factory=list)  # read back from it when the run stopped short
     unanswered_keys: list[str] = field(default_factory=list)
     not_sent: list[str] = field(default_factory=list)
     slowdowns: int = 0  # 503 SlowDown answers seen

@@ -144,3 +144,23 @@ class Ahead(Generic[T]):
         for _ in self.before(None):
             pass
         return self.seen
+
+
+class KeyLog:
+    """Keys written down one by one to a temporary file (the keys a run restored): read back only
+    when a result must name them all."""
+
+    def __init__(self) -> None:
+        self._file = tempfile.TemporaryFile(prefix="remediations-keys-")  # noqa: SIM115 (closed by read())
+        self.count = 0
+
+    def add(self, key: str) -> None:
+        self._file.write(key.encode() + b"\0")
+        self.count += 1
+
+    def read(self) -> list[str]:
+        """Every key written down, in order; the file is closed after."""
+        self._file.seek(0)
+        data = self._file.read()
+        self._file.close()
+        return [key.decode() for key in data.split(b"\0")[:-1]]

@@ -22,7 +22,7 @@ from remediations.core.options import RunOptions
 from remediations.facts.s3 import Content, Version
 from remediations.s3.decide import KeyPlan
 from remediations.s3.restore_prefix import RestorePrefix
-from remediations.s3.spool import Ahead, Spool
+from remediations.s3.spool import Ahead, KeyLog, Spool
 
 BEFORE = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 AFTER = BEFORE + dt.timedelta(days=2)
@@ -136,3 +136,11 @@ def test_ahead_reads_a_sorted_listing_alongside_the_keys() -> None:
     assert ahead.take("c") == Content(3, "3")
     assert list(ahead.before(None)) == [("e", Content(5, "5"))]
     assert ahead.drain() == 3
+
+
+def test_the_key_log_gives_back_every_key_written_down() -> None:
+    log = KeyLog()
+    keys = ["data/a", "data/é b", "", "data/z" * 100]
+    for key in keys:
+        log.add(key)
+    assert log.count == 4 and log.read() == keys
