@@ -291,6 +291,7 @@ def main() -> None:
     parser.add_argument("--delay", type=float, default=0.05, help="seconds the proxy adds per request")
     parser.add_argument("--pit", type=Path, default=Path("/tmp/s3perf/pitvenv"))
     parser.add_argument("--rounds", type=int, default=1, help="rounds of every side in turn (medians)")
+    parser.add_argument("--proxy-only", action="store_true", help="only the round behind the proxy")
     parser.add_argument("--endpoint", choices=("moto", "seaweedfs"), default="moto",
                         help="the local S3 server (seaweedfs: from --weed)")
     parser.add_argument("--weed", type=Path, default=Path("/tmp/s3perf/weedvenv/bin/weed"),
@@ -332,13 +333,15 @@ def main() -> None:
         local, behind = [], []
         with tempfile.TemporaryDirectory(prefix="bench-s3-") as tmp:
             for round_ in range(args.rounds):  # the sides in turn, round after round
-                local.append(bench_side(f"local{round_}", endpoint, s3, bucket, at, args.workers, args.pit,
-                                        Path(tmp), None, args.keys))  # fmt: skip
+                if not args.proxy_only:
+                    local.append(bench_side(f"local{round_}", endpoint, s3, bucket, at, args.workers,
+                                            args.pit, Path(tmp), None, args.keys))  # fmt: skip
                 behind.append(bench_side(f"proxy{round_}", proxy.url, s3, bucket, at, None, args.pit,
                                          Path(tmp), proxy, args.keys))  # fmt: skip
         rounds = f", median of {args.rounds} rounds" if args.rounds > 1 else ""
-        report(f"local endpoint ({args.endpoint}), {args.workers} workers each{rounds}", median(local),
-               args.keys)
+        if local:
+            report(f"local endpoint ({args.endpoint}), {args.workers} workers each{rounds}", median(local),
+                   args.keys)
         report(f"behind a loopback proxy adding {args.delay * 1000:.0f} ms per request, each tool at its "
                f"defaults (requests counted by the proxy){rounds}", median(behind), args.keys)
     finally:
