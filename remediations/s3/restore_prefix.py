@@ -3,12 +3,14 @@
 facts   versioning of the destination; every version and delete marker under the prefix (paged by
         KeyMarker/VersionIdMarker), the destination's current objects when restoring elsewhere, HEAD
         of the archived versions involved;
-decide  `decide.plan_key` per key: unchanged, restore, retrieve, pending, new (left alone) or hide
-        (--delete-new); the plan lists every key;
-apply   the copies, delete markers and retrievals in a bounded pool; an endpoint that stops
-        answering stops the run with the keys restored so far;
-verify  one listing of the destination's current objects (ListObjectsV2): every planned key holds
-        the bytes of its version at --at (ETag and size), hidden and absent keys are absent.
+decide  `decide.plan_key` per key as soon as the listing has all its entries: unchanged, restore,
+        retrieve, pending, new (left alone) or hide (--delete-new); the plans go to a temporary file
+        (`spool.Spool`): memory holds the counts and what the listing shows, not a plan per key;
+apply   the copies, delete markers and retrievals in a bounded pool (a bounded queue ahead of it);
+        an endpoint that stops answering stops the run with the keys restored so far;
+verify  one listing of the destination's current objects (ListObjectsV2), read alongside the plans:
+        every planned key holds the bytes of its version at --at (ETag and size), hidden and absent
+        keys are absent.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import CancelledError, Future, ThreadPoolExecutor, as_completed
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TextIO
 
@@ -37,17 +39,17 @@ from remediations.core.results import Status
 from remediations.core.units import human_age, human_bytes
 from remediations.facts.s3 import ARCHIVED, Content, Listing, Version, history, iso, parse_at, same_content
 from remediations.reporting.progress import Meter, Progress
-from remediations.s3.decide import KeyPlan, count_actions, dest_key, plan_key, plan_lines, refine_archived
+from remediations.s3.decide import KeyPlan, dest_key, plan_key, plan_lines, refine_archived
+from remediations.s3.spool import Ahead, KeyLog, Spool, copied
 
-WORK = ("restore", "retrieve", "hide")  # the actions that change S3
 LISTED_KEYS = 1000  # a listing of more keys shows these, changes first, and counts the rest
-LISTING_ORDER = {"restore": 0, "retrieve": 1, "hide": 2, "wait": 3, "new": 4, "unchanged": 5}
+QUEUED_PER_WORKER = 4  # keys handed to the copy pool ahead of its workers
 
 
 @dataclass
 class Facts:
     s3: S3
-    plans: list[KeyPlan]
+    spool: Spool  # every key's plan
     progress: Progress
     applied: Applied | None = None  # what the apply did (set by it)
 
@@ -121,7 +123,7 @@ class RestorePrefix(S3Task):
         if self.to_bucket and self.to_bucket != self.bucket and self.answered(host):
             s3 = self._clients[host.name]
             with s3.failing(f"--to-bucket s3://{self.to_bucket}", UsageError):
-                s3.versioning(self.to_bucket)
+                self.read_versioning(host, s3, self.to_bucket)
 
 
     def gather(self, ctx: HostContext) -> Facts:
@@ -129,34 +131,31 @@ class RestorePrefix(S3Task):
         progress = Progress(self.task, self._progress, validate.value(ctx.host, "progress_interval"))
         self.require_versioning(ctx, s3, self.destination[0])
         with ctx.step("facts") as step, s3.failing(f"s3://{self.bucket}/{self.prefix}: facts"):
-            plans, listing = self._plan(s3, progress)
-            step.done(Status.OK, f"{len(plans)} key(s) under s3://{self.bucket}/{self.prefix} in "
-                      f"{listing.pages} listing page(s)", keys=len(plans), pages=listing.pages,
+            spool, listing = self._plan(s3, progress)
+            step.done(Status.OK, f"{spool.keys} key(s) under s3://{self.bucket}/{self.prefix} in "
+                      f"{listing.pages} listing page(s)", keys=spool.keys, pages=listing.pages,
                       marker_only_pages=listing.marker_only_pages)  # fmt: skip
-        return Facts(s3, plans, progress)
+        return Facts(s3, spool, progress)
 
     def decide(self, ctx: HostContext, facts: Facts) -> Plan:
-        counts = count_actions(facts.plans)
-        work = [p for p in facts.plans if p.action in WORK]
-        new = [p.dest_key for p in facts.plans if p.action == "new"]
-        pending = any(p.action == "wait" for p in facts.plans)
-        listing = listed(facts.plans)
-        if not work:
+        spool = facts.spool
+        counts, new = dict(spool.counts), spool.new
+        listing = spool.listing()
+        if not spool.changes:
             return Plan(reason=self._nothing_message(counts, new), data=dict(counts),
-                        diff=listing if pending or new else "")  # fmt: skip
-        summary = self._summary(counts, new, self._totals(facts.plans))
+                        diff=listing if counts["wait"] or counts["new"] else "")  # fmt: skip
+        summary = self._summary(counts, new, self._totals(spool))
 
         def apply(ctx: HostContext) -> None:
             ctx.record("decide", Status.OK, summary, diff=listing, **counts)
-            self._restore(ctx, facts, work, counts, new)
+            self._restore(ctx, facts, counts, new)
 
         return Plan.of(Change("restore", summary, apply, diff=listing, own_steps=True, data=counts),
                        check_step="decide")  # fmt: skip
 
-    def _restore(self, ctx: HostContext, facts: Facts, work: list[KeyPlan], counts: Mapping[str, int],
-                 new: Sequence[str]) -> None:  # fmt: skip
+    def _restore(self, ctx: HostContext, facts: Facts, counts: Mapping[str, int], new: Sequence[str]) -> None:
         with ctx.step("restore") as step:
-            applied = facts.applied = self._apply(facts.s3, work, facts.progress)
+            applied = facts.applied = self._apply(facts.s3, facts.spool, facts.progress)
             done, failures = applied.done, applied.failures
             if applied.silence:
                 step.done(Status.FAILED, self._stopped(applied), diff=applied.listing(),
@@ -175,20 +174,31 @@ class RestorePrefix(S3Task):
             return  # verifying would ask the silent endpoint again: the next run re-plans
         dest_bucket, dest_prefix = self.destination
         with ctx.step("verify") as step, facts.s3.failing(f"s3://{self.bucket}/{self.prefix}: verify"):
-            current = self._list_current(facts.s3, facts.progress, "verifying: ")
-            left = [p for p in facts.plans if not settled(p, current.get(p.dest_key))]
-            if left:
-                step.done(Status.FAILED, f"{len(left)} key(s) still not at their state of {iso(self._when)}: "
-                          + ", ".join(p.dest_key for p in left[:5]), diff=plan_lines(left))
+            current = Ahead(self._list_current(facts.s3, facts.progress, "verifying: "))
+            left: list[KeyPlan] = []  # the first LISTED_KEYS keys not settled
+            unsettled = 0
+            for wanted in facts.spool:
+                if not settled(wanted, current.take(wanted.dest_key)):
+                    unsettled += 1
+                    if len(left) < LISTED_KEYS:
+                        left.append(wanted)
+            found = current.drain()
+            facts.progress.end(f"verifying: listed {found:,} current object(s) under s3://{dest_bucket}/{dest_prefix}")
+            if unsettled:
+                more = f"\n… and {unsettled - len(left):,} more key(s)" if unsettled > len(left) else ""
+                step.done(Status.FAILED, f"{unsettled} key(s) still not at their state of {iso(self._when)}: "
+                          + ", ".join(p.dest_key for p in left[:5]), diff=plan_lines(left) + more)
             else:
                 # retrievals started now are copied by a later run
-                waiting = sum(p.action in ("retrieve", "wait") for p in facts.plans)
+                waiting = facts.spool.counts["retrieve"] + facts.spool.counts["wait"]
                 pending_text = f" except {waiting} pending retrieval(s)" if waiting else ""
                 step.done(Status.OK, f"every key under s3://{dest_bucket}/{dest_prefix} is at its state of "
                           f"{iso(self._when)}{pending_text}")
 
-    def _list_current(self, s3: S3, progress: Progress, phase: str = "") -> dict[str, Content]:
-        """The destination's current objects (one ListObjectsV2 pass): what the verify compares."""
+    def _list_current(self, s3: S3, progress: Progress, phase: str = "") -> Iterator[tuple[str, Content]]:
+        """The destination's current objects in key order (one ListObjectsV2 pass, read as it is
+        consumed, progress.end left to the caller): what a restore elsewhere starts from, what the
+        verify compares."""
         dest_bucket, dest_prefix = self.destination
         where = f"s3://{dest_bucket}/{dest_prefix}"
         progress.begin(f"{phase}listing current objects under {where} …")
@@ -197,44 +207,41 @@ class RestorePrefix(S3Task):
             progress.update(lambda: f"{phase}listing current objects under {where}: {found:,} so far "
                             f"({pages} page(s))")  # fmt: skip
 
-        current = s3.list_current(dest_bucket, dest_prefix, self._tuning.page_size, on_page)
-        progress.end(f"{phase}listed {len(current):,} current object(s) under {where}")
-        return current
+        return s3.iter_current(dest_bucket, dest_prefix, self._tuning.page_size, on_page)
 
-    def _plan(self, s3: S3, progress: Progress, phase: str = "") -> tuple[list[KeyPlan], Listing]:
-        """Plan each key as soon as the listing has all its entries: the versions are not kept, so
-        memory goes with the keys (one small plan each), not with the versions of the prefix."""
+    def _plan(self, s3: S3, progress: Progress, phase: str = "") -> tuple[Spool, Listing]:
+        """Plan each key as soon as the listing has all its entries, reading the destination's
+        listing alongside (both in key order) when restoring elsewhere: neither the versions nor a
+        plan per key stay in memory (the plans go to the spool, a page at a time)."""
         dest_prefix = None if self.in_place else self.destination[1]
-        current = {} if self.in_place else self._list_current(s3, progress, phase)
-        listing = Listing()
-        plans = []
-        for key, entries in self._stream_versions(s3, progress, phase, listing):
-            hist = history(entries)
-            target = dest_key(key, self.prefix, dest_prefix)
-            now, now_id = current.pop(target, None), None
-            if self.in_place and not hist[0].is_delete_marker:
-                now, now_id = hist[0].content, hist[0].version_id
-            plans.append(plan_key(key, target, hist, self._when, now, now_id, self.delete_new, self.in_place))
-        for target in sorted(current):  # only in the destination: new there
-            plans.append(plan_key(target, target, [], self._when, current[target], None, self.delete_new,
-                                  in_place=False))
-
-        def archive_head(plan: KeyPlan) -> KeyPlan:
-            assert plan.version is not None
-            head = s3.head(self.bucket, plan.key, plan.version.version_id)
-            return plan if head is None else refine_archived(plan, head)
-
-        archived = [i for i, p in enumerate(plans)
-                    if p.action == "restore" and p.version and p.version.storage_class in ARCHIVED]
-        if archived:
-            progress.begin(f"{phase}reading the state of {len(archived):,} archived version(s) …")
+        current: Ahead[Content] = Ahead(() if self.in_place else self._list_current(s3, progress, phase))
+        listing, spool, batch = Listing(), Spool(LISTED_KEYS), []
+        heads = _Heads(self, s3, progress, phase)
         with ThreadPoolExecutor(max_workers=self._tuning.workers, thread_name_prefix="s3head") as pool:
-            for index, refined in zip(archived, pool.map(lambda i: archive_head(plans[i]), archived),
-                                      strict=True):
-                plans[index] = refined
-        if archived:
-            progress.end(f"{phase}read the state of {len(archived):,} archived version(s)")
-        return plans, listing
+            for key, entries in self._stream_versions(s3, progress, phase, listing):
+                hist = history(entries)
+                target = dest_key(key, self.prefix, dest_prefix)
+                batch += self._only_there(current.before(target))
+                now, now_id = current.take(target), None
+                if self.in_place and not hist[0].is_delete_marker:
+                    now, now_id = hist[0].content, hist[0].version_id
+                batch.append(plan_key(key, target, hist, self._when, now, now_id, self.delete_new,
+                                      self.in_place))  # fmt: skip
+                if len(batch) >= self._tuning.page_size:
+                    heads.refine(pool, batch, spool)
+                    batch = []
+            batch += self._only_there(current.before(None))
+            heads.refine(pool, batch, spool)
+        if not self.in_place:
+            where = f"s3://{self.destination[0]}/{self.destination[1]}"
+            progress.end(f"{phase}listed {current.seen:,} current object(s) under {where}")
+        heads.done()
+        return spool, listing
+
+    def _only_there(self, entries: Iterator[tuple[str, Content]]) -> list[KeyPlan]:
+        """Keys only in the destination: new there."""
+        return [plan_key(target, target, [], self._when, now, None, self.delete_new, in_place=False)
+                for target, now in entries]  # fmt: skip
 
     def _stream_versions(self, s3: S3, progress: Progress, phase: str, listing: Listing
                          ) -> Iterator[tuple[str, list[Version]]]:  # fmt: skip
@@ -252,29 +259,44 @@ class RestorePrefix(S3Task):
         progress.end(f"{phase}listed {listing.entries:,} version(s) of {listing.keys:,} key(s) under {where} "
                      f"in {listing.pages} page(s), {human_age(time.monotonic() - started)}")  # fmt: skip
 
-    def _apply(self, s3: S3, work: list[KeyPlan], progress: Progress) -> Applied:
-        """Every planned change in the copy pool. The first request the endpoint does not answer (or
-        cannot be sent) stops the run: queued keys are not sent, those in flight end within their
-        own bound, and the result lists what was restored before that."""
+    def _apply(self, s3: S3, spool: Spool, progress: Progress) -> Applied:
+        """Every planned change in the copy pool, read from the spool as the pool takes them (at
+        most QUEUED_PER_WORKER per worker queued). The first request the endpoint does not answer
+        (or cannot be sent) stops the run: queued and unread keys are not sent, those in flight end
+        within their own bound, and the result lists what was restored before that."""
         applied = Applied(started=iso(dt.datetime.now(dt.UTC)))
         silent = threading.Event()
         gate = Gate(self._tuning.workers)
         gate.observe(s3.client)
-        meter = Meter(len(work), sum(_size(p) for p in work))
+        meter = Meter(spool.changes, spool.copied)
         progress.begin(f"copying {meter.keys:,} key(s), {human_bytes(meter.size)}, "
                        f"{self._tuning.workers} at a time …")
+        futures: dict[Future[str], KeyPlan] = {}
+
+        def collect(done: Iterable[Future[str]]) -> None:
+            for future in done:
+                self._collect(s3, future, futures, applied)
+                meter.add(copied(futures.pop(future)))
+                progress.update(lambda: f"copying: {meter.text()}")
+
+        work = spool.work()
         try:
             with ThreadPoolExecutor(max_workers=self._tuning.workers, thread_name_prefix="s3copy") as pool:
-                futures = {pool.submit(self._send, s3, plan, silent, gate): plan for plan in work}
-                for future in as_completed(futures):
-                    self._collect(s3, future, futures, applied)
-                    meter.add(_size(futures[future]))
-                    progress.update(lambda: f"copying: {meter.text()}")
+                for plan in work:
+                    futures[pool.submit(self._send, s3, plan, silent, gate)] = plan
+                    while len(futures) >= self._tuning.workers * QUEUED_PER_WORKER:
+                        collect(wait(futures, return_when=FIRST_COMPLETED).done)
+                    if applied.silence:
+                        break
+                collect(as_completed(list(futures)))
+            applied.not_sent += [plan.dest_key for plan in work]  # never handed to the pool
         finally:
             ended = "copying stopped" if applied.silence else "copied"  # failures: the result line
             applied.slowdowns, applied.lowest = gate.slowdowns, gate.lowest
             progress.end(f"{ended}: {meter.text()}; {human_age(time.monotonic() - meter.start)}"
                          + applied.throttling())
+        restored = applied.restored.read()  # named in the result only when the run stopped short
+        applied.restored_keys = restored if applied.silence else []
         applied.failures.sort()
         for keys in (applied.restored_keys, applied.unanswered_keys, applied.not_sent):
             keys.sort()
@@ -333,7 +355,7 @@ class RestorePrefix(S3Task):
             return
         applied.done[action] += 1
         if action == "restore":
-            applied.restored_keys.append(plan.dest_key)
+            applied.restored.add(plan.dest_key)
 
     def _stopped(self, applied: Applied) -> str:
         """The result line when the endpoint went silent mid-run: why, and how far it got."""
@@ -351,11 +373,10 @@ class RestorePrefix(S3Task):
                          + "; ".join(f"{k}: {why}" for k, why in applied.failures[:3]))
         return "; ".join(parts) + "; run again to finish"
 
-    def _totals(self, plans: Sequence[KeyPlan]) -> str:
+    def _totals(self, spool: Spool) -> str:
         """What --check leads with on a prefix of any size: how much there is and how much is copied."""
-        size = sum(p.version.size for p in plans if p.version is not None)  # the keys as of --at
-        copied = sum(_size(p) for p in plans)
-        return (f" ({human_bytes(copied)} to copy) of {len(plans):,} key(s), {human_bytes(size)} at "
+        return (f" ({human_bytes(spool.copied)} to copy) of {spool.keys:,} key(s), "
+                f"{human_bytes(spool.size)} at "
                 f"{iso(self._when)}, under s3://{self.bucket}/{self.prefix}")
 
     def _summary(self, counts: Mapping[str, int], new: Sequence[str], totals: str = "") -> str:
@@ -382,9 +403,10 @@ class RestorePrefix(S3Task):
         tail = f"; {counts['unchanged']} unchanged" if counts["unchanged"] else ""
         if counts["wait"]:
             tail += f"; {counts['wait']} pending retrieval(s) still in progress"
-        if new:
-            shown = ", ".join(new[:5]) + (f" and {len(new) - 5} more" if len(new) > 5 else "")
-            tail += f"; {len(new)} key(s) created after {iso(self._when)} left alone: {shown}"
+        if counts["new"]:  # `new`: the first few of them
+            more = counts["new"] - len(new[:5])
+            shown = ", ".join(new[:5]) + (f" and {more} more" if more else "")
+            tail += f"; {counts['new']} key(s) created after {iso(self._when)} left alone: {shown}"
         return tail
 
     def _nothing_message(self, counts: Mapping[str, int], new: Sequence[str]) -> str:
@@ -408,25 +430,6 @@ def settled(plan: KeyPlan, now: Content | None) -> bool:
     return now is not None and same_content(plan.version.content, now) is True
 
 
-def _size(plan: KeyPlan) -> int:
-    """The bytes a key's change copies (a retrieval or a delete marker copies none)."""
-    return plan.version.size if plan.action == "restore" and plan.version is not None else 0
-
-
-def listed(plans: Sequence[KeyPlan]) -> str:
-    """The per-key listing; past LISTED_KEYS keys, the changes first and the rest counted."""
-    if len(plans) <= LISTED_KEYS:
-        return plan_lines(plans)
-    ranked = sorted(plans, key=lambda p: LISTING_ORDER[p.action])  # stable: by key within an action
-    rest = count_actions(ranked[LISTED_KEYS:])
-    counted = ", ".join(f"{n:,} {ACTION_NAMES[a]}" for a, n in rest.items() if n)
-    return plan_lines(ranked[:LISTED_KEYS]) + f"\n… and {len(plans) - LISTED_KEYS:,} more key(s): {counted}"
-
-
-ACTION_NAMES = {"unchanged": "ok", "restore": "to restore", "retrieve": "to retrieve", "wait": "pending",
-                "new": "new (kept)", "hide": "new (to hide)"}
-
-
 class _NotSent(Exception):
     """A key left unsent because the endpoint had stopped answering."""
 
@@ -440,7 +443,8 @@ class Applied:
     done: dict[str, int] = field(default_factory=lambda: dict.fromkeys(("restore", "retrieve", "hide"), 0))
     failures: list[tuple[str, str]] = field(default_factory=list)
     silence: str = ""  # why the run stopped sending; "" when the endpoint answered throughout
-    restored_keys: list[str] = field(default_factory=list)
+    restored: KeyLog = field(default_factory=KeyLog)  # the keys restored, written down as they are
+    restored_keys: list[str] = field(default_factory=list)  # read back from it when the run stopped short
     unanswered_keys: list[str] = field(default_factory=list)
     not_sent: list[str] = field(default_factory=list)
     slowdowns: int = 0  # 503 SlowDown answers seen
@@ -458,3 +462,32 @@ class Applied:
                           *(f"failed    {k}  {why}" for k, why in self.failures)])  # fmt: skip
 
 
+
+
+class _Heads:
+    """HEAD of the archived versions a batch of plans would copy (in the head pool), then the batch
+    to the spool: an archived version must be retrieved before it can be copied."""
+
+    def __init__(self, task: RestorePrefix, s3: S3, progress: Progress, phase: str) -> None:
+        self.task, self.s3, self.progress, self.phase = task, s3, progress, phase
+        self.read = 0
+
+    def refine(self, pool: ThreadPoolExecutor, batch: list[KeyPlan], spool: Spool) -> None:
+        archived = [i for i, p in enumerate(batch) if p.action == "restore" and p.version
+                    and p.version.storage_class in ARCHIVED]  # fmt: skip
+        if archived and not self.read:
+            self.progress.begin(f"{self.phase}reading the state of the archived versions …")
+        for index, refined in zip(archived, pool.map(lambda i: self._head(batch[i]), archived), strict=True):
+            batch[index] = refined
+        self.read += len(archived)
+        for plan in batch:
+            spool.add(plan)
+
+    def _head(self, plan: KeyPlan) -> KeyPlan:
+        assert plan.version is not None
+        head = self.s3.head(self.task.bucket, plan.key, plan.version.version_id)
+        return plan if head is None else refine_archived(plan, head)
+
+    def done(self) -> None:
+        if self.read:
+            self.progress.end(f"{self.phase}read the state of {self.read:,} archived version(s)")

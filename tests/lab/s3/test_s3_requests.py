@@ -62,20 +62,46 @@ def test_a_restore_lists_once_copies_once_per_key_and_verifies_with_one_listing(
 
     checked = run(restore(name, at, requests), name, check=True)
     assert checked.status.value == "changed", checked.message
-    assert requests.take() == {"GetBucketVersioning": 2, "ListObjectVersions": listing}
+    assert requests.take() == {"GetBucketVersioning": 1, "ListObjectVersions": listing}
 
     done = run(restore(name, at, requests), name)
     assert done.status.value == "changed", done.message
     sent = requests.take()
-    assert sent == {"GetBucketVersioning": 2, "ListObjectVersions": listing, "CopyObject": KEYS,
+    assert sent == {"GetBucketVersioning": 1, "ListObjectVersions": listing, "CopyObject": KEYS,
                     "ListObjectsV2": pages(s3, "list_objects_v2", name)}, sent  # fmt: skip
     assert [s["step"] for s in done.to_dict()["steps"]][-1] == "verify"
     assert done.to_dict()["steps"][-1]["status"] == "ok"
 
     again = run(restore(name, at, requests), name)
     assert again.message.startswith("nothing to do"), again.message
-    assert requests.take() == {"GetBucketVersioning": 2,
+    assert requests.take() == {"GetBucketVersioning": 1,
                                "ListObjectVersions": pages(s3, "list_object_versions", name)}  # fmt: skip
+
+
+def test_a_rerun_into_another_bucket_lists_each_side_once_and_asks_versioning_once_per_bucket(
+    half_overwritten_half_deleted: tuple[str, str],
+) -> None:
+    """The re-run that finds nothing to do: one pass of the source's versions, one of the
+    destination's current objects (read alongside), each bucket's versioning once; no verifying
+    listing (the listing it just read is the proof), no HEAD, no GET."""
+    name, at = half_overwritten_half_deleted
+    s3, requests = client(), Requests()
+    dest = bucket(s3)
+
+    def into(requests: Requests) -> RestorePrefix:
+        return RestorePrefix(name, "data/", at, to_bucket=dest, tuning=Tuning(page_size=PAGE, workers=4),
+                             progress=io.StringIO(), connect=requests.counted())  # fmt: skip
+
+    done = run(into(requests), name)
+    assert done.status.value == "changed", done.message
+    sent, versions = requests.take(), pages(s3, "list_object_versions", name)
+    assert sent == {"GetBucketVersioning": 2, "ListObjectVersions": versions, "CopyObject": KEYS,
+                    "ListObjectsV2": 1 + pages(s3, "list_objects_v2", dest)}, sent  # fmt: skip
+
+    again = run(into(requests), name)
+    assert again.message.startswith("nothing to do"), again.message
+    assert requests.take() == {"GetBucketVersioning": 2, "ListObjectVersions": versions,
+                               "ListObjectsV2": pages(s3, "list_objects_v2", dest)}  # fmt: skip
 
 
 def test_slowdown_shrinks_the_copies_in_flight_and_every_key_is_still_restored(
