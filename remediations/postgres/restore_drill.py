@@ -38,10 +38,11 @@ import shlex
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from remediations.actions.drill_report import metrics_text, previous_success, write_atomically
+from remediations.actions.pg_checks import COLUMN_RE, TABLE_RE, evaluate, existence_sql, measure_sql
 from remediations.actions.s3client import Received, S3Store
 from remediations.core import interrupt, validate
 from remediations.core.args import Arg, args
@@ -53,7 +54,6 @@ from remediations.core.remediation import Remediation
 from remediations.core.results import RunResult, Status
 from remediations.facts.postgres import (
     PgTarget,
-    human_age,
     human_bytes,
     must_ok,
     positive_number,
@@ -69,8 +69,6 @@ DEFAULT_JSON = "/var/lib/remediations/restore-test-{host}.json"
 DEFAULT_METRICS = "/var/lib/prometheus/node-exporter/restore_test_{host}.prom"
 DEFAULT_RPO_HOURS = 26.0
 NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-TABLE_RE = re.compile(r"^([a-z_][a-z0-9_]*\.)?[a-z_][a-z0-9_]*$")
-COLUMN_RE = re.compile(r"^([a-z_][a-z0-9_]*\.)?[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*$")
 RESTORE_TIMEOUT = 6 * 3600
 
 
@@ -133,82 +131,6 @@ def settings(host: Host) -> Settings:
         metrics_path=str(host.get("restore_test_metrics") or DEFAULT_METRICS).replace("{host}", host.name),
         notify_success=truthy(host.get("restore_test_notify_success", False)),
     )
-
-
-# --------------------------------------------------------------------------------------------
-# Checks and metrics (pure)
-# --------------------------------------------------------------------------------------------
-
-# The SQL below is built from names validated by TABLE_RE / COLUMN_RE / NAME_RE and quoted with
-# sql_literal / sql_identifier; it travels on psql's stdin, never on a command line.
-
-
-def existence_sql(tables: Sequence[str], freshness: str) -> str:
-    parts = [f"{sql_literal('t:' + t)}, to_regclass({sql_literal(t)}) is not null" for t in tables]
-    if freshness:
-        table, _, column = freshness.rpartition(".")
-        parts.append(
-            f"{sql_literal('c:' + freshness)}, exists(select 1 from pg_attribute where attrelid = "
-            f"to_regclass({sql_literal(table)}) and attname = {sql_literal(column)} and not attisdropped)"
-        )
-    return f"select json_build_object({', '.join(parts) or chr(39) + 'none' + chr(39) + ', true'});\n"
-
-
-def measure_sql(tables: Sequence[str], freshness: str | None) -> str:
-    parts = [f"{sql_literal('t:' + t)}, (select count(*) from {sql_identifier(t)})" for t in tables]
-    if freshness:
-        table, _, column = freshness.rpartition(".")
-        parts.append(
-            f"'newest_age', (select extract(epoch from now() - max({sql_identifier(column)}))::float8 "
-            f"from {sql_identifier(table)})"
-        )
-    return f"select json_build_object({', '.join(parts) or chr(39) + 'none' + chr(39) + ', true'});\n"
-
-
-@dataclass
-class CheckOutcome:
-    ok: bool
-    problems: list[str] = field(default_factory=list)
-    rows: dict[str, int] = field(default_factory=dict)
-    newest_age: float | None = None
-
-    def summary(self, settings: Settings) -> str:
-        counts = ", ".join(f"{t} {n} rows" for t, n in self.rows.items())
-        fresh = ""
-        if settings.freshness and self.newest_age is not None:
-            fresh = f"; newest {settings.freshness} {human_age(self.newest_age)} old"
-        if self.ok:
-            return f"checks passed: {counts or 'no tables configured'}{fresh}"
-        return "checks FAILED: " + "; ".join(self.problems)
-
-
-def evaluate(settings: Settings, exists: Mapping[str, bool], measured: Mapping[str, Any]) -> CheckOutcome:
-    """Pure: the configured checks against what the scratch database holds."""
-    outcome = CheckOutcome(ok=True)
-    for table, minimum in settings.tables.items():
-        if not exists.get(f"t:{table}"):
-            outcome.problems.append(f"table {table} is missing")
-            continue
-        count = int(measured.get(f"t:{table}") or 0)
-        outcome.rows[table] = count
-        if count < minimum:
-            outcome.problems.append(f"table {table} has {count} rows, fewer than the minimum {minimum}")
-    if settings.freshness:
-        if not exists.get(f"c:{settings.freshness}"):
-            outcome.problems.append(f"column {settings.freshness} is missing")
-        else:
-            age = measured.get("newest_age")
-            if age is None:
-                outcome.problems.append(f"{settings.freshness} has no values")
-            else:
-                outcome.newest_age = float(age)
-                if outcome.newest_age > settings.rpo_hours * 3600:
-                    outcome.problems.append(
-                        f"newest {settings.freshness} is {human_age(outcome.newest_age)} old, older than "
-                        f"the RPO of {settings.rpo_hours:g}h"
-                    )
-    outcome.ok = not outcome.problems
-    return outcome
 
 
 # --------------------------------------------------------------------------------------------
