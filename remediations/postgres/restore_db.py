@@ -205,7 +205,7 @@ class RestoreDb(Remediation):
             )
         store, dump, read = None, Dump("", 0, dt.datetime.now(dt.UTC)), plan.DumpRead(True)
         if not self.abort and state.phase != SWAPPED:
-            store, dump, read = self._dump(ctx, pg, conf, state)
+            store, dump, read = self._dump(ctx, pg, conf, state, server)
         writers = tuple(self._writer_facts(ctx, subs))
         facts = Facts(conf, server, state, dump, read, writers, dt.datetime.now(dt.UTC))
         return Run(facts, plan.decide(facts, self.abort), pg, store, subs, before, state)
@@ -258,8 +258,10 @@ class RestoreDb(Remediation):
         return must_ok(result, what).stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
 
     def _dump(
-        self, ctx: HostContext, pg: PgTarget, conf: plan.Settings, state: State
+        self, ctx: HostContext, pg: PgTarget, conf: plan.Settings, state: State, server: plan.Server
     ) -> tuple[Any, Dump, plan.DumpRead]:
+        """The dump to restore, read to its end by the host's pg_restore (unless production already
+        holds it: then there is nothing to read it for)."""
         from remediations.actions.s3client import Received, S3Store
 
         with ctx.step("dump") as step:
@@ -269,6 +271,9 @@ class RestoreDb(Remediation):
             where = store.where(conf.bucket, conf.prefix)
             found = choose_dump(store.list(conf.bucket, conf.prefix), conf.prefix, self.dump, where)
             dump = Dump(found.key, found.size, found.modified, found.etag)
+            if plan.already_live(state, server, dump):
+                step.done(Status.OK, f"{dump.describe(conf.bucket, dt.datetime.now(dt.UTC))}: already live")
+                return store, dump, plan.DumpRead(True)
             got = Received()
             command = script(
                 "{ " + pg.shell("pg_restore", "-f", "-") + '; echo "@@rc $?"; } | '

@@ -390,6 +390,20 @@ def disk_needed(conf: Settings, server: Server, dump: Dump) -> int:
     return int(max(server.size, dump.size * conf.expansion) * WAL_MARGIN)
 
 
+def already_live(state: State, server: Server, dump: Dump) -> bool:
+    """The record says the last finished restore was of this very dump (key and ETag) and the
+    production database is still the one it made (its oid): a re-run has nothing to do."""
+    live = state.live
+    return (
+        state.phase == IDLE
+        and server.exists
+        and bool(dump.key)
+        and live.get("key") == dump.key
+        and str(live.get("etag", "")) == dump.etag
+        and int(live.get("oid") or 0) == server.oid
+    )
+
+
 def preflight(facts: Facts) -> str:
     """Why the restore must not start ("" when it may): the dump's read, the versions, the disk."""
     conf, server, dump, read = facts.conf, facts.server, facts.dump, facts.read
@@ -435,6 +449,13 @@ def decide(facts: Facts, abort: bool) -> Decision:
             drop_first=half_made,
             start=recorded,
         )
+    if already_live(state, server, facts.dump):
+        return Decision(
+            "nothing",
+            f"{conf.database} already holds s3://{conf.bucket}/{facts.dump.key} "
+            f"(restored {state.live.get('restored_at', '')}); nothing to do: a newer dump (--latest) or "
+            "another --dump restores again",
+        )
     refused = preflight(facts)
     if refused:
         if interrupted:  # an interrupted run left the writers stopped: put them back
@@ -446,20 +467,6 @@ def decide(facts: Facts, abort: bool) -> Decision:
                 failure=f"{refused}; the interrupted run was rolled back",
             )
         return Decision("refuse", f"{refused}; nothing changed")
-    live = state.live
-    if (
-        not interrupted
-        and server.exists
-        and live.get("key") == facts.dump.key
-        and str(live.get("etag", "")) == facts.dump.etag
-        and int(live.get("oid") or 0) == server.oid
-    ):
-        return Decision(
-            "nothing",
-            f"{conf.database} already holds s3://{conf.bucket}/{facts.dump.key} "
-            f"(restored {live.get('restored_at', '')}); nothing to do: --dump or a newer dump "
-            "restores again",
-        )
     new = stamped(conf.database, NEW_INFIX, facts.now)
     old = stamped(conf.database, OLD_INFIX, facts.now) if server.exists else ""
     single = facts.read.entries <= server.lock_capacity // 2
