@@ -185,7 +185,9 @@ class Server:
 
     @property
     def major(self) -> int:
-        return self.version_num // 10000
+        """server_version_num with the minor digits zero (as `major_of`)."""
+        num = self.version_num
+        return num // 10000 * 10000 if num >= 100000 else num // 100 * 100
 
 
 def server_sql(database: str) -> str:
@@ -268,12 +270,13 @@ def parse_dump_read(stdout: str, stderr: str) -> DumpRead:
 
 
 def major_of(version: str) -> int:
-    """16 of "16.2 (Debian 16.2-1)", 9 of "9.6.24"; 0 when unknown."""
+    """The major version as server_version_num counts it, minor digits zero: 160000 of "16.2 (Debian
+    16.2-1)", 90600 of "9.6.24" (before 10 the major was two numbers); 0 when unknown."""
     match = re.match(r"\s*(\d+)(?:\.(\d+))?", version)
     if not match:
         return 0
     first = int(match.group(1))
-    return first * 10 + int(match.group(2) or 0) if first < 10 else first
+    return first * 10000 + (int(match.group(2) or 0) * 100 if first < 10 else 0)
 
 
 @dataclass(frozen=True)
