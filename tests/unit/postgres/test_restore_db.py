@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import sys
 from dataclasses import replace
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 
 from remediations.core.errors import HostError, UsageError
 from remediations.core.inventory import Host, Inventory
+from remediations.facts.postgres import PgTarget
 from remediations.postgres import restore_db
 from remediations.postgres import restore_db_plan as plan
 from remediations.postgres.restore_db_plan import Decision, Dump, DumpRead, Facts, Server, State, Writer
@@ -270,7 +272,7 @@ def test_names_are_quoted_as_identifiers_and_the_swap_is_one_transaction() -> No
 
 
 def test_the_restore_command_quotes_and_drops_on_failure() -> None:
-    command = restore_db.restore_command(restore_db.PgTarget(), "shop_restore_x", single=True)
+    command = restore_db.restore_command(PgTarget(), "shop_restore_x", single=True)
     assert "pg_restore -p 5432 --exit-on-error --single-transaction -d shop_restore_x" in command
     assert "--no-owner" not in command  # production keeps its owners and grants
     assert 'drop database if exists "shop_restore_x"' in command
@@ -285,12 +287,9 @@ def confirm(stdin: io.StringIO, yes: bool = False) -> None:
     remediation = restore_db.RestoreDb(yes=yes)
     run: Any = type("R", (), {"facts": facts()})()
     ctx: Any = type("C", (), {"host": Host("db1", {})})()
-    saved = restore_db.sys.stdin
-    restore_db.sys.stdin = stdin
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "stdin", stdin)
         remediation._confirm(ctx, run)
-    finally:
-        restore_db.sys.stdin = saved
 
 
 def test_confirmation_needs_the_name_typed_on_a_terminal_or_yes(capsys: pytest.CaptureFixture[str]) -> None:
