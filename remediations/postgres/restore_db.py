@@ -2,11 +2,13 @@
 
 facts   on the database host, in one round trip: the server (version, data directory and its free
         space, lock table), the production database (oid, size, owner, encoding, connections), every
-        database's name, and this task's record (`restore_db_plan.State`); the row counts of
+        database's name, and this task's record (`restore_db_plan.State`; the SQL and shell text
+        are `restore_db_sql`); the row counts of
         `restore_check_tables` in production; in S3 the dump (--dump, else the newest under
         `dump_s3_prefix`), then the dump read to its end by the host's own pg_restore (streamed S3 →
         SSH stdin → `pg_restore -f -`, the SQL discarded but for its comments: the versions and the
-        table of contents); on each writer host (`restore_db_writers`, --stop) its services' state;
+        table of contents); on each writer host (`restore_db_writers`, --stop: `actions.writers`)
+        its services' state;
 decide  pure (`restore_db_plan.decide`): refuse (the dump does not read, a newer major version, too
         little disk), nothing (production already holds this dump), finish or roll back an
         interrupted run, or restore;
@@ -21,21 +23,17 @@ apply   confirm (--yes, or the database's name typed on a terminal); stop the ru
 verify  production is the restored database (its oid), its rows and freshness, before and after.
 """
 
-# ruff: noqa: S608 - SQL here is built only from validated names, quoted (sql_literal, sql_identifier)
-
 from __future__ import annotations
 
 import datetime as dt
 import json
-import shlex
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
-from remediations.actions import remote_write
-from remediations.actions.compose_service import ServiceSettings, recover
+from remediations.actions import remote_write, writers
 from remediations.actions.pg_checks import (
     CheckOutcome,
     choose_dump,
@@ -53,14 +51,13 @@ from remediations.core.inventory import Host, Inventory
 from remediations.core.plan import Change, Plan
 from remediations.core.remediation import Remediation
 from remediations.core.results import Status
-from remediations.facts.compose import compose_run
-from remediations.facts.postgres import PgTarget, human_bytes, must_ok, script, sql_identifier, sql_literal
+from remediations.facts.postgres import PgTarget, human_bytes, must_ok, script
+from remediations.facts.sections import parse_sections
 from remediations.postgres import restore_db_plan as plan
-from remediations.postgres.restore_db_plan import SWAPPED, Decision, Dump, Facts, State, Writer, WriterFacts
+from remediations.postgres import restore_db_sql as sql
+from remediations.postgres.restore_db_plan import SWAPPED, Decision, Dump, Facts, State, Writer
 
 RESTORE_TIMEOUT = 6 * 3600
-NEW_COMMENT = "remediations restore-db: being restored from "
-KEEP_PATTERN = r"^-- (Dumped (from|by) |(Data for )?Name: )|^@@rc "
 
 
 def _parse_stop(value: Any, flag: str) -> list[Writer]:
@@ -74,14 +71,13 @@ class Run:
     facts: Facts
     decision: Decision
     pg: PgTarget
-    store: Any
+    store: Any  # S3Store
     subs: dict[str, HostContext]  # writer host name -> its context
     before: CheckOutcome | None
     state: State
     touched: bool = False  # the record says a run is in progress: a failure from here rolls back
     swapped: bool = False
     new_oid: int = 0
-    notes: list[str] = field(default_factory=list)
 
 
 class RestoreDb(Remediation):
@@ -137,8 +133,8 @@ class RestoreDb(Remediation):
     ) -> None:
         if dump and latest:
             raise UsageError("--dump and --latest: give one (--latest is the default)")
-        if abort and dump:
-            raise UsageError("--abort restores nothing: leave out --dump")
+        if abort and (dump or latest):
+            raise UsageError("--abort restores nothing: leave out --dump and --latest")
         self.dump, self.database, self.stop = dump, database, tuple(stop)
         self.yes, self.abort = yes, abort
         self._inventory: Inventory | None = None
@@ -161,33 +157,27 @@ class RestoreDb(Remediation):
         plan.settings(host, self.database)
         PgTarget.from_host(host)
         assert self._inventory is not None
-        self._writers[host.name] = plan.resolve_writers(self._inventory, host, self.stop)
-        for target, _ in self._writers[host.name]:
-            ServiceSettings.of(target)
+        self._writers[host.name] = writers.resolve(self._inventory, host, self.stop)
 
     def deadline(self, host: Host) -> float:
         configured = validate.value(host, "run_deadline")
         return float(configured) if configured is not None else 2 * RESTORE_TIMEOUT
 
-    # ---------------------------------------------------------------------------------- facts
+    # ----------------------------------------------------------------------------------- facts
 
     def run(self, ctx: HostContext) -> None:
         """The writer hosts stay open (and locked, in a real run) from the facts to the end."""
         with ExitStack() as stack:
-            subs = {
-                target.name: stack.enter_context(ctx.open(target))
-                for target, _ in self._writers[ctx.host.name]
-            }
-            run = self.gather_run(ctx, subs)
+            subs = {t.name: stack.enter_context(ctx.open(t)) for t, _ in self._writers[ctx.host.name]}
+            run = self.gather_run(ctx, subs, stack)
             if run.decision.action == "refuse":
                 ctx.record("decide", Status.FAILED, run.decision.reason)
                 return
             if ctx.carry_out(self.plan(run)):
                 self.verify_run(ctx, run)
 
-    def gather_run(self, ctx: HostContext, subs: dict[str, HostContext]) -> Run:
-        conf = plan.settings(ctx.host, self.database)
-        pg = PgTarget.from_host(ctx.host)
+    def gather_run(self, ctx: HostContext, subs: dict[str, HostContext], stack: ExitStack) -> Run:
+        conf, pg = plan.settings(ctx.host, self.database), PgTarget.from_host(ctx.host)
         with ctx.step("facts") as step:
             server, state = self._server(ctx, pg, conf)
             before = self._count_quietly(ctx, pg, conf) if server.exists else None
@@ -203,34 +193,35 @@ class RestoreDb(Remediation):
                 + (f"; rows: {before.summary(conf)}" if before else ""),
                 phase=state.phase,
             )
-        store, dump, read = None, Dump("", 0, dt.datetime.now(dt.UTC)), plan.DumpRead(True)
+        self._open_recorded(ctx, subs, stack, state)
+        store, dump, read = None, Dump("", 0, dt.datetime.now(dt.UTC)), sql.DumpRead(True)
         if not self.abort and state.phase != SWAPPED:
             store, dump, read = self._dump(ctx, pg, conf, state, server)
-        writers = tuple(self._writer_facts(ctx, subs))
-        facts = Facts(conf, server, state, dump, read, writers, dt.datetime.now(dt.UTC))
+        found = tuple(writers.gather(subs, self._writers[ctx.host.name]))
+        facts = Facts(conf, server, state, dump, read, found, dt.datetime.now(dt.UTC))
         return Run(facts, plan.decide(facts, self.abort), pg, store, subs, before, state)
 
-    def _server(self, ctx: HostContext, pg: PgTarget, conf: plan.Settings) -> tuple[plan.Server, State]:
-        q = shlex.quote
-        command = script(
-            f"state={q(conf.state_path)}",
-            'echo "@@state"; if [ -f "$state" ]; then cat -- "$state"; echo; fi',
-            f"out=$(printf '%s' {q(plan.server_sql(conf.database))} | {pg.psql()} 2>&1) || "
-            '{ echo "@@error"; printf "%s\\n" "$out"; exit 0; }',
-            'echo "@@server"; printf "%s\\n" "$out" | tail -n 1',
-            f"dd=$(printf '%s' 'show data_directory;' | {pg.psql()})",
-            'echo "@@df"; df -P -B1 -- "$dd" | awk \'NR == 2 { print $4 }\'',
-        )
+    def _open_recorded(
+        self, ctx: HostContext, subs: dict[str, HostContext], stack: ExitStack, state: State
+    ) -> None:
+        """The hosts of writers an earlier run stopped (with a --stop this run was not given)."""
+        assert self._inventory is not None
+        for label in state.writers:
+            name = Writer.parse(label).host
+            if name not in subs and name in self._inventory.hosts:
+                subs[name] = stack.enter_context(ctx.open(self._inventory.hosts[name]))
+
+    def _server(self, ctx: HostContext, pg: PgTarget, conf: plan.Settings) -> tuple[sql.Server, State]:
+        command = sql.facts_command(pg, conf.database, conf.state_path)
         result = must_ok(ctx.remote.run(command, timeout=120), "reading the server's facts")
-        found = {s.name: s.body for s in plan_sections(result.stdout)}
+        found = {s.name: s.body for s in parse_sections(result.stdout)}
         if "error" in found:
             raise HostError(f"PostgreSQL on {ctx.host.name} does not answer: {found['error'].strip()[-300:]}")
         state = State.parse(found.get("state", ""), conf.state_path)
         free = found.get("df", "").strip()
         if "server" not in found or not free.isdigit():
             raise HostError(f"reading the server's facts failed: {result.tail(3) or 'no output'}", result)
-        server = plan.parse_server(json.loads(found["server"].strip()), int(free))
-        return server, state
+        return sql.parse_server(json.loads(found["server"].strip()), int(free)), state
 
     def _count(self, ctx: HostContext, pg: PgTarget, conf: plan.Settings, database: str) -> CheckOutcome:
         """The checks of restore-test on `database`: tables, row minimums, freshness."""
@@ -253,13 +244,13 @@ class RestoreDb(Remediation):
             return None
 
     @staticmethod
-    def _psql(ctx: HostContext, pg: PgTarget, sql: str, what: str, database: str = "postgres") -> str:
-        result = ctx.remote.run(script(pg.psql(database)), stdin=sql.encode(), timeout=600)
-        return must_ok(result, what).stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+    def _psql(ctx: HostContext, pg: PgTarget, text: str, what: str, database: str = "postgres") -> str:
+        result = must_ok(ctx.remote.run(script(pg.psql(database)), stdin=text.encode(), timeout=600), what)
+        return result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
 
     def _dump(
-        self, ctx: HostContext, pg: PgTarget, conf: plan.Settings, state: State, server: plan.Server
-    ) -> tuple[Any, Dump, plan.DumpRead]:
+        self, ctx: HostContext, pg: PgTarget, conf: plan.Settings, state: State, server: sql.Server
+    ) -> tuple[Any, Dump, sql.DumpRead]:
         """The dump to restore, read to its end by the host's pg_restore (unless production already
         holds it: then there is nothing to read it for)."""
         from remediations.actions.s3client import Received, S3Store
@@ -271,18 +262,14 @@ class RestoreDb(Remediation):
             where = store.where(conf.bucket, conf.prefix)
             found = choose_dump(store.list(conf.bucket, conf.prefix), conf.prefix, self.dump, where)
             dump = Dump(found.key, found.size, found.modified, found.etag)
-            if plan.already_live(state, server, dump):
-                step.done(Status.OK, f"{dump.describe(conf.bucket, dt.datetime.now(dt.UTC))}: already live")
-                return store, dump, plan.DumpRead(True)
-            got = Received()
-            command = script(
-                "{ " + pg.shell("pg_restore", "-f", "-") + '; echo "@@rc $?"; } | '
-                f"grep -a -E {shlex.quote(KEEP_PATTERN)}"
-            )
-            chunks = stoppable(store.stream(conf.bucket, dump.key, got))
-            result = stream_into(ctx.remote, command, chunks, RESTORE_TIMEOUT)
-            read = plan.parse_dump_read(result.stdout, result.stderr)
             words = dump.describe(conf.bucket, dt.datetime.now(dt.UTC))
+            if plan.already_live(state, server, dump):
+                step.done(Status.OK, f"{words}: already live")
+                return store, dump, sql.DumpRead(True)
+            got = Received()
+            chunks = stoppable(store.stream(conf.bucket, dump.key, got))
+            result = stream_into(ctx.remote, sql.read_command(pg), chunks, RESTORE_TIMEOUT)
+            read = sql.parse_dump_read(result.stdout, result.stderr)
             if read.ok:
                 checked = "MD5 = ETag" if got.md5_checked else "size = Content-Length"
                 words += (
@@ -294,24 +281,10 @@ class RestoreDb(Remediation):
             step.done(Status.OK if read.ok else Status.FAILED, words, dump=dump.key, bytes=dump.size)
         return store, dump, read
 
-    def _writer_facts(self, ctx: HostContext, subs: dict[str, HostContext]) -> list[WriterFacts]:
-        found = []
-        for target, services in self._writers[ctx.host.name]:
-            sub = subs[target.name]
-            with sub.step(f"facts {target.name}") as step:
-                project = ServiceSettings.of(target).gather(sub.remote, known=services)
-                words = []
-                for service in services:
-                    facts = project.facts[service]
-                    running = any(c.state == "running" for c in facts.containers)
-                    found.append(WriterFacts(Writer(target.name, service), running, facts.verdict()[1]))
-                    words.append(f"{service} {'running' if running else 'not running'}")
-                step.done(Status.OK, f"writers: {', '.join(words)}")
-        return found
-
     # ---------------------------------------------------------------------------------- decide
 
     def plan(self, run: Run) -> Plan:
+        """The decision as changes: check mode shows each, a real run applies them in order."""
         decision, facts = run.decision, run.facts
         if decision.action == "nothing":
             return Plan.nothing(decision.reason)
@@ -334,43 +307,35 @@ class RestoreDb(Remediation):
                     data=data,
                 )
             )
-        steps = [
+        stopping = f"stop {', '.join(decision.stop)}" if decision.stop else "stop no writer (none running)"
+        restoring = "; ".join(line for line in lines[1:] if line.startswith(("drop", "restore")))
+        starting = (
+            f"start the writers {', '.join(decision.start) or '(none)'}, wait until healthy, "
+            "record the dump as live"
+        )
+        return Plan.of(
             Change(
                 "stop",
-                lines[0]
-                + "; confirm, then "
-                + (f"stop {', '.join(decision.stop)}" if decision.stop else "stop no writer (none running)"),
+                f"{lines[0]}; confirm, then {stopping}",
                 self._guarded(run, self._stop),
                 own_steps=True,
                 data=data,
             ),
-            Change(
-                "restore",
-                "; ".join(line for line in lines[1:] if line.startswith(("drop", "restore"))),
-                self._guarded(run, self._restore),
-                own_steps=True,
-            ),
+            Change("restore", restoring, self._guarded(run, self._restore), own_steps=True),
             Change(
                 "checks",
-                next(line for line in lines if line.startswith("check ")),
+                next(x for x in lines if x.startswith("check ")),
                 self._guarded(run, self._checks),
                 own_steps=True,
             ),
             Change(
                 "swap",
-                next(line for line in lines if line.startswith("swap")),
+                next(x for x in lines if x.startswith("swap")),
                 self._guarded(run, self._swap),
                 own_steps=True,
             ),
-            Change(
-                "start",
-                f"start the writers {', '.join(decision.start) or '(none)'}, wait until healthy, "
-                "record the dump as live",
-                self._guarded(run, self._finish),
-                own_steps=True,
-            ),
-        ]
-        return Plan.of(*steps)
+            Change("start", starting, self._guarded(run, self._finish), own_steps=True),
+        )
 
     # ----------------------------------------------------------------------------------- apply
 
@@ -409,19 +374,17 @@ class RestoreDb(Remediation):
             raise HostError(f"refused: {validate.shown(answer)} is not {database}; nothing changed")
 
     def _save(self, ctx: HostContext, run: Run, state: State) -> None:
-        remote_write.write(
-            ctx.remote,
-            remote_write.Write(
-                run.facts.conf.state_path, state.to_json().encode(), mode="600", make_dir=True
-            ),
+        """The record, written whole or not at all, before what it announces is done."""
+        job = remote_write.Write(
+            run.facts.conf.state_path, state.to_json().encode(), mode="600", make_dir=True
         )
-        run.state = state
-        run.touched = state.phase != plan.IDLE
+        remote_write.write(ctx.remote, job)
+        run.state, run.touched = state, state.phase != plan.IDLE
 
     def _stop(self, ctx: HostContext, run: Run) -> None:
         with ctx.step("confirm") as step:
             self._confirm(ctx, run)
-            step.done(Status.OK, "confirmed" if not self.yes else "--yes given")
+            step.done(Status.OK, "--yes given" if self.yes else "confirmed")
         decision = run.decision
         recorded = list(dict.fromkeys([*run.state.writers, *decision.stop]))
         self._save(
@@ -432,49 +395,33 @@ class RestoreDb(Remediation):
                 phase=plan.STOPPING,
                 writers=recorded,
                 dump=run.facts.dump.key,
+                dump_etag=run.facts.dump.etag,
                 new_database=decision.new_database,
                 old_database=decision.old_database,
-                started_at=plan.now_text(),
+                started_at=sql.now_text(),
             ),
         )
         for label in decision.stop:
             writer = Writer.parse(label)
-            sub = run.subs[writer.host]
-            settings = ServiceSettings.of(sub.host)
-            with sub.step(f"stop {label}") as step:
-                variant = settings.gather(sub.remote, known=[writer.service]).variant
-                compose_run(
-                    sub.remote,
-                    settings.project,
-                    variant,
-                    f"compose stop {writer.service}",
-                    "stop",
-                    "-t",
-                    str(settings.stop_timeout),
-                    writer.service,
-                    timeout=settings.stop_timeout + 120,
-                )
-                step.done(Status.CHANGED, f"stopped {label}")
+            writers.stop(run.subs[writer.host], writer)
 
     def _restore(self, ctx: HostContext, run: Run) -> None:
         from remediations.actions.s3client import Received
 
-        conf, decision, server = run.facts.conf, run.decision, run.facts.server
+        conf, decision, dump = run.facts.conf, run.decision, run.facts.dump
         self._save(ctx, run, replace(run.state, phase=plan.RESTORING))
         for name in decision.drop_first:
             with ctx.step("drop leftover") as step:
-                self._psql(ctx, run.pg, drop_sql(name), f"dropping {name}")
+                self._psql(ctx, run.pg, sql.drop_sql(name), f"dropping {name}")
                 step.done(Status.CHANGED, f"dropped {name}, left half-made by an interrupted run")
         with ctx.step("restore") as step:
             new = decision.new_database
-            self._psql(
-                ctx, run.pg, create_sql(new, server, NEW_COMMENT + run.facts.dump.key), f"creating {new}"
-            )
+            create = sql.create_sql(new, run.facts.server, sql.NEW_COMMENT + dump.key)
+            self._psql(ctx, run.pg, create, f"creating {new}")
             got = Received()
-            chunks = stoppable(run.store.stream(conf.bucket, run.facts.dump.key, got))
-            result = stream_into(
-                ctx.remote, restore_command(run.pg, new, decision.single_transaction), chunks, RESTORE_TIMEOUT
-            )
+            chunks = stoppable(run.store.stream(conf.bucket, dump.key, got))
+            command = sql.restore_command(run.pg, new, decision.single_transaction)
+            result = stream_into(ctx.remote, command, chunks, RESTORE_TIMEOUT)
             if not result.ok:
                 raise HostError(
                     f"pg_restore into {new} failed (exit {result.exit_code}): {result.tail(3)}; "
@@ -495,82 +442,46 @@ class RestoreDb(Remediation):
     def _swap(self, ctx: HostContext, run: Run) -> None:
         conf, decision, server = run.facts.conf, run.decision, run.facts.server
         with ctx.step("swap") as step:
-            sql = swap_sql(
-                conf.database,
-                decision.new_database,
-                decision.old_database,
-                server.version_num,
+            comment = (
                 f"restored by remediations restore-db from s3://{conf.bucket}/{run.facts.dump.key} "
-                f"at {plan.now_text()}",
+                f"at {sql.now_text()}"
             )
-            answer = self._psql(ctx, run.pg, sql, "the swap")
-            run.swapped = True
-            run.new_oid = int(answer or 0)
+            text = sql.swap_sql(
+                conf.database, decision.new_database, decision.old_database, server.version_num, comment
+            )
+            answer = self._psql(ctx, run.pg, text, "the swap")
+            run.swapped, run.new_oid = True, int(answer or 0)
             self._save(ctx, run, replace(run.state, phase=SWAPPED))
             kept = (
                 f"{conf.database} renamed {decision.old_database} (kept); " if decision.old_database else ""
             )
             step.done(Status.CHANGED, f"{kept}{decision.new_database} is now {conf.database}")
 
-    def _start(self, ctx: HostContext, run: Run, labels: Sequence[str]) -> list[str]:
-        """Start the writers `labels` (up -d) and wait until healthy; the ones that did not."""
-        failed = []
-        for label in labels:
-            writer = Writer.parse(label)
-            sub = run.subs.get(writer.host)
-            if sub is None:
-                ctx.record(
-                    f"start {label}",
-                    Status.FAILED,
-                    f"{writer.host} is not a writer host of this run; start {writer.service} there by hand",
-                )
-                failed.append(label)
-                continue
-            settings = ServiceSettings.of(sub.host, [writer.service])
-            reread = settings.facts_of(sub.remote, writer.service)
-            current = reread()
-            if current.containers and all(c.state == "running" for c in current.containers):
-                sub.record(
-                    f"{writer.host} start", Status.OK, f"{writer.service} is running ({current.verdict()[1]})"
-                )
-                continue
-            healthy = recover(
-                sub,
-                settings.project,
-                writer.service,
-                current,
-                "start",
-                reread,
-                settings.timeout,
-                settings.stop_timeout,
-                step_prefix=f"{writer.host} ",
-            )
-            if not healthy:
-                failed.append(label)
-        return failed
-
     def _finish(self, ctx: HostContext, run: Run) -> None:
-        failed = self._start(ctx, run, run.state.writers)
-        facts = run.facts
-        live = {
-            "key": facts.dump.key,
-            "etag": facts.dump.etag,
-            "oid": run.new_oid or facts.server.oid,
-            "restored_at": plan.now_text(),
-            "old_database": run.state.old_database,
-        }
+        """Start the writers; once they are healthy the dump is recorded as live."""
+        failed = writers.start(ctx, run.subs, run.state.writers)
         if failed:
             raise HostError(
-                f"{', '.join(failed)} did not come back healthy; the restore stands ({facts.conf.database}"
-                " is the restored database): fix them, then run again to start them"
+                f"{', '.join(failed)} did not come back healthy; the restore stands "
+                f"({run.facts.conf.database} is the restored database): fix them, then run "
+                "again to start them"
             )
+        dump = run.facts.dump
+        live = {
+            "key": dump.key,
+            "etag": dump.etag,
+            "oid": run.new_oid or run.facts.server.oid,
+            "restored_at": sql.now_text(),
+            "old_database": run.state.old_database,
+        }
         self._save(ctx, run, replace(run.state.idle(), live=live))
 
     def _recover(self, ctx: HostContext, run: Run) -> None:
         """Finish a run that swapped (start its writers), or roll back one interrupted before."""
         if run.decision.action == "finish":
-            run.swapped = True
-            run.new_oid = run.facts.server.oid
+            run.swapped, run.new_oid = True, run.facts.server.oid
+            swapped_in = Dump(run.state.dump, 0, run.facts.now, run.state.dump_etag)
+            run.facts = replace(run.facts, dump=swapped_in)  # the dump to record as live
             self._finish(ctx, run)
             return
         self._roll_back(ctx, run)
@@ -580,24 +491,25 @@ class RestoreDb(Remediation):
     def _roll_back(self, ctx: HostContext, run: Run) -> None:
         """Production as it was: the new database (and any half-made one) dropped, the writers this
         task stopped started again, the record idle."""
-        names = [
-            n for n in (*run.decision.drop_first, run.decision.new_database, run.state.new_database) if n
-        ]
+        names = list(
+            dict.fromkeys(
+                n for n in (*run.decision.drop_first, run.decision.new_database, run.state.new_database) if n
+            )
+        )
         with ctx.step("rollback") as step:
-            for name in dict.fromkeys(names):
-                self._psql(ctx, run.pg, drop_sql(name), f"dropping {name}")
+            for name in names:
+                self._psql(ctx, run.pg, sql.drop_sql(name), f"dropping {name}")
             step.done(
                 Status.CHANGED,
-                f"dropped {', '.join(dict.fromkeys(names)) or 'nothing'}; "
-                f"{run.facts.conf.database} untouched",
+                f"dropped {', '.join(names) or 'nothing'}; {run.facts.conf.database} untouched",
             )
-        failed = self._start(ctx, run, run.state.writers)
-        if not failed:
+        if not writers.start(ctx, run.subs, run.state.writers):
             self._save(ctx, run, run.state.idle())
 
     # ---------------------------------------------------------------------------------- verify
 
     def verify_run(self, ctx: HostContext, run: Run) -> None:
+        """Production is the restored database (its oid); its rows and freshness, before → after."""
         conf = run.facts.conf
         if not run.swapped:
             return
@@ -610,9 +522,11 @@ class RestoreDb(Remediation):
             after = self._count(ctx, run.pg, conf, conf.database)
             before = run.before.rows if run.before else {}
             rows = "; ".join(f"{t} {before.get(t, '?')} → {n}" for t, n in after.rows.items())
-            fresh = ""
-            if after.newest_age is not None:
-                fresh = f"; newest {conf.freshness} {plan.human_age(after.newest_age)} old"
+            fresh = (
+                ""
+                if after.newest_age is None
+                else f"; newest {conf.freshness} {plan.human_age(after.newest_age)} old"
+            )
             step.done(
                 Status.OK if after.ok else Status.FAILED,
                 f"{conf.database} is the restored database; rows before → after: {rows or 'none checked'}"
@@ -621,63 +535,3 @@ class RestoreDb(Remediation):
                 rows_after=after.rows,
                 newest_age_seconds=after.newest_age,
             )
-
-
-# -------------------------------------------------------------------------------- host side
-
-
-def plan_sections(output: str) -> list[Any]:
-    from remediations.facts.sections import parse_sections
-
-    return parse_sections(output)
-
-
-def drop_sql(name: str) -> str:
-    return f"drop database if exists {sql_identifier(name)} with (force);\n"
-
-
-def create_sql(name: str, server: plan.Server, comment: str) -> str:
-    """The new database as production is: template0, its owner, encoding and locale."""
-    options = ["template template0"]
-    if server.exists:
-        options += [
-            f"owner {sql_identifier(server.owner)}",
-            f"encoding {sql_literal(server.encoding)}",
-            f"lc_collate {sql_literal(server.collate)}",
-            f"lc_ctype {sql_literal(server.ctype)}",
-        ]
-    return (
-        f"create database {sql_identifier(name)} with {' '.join(options)};\n"
-        f"comment on database {sql_identifier(name)} is {sql_literal(comment)};\n"
-    )
-
-
-def restore_command(pg: PgTarget, new: str, single: bool) -> str:
-    """pg_restore reading the dump on stdin, owners and grants kept (the roles are the server's);
-    when it fails (a cut stream included: the controller may be gone), the host drops `new` itself."""
-    options = ["--exit-on-error", *(["--single-transaction"] if single else [])]
-    restore = pg.shell("pg_restore", *options, "-d", new)
-    drop = f"printf '%s' {shlex.quote(drop_sql(new))} | {pg.psql()} >/dev/null 2>&1"
-    return script(f"{restore} || {{ status=$?; {drop}; exit $status; }}")
-
-
-def swap_sql(database: str, new: str, old: str, version_num: int, comment: str) -> str:
-    """One transaction: production's connections terminated (waited for, from PostgreSQL 14), its
-    name given to the new database, the old one kept under `old`. Prints the new database's oid."""
-    wait = ", 10000" if version_num >= 140000 else ""
-    lines = ["begin;"]
-    if old:
-        lines += [
-            f"select count(pg_terminate_backend(pid{wait})) from pg_stat_activity where datname = "
-            f"{sql_literal(database)} and pid <> pg_backend_pid();",
-            f"alter database {sql_identifier(database)} rename to {sql_identifier(old)};",
-            f"comment on database {sql_identifier(old)} is "
-            f"{sql_literal(f'remediations restore-db: {database} until {plan.now_text()}; kept')};",
-        ]
-    lines += [
-        f"alter database {sql_identifier(new)} rename to {sql_identifier(database)};",
-        f"comment on database {sql_identifier(database)} is {sql_literal(comment)};",
-        "commit;",
-        f"select oid from pg_database where datname = {sql_literal(database)};",
-    ]
-    return "\n".join(lines) + "\n"

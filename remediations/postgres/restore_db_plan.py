@@ -12,24 +12,29 @@ repeatable and an interrupted one recoverable:
     live       the last restore that finished: its dump (key, ETag), the database's oid, when
 """
 
-# ruff: noqa: S608 - SQL here is built only from validated names, quoted (sql_literal)
+
 
 from __future__ import annotations
 
 import datetime as dt
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from remediations.actions.pg_checks import check_vars
+from remediations.actions.writers import Writer as Writer
+from remediations.actions.writers import WriterFacts as WriterFacts
 from remediations.core import validate
 from remediations.core.errors import UsageError
-from remediations.core.inventory import Host, Inventory
+from remediations.core.inventory import Host
 from remediations.core.units import human_age as human_age
 from remediations.core.units import human_bytes
 from remediations.facts.postgres import positive_number
+from remediations.postgres.restore_db_sql import DumpRead as DumpRead
+from remediations.postgres.restore_db_sql import Server as Server
+from remediations.postgres.restore_db_sql import major_of
 
 NAME_RE = re.compile(r"^[a-z_][a-z0-9_]*$")
 MAX_IDENTIFIER = 63  # PostgreSQL's NAMEDATALEN - 1
@@ -74,23 +79,6 @@ def check_database(name: Any, what: str) -> str:
 
 
 @dataclass(frozen=True)
-class Writer:
-    host: str
-    service: str
-
-    @property
-    def label(self) -> str:
-        return f"{self.host}:{self.service}"
-
-    @classmethod
-    def parse(cls, text: str, flag: str = "--stop") -> Writer:
-        host, sep, service = str(text).partition(":")
-        if not sep or not host or not service:
-            raise UsageError(f"{flag} {validate.shown(text)}: give HOST:SERVICE (e.g. api1:django-api)")
-        return cls(host, validate.check_service(service, flag))
-
-
-@dataclass(frozen=True)
 class Settings:
     database: str
     bucket: str
@@ -127,156 +115,9 @@ def settings(host: Host, database: str | None) -> Settings:
     )
 
 
-def resolve_writers(inventory: Inventory, host: Host, stop: Sequence[Writer]) -> list[tuple[Host, list[str]]]:
-    """The app hosts and their writer services: `restore_db_writers` of the database host (a host
-    pattern → the compose services on those hosts that write to this database) and every --stop;
-    each host once, in inventory order, each with the vars a compose service needs."""
-    where = f"{host.source}: host {host.name}: restore_db_writers"
-    declared = host.get("restore_db_writers") or {}
-    if not isinstance(declared, Mapping):
-        raise UsageError(f"{where} must map host patterns to lists of services (e.g. {{api: [django-api]}})")
-    wanted: dict[str, list[str]] = {}
-    for pattern, services in declared.items():
-        names = [services] if isinstance(services, str) else services
-        if not isinstance(names, list) or not names:
-            raise UsageError(f"{where}: {pattern}: give a list of compose services")
-        for target in inventory.select(str(pattern), "restore_db_writers"):
-            for service in names:
-                checked = validate.check_service(service, f"restore_db_writers: {pattern}")
-                wanted.setdefault(target.name, [])
-                if checked not in wanted[target.name]:
-                    wanted[target.name].append(checked)
-    for writer in stop:
-        if writer.host not in inventory.hosts:
-            raise UsageError(f"--stop {writer.label}: no host {writer.host} in {inventory.source}")
-        wanted.setdefault(writer.host, [])
-        if writer.service not in wanted[writer.host]:
-            wanted[writer.host].append(writer.service)
-    resolved = []
-    for name, target in inventory.hosts.items():
-        if name in wanted:
-            validate.check_vars(target)
-            target.require("compose_project_dir")
-            resolved.append((target, wanted[name]))
-    return resolved
-
-
 # --------------------------------------------------------------------------------------------
 # Facts: the server and the record (one round trip), the dump's read
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Server:
-    version_num: int
-    version: str
-    data_directory: str
-    free_bytes: int
-    lock_capacity: int  # max_locks_per_transaction x (max_connections + max_prepared_transactions)
-    exists: bool  # the production database
-    oid: int = 0
-    size: int = 0
-    owner: str = ""
-    encoding: str = ""
-    collate: str = ""
-    ctype: str = ""
-    connections: int = 0
-    databases: tuple[str, ...] = ()  # every database's name (leftovers, old copies)
-
-    @property
-    def major(self) -> int:
-        """server_version_num with the minor digits zero (as `major_of`)."""
-        num = self.version_num
-        return num // 10000 * 10000 if num >= 100000 else num // 100 * 100
-
-
-def server_sql(database: str) -> str:
-    from remediations.facts.postgres import sql_literal
-
-    name = sql_literal(database)
-    return (
-        "select json_build_object("
-        "'version_num', current_setting('server_version_num')::int, "
-        "'version', current_setting('server_version'), "
-        "'data_directory', current_setting('data_directory'), "
-        "'lock_capacity', current_setting('max_locks_per_transaction')::int * "
-        "(current_setting('max_connections')::int + current_setting('max_prepared_transactions')::int), "
-        f"'database', (select json_build_object('oid', d.oid::bigint, 'size', pg_database_size(d.oid), "
-        "'owner', pg_get_userbyid(d.datdba), 'encoding', pg_encoding_to_char(d.encoding), "
-        "'collate', d.datcollate, 'ctype', d.datctype, "
-        "'connections', (select count(*) from pg_stat_activity a where a.datid = d.oid)) "
-        f"from pg_database d where d.datname = {name}), "
-        "'databases', (select json_agg(datname order by datname) from pg_database));\n"
-    )
-
-
-def parse_server(payload: Mapping[str, Any], free_bytes: int) -> Server:
-    db = payload.get("database") or {}
-    return Server(
-        version_num=int(payload.get("version_num") or 0),
-        version=str(payload.get("version") or ""),
-        data_directory=str(payload.get("data_directory") or ""),
-        free_bytes=free_bytes,
-        lock_capacity=int(payload.get("lock_capacity") or 0),
-        exists=bool(db),
-        oid=int(db.get("oid") or 0),
-        size=int(db.get("size") or 0),
-        owner=str(db.get("owner") or ""),
-        encoding=str(db.get("encoding") or ""),
-        collate=str(db.get("collate") or ""),
-        ctype=str(db.get("ctype") or ""),
-        connections=int(db.get("connections") or 0),
-        databases=tuple(str(n) for n in payload.get("databases") or ()),
-    )
-
-
-@dataclass(frozen=True)
-class DumpRead:
-    """What the host's pg_restore made of the whole dump (read to its end, the SQL discarded)."""
-
-    ok: bool
-    error: str = ""
-    dumped_from: str = ""  # server version the dump was made from
-    dumped_by: str = ""  # pg_dump's version
-    entries: int = 0  # table-of-contents entries
-    data_entries: int = 0  # of them, table data
-
-
-DUMPED_FROM = "-- Dumped from database version "
-DUMPED_BY = "-- Dumped by pg_dump version "
-ENTRY = re.compile(r"^-- (?:Data for )?Name: .*; Type: ([A-Z ]+); Schema: ")
-
-
-def parse_dump_read(stdout: str, stderr: str) -> DumpRead:
-    """Pure parser of the read: the lines `read_dump_command` keeps, then `@@rc N`."""
-    code, dumped_from, dumped_by, entries, data = None, "", "", 0, 0
-    for line in stdout.splitlines():
-        if line.startswith("@@rc "):
-            code = int(line[5:].strip() or -1)
-        elif line.startswith(DUMPED_FROM):
-            dumped_from = line[len(DUMPED_FROM) :].strip()
-        elif line.startswith(DUMPED_BY):
-            dumped_by = line[len(DUMPED_BY) :].strip()
-        else:
-            match = ENTRY.match(line)
-            if match:
-                entries += 1
-                data += match.group(1) == "TABLE DATA"
-    if code != 0:
-        said = [s.strip() for s in stderr.splitlines() if s.strip()]
-        why = " ".join(said[-2:]) or ("the read did not finish" if code is None else f"exit {code}")
-        return DumpRead(False, why, dumped_from, dumped_by, entries, data)
-    return DumpRead(True, "", dumped_from, dumped_by, entries, data)
-
-
-def major_of(version: str) -> int:
-    """The major version as server_version_num counts it, minor digits zero: 160000 of "16.2 (Debian
-    16.2-1)", 90600 of "9.6.24" (before 10 the major was two numbers); 0 when unknown."""
-    match = re.match(r"\s*(\d+)(?:\.(\d+))?", version)
-    if not match:
-        return 0
-    first = int(match.group(1))
-    return first * 10000 + (int(match.group(2) or 0) * 100 if first < 10 else 0)
 
 
 @dataclass(frozen=True)
@@ -295,6 +136,7 @@ class Dump:
 class State:
     phase: str = IDLE
     dump: str = ""
+    dump_etag: str = ""
     new_database: str = ""
     old_database: str = ""
     writers: list[str] = field(default_factory=list)  # host:service this task stopped
@@ -310,6 +152,7 @@ class State:
             return cls(
                 phase=str(data.get("phase") or IDLE),
                 dump=str(data.get("dump") or ""),
+                dump_etag=str(data.get("dump_etag") or ""),
                 new_database=str(data.get("new_database") or ""),
                 old_database=str(data.get("old_database") or ""),
                 writers=[str(w) for w in data.get("writers") or []],
@@ -331,6 +174,7 @@ class State:
                     "version": 1,
                     "phase": self.phase,
                     "dump": self.dump,
+                    "dump_etag": self.dump_etag,
                     "new_database": self.new_database,
                     "old_database": self.old_database,
                     "writers": self.writers,
@@ -344,19 +188,21 @@ class State:
         )
 
     def idle(self) -> State:
-        return replace(self, phase=IDLE, dump="", new_database="", old_database="", writers=[], started_at="")
+        return replace(
+            self,
+            phase=IDLE,
+            dump="",
+            dump_etag="",
+            new_database="",
+            old_database="",
+            writers=[],
+            started_at="",
+        )
 
 
 # --------------------------------------------------------------------------------------------
 # The decision (pure)
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class WriterFacts:
-    writer: Writer
-    running: bool
-    why: str  # its state, in words
 
 
 @dataclass(frozen=True)

@@ -265,15 +265,31 @@ def wait_restoring(proc: subprocess.Popen[str], timeout: float = 90) -> None:
     raise AssertionError(f"the restore never started: exit {proc.poll()}")
 
 
-def test_sigterm_mid_restore_rolls_back_and_a_killed_run_is_finished_by_the_next(
+def kill_mid_restore(slow: Path, audit: Path, key: str) -> None:
+    """A real run SIGKILLed while the dump streams into its new database: no rollback; the record
+    says the writers are stopped and a restore is in progress."""
+    proc = start_inv(slow, audit, "--dump", key, "--yes")
+    try:
+        wait_restoring(proc)
+        proc.kill()
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    left = state()
+    assert left["phase"] == "restoring" and set(left["writers"]) == {f"{h}:{s}" for h, s in WRITERS}
+    assert not running("api1", "api") and not running("api2", "worker")
+
+
+def test_sigterm_mid_restore_rolls_back_and_a_killed_run_is_rolled_back_or_finished_by_the_next(
     dumps: dict[str, Any], audit: Path, tmp_path: Path
 ) -> None:
     s3_host, s3_port = labhosts.S3_ENDPOINT.removeprefix("http://").split(":")
     proxy = Proxy((s3_host, int(s3_port)))
     proxy.rate = 1024 * 1024
     slow = inventory(tmp_path, s3_endpoint_url=proxy.url)
+    oid, orders, names = shop_oid(), count("orders"), db_names()
     try:
-        oid, orders, names = shop_oid(), count("orders"), db_names()
         proc = start_inv(slow, audit, "--dump", dumps["big"], "--yes")
         try:
             wait_restoring(proc)
@@ -290,21 +306,18 @@ def test_sigterm_mid_restore_rolls_back_and_a_killed_run_is_finished_by_the_next
         assert (shop_oid(), count("orders"), db_names()) == (oid, orders, names)
         assert all_running() and state()["phase"] == "idle"
 
-        proc = start_inv(slow, audit, "--dump", dumps["big"], "--yes")
-        try:
-            wait_restoring(proc)
-            proc.kill()  # SIGKILL: no rollback; the next run has to sort it out
-            proc.communicate(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+        kill_mid_restore(slow, audit, dumps["big"])
+        aborted = run(tmp_path, audit, "--abort")
+        assert aborted.code == 0 and aborted.host("db1")["status"] == "changed", aborted.stdout
+        assert "shop untouched" in steps(aborted)["rollback"]["message"]
+        assert (shop_oid(), count("orders")) == (oid, orders)
+        assert not [n for n in db_names() if n.startswith("shop_restore_")]
+        assert all_running() and state()["phase"] == "idle"
+
+        kill_mid_restore(slow, audit, dumps["big"])
     finally:
         proxy.close()
-    left = state()
-    assert left["phase"] == "restoring" and set(left["writers"]) == {f"{h}:{s}" for h, s in WRITERS}
-    assert not running("api1", "api") and not running("api2", "worker")
     assert shop_oid() == oid
-
     check = run(tmp_path, audit, "--dump", dumps["big"], "--check")
     assert check.code == 0, check.stdout + check.stderr
     assert "record: restoring" in steps(check)["facts"]["message"]

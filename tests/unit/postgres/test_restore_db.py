@@ -11,11 +11,13 @@ from typing import Any
 
 import pytest
 
+from remediations.actions import writers
 from remediations.core.errors import HostError, UsageError
 from remediations.core.inventory import Host, Inventory
 from remediations.facts.postgres import PgTarget
 from remediations.postgres import restore_db
 from remediations.postgres import restore_db_plan as plan
+from remediations.postgres import restore_db_sql as sql
 from remediations.postgres.restore_db_plan import Decision, Dump, DumpRead, Facts, Server, State, Writer
 
 NOW = dt.datetime(2026, 12, 1, 19, 0, 0, tzinfo=dt.UTC)
@@ -155,21 +157,23 @@ def test_the_dump_read_keeps_versions_and_entries_and_fails_on_a_cut_dump() -> N
         "-- Name: orders; Type: TABLE; Schema: public; Owner: postgres",
         "-- Data for Name: orders; Type: TABLE DATA; Schema: public; Owner: postgres", "@@rc 0",
     ])  # fmt: skip
-    read = plan.parse_dump_read(out, "")
+    read = sql.parse_dump_read(out, "")
     assert read == DumpRead(True, "", "15.5 (Debian 15.5-1)", "15.6", 3, 1)
-    cut = plan.parse_dump_read(out.replace("@@rc 0", "@@rc 1"), "pg_restore: error: could not read\n")
+    cut = sql.parse_dump_read(out.replace("@@rc 0", "@@rc 1"), "pg_restore: error: could not read\n")
     assert not cut.ok and cut.error == "pg_restore: error: could not read"
-    assert not plan.parse_dump_read("", "").ok  # the read never ended: no exit status at all
+    assert not sql.parse_dump_read("", "").ok  # the read never ended: no exit status at all
 
 
 @pytest.mark.parametrize(("text", "major"), [("15.5", 150000), ("16.2 (Debian 16.2-1)", 160000),
                                              ("9.6.24", 90600), ("", 0), ("devel", 0)])  # fmt: skip
 def test_major_versions(text: str, major: int) -> None:
-    assert plan.major_of(text) == major
+    assert sql.major_of(text) == major
 
 
 def test_the_record_round_trips_and_a_foreign_file_is_refused() -> None:
     assert State.parse(INTERRUPTED.to_json(), "p") == INTERRUPTED
+    with_etag = replace(INTERRUPTED, dump_etag="abc", live=LIVE)
+    assert State.parse(with_etag.to_json(), "p") == with_etag
     assert State.parse("", "p") == State()
     with pytest.raises(HostError, match="p is not a restore-db record"):
         State.parse("[1, 2", "p")
@@ -180,11 +184,11 @@ def test_the_server_facts_parse() -> None:
     payload = {"version_num": 150005, "version": "15.5", "data_directory": "/d", "lock_capacity": 7040,
                "database": {"oid": 5, "size": 10, "owner": "o", "encoding": "UTF8", "collate": "C",
                             "ctype": "C", "connections": 2}, "databases": ["postgres", "shop"]}  # fmt: skip
-    server = plan.parse_server(payload, 99)
+    server = sql.parse_server(payload, 99)
     assert server.exists and server.major == 150000 and server.oid == 5 and server.connections == 2
     assert server.databases == ("postgres", "shop")
-    assert not plan.parse_server({**payload, "database": None}, 99).exists
-    assert plan.parse_server({**payload, "version_num": 90624}, 99).major == 90600
+    assert not sql.parse_server({**payload, "database": None}, 99).exists
+    assert sql.parse_server({**payload, "version_num": 90624}, 99).major == 90600
 
 
 # ------------------------------------------------------------------------- settings, writers
@@ -222,7 +226,7 @@ def inventory() -> Inventory:
 
 def test_writers_come_from_the_inventory_and_stop_flags() -> None:
     inv = inventory()
-    found = plan.resolve_writers(inv, inv.hosts["db1"], [Writer("api2", "celery"), Writer("api1", "api")])
+    found = writers.resolve(inv, inv.hosts["db1"], [Writer("api2", "celery"), Writer("api1", "api")])
     assert [(h.name, s) for h, s in found] == [
         ("api1", ["api", "worker"]),
         ("api2", ["api", "worker", "celery"]),
@@ -239,7 +243,7 @@ def test_writers_come_from_the_inventory_and_stop_flags() -> None:
 def test_writers_that_cannot_be_stopped_are_bad_input(stop: list[Writer], why: str) -> None:
     inv = inventory()
     with pytest.raises(UsageError, match=why):
-        plan.resolve_writers(inv, inv.hosts["db1"], stop)
+        writers.resolve(inv, inv.hosts["db1"], stop)
 
 
 @pytest.mark.parametrize("text", ["api1", "api1:", ":api", "api1:bad service"])
@@ -251,6 +255,8 @@ def test_stop_flags_are_host_colon_service(text: str) -> None:
 def test_dump_and_latest_are_one_or_the_other() -> None:
     with pytest.raises(UsageError, match="--dump and --latest"):
         restore_db.RestoreDb.from_values(restore_db.RestoreDb.params.parse({"dump": "k", "latest": True}))
+    with pytest.raises(UsageError, match="--abort restores nothing"):
+        restore_db.RestoreDb.from_values(restore_db.RestoreDb.params.parse({"abort": True, "latest": True}))
     with pytest.raises(UsageError, match="not a compose service name"):
         restore_db.RestoreDb.params.parse({"stop": ["api1:bad name"]})
 
@@ -259,20 +265,20 @@ def test_dump_and_latest_are_one_or_the_other() -> None:
 
 
 def test_names_are_quoted_as_identifiers_and_the_swap_is_one_transaction() -> None:
-    sql = restore_db.swap_sql("shop", "shop_restore_x", "shop_old_x", 150005, "it's restored")
-    lines = sql.splitlines()
+    swap = sql.swap_sql("shop", "shop_restore_x", "shop_old_x", 150005, "it's restored")
+    lines = swap.splitlines()
     assert lines[0] == "begin;" and "commit;" in lines
     assert 'alter database "shop" rename to "shop_old_x";' in lines
     assert 'alter database "shop_restore_x" rename to "shop";' in lines
-    assert "pg_terminate_backend(pid, 10000)" in sql and "'it''s restored'" in sql
+    assert "pg_terminate_backend(pid, 10000)" in swap and "'it''s restored'" in swap
     assert lines.index("commit;") > max(i for i, line in enumerate(lines) if "rename" in line)
-    create = restore_db.create_sql("shop_restore_x", SERVER, "c")
+    create = sql.create_sql("shop_restore_x", SERVER, "c")
     assert create.startswith('create database "shop_restore_x" with template template0 owner "shop" ')
-    assert restore_db.drop_sql("shop_restore_x") == 'drop database if exists "shop_restore_x" with (force);\n'
+    assert sql.drop_sql("shop_restore_x") == 'drop database if exists "shop_restore_x" with (force);\n'
 
 
 def test_the_restore_command_quotes_and_drops_on_failure() -> None:
-    command = restore_db.restore_command(PgTarget(), "shop_restore_x", single=True)
+    command = sql.restore_command(PgTarget(), "shop_restore_x", single=True)
     assert "pg_restore -p 5432 --exit-on-error --single-transaction -d shop_restore_x" in command
     assert "--no-owner" not in command  # production keeps its owners and grants
     assert 'drop database if exists "shop_restore_x"' in command
