@@ -111,10 +111,11 @@ def dumps(lab: Any) -> Iterator[dict[str, Any]]:
     )
     pglab.sql("db1", pglab.SHOP_SQL.format(rows=500) + filler, db="rdbsrc")
     found["big"] = dump_of("rdbsrc", "big")
+    found["big_size"] = pglab.s3().head_object(Bucket=pglab.BUCKET, Key=found["big"])["ContentLength"]
     pglab.sql("db1", "drop database rdbsrc")
     yield found
     s3 = pglab.s3()
-    for key in [v for k, v in found.items() if k != "orders"]:
+    for key in [v for k, v in found.items() if k not in ("orders", "big_size")]:
         s3.delete_object(Bucket=pglab.BUCKET, Key=key)
 
 
@@ -254,23 +255,23 @@ def start_inv(inv_path: Path, audit: Path, *args: str) -> subprocess.Popen[str]:
     )  # fmt: skip
 
 
-def wait_restoring(proc: subprocess.Popen[str], timeout: float = 90) -> None:
-    """Until the new database exists and the dump streams into it."""
-    deadline = time.monotonic() + timeout
+def wait_restoring(proc: subprocess.Popen[str], proxy: Proxy, size: int, timeout: float = 120) -> None:
+    """Until the dump streams into the new database: the proxy in front of S3 has passed one whole
+    dump (the preflight's read) and 1 MiB of the second (the restore's), a third of it."""
+    start, deadline = proxy.forwarded, time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
-        if any(n.startswith("shop_restore_") for n in db_names()):
-            time.sleep(1.0)
+        if proxy.forwarded - start > size + 1024 * 1024:
             return
-        time.sleep(0.2)
-    raise AssertionError(f"the restore never started: exit {proc.poll()}")
+        time.sleep(0.05)
+    raise AssertionError(f"the restore never started: exit {proc.poll()}, {proxy.forwarded - start} bytes")
 
 
-def kill_mid_restore(slow: Path, audit: Path, key: str) -> None:
+def kill_mid_restore(slow: Path, audit: Path, key: str, proxy: Proxy, size: int) -> None:
     """A real run SIGKILLed while the dump streams into its new database: no rollback; the record
     says the writers are stopped and a restore is in progress."""
     proc = start_inv(slow, audit, "--dump", key, "--yes")
     try:
-        wait_restoring(proc)
+        wait_restoring(proc, proxy, size)
         proc.kill()
         proc.communicate(timeout=60)
     finally:
@@ -292,7 +293,8 @@ def test_sigterm_mid_restore_rolls_back_and_a_killed_run_is_rolled_back_or_finis
     try:
         proc = start_inv(slow, audit, "--dump", dumps["big"], "--yes")
         try:
-            wait_restoring(proc)
+            wait_restoring(proc, proxy, dumps["big_size"])
+            assert any(n.startswith("shop_restore_") for n in db_names())
             assert not running("api1", "api"), "the writers are stopped during the restore"
             proc.send_signal(signal.SIGTERM)
             out, err = proc.communicate(timeout=120)
@@ -306,7 +308,7 @@ def test_sigterm_mid_restore_rolls_back_and_a_killed_run_is_rolled_back_or_finis
         assert (shop_oid(), count("orders"), db_names()) == (oid, orders, names)
         assert all_running() and state()["phase"] == "idle"
 
-        kill_mid_restore(slow, audit, dumps["big"])
+        kill_mid_restore(slow, audit, dumps["big"], proxy, dumps["big_size"])
         aborted = run(tmp_path, audit, "--abort")
         assert aborted.code == 0 and aborted.host("db1")["status"] == "changed", aborted.stdout
         assert "shop untouched" in steps(aborted)["rollback"]["message"]
@@ -314,7 +316,7 @@ def test_sigterm_mid_restore_rolls_back_and_a_killed_run_is_rolled_back_or_finis
         assert not [n for n in db_names() if n.startswith("shop_restore_")]
         assert all_running() and state()["phase"] == "idle"
 
-        kill_mid_restore(slow, audit, dumps["big"])
+        kill_mid_restore(slow, audit, dumps["big"], proxy, dumps["big_size"])
     finally:
         proxy.close()
     assert shop_oid() == oid
