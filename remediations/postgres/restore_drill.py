@@ -45,6 +45,7 @@ from typing import Any, ClassVar
 
 from remediations.actions import drill_fetch
 from remediations.actions.drill_report import metrics_text, previous_success, write_atomically
+from remediations.actions.pg_checks import COLUMN_RE, TABLE_RE, evaluate, existence_sql, measure_sql
 from remediations.actions.s3client import Received, S3Store
 from remediations.core import interrupt, validate
 from remediations.core.args import Arg, args
@@ -74,8 +75,6 @@ DEFAULT_JSON = "/var/lib/remediations/restore-test-{host}.json"
 DEFAULT_METRICS = "/var/lib/prometheus/node-exporter/restore_test_{host}.prom"
 DEFAULT_RPO_HOURS = 26.0
 NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-TABLE_RE = re.compile(r"^([a-z_][a-z0-9_]*\.)?[a-z_][a-z0-9_]*$")
-COLUMN_RE = re.compile(r"^([a-z_][a-z0-9_]*\.)?[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*$")
 RESTORE_TIMEOUT = 6 * 3600
 FETCH_MODES = ("auto", "host", "controller")
 URL_SECONDS = 120  # a presigned URL's life: the host's GET starts within it
