@@ -19,8 +19,12 @@ from remediations.facts.postgres import PgTarget, script, sql_literal
 RECOVERY_LOG = "pitr-recovery.log"
 SAVED_AUTO_CONF = "postgresql.auto.conf.pre-pitr"
 MARK = "# remediations restore-pitr: recovery settings (removed when the data directory is switched)"
-LOG_PATTERN = "recovery stopping|recovery ended|FATAL|PANIC|redo done|selected new timeline|last completed transaction"
-STOPPING_RE = re.compile(r"recovery stopping (before|after) (?:commit|abort) of transaction \d+, time (\S+ \S+)")
+LOG_PATTERN = (
+    "recovery stopping|recovery ended|FATAL|PANIC|redo done|selected new timeline|last completed transaction"
+)
+STOPPING_RE = re.compile(
+    r"recovery stopping (before|after) (?:commit|abort) of transaction \d+, time (\S+ \S+)"
+)
 
 
 @dataclass(frozen=True)
@@ -40,8 +44,16 @@ class Layout:
 def layout(pg: PgTarget, data_dir: str, socket_dir: str, spare_port: int, now: dt.datetime) -> Layout:
     stamp = now.strftime("%Y%m%dT%H%M%SZ")
     base = data_dir.rstrip("/")
-    return Layout(pg.os_user, pg.tool("pg_ctl"), pg.tool("psql"), base, f"{base}.pitr-{stamp}",
-                  f"{base}.pre-pitr-{stamp}", socket_dir, spare_port)  # fmt: skip
+    return Layout(
+        pg.os_user,
+        pg.tool("pg_ctl"),
+        pg.tool("psql"),
+        base,
+        f"{base}.pitr-{stamp}",
+        f"{base}.pre-pitr-{stamp}",
+        socket_dir,
+        spare_port,
+    )
 
 
 def conf_value(text: str) -> str:
@@ -55,7 +67,7 @@ def overrides(archive_dir: str, target: str, timeline: int, spare_port: int, dri
     Archiving: off in a drill (nothing it makes reaches the archive); before a switch, on with an
     empty archive_command, so the new timeline's history file and segments wait in pg_wal/ (.ready)
     and the cluster's own archive_command uploads them once it runs there."""
-    restore = f"cp {shlex.quote(archive_dir.rstrip('/'))}/%f \"%p\""
+    restore = f'cp {shlex.quote(archive_dir.rstrip("/"))}/%f "%p"'
     lines = [
         "",
         MARK,
@@ -84,10 +96,13 @@ def restore_script(lay: Layout, tar_path: str) -> str:
         f"if [ -e {shlex.quote(new)} ]; then echo {shlex.quote(new + ' exists already')} >&2; exit 65; fi",
         _as(lay, "mkdir", "-m", "700", "--", new),
         _as(lay, "tar", "-xf", tar_path, "-C", new),
-        _as(lay, "rm", "-f", "--", f"{new}/postmaster.pid", f"{new}/postmaster.opts", f"{new}/standby.signal"),
+        _as(
+            lay, "rm", "-f", "--", f"{new}/postmaster.pid", f"{new}/postmaster.opts", f"{new}/standby.signal"
+        ),
         _as(lay, "mkdir", "-p", "--", f"{new}/pg_wal"),
         f"if [ -f {shlex.quote(new + '/postgresql.auto.conf')} ]; then "
-        + _as(lay, "cp", "-p", "--", f"{new}/postgresql.auto.conf", f"{new}/{SAVED_AUTO_CONF}") + "; fi",
+        + _as(lay, "cp", "-p", "--", f"{new}/postgresql.auto.conf", f"{new}/{SAVED_AUTO_CONF}")
+        + "; fi",
         _as(lay, "sh", "-c", 'cat >> "$1"', "sh", f"{new}/postgresql.auto.conf"),
         _as(lay, "touch", "--", f"{new}/recovery.signal"),
         _as(lay, lay.pg_ctl, "-D", new, "-l", f"{new}/{RECOVERY_LOG}", "-W", "start") + " >/dev/null",
@@ -98,8 +113,20 @@ def wait_script(lay: Layout, timeout: float) -> str:
     """Until the restored server is out of recovery, or it died, or `timeout` seconds; then the
     recovery log's telling lines."""
     q = shlex.quote
-    probe = _as(lay, lay.psql, "-X", "-At", "-h", lay.socket_dir, "-p", str(lay.spare_port), "-d", "postgres",
-                "-c", "select pg_is_in_recovery()")  # fmt: skip
+    probe = _as(
+        lay,
+        lay.psql,
+        "-X",
+        "-At",
+        "-h",
+        lay.socket_dir,
+        "-p",
+        str(lay.spare_port),
+        "-d",
+        "postgres",
+        "-c",
+        "select pg_is_in_recovery()",
+    )
     alive = _as(lay, lay.pg_ctl, "-D", lay.new_dir, "status")
     return script(
         f"deadline=$(( $(date +%s) + {int(timeout)} ))",
@@ -163,7 +190,9 @@ def switch_script(lay: Layout, start: str, stop: str) -> str:
         f"{_stop(lay, new)} >/dev/null",
         f"if [ -f {q(new + '/' + SAVED_AUTO_CONF)} ]; then "
         + _as(lay, "mv", "-f", "--", f"{new}/{SAVED_AUTO_CONF}", f"{new}/postgresql.auto.conf")
-        + "; else " + _as(lay, "rm", "-f", "--", f"{new}/postgresql.auto.conf") + "; fi",
+        + "; else "
+        + _as(lay, "rm", "-f", "--", f"{new}/postgresql.auto.conf")
+        + "; fi",
         _as(lay, "rm", "-f", "--", f"{new}/recovery.signal", f"{new}/standby.signal"),
         f"if {_as(lay, lay.pg_ctl, '-D', old, 'status')} >/dev/null 2>&1; then {stop}; fi",
         _as(lay, "mv", "--", old, kept),
@@ -182,7 +211,9 @@ def switch_script(lay: Layout, start: str, stop: str) -> str:
 
 
 def default_start(lay: Layout, log_file: str) -> str:
-    return _as(lay, lay.pg_ctl, "-D", lay.data_dir, "-l", log_file, "-w", "-t", "300", "start") + " >/dev/null"
+    return (
+        _as(lay, lay.pg_ctl, "-D", lay.data_dir, "-l", log_file, "-w", "-t", "300", "start") + " >/dev/null"
+    )
 
 
 def default_stop(lay: Layout) -> str:

@@ -189,7 +189,9 @@ def check_percent(value: object, flag: str) -> float:
 _TIMESTAMP = re.compile(
     r"^(\d{4}-\d{2}-\d{2})[ T](\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?)\s*(Z|UTC|[+-]\d{2}(?::?\d{2})?)$"
 )
-TIMESTAMP_HINT = "give a date, a time and an explicit UTC offset, e.g. '2024-01-15 14:30:00+03' or '2024-01-15T11:30:00Z'"
+TIMESTAMP_HINT = (
+    "give a date, a time and an explicit UTC offset, e.g. '2024-01-15 14:30:00+03' or '2024-01-15T11:30:00Z'"
+)
 
 
 def parse_timestamp(text: object, flag: str) -> float:

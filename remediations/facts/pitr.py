@@ -31,7 +31,7 @@ PG_TIME_RE = re.compile(r"^(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}) (UTC|GMT|Z|[+-]
 
 
 def segment_number(name: str) -> int:
-    """The position of a segment file (timeline ignored): log id × 256 + segment."""
+    """The position of a segment file (timeline ignored): log id * 256 + segment."""
     match = SEGMENT_RE.match(name)
     if match is None:
         raise ValueError(f"not a WAL segment name: {name!r}")
@@ -59,7 +59,11 @@ def pg_time(text: str) -> float | None:
 def iso(epoch: float) -> str:
     """A Unix time as PostgreSQL reads it back, in UTC with an explicit offset."""
     stamp = dt.datetime.fromtimestamp(epoch, dt.UTC)
-    return stamp.strftime("%Y-%m-%d %H:%M:%S.%f+00") if stamp.microsecond else stamp.strftime("%Y-%m-%d %H:%M:%S+00")
+    return (
+        stamp.strftime("%Y-%m-%d %H:%M:%S.%f+00")
+        if stamp.microsecond
+        else stamp.strftime("%Y-%m-%d %H:%M:%S+00")
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -90,15 +94,24 @@ def parse_backup_history(name: str, text: str, archived_at: float = 0.0) -> Back
     """A `000000010000000100000071.00000028.backup` file; None when it is not a complete one."""
     if not BACKUP_NAME_RE.match(name):
         return None
-    fields = {k.strip(): v.strip() for k, sep, v in (line.partition(": ") for line in text.splitlines()) if sep}
+    fields = {
+        k.strip(): v.strip() for k, sep, v in (line.partition(": ") for line in text.splitlines()) if sep
+    }
     try:
         start = parse_lsn(fields["START WAL LOCATION"].split()[0])
         stop = parse_lsn(fields["STOP WAL LOCATION"].split()[0])
         timeline = int(fields.get("START TIMELINE") or int(name[:8], 16))
     except (KeyError, ValueError, IndexError):
         return None
-    return BackupHistory(name, start, stop, timeline, pg_time(fields.get("STOP TIME", "")),
-                         fields.get("LABEL", ""), archived_at)  # fmt: skip
+    return BackupHistory(
+        name,
+        start,
+        stop,
+        timeline,
+        pg_time(fields.get("STOP TIME", "")),
+        fields.get("LABEL", ""),
+        archived_at,
+    )
 
 
 MANIFEST_START_RE = re.compile(r'"Start-LSN"\s*:\s*"([0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8})"')
@@ -125,8 +138,16 @@ def manifest_start(tail: str) -> int | None:
 def match_backups(folders: Sequence[BaseBackup], histories: Sequence[BackupHistory]) -> list[BaseBackup]:
     """Each folder with the history file of the same start LSN."""
     by_start = {h.start_lsn: h for h in histories}
-    return [BaseBackup(f.folder, f.tar, f.size, f.start_lsn,
-                       by_start.get(f.start_lsn) if f.start_lsn is not None else None) for f in folders]  # fmt: skip
+    return [
+        BaseBackup(
+            f.folder,
+            f.tar,
+            f.size,
+            f.start_lsn,
+            by_start.get(f.start_lsn) if f.start_lsn is not None else None,
+        )
+        for f in folders
+    ]
 
 
 @dataclass(frozen=True)
@@ -141,14 +162,20 @@ def choose_backup(backups: Sequence[BaseBackup], target: float | None) -> Choice
     usable = sorted((b for b in backups if b.history is not None), key=lambda b: (b.history.ended, b.folder))  # type: ignore[union-attr]
     if not usable:
         unmatched = ", ".join(b.folder for b in backups) or "none"
-        return Choice(None, "no base backup with its history file (*.backup) in the WAL archive "
-                            f"(backup folders: {unmatched})")  # fmt: skip
+        return Choice(
+            None,
+            "no base backup with its history file (*.backup) in the WAL archive "
+            f"(backup folders: {unmatched})",
+        )
     before = [b for b in usable if target is None or b.history.ended <= target]  # type: ignore[union-attr]
     if not before:
         oldest = usable[0]
         assert oldest.history is not None
-        return Choice(None, f"no base backup ended before the target {iso(target or 0)}: the oldest, "
-                            f"{oldest.folder}, ended at {iso(oldest.history.ended)}")  # fmt: skip
+        return Choice(
+            None,
+            f"no base backup ended before the target {iso(target or 0)}: the oldest, "
+            f"{oldest.folder}, ended at {iso(oldest.history.ended)}",
+        )
     return Choice(before[-1])
 
 
@@ -223,16 +250,20 @@ class WalRange:
     archive_end: str = ""  # the newest segment on the path, and when it was archived
 
 
-def wal_range(start_lsn: int, path: Sequence[TimelineStep], segments: Mapping[str, Segment],
-              target: float | None) -> WalRange:  # fmt: skip
+def wal_range(
+    start_lsn: int, path: Sequence[TimelineStep], segments: Mapping[str, Segment], target: float | None
+) -> WalRange:
     """The segments a recovery from `start_lsn` to `target` reads, each checked to be archived.
 
     Walking from the start segment: a segment archived at or after the target closes the range
     (every commit up to the target is in it or before it); the end of the archive before that
     refuses (the target is past the archive's end), and so does a hole before the end.
     """
-    on_path = sorted(segment_number(n) for n in segments
-                     if SEGMENT_RE.match(n) and timeline_at(path, segment_number(n)) == int(n[:8], 16))  # fmt: skip
+    on_path = sorted(
+        segment_number(n)
+        for n in segments
+        if SEGMENT_RE.match(n) and timeline_at(path, segment_number(n)) == int(n[:8], 16)
+    )
     newest = on_path[-1] if on_path else -1
     end = ""
     if newest >= 0:
@@ -246,8 +277,14 @@ def wal_range(start_lsn: int, path: Sequence[TimelineStep], segments: Mapping[st
         found = segments.get(name)
         if found is None:
             if number <= newest:
-                return WalRange(first, name, count, f"WAL segment {name} is missing from the archive "
-                                f"(needed between {first} and the target; the archive goes on to {end})", end)  # fmt: skip
+                return WalRange(
+                    first,
+                    name,
+                    count,
+                    f"WAL segment {name} is missing from the archive "
+                    f"(needed between {first} and the target; the archive goes on to {end})",
+                    end,
+                )
             if target is None and count:
                 return WalRange(first, name_of(timeline_at(path, number - 1), number - 1), count, "", end)
             where = f"the archive ends at {end}" if end else "the archive holds no segment of this history"
@@ -269,7 +306,8 @@ PG_SQL = """select json_build_object(
   'version', current_setting('server_version_num'),
   'socket_dirs', current_setting('unix_socket_directories'),
   'in_recovery', pg_is_in_recovery(),
-  'timeline', (select timeline_id from pg_control_checkpoint()),
+  'timeline', case when pg_is_in_recovery() then (select timeline_id from pg_control_checkpoint())
+                   else ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int end,
   'bytes', (select sum(pg_database_size(oid))::float8 from pg_database));
 """
 
@@ -373,7 +411,9 @@ def parse_facts(sections: Sequence[Section]) -> PitrFacts:
             tar, size = (tars[0][0], int(tars[0][1])) if tars else ("", 0)
             current = BaseBackup(section.arg.strip(), tar, size, None)
         elif section.name == "manifest" and current is not None:
-            facts.folders.append(BaseBackup(current.folder, current.tar, current.size, manifest_start(section.body)))
+            facts.folders.append(
+                BaseBackup(current.folder, current.tar, current.size, manifest_start(section.body))
+            )
             current = None
         elif section.name in ("noarchive", "nobase"):
             setattr(facts, "archive_missing" if section.name == "noarchive" else "base_missing", True)

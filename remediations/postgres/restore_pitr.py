@@ -36,6 +36,7 @@ from typing import Any, ClassVar
 
 from remediations.actions import pitr_host as hostside
 from remediations.actions.drill_report import previous_success, write_atomically
+from remediations.actions.pitr_report import metrics_text
 from remediations.core import interrupt, units
 from remediations.core.args import Arg, args
 from remediations.core.context import HostContext
@@ -45,7 +46,14 @@ from remediations.core.plan import Change, Plan
 from remediations.core.remediation import Remediation
 from remediations.core.results import Status
 from remediations.facts import pitr
-from remediations.facts.postgres import PgTarget, human_bytes, must_ok, parse_sections, positive_number, script
+from remediations.facts.postgres import (
+    PgTarget,
+    human_bytes,
+    must_ok,
+    parse_sections,
+    positive_number,
+    script,
+)
 from remediations.postgres import restore_drill
 from remediations.reporting.cronlog import RUN_ID_ENV
 
@@ -81,8 +89,15 @@ def settings(host: Host) -> Settings:
             raise UsageError(f"{where}: {name} must be an absolute path")
     pg = PgTarget.from_host(host)
     spare = host.get("pitr_spare_port", pg.port + 1)
-    if isinstance(spare, bool) or not isinstance(spare, int) or not 1024 <= spare <= 65535 or spare == pg.port:
-        raise UsageError(f"{where}: pitr_spare_port must be a free port number other than postgres_port, got {spare!r}")
+    if (
+        isinstance(spare, bool)
+        or not isinstance(spare, int)
+        or not 1024 <= spare <= 65535
+        or spare == pg.port
+    ):
+        raise UsageError(
+            f"{where}: pitr_spare_port must be a free port number other than postgres_port, got {spare!r}"
+        )
     raw = host.get("pitr_check_tables") or {}
     if not isinstance(raw, dict) or not all(restore_drill.TABLE_RE.match(str(t)) for t in raw):
         raise UsageError(f"{where}: pitr_check_tables must map [schema.]table names to minimum row counts")
@@ -95,13 +110,18 @@ def settings(host: Host) -> Settings:
     if not restore_drill.NAME_RE.match(database):
         raise UsageError(f"{where}: pitr_check_database {database!r} must be a plain lower-case name")
     return Settings(
-        archive_dir.rstrip("/"), base_dir.rstrip("/"), spare,
-        positive_number(host, "pitr_recovery_timeout", 3600), database, checks,
+        archive_dir.rstrip("/"),
+        base_dir.rstrip("/"),
+        spare,
+        positive_number(host, "pitr_recovery_timeout", 3600),
+        database,
+        checks,
         str(host.get("restore_pitr_json") or DEFAULT_JSON).replace("{host}", host.name),
         str(host.get("restore_pitr_metrics") or DEFAULT_METRICS).replace("{host}", host.name),
-        str(host.get("postgres_log_file") or ""), str(host.get("postgres_start_command") or ""),
+        str(host.get("postgres_log_file") or ""),
+        str(host.get("postgres_start_command") or ""),
         str(host.get("postgres_stop_command") or ""),
-    )  # fmt: skip
+    )
 
 
 @dataclass
@@ -147,20 +167,32 @@ class RestorePitr(Remediation):
     task: ClassVar[str] = "restore-pitr"
     cron_safe: ClassVar[bool] = True  # the --drill form only: a switch refuses to run from cron
     params = args(
-        Arg("to", "the point in time to recover to, with an explicit UTC offset", parse=target_time,
-            example="'2024-01-15 14:30:00+03'"),
-        Arg("drill", kind="flag", help="restore and verify on the spare port, then remove it; the cluster is not touched"),
+        Arg(
+            "to",
+            "the point in time to recover to, with an explicit UTC offset",
+            parse=target_time,
+            example="'2024-01-15 14:30:00+03'",
+        ),
+        Arg(
+            "drill",
+            kind="flag",
+            help="restore and verify on the spare port, then remove it; the cluster is not touched",
+        ),
         Arg("yes", kind="flag", help="switch without asking (else type the host name at the prompt)"),
-    )  # fmt: skip
+    )
     required_vars: ClassVar[tuple[str, ...]] = ("wal_archive_dir", "basebackup_local_dir")
     default_serial: ClassVar[int | None] = 1
 
     def __init__(self, to: float | None = None, drill: bool = False, yes: bool = False) -> None:
         if to is None and not drill:
-            raise UsageError("--to is required: the point in time to recover to, e.g. --to '2024-01-15 "
-                             "14:30:00+03' (only --drill may leave it out: then it recovers to the archive's end)")  # fmt: skip
+            raise UsageError(
+                "--to is required: the point in time to recover to, e.g. --to '2024-01-15 "
+                "14:30:00+03' (only --drill may leave it out: then it recovers to the archive's end)"
+            )
         if not drill and os.environ.get(RUN_ID_ENV):
-            raise UsageError("restore-pitr switches a cluster only when a person runs it: from cron, give --drill")
+            raise UsageError(
+                "restore-pitr switches a cluster only when a person runs it: from cron, give --drill"
+            )
         self.to, self.drill, self.yes = to, drill, yes
 
     def validate(self, host: Host) -> None:
@@ -182,9 +214,18 @@ class RestorePitr(Remediation):
                 raise HostError(f"gathering facts failed (exit {result.exit_code}): {result.tail()}", result)
             facts = pitr.parse_facts(parse_sections(result.stdout))
             plan = self._choose(ctx, conf, pg, facts)
-            step.done(Status.OK, self._describe(plan), backup=plan.backup.folder, wal_first=plan.wal.first,
-                      wal_last=plan.wal.last, segments=plan.wal.count, timeline=plan.timeline,
-                      new_timeline=plan.expected, target=plan.target_text, new_dir=plan.lay.new_dir)  # fmt: skip
+            step.done(
+                Status.OK,
+                self._describe(plan),
+                backup=plan.backup.folder,
+                wal_first=plan.wal.first,
+                wal_last=plan.wal.last,
+                segments=plan.wal.count,
+                timeline=plan.timeline,
+                new_timeline=plan.expected,
+                target=plan.target_text,
+                new_dir=plan.lay.new_dir,
+            )
         return plan
 
     def _choose(self, ctx: HostContext, conf: Settings, pg: PgTarget, facts: pitr.PitrFacts) -> Restore:
@@ -193,14 +234,18 @@ class RestorePitr(Remediation):
         if facts.archive_missing:
             raise refuse(f"the WAL archive {conf.archive_dir} does not exist on the host")
         if server.error:
-            raise refuse(f"PostgreSQL on port {pg.port} does not answer ({server.error}): restore-pitr needs the "
-                         "cluster's settings from it")  # fmt: skip
+            raise refuse(
+                f"PostgreSQL on port {pg.port} does not answer ({server.error}): restore-pitr needs the "
+                "cluster's settings from it"
+            )
         if server.in_recovery:
             raise refuse(f"the server on port {pg.port} is in recovery (a standby): restore its primary")
         data_dir = server.data_directory.rstrip("/")
         if not server.config_file.startswith(data_dir + "/"):
-            raise refuse(f"config_file {server.config_file} is outside the data directory {data_dir}: "
-                         "restore-pitr switches clusters whose configuration lives in their data directory")  # fmt: skip
+            raise refuse(
+                f"config_file {server.config_file} is outside the data directory {data_dir}: "
+                "restore-pitr switches clusters whose configuration lives in their data directory"
+            )
         timeline = server.timeline or max([1, *facts.timelines])
         path = pitr.timeline_path(timeline, facts.timelines)
         if isinstance(path, str):
@@ -213,8 +258,10 @@ class RestorePitr(Remediation):
             raise refuse(choice.refused)
         backup, history = choice.backup, choice.backup.history
         if history.timeline not in [s.timeline for s in path]:
-            raise refuse(f"base backup {backup.folder} is on timeline {history.timeline}, not in the history "
-                         f"of timeline {timeline}")  # fmt: skip
+            raise refuse(
+                f"base backup {backup.folder} is on timeline {history.timeline}, not in the history "
+                f"of timeline {timeline}"
+            )
         wal = pitr.wal_range(history.start_lsn, path, facts.segments, self.to)
         if wal.refused:
             raise refuse(wal.refused)
@@ -224,36 +271,57 @@ class RestorePitr(Remediation):
         probe = ctx.remote.run(hostside.probe_command(lay, os.path.dirname(data_dir)), timeout=60)
         free, taken = hostside.parse_probe(probe.stdout)
         if taken:
-            raise refuse(f"pitr_spare_port {conf.spare_port} is taken (a socket in {lay.socket_dir}): set another")
+            raise refuse(
+                f"pitr_spare_port {conf.spare_port} is taken (a socket in {lay.socket_dir}): set another"
+            )
         needed = max(server.bytes, float(backup.size)) * 1.1
         if free is not None and free < needed:
-            raise refuse(f"{human_bytes(free)} free beside {data_dir}, the restore needs about {human_bytes(needed)}")
-        return Restore(conf, pg, lay, backup, wal, self.to, timeline, pitr.expected_timeline(timeline, facts.timelines))
+            raise refuse(
+                f"{human_bytes(free)} free beside {data_dir}, the restore needs about {human_bytes(needed)}"
+            )
+        return Restore(
+            conf, pg, lay, backup, wal, self.to, timeline, pitr.expected_timeline(timeline, facts.timelines)
+        )
 
     @staticmethod
     def _describe(plan: Restore) -> str:
         history = plan.backup.history
         ended = pitr.iso(history.ended) if history else "?"
-        return (f"base backup {plan.backup.folder} ({plan.backup.tar}, {human_bytes(plan.backup.size)}, ended "
-                f"{ended}); WAL {plan.wal.first} … {plan.wal.last} ({plan.wal.count} segment(s), all archived; "
-                f"archive ends at {plan.wal.archive_end}); target {plan.target_text} on timeline {plan.timeline}, "
-                f"the restore makes timeline {plan.expected}")  # fmt: skip
+        return (
+            f"base backup {plan.backup.folder} ({plan.backup.tar}, {human_bytes(plan.backup.size)}, ended "
+            f"{ended}); WAL {plan.wal.first} … {plan.wal.last} ({plan.wal.count} segment(s), all archived; "
+            f"archive ends at {plan.wal.archive_end}); target {plan.target_text} on timeline "
+            f"{plan.timeline}, the restore makes timeline {plan.expected}"
+        )
 
     # ---------------------------------------------------------------------------------- decide
 
     def decide(self, ctx: HostContext, facts: Restore) -> Plan:
         lay = facts.lay
-        restore = Change("restore", f"restore {facts.backup.folder} into {lay.new_dir}, recover on port "
-                         f"{lay.spare_port} to {facts.target_text} and verify it",
-                         lambda ctx: self._restore(ctx, facts), own_steps=True,
-                         commands=(hostside.restore_script(lay, self._tar(facts)),))  # fmt: skip
+        restore = Change(
+            "restore",
+            f"restore {facts.backup.folder} into {lay.new_dir}, recover on port "
+            f"{lay.spare_port} to {facts.target_text} and verify it",
+            lambda ctx: self._restore(ctx, facts),
+            own_steps=True,
+            commands=(hostside.restore_script(lay, self._tar(facts)),),
+        )
         if self.drill:
-            end = Change("drill", f"then remove {lay.new_dir}; the cluster in {lay.data_dir} is not touched",
-                         lambda ctx: self._drill_end(ctx, facts), own_steps=True)  # fmt: skip
+            end = Change(
+                "drill",
+                f"then remove {lay.new_dir}; the cluster in {lay.data_dir} is not touched",
+                lambda ctx: self._drill_end(ctx, facts),
+                own_steps=True,
+            )
         else:
-            end = Change("switch", f"then switch the cluster to it: {lay.data_dir} kept as {lay.kept_dir}, "
-                         f"{lay.new_dir} becomes {lay.data_dir}", lambda ctx: self._switch(ctx, facts),
-                         own_steps=True, commands=(self._switch_text(facts),))  # fmt: skip
+            end = Change(
+                "switch",
+                f"then switch the cluster to it: {lay.data_dir} kept as {lay.kept_dir}, "
+                f"{lay.new_dir} becomes {lay.data_dir}",
+                lambda ctx: self._switch(ctx, facts),
+                own_steps=True,
+                commands=(self._switch_text(facts),),
+            )
         return Plan.of(restore, end, check_step="decide")
 
     @staticmethod
@@ -262,7 +330,9 @@ class RestorePitr(Remediation):
 
     def _switch_text(self, facts: Restore) -> str:
         lay, conf = facts.lay, facts.conf
-        start = conf.start_command or hostside.default_start(lay, conf.log_file or f"{lay.data_dir}.server.log")
+        start = conf.start_command or hostside.default_start(
+            lay, conf.log_file or f"{lay.data_dir}.server.log"
+        )
         return hostside.switch_script(lay, start, conf.stop_command or hostside.default_stop(lay))
 
     # ----------------------------------------------------------------------------------- apply
@@ -272,7 +342,9 @@ class RestorePitr(Remediation):
             return
         if not sys.stdin.isatty():
             raise refuse("a switch needs --yes (or run it from a terminal and type the host name)")
-        answer = input(f"restore-pitr replaces the data of {ctx.host.name}'s cluster; type {ctx.host.name} to go on: ")
+        answer = input(
+            f"restore-pitr replaces the data of {ctx.host.name}'s cluster; type {ctx.host.name} to go on: "
+        )
         if answer.strip() != ctx.host.name:
             raise refuse("not confirmed")
 
@@ -284,12 +356,18 @@ class RestorePitr(Remediation):
             step.done(Status.OK, "drill: the cluster is not touched" if self.drill else "switch confirmed")
         try:
             with self._phase(ctx, facts, "restore") as step:
-                result = ctx.remote.run(hostside.restore_script(facts.lay, self._tar(facts)), timeout=6 * 3600,
-                                        stdin=self._overrides(facts).encode())  # fmt: skip
+                result = ctx.remote.run(
+                    hostside.restore_script(facts.lay, self._tar(facts)),
+                    timeout=6 * 3600,
+                    stdin=self._overrides(facts).encode(),
+                )
                 facts.made = result.exit_code != 65
                 must_ok(result, f"unpacking {facts.backup.folder} into {facts.lay.new_dir}")
-                step.done(Status.CHANGED, f"unpacked {facts.backup.folder} into {facts.lay.new_dir}; recovery "
-                          f"started on port {facts.lay.spare_port}")  # fmt: skip
+                step.done(
+                    Status.CHANGED,
+                    f"unpacked {facts.backup.folder} into {facts.lay.new_dir}; recovery "
+                    f"started on port {facts.lay.spare_port}",
+                )
             with self._phase(ctx, facts, "recover") as step:
                 step.done(Status.OK, self._recover(ctx, facts))
             with self._phase(ctx, facts, "checks") as step:
@@ -308,20 +386,31 @@ class RestorePitr(Remediation):
 
     def _overrides(self, facts: Restore) -> str:
         target = pitr.iso(facts.target) if facts.target is not None else ""
-        return hostside.overrides(facts.conf.archive_dir, target, facts.timeline, facts.lay.spare_port, self.drill)
+        return hostside.overrides(
+            facts.conf.archive_dir, target, facts.timeline, facts.lay.spare_port, self.drill
+        )
 
     def _recover(self, ctx: HostContext, facts: Restore) -> str:
         """Wait for the promotion, then judge it; the step's message."""
         lay = facts.lay
-        result = ctx.remote.run(hostside.wait_script(lay, facts.conf.recovery_timeout),
-                                timeout=facts.conf.recovery_timeout + 120)  # fmt: skip
+        result = ctx.remote.run(
+            hostside.wait_script(lay, facts.conf.recovery_timeout), timeout=facts.conf.recovery_timeout + 120
+        )
         sections = {s.name: s for s in parse_sections(result.stdout)}
         log = sections["log"].body if "log" in sections else ""
         if "promoted" not in sections:
-            how = "stopped" if "died" in sections else f"is still in recovery after {facts.conf.recovery_timeout:g}s"
-            raise HostError(f"the restored server {how}; its log: {' | '.join(log.strip().splitlines()[-3:])}")
+            how = (
+                "stopped"
+                if "died" in sections
+                else f"is still in recovery after {facts.conf.recovery_timeout:g}s"
+            )
+            raise HostError(
+                f"the restored server {how}; its log: {' | '.join(log.strip().splitlines()[-3:])}"
+            )
         spare = replace(facts.pg, port=lay.spare_port, socket_dir=lay.socket_dir)
-        state = json.loads(self._psql(ctx, spare, hostside.VERIFY_SQL, "asking the restored server").splitlines()[-1])
+        state = json.loads(
+            self._psql(ctx, spare, hostside.VERIFY_SQL, "asking the restored server").splitlines()[-1]
+        )
         return self._judge(facts, state, log)
 
     def _judge(self, facts: Restore, state: dict[str, Any], log: str) -> str:
@@ -344,15 +433,19 @@ class RestorePitr(Remediation):
             raise HostError("the restored server is not what was asked for: " + "; ".join(problems))
         last = pitr.iso(float(replayed)) if replayed is not None else "none replayed"
         stop = f", stopped before the commit at {pitr.iso(stopped)}" if stopped is not None else ""
-        return f"promoted on timeline {state.get('timeline')}; last replayed commit {last}{stop} (target {facts.target_text})"
+        timeline, target = state.get("timeline"), facts.target_text
+        return f"promoted on timeline {timeline}; last replayed commit {last}{stop} (target {target})"
 
     def _checks(self, ctx: HostContext, facts: Restore) -> restore_drill.CheckOutcome:
         checks, database = facts.conf.checks, facts.conf.check_database
         spare = replace(facts.pg, port=facts.lay.spare_port, socket_dir=facts.lay.socket_dir)
-        exists = json.loads(self._psql(ctx, spare, restore_drill.existence_sql(list(checks.tables), ""),
-                                       "checks", database))  # fmt: skip
+        exists = json.loads(
+            self._psql(ctx, spare, restore_drill.existence_sql(list(checks.tables), ""), "checks", database)
+        )
         present = [t for t in checks.tables if exists.get(f"t:{t}")]
-        measured = json.loads(self._psql(ctx, spare, restore_drill.measure_sql(present, None), "counting rows", database))
+        measured = json.loads(
+            self._psql(ctx, spare, restore_drill.measure_sql(present, None), "counting rows", database)
+        )
         return restore_drill.evaluate(checks, exists, measured)
 
     @staticmethod
@@ -362,9 +455,15 @@ class RestorePitr(Remediation):
 
     def _remove(self, ctx: HostContext, facts: Restore, message: str) -> None:
         with ctx.step("cleanup") as step:
-            must_ok(ctx.remote.run(hostside.cleanup_script(facts.lay), timeout=600), f"removing {facts.lay.new_dir}")
+            must_ok(
+                ctx.remote.run(hostside.cleanup_script(facts.lay), timeout=600),
+                f"removing {facts.lay.new_dir}",
+            )
             facts.made = False
-            step.done(Status.OK, f"{message} {facts.lay.new_dir}; the cluster in {facts.lay.data_dir} was not touched")
+            step.done(
+                Status.OK,
+                f"{message} {facts.lay.new_dir}; the cluster in {facts.lay.data_dir} was not touched",
+            )
 
     def _drill_end(self, ctx: HostContext, facts: Restore) -> None:
         try:
@@ -381,10 +480,15 @@ class RestorePitr(Remediation):
                 if "@@switched" not in out:
                     facts.made = "@@moved" not in out  # before the rename the restore is still there
                     back = "; the old data directory was put back and started" if "@@rollback" in out else ""
-                    raise HostError(f"the switch failed (exit {result.exit_code}): {result.tail(3)}{back}", result)
+                    raise HostError(
+                        f"the switch failed (exit {result.exit_code}): {result.tail(3)}{back}", result
+                    )
                 facts.made = False
-                step.done(Status.CHANGED, f"{facts.lay.data_dir} now holds the data as of {facts.target_text}; "
-                          f"the old data directory is kept as {facts.lay.kept_dir}")  # fmt: skip
+                step.done(
+                    Status.CHANGED,
+                    f"{facts.lay.data_dir} now holds the data as of {facts.target_text}; "
+                    f"the old data directory is kept as {facts.lay.kept_dir}",
+                )
             facts.report["success"] = True
         except BaseException as exc:
             facts.report["error"] = str(exc) or type(exc).__name__
@@ -400,20 +504,38 @@ class RestorePitr(Remediation):
         if self.drill:
             return
         with ctx.step("verify") as step:
-            state = json.loads(self._psql(ctx, facts.pg, hostside.VERIFY_SQL, "asking the cluster").splitlines()[-1])
+            state = json.loads(
+                self._psql(ctx, facts.pg, hostside.VERIFY_SQL, "asking the cluster").splitlines()[-1]
+            )
             if state.get("in_recovery") or state.get("timeline") != facts.expected:
-                raise HostError(f"the cluster answers but is in recovery or on timeline {state.get('timeline')}, "
-                                f"expected {facts.expected}")  # fmt: skip
-            step.done(Status.OK, f"the cluster answers on port {facts.pg.port} from {state.get('data_directory')}, "
-                      f"on timeline {facts.expected}")  # fmt: skip
+                raise HostError(
+                    f"the cluster answers but is in recovery or on timeline {state.get('timeline')}, "
+                    f"expected {facts.expected}"
+                )
+            step.done(
+                Status.OK,
+                f"the cluster answers on port {facts.pg.port} from {state.get('data_directory')}, "
+                f"on timeline {facts.expected}",
+            )
 
     # --------------------------------------------------------------------------------- reports
 
     def _new_report(self, ctx: HostContext, facts: Restore) -> dict[str, Any]:
-        return {"host": ctx.host.name, "drill": self.drill, "target": facts.target_text,
-                "backup": facts.backup.folder, "wal_first": facts.wal.first, "wal_last": facts.wal.last,
-                "segments": facts.wal.count, "target_epoch": facts.target, "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                "success": False, "phases": {}, "rows": {}, "error": ""}  # fmt: skip
+        return {
+            "host": ctx.host.name,
+            "drill": self.drill,
+            "target": facts.target_text,
+            "backup": facts.backup.folder,
+            "wal_first": facts.wal.first,
+            "wal_last": facts.wal.last,
+            "segments": facts.wal.count,
+            "target_epoch": facts.target,
+            "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "success": False,
+            "phases": {},
+            "rows": {},
+            "error": "",
+        }
 
     def _phase(self, ctx: HostContext, facts: Restore, name: str) -> Any:
         from contextlib import contextmanager
@@ -432,7 +554,9 @@ class RestorePitr(Remediation):
     def _finish(self, ctx: HostContext, facts: Restore) -> None:
         conf, report = facts.conf, facts.report
         report["duration_seconds"] = round(time.monotonic() - facts.started, 3)
-        report["last_success_timestamp"] = time.time() if report["success"] else previous_success(conf.json_path)
+        report["last_success_timestamp"] = (
+            time.time() if report["success"] else previous_success(conf.json_path)
+        )
         try:
             write_atomically(conf.json_path, json.dumps(report, indent=2, default=str) + "\n")
             write_atomically(conf.metrics_path, metrics_text(ctx.host.name, report))
@@ -440,38 +564,3 @@ class RestorePitr(Remediation):
             ctx.record("report", Status.FAILED, f"result not written: {exc}")
             return
         ctx.record("report", Status.OK, f"wrote {conf.json_path} and {conf.metrics_path}")
-
-
-def metrics_text(host: str, report: dict[str, Any]) -> str:
-    """Prometheus text of one run (node_exporter's textfile collector)."""
-    base = 'restore_host="' + host.replace("\\", "\\\\").replace('"', '\\"') + '",mode="' + (
-        "drill" if report.get("drill") else "switch") + '"'  # fmt: skip
-    last = report.get("last_success_timestamp")
-    lag = None
-    if report.get("replayed_at") is not None and report.get("target_epoch") is not None:
-        lag = float(report["target_epoch"]) - float(report["replayed_at"])
-    lines = [
-        "# HELP restore_pitr_success 1 when the last point-in-time restore passed, else 0.",
-        "# TYPE restore_pitr_success gauge",
-        f"restore_pitr_success{{{base}}} {1 if report.get('success') else 0}",
-        "# HELP restore_pitr_duration_seconds Wall time of the last point-in-time restore.",
-        "# TYPE restore_pitr_duration_seconds gauge",
-        f"restore_pitr_duration_seconds{{{base}}} {float(report.get('duration_seconds') or 0):.3f}",
-        "# HELP restore_pitr_phase_duration_seconds Wall time of each phase (restore, recover, checks, switch).",
-        "# TYPE restore_pitr_phase_duration_seconds gauge",
-        *(f'restore_pitr_phase_duration_seconds{{{base},phase="{p}"}} {float(s):.3f}'
-          for p, s in (report.get("phases") or {}).items()),  # fmt: skip
-        "# HELP restore_pitr_last_success_timestamp_seconds Unix time of the last passed point-in-time restore.",
-        "# TYPE restore_pitr_last_success_timestamp_seconds gauge",
-        f"restore_pitr_last_success_timestamp_seconds{{{base}}} {float(last) if last else 0:.0f}",
-        "# HELP restore_pitr_segments WAL segments the last restore replayed from the archive.",
-        "# TYPE restore_pitr_segments gauge",
-        f"restore_pitr_segments{{{base}}} {int(report.get('segments') or 0)}",
-        "# HELP restore_pitr_rows Rows counted in each checked table of the restored cluster.",
-        "# TYPE restore_pitr_rows gauge",
-        *(f'restore_pitr_rows{{{base},table="{t}"}} {int(n)}' for t, n in (report.get("rows") or {}).items()),
-    ]
-    if lag is not None:
-        lines += ["# HELP restore_pitr_target_gap_seconds Target time minus the last replayed commit's time.",
-                  "# TYPE restore_pitr_target_gap_seconds gauge", f"restore_pitr_target_gap_seconds{{{base}}} {lag:.3f}"]  # fmt: skip
-    return "\n".join(lines) + "\n"

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,14 +29,35 @@ HERE = labhosts.LAB_ROOT / "hosts" / "db1" / "postgresql" / "pitr-test"  # the s
 
 
 def as_postgres(*argv: str, input: str | None = None, check: bool = True, timeout: float = 120) -> str:
-    done = labhosts.exec_on("db1", ["runuser", "-u", "postgres", "--", *argv],
-                       input=input.encode() if input is not None else None, check=check, timeout=timeout)  # fmt: skip
+    done = labhosts.exec_on(
+        "db1",
+        ["runuser", "-u", "postgres", "--", *argv],
+        input=input.encode() if input is not None else None,
+        check=check,
+        timeout=timeout,
+    )
     return done.stdout.decode().strip()
 
 
 def sql(text: str, db: str = "postgres", check: bool = True) -> str:
-    return as_postgres(f"{pglab.BIN}/psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", "/run/postgresql",
-                       "-p", str(PORT), "-d", db, "-f", "-", input=text, check=check)  # fmt: skip
+    return as_postgres(
+        f"{pglab.BIN}/psql",
+        "-X",
+        "-q",
+        "-At",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-h",
+        "/run/postgresql",
+        "-p",
+        str(PORT),
+        "-d",
+        db,
+        "-f",
+        "-",
+        input=text,
+        check=check,
+    )
 
 
 def pg_ctl(data: str, *args: str, check: bool = True) -> str:
@@ -59,8 +82,23 @@ def base_backup() -> str:
     history file is in the archive. Returns the folder's name."""
     before = {n for n in archived() if n.endswith(".backup")}
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
-    as_postgres(f"{pglab.BIN}/pg_basebackup", "-h", "/run/postgresql", "-p", str(PORT), "-D", f"{BASE}/{stamp}",
-                "-Ft", "-X", "none", "-c", "fast", "-l", stamp, timeout=180)  # fmt: skip
+    as_postgres(
+        f"{pglab.BIN}/pg_basebackup",
+        "-h",
+        "/run/postgresql",
+        "-p",
+        str(PORT),
+        "-D",
+        f"{BASE}/{stamp}",
+        "-Ft",
+        "-X",
+        "none",
+        "-c",
+        "fast",
+        "-l",
+        stamp,
+        timeout=180,
+    )
     deadline = time.monotonic() + 60
     while not {n for n in archived() if n.endswith(".backup")} - before:
         assert time.monotonic() < deadline, "no new .backup history file in the archive"
@@ -70,7 +108,9 @@ def base_backup() -> str:
 
 
 def stamp(epoch: float) -> str:
-    return dt.datetime.fromtimestamp(epoch, dt.UTC).astimezone(dt.timezone(dt.timedelta(hours=3))).isoformat(" ")
+    return (
+        dt.datetime.fromtimestamp(epoch, dt.UTC).astimezone(dt.timezone(dt.timedelta(hours=3))).isoformat(" ")
+    )
 
 
 def dirs() -> list[str]:
@@ -81,29 +121,59 @@ def dirs() -> list[str]:
 def cluster(lab: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The throwaway cluster (port 5440, archiving to its own folder), with the database shop, and
     an inventory whose db1 points restore-pitr at it. Removed afterwards, whatever the tests left."""
-    labhosts.exec_on("db1", ["sh", "-c", f"rm -rf {ROOT} && mkdir -p {ROOT} && chown postgres:postgres {ROOT}"])
+    labhosts.exec_on(
+        "db1", ["sh", "-c", f"rm -rf {ROOT} && mkdir -p {ROOT} && chown postgres:postgres {ROOT}"]
+    )
     as_postgres("mkdir", "-p", ARCHIVE, BASE)
-    as_postgres(f"{pglab.BIN}/initdb", "-D", DATA, "-U", "postgres", "--auth-local=trust", "--no-sync", "-E",
-                "UTF8", "--locale=C", timeout=120)  # fmt: skip
-    conf = (f"\nport = {PORT}\nlisten_addresses = ''\nunix_socket_directories = '/run/postgresql'\n"
-            f"archive_mode = on\narchive_command = 'test ! -f {ARCHIVE}/%f && cp %p {ARCHIVE}/%f'\n"
-            "shared_buffers = 16MB\nmax_connections = 20\n")  # fmt: skip
+    as_postgres(
+        f"{pglab.BIN}/initdb",
+        "-D",
+        DATA,
+        "-U",
+        "postgres",
+        "--auth-local=trust",
+        "--no-sync",
+        "-E",
+        "UTF8",
+        "--locale=C",
+        timeout=120,
+    )
+    conf = (
+        f"\nport = {PORT}\nlisten_addresses = ''\nunix_socket_directories = '/run/postgresql'\n"
+        f"archive_mode = on\narchive_command = 'test ! -f {ARCHIVE}/%f && cp %p {ARCHIVE}/%f'\n"
+        "shared_buffers = 16MB\nmax_connections = 20\n"
+    )
     as_postgres("sh", "-c", 'cat >> "$1"', "sh", f"{DATA}/postgresql.conf", input=conf)
     pg_ctl(DATA, "-l", f"{ROOT}/server.log", "-w", "start")
     sql("create database shop")
     inventory = labkit.write_inventory(
         tmp_path_factory.mktemp("pitr") / "inventory.yml",
-        host_vars={"db1": {
-            "postgres_port": PORT, "postgres_socket_dir": "/run/postgresql", "wal_archive_dir": ARCHIVE,
-            "basebackup_local_dir": BASE, "pitr_spare_port": PORT + 1, "postgres_log_file": f"{ROOT}/server.log",
-            "pitr_check_database": "shop", "pitr_check_tables": {"items": 100},
-            "restore_pitr_json": str(tmp_path_factory.getbasetemp() / "pitr.json"),
-            "restore_pitr_metrics": str(tmp_path_factory.getbasetemp() / "pitr.prom"),
-        }},
-    )  # fmt: skip
+        host_vars={
+            "db1": {
+                "postgres_port": PORT,
+                "postgres_socket_dir": "/run/postgresql",
+                "wal_archive_dir": ARCHIVE,
+                "basebackup_local_dir": BASE,
+                "pitr_spare_port": PORT + 1,
+                "postgres_log_file": f"{ROOT}/server.log",
+                "pitr_check_database": "shop",
+                "pitr_check_tables": {"items": 100},
+                "restore_pitr_json": str(tmp_path_factory.getbasetemp() / "pitr.json"),
+                "restore_pitr_metrics": str(tmp_path_factory.getbasetemp() / "pitr.prom"),
+            }
+        },
+    )
     try:
         yield inventory
     finally:
+        capture = os.environ.get("RMLAB_PITR_CAPTURE")  # real files for the unit tests' fixtures
+        if capture:
+            for path in [
+                *(HERE / "archive").glob("*.*"),
+                *(HERE / "base").glob("*/backup_manifest"),
+                *HERE.glob("*/pitr-recovery.log"),
+            ]:
+                shutil.copy(path, Path(capture) / f"{path.parent.name}-{path.name}")
         for name in dirs():
             if name.startswith("data"):
                 pg_ctl(f"{ROOT}/{name}", "-m", "immediate", "stop", check=False)
@@ -111,8 +181,17 @@ def cluster(lab: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path
 
 
 def run(inventory: Path, audit: Path, *args: str) -> labkit.Ran:
-    return labkit.inv("restore-pitr", "--host", "db1", *args, "--json", audit=audit, inventory=inventory,
-                      timeout=300, stdin="")  # fmt: skip
+    return labkit.inv(
+        "restore-pitr",
+        "--host",
+        "db1",
+        *args,
+        "--json",
+        audit=audit,
+        inventory=inventory,
+        timeout=300,
+        stdin="",
+    )
 
 
 def steps(ran: labkit.Ran) -> dict[str, dict[str, Any]]:
@@ -122,13 +201,16 @@ def steps(ran: labkit.Ran) -> dict[str, dict[str, Any]]:
 def state() -> tuple[list[str], str, str]:
     """What must not change when a run refuses: the folders, the rows, the timeline."""
     rows = sql("select count(*), coalesce(max(id), 0) from items", db="shop")
-    timeline = sql("select timeline_id from pg_control_checkpoint()")
+    timeline = sql("select substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)")
     return dirs(), rows, timeline
 
 
 def test_refusals_and_check_mode_change_nothing(cluster: Path, audit: Path) -> None:
-    sql("create table items (id int primary key, note text); "
-        "insert into items select g, 'before' from generate_series(1, 100) g", db="shop")  # fmt: skip
+    sql(
+        "create table items (id int primary key, note text); "
+        "insert into items select g, 'before' from generate_series(1, 100) g",
+        db="shop",
+    )
     too_early = time.time() - 5
     backup = base_backup()
     sql("insert into items select g, 'after' from generate_series(101, 120) g", db="shop")
@@ -182,12 +264,18 @@ def test_drill_restores_and_removes_it(cluster: Path, audit: Path, tmp_path: Pat
 
 
 def test_damage_then_restore_to_the_noted_time(cluster: Path, audit: Path) -> None:
-    sql("create table keepme (x int); insert into keepme values (42); "
-        "insert into items select g, 'later' from generate_series(121, 150) g", db="shop")  # fmt: skip
+    sql(
+        "create table keepme (x int); insert into keepme values (42); "
+        "insert into items select g, 'later' from generate_series(121, 150) g",
+        db="shop",
+    )
     time.sleep(1.1)
     noted = time.time()
     time.sleep(1.1)
-    sql("delete from items where id <= 30; drop table keepme; insert into items values (999, 'damage')", db="shop")
+    sql(
+        "delete from items where id <= 30; drop table keepme; insert into items values (999, 'damage')",
+        db="shop",
+    )
     switch_wal()
     assert sql("select count(*) from items", db="shop") == "121"
 
@@ -197,7 +285,6 @@ def test_damage_then_restore_to_the_noted_time(cluster: Path, audit: Path) -> No
     assert done["switch"]["status"] == "changed" and done["verify"]["status"] == "ok", done
     assert sql("select count(*), max(id) from items", db="shop") == "150|150"
     assert sql("select x from keepme", db="shop") == "42"
-    assert sql("select timeline_id from pg_control_checkpoint()") in ("1", "2")
     assert sql("select substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)") == "00000002"
     kept = [n for n in dirs() if n.startswith("data.pre-pitr-")]
     assert len(kept) == 1 and (HERE / kept[0] / "PG_VERSION").exists(), dirs()
@@ -205,3 +292,21 @@ def test_damage_then_restore_to_the_noted_time(cluster: Path, audit: Path) -> No
     assert report["success"] and report["replayed_at"] <= noted < report["stopped_before"]
     switch_wal()  # the new cluster archives: its timeline's history file reaches the archive
     assert "00000002.history" in archived()
+
+
+def test_a_second_restore_follows_the_new_timeline(cluster: Path, audit: Path) -> None:
+    """After the first restore the cluster is on timeline 2, branched off timeline 1 (whose later
+    segments, the damage, are still archived): a second restore from the same base backup must
+    follow 00000002.history, not timeline 1's segments, and make timeline 3."""
+    sql("insert into items select g, 'on timeline 2' from generate_series(151, 160) g", db="shop")
+    time.sleep(1.1)
+    noted = time.time()
+    time.sleep(1.1)
+    sql("truncate items", db="shop")
+    switch_wal()
+    ran = run(cluster, audit, "--to", stamp(noted), "--yes")
+    assert ran.code == 0, ran.stdout + ran.stderr
+    facts = steps(ran)["facts"]["data"]
+    assert facts["timeline"] == 2 and facts["new_timeline"] == 3, facts
+    assert sql("select count(*), max(id) from items", db="shop") == "160|160"
+    assert sql("select substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)") == "00000003"
