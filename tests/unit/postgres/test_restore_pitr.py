@@ -238,3 +238,15 @@ def test_host_scripts_quote_every_path() -> None:
     text = pitr_host.switch_script(lay, "start", "stop") + pitr_host.restore_script(lay, "/b k/base.tar")
     assert "'/var/lib/pg data/15.pitr-20261201T190000Z'" in text and "'/b k/base.tar'" in text
     assert " /var/lib/pg data" not in text
+
+
+def test_only_a_drill_runs_from_cron_and_a_switch_needs_a_target(monkeypatch: pytest.MonkeyPatch) -> None:
+    from remediations.postgres.restore_pitr import RestorePitr
+    from remediations.reporting.cronlog import RUN_ID_ENV
+
+    with pytest.raises(UsageError, match="--to is required"):
+        RestorePitr()
+    monkeypatch.setenv(RUN_ID_ENV, "20261201T000000Z-1")
+    with pytest.raises(UsageError, match="from cron, give --drill"):
+        RestorePitr(to=1.0, yes=True)
+    assert RestorePitr(drill=True).drill
