@@ -13,7 +13,9 @@ import re
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from remediations.facts.pitr import iso
 from remediations.facts.postgres import PgTarget, script, sql_literal
 
 RECOVERY_LOG = "pitr-recovery.log"
@@ -61,13 +63,38 @@ def conf_value(text: str) -> str:
     return sql_literal(text)
 
 
-def overrides(archive_dir: str, target: str, timeline: int, spare_port: int, drill: bool) -> str:
+@dataclass(frozen=True)
+class S3Source:
+    """The archive's copy in S3, fetched by the host itself with curl (SigV4); the credentials are
+    in a curl config file on the host (`user = "KEY:SECRET"`, mode 0600), never on a command line."""
+
+    url: str  # the prefix's URL, ending in "/"
+    credentials_file: str
+    region: str
+
+
+def restore_command(archive_dir: str, s3: S3Source | None) -> str:
+    """Copy a WAL file from the local archive; failing that, from S3 (when configured)."""
+    q = shlex.quote
+    local = f'cp {q(archive_dir.rstrip("/"))}/%f "%p"'
+    if s3 is None:
+        return local
+    sign = q(f"aws:amz:{s3.region}:s3")
+    return (
+        f"{local} 2>/dev/null || curl -fsS -K {q(s3.credentials_file)} --aws-sigv4 {sign} "
+        f'--connect-timeout 5 --max-time 600 -o "%p" {q(s3.url)}%f'
+    )
+
+
+def overrides(
+    archive_dir: str, target: str, timeline: int, spare_port: int, drill: bool, s3: S3Source | None = None
+) -> str:
     """postgresql.auto.conf lines for the recovery on the spare port (read last: they win).
 
     Archiving: off in a drill (nothing it makes reaches the archive); before a switch, on with an
     empty archive_command, so the new timeline's history file and segments wait in pg_wal/ (.ready)
     and the cluster's own archive_command uploads them once it runs there."""
-    restore = f'cp {shlex.quote(archive_dir.rstrip("/"))}/%f "%p"'
+    restore = restore_command(archive_dir, s3)
     lines = [
         "",
         MARK,
@@ -162,6 +189,35 @@ def stopped_at(log: str) -> tuple[str, float | None]:
         return how, dt.datetime.fromisoformat(text).timestamp()
     except ValueError:
         return how, None
+
+
+def judge(state: dict[str, Any], log: str, target: float | None, expected: int) -> tuple[list[str], str]:
+    """Pure: is the promoted server what was asked for? (problems, the step's message).
+
+    Out of recovery, on the expected timeline; with a target, the log says where recovery stopped,
+    the last replayed commit is at or before the target and the commit it stopped before is after
+    it (a recovery that replayed everything and called it done fails here)."""
+    replayed = state.get("replayed_at")
+    how, stopped = stopped_at(log)
+    problems = []
+    if state.get("in_recovery"):
+        problems.append("it is still in recovery")
+    if state.get("timeline") != expected:
+        problems.append(f"it is on timeline {state.get('timeline')}, expected {expected}")
+    if target is not None:
+        if not how:
+            problems.append("its log says no recovery target was reached")
+        if replayed is not None and float(replayed) > target:
+            problems.append(f"its last replayed commit ({iso(float(replayed))}) is after the target")
+        if stopped is not None and how == "before" and stopped <= target:
+            problems.append(f"it stopped before a commit at {iso(stopped)}, not after the target")
+    last = iso(float(replayed)) if replayed is not None else "none replayed"
+    stop = f", stopped before the commit at {iso(stopped)}" if stopped is not None else ""
+    goal = iso(target) if target is not None else "the end of the archive"
+    return (
+        problems,
+        f"promoted on timeline {state.get('timeline')}; last replayed commit {last}{stop} (target {goal})",
+    )
 
 
 def _stop(lay: Layout, data_dir: str, mode: str = "fast") -> str:

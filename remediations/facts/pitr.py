@@ -312,7 +312,7 @@ PG_SQL = """select json_build_object(
 """
 
 
-def facts_command(archive_dir: str, base_dir: str, pg: PgTarget) -> str:
+def facts_command(archive_dir: str, base_dir: str, pg: PgTarget, credentials_file: str = "") -> str:
     """The archive's files (name, size, mtime), its history files, the backup folders (their tar,
     its size, the end of their manifest), and the server's settings (SQL on stdin)."""
     q = shlex.quote
@@ -326,6 +326,11 @@ def facts_command(archive_dir: str, base_dir: str, pg: PgTarget) -> str:
         'echo "@@base $(basename -- "$d")"; find "$d" -maxdepth 1 -name "base.tar*" -printf "%f\\t%s\\n"; '
         'echo "@@manifest"; tail -c 2048 -- "$d/backup_manifest" 2>/dev/null; echo; done; '
         'else echo "@@nobase"; fi',
+        *(
+            [f'echo "@@credentials $(stat -c "%a %U" -- {q(credentials_file)} 2>/dev/null)"']
+            if credentials_file
+            else []
+        ),
         f'out=$({pg.psql()} 2>&1); rc=$?; echo "@@pg $rc"; printf "%s\\n" "$out"',
     )
 
@@ -362,6 +367,7 @@ class PitrFacts:
     timelines: dict[int, str] = field(default_factory=dict)  # timeline → its history file's text
     folders: list[BaseBackup] = field(default_factory=list)
     server: PgServer = field(default_factory=PgServer)
+    credentials: str = ""  # "MODE OWNER" of the S3 credentials file; "" when it is missing
 
 
 def parse_server(exit_code: str, body: str) -> PgServer:
@@ -417,6 +423,8 @@ def parse_facts(sections: Sequence[Section]) -> PitrFacts:
             current = None
         elif section.name in ("noarchive", "nobase"):
             setattr(facts, "archive_missing" if section.name == "noarchive" else "base_missing", True)
+        elif section.name == "credentials":
+            facts.credentials = section.arg.strip()
         elif section.name == "pg":
             facts.server = parse_server(section.arg.strip(), section.body)
     return facts

@@ -37,7 +37,7 @@ from typing import Any, ClassVar
 from remediations.actions import pitr_host as hostside
 from remediations.actions.drill_report import previous_success, write_atomically
 from remediations.actions.pitr_report import metrics_text
-from remediations.core import interrupt, units
+from remediations.core import interrupt
 from remediations.core.args import Arg, args
 from remediations.core.context import HostContext
 from remediations.core.errors import HostError, UsageError
@@ -51,77 +51,13 @@ from remediations.facts.postgres import (
     human_bytes,
     must_ok,
     parse_sections,
-    positive_number,
     script,
 )
 from remediations.postgres import restore_drill
+from remediations.postgres.pitr_settings import Settings, settings, target_time
 from remediations.reporting.cronlog import RUN_ID_ENV
 
-DEFAULT_JSON = "/var/lib/remediations/restore-pitr-{host}.json"
-DEFAULT_METRICS = "/var/lib/prometheus/node-exporter/restore_pitr_{host}.prom"
 NOTHING = "nothing changed"
-
-
-def target_time(value: Any, flag: str) -> float:
-    return units.parse_timestamp(value, flag)
-
-
-@dataclass(frozen=True)
-class Settings:
-    archive_dir: str
-    base_dir: str
-    spare_port: int
-    recovery_timeout: float
-    check_database: str
-    checks: restore_drill.Settings
-    json_path: str
-    metrics_path: str
-    log_file: str  # for pg_ctl start of the cluster ("" → beside the data directory)
-    start_command: str
-    stop_command: str
-
-
-def settings(host: Host) -> Settings:
-    where = f"{host.source}: host {host.name}"
-    archive_dir, base_dir = str(host.require("wal_archive_dir")), str(host.require("basebackup_local_dir"))
-    for name, path in (("wal_archive_dir", archive_dir), ("basebackup_local_dir", base_dir)):
-        if not path.startswith("/"):
-            raise UsageError(f"{where}: {name} must be an absolute path")
-    pg = PgTarget.from_host(host)
-    spare = host.get("pitr_spare_port", pg.port + 1)
-    if (
-        isinstance(spare, bool)
-        or not isinstance(spare, int)
-        or not 1024 <= spare <= 65535
-        or spare == pg.port
-    ):
-        raise UsageError(
-            f"{where}: pitr_spare_port must be a free port number other than postgres_port, got {spare!r}"
-        )
-    raw = host.get("pitr_check_tables") or {}
-    if not isinstance(raw, dict) or not all(restore_drill.TABLE_RE.match(str(t)) for t in raw):
-        raise UsageError(f"{where}: pitr_check_tables must map [schema.]table names to minimum row counts")
-    try:
-        tables = {str(t): int(n or 0) for t, n in raw.items()}
-    except (TypeError, ValueError):
-        raise UsageError(f"{where}: pitr_check_tables: give each table a row count") from None
-    checks = restore_drill.Settings("", "", "", tables, "", 1.0, "", "", False)
-    database = str(host.get("pitr_check_database") or "postgres")
-    if not restore_drill.NAME_RE.match(database):
-        raise UsageError(f"{where}: pitr_check_database {database!r} must be a plain lower-case name")
-    return Settings(
-        archive_dir.rstrip("/"),
-        base_dir.rstrip("/"),
-        spare,
-        positive_number(host, "pitr_recovery_timeout", 3600),
-        database,
-        checks,
-        str(host.get("restore_pitr_json") or DEFAULT_JSON).replace("{host}", host.name),
-        str(host.get("restore_pitr_metrics") or DEFAULT_METRICS).replace("{host}", host.name),
-        str(host.get("postgres_log_file") or ""),
-        str(host.get("postgres_start_command") or ""),
-        str(host.get("postgres_stop_command") or ""),
-    )
 
 
 @dataclass
@@ -208,7 +144,8 @@ class RestorePitr(Remediation):
     def gather(self, ctx: HostContext) -> Restore:
         conf, pg = settings(ctx.host), PgTarget.from_host(ctx.host)
         with ctx.step("facts") as step:
-            command = pitr.facts_command(conf.archive_dir, conf.base_dir, pg)
+            credentials = conf.s3.credentials_file if conf.s3 else ""
+            command = pitr.facts_command(conf.archive_dir, conf.base_dir, pg, credentials)
             result = ctx.remote.run(command, stdin=pitr.PG_SQL.encode(), timeout=120)
             if "@@pg" not in result.stdout:
                 raise HostError(f"gathering facts failed (exit {result.exit_code}): {result.tail()}", result)
@@ -262,7 +199,7 @@ class RestorePitr(Remediation):
                 f"base backup {backup.folder} is on timeline {history.timeline}, not in the history "
                 f"of timeline {timeline}"
             )
-        wal = pitr.wal_range(history.start_lsn, path, facts.segments, self.to)
+        wal = pitr.wal_range(history.start_lsn, path, self._segments(ctx, conf, facts), self.to)
         if wal.refused:
             raise refuse(wal.refused)
         if self.to is not None and self.to > time.time() + 60:
@@ -282,6 +219,34 @@ class RestorePitr(Remediation):
         return Restore(
             conf, pg, lay, backup, wal, self.to, timeline, pitr.expected_timeline(timeline, facts.timelines)
         )
+
+    @staticmethod
+    def _segments(ctx: HostContext, conf: Settings, facts: pitr.PitrFacts) -> dict[str, pitr.Segment]:
+        """The archive's segments, with those only S3 holds (when configured: the restore_command
+        fetches them from there)."""
+        if conf.s3 is None:
+            return facts.segments
+        mode, _, owner = facts.credentials.partition(" ")
+        user = PgTarget.from_host(ctx.host).os_user
+        if not mode:
+            raise refuse(f"pitr_s3_credentials_file {conf.s3.credentials_file} does not exist on the host")
+        if owner != user:
+            raise refuse(
+                f"pitr_s3_credentials_file {conf.s3.credentials_file} belongs to {owner}, not {user}"
+            )
+        if mode not in ("600", "400"):
+            raise refuse(f"pitr_s3_credentials_file {conf.s3.credentials_file} has mode {mode}: make it 0600")
+        from remediations.actions.s3client import S3Store
+
+        store = S3Store(ctx.host.vars)
+        for secret in store.secrets:
+            ctx.redactor.add_value(secret)
+        merged = dict(facts.segments)
+        for found in store.list(conf.s3_bucket, conf.s3_prefix):
+            name = found.key[len(conf.s3_prefix) :]
+            if pitr.SEGMENT_RE.match(name) and name not in merged:
+                merged[name] = pitr.Segment(found.size, found.modified.timestamp())
+        return merged
 
     @staticmethod
     def _describe(plan: Restore) -> str:
@@ -387,7 +352,7 @@ class RestorePitr(Remediation):
     def _overrides(self, facts: Restore) -> str:
         target = pitr.iso(facts.target) if facts.target is not None else ""
         return hostside.overrides(
-            facts.conf.archive_dir, target, facts.timeline, facts.lay.spare_port, self.drill
+            facts.conf.archive_dir, target, facts.timeline, facts.lay.spare_port, self.drill, facts.conf.s3
         )
 
     def _recover(self, ctx: HostContext, facts: Restore) -> str:
@@ -413,28 +378,17 @@ class RestorePitr(Remediation):
         )
         return self._judge(facts, state, log)
 
-    def _judge(self, facts: Restore, state: dict[str, Any], log: str) -> str:
-        replayed = state.get("replayed_at")
-        how, stopped = hostside.stopped_at(log)
-        facts.report.update(timeline=state.get("timeline"), replayed_at=replayed, stopped_before=stopped)
-        problems = []
-        if state.get("in_recovery"):
-            problems.append("it is still in recovery")
-        if state.get("timeline") != facts.expected:
-            problems.append(f"it is on timeline {state.get('timeline')}, expected {facts.expected}")
-        if facts.target is not None:
-            if not how:
-                problems.append("its log says no recovery target was reached")
-            if replayed is not None and float(replayed) > facts.target:
-                problems.append(f"its last replayed commit ({pitr.iso(float(replayed))}) is after the target")
-            if stopped is not None and how == "before" and stopped <= facts.target:
-                problems.append(f"it stopped before a commit at {pitr.iso(stopped)}, not after the target")
+    @staticmethod
+    def _judge(facts: Restore, state: dict[str, Any], log: str) -> str:
+        problems, message = hostside.judge(state, log, facts.target, facts.expected)
+        facts.report.update(
+            timeline=state.get("timeline"),
+            replayed_at=state.get("replayed_at"),
+            stopped_before=hostside.stopped_at(log)[1],
+        )
         if problems:
             raise HostError("the restored server is not what was asked for: " + "; ".join(problems))
-        last = pitr.iso(float(replayed)) if replayed is not None else "none replayed"
-        stop = f", stopped before the commit at {pitr.iso(stopped)}" if stopped is not None else ""
-        timeline, target = state.get("timeline"), facts.target_text
-        return f"promoted on timeline {timeline}; last replayed commit {last}{stop} (target {target})"
+        return message
 
     def _checks(self, ctx: HostContext, facts: Restore) -> restore_drill.CheckOutcome:
         checks, database = facts.conf.checks, facts.conf.check_database

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shlex
 import shutil
 import time
 from collections.abc import Iterator
@@ -25,6 +26,20 @@ ROOT = "/var/lib/postgresql/pitr-test"
 DATA = f"{ROOT}/data"
 ARCHIVE = f"{ROOT}/archive"
 BASE = f"{ROOT}/base"
+S3_PREFIX = "pitr-test-wal/"
+CREDENTIALS = f"{ROOT}/s3-credentials"
+# The lab's archive_command (local copy, then one PUT to S3), with this cluster's folder and prefix.
+ARCHIVE_COMMAND = shlex.join(
+    [
+        str(labhosts.ASSETS / "pg_archive_wal"),
+        "%p",
+        "%f",
+        ARCHIVE,
+        labhosts.S3_ENDPOINT,
+        labhosts.S3_BACKUP_BUCKET,
+        S3_PREFIX,
+    ]
+)
 HERE = labhosts.LAB_ROOT / "hosts" / "db1" / "postgresql" / "pitr-test"  # the same folder, seen from here
 
 
@@ -125,6 +140,10 @@ def cluster(lab: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path
         "db1", ["sh", "-c", f"rm -rf {ROOT} && mkdir -p {ROOT} && chown postgres:postgres {ROOT}"]
     )
     as_postgres("mkdir", "-p", ARCHIVE, BASE)
+    pglab.s3()  # the bucket exists (moto keeps it in memory)
+    # The S3 copy's credentials for the restore_command, in a curl config file only postgres reads
+    # (moto takes any key; the lab's is no secret).
+    as_postgres("sh", "-c", f"umask 077 && cat > {CREDENTIALS}", input='user = "rmlab:rmlab-lab-only"\n')
     as_postgres(
         f"{pglab.BIN}/initdb",
         "-D",
@@ -140,7 +159,7 @@ def cluster(lab: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path
     )
     conf = (
         f"\nport = {PORT}\nlisten_addresses = ''\nunix_socket_directories = '/run/postgresql'\n"
-        f"archive_mode = on\narchive_command = 'test ! -f {ARCHIVE}/%f && cp %p {ARCHIVE}/%f'\n"
+        f"archive_mode = on\narchive_command = '{ARCHIVE_COMMAND}'\n"
         "shared_buffers = 16MB\nmax_connections = 20\n"
     )
     as_postgres("sh", "-c", 'cat >> "$1"', "sh", f"{DATA}/postgresql.conf", input=conf)
@@ -158,6 +177,8 @@ def cluster(lab: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path
                 "postgres_log_file": f"{ROOT}/server.log",
                 "pitr_check_database": "shop",
                 "pitr_check_tables": {"items": 100},
+                "pitr_s3_credentials_file": CREDENTIALS,
+                "wal_s3_prefix": S3_PREFIX,
                 "restore_pitr_json": str(tmp_path_factory.getbasetemp() / "pitr.json"),
                 "restore_pitr_metrics": str(tmp_path_factory.getbasetemp() / "pitr.prom"),
             }
@@ -191,6 +212,7 @@ def run(inventory: Path, audit: Path, *args: str) -> labkit.Ran:
         inventory=inventory,
         timeout=300,
         stdin="",
+        env=pglab.AWS_ENV,
     )
 
 
@@ -263,10 +285,42 @@ def test_drill_restores_and_removes_it(cluster: Path, audit: Path, tmp_path: Pat
     assert not any(n.startswith("00000002") for n in archived()), "the drill archived nothing"
 
 
+def test_a_segment_only_in_s3_is_fetched_from_there(cluster: Path, audit: Path) -> None:
+    """A segment the local archive lost (e.g. to wal-cleanup) but S3 holds: the restore_command
+    fetches it with curl (credentials from the 0600 file). Missing from both: refused."""
+    sql("insert into items select g, 'for s3' from generate_series(121, 125) g", db="shop")
+    time.sleep(1.1)
+    noted = time.time()
+    time.sleep(1.1)
+    sql("insert into items values (126, 'after')", db="shop")
+    switch_wal()
+    newest_backup = sorted((HERE / "base").iterdir())[-1].name
+    history = next(n for n in archived() if n.endswith(".backup"))
+    start = history[:24]
+    local = HERE / "archive" / start
+    body = local.read_bytes()
+    local.unlink()
+    try:
+        ran = run(cluster, audit, "--drill", "--to", stamp(noted))
+        assert ran.code == 0, ran.stdout + ran.stderr
+        assert steps(ran)["checks"]["data"]["rows"] == {"items": 125}, "rows up to the target, none after"
+        assert not local.exists(), "the drill fetched into its own pg_wal/, not into the archive"
+        assert steps(ran)["facts"]["data"]["backup"] == newest_backup
+        s3 = pglab.s3()
+        s3.delete_object(Bucket=pglab.BUCKET, Key=S3_PREFIX + start)
+        before = state()
+        ran = run(cluster, audit, "--drill", "--to", stamp(noted))
+        assert ran.code == 1 and f"WAL segment {start} is missing" in ran.host("db1")["message"], ran.stdout
+        assert state() == before
+    finally:
+        local.write_bytes(body)
+        pglab.s3().put_object(Bucket=pglab.BUCKET, Key=S3_PREFIX + start, Body=body)
+
+
 def test_damage_then_restore_to_the_noted_time(cluster: Path, audit: Path) -> None:
     sql(
         "create table keepme (x int); insert into keepme values (42); "
-        "insert into items select g, 'later' from generate_series(121, 150) g",
+        "insert into items select g, 'later' from generate_series(127, 150) g",
         db="shop",
     )
     time.sleep(1.1)
