@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from lab import hosts as labhosts
 from tests import labkit, pglab
@@ -285,6 +286,22 @@ def test_drill_restores_and_removes_it(cluster: Path, audit: Path, tmp_path: Pat
     assert not any(n.startswith("00000002") for n in archived()), "the drill archived nothing"
 
 
+def test_base_backup_makes_one_restore_pitr_uses(cluster: Path, audit: Path) -> None:
+    ran = labkit.inv(
+        "base-backup", "--host", "db1", "--json", audit=audit, inventory=cluster, env=pglab.AWS_ENV
+    )
+    assert ran.code == 0, ran.stdout + ran.stderr
+    made = {s["step"]: s for s in ran.host("db1")["steps"]}
+    assert made["verify"]["status"] == "ok", made
+    newest = sorted(p for p in (HERE / "base").iterdir())[-1]
+    assert sorted(p.name for p in newest.iterdir()) == ["backup_manifest", "base.tar"]
+    assert not [p for p in (HERE / "base").iterdir() if p.name.startswith(".")], "no partial folder left"
+    switch_wal()
+    ran = run(cluster, audit, "--drill")
+    assert ran.code == 0, ran.stdout + ran.stderr
+    assert steps(ran)["facts"]["data"]["backup"] == newest.name
+
+
 def test_a_segment_only_in_s3_is_fetched_from_there(cluster: Path, audit: Path) -> None:
     """A segment the local archive lost (e.g. to wal-cleanup) but S3 holds: the restore_command
     fetches it with curl (credentials from the 0600 file). Missing from both: refused."""
@@ -295,7 +312,7 @@ def test_a_segment_only_in_s3_is_fetched_from_there(cluster: Path, audit: Path) 
     sql("insert into items values (126, 'after')", db="shop")
     switch_wal()
     newest_backup = sorted((HERE / "base").iterdir())[-1].name
-    history = next(n for n in archived() if n.endswith(".backup"))
+    history = sorted(n for n in archived() if n.endswith(".backup"))[-1]
     start = history[:24]
     local = HERE / "archive" / start
     body = local.read_bytes()
@@ -315,6 +332,27 @@ def test_a_segment_only_in_s3_is_fetched_from_there(cluster: Path, audit: Path) 
     finally:
         local.write_bytes(body)
         pglab.s3().put_object(Bucket=pglab.BUCKET, Key=S3_PREFIX + start, Body=body)
+
+
+def test_a_restore_that_fails_its_checks_leaves_the_cluster_alone(cluster: Path, audit: Path) -> None:
+    data = yaml.safe_load(cluster.read_text())
+    data["all"]["children"]["db"]["hosts"]["db1"]["pitr_check_tables"] = {"items": 100000}
+    strict = cluster.with_name("strict.yml")
+    strict.write_text(yaml.safe_dump(data))
+    time.sleep(1.1)
+    noted = time.time()
+    time.sleep(1.1)
+    sql("select 1 from items limit 0; create table walmark (x int); drop table walmark", db="shop")
+    switch_wal()
+    before = state()
+    ran = run(strict, audit, "--to", stamp(noted), "--yes")
+    assert ran.code == 1, ran.stdout + ran.stderr
+    done = steps(ran)
+    assert "fewer than the minimum 100000" in done["checks"]["message"], done["checks"]
+    assert done["cleanup"]["status"] == "ok" and "switch" not in done
+    assert state() == before, "the restore is removed and the cluster not touched"
+    metrics = (cluster.parent.parent / "pitr.prom").read_text()
+    assert 'restore_pitr_success{restore_host="db1",mode="switch"} 0' in metrics
 
 
 def test_damage_then_restore_to_the_noted_time(cluster: Path, audit: Path) -> None:

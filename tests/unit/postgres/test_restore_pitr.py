@@ -250,3 +250,30 @@ def test_only_a_drill_runs_from_cron_and_a_switch_needs_a_target(monkeypatch: py
     with pytest.raises(UsageError, match="from cron, give --drill"):
         RestorePitr(to=1.0, yes=True)
     assert RestorePitr(drill=True).drill
+
+
+def test_judge_the_promoted_server() -> None:
+    """What the verification accepts: out of recovery, the expected timeline, the last replayed
+    commit at or before the target and the next one (where the log says it stopped) after it."""
+    target = utc("2026-12-01 19:09:16.229397")
+    good = {"in_recovery": False, "timeline": 3, "replayed_at": utc("2026-12-01 19:09:15.124094")}
+    problems, message = pitr_host.judge(good, RECOVERY_LOG, target, expected=3)
+    assert problems == []
+    assert message == (
+        "promoted on timeline 3; last replayed commit 2026-12-01 19:09:15.124094+00, stopped "
+        "before the commit at 2026-12-01 19:09:17.349633+00 (target 2026-12-01 19:09:16.229397+00)"
+    )
+    assert pitr_host.judge({**good, "timeline": 2}, RECOVERY_LOG, target, 3)[0] == [
+        "it is on timeline 2, expected 3"
+    ]
+    assert (
+        pitr_host.judge({**good, "in_recovery": True}, RECOVERY_LOG, target, 3)[0][0]
+        == "it is still in recovery"
+    )
+    # Replayed everything and promoted without reaching the target (WAL-G #978's silent no-op):
+    no_stop = "LOG:  redo done at 0/6008CB8\nLOG:  selected new timeline ID: 3\n"
+    assert pitr_host.judge(good, no_stop, target, 3)[0] == ["its log says no recovery target was reached"]
+    late = {**good, "replayed_at": target + 1}
+    assert "is after the target" in pitr_host.judge(late, RECOVERY_LOG, target, 3)[0][0]
+    assert "not after the target" in pitr_host.judge(good, RECOVERY_LOG, utc("2026-12-01 19:09:18"), 3)[0][0]
+    assert pitr_host.judge(good, no_stop, None, 3)[0] == [], "to the archive's end: no stop line expected"
