@@ -181,3 +181,37 @@ def check_percent(value: object, flag: str) -> float:
     if not 0 <= number <= 100:
         raise UsageError(f"{flag} {value!r}: give a percentage from 0 to 100")
     return number
+
+
+# A point in time given on the command line (--to): a date, a time, and an explicit UTC offset. A
+# time without an offset means different instants on the controller, the host and the database
+# server, so it is refused rather than guessed.
+_TIMESTAMP = re.compile(
+    r"^(\d{4}-\d{2}-\d{2})[ T](\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?)\s*(Z|UTC|[+-]\d{2}(?::?\d{2})?)$"
+)
+TIMESTAMP_HINT = (
+    "give a date, a time and an explicit UTC offset, e.g. '2024-01-15 14:30:00+03' or '2024-01-15T11:30:00Z'"
+)
+
+
+def parse_timestamp(text: object, flag: str) -> float:
+    """Unix time of `2024-01-15 14:30:00+03` (also `…T…`, seconds optional, fractions up to
+    microseconds, `Z`/`UTC`/`+HH`/`+HHMM`/`+HH:MM`); UsageError for anything else."""
+    value = str(text).strip()
+    match = _TIMESTAMP.match(value)
+    if match is None:
+        missing = re.match(r"^\d{4}-\d{2}-\d{2}[ T][\d:.]+$", value)
+        why = "no UTC offset; " if missing else ""
+        raise UsageError(f"{flag} {shown(text)}: {why}{TIMESTAMP_HINT}")
+    day, clock, zone = match.groups()
+    offset = "+00:00" if zone in ("Z", "UTC") else zone
+    if len(offset) == 3:
+        offset += ":00"
+    elif ":" not in offset:
+        offset = f"{offset[:3]}:{offset[3:]}"
+    if abs(int(offset[1:3])) > 15:
+        raise UsageError(f"{flag} {shown(text)}: UTC offset {zone} is out of range; {TIMESTAMP_HINT}")
+    try:
+        return dt.datetime.fromisoformat(f"{day}T{clock}{offset}").timestamp()
+    except ValueError as exc:
+        raise UsageError(f"{flag} {shown(text)}: {exc}; {TIMESTAMP_HINT}") from None

@@ -570,7 +570,8 @@ def test_bad_inventory_path_is_bad_input() -> None:
 
 def test_cron_safe_tasks_come_from_the_registry() -> None:
     """install-cron schedules the classes that say `cron_safe = True`; the refusal lists them."""
-    wanted = {"restore-test", "backup-check", "wal-cleanup", "ensure-healthy", "health", "unblock-expired"}
+    wanted = {"restore-test", "backup-check", "wal-cleanup", "ensure-healthy", "health", "unblock-expired",
+              "restore-pitr", "base-backup"}
     assert set(cron.cron_safe_tasks()) == wanted
     with pytest.raises(UsageError) as caught:
         cron.InstallCron("restart-api", "@daily", inventory="/i.yml")

@@ -1,0 +1,520 @@
+"""restore-pitr: point-in-time recovery from a local base backup and the archived WAL.
+
+facts   one round trip to the db host: the WAL archive (`wal_archive_dir`: names, sizes, mtimes,
+        the base backup and timeline history files), the base backups under
+        `basebackup_local_dir` (one folder each: `pg_basebackup -Ft -X none`, base.tar[.gz] and
+        backup_manifest) and the server's settings; a second one for the free space beside the
+        data directory and whether the spare port is taken;
+decide  pure (facts.pitr): the newest base backup that *ended* before the target (refused when
+        none did, naming the oldest); every WAL segment from its start to the first one archived
+        at or after the target, along the target timeline's history; a target past the archive's
+        end, a missing segment or history file refuse with nothing changed;
+apply   unpack the backup into a new data directory beside the old one, recovery settings in its
+        postgresql.auto.conf (restore_command from the archive, recovery_target_time in UTC,
+        promote, the timeline; archiving off in a drill, held before a switch), start it on the
+        spare port (socket only) and wait until it promoted; then verify it (out of recovery, on
+        the expected new timeline, the last replayed commit at or before the target and the
+        recovery stopped before the next one, the configured tables and row minimums); then
+        switch the data directory (the old one renamed `DATA.pre-pitr-STAMP`, kept) or, in a
+        drill, stop it and remove it;
+verify  the cluster answers on its own port from the new directory, out of recovery, on the new
+        timeline.
+
+A failed restore stops the restored server and removes its directory: the cluster is not touched.
+Each applied run writes JSON and Prometheus metrics (`restore_pitr_*`) on the controller.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar
+
+from remediations.actions import pitr_host as hostside
+from remediations.actions.drill_report import previous_success, write_atomically
+from remediations.actions.pitr_report import metrics_text
+from remediations.core import interrupt
+from remediations.core.args import Arg, args
+from remediations.core.context import HostContext
+from remediations.core.errors import HostError, UsageError
+from remediations.core.inventory import Host
+from remediations.core.plan import Change, Plan
+from remediations.core.remediation import Remediation
+from remediations.core.results import Status
+from remediations.facts import pitr
+from remediations.facts.postgres import (
+    PgTarget,
+    human_bytes,
+    must_ok,
+    parse_sections,
+    script,
+)
+from remediations.postgres import restore_drill
+from remediations.postgres.pitr_settings import Settings, settings, target_time
+from remediations.reporting.cronlog import RUN_ID_ENV
+
+NOTHING = "nothing changed"
+
+
+@dataclass
+class Restore:
+    """What gather decided on, and what the run made as it went."""
+
+    conf: Settings
+    pg: PgTarget
+    lay: hostside.Layout
+    backup: pitr.BaseBackup
+    wal: pitr.WalRange
+    target: float | None
+    timeline: int  # recovery_target_timeline
+    expected: int  # the timeline the promotion makes
+    report: dict[str, Any] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+    made: bool = False  # the new directory exists
+
+    @property
+    def target_text(self) -> str:
+        return pitr.iso(self.target) if self.target is not None else "the end of the archive"
+
+
+def refuse(why: str) -> HostError:
+    return HostError(f"{why}; {NOTHING}")
+
+
+class RestorePitr(Remediation):
+    """Point-in-time recovery: restore a base backup into a new data directory, replay the archived
+    WAL up to --to, verify, then switch the cluster to it (the old data directory is kept).
+
+    --to is a date, a time and an explicit UTC offset ('2024-01-15 14:30:00+03'). The base backup is
+    the newest one under basebackup_local_dir that ended before the target; every WAL segment from
+    its start to the target must be in wal_archive_dir, else the run refuses with nothing changed.
+    The restore runs on pitr_spare_port (default postgres_port + 1) and must promote on the expected
+    timeline with its last replayed commit at or before the target and pitr_check_tables holding
+    their minimum rows (in pitr_check_database) before the switch. A switch needs --yes or the host
+    name typed at the prompt. --drill restores and verifies, then removes the restore: the
+    production cluster is not touched (without --to: to the archive's end; cron-safe). Writes JSON
+    (restore_pitr_json) and Prometheus metrics (restore_pitr_metrics) of every applied run.
+    """
+
+    task: ClassVar[str] = "restore-pitr"
+    cron_safe: ClassVar[bool] = True  # the --drill form only: a switch refuses to run from cron
+    params = args(
+        Arg(
+            "to",
+            "the point in time to recover to, with an explicit UTC offset",
+            parse=target_time,
+            example="'2024-01-15 14:30:00+03'",
+        ),
+        Arg(
+            "drill",
+            kind="flag",
+            help="restore and verify on the spare port, then remove it; the cluster is not touched",
+        ),
+        Arg("yes", kind="flag", help="switch without asking (else type the host name at the prompt)"),
+    )
+    required_vars: ClassVar[tuple[str, ...]] = ("wal_archive_dir", "basebackup_local_dir")
+    default_serial: ClassVar[int | None] = 1
+
+    def __init__(self, to: float | None = None, drill: bool = False, yes: bool = False) -> None:
+        if to is None and not drill:
+            raise UsageError(
+                "--to is required: the point in time to recover to, e.g. --to '2024-01-15 "
+                "14:30:00+03' (only --drill may leave it out: then it recovers to the archive's end)"
+            )
+        if not drill and os.environ.get(RUN_ID_ENV):
+            raise UsageError(
+                "restore-pitr switches a cluster only when a person runs it: from cron, give --drill"
+            )
+        self.to, self.drill, self.yes = to, drill, yes
+
+    def validate(self, host: Host) -> None:
+        super().validate(host)
+        settings(host)
+
+    def deadline(self, host: Host) -> float:
+        configured = host.get("run_deadline")
+        return float(configured) if configured is not None else settings(host).recovery_timeout + 1800
+
+    # ---------------------------------------------------------------------------------- gather
+
+    def gather(self, ctx: HostContext) -> Restore:
+        conf, pg = settings(ctx.host), PgTarget.from_host(ctx.host)
+        with ctx.step("facts") as step:
+            credentials = conf.s3.credentials_file if conf.s3 else ""
+            command = pitr.facts_command(conf.archive_dir, conf.base_dir, pg, credentials)
+            result = ctx.remote.run(command, stdin=pitr.PG_SQL.encode(), timeout=120)
+            if "@@pg" not in result.stdout:
+                raise HostError(f"gathering facts failed (exit {result.exit_code}): {result.tail()}", result)
+            facts = pitr.parse_facts(parse_sections(result.stdout))
+            plan = self._choose(ctx, conf, pg, facts)
+            step.done(
+                Status.OK,
+                self._describe(plan),
+                backup=plan.backup.folder,
+                wal_first=plan.wal.first,
+                wal_last=plan.wal.last,
+                segments=plan.wal.count,
+                timeline=plan.timeline,
+                new_timeline=plan.expected,
+                target=plan.target_text,
+                new_dir=plan.lay.new_dir,
+            )
+        return plan
+
+    def _choose(self, ctx: HostContext, conf: Settings, pg: PgTarget, facts: pitr.PitrFacts) -> Restore:
+        """The backup, the WAL and the directories; a HostError (nothing changed) for what refuses."""
+        server = facts.server
+        if facts.archive_missing:
+            raise refuse(f"the WAL archive {conf.archive_dir} does not exist on the host")
+        if server.error:
+            raise refuse(
+                f"PostgreSQL on port {pg.port} does not answer ({server.error}): restore-pitr needs the "
+                "cluster's settings from it"
+            )
+        if server.in_recovery:
+            raise refuse(f"the server on port {pg.port} is in recovery (a standby): restore its primary")
+        data_dir = server.data_directory.rstrip("/")
+        if not server.config_file.startswith(data_dir + "/"):
+            raise refuse(
+                f"config_file {server.config_file} is outside the data directory {data_dir}: "
+                "restore-pitr switches clusters whose configuration lives in their data directory"
+            )
+        timeline = server.timeline or max([1, *facts.timelines])
+        path = pitr.timeline_path(timeline, facts.timelines)
+        if isinstance(path, str):
+            raise refuse(path)
+        backups = pitr.match_backups(facts.folders, facts.histories)
+        if facts.base_missing or not backups:
+            raise refuse(f"no base backup under {conf.base_dir} (make one: pg_basebackup -Ft -X none -D DIR)")
+        choice = pitr.choose_backup(backups, self.to)
+        if choice.backup is None or choice.backup.history is None:
+            raise refuse(choice.refused)
+        backup, history = choice.backup, choice.backup.history
+        if history.timeline not in [s.timeline for s in path]:
+            raise refuse(
+                f"base backup {backup.folder} is on timeline {history.timeline}, not in the history "
+                f"of timeline {timeline}"
+            )
+        wal = pitr.wal_range(history.start_lsn, path, self._segments(ctx, conf, facts), self.to)
+        if wal.refused:
+            raise refuse(wal.refused)
+        if self.to is not None and self.to > time.time() + 60:
+            raise refuse(f"the target {pitr.iso(self.to)} is in the future")
+        lay = hostside.layout(pg, data_dir, server.socket_dir, conf.spare_port, dt.datetime.now(dt.UTC))
+        probe = ctx.remote.run(hostside.probe_command(lay, os.path.dirname(data_dir)), timeout=60)
+        free, taken = hostside.parse_probe(probe.stdout)
+        if taken:
+            raise refuse(
+                f"pitr_spare_port {conf.spare_port} is taken (a socket in {lay.socket_dir}): set another"
+            )
+        needed = max(server.bytes, float(backup.size)) * 1.1
+        if free is not None and free < needed:
+            raise refuse(
+                f"{human_bytes(free)} free beside {data_dir}, the restore needs about {human_bytes(needed)}"
+            )
+        return Restore(
+            conf, pg, lay, backup, wal, self.to, timeline, pitr.expected_timeline(timeline, facts.timelines)
+        )
+
+    @staticmethod
+    def _segments(ctx: HostContext, conf: Settings, facts: pitr.PitrFacts) -> dict[str, pitr.Segment]:
+        """The archive's segments, with those only S3 holds (when configured: the restore_command
+        fetches them from there)."""
+        if conf.s3 is None:
+            return facts.segments
+        mode, _, owner = facts.credentials.partition(" ")
+        user = PgTarget.from_host(ctx.host).os_user
+        if not mode:
+            raise refuse(f"pitr_s3_credentials_file {conf.s3.credentials_file} does not exist on the host")
+        if owner != user:
+            raise refuse(
+                f"pitr_s3_credentials_file {conf.s3.credentials_file} belongs to {owner}, not {user}"
+            )
+        if mode not in ("600", "400"):
+            raise refuse(f"pitr_s3_credentials_file {conf.s3.credentials_file} has mode {mode}: make it 0600")
+        from remediations.actions.s3client import S3Store
+
+        store = S3Store(ctx.host.vars)
+        for secret in store.secrets:
+            ctx.redactor.add_value(secret)
+        merged = dict(facts.segments)
+        for found in store.list(conf.s3_bucket, conf.s3_prefix):
+            name = found.key[len(conf.s3_prefix) :]
+            if pitr.SEGMENT_RE.match(name) and name not in merged:
+                merged[name] = pitr.Segment(found.size, found.modified.timestamp())
+        return merged
+
+    @staticmethod
+    def _describe(plan: Restore) -> str:
+        history = plan.backup.history
+        ended = pitr.iso(history.ended) if history else "?"
+        return (
+            f"base backup {plan.backup.folder} ({plan.backup.tar}, {human_bytes(plan.backup.size)}, ended "
+            f"{ended}); WAL {plan.wal.first} … {plan.wal.last} ({plan.wal.count} segment(s), all archived; "
+            f"archive ends at {plan.wal.archive_end}); target {plan.target_text} on timeline "
+            f"{plan.timeline}, the restore makes timeline {plan.expected}"
+        )
+
+    # ---------------------------------------------------------------------------------- decide
+
+    def decide(self, ctx: HostContext, facts: Restore) -> Plan:
+        lay = facts.lay
+        restore = Change(
+            "restore",
+            f"restore {facts.backup.folder} into {lay.new_dir}, recover on port "
+            f"{lay.spare_port} to {facts.target_text} and verify it",
+            lambda ctx: self._restore(ctx, facts),
+            own_steps=True,
+            commands=(hostside.restore_script(lay, self._tar(facts)),),
+        )
+        if self.drill:
+            end = Change(
+                "drill",
+                f"then remove {lay.new_dir}; the cluster in {lay.data_dir} is not touched",
+                lambda ctx: self._drill_end(ctx, facts),
+                own_steps=True,
+            )
+        else:
+            end = Change(
+                "switch",
+                f"then switch the cluster to it: {lay.data_dir} kept as {lay.kept_dir}, "
+                f"{lay.new_dir} becomes {lay.data_dir}",
+                lambda ctx: self._switch(ctx, facts),
+                own_steps=True,
+                commands=(self._switch_text(facts),),
+            )
+        return Plan.of(restore, end, check_step="decide")
+
+    @staticmethod
+    def _tar(facts: Restore) -> str:
+        return f"{facts.conf.base_dir}/{facts.backup.folder}/{facts.backup.tar}"
+
+    def _switch_text(self, facts: Restore) -> str:
+        lay, conf = facts.lay, facts.conf
+        start = conf.start_command or hostside.default_start(
+            lay, conf.log_file or f"{lay.data_dir}.server.log"
+        )
+        return hostside.switch_script(lay, start, conf.stop_command or hostside.default_stop(lay))
+
+    # ----------------------------------------------------------------------------------- apply
+
+    def _confirm(self, ctx: HostContext) -> None:
+        if self.drill or self.yes:
+            return
+        if not sys.stdin.isatty():
+            raise refuse("a switch needs --yes (or run it from a terminal and type the host name)")
+        answer = input(
+            f"restore-pitr replaces the data of {ctx.host.name}'s cluster; type {ctx.host.name} to go on: "
+        )
+        if answer.strip() != ctx.host.name:
+            raise refuse("not confirmed")
+
+    def _restore(self, ctx: HostContext, facts: Restore) -> None:
+        """Unpack, recover, verify; on any failure the restore is removed and the cluster untouched."""
+        facts.report.update(self._new_report(ctx, facts))
+        with ctx.step("confirm") as step:
+            self._confirm(ctx)
+            step.done(Status.OK, "drill: the cluster is not touched" if self.drill else "switch confirmed")
+        try:
+            with self._phase(ctx, facts, "restore") as step:
+                result = ctx.remote.run(
+                    hostside.restore_script(facts.lay, self._tar(facts)),
+                    timeout=6 * 3600,
+                    stdin=self._overrides(facts).encode(),
+                )
+                facts.made = result.exit_code != 65
+                must_ok(result, f"unpacking {facts.backup.folder} into {facts.lay.new_dir}")
+                step.done(
+                    Status.CHANGED,
+                    f"unpacked {facts.backup.folder} into {facts.lay.new_dir}; recovery "
+                    f"started on port {facts.lay.spare_port}",
+                )
+            with self._phase(ctx, facts, "recover") as step:
+                step.done(Status.OK, self._recover(ctx, facts))
+            with self._phase(ctx, facts, "checks") as step:
+                outcome = self._checks(ctx, facts)
+                facts.report["rows"] = outcome.rows
+                if not outcome.ok:
+                    raise HostError(outcome.summary(facts.conf.checks))
+                step.done(Status.OK, outcome.summary(facts.conf.checks), rows=outcome.rows)
+        except BaseException as exc:
+            facts.report["error"] = str(exc) or type(exc).__name__
+            with interrupt.shielded():
+                if facts.made:
+                    self._remove(ctx, facts, "the restore failed: removed")
+                self._finish(ctx, facts)
+            raise
+
+    def _overrides(self, facts: Restore) -> str:
+        target = pitr.iso(facts.target) if facts.target is not None else ""
+        return hostside.overrides(
+            facts.conf.archive_dir, target, facts.timeline, facts.lay.spare_port, self.drill, facts.conf.s3
+        )
+
+    def _recover(self, ctx: HostContext, facts: Restore) -> str:
+        """Wait for the promotion, then judge it; the step's message."""
+        lay = facts.lay
+        result = ctx.remote.run(
+            hostside.wait_script(lay, facts.conf.recovery_timeout), timeout=facts.conf.recovery_timeout + 120
+        )
+        sections = {s.name: s for s in parse_sections(result.stdout)}
+        log = sections["log"].body if "log" in sections else ""
+        if "promoted" not in sections:
+            how = (
+                "stopped"
+                if "died" in sections
+                else f"is still in recovery after {facts.conf.recovery_timeout:g}s"
+            )
+            raise HostError(
+                f"the restored server {how}; its log: {' | '.join(log.strip().splitlines()[-3:])}"
+            )
+        spare = replace(facts.pg, port=lay.spare_port, socket_dir=lay.socket_dir)
+        state = json.loads(
+            self._psql(ctx, spare, hostside.VERIFY_SQL, "asking the restored server").splitlines()[-1]
+        )
+        return self._judge(facts, state, log)
+
+    @staticmethod
+    def _judge(facts: Restore, state: dict[str, Any], log: str) -> str:
+        problems, message = hostside.judge(state, log, facts.target, facts.expected)
+        facts.report.update(
+            timeline=state.get("timeline"),
+            replayed_at=state.get("replayed_at"),
+            stopped_before=hostside.stopped_at(log)[1],
+        )
+        if problems:
+            raise HostError("the restored server is not what was asked for: " + "; ".join(problems))
+        return message
+
+    def _checks(self, ctx: HostContext, facts: Restore) -> restore_drill.CheckOutcome:
+        checks, database = facts.conf.checks, facts.conf.check_database
+        spare = replace(facts.pg, port=facts.lay.spare_port, socket_dir=facts.lay.socket_dir)
+        exists = json.loads(
+            self._psql(ctx, spare, restore_drill.existence_sql(list(checks.tables), ""), "checks", database)
+        )
+        present = [t for t in checks.tables if exists.get(f"t:{t}")]
+        measured = json.loads(
+            self._psql(ctx, spare, restore_drill.measure_sql(present, None), "counting rows", database)
+        )
+        return restore_drill.evaluate(checks, exists, measured)
+
+    @staticmethod
+    def _psql(ctx: HostContext, pg: PgTarget, sql: str, what: str, database: str = "postgres") -> str:
+        result = ctx.remote.run(script(pg.psql(database)), stdin=sql.encode(), timeout=600)
+        return must_ok(result, what).stdout.strip()
+
+    def _remove(self, ctx: HostContext, facts: Restore, message: str) -> None:
+        with ctx.step("cleanup") as step:
+            must_ok(
+                ctx.remote.run(hostside.cleanup_script(facts.lay), timeout=600),
+                f"removing {facts.lay.new_dir}",
+            )
+            facts.made = False
+            step.done(
+                Status.OK,
+                f"{message} {facts.lay.new_dir}; the cluster in {facts.lay.data_dir} was not touched",
+            )
+
+    def _drill_end(self, ctx: HostContext, facts: Restore) -> None:
+        try:
+            self._remove(ctx, facts, "drill passed: removed")
+            facts.report["success"] = True
+        finally:
+            self._finish(ctx, facts)
+
+    def _switch(self, ctx: HostContext, facts: Restore) -> None:
+        try:
+            with self._phase(ctx, facts, "switch") as step:
+                result = ctx.remote.run(self._switch_text(facts), timeout=900)
+                out = result.stdout
+                if "@@switched" not in out:
+                    facts.made = "@@moved" not in out  # before the rename the restore is still there
+                    back = "; the old data directory was put back and started" if "@@rollback" in out else ""
+                    raise HostError(
+                        f"the switch failed (exit {result.exit_code}): {result.tail(3)}{back}", result
+                    )
+                facts.made = False
+                step.done(
+                    Status.CHANGED,
+                    f"{facts.lay.data_dir} now holds the data as of {facts.target_text}; "
+                    f"the old data directory is kept as {facts.lay.kept_dir}",
+                )
+            facts.report["success"] = True
+        except BaseException as exc:
+            facts.report["error"] = str(exc) or type(exc).__name__
+            raise
+        finally:
+            self._finish(ctx, facts)
+
+    # ---------------------------------------------------------------------------------- verify
+
+    def verify(self, ctx: HostContext, facts: Restore, plan: Plan) -> None:
+        """After a switch: the cluster answers on its port from its data directory, out of recovery,
+        on the new timeline."""
+        if self.drill:
+            return
+        with ctx.step("verify") as step:
+            state = json.loads(
+                self._psql(ctx, facts.pg, hostside.VERIFY_SQL, "asking the cluster").splitlines()[-1]
+            )
+            if state.get("in_recovery") or state.get("timeline") != facts.expected:
+                raise HostError(
+                    f"the cluster answers but is in recovery or on timeline {state.get('timeline')}, "
+                    f"expected {facts.expected}"
+                )
+            step.done(
+                Status.OK,
+                f"the cluster answers on port {facts.pg.port} from {state.get('data_directory')}, "
+                f"on timeline {facts.expected}",
+            )
+
+    # --------------------------------------------------------------------------------- reports
+
+    def _new_report(self, ctx: HostContext, facts: Restore) -> dict[str, Any]:
+        return {
+            "host": ctx.host.name,
+            "drill": self.drill,
+            "target": facts.target_text,
+            "backup": facts.backup.folder,
+            "wal_first": facts.wal.first,
+            "wal_last": facts.wal.last,
+            "segments": facts.wal.count,
+            "target_epoch": facts.target,
+            "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "success": False,
+            "phases": {},
+            "rows": {},
+            "error": "",
+        }
+
+    def _phase(self, ctx: HostContext, facts: Restore, name: str) -> Any:
+        from contextlib import contextmanager
+
+        @contextmanager
+        def timed() -> Any:
+            start = time.monotonic()
+            try:
+                with ctx.step(name) as step:
+                    yield step
+            finally:
+                facts.report["phases"][name] = round(time.monotonic() - start, 3)
+
+        return timed()
+
+    def _finish(self, ctx: HostContext, facts: Restore) -> None:
+        conf, report = facts.conf, facts.report
+        report["duration_seconds"] = round(time.monotonic() - facts.started, 3)
+        report["last_success_timestamp"] = (
+            time.time() if report["success"] else previous_success(conf.json_path)
+        )
+        try:
+            write_atomically(conf.json_path, json.dumps(report, indent=2, default=str) + "\n")
+            write_atomically(conf.metrics_path, metrics_text(ctx.host.name, report))
+        except OSError as exc:
+            ctx.record("report", Status.FAILED, f"result not written: {exc}")
+            return
+        ctx.record("report", Status.OK, f"wrote {conf.json_path} and {conf.metrics_path}")
