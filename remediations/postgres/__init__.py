@@ -7,6 +7,9 @@ here is its module plus one line below; tests/unit/core/test_task_index.py fails
 
 TASKS = {
     "backup-check": "backup_check",
+    "base-backup": "base_backup",
+    "restore-db": "restore_db",
+    "restore-pitr": "restore_pitr",
     "restore-test": "restore_drill",
     "wal-cleanup": "wal_cleanup",
 }
