@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from remediations.actions import pitr_host as hostside
+from remediations.actions.pg_checks import TABLE_RE
 from remediations.core import units
 from remediations.core.errors import UsageError
 from remediations.core.inventory import Host
@@ -73,7 +74,7 @@ def settings(host: Host) -> Settings:
             f"{where}: pitr_spare_port must be a free port number other than postgres_port, got {spare!r}"
         )
     raw = host.get("pitr_check_tables") or {}
-    if not isinstance(raw, dict) or not all(restore_drill.TABLE_RE.match(str(t)) for t in raw):
+    if not isinstance(raw, dict) or not all(TABLE_RE.match(str(t)) for t in raw):
         raise UsageError(f"{where}: pitr_check_tables must map [schema.]table names to minimum row counts")
     try:
         tables = {str(t): int(n or 0) for t, n in raw.items()}

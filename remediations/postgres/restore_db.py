@@ -34,15 +34,7 @@ from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 from remediations.actions import remote_write, writers
-from remediations.actions.pg_checks import (
-    CheckOutcome,
-    choose_dump,
-    evaluate,
-    existence_sql,
-    measure_sql,
-    stoppable,
-    stream_into,
-)
+from remediations.actions.pg_checks import choose_dump, stoppable, stream_into
 from remediations.core import interrupt, validate
 from remediations.core.args import Arg, args
 from remediations.core.context import HostContext
@@ -51,6 +43,7 @@ from remediations.core.inventory import Host, Inventory
 from remediations.core.plan import Change, Plan
 from remediations.core.remediation import Remediation
 from remediations.core.results import Status
+from remediations.facts.drill import CheckOutcome, checks_sql, evaluate, split
 from remediations.facts.postgres import PgTarget, human_bytes, must_ok, script
 from remediations.facts.sections import parse_sections
 from remediations.postgres import restore_db_plan as plan
@@ -225,12 +218,8 @@ class RestoreDb(Remediation):
 
     def _count(self, ctx: HostContext, pg: PgTarget, conf: plan.Settings, database: str) -> CheckOutcome:
         """The checks of restore-test on `database`: tables, row minimums, freshness."""
-        exists = json.loads(
-            self._psql(ctx, pg, existence_sql(list(conf.tables), conf.freshness), "checks", database)
-        )
-        present = [t for t in conf.tables if exists.get(f"t:{t}")]
-        fresh = conf.freshness if exists.get(f"c:{conf.freshness}") else None
-        measured = json.loads(self._psql(ctx, pg, measure_sql(present, fresh), "counting rows", database))
+        answer = self._psql(ctx, pg, checks_sql(list(conf.tables), conf.freshness), "checks", database)
+        exists, measured = split(json.loads(answer))
         return evaluate(conf, exists, measured)
 
     def _count_quietly(self, ctx: HostContext, pg: PgTarget, conf: plan.Settings) -> CheckOutcome | None:

@@ -45,7 +45,7 @@ from typing import Any, ClassVar
 
 from remediations.actions import drill_fetch
 from remediations.actions.drill_report import metrics_text, previous_success, write_atomically
-from remediations.actions.pg_checks import COLUMN_RE, TABLE_RE, evaluate, existence_sql, measure_sql
+from remediations.actions.pg_checks import COLUMN_RE, TABLE_RE
 from remediations.actions.s3client import Received, S3Store
 from remediations.core import interrupt, validate
 from remediations.core.args import Arg, args

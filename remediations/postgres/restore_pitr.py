@@ -46,6 +46,7 @@ from remediations.core.plan import Change, Plan
 from remediations.core.remediation import Remediation
 from remediations.core.results import Status
 from remediations.facts import pitr
+from remediations.facts.drill import checks_sql, split
 from remediations.facts.postgres import (
     PgTarget,
     human_bytes,
@@ -393,13 +394,8 @@ class RestorePitr(Remediation):
     def _checks(self, ctx: HostContext, facts: Restore) -> restore_drill.CheckOutcome:
         checks, database = facts.conf.checks, facts.conf.check_database
         spare = replace(facts.pg, port=facts.lay.spare_port, socket_dir=facts.lay.socket_dir)
-        exists = json.loads(
-            self._psql(ctx, spare, restore_drill.existence_sql(list(checks.tables), ""), "checks", database)
-        )
-        present = [t for t in checks.tables if exists.get(f"t:{t}")]
-        measured = json.loads(
-            self._psql(ctx, spare, restore_drill.measure_sql(present, None), "counting rows", database)
-        )
+        answer = self._psql(ctx, spare, checks_sql(list(checks.tables), ""), "checks", database)
+        exists, measured = split(json.loads(answer))
         return restore_drill.evaluate(checks, exists, measured)
 
     @staticmethod
