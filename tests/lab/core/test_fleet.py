@@ -28,6 +28,7 @@ BLOCKED = "203.0.113.78"
 
 @pytest.fixture(scope="module")
 def fleet(lab: lab_mod.LabStatus) -> Iterator[list[HostSpec]]:
+    lab_mod.fleet(0)  # fresh hosts: a fleet a benchmark left keeps its hosts' firewall state
     yield lab_mod.fleet(SIZE)
     lab_mod.fleet(0)
     assert fleet_status() == (0, 0)
