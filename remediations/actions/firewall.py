@@ -35,7 +35,7 @@ Check = Callable[[FirewallFacts, str], str]  # (facts, apply output) -> "" when 
 Outcome = Callable[[FirewallFacts, str], tuple[str, dict[str, Any]]]  # the result line and its data
 
 
-def apply_command(plan: FirewallPlan, state: StatePath, flows_of: Target | None = None) -> str:
+def apply_command(plan: FirewallPlan, state: StatePath, about: Target | None = None) -> str:
     """The plan's commands under `set -e`, then the new state file from stdin, then the commands
     that need the block in place (conntrack -D), then the facts."""
     body = list(plan.commands)
@@ -47,7 +47,7 @@ def apply_command(plan: FirewallPlan, state: StatePath, flows_of: Target | None 
         [
             f"out=$(sh -c {shlex.quote(script)} 2>&1); rc=$?",
             f'echo "{MARK}apply $rc"; printf "%s\\n" "$out"',
-            facts_command(state, flows_of),
+            facts_command(state, about),
         ]
     )
 
@@ -58,11 +58,11 @@ def state_write(records: Iterable[BlockRecord], state: StatePath) -> remote_writ
 
 
 def apply(
-    remote: Remote, plan: FirewallPlan, state: StatePath, flows_of: Target | None = None
+    remote: Remote, plan: FirewallPlan, state: StatePath, about: Target | None = None
 ) -> tuple[FirewallFacts, str]:
     """The facts afterwards, and what the commands printed."""
     stdin = state_write(plan.state, state).stdin if plan.state is not None else b""
-    result = remote.run(apply_command(plan, state, flows_of), stdin=stdin, timeout=COMMAND_TIMEOUT)
+    result = remote.run(apply_command(plan, state, about), stdin=stdin, timeout=COMMAND_TIMEOUT)
     found = sections(result.stdout)
     code, output = found.get("apply", ("", result.stderr))
     if code != "0":
@@ -73,13 +73,13 @@ def apply(
     return parse_facts(result.stdout, state), output
 
 
-def read_facts(ctx: HostContext, flows_of: Target | None = None) -> FirewallFacts | None:
+def read_facts(ctx: HostContext, about: Target | None = None) -> FirewallFacts | None:
     """The "facts" step; None when the facts are not usable (the step failed and says why)."""
     with ctx.step("facts") as step:
         state = StatePath.from_host(ctx.host)
         # Under the lock the facts came with it (same round trip); in --check they are read here.
         prefetched = ctx.prefetched
-        facts = gather(ctx.remote, state, flows_of) if prefetched is None else parse_facts(prefetched, state)
+        facts = gather(ctx.remote, state, about) if prefetched is None else parse_facts(prefetched, state)
         if facts.error:
             step.done(Status.FAILED, facts.error)
             return None
@@ -98,7 +98,7 @@ def read_facts(ctx: HostContext, flows_of: Target | None = None) -> FirewallFact
 
 
 def plan_of(
-    ctx: HostContext, plan: FirewallPlan, check: Check, outcome: Outcome, flows_of: Target | None = None
+    ctx: HostContext, plan: FirewallPlan, check: Check, outcome: Outcome, about: Target | None = None
 ) -> Plan:
     """The engine's plan for a firewall plan: nothing (with the reason and notes), or one change
     (check mode: "would <changes>; <notes>" under "decide") whose apply runs the commands and checks
@@ -117,7 +117,7 @@ def plan_of(
 
     def carry_out(ctx: HostContext) -> None:
         with ctx.step("apply") as step:
-            after, output = apply(ctx.remote, plan, StatePath.from_host(ctx.host), flows_of)
+            after, output = apply(ctx.remote, plan, StatePath.from_host(ctx.host), about)
             problem = after.error or check(after, output)
             if problem:
                 raise HostError(f"ran: {done}; but afterwards: {problem}")

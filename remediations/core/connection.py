@@ -36,7 +36,7 @@ from tenacity import (
     wait_exponential,
 )
 
-from remediations.core import known_hosts
+from remediations.core import jump, known_hosts
 from remediations.core.errors import (
     CommandResult,
     ConnectionLost,
@@ -44,63 +44,34 @@ from remediations.core.errors import (
     HostError,
     HostKeyRefused,
     HostUnreachable,
-    UsageError,
 )
-from remediations.core.inventory import Host, jump_host_parts
+from remediations.core.inventory import Host
 from remediations.core.remote import (
-    CHANNEL_TIMEOUT as CHANNEL_TIMEOUT,
-)
-from remediations.core.remote import (
-    COMMAND_TIMEOUT as COMMAND_TIMEOUT,
-)
-from remediations.core.remote import (
-    CONNECT_TIMEOUT as CONNECT_TIMEOUT,
-)
-from remediations.core.remote import (
-    DEFAULT_KNOWN_HOSTS as DEFAULT_KNOWN_HOSTS,
-)
-from remediations.core.remote import (
-    KEEPALIVE_INTERVAL as KEEPALIVE_INTERVAL,
-)
-from remediations.core.remote import (
-    TIMED_OUT as TIMED_OUT,
-)
-from remediations.core.remote import (
-    Guard as Guard,
-)
-from remediations.core.remote import (
-    LocalProcess as LocalProcess,
-)
-from remediations.core.remote import (
-    LocalRemote as LocalRemote,
-)
-from remediations.core.remote import (
-    Process as Process,
-)
-from remediations.core.remote import (
-    Remote as Remote,
-)
-from remediations.core.remote import (
-    must as must,
-)
-from remediations.core.remote import (
-    take_line as take_line,
-)
-from remediations.core.remote import (
-    wrap_become as wrap_become,
+    CHANNEL_TIMEOUT,
+    COMMAND_TIMEOUT,
+    CONNECT_TIMEOUT,
+    DEFAULT_KNOWN_HOSTS,
+    KEEPALIVE_INTERVAL,
+    TIMED_OUT,
+    Guard,
+    Lines,
+    LocalProcess,
+    LocalRemote,
+    Process,
+    Remote,
+    must,
+    wrap_become,
 )
 
 if TYPE_CHECKING:
-    from fabric import Connection
+    from fabric import Config, Connection
 
-
-
-
-
-
-
-
-
+# what the rest of the code imports from here (the protocol and the local host live in core.remote)
+__all__ = [
+    "CHANNEL_TIMEOUT", "COMMAND_TIMEOUT", "CONNECT_TIMEOUT", "DEFAULT_KNOWN_HOSTS", "EXIT_GRACE",
+    "KEEPALIVE_INTERVAL", "TIMED_OUT", "Guard", "LocalProcess", "LocalRemote", "Process", "Remote",
+    "SSHProcess", "SSHRemote", "connect", "connect_retrying", "fingerprint", "must", "wrap_become",
+]  # fmt: skip
 
 
 def fingerprint(key: paramiko.PKey) -> str:
@@ -153,6 +124,34 @@ def connect_retrying(attempts: int = 3, max_delay: float = 20.0) -> _Retrying:
     )
 
 
+_configs: dict[tuple[object, ...], Config] = {}
+_configs_lock = threading.Lock()
+
+
+def _file_version(path: str) -> tuple[int, int, int] | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return (info.st_ino, info.st_mtime_ns, info.st_size)
+
+
+def _fabric_config() -> Config:
+    """One Fabric configuration for every connection while the SSH config files stay the same:
+    making one reads ~/.ssh/config and /etc/ssh/ssh_config and merges Invoke's defaults (deep
+    copies), a few milliseconds of the controller's CPU per host. Connections only read it."""
+    from fabric import Config
+
+    user_file = os.path.expanduser("~/.ssh/config")
+    key = (user_file, _file_version(user_file), _file_version("/etc/ssh/ssh_config"))
+    with _configs_lock:
+        config = _configs.get(key)
+        if config is None:
+            _configs.clear()
+            config = _configs[key] = Config()
+        return config
+
+
 class SSHRemote:
     """A host reached over SSH through a Fabric connection with strict host key checking."""
 
@@ -172,12 +171,13 @@ class SSHRemote:
             connect_kwargs["key_filename"] = [host.key_file]
         gateway = None
         if options.proxy_jump and not via_jump:
-            gateway = SSHRemote._jump(host, options.proxy_jump, connect_timeout)
+            gateway = jump.jump_connection(host, options.proxy_jump, connect_timeout, SSHRemote._build)
         try:
             conn = Connection(
                 host.address,
                 user=host.user,
                 port=host.port,
+                config=_fabric_config(),
                 connect_timeout=int(connect_timeout),
                 connect_kwargs=connect_kwargs,
                 gateway=gateway if gateway is not None else (False if via_jump else None),
@@ -185,58 +185,18 @@ class SSHRemote:
         except ValueError as exc:  # Fabric reading a ProxyJump of ~/.ssh/config it cannot parse
             raise HostUnreachable(f"~/.ssh/config: the SSH settings for {host.address}: {exc}") from None
         if gateway is None:
-            SSHRemote._configured_jump(host, conn, connect_timeout, via_jump)
+            jump.configured_jump(host, conn, connect_timeout, via_jump, SSHRemote._build)
         files = list(options.known_hosts_files)
         if not files:
             configured = conn.ssh_config.get("userknownhostsfile", "")
             files = [os.path.expanduser(f) for f in str(configured).split()] or [
                 os.path.expanduser(f) for f in DEFAULT_KNOWN_HOSTS
             ]
-        # parsed once per run, not per host (core.known_hosts): SSHClient has no public setter
-        conn.client._system_host_keys = known_hosts.host_keys(files)
+        known_hosts.trust(conn.client, files, conn.host, conn.port)
         conn.client.set_missing_host_key_policy(
             _StrictPolicy(host, files, options.host_key_policy == "accept-new")
         )
         return conn
-
-    @staticmethod
-    def _configured_jump(host: Host, conn: Connection, connect_timeout: float, via_jump: bool) -> None:
-        """A ProxyJump from ~/.ssh/config: Fabric would open it trusting any host key
-        (AutoAddPolicy), so it is replaced by a jump host checked like the inventory's."""
-        spec = str(conn.ssh_config.get("proxyjump", "none"))
-        if spec.lower() == "none":
-            return
-        where = f"~/.ssh/config: ProxyJump {spec} for {host.address}"
-        try:
-            hops = [jump_host_parts(hop.strip(), where)[1] for hop in spec.split(",")]
-        except UsageError as exc:
-            raise HostUnreachable(str(exc)) from None
-        if via_jump:  # the jump host's own jump: unless it is itself (`Host *`), not supported
-            if hops != [host.address]:
-                raise HostUnreachable(f"{where}: a jump host behind a jump host is not supported")
-            return
-        if len(hops) > 1:
-            raise HostUnreachable(f"{where}: several jump hosts; one jump host is supported")
-        if hops[0] == host.address:  # `Host *` naming the jump host itself
-            conn.gateway = None
-            return
-        conn.gateway = SSHRemote._jump(host, spec, connect_timeout)
-
-    @staticmethod
-    def _jump(host: Host, spec: str, connect_timeout: float) -> Connection:
-        """The jump host named by ProxyJump ([user@]host[:port]), checked as strictly as the target:
-        the same key file, the same known_hosts files and policy (the target's whole
-        `ansible_ssh_common_args`, read without its jump)."""
-        user, address, port = jump_host_parts(spec, f"{host.source}: host {host.name}")
-        jump_vars: dict[str, object] = {
-            k: v for k, v in host.vars.items()
-            if k in ("ansible_private_key_file", "ansible_ssh_private_key_file", "ansible_ssh_common_args")
-        }
-        jump_vars.update(ansible_host=address, ansible_user=user or host.user)
-        if port:
-            jump_vars["ansible_port"] = port
-        jump = Host(f"{host.name} (jump {address})", jump_vars, (), host.source)
-        return SSHRemote._build(jump, connect_timeout, via_jump=True)
 
     def open(self) -> None:
         """Connect, retrying only transient network errors, with an explicit stop. Called once: a
@@ -529,26 +489,25 @@ def _output_ended(channel: paramiko.Channel) -> bool:
 class SSHProcess:
     def __init__(self, channel: paramiko.Channel) -> None:
         self.channel = channel
-        self.buffer = b""
+        self.lines = Lines()
 
     def readline(self, timeout: float) -> str | None:
         """One line of stdout, or None on timeout or end of output."""
         deadline = time.monotonic() + timeout
-        while b"\n" not in self.buffer:
+        while not self.lines.ready:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
             if self.channel.recv_ready():
-                chunk = self.channel.recv(4096)
+                chunk = self.channel.recv(65536)
                 if not chunk:
                     break
-                self.buffer += chunk
+                self.lines.feed(chunk)
                 continue
             if _output_ended(self.channel):
                 break
             select.select([self.channel], [], [], min(remaining, 0.5))
-        line, self.buffer = take_line(self.buffer)
-        return line
+        return self.lines.pop()
 
     @property
     def ended(self) -> bool:
@@ -566,15 +525,9 @@ class SSHProcess:
         """Close stdin (the process ends on EOF) and wait for it to exit."""
         try:
             self.channel.shutdown_write()
-            deadline = time.monotonic() + timeout
-            while not self.channel.exit_status_ready() and time.monotonic() < deadline:
-                time.sleep(0.02)
+            self.channel.status_event.wait(timeout)
         finally:
             self.channel.close()
-
-
-
-
 
 
 def connect(host: Host, connect_timeout: float = CONNECT_TIMEOUT) -> SSHRemote | LocalRemote:

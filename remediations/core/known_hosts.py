@@ -1,46 +1,64 @@
-"""known_hosts files parsed once per run, not once per host.
+"""known_hosts files, each read once per version of it, and the keys they hold for one host.
 
-paramiko's `load_system_host_keys` parses a whole file, building a key object for every line, on
-every connection: a run over N hosts sharing one N-line known_hosts file did N² of that work, under
-the GIL (at 1,000 hosts, minutes of one core with every worker thread waiting). The parsed keys are
-kept per file and reused while the file's size and modification time stay the same, so a key added
-by `accept-new` (which appends to the file) is seen by the next connection.
+A run over N hosts used to parse every known_hosts file once per host (paramiko builds a key object
+for every line): O(N) work per host, O(N²) per run, the biggest cost per host on the controller at
+200 hosts. Here a file is parsed once and kept while it is unchanged (same inode, size and
+modification time: an `accept-new` append is read again), and each connection is given only the
+keys recorded for its own name, as ssh names it (`host`, or `[host]:port` off port 22). A name
+found in several files takes its key from the first file naming it, as before.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    import paramiko
+import paramiko
 
 _lock = threading.Lock()
-_parsed: dict[tuple[tuple[str, int, int], ...], paramiko.HostKeys] = {}
+_parsed: dict[str, tuple[tuple[int, int, int], paramiko.HostKeys]] = {}
+reads = 0  # how many times a file was parsed in this process (the tests count them)
 
 
-def _stamp(path: str) -> tuple[str, int, int] | None:
+def parsed(path: str) -> paramiko.HostKeys | None:
+    """The keys of one known_hosts file (None when it does not exist); parsed again only when it
+    changed. An unreadable file raises OSError, as paramiko's own loading does."""
+    global reads
     try:
-        st = os.stat(path)
-    except OSError:
+        info = os.stat(path)
+    except FileNotFoundError:
         return None
-    return (path, st.st_mtime_ns, st.st_size)
-
-
-def host_keys(paths: list[str]) -> paramiko.HostKeys:
-    """The keys of the existing files among `paths`, in order, as `load_system_host_keys` would
-    load them one after the other. Shared between connections: read it, never change it."""
-    import paramiko
-
-    stamps = tuple(s for s in (_stamp(p) for p in paths) if s is not None)
+    version = (info.st_ino, info.st_mtime_ns, info.st_size)
     with _lock:
-        keys = _parsed.get(stamps)
-        if keys is None:
-            keys = paramiko.HostKeys()
-            for path, _, _ in stamps:
-                keys.load(path)
-            if len(_parsed) > 16:  # files that keep changing: keep only the newest few
-                _parsed.clear()
-            _parsed[stamps] = keys
+        known = _parsed.get(path)
+        if known is not None and known[0] == version:
+            return known[1]
+        keys = paramiko.HostKeys()
+        keys.load(path)
+        reads += 1
+        _parsed[path] = (version, keys)
         return keys
+
+
+def key_name(hostname: str, port: int | None) -> str:
+    """The name a host's key is recorded under (what paramiko and ssh look up)."""
+    return hostname if port in (None, 22) else f"[{hostname}]:{port}"
+
+
+def trust(client: paramiko.SSHClient, files: list[str], hostname: str, port: int | None) -> int:
+    """Give `client` the keys `files` hold for hostname:port (only those); how many it got. A host
+    none of them names is left to the client's missing-key policy (refused, or accept-new)."""
+    name = key_name(hostname, port)
+    known = client.get_host_keys()
+    given = 0
+    for path in files:
+        keys = parsed(path)
+        found = keys.lookup(name) if keys is not None else None
+        if found is None:
+            continue
+        for keytype in found:
+            have = known.lookup(name)
+            if have is None or keytype not in have:
+                known.add(name, keytype, found[keytype])
+                given += 1
+    return given

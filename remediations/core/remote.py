@@ -13,6 +13,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Protocol
@@ -252,7 +253,7 @@ class LocalProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
         )
-        self.buffer = b""
+        self.lines = Lines()
 
     def readline(self, timeout: float) -> str | None:
         """One line of stdout, or None on timeout or end of output (read unbuffered: a select on a
@@ -260,7 +261,7 @@ class LocalProcess:
         assert self.proc.stdout is not None
         fd = self.proc.stdout.fileno()
         deadline = time.monotonic() + timeout
-        while b"\n" not in self.buffer:
+        while not self.lines.ready:
             remaining = deadline - time.monotonic()
             ready, _, _ = select.select([fd], [], [], max(remaining, 0))
             if not ready:
@@ -268,9 +269,8 @@ class LocalProcess:
             chunk = os.read(fd, 65536)
             if not chunk:
                 break
-            self.buffer += chunk
-        line, self.buffer = take_line(self.buffer)
-        return line
+            self.lines.feed(chunk)
+        return self.lines.pop()
 
     @property
     def ended(self) -> bool:
@@ -296,12 +296,26 @@ class LocalProcess:
             self.proc.wait()
 
 
-def take_line(buffer: bytes) -> tuple[str | None, bytes]:
-    """The first complete line of a process's output buffer (None until one arrived), and the rest."""
-    if b"\n" not in buffer:
-        return None, buffer
-    line, _, rest = buffer.partition(b"\n")
-    return line.decode(errors="replace"), rest
+class Lines:
+    """A process's output as lines, each chunk split once when it arrives: an output of thousands of
+    lines read line by line stays linear (cutting one line at a time off a buffer copies the rest of
+    it every time). A last line without its newline is never returned."""
+
+    def __init__(self) -> None:
+        self._complete: deque[str] = deque()
+        self._partial = b""
+
+    @property
+    def ready(self) -> bool:
+        return bool(self._complete)
+
+    def feed(self, chunk: bytes) -> None:
+        *complete, self._partial = (self._partial + chunk).split(b"\n")
+        self._complete.extend(line.decode(errors="replace") for line in complete)
+
+    def pop(self) -> str | None:
+        """The first complete line, or None until one arrived."""
+        return self._complete.popleft() if self._complete else None
 
 
 def must(result: CommandResult, what: str) -> CommandResult:

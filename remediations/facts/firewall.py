@@ -10,8 +10,10 @@ comment). `parse_facts` turns that into `FirewallFacts`.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import ipaddress
 import json
+import re
 import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -87,9 +89,13 @@ class DockerRule:
     spec: tuple[str, ...]  # as `iptables -S` prints it, after `-A DOCKER-USER`: what -D needs
 
 
+@functools.lru_cache(maxsize=64)
 def parse_docker_rules(text: str, v6: bool) -> tuple[DockerRule, ...]:
+    """block-ip's DROPs in `iptables -S` output (cached: hosts set up alike print the same)."""
     rules = []
     for line in text.splitlines():
+        if not line.startswith(f"-A {DOCKER_CHAIN} "):
+            continue  # another chain of the table: not split (shlex is slow)
         try:
             words = shlex.split(line)
         except ValueError:
@@ -248,39 +254,75 @@ done
 """
 
 
-def facts_command(state: StatePath, flows_of: Target | None = None) -> str:
-    """Shell text that prints every fact in marked sections; every value quoted. With `flows_of`,
-    also the number of tracked flows (conntrack) that source opened."""
+# The files the facts read, each printed under its section by one awk (below).
+UFW_FILES = (
+    ("conf", "/etc/ufw/ufw.conf"),
+    ("default", "/etc/default/ufw"),
+    ("rules4", "/etc/ufw/user.rules"),
+    ("rules6", "/etc/ufw/user6.rules"),
+)
+APPS_DIR = "/etc/ufw/applications.d"
+
+# One process prints the host's clock and every file, where `date` and a `cat` per file (sixteen on
+# a stock Ubuntu, most of them app profiles) cost about a millisecond of the host's CPU each. POSIX
+# awk: srand() seeds from the time of day and returns the previous seed, so the second call returns
+# the time in seconds; an operand `s=NAME` is an assignment made when awk reaches it, before the
+# file after it is read; consecutive files of one section (the app profiles) print one marker; every
+# line is printed with its newline (a profile without a final newline does not run into the next).
+# /dev/null last: awk never reads its stdin (the state file's bytes, in the apply step).
+_READ_FILES = (
+    """awk 'BEGIN { srand(); print "@@now " srand() } """
+    """FNR == 1 && s != last { print "@@" s; last = s } { print }' "$@" /dev/null 2>/dev/null"""
+)
+_FLOWS_SHOWN_RE = re.compile(r"(\d+) flow entries have been shown")
+
+
+def _operand(path: str) -> str:
+    """A path as an awk file operand: never read as an option or an assignment."""
+    return path if path.startswith("/") else f"./{path}"
+
+
+def _chains_read(about: Target | None) -> tuple[bool, ...]:
+    """The families whose netfilter tables the facts read (False: IPv4): both, or only IPv4 for
+    an IPv4 block (ufw's IPv4 chain also says whether ufw is active)."""
+    return (False, True) if about is None or about.v6 else (False,)
+
+
+def facts_command(state: StatePath, about: Target | None = None) -> str:
+    """Shell text that prints every fact in marked sections; every value quoted. With `about` (the
+    block a task acts on), also the number of tracked flows (conntrack) that source opened, and
+    for an IPv4 block only the IPv4 tables (see `_chains_read`).
+
+    Processes started on the host: one awk for the clock and the files, one `iptables -S` per
+    family (the whole filter table: ufw's chain and DOCKER-USER in one call), conntrack with
+    `about`; the rest are shell builtins."""
     q = shlex.quote
+    files = [f"[ -f {q(path)} ] && [ -r {q(path)} ] && set -- \"$@\" s={name} {q(_operand(path))}"
+             for name, path in (*UFW_FILES, ("state", state.file))]  # fmt: skip
+    tables = [
+        f'echo "{MARK}table{6 if v6 else 4}"; {"ip6tables" if v6 else "iptables"} -w 10 -S 2>/dev/null; '
+        f'echo "{MARK}table{6 if v6 else 4}rc $?"'
+        for v6 in _chains_read(about)
+    ]
     flows = []
-    if flows_of is not None:
-        listing = "; ".join(shlex.join(["conntrack", "-L", *f]) for f in flows_of.conntrack_filters())
-        flows = [f'[ "$ct" = yes ] && echo "{MARK}flows $({{ {listing}; }} 2>/dev/null | wc -l)"']
+    if about is not None:
+        listing = "; ".join(shlex.join(["conntrack", "-L", *f]) for f in about.conntrack_filters())
+        # conntrack says on stderr how many it listed: no `wc` needed
+        flows = [f'[ "$ct" = yes ] && {{ echo "{MARK}flows"; {{ {listing}; }} 2>&1 >/dev/null; }}']
     return "\n".join(
         [
-            f'echo "{MARK}now $(date +%s)"',
+            "set --",
+            *files,
+            f'for f in {APPS_DIR}/*; do [ -f "$f" ] && [ -r "$f" ] && set -- "$@" s=apps "$f"; done',
+            _READ_FILES,
+            f'echo "{MARK}files $?"',
             _CONNECTION_SCRIPT.strip(),
             f'echo "{MARK}ssh $conn"',
             f'if command -v ufw >/dev/null 2>&1; then echo "{MARK}ufw yes"; else echo "{MARK}ufw no"; fi',
-            f'echo "{MARK}conf"; cat /etc/ufw/ufw.conf 2>/dev/null',
-            f'echo "{MARK}default"; cat /etc/default/ufw 2>/dev/null',
-            f'echo "{MARK}rules4"; cat /etc/ufw/user.rules 2>/dev/null',
-            f'echo "{MARK}rules6"; cat /etc/ufw/user6.rules 2>/dev/null',
-            f'echo "{MARK}apps"; for f in /etc/ufw/applications.d/*; do [ -f "$f" ] && cat "$f"; echo; done',
-            *(
-                f'd=$({tool} -w 10 -S {chain} 2>/dev/null); echo "{MARK}{name} $?"; echo "$d"'
-                for tool, chain, name in (
-                    ("iptables", chain_name(False), "chain4"),
-                    ("ip6tables", chain_name(True), "chain6"),
-                    ("iptables", DOCKER_CHAIN, "docker4"),
-                    ("ip6tables", DOCKER_CHAIN, "docker6"),
-                )
-            ),
+            *tables,
             "ct=no; command -v conntrack >/dev/null 2>&1 && ct=yes",
             f'echo "{MARK}conntrack $ct"',
             *flows,
-            f"if [ -e {q(state.file)} ]; then echo '{MARK}state present'; cat {q(state.file)}; "
-            f"else echo '{MARK}state absent'; fi",
             f'echo "{MARK}end"',
         ]
     )
@@ -295,12 +337,37 @@ def _key_values(text: str) -> dict[str, str]:
     return values
 
 
+def _table(found: dict[str, tuple[str, str]], v6: bool) -> str:
+    """`iptables -S` of one family (the filter table); "" when it was not read or iptables failed."""
+    n = 6 if v6 else 4
+    if found.get(f"table{n}rc", ("1", ""))[0] != "0":
+        return ""
+    return found.get(f"table{n}", ("", ""))[1]
+
+
+def _chain_exists(text: str, chain: str) -> bool:
+    return f"-N {chain}" in text.split("\n")
+
+
+def _flows(found: dict[str, tuple[str, str]]) -> int | None:
+    if "flows" not in found:
+        return None
+    shown = _FLOWS_SHOWN_RE.findall(found["flows"][1])
+    return sum(int(n) for n in shown) if shown else None
+
+
 def parse_facts(output: str, state: StatePath) -> FirewallFacts:
     """Pure parser of `facts_command` output."""
     found = sections(output)
     if "end" not in found:
         return FirewallFacts(error="the facts command did not finish: " + output.strip()[-300:])
+    if found.get("files", ("", ""))[0] != "0":
+        return FirewallFacts(
+            error=f"reading the firewall files failed (awk exit {found.get('files', ('?', ''))[0] or '?'})"
+        )
     now_text = found.get("now", ("", ""))[0]
+    if not now_text.isdigit():
+        return FirewallFacts(error=f"the host's clock (awk srand()) gave {now_text[:40]!r}, not seconds")
     controller: Address | None = None
     ssh_port: int | None = None
     words = found.get("ssh", ("", ""))[0].split()
@@ -313,48 +380,46 @@ def parse_facts(output: str, state: StatePath) -> FirewallFacts:
             controller = controller.ipv4_mapped
         ssh_port = int(words[3]) if words[3].isdigit() else None
     records: tuple[BlockRecord, ...] = ()
-    state_arg, state_text = found.get("state", ("absent", ""))
-    if state_arg == "present":
+    if "state" in found:
         try:
-            records = parse_state(state_text)
+            records = parse_state(found["state"][1])
         except ValueError as exc:
             return FirewallFacts(
                 error=f"state file {state.file} is not what block-ip writes ({exc}); fix or remove it"
             )
-    docker4_rc, docker4_text = found.get("docker4", ("1", ""))
-    docker6_rc, docker6_text = found.get("docker6", ("1", ""))
-    chains = {}
-    for name, v6 in (("chain4", False), ("chain6", True)):
-        rc, text = found.get(name, ("1", ""))
-        chains[name] = parse_chain(text, chain_name(v6)) if rc == "0" else None
-    flows_text = found.get("flows", ("", ""))[0]
+    chains: dict[bool, tuple[ChainRule, ...] | None] = {}
+    docker: dict[bool, bool] = {}
+    docker_rules: tuple[DockerRule, ...] = ()
+    for v6 in (False, True):
+        text = _table(found, v6)
+        name = chain_name(v6)
+        chains[v6] = parse_chain(text, name) if _chain_exists(text, name) else None
+        docker[v6] = _chain_exists(text, DOCKER_CHAIN)
+        docker_rules += parse_docker_rules(text, v6=v6) if docker[v6] else ()
     return FirewallFacts(
-        now=int(now_text) if now_text.isdigit() else 0,
+        now=int(now_text),
         controller=controller,
         ssh_port=ssh_port,
         ufw_installed=found.get("ufw", ("no", ""))[0] == "yes",
-        ufw_active=chains["chain4"] is not None,  # ufw's chains are loaded only while it is active
+        ufw_active=chains[False] is not None,  # ufw's chains are loaded only while it is active
         ufw_enabled_conf=_key_values(found.get("conf", ("", ""))[1]).get("ENABLED", "").lower() == "yes",
         ipv6=_key_values(found.get("default", ("", ""))[1]).get("IPV6", "").lower() == "yes",
         rules4=parse_user_rules(found.get("rules4", ("", ""))[1], v6=False),
         rules6=parse_user_rules(found.get("rules6", ("", ""))[1], v6=True),
-        docker4=docker4_rc == "0",
-        docker6=docker6_rc == "0",
-        docker_rules=(
-            (parse_docker_rules(docker4_text, v6=False) if docker4_rc == "0" else ())
-            + (parse_docker_rules(docker6_text, v6=True) if docker6_rc == "0" else ())
-        ),
+        docker4=docker[False],
+        docker6=docker[True],
+        docker_rules=docker_rules,
         profiles=parse_app_profiles(found.get("apps", ("", ""))[1]),
-        chain4=chains["chain4"],
-        chain6=chains["chain6"],
+        chain4=chains[False],
+        chain6=chains[True],
         records=records,
         conntrack=found.get("conntrack", ("no", ""))[0] == "yes",
-        flows=int(flows_text) if flows_text.isdigit() else None,
+        flows=_flows(found),
     )
 
 
-def gather(remote: Remote, state: StatePath, flows_of: Target | None = None) -> FirewallFacts:
-    result = remote.run(facts_command(state, flows_of), timeout=COMMAND_TIMEOUT)
+def gather(remote: Remote, state: StatePath, about: Target | None = None) -> FirewallFacts:
+    result = remote.run(facts_command(state, about), timeout=COMMAND_TIMEOUT)
     if not result.ok:
         raise HostError(f"gathering firewall facts failed (exit {result.exit_code}): {result.tail()}", result)
     return parse_facts(result.stdout, state)

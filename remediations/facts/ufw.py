@@ -5,10 +5,12 @@ loaded into iptables (ufw-user-input) to verify. Never `ufw status` text. Pure p
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Protocol
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -274,6 +276,10 @@ class UfwRule:
         return " ".join(words)
 
 
+# The parsers are cached: a run over many hosts set up alike reads the same text on each of them.
+
+
+@functools.lru_cache(maxsize=64)
 def parse_user_rules(text: str, v6: bool) -> tuple[UfwRule, ...]:
     """The rule tuples ufw keeps in user.rules (or user6.rules); malformed lines skipped as ufw does."""
     rules = []
@@ -315,7 +321,8 @@ def parse_user_rules(text: str, v6: bool) -> tuple[UfwRule, ...]:
     return tuple(rules)
 
 
-def parse_app_profiles(text: str) -> dict[str, tuple[tuple[str, str], ...]]:
+@functools.lru_cache(maxsize=64)
+def parse_app_profiles(text: str) -> Profiles:
     """ufw's application profiles (the files of /etc/ufw/applications.d, one after another): name ->
     ((proto, ports), ...). `ports=80,443/tcp|53` is tcp 80,443 and 53 over any protocol."""
     profiles: dict[str, tuple[tuple[str, str], ...]] = {}
@@ -331,7 +338,7 @@ def parse_app_profiles(text: str) -> dict[str, tuple[tuple[str, str], ...]]:
                 if ports:
                     entries.append((proto.strip() or "any", ports.strip()))
             profiles[name] = tuple(entries)
-    return profiles
+    return MappingProxyType(profiles)  # shared through the cache: read-only
 
 
 class Judged(Protocol):
@@ -389,11 +396,15 @@ _VALUE_OPTIONS = frozenset(
 )  # fmt: skip
 
 
+@functools.lru_cache(maxsize=64)
 def parse_chain(text: str, chain: str) -> tuple[ChainRule, ...]:
-    """The `-A CHAIN ...` lines of `iptables -S CHAIN`, in order. What this parser does not know
+    """The `-A CHAIN ...` lines of `iptables -S [CHAIN]`, in order. What this parser does not know
     narrows the rule (matches SOME): never read as a deny of everything."""
     rules = []
+    head = f"-A {chain} "
     for line in text.splitlines():
+        if not line.startswith(head):
+            continue  # another chain of the table (`iptables -S` of all of it): not split
         try:
             words = shlex.split(line)
         except ValueError:

@@ -887,47 +887,56 @@ def test_parse_facts_from_marked_sections() -> None:
     output = "\n".join(
         [
             f"@@now {NOW}",
-            "@@ssh ::ffff:198.18.0.1 51234 198.18.0.11 22",
-            "@@ufw yes",
             "@@conf",
             "ENABLED=yes",
             "@@default",
             'IPV6="yes"',
             "@@rules4",
             rules_file(tuple_line("deny", "any", "any", "203.0.113.7")),
-            "@@rules6",
+            "@@state",
+            fwfacts.render_state([record]),
             "@@apps",
             OPENSSH_PROFILE,
-            "@@chain4 0",
-            "-N ufw-user-input",
-            "-A ufw-user-input -s 203.0.113.7/32 -j DROP",
-            "@@chain6 1",
-            "@@docker4 0",
+            "@@files 0",
+            "@@ssh ::ffff:198.18.0.1 51234 198.18.0.11 22",
+            "@@ufw yes",
+            "@@table4",
+            "-P INPUT DROP",
             "-N DOCKER-USER",
+            "-N ufw-user-input",
+            "-A INPUT -j ufw-before-input",
             "-A DOCKER-USER -j RETURN",
-            "@@docker6 1",
+            "-A ufw-user-input -s 203.0.113.7/32 -j DROP",
+            "@@table4rc 0",
+            "@@table6",
+            "-P INPUT ACCEPT",
+            "@@table6rc 0",
             "@@conntrack yes",
-            "@@flows 3",
-            "@@state present",
-            fwfacts.render_state([record]),
+            "@@flows",
+            "conntrack v1.4.7 (conntrack-tools): 3 flow entries have been shown.",
             "@@end",
         ]
     )
     parsed = fwfacts.parse_facts(output, state)
+    assert parsed.now == NOW and not parsed.error
     assert parsed.controller == CONTROLLER and parsed.ssh_port == 22
     assert parsed.ufw_active and parsed.ufw_enabled_conf and parsed.ipv6
-    assert parsed.chain4 is not None and parsed.chain4[0].jump == "DROP" and parsed.chain6 is None
+    assert parsed.chain4 is not None and [r.jump for r in parsed.chain4] == ["DROP"] and parsed.chain6 is None
     assert parsed.profiles == {"OpenSSH": (("tcp", "22"),)}
     assert parsed.docker4 and not parsed.docker6
     assert parsed.conntrack and parsed.flows == 3
     assert parsed.records == (record,)
     assert fwrules.layers(record.target, parsed) == (["ufw"], ["no DOCKER-USER rule"])
-    inactive = fwfacts.parse_facts(output.replace("@@chain4 0", "@@chain4 1"), state)
+    inactive = fwfacts.parse_facts(output.replace("-N ufw-user-input\n", ""), state)
     assert not inactive.ufw_active and inactive.chain4 is None
+    unread = fwfacts.parse_facts(output.replace("@@table4rc 0", "@@table4rc 1"), state)
+    assert unread.chain4 is None and not unread.docker4  # iptables failed: nothing is known to be loaded
+    assert "awk exit 2" in fwfacts.parse_facts(output.replace("@@files 0", "@@files 2"), state).error
+    assert "not seconds" in fwfacts.parse_facts(output.replace(f"@@now {NOW}", "@@now x"), state).error
 
 
 def test_unreadable_state_file_is_an_error_not_an_empty_list() -> None:
-    output = "@@now 1\n@@state present\n{not json\n@@end\n"
+    output = "@@now 1\n@@state\n{not json\n@@files 0\n@@end\n"
     assert "is not what block-ip writes" in fwfacts.parse_facts(output, fwfacts.StatePath("/x")).error
     assert fwfacts.parse_facts("@@now 1\n", fwfacts.StatePath("/x")).error
 
