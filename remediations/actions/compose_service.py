@@ -27,7 +27,6 @@ from remediations.facts.compose import (
     gather_project,
     health_urls,
     poll,
-    record_path,
     unknown_service,
 )
 
@@ -42,7 +41,7 @@ POLL_MAX = 1.0
 
 
 def poll_wait() -> wait_exponential:
-    """The pause before each next health poll (tenacity's wait: attempt n waits FIRST × GROWTH^(n-1),
+    """The pause before each next health poll (tenacity's wait: attempt n waits FIRST * GROWTH^(n-1),
     at most MAX)."""
     return wait_exponential(multiplier=POLL_FIRST, exp_base=POLL_GROWTH, min=POLL_FIRST, max=POLL_MAX)
 

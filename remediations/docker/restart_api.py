@@ -18,11 +18,11 @@ from remediations.actions.compose_service import ServiceSettings, recover, servi
 from remediations.core import validate
 from remediations.core.args import SERVICE, Arg, args
 from remediations.core.context import HostContext
+from remediations.core.errors import CommandResult, HostError
 from remediations.core.inventory import Host
 from remediations.core.plan import Change, Plan
 from remediations.core.remediation import Remediation
 from remediations.core.results import Status
-from remediations.core.errors import CommandResult, HostError
 from remediations.facts.compose import Project, ServiceFacts, facts_command, gather, parse_facts, record_path
 
 
