@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
+from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_delay, wait_exponential
 
 from remediations.actions import image_record as images
 from remediations.core import interrupt, validate
@@ -26,10 +26,46 @@ from remediations.facts.compose import (
     container_logs,
     gather_project,
     health_urls,
+    poll,
     unknown_service,
 )
 
-POLL_INTERVAL = 1.0
+# The health wait polls on a short, bounded backoff: 0.1 s after the restart returns, each pause
+# 1.5 times the one before, never more than 1 s (0.1, 0.15, 0.23, 0.34, 0.51, 0.76, 1, 1, …): a
+# service that is back within a second is seen within about 0.2 s of it, and a slow one costs the
+# host at most one cheap poll a second (`facts.compose.poll_command`: docker ps, docker inspect,
+# the URL; no compose). The deadline is `health_timeout`, as it always was.
+POLL_FIRST = 0.1
+POLL_GROWTH = 1.5
+POLL_MAX = 1.0
+
+
+def poll_wait() -> wait_exponential:
+    """The pause before each next health poll (tenacity's wait: attempt n waits FIRST * GROWTH^(n-1),
+    at most MAX)."""
+    return wait_exponential(multiplier=POLL_FIRST, exp_base=POLL_GROWTH, min=POLL_FIRST, max=POLL_MAX)
+
+
+def wait_until(
+    read: Callable[[], ServiceFacts], done: Callable[[ServiceFacts], bool], timeout: float
+) -> ServiceFacts:
+    """Read the facts until `done` says so or `timeout` seconds passed (the read that passes it is
+    the last): the last facts read either way. A stop request wakes the pause; the next read refuses."""
+    retrying = Retrying(
+        stop=stop_after_delay(timeout),
+        wait=poll_wait(),
+        retry=retry_if_result(lambda current: not done(current)),
+        retry_error_callback=_last_read,
+        sleep=interrupt.sleep,
+    )
+    current: ServiceFacts = retrying(read)
+    return current
+
+
+def _last_read(state: RetryCallState) -> ServiceFacts:
+    assert state.outcome is not None  # the deadline is looked at only after a read
+    last: ServiceFacts = state.outcome.result()
+    return last
 
 
 @dataclass(frozen=True)
@@ -52,9 +88,10 @@ class ServiceSettings:
         stop_timeout = int(validate.value(host, "stop_timeout"))
         return cls(Project.from_host(host), urls, timeout, stop_timeout, min(timeout, 10.0))
 
-    def gather(self, remote: Remote, known: Sequence[str] = ()) -> ProjectFacts:
-        """The project's facts; a HostError when they cannot be had or a `known` service is not in it."""
-        facts = gather_project(remote, self.project, self.urls, self.probe)
+    def gather(self, remote: Remote, known: Sequence[str] = (), record: str | None = None) -> ProjectFacts:
+        """The project's facts (with `record`, that image record file's text too); a HostError when
+        they cannot be had or a `known` service is not in it."""
+        facts = gather_project(remote, self.project, self.urls, self.probe, record)
         if facts.error:
             raise HostError(facts.error)
         unknown = facts.unknown(known)
@@ -90,17 +127,14 @@ class _Recovery:
     step_prefix: str
 
     def wait(self, after: ServiceFacts) -> tuple[ServiceFacts, float]:
-        """Re-read the facts until the service started anew and is healthy, or `timeout` passed:
-        the last facts read either way. A stop request wakes the sleep; the next read refuses."""
+        """Poll until the service started anew and is healthy, or `timeout` passed (`wait_until`):
+        the last facts read either way. The poll is the cheap one (`facts.compose.poll`) when the
+        project's compose label is known, else the full facts."""
         start = time.monotonic()
-        retrying = Retrying(
-            stop=stop_after_delay(self.timeout),
-            wait=wait_fixed(POLL_INTERVAL),
-            retry=retry_if_result(lambda current: not (current.restarted_since(after) and current.healthy)),
-            retry_error_callback=lambda state: state.outcome.result() if state.outcome else after,
-            sleep=interrupt.sleep,
-        )
-        current: ServiceFacts = retrying(self.facts)
+        label = after.project_label(self.project)
+        remote, probe = self.ctx.remote, min(self.timeout, 10.0)
+        read = (lambda: poll(remote, label, after, probe)) if label else self.facts
+        current = wait_until(read, lambda now: now.restarted_since(after) and now.healthy, self.timeout)
         return current, time.monotonic() - start
 
     def restart(self, before: ServiceFacts) -> tuple[bool, ServiceFacts]:

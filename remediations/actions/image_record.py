@@ -28,9 +28,10 @@ from remediations.actions import remote_write
 from remediations.core.errors import HostError
 from remediations.core.inventory import Host
 from remediations.core.remote import Remote
+from remediations.facts.compose import DEFAULT_STATE_DIR as DEFAULT_STATE_DIR
+from remediations.facts.compose import RECORD_FILE, record_path
 
-DEFAULT_STATE_DIR = "/var/lib/remediations"
-FILE_NAME = "images.json"
+FILE_NAME = RECORD_FILE
 VERSION = 2
 KEEP = 20  # sightings kept per service
 ROLLBACK_TASK = "rollback"
@@ -40,7 +41,7 @@ Record = dict[str, list["Sighting"]]
 
 
 def state_path(host: Host) -> str:
-    return f"{str(host.get('state_dir') or DEFAULT_STATE_DIR).rstrip('/')}/{FILE_NAME}"
+    return record_path(host)
 
 
 def now() -> str:
@@ -234,14 +235,20 @@ def noticed(records: Record, project: str, running: Mapping[str, Iterable[Any]],
 
 
 def observe_quietly(
-    remote: Remote, host: Host, project: str, running: Mapping[str, Iterable[Any]], check: bool
+    remote: Remote,
+    host: Host,
+    project: str,
+    running: Mapping[str, Iterable[Any]],
+    check: bool,
+    record_text: str | None = None,
 ) -> str:
     """`observe` for a gather whose own work must not fail because of the record: "" when done (or in
-    check mode, which writes nothing), else why the record could not be kept."""
+    check mode, which writes nothing), else why the record could not be kept. `record_text`: the
+    record file as the facts read it (no round trip of its own), if they did."""
     if check:
         return ""
     try:
-        observe(remote, host, project, running)
+        observe(remote, host, project, running, None if record_text is None else parse(record_text))
     except (HostError, OSError) as exc:  # the record is bookkeeping; the task's own facts stand
         return f"the image record {state_path(host)} was not updated: {str(exc)[:200]}"
     return ""

@@ -89,9 +89,10 @@ class EnsureHealthy(Remediation):
     def gather(self, ctx: HostContext) -> Facts:
         settings = ServiceSettings.of(ctx.host)
         with ctx.step("facts") as step:
-            pf = settings.gather(ctx.remote, self.services)
+            pf = settings.gather(ctx.remote, self.services, record=images.state_path(ctx.host))
             noted = images.observe_quietly(ctx.remote, ctx.host, settings.project.name,
-                                           {s: f.containers for s, f in pf.facts.items()}, ctx.options.check)
+                                           {s: f.containers for s, f in pf.facts.items()}, ctx.options.check,
+                                           pf.record)  # fmt: skip
             wanted = self.services or list(pf.services)
             plans = [decide(pf.facts[s]) for s in wanted]
             bad = [p.service for p in plans if p.action != "none"]

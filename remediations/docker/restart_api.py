@@ -18,11 +18,12 @@ from remediations.actions.compose_service import ServiceSettings, recover, servi
 from remediations.core import validate
 from remediations.core.args import SERVICE, Arg, args
 from remediations.core.context import HostContext
+from remediations.core.errors import CommandResult, HostError
 from remediations.core.inventory import Host
 from remediations.core.plan import Change, Plan
 from remediations.core.remediation import Remediation
 from remediations.core.results import Status
-from remediations.facts.compose import Project, ServiceFacts, gather
+from remediations.facts.compose import Project, ServiceFacts, facts_command, gather, parse_facts, record_path
 
 
 @dataclass(frozen=True)
@@ -87,9 +88,9 @@ class RestartApi(Remediation):
         settings = ServiceSettings.of(ctx.host)
         service = str(self.service or ctx.var("api_service"))
         with ctx.step("facts") as step:
-            before = self._facts(ctx, settings, service)
+            before = self._first_facts(ctx, settings, service)
             noted = images.observe_quietly(ctx.remote, ctx.host, settings.project.name,
-                                           {service: before.containers}, ctx.options.check)
+                                           {service: before.containers}, ctx.options.check, before.record)
             healthy, why = before.verdict()
             step.done(
                 Status.FAILED if before.error else Status.OK,
@@ -114,6 +115,25 @@ class RestartApi(Remediation):
 
         summary = f"{decision.action} {service} ({decision.reason})"
         return Plan.of(Change(decision.action, summary, apply, own_steps=True), check_step="decide")
+
+    def facts_under_lock(self, host: Host) -> str:
+        """The facts, the image record with them, run as soon as the host lock is held (one round
+        trip for lock, facts and record); stderr is not read, so it is dropped."""
+        settings = ServiceSettings.of(host)
+        service = str(self.service or host.get("api_service"))
+        command = facts_command(settings.project, service, settings.urls.get(service), settings.probe,
+                                record_path(host))  # fmt: skip
+        return "exec 2>/dev/null\n" + command
+
+    def _first_facts(self, ctx: HostContext, settings: ServiceSettings, service: str) -> ServiceFacts:
+        """The facts before acting: read under the lock when it was taken, else now (with the record)."""
+        if ctx.prefetched is None:
+            url = settings.urls.get(service)
+            return gather(ctx.remote, settings.project, service, url, settings.probe, record_path(ctx.host))
+        if "@@" not in ctx.prefetched:
+            raise HostError(f"gathering facts failed: {ctx.prefetched.strip()[-300:] or 'no output'}")
+        result = CommandResult("facts (under the host lock)", 0, ctx.prefetched, "")
+        return parse_facts(service, settings.urls.get(service), result)
 
     @staticmethod
     def _facts(ctx: HostContext, settings: ServiceSettings, service: str) -> ServiceFacts:

@@ -19,6 +19,8 @@ from remediations.core.remote import Remote, must
 from remediations.facts.sections import MARK, sections_by_name
 
 HTTP_BODY_LIMIT = 300
+DEFAULT_STATE_DIR = "/var/lib/remediations"
+RECORD_FILE = "images.json"
 
 
 # The names compose looks for in the project directory when no -f is given, in the order it picks
@@ -107,6 +109,7 @@ class Container:
     image_id: str
     service: str = ""
     image_ref: str = ""  # the image name the container was created from, such as local/api:1
+    project: str = ""  # its compose project, as compose labelled it
 
     @classmethod
     def from_inspect(cls, data: dict[str, Any]) -> Container:
@@ -126,6 +129,7 @@ class Container:
             image_id=str(data.get("Image", "")),
             service=str(labels.get("com.docker.compose.service", "")),
             image_ref=str(config.get("Image", "")),
+            project=str(labels.get("com.docker.compose.project", "")),
         )
 
 
@@ -140,6 +144,7 @@ class ServiceFacts:
     http_exit: int | None = None
     http_output: str = ""
     error: str = ""
+    record: str | None = None  # the image record file's text, when the facts read it
 
     def verdict(self) -> tuple[bool, str]:
         """(healthy, why), in words for the result line."""
@@ -174,29 +179,48 @@ class ServiceFacts:
         old = {c.name: c.started_at for c in before.containers}
         return bool(self.containers) and all(c.started_at != old.get(c.name) for c in self.containers)
 
+    def project_label(self, project: Project) -> str:
+        """The compose project label its containers carry: the name given to compose (-p), else the
+        one every container of it was labelled with; "" when neither is known."""
+        if project.explicit_name:
+            return project.name
+        labels = {c.project for c in self.containers}
+        return labels.pop() if len(labels) == 1 and "" not in labels else ""
+
 
 def _preamble(project: Project) -> list[str]:
-    """Shell lines: enter the project directory (or report it missing), find the compose variant,
-    and make a temp file "$e" for compose's stderr, kept apart: compose prints warnings there that
-    must not be taken for container ids."""
+    """Shell lines: enter the project directory (or report it missing), and make a temp directory
+    "$t" for compose's output and stderr, kept apart: compose prints warnings on stderr that must
+    not be taken for container ids."""
     q = shlex.quote
     return [
         f"cd {q(project.directory)} 2>/dev/null || {{ echo '{MARK}error'; "
         f"echo {q('project directory ' + project.directory + ' does not exist')}; exit 0; }}",
-        "if docker compose version >/dev/null 2>&1; then v=v2; "
-        "elif docker-compose version >/dev/null 2>&1; then v=v1; else v=none; fi",
-        f'echo "{MARK}compose $v"',
-        'e=$(mktemp)',
+        f"t=$(mktemp -d) || {{ echo '{MARK}error'; echo 'mktemp -d failed on the host'; exit 0; }}",
     ]
 
 
+def label_filters(project_label: str, service: str | None = None) -> list[str]:
+    """`docker ps` arguments selecting the containers compose counts as the project's (or its
+    service's): compose's own labels, one-off containers (`compose run`) excluded, as `compose ps`
+    does."""
+    labels = [f"com.docker.compose.project={project_label}", "com.docker.compose.oneoff=False"]
+    if service is not None:
+        labels.insert(1, f"com.docker.compose.service={service}")
+    return [arg for label in labels for arg in ("--filter", f"label={label}")]
+
+
+def _ps_by_label(project_label: str, service: str | None) -> str:
+    argv = ["docker", "ps", "-a", "-q", "--no-trunc", *label_filters(project_label, service)]
+    return shlex.join(argv)
+
+
 def _inspect_lines() -> list[str]:
-    """Shell lines after "$ids" is set: compose's stderr, then `docker inspect` of the ids."""
+    """Shell lines after "$ids" is set: `docker inspect` of the ids."""
     return [
-        f'echo "{MARK}pserr"; head -c 2000 "$e"; rm -f "$e"',
         f'echo "{MARK}inspect"',
         # ids are hex container ids; anything else is compose's error text, reported as such.
-        'case "$ids" in *[!0-9a-f[:space:]]*) ;; ?*) docker inspect $ids ;; esac',
+        'case "$ids" in *[!0-9a-f[:space:]]*) ;; ?*) docker inspect $ids 2>/dev/null ;; esac',
     ]
 
 
@@ -215,28 +239,68 @@ def _http_probe(url: str, section: str, http_timeout: float) -> str:
 
 
 def _config_and_ps(project: Project, *ps_service: str) -> list[str]:
-    """Shell lines: the project's services (`config --services`, which is also compose's check of
-    its configuration: its stderr goes to section `cferr`), then, only when that worked, the ids of
-    its (or `ps_service`'s) containers and their `docker inspect`."""
+    """Shell lines: the compose variant, the project's services (`config --services`, which is also
+    compose's check of its configuration: its stderr goes to section `cferr`), then, only when that
+    worked, the ids of its (or `ps_service`'s) containers and their `docker inspect`.
+
+    Compose v2 is tried first, and its configuration is read in the background while the containers
+    are listed by compose's labels (when the project's name is given; `docker ps` starts far quicker
+    than compose). Only when v2's reading fails is `compose version` asked, to tell a configuration
+    problem from a host without v2 (then v1, as before)."""
 
     def both(*args: str) -> str:  # the command in whichever compose the host has
         v2, v1 = shlex.join(project.argv("v2", *args)), shlex.join(project.argv("v1", *args))
         return f"case $v in (v2) {v2} ;; (v1) {v1} ;; esac"
 
-    return [
-        f'svc=$({both("config", "--services")} 2>"$e"); src=$?',
-        f'echo "{MARK}services $src"; printf "%s\\n" "$svc"',
-        f'echo "{MARK}cferr"; head -c 2000 "$e"; : >"$e"',
-        f'if [ "$src" = 0 ]; then ids=$({both("ps", "-a", "-q", *ps_service)} 2>"$e"); psrc=$?;'
-        " else ids= psrc=0; fi",
+    v2_config = shlex.join(project.argv("v2", "config", "--services"))
+    v1_config = shlex.join(project.argv("v1", "config", "--services"))
+    by_label = _ps_by_label(project.name, ps_service[0] if ps_service else None)
+    lines = [f'{{ {v2_config} >"$t/svc" 2>"$t/cferr"; echo $? >"$t/src"; }} &']
+    if project.explicit_name:
+        lines.append(f'ids=$({by_label} 2>"$t/pserr"); psrc=$?; labelled=1')
+    lines += [
+        'wait; src=$(cat "$t/src" 2>/dev/null || echo 1)',
+        'if [ "$src" = 0 ] || docker compose version >/dev/null 2>&1; then v=v2; '
+        f'elif docker-compose version >/dev/null 2>&1; then v=v1; {v1_config} >"$t/svc" 2>"$t/cferr"; '
+        "src=$?; else v=none; fi",
+        f'echo "{MARK}compose $v"',
+        f'echo "{MARK}services $src"; cat "$t/svc" 2>/dev/null',
+        f'echo "{MARK}cferr"; head -c 2000 "$t/cferr" 2>/dev/null',
+        'if [ "$src" != 0 ]; then ids= psrc=0; '
+        'elif [ "$v" != v2 ] || [ -z "${labelled:-}" ]; then '
+        f'ids=$({both("ps", "-a", "-q", *ps_service)} 2>"$t/pserr"); psrc=$?; fi',
         f'echo "{MARK}ps $psrc"; printf "%s\\n" "$ids"',
+        f'echo "{MARK}pserr"; head -c 2000 "$t/pserr" 2>/dev/null; rm -rf "$t"',
         *_inspect_lines(),
     ]
+    return lines
 
 
-def facts_command(project: Project, service: str, http_url: str | None, http_timeout: float) -> str:
-    """One shell command that prints every fact about the service in marked sections."""
+def facts_command(
+    project: Project, service: str, http_url: str | None, http_timeout: float, record: str | None = None
+) -> str:
+    """One shell command that prints every fact about the service in marked sections; with `record`
+    (the image record's path, see `record_path`), that file too (section `record`)."""
     lines = [*_preamble(project), *_config_and_ps(project, service)]
+    if http_url:
+        lines.append(_http_probe(http_url, "http", http_timeout))
+    if record:
+        lines.append(_record_lines(record))
+    return "\n".join(lines)
+
+
+def _record_lines(path: str) -> str:
+    return f'echo "{MARK}record"; cat {shlex.quote(path)} 2>/dev/null'
+
+
+def poll_command(project_label: str, service: str, http_url: str | None, http_timeout: float) -> str:
+    """One health poll of a service whose project is known by its compose label: its containers
+    (`docker ps` by compose's labels, `docker inspect`) and its URL, no compose invocation (the
+    configuration was read by the facts before the wait)."""
+    lines = [
+        f'ids=$({_ps_by_label(project_label, service)} 2>&1); echo "{MARK}ps $?"; printf "%s\\n" "$ids"',
+        *_inspect_lines(),
+    ]
     if http_url:
         lines.append(_http_probe(http_url, "http", http_timeout))
     return "\n".join(lines)
@@ -305,7 +369,18 @@ def parse_facts(service: str, http_url: str | None, result: CommandResult) -> Se
     if error:
         return ServiceFacts(service, variant, error=error)
     http_exit, http_output = _http(sections, "http") if http_url else (None, "")
-    return ServiceFacts(service, variant, containers, http_url, http_exit, http_output)
+    record = sections["record"][1] if "record" in sections else None
+    return ServiceFacts(service, variant, containers, http_url, http_exit, http_output, record=record)
+
+
+def parse_poll(before: ServiceFacts, result: CommandResult) -> ServiceFacts:
+    """Pure parser of `poll_command` output: the service's facts now (its variant from `before`)."""
+    sections = sections_by_name(result.stdout)
+    containers, error = _containers(sections)
+    if error:
+        return ServiceFacts(before.service, before.variant, error=error)
+    http_exit, http_output = _http(sections, "http") if before.http_url else (None, "")
+    return ServiceFacts(before.service, before.variant, containers, before.http_url, http_exit, http_output)
 
 
 def _ids(text: str) -> list[str]:
@@ -318,12 +393,27 @@ def _all_hex(text: str) -> bool:
 
 
 def gather(
-    remote: Remote, project: Project, service: str, http_url: str | None, timeout: float
+    remote: Remote,
+    project: Project,
+    service: str,
+    http_url: str | None,
+    timeout: float,
+    record: str | None = None,
 ) -> ServiceFacts:
-    result = remote.run(facts_command(project, service, http_url, timeout), timeout=timeout + 30)
+    command = facts_command(project, service, http_url, timeout, record)
+    result = remote.run(command, timeout=timeout + 30)
     if result.exit_code not in (0,):
         raise HostError(f"gathering facts failed (exit {result.exit_code}): {result.tail()}", result)
     return parse_facts(service, http_url, result)
+
+
+def poll(remote: Remote, project_label: str, before: ServiceFacts, timeout: float) -> ServiceFacts:
+    """One health poll (`poll_command`) of the service `before` describes."""
+    command = poll_command(project_label, before.service, before.http_url, timeout)
+    result = remote.run(command, timeout=timeout + 30)
+    if result.exit_code != 0:
+        raise HostError(f"polling health failed (exit {result.exit_code}): {result.tail()}", result)
+    return parse_poll(before, result)
 
 
 def container_logs(remote: Remote, containers: Sequence[Container], lines: int = 20) -> str:
@@ -356,15 +446,21 @@ class ProjectFacts:
     services: tuple[str, ...]
     facts: dict[str, ServiceFacts]
     error: str = ""
+    record: str | None = None  # the image record file's text, when the facts read it
 
     def unknown(self, wanted: Sequence[str]) -> list[str]:
         return [s for s in wanted if s not in self.services]
 
 
-def project_facts_command(project: Project, http_urls: dict[str, str], http_timeout: float) -> str:
-    """One shell command: compose variant, the project's services, all its containers, HTTP probes."""
+def project_facts_command(
+    project: Project, http_urls: dict[str, str], http_timeout: float, record: str | None = None
+) -> str:
+    """One shell command: compose variant, the project's services, all its containers, HTTP probes,
+    and with `record` the image record file (see `facts_command`)."""
     lines = [*_preamble(project), *_config_and_ps(project)]
     lines += [_http_probe(url, f"http:{service}", http_timeout) for service, url in sorted(http_urls.items())]
+    if record:
+        lines.append(_record_lines(record))
     return "\n".join(lines)
 
 
@@ -388,16 +484,24 @@ def parse_project_facts(http_urls: dict[str, str], result: CommandResult) -> Pro
         http_exit, http_output = _http(sections, f"http:{service}") if url else (None, "")
         mine = tuple(c for c in containers if c.service == service)
         facts[service] = ServiceFacts(service, variant, mine, url, http_exit, http_output)
-    return ProjectFacts(variant, services, facts)
+    record = sections["record"][1] if "record" in sections else None
+    return ProjectFacts(variant, services, facts, record=record)
 
 
 def gather_project(
-    remote: Remote, project: Project, http_urls: dict[str, str], timeout: float
+    remote: Remote, project: Project, http_urls: dict[str, str], timeout: float, record: str | None = None
 ) -> ProjectFacts:
-    result = remote.run(project_facts_command(project, http_urls, timeout), timeout=timeout * 2 + 30)
+    command = project_facts_command(project, http_urls, timeout, record)
+    result = remote.run(command, timeout=timeout * 2 + 30)
     if result.exit_code != 0:
         raise HostError(f"gathering facts failed (exit {result.exit_code}): {result.tail()}", result)
     return parse_project_facts(http_urls, result)
+
+
+def record_path(host: Host) -> str:
+    """The host's image record (`{state_dir}/images.json`, see actions.image_record): the facts of
+    every task that notes what a service runs read it in the same round trip."""
+    return f"{str(host.get('state_dir') or DEFAULT_STATE_DIR).rstrip('/')}/{RECORD_FILE}"
 
 
 def health_urls(host: Host, api_service: str | None = None) -> dict[str, str]:

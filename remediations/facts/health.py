@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from remediations.core.errors import UsageError
 from remediations.core.inventory import Host
 from remediations.core.units import check_non_negative, check_percent
-from remediations.facts.compose import Container, Project, config_error, health_urls
+from remediations.facts.compose import Container, Project, config_error, health_urls, record_path
 from remediations.facts.disk import check_backup_dir
 from remediations.facts.fs import STAT_FS_FORMAT, FsUsage, fs_snippet
 from remediations.facts.postgres import ARCHIVER_JSON_SQL, AS_USER, PgTarget
@@ -66,6 +66,7 @@ class Settings:
     probes: tuple[Probe, ...] = field(default_factory=tuple)
     pg_archiver: PgTarget | None = None  # the PostgreSQL whose WAL archiver is checked
     service_urls: tuple[tuple[str, str], ...] = ()  # (service, its own URL) from health_urls
+    record: str | None = None  # the image record's path, read with the containers (see image_record)
 
     @classmethod
     def from_host(cls, host: Host, only_services: Sequence[str] = ()) -> Settings:
@@ -104,6 +105,7 @@ class Settings:
             probes=_probes(host.get("health_probes") or [], where),
             pg_archiver=_pg_archiver(host, where),
             service_urls=_service_urls(host, project, services),
+            record=record_path(host) if project is not None else None,
         )
 
 
@@ -235,6 +237,8 @@ def facts_command(settings: Settings) -> str:
     compose = settings.project is not None and settings.services != ()
     if compose:
         lines += _compose_lines(settings)
+        if settings.record:
+            lines.append(f"echo '{MARK}record'; cat {q(settings.record)} 2>/dev/null")
     if settings.http_url:
         lines += [_fetch(settings.http_url), f'echo "{MARK}http $rc"; printf "%s\\n" "$out" | head -c 300']
     for service, url in settings.service_urls:
@@ -333,6 +337,7 @@ class HealthFacts:
     pg_archiver: tuple[int, str] | None = None  # psql's exit code and output
     services: tuple[str, ...] | None = None  # what the compose configuration defines (None: not read)
     service_http: Mapping[str, tuple[int, str]] = field(default_factory=dict)  # service -> its URL's answer
+    record: str | None = None  # the image record file's text, when it was read
 
 
 def parse_facts(output: str) -> HealthFacts:
@@ -355,6 +360,7 @@ def parse_facts(output: str) -> HealthFacts:
         parsed.pg_archiver,
         parsed.services,
         parsed.service_http,
+        parsed.record,
     )
 
 
@@ -376,9 +382,12 @@ class _Parsed:
     pg_archiver: tuple[int, str] | None = None
     services: tuple[str, ...] | None = None
     service_http: dict[str, tuple[int, str]] = field(default_factory=dict)
+    record: str | None = None
 
     def add(self, s: Section) -> None:
-        if s.name == "now":
+        if s.name == "record":
+            self.record = s.body
+        elif s.name == "now":
             self.now = float(s.body.strip() or 0)
         elif s.name == "compose":
             self.compose = s.arg

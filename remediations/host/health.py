@@ -340,7 +340,8 @@ class Health(Remediation):
             step.done(Status.OK, "gathered in one round trip")
         if settings.project is not None:  # what each service runs, for rollback (image_record)
             noted = images.observe_quietly(ctx.remote, ctx.host, settings.project.name,
-                                           images.by_service(facts.containers), ctx.options.check)
+                                           images.by_service(facts.containers), ctx.options.check,
+                                           facts.record)  # fmt: skip
             if noted:
                 ctx.record("image record", Status.OK, noted)
         s3_newest, s3_error = (None, "")

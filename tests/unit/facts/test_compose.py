@@ -21,7 +21,14 @@ from remediations.core.errors import CommandResult, UsageError
 from remediations.core.inventory import Host
 from remediations.docker.restart_api import Decision as Plan
 from remediations.docker.restart_api import decide
-from remediations.facts.compose import Container, Project, ServiceFacts, facts_command, parse_facts
+from remediations.facts.compose import (
+    Container,
+    Project,
+    ServiceFacts,
+    facts_command,
+    label_filters,
+    parse_facts,
+)
 from tests import labkit
 
 URL = "http://127.0.0.1:8080/health"
@@ -488,8 +495,9 @@ def test_facts_command_quotes_compose_argv() -> None:
 
 FAKE_TOOL = """#!/bin/sh
 # Stands in for a tool on the host so the shell text can be run here: records its cwd and argv
-# (one call per line, arguments separated by \\037), then prints $FAKE_OUTPUT.
-{ pwd; IFS=$(printf '\\037'); echo "$*"; } >> "$ARGV_LOG"
+# (one call per line, arguments separated by \\037; both lines in one write, as calls may run at
+# once), then prints $FAKE_OUTPUT.
+IFS=$(printf '\\037'); printf '%s\\n%s\\n' "$(pwd)" "$*" >> "$ARGV_LOG"
 case "$*" in *--services*) printf '%s\\n' "$FAKE_SERVICES"; exit 0 ;; esac
 [ -n "$FAKE_OUTPUT" ] && printf '%s\\n' "$FAKE_OUTPUT"
 exit 0
@@ -540,8 +548,12 @@ def test_facts_command_in_a_real_shell_keeps_hostile_values_inert(tmp_path: Path
     assert result.exit_code == 0, result.stderr
     assert [p.name for p in tmp_path.rglob("CANARY*")] == []
     assert [p.name for p in Path.cwd().glob("CANARY*")] == []
-    ps = project.argv("v2", "ps", "-a", "-q", NASTY_SERVICE)
-    assert [str(directory), *ps[1:]] in calls  # run in the project directory, argv intact
+    config = project.argv("v2", "config", "--services")
+    assert [str(directory), *config[1:]] in calls  # run in the project directory, argv intact
+    # The project's name is given: its containers are listed by compose's labels, each value whole.
+    by_label = ["ps", "-a", "-q", "--no-trunc", *label_filters(project.name, NASTY_SERVICE)]
+    assert [str(directory), *by_label] in calls
+    assert f"label=com.docker.compose.project={project.name}" in by_label
     curl = next(call for call in calls if call[1] == "-fsS")
     assert curl[1:] == ["-fsS", "-m", "2", url]
     facts = parse_facts(NASTY_SERVICE, url, result)
