@@ -45,7 +45,7 @@ from typing import Any, ClassVar
 
 from remediations.actions import drill_fetch
 from remediations.actions.drill_report import metrics_text, previous_success, write_atomically
-from remediations.actions.pg_checks import COLUMN_RE, TABLE_RE
+from remediations.actions.pg_checks import check_vars
 from remediations.actions.s3client import Received, S3Store
 from remediations.core import interrupt, validate
 from remediations.core.args import Arg, args
@@ -113,22 +113,7 @@ def settings(host: Host) -> Settings:
             "(restore_protected_databases): refusing to restore over it"
         )
     bucket = str(host.require("backup_s3_bucket"))
-    raw_tables = host.get("restore_check_tables") or {}
-    if isinstance(raw_tables, list):
-        raw_tables = {str(t): 0 for t in raw_tables}
-    if not isinstance(raw_tables, Mapping):
-        raise UsageError(f"{where}: restore_check_tables must map table names to minimum row counts")
-    tables: dict[str, int] = {}
-    for name, minimum in raw_tables.items():
-        if not TABLE_RE.match(str(name)):
-            raise UsageError(f"{where}: restore_check_tables: {name!r} is not a [schema.]table name")
-        try:
-            tables[str(name)] = int(minimum or 0)
-        except (TypeError, ValueError):
-            raise UsageError(f"{where}: restore_check_tables: {name}: give a row count") from None
-    freshness = str(host.get("restore_freshness_column") or "")
-    if freshness and not COLUMN_RE.match(freshness):
-        raise UsageError(f"{where}: restore_freshness_column {freshness!r} must be [schema.]table.column")
+    tables, freshness = check_vars(host)
     fetch = str(host.get("restore_fetch") or "auto")
     if fetch not in FETCH_MODES:
         raise UsageError(f"{where}: restore_fetch {fetch!r} must be one of {', '.join(FETCH_MODES)}")
