@@ -238,7 +238,7 @@ def facts_command(settings: Settings) -> str:
     if compose:
         lines += _compose_lines(settings)
         if settings.record:
-            lines.append(f"echo '{MARK}record'; cat {q(settings.record)} 2>/dev/null")
+            lines.append(f"echo '{MARK}record'; cat {q(settings.record)} 2>/dev/null || :")
     if settings.http_url:
         lines += [_fetch(settings.http_url), f'echo "{MARK}http $rc"; printf "%s\\n" "$out" | head -c 300']
     for service, url in settings.service_urls:

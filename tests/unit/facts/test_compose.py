@@ -638,3 +638,18 @@ def test_hostile_project_dir_on_the_lab(api1: str) -> None:
     result = run_on_lab(api1, facts_command(Project(missing, "x", ("compose.yaml",)), "api", None, 2))
     assert parse_facts("api", None, result).error == f"project directory {missing} does not exist"
     assert run_on_lab(api1, "test -e /tmp/rm-CANARY").exit_code == 1
+
+
+def test_a_host_without_an_image_record_yet_gathers_fine(tmp_path: Path) -> None:
+    """The record is the last section: its absence must not make the facts command fail."""
+    project = Project(str(tmp_path), "shop", ("compose.yaml",))
+    record = str(tmp_path / "state" / "images.json")
+    result, _ = run_locally(facts_command(project, "api", None, 2, record), tmp_path,
+                            fake_bin(tmp_path, "docker"), FAKE_SERVICES="api")  # fmt: skip
+    assert result.exit_code == 0, result.stdout
+    assert parse_facts("api", None, result).record == ""
+    Path(record).parent.mkdir()
+    Path(record).write_text('{"version": 2, "services": {}}\n')
+    result, _ = run_locally(facts_command(project, "api", None, 2, record), tmp_path,
+                            fake_bin(tmp_path, "docker"), FAKE_SERVICES="api")  # fmt: skip
+    assert parse_facts("api", None, result).record == '{"version": 2, "services": {}}'
