@@ -140,8 +140,8 @@ def lab_state(dumps: dict[str, Any]) -> Iterator[None]:
         labhosts.exec_on(host, [*labkit.COMPOSE, "up", "-d", "--wait"], timeout=120)
 
 
-def inventory(tmp_path: Path, **db1: Any) -> Path:
-    return labkit.write_inventory(tmp_path / "rdb.yml", host_vars={"db1": {"dump_s3_prefix": PREFIX, **db1}})
+def inventory(tmp_path: Path, name: str = "rdb.yml", **db1: Any) -> Path:
+    return labkit.write_inventory(tmp_path / name, host_vars={"db1": {"dump_s3_prefix": PREFIX, **db1}})
 
 
 def run(tmp_path: Path, audit: Path, *args: str, inv_path: Path | None = None, **more: Any) -> labkit.Ran:
@@ -263,7 +263,10 @@ def wait_restoring(proc: subprocess.Popen[str], proxy: Proxy, size: int, timeout
         if proxy.forwarded - start > size + 1024 * 1024:
             return
         time.sleep(0.05)
-    raise AssertionError(f"the restore never started: exit {proc.poll()}, {proxy.forwarded - start} bytes")
+    out = proc.communicate(timeout=60)[0] if proc.poll() is not None else ""
+    raise AssertionError(
+        f"the restore never started: exit {proc.poll()}, {proxy.forwarded - start} bytes: {out[-3000:]}"
+    )
 
 
 def kill_mid_restore(slow: Path, audit: Path, key: str, proxy: Proxy, size: int) -> None:
@@ -288,7 +291,8 @@ def test_sigterm_mid_restore_rolls_back_and_a_killed_run_is_rolled_back_or_finis
     s3_host, s3_port = labhosts.S3_ENDPOINT.removeprefix("http://").split(":")
     proxy = Proxy((s3_host, int(s3_port)))
     proxy.rate = 1024 * 1024
-    slow = inventory(tmp_path, s3_endpoint_url=proxy.url)
+    # its own file: run() rewrites rdb.yml without the proxy
+    slow = inventory(tmp_path, "slow.yml", s3_endpoint_url=proxy.url)
     oid, orders, names = shop_oid(), count("orders"), db_names()
     try:
         proc = start_inv(slow, audit, "--dump", dumps["big"], "--yes")
