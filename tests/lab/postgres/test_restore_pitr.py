@@ -133,6 +133,15 @@ def dirs() -> list[str]:
     return sorted(p.name for p in HERE.iterdir())
 
 
+def empty_s3_archive() -> None:
+    """No WAL or history file of an earlier run under S3_PREFIX: PostgreSQL picks a new timeline
+    past every history file it can fetch, so leftovers would move the restore to another one."""
+    s3 = pglab.s3()
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=pglab.BUCKET, Prefix=S3_PREFIX):
+        for item in page.get("Contents", []):
+            s3.delete_object(Bucket=pglab.BUCKET, Key=item["Key"])
+
+
 @pytest.fixture(scope="module")
 def cluster(lab: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The throwaway cluster (port 5440, archiving to its own folder), with the database shop, and
@@ -142,6 +151,7 @@ def cluster(lab: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path
     )
     as_postgres("mkdir", "-p", ARCHIVE, BASE)
     pglab.s3()  # the bucket exists (moto keeps it in memory)
+    empty_s3_archive()
     # The S3 copy's credentials for the restore_command, in a curl config file only postgres reads
     # (moto takes any key; the lab's is no secret).
     as_postgres("sh", "-c", f"umask 077 && cat > {CREDENTIALS}", input='user = "rmlab:rmlab-lab-only"\n')
@@ -200,6 +210,7 @@ def cluster(lab: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path
             if name.startswith("data"):
                 pg_ctl(f"{ROOT}/{name}", "-m", "immediate", "stop", check=False)
         labhosts.exec_on("db1", ["rm", "-rf", ROOT])
+        empty_s3_archive()
 
 
 def run(inventory: Path, audit: Path, *args: str) -> labkit.Ran:
