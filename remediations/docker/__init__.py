@@ -1,8 +1,6 @@
 """Remediations of compose services: restart, health, env files, images.
 
-TASKS names each task of this folder and the module that declares it, so that `inv TASK` imports
-that one module and not every remediation (see remediations/core/registry.py). A new remediation
-here is its module plus one line below; tests/unit/core/test_task_index.py fails until it is there.
+TASKS: task name → module (the registry's index, see remediations/core/registry.py).
 """
 
 TASKS = {
