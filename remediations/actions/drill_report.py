@@ -77,3 +77,18 @@ def previous_success(json_path: str) -> float | None:
         return float(value) if value else None
     except (OSError, ValueError, AttributeError, TypeError):
         return None
+
+
+def write_results(
+    ctx: Any, json_path: str, metrics_path: str, report: Mapping[str, Any], metrics: str
+) -> None:
+    """The result JSON and the metrics file, each replaced whole; the `report` step says which."""
+    from remediations.core.results import Status
+
+    try:
+        write_atomically(json_path, json.dumps(report, indent=2, default=str) + "\n")
+        write_atomically(metrics_path, metrics)
+    except OSError as exc:
+        ctx.record("report", Status.FAILED, f"result not written: {exc}")
+        return
+    ctx.record("report", Status.OK, f"wrote {json_path} and {metrics_path}")

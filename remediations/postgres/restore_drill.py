@@ -44,8 +44,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from remediations.actions import drill_fetch
-from remediations.actions.drill_report import metrics_text, previous_success, write_atomically
-from remediations.actions.pg_checks import check_vars
+from remediations.actions.drill_report import metrics_text, previous_success, write_results
+from remediations.actions.pg_checks import check_vars, stream_into
 from remediations.actions.s3client import Received, S3Store
 from remediations.core import interrupt, validate
 from remediations.core.args import Arg, args
@@ -153,19 +153,6 @@ def create_sql(scratch: str) -> str:
         f"create database {sql_identifier(scratch)};\n"
         f"comment on database {sql_identifier(scratch)} is {sql_literal(SCRATCH_COMMENT)};\n"
     )
-
-
-def feed(remote: Any, command: str, chunks: Iterator[bytes], timeout: float) -> CommandResult:
-    """Run `command` with `chunks` on its stdin as they come (`run_stream` of the SSH and local
-    remotes); any other Remote gets them joined, through `run`'s stdin."""
-    try:
-        if hasattr(remote, "run_stream"):
-            return remote.run_stream(command, chunks, timeout=timeout)  # type: ignore[no-any-return]
-        return remote.run(command, stdin=b"".join(chunks), timeout=timeout)  # type: ignore[no-any-return]
-    finally:
-        close = getattr(chunks, "close", None)
-        if close is not None:  # the GET ends here, however the command did
-            close()
 
 
 def restore_command(pg: PgTarget, scratch: str) -> str:
@@ -416,7 +403,8 @@ class RestoreTest(Remediation):
         got = Received()
         chunks = drill.store.stream(conf.bucket, drill.key, got)
         command = restore_command(drill.pg, conf.scratch)
-        result = self._run_restore(ctx, drill, lambda: feed(ctx.remote, command, chunks, RESTORE_TIMEOUT))
+        send = lambda: stream_into(ctx.remote, command, chunks, RESTORE_TIMEOUT)  # noqa: E731
+        result = self._run_restore(ctx, drill, send)
         if not result.ok:
             raise HostError(f"pg_restore failed (exit {result.exit_code}): {result.tail(3)}", result)
         checked = "its MD5 matches the ETag" if got.md5_checked else "the size matches Content-Length"
@@ -484,10 +472,4 @@ class RestoreTest(Remediation):
         last = now if report["success"] else previous_success(conf.json_path)
         report["finished_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         report["last_success_timestamp"] = last
-        try:
-            write_atomically(conf.json_path, json.dumps(report, indent=2, default=str) + "\n")
-            write_atomically(conf.metrics_path, metrics_text(ctx.host.name, report))
-        except OSError as exc:
-            ctx.record("report", Status.FAILED, f"result not written: {exc}")
-            return
-        ctx.record("report", Status.OK, f"wrote {conf.json_path} and {conf.metrics_path}")
+        write_results(ctx, conf.json_path, conf.metrics_path, report, metrics_text(ctx.host.name, report))

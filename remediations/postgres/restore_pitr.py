@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 from remediations.actions import pitr_host as hostside
-from remediations.actions.drill_report import previous_success, write_atomically
+from remediations.actions.drill_report import previous_success, write_results
 from remediations.actions.pitr_report import metrics_text
 from remediations.core import interrupt
 from remediations.core.args import Arg, args
@@ -507,10 +507,4 @@ class RestorePitr(Remediation):
         report["last_success_timestamp"] = (
             time.time() if report["success"] else previous_success(conf.json_path)
         )
-        try:
-            write_atomically(conf.json_path, json.dumps(report, indent=2, default=str) + "\n")
-            write_atomically(conf.metrics_path, metrics_text(ctx.host.name, report))
-        except OSError as exc:
-            ctx.record("report", Status.FAILED, f"result not written: {exc}")
-            return
-        ctx.record("report", Status.OK, f"wrote {conf.json_path} and {conf.metrics_path}")
+        write_results(ctx, conf.json_path, conf.metrics_path, report, metrics_text(ctx.host.name, report))
