@@ -80,7 +80,10 @@ set -eu
 # drop this copy of the namespace handles of the other hosts (they would keep those alive): one lazy
 # umount detaches a whole subtree (umount -R, one call per mount, is quadratic at 1,000 hosts)
 umount -l /run/netns /run/remediations-lab/mnt 2>/dev/null || true
-for f in /run/remediations-lab/uts/*; do [ -e "$f" ] && umount -l /run/remediations-lab/uts/*; break; done
+for f in /run/remediations-lab/uts/*; do
+    # another host built in parallel may have its handle made but not bound yet: not an error
+    if [ -e "$f" ]; then umount -l /run/remediations-lab/uts/* 2>/dev/null || true; fi; break
+done
 mount -t tmpfs -o mode=0755,size=16m rmlab-run /run
 mkdir -p /run/sshd /run/lock
 chmod 1777 /run/lock

@@ -32,7 +32,10 @@ set -eu
 # drop this copy's references to other hosts' namespaces: a lazy umount detaches a whole subtree
 # in one call (umount -R makes one per mount: minutes when the fleet's thousand hosts run)
 umount -l /run/netns /run/remediations-lab/mnt 2>/dev/null || true
-for f in /run/remediations-lab/uts/*; do [ -e "$f" ] && umount -l /run/remediations-lab/uts/*; break; done
+for f in /run/remediations-lab/uts/*; do
+    # another host built in parallel may have its handle made but not bound yet: not an error
+    if [ -e "$f" ]; then umount -l /run/remediations-lab/uts/* 2>/dev/null || true; fi; break
+done
 mount -t tmpfs -o mode=0755,size=256m rmlab-run /run
 mkdir -p /run/sshd /run/lock /run/postgresql
 chmod 0755 /run/sshd

@@ -171,3 +171,40 @@ def test_down_leaves_nothing_behind_and_up_comes_back(lab: Any) -> None:
         status = lab_mod.up()
     assert status.up, status.to_dict()
     assert labkit.health("api1") == "healthy"
+
+
+def test_a_new_hosts_mount_script_survives_a_uts_handle_not_yet_mounted(tmp_path: Path) -> None:
+    """`up` builds hosts in parallel: a host's mount namespace may be made while another host's
+    UTS handle exists as an empty file, not yet bound. The script must unmount what is mounted
+    and go on (CI once failed here with "umount: …/uts/api2: not mounted")."""
+    from lab.mounts import _MOUNT_SCRIPT
+
+    sources = []
+    for name in ("srv", "ufw", "default-ufw", "docker", "postgresql", "log"):
+        path = tmp_path / name
+        if name == "default-ufw":
+            path.write_text("")
+        else:
+            path.mkdir()
+        sources.append(str(path))
+    # All in a private mount namespace over a scratch /run: nothing outside it changes.
+    outer = (
+        "set -eu\n"
+        "mount -t tmpfs scratch /run\n"
+        "mkdir -p /run/remediations-lab/uts /run/netns\n"
+        "touch /run/remediations-lab/uts/bound /run/remediations-lab/uts/not-yet\n"
+        "mount --bind /etc/hostname /run/remediations-lab/uts/bound\n"
+        'sh -c "$0" sh "$@"\n'
+        "test -e /run/.rmlab-ready\n"
+        "if grep -q remediations-lab/uts /proc/self/mountinfo; then echo still-bound; exit 3; fi\n"
+    )
+    touches = [p for p in ("/etc/ufw", "/etc/default/ufw") if not Path(p).exists()]
+    assert not touches, f"ufw is not installed here ({touches}): run scripts/bootstrap"
+    proc = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", outer, _MOUNT_SCRIPT, *sources],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert proc.returncode == 0, (proc.returncode, proc.stdout, proc.stderr)
