@@ -196,7 +196,10 @@ def test_a_new_hosts_mount_script_survives_a_uts_handle_not_yet_mounted(tmp_path
         "mount --bind /etc/hostname /run/remediations-lab/uts/bound\n"
         'sh -c "$0" sh "$@"\n'
         "test -e /run/.rmlab-ready\n"
-        "if grep -q remediations-lab/uts /proc/self/mountinfo; then echo still-bound; exit 3; fi\n"
+        # (the real lab's own handles, hidden under the scratch /run, may be listed too: look for ours)
+        "if grep -q ' /run/remediations-lab/uts/bound ' /proc/self/mountinfo; then\n"
+        "  echo still-bound; exit 3\n"
+        "fi\n"
     )
     touches = [p for p in ("/etc/ufw", "/etc/default/ufw") if not Path(p).exists()]
     assert not touches, f"ufw is not installed here ({touches}): run scripts/bootstrap"
