@@ -12,7 +12,8 @@
         when: {probe: failed}           # every named earlier step has one of the statuses
         retries: 1                      # re-run a failed step (remediations are idempotent)
         retry_delay: 5s
-        timeout: 5m                     # caps the task's own deadline on each host
+        timeout: 5m                     # caps the task's own deadline on each host (the wait
+                                        # for the host's lock, --lock-wait, comes on top)
         on_failure: rollback            # stop (default) | continue | escalate | a later step's id
         approve: true                   # a real run asks a person first (or --yes)
         hosts: runbook                  # runbook (default): the host the runbook runs on;
@@ -156,7 +157,8 @@ def _build(node: yaml.Node, source: str) -> Any:
     try:
         return yaml.SafeLoader("").construct_object(node)
     except yaml.YAMLError as exc:
-        raise RunbookError(f"{source}:{node.start_mark.line + 1}: {exc}") from None
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise RunbookError(f"{source}:{node.start_mark.line + 1}: {problem}") from None
 
 
 def read(text: str, source: str) -> Any:
