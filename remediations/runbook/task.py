@@ -75,7 +75,7 @@ def main(flags: Flags, name: str, from_step: str | None, yes: bool, list_: bool,
     audit_log = None
     try:
         path = inventory_mod.inventory_path(flags.inventory)
-        inv = inventory_mod.load(path) if flags.host or path.exists() else None
+        inv = inventory_mod.load(path) if flags.host or flags.inventory or path.exists() else None
         variables = run_wide_vars(inv) if inv is not None else {}
         audit_log = variables.get("audit_log")
         search = folders(directory, path if inv is not None else None, variables.get("runbook_dirs"))
@@ -111,11 +111,17 @@ def _run(flags: Flags, name: str, from_step: str | None, yes: bool, inv: Any, se
     if not name:
         raise UsageError("give a runbook name, e.g. inv runbook api-down --host api1 "
                          "(`inv runbook --list` shows them)")
-    if not flags.host or inv is None:
-        raise UsageError("--host is required: the host (or group) the runbook runs on")
     book = spec.find(name, search)
     values = book.values(given_vars)
-    hosts = inv.select(flags.host)
+    if flags.host and inv is not None:
+        hosts = inv.select(flags.host)
+    elif _controller_only(book):  # S3 and the like: the runbook runs once, from here
+        from remediations.core.inventory import Inventory, controller_host
+
+        inv = inv if inv is not None else Inventory("<no inventory>")
+        hosts = [controller_host(inv, "controller")]
+    else:
+        raise UsageError("--host is required: the host (or group) the runbook runs on")
     if from_step is not None:
         book.index(from_step)  # an unknown step is bad input before anything runs
         if len(hosts) != 1:
@@ -141,6 +147,14 @@ def _run(flags: Flags, name: str, from_step: str | None, yes: bool, inv: Any, se
         for r in results:
             print(f"{book.name} on {r.host}: {r.status}: {r.reason}")
     return runner.exit_code(results)
+
+
+def _controller_only(book: Any) -> bool:
+    from remediations.core import registry
+
+    tasks = [s for s in book.steps if s.kind != "notify"]
+    return bool(tasks) and all(s.hosts == "controller" or registry.get(s.target).runs_on_controller
+                               for s in tasks)  # fmt: skip
 
 
 def runner_state_dir(inv: Any) -> Path:
