@@ -180,6 +180,14 @@ def test_media_deleted_previews_pauses_for_approval_then_restores(lab: Any, audi
         s3.delete_object(Bucket=name, Key=f"media/{i}.jpg")
     given = ("--var", f"bucket={name}", "--var", "prefix=media/", "--var", f"at={at}")
 
+    check = inv("runbook", "media-deleted", "--check", "--json", *given, audit=audit, env=env)
+    assert check.code == 0, check.stderr + check.stdout
+    [host] = json.loads(check.stdout)["hosts"]
+    path = [(s["id"], s["status"]) for s in host["steps"]]
+    assert path[:2] == [("preview", "changed"), ("restore", "changed")], path
+    assert host["steps"][1]["note"] == "a real run asks for approval here"
+    assert "Contents" not in s3.list_objects_v2(Bucket=name, Prefix="media/")
+
     paused = inv("runbook", "media-deleted", *given, audit=audit, env=env, stdin="")
     assert paused.code == 3, paused.stderr + paused.stdout  # waiting for a person: nothing restored
     assert "waiting for approval" in paused.stdout and "--from restore --yes" in paused.stdout
