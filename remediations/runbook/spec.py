@@ -34,10 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from remediations.core import registry
 from remediations.core.errors import UsageError
+from remediations.core.located import FileError, Located, known_keys, line_of, read
 from remediations.core.units import parse_seconds
 
 STEP_ID = re.compile(r"[a-z][a-z0-9-]{0,39}")
@@ -55,7 +54,7 @@ VAR_REF = re.compile(r"\$\{((?:host\.)?[A-Za-z_][A-Za-z0-9_]{0,63})\}")
 KINDS = ("check", "run", "notify")
 
 
-class RunbookError(UsageError):
+class RunbookError(FileError):
     """A runbook that does not read: `file:line: what is wrong`."""
 
 
@@ -126,73 +125,26 @@ class Runbook:
         raise UsageError(f"runbook {self.name} has no step {step_id!r}; its steps: {known}")
 
 
-# ---------------------------------------------------------------------------- YAML with line numbers
-
-
-class _Lines(dict[str, Any]):
-    """A mapping read from YAML that remembers where it and each of its keys were."""
-
-    line: int = 0
-    key_lines: dict[str, int]
-
-
-def _build(node: yaml.Node, source: str) -> Any:
-    if isinstance(node, yaml.MappingNode):
-        out = _Lines()
-        out.line, out.key_lines = node.start_mark.line + 1, {}
-        for key_node, value_node in node.value:
-            key = _build(key_node, source)
-            where = key_node.start_mark.line + 1
-            if not isinstance(key, str):
-                raise RunbookError(f"{source}:{where}: a key must be text, not {key!r}")
-            if key in out:
-                raise RunbookError(f"{source}:{where}: {key!r} is given twice "
-                                   f"(first on line {out.key_lines[key]})")  # fmt: skip
-            out[key], out.key_lines[key] = _build(value_node, source), where
-        return out
-    if isinstance(node, yaml.SequenceNode):
-        return [_build(item, source) for item in node.value]
-    if node.tag == "tag:yaml.org,2002:str" or not node.tag.startswith("tag:yaml.org,2002:"):
-        return str(node.value)  # a custom tag (!!python/…) is text here, never constructed
-    try:
-        return yaml.SafeLoader("").construct_object(node)
-    except yaml.YAMLError as exc:
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise RunbookError(f"{source}:{node.start_mark.line + 1}: {problem}") from None
-
-
-def read(text: str, source: str) -> Any:
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}" if mark is not None else source
-        raise RunbookError(f"{where}: not YAML: {getattr(exc, 'problem', None) or exc}") from None
-    if node is None:
-        raise RunbookError(f"{source}: empty file: a runbook has a name and steps")
-    return _build(node, source)
-
-
 # ---------------------------------------------------------------------------------------- checking
 
 
 def parse(text: str, source: str, expected_name: str | None = None) -> Runbook:
-    data = read(text, source)
-    if not isinstance(data, _Lines):
+    data = read(text, source, "a runbook has a name and steps", RunbookError)
+    if not isinstance(data, Located):
         raise RunbookError(f"{source}:1: a runbook is a mapping with name, description and steps")
-    _known_keys(data, TOP_KEYS, source, "a runbook")
+    known_keys(data, TOP_KEYS, source, "a runbook", RunbookError)
     name = data.get("name")
     if not isinstance(name, str) or not NAME.fullmatch(name):
-        raise RunbookError(f"{source}:{_at(data, 'name')}: name must be lowercase letters, digits and "
+        raise RunbookError(f"{source}:{line_of(data, 'name')}: name must be lowercase letters, digits and "
                            f"'-', starting with a letter (got {name!r})")  # fmt: skip
     if expected_name is not None and name != expected_name:
-        raise RunbookError(f"{source}:{_at(data, 'name')}: name {name!r} differs from the file's "
+        raise RunbookError(f"{source}:{line_of(data, 'name')}: name {name!r} differs from the file's "
                            f"name {expected_name!r}")  # fmt: skip
     raw_steps = data.get("steps")
     if not isinstance(raw_steps, list) or not raw_steps:
-        raise RunbookError(f"{source}:{_at(data, 'steps')}: steps must be a non-empty list")
+        raise RunbookError(f"{source}:{line_of(data, 'steps')}: steps must be a non-empty list")
     if len(raw_steps) > MAX_STEPS:
-        raise RunbookError(f"{source}:{_at(data, 'steps')}: at most {MAX_STEPS} steps")
+        raise RunbookError(f"{source}:{line_of(data, 'steps')}: at most {MAX_STEPS} steps")
     variables = _vars(data, source)
     steps: list[Step] = []
     for raw in raw_steps:
@@ -200,25 +152,26 @@ def parse(text: str, source: str, expected_name: str | None = None) -> Runbook:
     _check_jumps(steps, source)
     seeds = data.get("seeds") or []
     if not isinstance(seeds, list) or not all(isinstance(s, str) for s in seeds):
-        raise RunbookError(f"{source}:{_at(data, 'seeds')}: seeds must be a list of text")
+        raise RunbookError(f"{source}:{line_of(data, 'seeds')}: seeds must be a list of text")
     description = data.get("description", "")
     return Runbook(name, str(description), tuple(steps), source, tuple(seeds), variables)
 
 
-def _vars(data: _Lines, source: str) -> dict[str, Var]:
+def _vars(data: Located, source: str) -> dict[str, Var]:
     if data.get("vars") is None:
         return {}
     raw = data["vars"]
-    if not isinstance(raw, _Lines):
-        raise RunbookError(f"{source}:{_at(data, 'vars')}: vars maps each name to help, default, required")
+    if not isinstance(raw, Located):
+        raise RunbookError(f"{source}:{line_of(data, 'vars')}: vars maps each name to help, default, "
+                           "required")
     out: dict[str, Var] = {}
     for name, spec in raw.items():
         at = f"{source}:{raw.key_lines[name]}: var {name}"
         if not re.fullmatch(r"[a-z][a-z0-9_]{0,39}", name):
             raise RunbookError(f"{at}: a var name is lowercase letters, digits and '_'")
-        if not isinstance(spec, _Lines):
+        if not isinstance(spec, Located):
             raise RunbookError(f"{at}: give help (and default or required: true)")
-        _known_keys(spec, VAR_KEYS, source, f"var {name}")
+        known_keys(spec, VAR_KEYS, source, f"var {name}", RunbookError)
         default = spec.get("default")
         if default is not None and not isinstance(default, str | int | float):
             raise RunbookError(f"{at}: default is text")
@@ -257,27 +210,16 @@ def _refs(value: Any) -> list[str]:
     return []
 
 
-def _at(data: _Lines, key: str) -> int:
-    return data.key_lines.get(key, data.line)
-
-
-def _known_keys(data: _Lines, known: set[str], source: str, what: str) -> None:
-    for key in data:
-        if key not in known:
-            raise RunbookError(f"{source}:{data.key_lines[key]}: {what} has no key {key!r} "
-                               f"(known: {', '.join(sorted(known))})")  # fmt: skip
-
-
 def _step(raw: Any, source: str, earlier: list[Step], line: int, variables: Mapping[str, Var]) -> Step:
-    if not isinstance(raw, _Lines):
+    if not isinstance(raw, Located):
         raise RunbookError(f"{source}:{line}: each step is a mapping with an id and one of "
                            f"{', '.join(KINDS)}")  # fmt: skip
     step_id = raw.get("id")
     if not isinstance(step_id, str) or not STEP_ID.fullmatch(step_id):
-        raise RunbookError(f"{source}:{_at(raw, 'id')}: a step id is lowercase letters, digits and '-' "
+        raise RunbookError(f"{source}:{line_of(raw, 'id')}: a step id is lowercase letters, digits and '-' "
                            f"(at most 40), starting with a letter (got {step_id!r})")  # fmt: skip
     where = f"{source}:{raw.line}: step {step_id}"
-    _known_keys(raw, STEP_KEYS, source, f"step {step_id}")
+    known_keys(raw, STEP_KEYS, source, f"step {step_id}", RunbookError)
     if any(s.id == step_id for s in earlier):
         raise RunbookError(f"{where}: the id is used by an earlier step")
     kinds = [k for k in KINDS if k in raw]
@@ -286,10 +228,10 @@ def _step(raw: Any, source: str, earlier: list[Step], line: int, variables: Mapp
     kind = kinds[0]
     target = raw[kind]
     if not isinstance(target, str) or not target.strip():
-        raise RunbookError(f"{source}:{_at(raw, kind)}: step {step_id}: {kind} needs text")
+        raise RunbookError(f"{source}:{line_of(raw, kind)}: step {step_id}: {kind} needs text")
     args = raw.get("args") or {}
     if not isinstance(args, dict):
-        raise RunbookError(f"{source}:{_at(raw, 'args')}: step {step_id}: args must be a mapping")
+        raise RunbookError(f"{source}:{line_of(raw, 'args')}: step {step_id}: args must be a mapping")
     step = Step(
         id=step_id, kind=kind, target=target, line=raw.line, description=str(raw.get("description", "")),
         args=dict(args), when=_when(raw, source, step_id, earlier),
@@ -302,7 +244,7 @@ def _step(raw: Any, source: str, earlier: list[Step], line: int, variables: Mapp
     )  # fmt: skip
     for ref in _refs(list(step.args.values())):
         if ref not in variables and not ref.startswith("host."):
-            raise RunbookError(f"{source}:{_at(raw, 'args')}: step {step_id}: ${{{ref}}} is not one of "
+            raise RunbookError(f"{source}:{line_of(raw, 'args')}: step {step_id}: ${{{ref}}} is not one of "
                                f"the runbook's vars ({', '.join(variables) or 'none declared'})")  # fmt: skip
     if kind == "notify":
         _check_template(step, source, earlier)
@@ -311,11 +253,11 @@ def _step(raw: Any, source: str, earlier: list[Step], line: int, variables: Mapp
     return step
 
 
-def _when(raw: _Lines, source: str, step_id: str, earlier: list[Step]) -> dict[str, tuple[str, ...]]:
+def _when(raw: Located, source: str, step_id: str, earlier: list[Step]) -> dict[str, tuple[str, ...]]:
     when = raw.get("when")
     if when is None:
         return {}
-    at = f"{source}:{_at(raw, 'when')}: step {step_id}: when"
+    at = f"{source}:{line_of(raw, 'when')}: step {step_id}: when"
     if not isinstance(when, dict) or not when:
         raise RunbookError(f"{at} is a mapping of earlier step ids to statuses, e.g. {{probe: failed}}")
     out: dict[str, tuple[str, ...]] = {}
@@ -331,57 +273,57 @@ def _when(raw: _Lines, source: str, step_id: str, earlier: list[Step]) -> dict[s
     return out
 
 
-def _jump(raw: _Lines, key: str, words: tuple[str, ...], source: str, step_id: str) -> str:
+def _jump(raw: Located, key: str, words: tuple[str, ...], source: str, step_id: str) -> str:
     value = raw.get(key, words[0])
     if not isinstance(value, str) or not (value in words or STEP_ID.fullmatch(value)):
-        raise RunbookError(f"{source}:{_at(raw, key)}: step {step_id}: {key} is "
+        raise RunbookError(f"{source}:{line_of(raw, key)}: step {step_id}: {key} is "
                            f"{', '.join(words)} or a later step's id (got {value!r})")  # fmt: skip
     return value
 
 
-def _mode(raw: _Lines, source: str, step_id: str) -> str:
+def _mode(raw: Located, source: str, step_id: str) -> str:
     value = raw.get("mode", "auto")
     if value not in ("auto", "check"):
-        raise RunbookError(f"{source}:{_at(raw, 'mode')}: step {step_id}: mode is auto (the run's) or "
+        raise RunbookError(f"{source}:{line_of(raw, 'mode')}: step {step_id}: mode is auto (the run's) or "
                            f"check (always a preview), not {value!r}")  # fmt: skip
     return str(value)
 
 
-def _retries(raw: _Lines, source: str, step_id: str) -> int:
+def _retries(raw: Located, source: str, step_id: str) -> int:
     value = raw.get("retries", 0)
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_RETRIES:
-        raise RunbookError(f"{source}:{_at(raw, 'retries')}: step {step_id}: retries is a whole number "
+        raise RunbookError(f"{source}:{line_of(raw, 'retries')}: step {step_id}: retries is a whole number "
                            f"from 0 to {MAX_RETRIES} (got {value!r})")  # fmt: skip
     return value
 
 
-def _duration(raw: _Lines, key: str, source: str, step_id: str, default: float | None) -> float | None:
+def _duration(raw: Located, key: str, source: str, step_id: str, default: float | None) -> float | None:
     if key not in raw:
         return default
-    at = f"{source}:{_at(raw, key)}: step {step_id}: {key}"
+    at = f"{source}:{line_of(raw, key)}: step {step_id}: {key}"
     try:
         return parse_seconds(raw[key], key, high=86400.0)
     except UsageError as exc:
         raise RunbookError(f"{at}: {exc}") from None
 
 
-def _flag(raw: _Lines, key: str, source: str, step_id: str) -> bool:
+def _flag(raw: Located, key: str, source: str, step_id: str) -> bool:
     value = raw.get(key, False)
     if not isinstance(value, bool):
-        raise RunbookError(f"{source}:{_at(raw, key)}: step {step_id}: {key} is true or false")
+        raise RunbookError(f"{source}:{line_of(raw, key)}: step {step_id}: {key} is true or false")
     return value
 
 
-def _hosts(raw: _Lines, source: str, step_id: str) -> str:
+def _hosts(raw: Located, source: str, step_id: str) -> str:
     value = raw.get("hosts", "runbook")
     if not isinstance(value, str) or not value.strip() or any(c in value for c in "\n\r\0"):
-        raise RunbookError(f"{source}:{_at(raw, 'hosts')}: step {step_id}: hosts is runbook, "
+        raise RunbookError(f"{source}:{line_of(raw, 'hosts')}: step {step_id}: hosts is runbook, "
                            f"controller, or a host pattern (got {value!r})")  # fmt: skip
     return value
 
 
-def _check_task(step: Step, raw: _Lines, source: str, variables: Mapping[str, Var]) -> None:
-    at = f"{source}:{_at(raw, step.kind)}: step {step.id}"
+def _check_task(step: Step, raw: Located, source: str, variables: Mapping[str, Var]) -> None:
+    at = f"{source}:{line_of(raw, step.kind)}: step {step.id}"
     if step.target not in registry.names():
         raise RunbookError(f"{at}: no task {step.target!r} (`inv --list` shows them)")
     cls = registry.get(step.target)
@@ -397,7 +339,8 @@ def _check_task(step: Step, raw: _Lines, source: str, variables: Mapping[str, Va
     try:
         cls.from_values(cls.params.parse(task_arguments(cls, step.args)))
     except UsageError as exc:
-        raise RunbookError(f"{source}:{_at(raw, 'args')}: step {step.id} ({step.target}): {exc}") from None
+        where = f"{source}:{line_of(raw, 'args')}"
+        raise RunbookError(f"{where}: step {step.id} ({step.target}): {exc}") from None
 
 
 def task_arguments(cls: Any, given: Mapping[str, Any]) -> dict[str, Any]:
