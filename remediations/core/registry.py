@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from remediations.core.remediation import Remediation
 
 # Not domains: the layers below them, and the runbooks above them (which run tasks by name).
-LAYERS = frozenset({"core", "facts", "actions", "reporting", "runbook"})
+LAYERS = frozenset({"core", "facts", "actions", "reporting", "runbook", "alerts"})
 
 _REGISTRY: dict[str, type[Remediation]] = {}
 

@@ -17,7 +17,8 @@ BELOW = {
     "actions": {"core", "facts", "actions", "reporting"},
 }
 # Above the domains: runbooks reach remediations through the registry, never by importing a domain.
-ABOVE = {"runbook": {"core", "reporting", "runbook", "cli"}}
+ABOVE = {"runbook": {"core", "reporting", "runbook", "cli", "invoke_errors"},
+         "alerts": {"core", "reporting", "runbook", "alerts", "cli", "invoke_errors"}}
 
 
 def imports(path: Path) -> list[str]:
