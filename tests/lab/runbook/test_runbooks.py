@@ -19,7 +19,7 @@ from typing import Any
 import boto3
 import pytest
 
-from lab import hosts as lab
+from lab import hosts as lab_mod
 from remediations.facts import envfile
 from tests import labkit
 from tests.labkit import inv
@@ -32,7 +32,7 @@ RECORDS = "/var/lib/remediations/rotations.json"
 
 
 def sh(host: str, script: str) -> str:
-    return lab.exec_on(host, ["sh", "-c", script], timeout=120).stdout.decode()
+    return lab_mod.exec_on(host, ["sh", "-c", script], timeout=120).stdout.decode()
 
 
 @pytest.fixture
@@ -165,8 +165,8 @@ SECRET_KEY = "lab-secret-key-runbook-never-printed"  # noqa: S105 - a fake, to p
 
 def test_media_deleted_previews_pauses_for_approval_then_restores(lab: Any, audit: Path) -> None:
     env = {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": lab.S3_ENDPOINT}  # fmt: skip
-    s3 = boto3.client("s3", endpoint_url=lab.S3_ENDPOINT, region_name="us-east-1",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": lab_mod.S3_ENDPOINT}  # fmt: skip
+    s3 = boto3.client("s3", endpoint_url=lab_mod.S3_ENDPOINT, region_name="us-east-1",
                       aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY)  # fmt: skip
     name = f"rm-rb-{uuid.uuid4().hex[:12]}"
     s3.create_bucket(Bucket=name)
