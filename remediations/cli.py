@@ -314,8 +314,15 @@ def collection(*extra: Task[Any], lazy: bool = True) -> Collection:
     With `lazy` (the default) the tasks are PendingTasks: no remediation module is imported until a
     task is used; `lazy=False` imports every module and builds every task now.
     """
+    from remediations.alerts.task import alerts_collection
+    from remediations.runbook.task import runbook_task
+
     ns = Collection()
     taken = {t.name for t in extra}
+    if "runbook" not in taken:
+        ns.add_task(runbook_task())  # runs registered tasks in sequence: not itself a remediation
+    if "alerts" not in taken:
+        ns.add_collection(alerts_collection())  # alerts.test: the rules against a payload, offline
     for name in registry.names() if lazy else registry.discover():
         if name not in taken:
             ns.add_task(PendingTask(name) if lazy else declared_task(registry.get(name)))

@@ -29,6 +29,7 @@ from remediations.reporting.output import USAGE_EXIT_CODE, error_document
 
 _UNKNOWN = re.compile(r"No idea what '(?P<token>.*)' is!", re.DOTALL)
 _NEEDS_VALUE = re.compile(r"Flag <Argument: (?P<name>[\w-]+)[^>]*> needed value")
+_POSITIONAL = re.compile(r"'(?P<task>[\w-]+)' did not receive required positional arguments: '(?P<name>\w+)'")
 _NO_VALUE = re.compile(r"Flag '(?P<flag>[^']+)' doesn't take any value")
 
 
@@ -39,6 +40,7 @@ def install() -> None:
     parse_tasks, parse_cleanup = Program.parse_tasks, Program.parse_cleanup
 
     def tasks_step(self: Program) -> None:
+        listing_runbooks(self.core.unparsed)
         _guarded(self, lambda: _parse_named(self, parse_tasks))
 
     def cleanup_step(self: Program) -> None:
@@ -47,6 +49,15 @@ def install() -> None:
     Program.parse_tasks = tasks_step  # type: ignore[method-assign]
     Program.parse_cleanup = cleanup_step  # type: ignore[method-assign]
     Program._one_line_errors = True  # type: ignore[attr-defined]
+
+
+def listing_runbooks(tokens: list[str]) -> None:
+    """`inv runbook --list` / `--show NAME`: the runbook's NAME is positional, which Invoke always
+    requires; a listing gives it an empty value (`--name=`) so that it parses."""
+    if not tokens or tokens[0] != "runbook" or any(t == "--name" or t.startswith("--name=") for t in tokens):
+        return
+    if "--list" in tokens or any(t == "--show" or t.startswith("--show=") for t in tokens):
+        tokens.insert(1, "--name=")
 
 
 def _parse_named(program: Program, parse: Callable[[Program], None]) -> None:
@@ -130,6 +141,11 @@ def explain(exc: ParseError, program: Program) -> str:
     if needs:
         flag = "--" + needs.group("name").replace("_", "-")
         return f"{flag} needs a value" + (f" (inv --help {task})" if task else "")
+    positional = _POSITIONAL.search(text)
+    if positional:
+        name, needing = positional.group("name"), positional.group("task")
+        listing = f" (inv {needing} --list shows them)" if needing == "runbook" else ""
+        return f"{needing} needs its {name.upper()} first{listing}"
     no_value = _NO_VALUE.search(text)
     if no_value:
         return f"{no_value.group('flag')} is a switch and takes no value; leave out the '=…'"

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from remediations.core.remediation import Remediation
 
-LAYERS = frozenset({"core", "facts", "actions", "reporting"})  # below the domains: no remediations
+# Not domains: the layers below them, and the runbooks above them (which run tasks by name).
+LAYERS = frozenset({"core", "facts", "actions", "reporting", "runbook", "alerts"})
 
 _REGISTRY: dict[str, type[Remediation]] = {}
 
