@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -360,25 +361,33 @@ def test_bad_input_is_one_line_exit_2(tmp_path: Path, inventory: Path, peer: bot
     assert peer.calls == [] and not (tmp_path / "lock").exists()
 
 
-@pytest.mark.parametrize(
-    ("spec", "words"),
-    [
-        ({"host": "bothost", "env_file": "relative/.env"}, "env_file 'relative/.env'"),
-        ({"host": "nosuch", "env_file": "/srv/.env"}, "host 'nosuch'"),
-        ({"env_file": "/srv/.env"}, "host None"),
-        ({"controller_env": "X", "env_file": "/srv/.env"}, "exactly one of"),
-        ({"controller_env": "X", "api_url": "http://198.51.100.7:8081"}, "api_url"),
-        ({"controller_env": "X", "timeout": "soon"}, "timeout 'soon'"),
-        ({"controller_env": "X", "tokn": 1}, "unknown key(s) 'tokn'"),
-        ({"controller_env": "X; reboot"}, "controller_env 'X; reboot'"),
-        ("a string", "give a mapping"),
-    ],
-)
+BAD_DECLARATIONS = [
+    ({"host": "bothost", "env_file": "relative/.env"}, "env_file 'relative/.env'"),
+    ({"host": "nosuch", "env_file": "/srv/.env"}, "host 'nosuch'"),
+    ({"env_file": "/srv/.env"}, "host None"),
+    ({"controller_env": "X", "env_file": "/srv/.env"}, "exactly one of"),
+    ({"controller_env": "X", "api_url": "http://198.51.100.7:8081"}, "api_url"),
+    ({"controller_env": "X", "timeout": "soon"}, "timeout 'soon'"),
+    ({"controller_env": "X", "tokn": 1}, "unknown key(s) 'tokn'"),
+    ({"controller_env": "X; reboot"}, "controller_env 'X; reboot'"),
+    ("a string", "give a mapping"),
+]
+
+
+@pytest.mark.parametrize(("spec", "words"), BAD_DECLARATIONS)
 def test_bad_declarations(tmp_path: Path, spec: Any, words: str) -> None:
+    """Read as a run reads them (the inventory loaded from its file); the first one also through the
+    real front end."""
+    from remediations.bots.declared import declared
+    from remediations.core.inventory import load
+
     data = {"all": {"vars": {"ansible_connection": "local", "lock_dir": str(tmp_path / "lock"),
                              "telegram_bots": {"b": spec}}, "hosts": {"bothost": {}}}}  # fmt: skip
     path = tmp_path / "hosts.yml"
     path.write_text(yaml.safe_dump(data))
-    ran = labkit.inv("bot-webhook", "--bot", "b", audit=tmp_path / "a.jsonl", inventory=path,
-                     env={"X": ENV_TOKEN}, timeout=60)  # fmt: skip
-    assert ran.code == 2 and words in ran.stderr and len(ran.stderr.splitlines()) == 1, ran.stderr
+    with pytest.raises(UsageError, match=re.escape(words)) as caught:
+        declared(load(path), "b")
+    assert "\n" not in str(caught.value) and str(caught.value).startswith(f"{path}: telegram_bots.b: ")
+    if spec == BAD_DECLARATIONS[0][0]:
+        ran = labkit.inv("bot-webhook", "--bot", "b", audit=tmp_path / "a.jsonl", inventory=path, timeout=60)
+        assert ran.code == 2 and words in ran.stderr and len(ran.stderr.splitlines()) == 1, ran.stderr
