@@ -4,8 +4,8 @@ any host is touched), the one shell command that gathers every fact, and its pur
 The command prints, in marked sections: every container of the compose project (`docker inspect`),
 the count of error lines in each one's logs over the last 24 h, the HTTP health URL fetched on the
 host, `stat -f` of the filesystems that matter, the newest file in the backup directory, the
-configured dependency probes (TCP ports, HTTP URLs) tried from the host, and on a WAL-archiving
-PostgreSQL host pg_stat_archiver (psql as the database's OS user).
+configured dependency probes (TCP ports, HTTP URLs, Prometheus metrics endpoints) tried from the
+host, and on a WAL-archiving PostgreSQL host pg_stat_archiver (psql as the database's OS user).
 """
 
 from __future__ import annotations
@@ -19,9 +19,11 @@ from dataclasses import dataclass, field
 from remediations.core.errors import UsageError
 from remediations.core.inventory import Host
 from remediations.core.units import check_non_negative, check_percent
+from remediations.core.validate import shown
 from remediations.facts.compose import Container, Project, config_error, health_urls, record_path
 from remediations.facts.disk import check_backup_dir
 from remediations.facts.fs import STAT_FS_FORMAT, FsUsage, fs_snippet
+from remediations.facts.metrics import Rule, Scrape, parse_rules, scrape_command
 from remediations.facts.postgres import ARCHIVER_JSON_SQL, AS_USER, PgTarget
 from remediations.facts.sections import MARK, Section, parse_sections
 
@@ -43,8 +45,9 @@ PG_ARCHIVER_SQL = (
 @dataclass(frozen=True)
 class Probe:
     name: str
-    kind: str  # "tcp" | "http"
+    kind: str  # "tcp" | "http" | "metrics"
     target: str  # host:port or URL
+    rules: tuple[Rule, ...] = ()  # a metrics probe's thresholds (facts.metrics)
 
 
 @dataclass(frozen=True)
@@ -102,7 +105,7 @@ class Settings:
                 )
             ),
             error_pattern=_pattern(host.get("health_error_pattern", DEFAULT_ERROR_PATTERN), where),
-            probes=_probes(host.get("health_probes") or [], where),
+            probes=_probes(host.get("health_probes") or [], f"{host.source}: host {where}"),
             pg_archiver=_pg_archiver(host, where),
             service_urls=_service_urls(host, project, services),
             record=record_path(host) if project is not None else None,
@@ -185,23 +188,48 @@ def _pattern(value: object, where: str) -> str:
     return text
 
 
+PROBE_KINDS = ("tcp", "http", "metrics")
+METRICS_KEYS = {"name", "metrics", "red", "yellow"}
+
+
 def _probes(raw: object, where: str) -> tuple[Probe, ...]:
     if not isinstance(raw, list):
         raise UsageError(
-            f"{where}: health_probes must be a list of {{name, tcp: host:port}} or {{name, http: url}}"
+            f"{where}: health_probes must be a list of {{name, tcp: host:port}}, {{name, http: url}} "
+            "or {name, metrics: url, red: [rules]}"
         )
     probes = []
     for item in raw:
-        if not isinstance(item, dict) or len({"tcp", "http"} & item.keys()) != 1:
-            raise UsageError(f"{where}: health_probes entry {item!r} needs exactly one of tcp or http")
-        kind = "tcp" if "tcp" in item else "http"
+        if not isinstance(item, dict) or len(set(PROBE_KINDS) & item.keys()) != 1:
+            raise UsageError(f"{where}: health_probes entry {shown(item)} needs exactly one of tcp, http "
+                             "or metrics")  # fmt: skip
+        kind = next(k for k in PROBE_KINDS if k in item)
         target = str(item[kind])
         if kind == "tcp" and not (HOST_PORT.match(target) and 0 < int(target.rsplit(":", 1)[1]) < 65536):
             raise UsageError(f"{where}: health_probes tcp {target!r}: give host:port")
-        if kind == "http" and not re.match(r"^https?://", target):
-            raise UsageError(f"{where}: health_probes http {target!r}: give an http:// or https:// URL")
-        probes.append(Probe(str(item.get("name") or target), kind, target))
+        if kind != "tcp" and not _one_line_url(target):
+            raise UsageError(f"{where}: health_probes {kind} {shown(target)}: give an http:// or https:// "
+                             "URL on one line")  # fmt: skip
+        name = str(item.get("name") or target)
+        rules: tuple[Rule, ...] = ()
+        if kind == "metrics":
+            unknown = sorted(str(k) for k in item.keys() - METRICS_KEYS)
+            if unknown:
+                keys = ", ".join(shown(k) for k in unknown)
+                raise UsageError(f"{where}: health_probes metrics {shown(name)}: unknown key(s) {keys} "
+                                 "(it takes name, metrics, red, yellow)")  # fmt: skip
+            rules = parse_rules(item, f"{where}: health_probes metrics {shown(name)}")
+        if _CONTROL_CHARS.search(name) or len(name) > 100:
+            raise UsageError(f"{where}: health_probes name {shown(name)}: one line, at most 100 characters")
+        probes.append(Probe(name, kind, target, rules))
     return tuple(probes)
+
+
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _one_line_url(target: str) -> bool:
+    return bool(re.match(r"^https?://[^\s]+$", target)) and not _CONTROL_CHARS.search(target)
 
 
 # --- facts ---------------------------------------------------------------------------------------
@@ -313,6 +341,8 @@ def _probe_lines(probes: Sequence[Probe]) -> list[str]:
     for index, probe in enumerate(probes):
         if probe.kind == "tcp":
             lines += [_tcp(probe.target), f'echo "{MARK}probe {index} $rc"']
+        elif probe.kind == "metrics":
+            lines.append(scrape_command(index, probe.target, PROBE_TIMEOUT))
         else:
             lines += [
                 _fetch(probe.target),
@@ -338,6 +368,7 @@ class HealthFacts:
     services: tuple[str, ...] | None = None  # what the compose configuration defines (None: not read)
     service_http: Mapping[str, tuple[int, str]] = field(default_factory=dict)  # service -> its URL's answer
     record: str | None = None  # the image record file's text, when it was read
+    metrics: Mapping[int, Scrape] = field(default_factory=dict)  # probe index -> its scrape
 
 
 def parse_facts(output: str) -> HealthFacts:
@@ -361,6 +392,7 @@ def parse_facts(output: str) -> HealthFacts:
         parsed.services,
         parsed.service_http,
         parsed.record,
+        parsed.metrics,
     )
 
 
@@ -383,9 +415,13 @@ class _Parsed:
     services: tuple[str, ...] | None = None
     service_http: dict[str, tuple[int, str]] = field(default_factory=dict)
     record: str | None = None
+    metrics: dict[int, Scrape] = field(default_factory=dict)
 
     def add(self, s: Section) -> None:
-        if s.name == "record":
+        if s.name == "metrics":
+            index, code, size = ([*s.arg.split(" "), "", "", ""])[:3]
+            self.metrics[_int(index)] = Scrape.from_section(_int(code), size, s.body)
+        elif s.name == "record":
             self.record = s.body
         elif s.name == "now":
             self.now = float(s.body.strip() or 0)

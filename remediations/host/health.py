@@ -4,7 +4,8 @@ facts     (remediations.facts.health) one shell command: every container of the 
           (`docker inspect`), the count of error lines in each one's logs over the last 24 h, the
           HTTP health URL fetched on the host, `stat -f` of the filesystems that matter, the newest
           file in the backup directory, and the configured dependency probes (TCP ports, HTTP URLs)
-          tried from the host; the newest backup in S3, when configured, is listed from the
+          tried from the host, Prometheus metrics endpoints scraped on the host and held to their
+          thresholds (facts.metrics); the newest backup in S3, when configured, is listed from the
           controller; on a WAL-archiving PostgreSQL host, pg_stat_archiver (psql as the database's
           OS user);
 evaluate  pure: each fact against its threshold gives a `Check` that is green, yellow or red;
@@ -32,7 +33,8 @@ from remediations.core.inventory import Host
 from remediations.core.remediation import Remediation
 from remediations.core.results import RunResult, Status
 from remediations.facts.compose import CONFIG_ERROR, Container, unknown_service
-from remediations.facts.health import LOG_WINDOW, HealthFacts, Settings, facts_command, parse_facts
+from remediations.facts.health import LOG_WINDOW, HealthFacts, Probe, Settings, facts_command, parse_facts
+from remediations.facts.metrics import MAX_BODY_BYTES, Scrape, judge, parse_exposition
 from remediations.facts.postgres import archiver_failing, describe_archiver
 
 GREEN, YELLOW, RED = "green", "yellow", "red"
@@ -107,6 +109,9 @@ def evaluate(
     if settings.pg_archiver is not None:
         checks.append(archiver_check(facts.pg_archiver))
     for index, probe in enumerate(settings.probes):
+        if probe.kind == "metrics":
+            checks += metrics_checks(probe, facts.metrics.get(index))
+            continue
         code, body = facts.probes.get(index, (1, "not run"))
         what = f"{probe.kind} {probe.target}"
         detail = f"{what} answers" if code == 0 else f"{what} failed: {body or f'exit {code}'}"
@@ -120,6 +125,26 @@ def evaluate(
             )
         )
     return checks
+
+
+def metrics_checks(probe: Probe, scrape: Scrape | None) -> list[Check]:
+    """A metrics probe: one check per rule (`metrics NAME: RULE`), or one red check for the probe
+    when the endpoint could not be read: fetch failed, too big, not Prometheus text."""
+    name = f"metrics {probe.name}"
+    rules = "; ".join(str(r) for r in probe.rules)
+    if scrape is None or scrape.code != 0:
+        why = "not run" if scrape is None else (scrape.text or f"exit {scrape.code}")
+        return [Check(name, RED, "unreadable", rules, f"{probe.target}: fetch failed: {why}"[:200])]
+    if scrape.cut:
+        return [Check(name, RED, "too big", rules, f"{probe.target} sent {scrape.size} bytes, more than "
+                      f"the {MAX_BODY_BYTES} read")]  # fmt: skip
+    try:
+        samples = parse_exposition(scrape.text)
+    except ValueError as exc:
+        return [Check(name, RED, "unparsable", rules,
+                      f"{probe.target}: not Prometheus text format: {exc}"[:200])]  # fmt: skip
+    verdicts = [judge(rule, samples) for rule in probe.rules]
+    return [Check(f"{name}: {v.rule}", v.colour, v.value, str(v.rule), v.detail[:200]) for v in verdicts]
 
 
 def service_checks(settings: Settings, facts: HealthFacts) -> list[Check]:

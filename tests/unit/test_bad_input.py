@@ -139,6 +139,20 @@ CASES = [
          want=("health_urls:",)),
     case("health-urls-hostile-url", "health", *L1, vars={"health_urls": {"worker": "http://x/\n; reboot"}},
          want=("health_urls:",)),
+    # metrics probes (health): the rules and the URL are checked before any host is touched
+    case("health-metrics-hostile-rule", "health", *L1, vars={"health_services": [], "health_probes": [
+         {"name": "q", "metrics": "http://127.0.0.1:9/metrics", "red": "q > 1\n; reboot"}]},
+         want=("health_probes metrics 'q': rule 'q > 1\\n; reboot'",)),
+    case("health-metrics-subshell-series", "health", *L1, vars={"health_services": [], "health_probes": [
+         {"name": "q", "metrics": "http://127.0.0.1:9/metrics", "red": "$(touch /tmp/pwned) > 1"}]},
+         want=("expected a metric name",)),
+    case("health-metrics-threshold-abc", "health", *L1, vars={"health_services": [], "health_probes": [
+         {"name": "q", "metrics": "http://127.0.0.1:9/metrics", "yellow": "q > abc"}]},
+         want=("'abc' is not a number",)),
+    case("health-metrics-hostile-url", "health", *L1, vars={"health_services": [], "health_probes": [
+         {"name": "q", "metrics": "http://x/\n; reboot", "red": "q > 1"}]}, want=("on one line",)),
+    case("health-metrics-100kB-rule", "health", *L1, vars={"health_services": [], "health_probes": [
+         {"name": "q", "metrics": "http://127.0.0.1:9/metrics", "red": BIG}]}, want=("give one line",)),
     case("env-files-hostile-path", *SET_ENV, "--set", "A=1",
          vars={"env_files": {"api": ".env\n; reboot"}}, want=("env_files:",)),
     case("var-100kB", "restart-api", *L1, vars={"compose_project_name": BIG},
