@@ -198,6 +198,7 @@ class LabStatus:
     bridge: bool
     moto: bool
     s3_endpoint: str = S3_ENDPOINT
+    systemd: bool | None = None  # the systemd host svc1 (lab.systemd): None when not part of the lab
 
     @property
     def up(self) -> bool:

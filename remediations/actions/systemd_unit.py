@@ -58,6 +58,18 @@ def gather(remote: Remote, units: Sequence[UnitSettings]) -> list[UnitFacts]:
     return facts
 
 
+def decide(facts: UnitFacts) -> tuple[str, str]:
+    """Pure: what ensure-healthy does about one unit: ("none" | "start" | "restart", why)."""
+    healthy, why = facts.verdict()
+    if healthy:
+        return "none", f"{facts.unit} is healthy ({why})"
+    if facts.starting:
+        return "none", f"{facts.unit} is still starting ({why}); left alone"
+    if facts.active_state in ("inactive", "failed", "deactivating"):
+        return "start", f"{facts.unit} is {why}"
+    return "restart", f"{facts.unit} is not healthy: {why}"
+
+
 def step_command(step: str, unit: str) -> str:
     return STEP_COMMANDS[step](shlex.quote(unit))
 

@@ -195,11 +195,11 @@ def _fetch(url: str) -> str:
 def facts_command(units: Sequence[UnitSettings]) -> str:
     """One shell command: `systemctl show` of every unit, then each unit's URL, in marked sections."""
     show = ["systemctl", "show", "--no-pager", "-p", ",".join(PROPERTIES), "--", *(u.unit for u in units)]
-    lines = [f'out=$({shlex.join(show)} 2>&1); echo "{MARK}show $?"; printf "%s\\n" "$out"']
+    lines = [f'out=$({shlex.join(show)} 2>&1); echo "{MARK}unitshow $?"; printf "%s\\n" "$out"']
     for index, settings in enumerate(units):
         if settings.health_url:
             lines += [_fetch(settings.health_url),
-                      f'echo "{MARK}http {index} $rc"; printf "%s\\n" "$out" | head -c 300']  # fmt: skip
+                      f'echo "{MARK}unithttp {index} $rc"; printf "%s\\n" "$out" | head -c 300']  # fmt: skip
     return "\n".join(lines)
 
 
@@ -227,12 +227,12 @@ def parse_facts(units: Sequence[UnitSettings], output: str) -> list[UnitFacts]:
     error = ""
     http: dict[int, tuple[int, str]] = {}
     for section in parse_sections(output):
-        if section.name == "show":
+        if section.name == "unitshow":
             shown = parse_show(section.body)
             if section.arg != "0" or len(shown) != len(units):
                 text = " ".join(section.body.split())[-300:]
                 error = f"systemctl show failed (exit {section.arg}): {text or 'no output'}"
-        elif section.name == "http":
+        elif section.name == "unithttp":
             position, _, code = section.arg.partition(" ")
             if position.isdigit():
                 http[int(position)] = (int(code) if code.lstrip("-").isdigit() else 1, section.body.strip())

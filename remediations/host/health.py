@@ -20,12 +20,12 @@ import json
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 from remediations.actions import image_record as images
 from remediations.actions import s3client
-from remediations.core.args import Arg, args
+from remediations.core.args import UNITS, Arg, args
 from remediations.core.context import HostContext
 from remediations.core.errors import HostError, UsageError
 from remediations.core.inventory import Host
@@ -34,6 +34,7 @@ from remediations.core.results import RunResult, Status
 from remediations.facts.compose import CONFIG_ERROR, Container, unknown_service
 from remediations.facts.health import LOG_WINDOW, HealthFacts, Settings, facts_command, parse_facts
 from remediations.facts.postgres import archiver_failing, describe_archiver
+from remediations.facts.systemd import UnitFacts
 
 GREEN, YELLOW, RED = "green", "yellow", "red"
 
@@ -83,6 +84,7 @@ def evaluate(
                 "answers" if code == 0 else (body or f"exit {code}")[:200],
             )
         )
+    checks += [unit_check(unit) for unit in facts.units]
     checks += disk_checks(settings, facts)
     if settings.backup_dir:
         checks.append(
@@ -203,6 +205,14 @@ def service_state(service: str, containers: Sequence[Container]) -> Check:
     return Check(name, worst, value, "running (healthy)", detail)
 
 
+def unit_check(facts: UnitFacts) -> Check:
+    """A systemd service: green when active and its URL answers, yellow while it starts, else red."""
+    healthy, why = facts.verdict()
+    colour = GREEN if healthy else YELLOW if facts.starting else RED
+    value = f"{facts.active_state}/{facts.sub_state}" if facts.active_state else "unknown"
+    return Check(f"unit {facts.unit}", colour, value, "active", why[:200])
+
+
 def disk_checks(settings: Settings, facts: HealthFacts) -> list[Check]:
     checks = []
     seen: set[tuple[int, int]] = set()
@@ -298,16 +308,18 @@ class Health(Remediation):
     params = args(
         Arg("service", "check only these compose services (repeat, or a comma list; default: all of them)",
             kind="list", parse=comma_services, default=(), example="api"),
+        replace(UNITS, help="check only these systemd services (repeat; default: all in systemd_units)"),
     )  # fmt: skip
     changes_hosts: ClassVar[bool] = False
     changes: ClassVar[bool] = False
 
-    def __init__(self, services: Sequence[str] = ()) -> None:
+    def __init__(self, services: Sequence[str] = (), units: Sequence[str] = ()) -> None:
         self.services = tuple(services)
+        self.units = tuple(units)
 
     @classmethod
     def from_values(cls, values: dict[str, Any]) -> Remediation:
-        return cls(values["service"])
+        return cls(values["service"], values["unit"])
 
     @classmethod
     def report(cls, run: RunResult, as_json: bool) -> None:
@@ -322,17 +334,17 @@ class Health(Remediation):
 
     def validate(self, host: Host) -> None:
         super().validate(host)
-        Settings.from_host(host, self.services)
+        Settings.from_host(host, self.services, self.units)
 
     def run(self, ctx: HostContext) -> None:
-        settings = Settings.from_host(ctx.host, self.services)
+        settings = Settings.from_host(ctx.host, self.services, self.units)
         with ctx.step("facts") as step:
             result = ctx.remote.run(facts_command(settings), timeout=120)
             if not result.ok:
                 raise HostError(
                     f"gathering health facts failed (exit {result.exit_code}): {result.tail()}", result
                 )
-            facts = parse_facts(result.stdout)
+            facts = parse_facts(result.stdout, settings.units)
             defined = facts.services
             unknown = [s for s in settings.services or () if defined is not None and s not in defined]
             if unknown:

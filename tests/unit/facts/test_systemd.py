@@ -34,9 +34,9 @@ def units(*names: str, url: str | None = None) -> list[UnitSettings]:
 
 
 def output(show: str, rc: int = 0, http: dict[int, tuple[int, str]] | None = None) -> str:
-    text = f"{MARK}show {rc}\n{show}"
+    text = f"{MARK}unitshow {rc}\n{show}"
     for index, (code, body) in (http or {}).items():
-        text += f"{MARK}http {index} {code}\n{body}\n"
+        text += f"{MARK}unithttp {index} {code}\n{body}\n"
     return text
 
 
