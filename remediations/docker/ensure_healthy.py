@@ -30,7 +30,7 @@ from remediations.actions import systemd_unit
 from remediations.actions.compose_service import ServiceSettings, recover
 from remediations.core.args import SERVICES, UNITS, args
 from remediations.core.context import HostContext
-from remediations.core.errors import HostError, UsageError
+from remediations.core.errors import HostError
 from remediations.core.inventory import Host
 from remediations.core.plan import Change, Plan
 from remediations.core.remediation import Remediation
@@ -117,10 +117,7 @@ class EnsureHealthy(Remediation):
         super().validate(host)
         units = self._units(host)
         if self._compose(host) or not units:
-            if not units and not host.get("compose_project_dir"):
-                raise UsageError(f"{host.source}: host {host.name}: ensure-healthy needs compose_project_dir "
-                                 "or systemd_units (or --unit)")  # fmt: skip
-            Project.from_host(host)
+            Project.from_host(host)  # a host with neither: compose_project_dir is the var it lacks
 
     def gather(self, ctx: HostContext) -> Facts:
         compose = self._compose(ctx.host)
