@@ -86,6 +86,10 @@ class Facts:
 class EnsureHealthy(Remediation):
     """Start missing or exited services, restart (then recreate) unhealthy ones; leave healthy ones alone.
 
+    The host's systemd units (systemd_units) too: an inactive or failed unit is started, an active but
+    unhealthy one restarted through its escalation (restart, stop-start). --unit narrows to those units,
+    --service alone to those compose services.
+
     Cron-safe: a healthy service is never touched.
     """
 

@@ -4,7 +4,8 @@ facts     (remediations.facts.health) one shell command: every container of the 
           (`docker inspect`), the count of error lines in each one's logs over the last 24 h, the
           HTTP health URL fetched on the host, `stat -f` of the filesystems that matter, the newest
           file in the backup directory, and the configured dependency probes (TCP ports, HTTP URLs)
-          tried from the host; the newest backup in S3, when configured, is listed from the
+          tried from the host, `systemctl show` of the host's systemd units (systemd_units) and each
+          one's health URL; the newest backup in S3, when configured, is listed from the
           controller; on a WAL-archiving PostgreSQL host, pg_stat_archiver (psql as the database's
           OS user);
 evaluate  pure: each fact against its threshold gives a `Check` that is green, yellow or red;
@@ -295,8 +296,8 @@ def comma_services(value: Any, flag: str) -> list[str]:
 
 
 class Health(Remediation):
-    """The daily health check, read-only: services, HTTP health, disks, backup age, log errors, probes,
-    and the WAL archiver of a PostgreSQL host that archives (wal_archive_dir).
+    """The daily health check, read-only: services, systemd units, HTTP health, disks, backup age, log
+    errors, probes, and the WAL archiver of a PostgreSQL host that archives (wal_archive_dir).
 
     Per host in one round trip. Thresholds and probes come from inventory vars (health_*). Prints a
     table of every check (green / yellow / red); --json carries each with its value and threshold.
