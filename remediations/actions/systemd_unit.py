@@ -5,10 +5,11 @@ The escalation is the unit's `escalate` list (`systemd_units`; default `[restart
 - `stop-start`: `systemctl stop U`, `systemctl reset-failed U` (which also clears systemd's start
   rate limit, the "start request repeated too quickly" a restart alone cannot get past), then
   `systemctl start U`.
-After each, the unit is polled (one round trip: `systemctl show` and its URL) until it started anew
-(another InvocationID), is `active` and its URL answers, or `health_timeout` passed; a unit that
-started anew and then failed, went inactive or waits in `auto-restart` (it crashed) is not waited
-on further. When the last step did not bring it back, the step fails with the last
+After each, the unit is polled (one round trip: `systemctl show` and its URL) until it started
+anew (another InvocationID), is `active` and its URL answers, or `health_timeout` passed; a unit
+that started anew and then failed, went inactive or waits in `auto-restart` (it crashed) is not
+waited on further, nor is one whose systemctl command failed (systemd refused or failed the job:
+it is read once). When the last step did not bring it back, the step fails with the last
 `journalctl -u U -n 50` lines, secrets masked (the unit's secret-looking `Environment=` values,
 every known secret, and `name=value` pairs whose names look secret).
 """
@@ -131,7 +132,9 @@ def recover(ctx: HostContext, settings: UnitSettings, before: UnitFacts, action:
         with ctx.step(f"{step_prefix}{step_name}") as step:
             start = time.monotonic()
             done = ctx.remote.run(step_command(step_name, unit), timeout=settings.health_timeout + 120)
-            current = wait_until_healthy(read, current, settings.health_timeout)
+            # systemd refused or failed the job (a start limit hit, a failed start of a oneshot or
+            # notify unit): its state says so now, waiting would not change it
+            current = wait_until_healthy(read, current, settings.health_timeout) if done.ok else read()
             waited = time.monotonic() - start
             ok, why = current.verdict()
             said = "" if done.ok else f" (systemctl exit {done.exit_code}: {done.tail(2)})"

@@ -23,6 +23,7 @@ pytestmark = [pytest.mark.lab, pytest.mark.systemd]
 
 INVENTORY = ROOT / "inventories" / "lab-systemd.yml"
 UNIT = lab_systemd.UNIT
+DROPIN = f"/run/systemd/system/{UNIT}.d"  # a test's drop-in (runtime: gone at the next boot anyway)
 SECRET = "lab-db-secret-4711"  # noqa: S105 - the unit's SHOP_DATABASE_PASSWORD (lab/assets/systemd)
 
 
@@ -66,7 +67,8 @@ def svc1() -> Iterator[None]:
 @pytest.fixture
 def healthy(svc1: None) -> Iterator[None]:
     """The unit running and healthy before and after each test."""
-    reset = f"rm -f /etc/shop/fail-start; systemctl reset-failed; systemctl restart {UNIT}"
+    reset = (f"rm -rf /etc/shop/fail-start {DROPIN}; systemctl daemon-reload; systemctl reset-failed; "
+             f"systemctl restart {UNIT}")  # fmt: skip
     on_svc1(reset)
     assert show()["ActiveState"] == "active"
     yield
@@ -143,6 +145,26 @@ def test_a_unit_that_fails_to_start_fails_with_its_journal_masked(healthy: None,
     everything = ran.stdout + ran.stderr + json.dumps(audit_lines(audit))
     assert SECRET not in everything
     assert show()["ActiveState"] != "active"
+
+
+def test_stop_start_gets_past_the_start_limit_a_restart_cannot(healthy: None, audit: Path) -> None:
+    """systemd refuses a start after StartLimitBurst starts in StartLimitIntervalSec ("start request
+    repeated too quickly"): restart fails at once (not waited on), stop-start's reset-failed clears it."""
+    on_svc1(f"mkdir -p {DROPIN} && printf '[Unit]\\nStartLimitIntervalSec=120\\nStartLimitBurst=2\\n' "
+            f"> {DROPIN}/limit.conf && systemctl daemon-reload; "
+            f"for i in 1 2 3 4; do systemctl restart {UNIT} 2>/dev/null || break; done")  # fmt: skip
+    limited = lab_systemd.exec_in(["systemctl", "show", "-p", "Result", "--value", UNIT]).stdout
+    assert limited.decode().strip() == "start-limit-hit"
+    started = time.monotonic()
+    ran = run("restart-service", "--host", "svc1", "--unit", "shop-health", "--json", audit=audit)
+    took = time.monotonic() - started
+    assert ran.code == 0 and statuses(ran) == {"svc1": "changed"}, ran.stdout + ran.stderr
+    steps = {s["step"]: s for s in ran.host("svc1")["steps"]}
+    assert "systemctl exit 1" in steps["restart"]["message"]
+    assert "escalating to stop-start" in steps["restart"]["message"]
+    assert steps["stop-start"]["status"] == "changed" and "healthy after" in steps["stop-start"]["message"]
+    assert show()["ActiveState"] == "active" and answers()
+    assert took < 10, f"the refused restart was waited on ({took:.1f}s; health_timeout is 10 s)"
 
 
 def test_bad_unit_names_run_nothing(healthy: None, audit: Path) -> None:
