@@ -41,6 +41,7 @@ ROLE_UFW = "ufw"
 ROLE_POSTGRES = "postgres"
 ROLE_WAL_ARCHIVE = "wal-archive"  # archive_mode on: WAL to PG_WAL_ARCHIVE and to S3
 ROLE_FLEET = "fleet"  # sshd and ufw only, on the fleet bridge (lab.fleet)
+ROLE_SYSTEMD = "systemd"  # systemd as PID 1 in a Debian tree (lab.systemd), only on demand
 
 BRIDGE = "rmlab0"
 BRIDGE_ADDRESS = "198.18.0.1"
@@ -197,6 +198,7 @@ class LabStatus:
     bridge: bool
     moto: bool
     s3_endpoint: str = S3_ENDPOINT
+    systemd: bool | None = None  # the systemd host svc1 (lab.systemd): None when not part of the lab
 
     @property
     def up(self) -> bool:
@@ -220,6 +222,10 @@ DEFAULT_HOSTS: tuple[HostSpec, ...] = (
     HostSpec("db1", "198.18.0.21", (ROLE_POSTGRES, ROLE_UFW, ROLE_WAL_ARCHIVE)),
     HostSpec("dbrestore", "198.18.0.22", (ROLE_POSTGRES,)),
 )
+
+
+# Not among DEFAULT_HOSTS: lab.systemd boots it only when asked (`python -m lab up --systemd`).
+SYSTEMD_HOST = HostSpec("svc1", "198.18.0.31", (ROLE_SYSTEMD,))
 
 
 def bench_host(index: int) -> HostSpec:

@@ -8,7 +8,16 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from lab.base import BRIDGE, FLEET_BRIDGE, FLEET_INVENTORY, FLEET_SUBNET, LAB_ROOT, LabError, LabStatus
+from lab.base import (
+    BRIDGE,
+    FLEET_BRIDGE,
+    FLEET_INVENTORY,
+    FLEET_SUBNET,
+    LAB_ROOT,
+    SYSTEMD_HOST,
+    LabError,
+    LabStatus,
+)
 from lab.control import down, fleet, fleet_status, status, up
 
 # ---------------------------------------------------------------------------------------------
@@ -20,7 +29,8 @@ def print_status(st: LabStatus) -> None:
     def mark(value: bool | None) -> str:
         return "-" if value is None else ("up" if value else "DOWN")
 
-    print(f"bridge {BRIDGE}: {mark(st.bridge)}   s3 {st.s3_endpoint}: {mark(st.moto)}")
+    print(f"bridge {BRIDGE}: {mark(st.bridge)}   s3 {st.s3_endpoint}: {mark(st.moto)}   "
+          f"systemd host {SYSTEMD_HOST.name} {SYSTEMD_HOST.address}: {mark(st.systemd)}")
     print(f"{'host':<9} {'address':<13} {'roles':<16} netns mntns sshd dockerd postgres")
     for h in st.hosts.values():
         print(
@@ -48,6 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="bench hosts to run (default: keep those running now)")
     p_up.add_argument("--fleet", type=int, default=None, metavar="N",
                       help="sshd-only fleet hosts to run (default: leave the fleet as it is)")
+    p_up.add_argument("--systemd", action=argparse.BooleanOptionalAction, default=None,
+                      help="boot (--no-systemd: remove) the systemd host svc1, a debootstrap tree under "
+                           "systemd-nspawn (default: leave it as it is)")
     p_fleet = sub.add_parser("fleet", help="run N sshd-only fleet hosts (0: remove the fleet)")
     p_fleet.add_argument("count", type=int, metavar="N")
     p_down = sub.add_parser("down", help="stop and remove everything")
@@ -60,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         if args.command == "up":
-            print_status(up(args.extra_api_hosts, args.fleet))
+            print_status(up(args.extra_api_hosts, args.fleet, args.systemd))
         elif args.command == "fleet":
             fleet(args.count)
             print_fleet()

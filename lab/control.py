@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from lab import systemd as _systemd
 from lab.base import (
     _BENCH_RE,
     _MNT_DIR,
@@ -174,13 +175,16 @@ def _bench_inventory(hosts: Sequence[HostSpec]) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def up(extra_api_hosts: int | None = None, fleet: int | None = None) -> LabStatus:
+def up(
+    extra_api_hosts: int | None = None, fleet: int | None = None, systemd: bool | None = None
+) -> LabStatus:
     """Build the lab, or repair it to its baseline; idempotent. Returns ``status()``.
 
     ``extra_api_hosts`` bench hosts are added (or removed down to that number); ``None`` keeps the
     bench hosts that run now, so a test session starting the lab does not pull them from under a
     benchmark. ``fleet``: run that many sshd-only fleet hosts (lab.fleet); ``None`` leaves the
-    fleet as it is, untouched.
+    fleet as it is, untouched. ``systemd``: True boots the systemd host svc1 (lab.systemd; the tree is
+    made by debootstrap the first time), False removes it, None leaves it as it is.
     """
     _require_root()
     with _locked():
@@ -200,7 +204,11 @@ def up(extra_api_hosts: int | None = None, fleet: int | None = None) -> LabStatu
         _parallel(lambda h: _ensure_host(h, image_id), hosts, "bringing up hosts")
         if fleet is not None:
             _fleet(fleet)
-        _write_known_hosts([*hosts, *saved_fleet()])
+        if systemd:
+            _systemd.ensure()
+        elif systemd is False:
+            _systemd.remove()
+        _write_known_hosts([*hosts, *saved_fleet(), *_systemd.wanted_hosts()])
         if extra_api_hosts:
             _write_if_changed(BENCH_INVENTORY, _bench_inventory(hosts).encode())
         else:
@@ -216,8 +224,20 @@ def fleet(count: int) -> list[HostSpec]:
     _require_root()
     with _locked():
         hosts = _fleet(count)
-        _write_known_hosts([*_current_hosts(), *hosts])
+        _write_known_hosts([*_current_hosts(), *hosts, *_systemd.wanted_hosts()])
     return hosts
+
+
+def systemd_host() -> HostSpec:
+    """The systemd host svc1 up (booted when it is not; lab.systemd), the rest of the lab left alone
+    but for the bridge and the client key it needs; its key in KNOWN_HOSTS. Returns it."""
+    _require_root()
+    with _locked():
+        _ensure_bridge()
+        _ensure_client_key()
+        host = _systemd.ensure()
+        _write_known_hosts([*_current_hosts(), *saved_fleet(), host])
+    return host
 
 
 def down(purge: bool = False) -> None:
@@ -225,7 +245,7 @@ def down(purge: bool = False) -> None:
     _require_root()
     with _locked():
         t0 = time.monotonic()
-        if _remove_fleet():
+        if _remove_fleet() | _systemd.remove():
             _write_known_hosts(_current_hosts())
         hosts = _discovered_hosts()
         _parallel(_teardown_host, hosts, "tearing down hosts")
@@ -279,4 +299,5 @@ def status() -> LabStatus:
         hosts={s.name: s for s in states},
         bridge=_link_exists(BRIDGE),
         moto=_moto_pid() is not None and _moto_answers(),
+        systemd=_systemd.running(),
     )

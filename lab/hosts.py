@@ -52,6 +52,7 @@ from lab.clients import client as client
 from lab.control import down as down
 from lab.control import fleet as fleet
 from lab.control import status as status
+from lab.control import systemd_host as systemd_host
 from lab.control import up as up
 from lab.cron import cron_daemon as cron_daemon
 from lab.ops import cut_link as cut_link

@@ -21,6 +21,7 @@ from lab.base import (
     _UTS_DIR,
     DEFAULT_HOSTS,
     LAB_ROOT,
+    SYSTEMD_HOST,
     HostSpec,
     LabError,
     _write_if_changed,
@@ -86,7 +87,8 @@ def _host(name: str) -> HostSpec:
 
 def _discovered_hosts() -> list[HostSpec]:
     """Hosts that may exist from a crashed run: saved, default, or found by their handles. Fleet
-    hosts are not among them: lab.fleet keeps those (an ``up`` never removes the fleet)."""
+    hosts are not among them: lab.fleet keeps those (an ``up`` never removes the fleet), nor is the
+    systemd host (lab.systemd)."""
     names: dict[str, HostSpec] = {h.name: h for h in (*_saved_hosts(), *DEFAULT_HOSTS)}
     found: set[str] = set()
     for folder in (_NETNS_DIR, _MNT_DIR, _UTS_DIR):
@@ -95,8 +97,8 @@ def _discovered_hosts() -> list[HostSpec]:
     with contextlib.suppress(OSError):
         found.update(p.name[4:] for p in Path("/sys/class/net").iterdir() if p.name[:4] == "rmv-")
     for name in sorted(found - names.keys()):
-        if _FLEET_RE.match(name):
-            continue
+        if _FLEET_RE.match(name) or name == SYSTEMD_HOST.name:
+            continue  # lab.fleet and lab.systemd keep their own hosts
         match = _BENCH_RE.match(name)
         if match:
             names[name] = bench_host(int(match.group(1)))

@@ -25,14 +25,16 @@ from lab import hosts  # noqa: E402
 
 @task(help={"extra-api-hosts": "run N bench hosts with the api project (for benchmarks); "
                                "default: keep those running now",
-            "fleet": "run N sshd-only fleet hosts; default: leave the fleet as it is"})  # fmt: skip
-def up(c: Context, extra_api_hosts: int = -1, fleet: int = -1) -> None:
+            "fleet": "run N sshd-only fleet hosts; default: leave the fleet as it is",
+            "systemd": "boot the systemd host svc1 (systemd-nspawn); default: leave it be"})  # fmt: skip
+def up(c: Context, extra_api_hosts: int = -1, fleet: int = -1, systemd: bool = False) -> None:
     """Start the lab of real hosts on this machine (needs root): namespaces, sshd, dockerd, S3.
 
     Idempotent: repairs what a crashed run left half-built. Hosts are described by inventories/lab.yml.
     """
     extra = None if extra_api_hosts < 0 else extra_api_hosts
-    hosts.print_status(hosts.up(extra_api_hosts=extra, fleet=None if fleet < 0 else fleet))
+    hosts.print_status(hosts.up(extra_api_hosts=extra, fleet=None if fleet < 0 else fleet,
+                                systemd=True if systemd else None))
 
 
 @task()

@@ -167,6 +167,18 @@ def seconds(value: Any, flag: str) -> float:
     return parse_seconds(value, flag)
 
 
+def one_unit(value: Any, flag: str) -> str:
+    from remediations.core.validate import check_unit
+
+    return check_unit(value, flag)
+
+
+def units(value: Any, flag: str) -> list[str]:
+    from remediations.core.validate import check_unit
+
+    return list(dict.fromkeys(check_unit(v, flag) for v in value))
+
+
 def duration(value: Any, flag: str) -> int:
     """A duration in the one grammar of this project: 90s, 30m, 24h, 7d, 1h30m, or plain seconds."""
     from remediations.core.units import parse_duration
@@ -186,3 +198,6 @@ SERVICE = Arg("service", "compose service (default: the host's api_service var)"
               example="api")  # fmt: skip
 SERVICES = Arg("service", "compose service; repeat for several (default: all the project's services)",
                kind="list", parse=services, default=(), example="api")  # fmt: skip
+UNIT = Arg("unit", "systemd service (NAME or NAME.service)", parse=one_unit, example="ringo-api")
+UNITS = Arg("unit", "systemd service; repeat for several (default: all the host's systemd_units)",
+            kind="list", parse=units, default=(), example="ringo-api")  # fmt: skip

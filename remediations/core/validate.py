@@ -156,6 +156,11 @@ SERVICE_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}")
 PROJECT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 # What needs no quoting in SQL but for `-` and `.`, at most NAMEDATALEN - 1 bytes.
 ROLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$.-]{0,62}")
+# systemd's characters for unit names (unit-name.c: letters, digits, `:-_.\\`, `@` once before an
+# instance); only services are restarted here, and a name given without a suffix is NAME.service.
+UNIT_NAME = re.compile(r"[A-Za-z0-9:_.\\][A-Za-z0-9:_.\\-]*(?:@[A-Za-z0-9:_.\\-]+)?\.service")
+UNIT_MAX = 255
+ESCALATION_STEPS = ("restart", "stop-start")
 WORD = re.compile(r"[^\s\x00-\x1f\x7f]{1,255}")
 URL = re.compile(r"https?://[^\s\x00-\x1f\x7f]{1,2000}")
 REGION = re.compile(r"[a-z]{2}(?:-[a-z0-9]+){1,4}")
@@ -187,6 +192,64 @@ def _bucket(value: Any) -> str:
 
 BUCKET_KIND = Kind("an S3 bucket name (3-63 lower-case letters, digits, . and -, a letter or digit at "
                    "each end)", _bucket)  # fmt: skip
+
+
+_OTHER_UNIT_TYPES = (".socket", ".timer", ".target", ".mount", ".automount", ".swap", ".path", ".slice",
+                     ".scope", ".device")
+
+
+def _unit(value: Any) -> str:
+    """A service unit's full name: `ringo-api` is `ringo-api.service`; another unit type is refused."""
+    text = _scalar_text(value)
+    if not text.endswith(".service"):
+        if text.endswith(_OTHER_UNIT_TYPES):
+            raise ValueError
+        text += ".service"
+    if len(text) > UNIT_MAX or not UNIT_NAME.fullmatch(text):
+        raise ValueError
+    return text
+
+
+UNIT_KIND = Kind("a systemd service name (letters, digits, : _ . - \\, one @ before an instance; "
+                 "NAME or NAME.service)", _unit)  # fmt: skip
+UNIT_KEYS = {"health_url", "escalate", "health_timeout"}
+
+
+def _unit_settings(value: Any) -> dict[str, Any]:
+    """One unit's settings in `systemd_units`: {health_url, escalate, health_timeout}, each optional."""
+    if value is None:
+        value = {}
+    if not isinstance(value, Mapping) or set(value) - UNIT_KEYS:
+        raise ValueError
+    url = value.get("health_url")
+    escalate = value.get("escalate", ["restart", "stop-start"])
+    escalate = [escalate] if isinstance(escalate, str) else escalate
+    if not isinstance(escalate, list) or not escalate or len(set(escalate)) != len(escalate):
+        raise ValueError
+    if any(step not in ESCALATION_STEPS for step in escalate):
+        raise ValueError
+    timeout = value.get("health_timeout")
+    return {
+        "health_url": None if url in (None, "") else URL_KIND.parse(url),
+        "escalate": tuple(escalate),
+        "health_timeout": None if timeout in (None, "") else number(0, 86400, above=True).parse(timeout),
+    }
+
+
+def _systemd_units(value: Any) -> dict[str, dict[str, Any]]:
+    """`systemd_units`: a mapping of unit names to their settings, or a list of names (no settings)."""
+    if isinstance(value, list):
+        value = {name: None for name in value}
+    if not isinstance(value, Mapping):
+        raise ValueError
+    units = {_unit(name): _unit_settings(settings) for name, settings in value.items()}
+    if len(units) != len(value):
+        raise ValueError  # `api` and `api.service` both
+    return units
+
+
+SYSTEMD_UNITS = Kind("a mapping of systemd service names to {health_url: URL, escalate: [restart, "
+                     "stop-start], health_timeout: seconds}, each optional", _systemd_units)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -240,6 +303,8 @@ VARS: dict[str, Var] = {
     "env_files": Var(mapping_of(SERVICE, PATH, "a mapping of service names to env file paths"),
                      "{api: .env}", {}),
     "env_backups_keep": Var(number(1, 1000, whole=True), "10", 10),
+    # systemd services (restart-service, ensure-healthy, health)
+    "systemd_units": Var(SYSTEMD_UNITS, "{ringo-api: {health_url: 'http://127.0.0.1:8000/health'}}", {}),
     # PostgreSQL
     "postgres_port": Var(PORT, "5432", 5432),
     "postgres_tcp_host": Var(WORD_KIND, "127.0.0.1", "127.0.0.1"),
@@ -353,6 +418,15 @@ def check_service(name: object, flag: str = "--service") -> str:
         raise UsageError(f"{flag} {shown(name)}: not a compose service name (a letter or digit, then "
                          "letters, digits, _ . -; at most 63 characters)")  # fmt: skip
     return name
+
+
+def check_unit(name: object, flag: str = "--unit") -> str:
+    """A systemd service's full name (`NAME` is `NAME.service`), or UsageError: a name that could not
+    be a unit never reaches a host."""
+    try:
+        return _unit(name)
+    except (ValueError, TypeError):
+        raise UsageError(f"{flag} {shown(name)}: not {UNIT_KIND.describe}") from None
 
 
 def check_services(names: Iterable[object], flag: str = "--service") -> list[str]:

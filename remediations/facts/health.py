@@ -26,6 +26,9 @@ from remediations.facts.fs import STAT_FS_FORMAT, FsUsage, fs_snippet
 from remediations.facts.metrics import Rule, Scrape, parse_rules, scrape_command
 from remediations.facts.postgres import ARCHIVER_JSON_SQL, AS_USER, PgTarget
 from remediations.facts.sections import MARK, Section, parse_sections
+from remediations.facts.systemd import UnitFacts, UnitSettings, listed_units
+from remediations.facts.systemd import facts_command as units_command
+from remediations.facts.systemd import parse_facts as parse_units
 
 DEFAULT_DISK_WARN = 80.0
 DEFAULT_DISK_MAX = 90.0
@@ -70,12 +73,19 @@ class Settings:
     pg_archiver: PgTarget | None = None  # the PostgreSQL whose WAL archiver is checked
     service_urls: tuple[tuple[str, str], ...] = ()  # (service, its own URL) from health_urls
     record: str | None = None  # the image record's path, read with the containers (see image_record)
+    units: tuple[UnitSettings, ...] = ()  # systemd services (systemd_units, or --unit)
 
     @classmethod
-    def from_host(cls, host: Host, only_services: Sequence[str] = ()) -> Settings:
+    def from_host(
+        cls, host: Host, only_services: Sequence[str] = (), only_units: Sequence[str] = ()
+    ) -> Settings:
         where = host.name
         project = Project.from_host(host) if host.get("compose_project_dir") else None
         services = _services(host, project, only_services)
+        if only_units and not only_services:
+            services = ()  # --unit alone: only those units
+        units = tuple(UnitSettings.of(host, u) for u in only_units) if only_units else (
+            () if only_services else tuple(listed_units(host)))  # fmt: skip
         disk_warn, disk_max = _disk_limits(host)
         backup_dir = host.get("backup_dir")
         backup_dir = check_backup_dir(backup_dir, where) if backup_dir not in (None, "") else None
@@ -109,6 +119,7 @@ class Settings:
             pg_archiver=_pg_archiver(host, where),
             service_urls=_service_urls(host, project, services),
             record=record_path(host) if project is not None else None,
+            units=units,
         )
 
 
@@ -296,6 +307,8 @@ def facts_command(settings: Settings) -> str:
             AS_USER,
             f'out=$({psql} 2>&1); echo "{MARK}pgarchiver $?"; printf "%s\\n" "$out" | tail -n 5',
         ]
+    if settings.units:
+        lines.append(units_command(settings.units))
     return "\n".join(lines + _probe_lines(settings.probes))
 
 
@@ -369,10 +382,11 @@ class HealthFacts:
     service_http: Mapping[str, tuple[int, str]] = field(default_factory=dict)  # service -> its URL's answer
     record: str | None = None  # the image record file's text, when it was read
     metrics: Mapping[int, Scrape] = field(default_factory=dict)  # probe index -> its scrape
+    units: tuple[UnitFacts, ...] = ()  # the systemd units' facts, in the order of Settings.units
 
 
-def parse_facts(output: str) -> HealthFacts:
-    """Pure parser of `facts_command` output."""
+def parse_facts(output: str, units: Sequence[UnitSettings] = ()) -> HealthFacts:
+    """Pure parser of `facts_command` output (`units`: the settings' systemd units)."""
     parsed = _Parsed()
     for section in parse_sections(output):
         parsed.add(section)
@@ -393,6 +407,7 @@ def parse_facts(output: str) -> HealthFacts:
         parsed.service_http,
         parsed.record,
         parsed.metrics,
+        tuple(parse_units(units, output)) if units else (),
     )
 
 

@@ -5,7 +5,8 @@ facts     (remediations.facts.health) one shell command: every container of the 
           HTTP health URL fetched on the host, `stat -f` of the filesystems that matter, the newest
           file in the backup directory, and the configured dependency probes (TCP ports, HTTP URLs)
           tried from the host, Prometheus metrics endpoints scraped on the host and held to their
-          thresholds (facts.metrics); the newest backup in S3, when configured, is listed from the
+          thresholds (facts.metrics), `systemctl show` of the host's systemd units (systemd_units)
+          and each one's health URL; the newest backup in S3, when configured, is listed from the
           controller; on a WAL-archiving PostgreSQL host, pg_stat_archiver (psql as the database's
           OS user);
 evaluate  pure: each fact against its threshold gives a `Check` that is green, yellow or red;
@@ -21,12 +22,12 @@ import json
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 from remediations.actions import image_record as images
 from remediations.actions import s3client
-from remediations.core.args import Arg, args
+from remediations.core.args import UNITS, Arg, args
 from remediations.core.context import HostContext
 from remediations.core.errors import HostError, UsageError
 from remediations.core.inventory import Host
@@ -36,6 +37,7 @@ from remediations.facts.compose import CONFIG_ERROR, Container, unknown_service
 from remediations.facts.health import LOG_WINDOW, HealthFacts, Probe, Settings, facts_command, parse_facts
 from remediations.facts.metrics import MAX_BODY_BYTES, Scrape, judge, parse_exposition
 from remediations.facts.postgres import archiver_failing, describe_archiver
+from remediations.facts.systemd import UnitFacts
 
 GREEN, YELLOW, RED = "green", "yellow", "red"
 
@@ -85,6 +87,7 @@ def evaluate(
                 "answers" if code == 0 else (body or f"exit {code}")[:200],
             )
         )
+    checks += [unit_check(unit) for unit in facts.units]
     checks += disk_checks(settings, facts)
     if settings.backup_dir:
         checks.append(
@@ -228,6 +231,14 @@ def service_state(service: str, containers: Sequence[Container]) -> Check:
     return Check(name, worst, value, "running (healthy)", detail)
 
 
+def unit_check(facts: UnitFacts) -> Check:
+    """A systemd service: green when active and its URL answers, yellow while it starts, else red."""
+    healthy, why = facts.verdict()
+    colour = GREEN if healthy else YELLOW if facts.starting else RED
+    value = f"{facts.active_state}/{facts.sub_state}" if facts.active_state else "unknown"
+    return Check(f"unit {facts.unit}", colour, value, "active", why[:200])
+
+
 def disk_checks(settings: Settings, facts: HealthFacts) -> list[Check]:
     checks = []
     seen: set[tuple[int, int]] = set()
@@ -310,8 +321,8 @@ def comma_services(value: Any, flag: str) -> list[str]:
 
 
 class Health(Remediation):
-    """The daily health check, read-only: services, HTTP health, disks, backup age, log errors, probes,
-    and the WAL archiver of a PostgreSQL host that archives (wal_archive_dir).
+    """The daily health check, read-only: services, systemd units, HTTP health, disks, backup age, log
+    errors, probes, and the WAL archiver of a PostgreSQL host that archives (wal_archive_dir).
 
     Per host in one round trip. Thresholds and probes come from inventory vars (health_*). Prints a
     table of every check (green / yellow / red); --json carries each with its value and threshold.
@@ -323,16 +334,18 @@ class Health(Remediation):
     params = args(
         Arg("service", "check only these compose services (repeat, or a comma list; default: all of them)",
             kind="list", parse=comma_services, default=(), example="api"),
+        replace(UNITS, help="check only these systemd services (repeat; default: all in systemd_units)"),
     )  # fmt: skip
     changes_hosts: ClassVar[bool] = False
     changes: ClassVar[bool] = False
 
-    def __init__(self, services: Sequence[str] = ()) -> None:
+    def __init__(self, services: Sequence[str] = (), units: Sequence[str] = ()) -> None:
         self.services = tuple(services)
+        self.units = tuple(units)
 
     @classmethod
     def from_values(cls, values: dict[str, Any]) -> Remediation:
-        return cls(values["service"])
+        return cls(values["service"], values["unit"])
 
     @classmethod
     def report(cls, run: RunResult, as_json: bool) -> None:
@@ -347,17 +360,17 @@ class Health(Remediation):
 
     def validate(self, host: Host) -> None:
         super().validate(host)
-        Settings.from_host(host, self.services)
+        Settings.from_host(host, self.services, self.units)
 
     def run(self, ctx: HostContext) -> None:
-        settings = Settings.from_host(ctx.host, self.services)
+        settings = Settings.from_host(ctx.host, self.services, self.units)
         with ctx.step("facts") as step:
             result = ctx.remote.run(facts_command(settings), timeout=120)
             if not result.ok:
                 raise HostError(
                     f"gathering health facts failed (exit {result.exit_code}): {result.tail()}", result
                 )
-            facts = parse_facts(result.stdout)
+            facts = parse_facts(result.stdout, settings.units)
             defined = facts.services
             unknown = [s for s in settings.services or () if defined is not None and s not in defined]
             if unknown:

@@ -41,6 +41,11 @@ def service_cases(task: str, *extra: str, only: tuple[str, ...] = tuple(HOSTILE)
             for name in only]  # fmt: skip
 
 
+def unit_cases(task: str, *extra: str) -> list[Any]:
+    return [case(f"{task}-unit-{name}", task, "--host", "local1", "--unit", HOSTILE[name], *extra,
+                 want=("--unit", "not a systemd service name")) for name in HOSTILE]  # fmt: skip
+
+
 L1 = ("--host", "local1")
 DB = ("rotate-db-password", *L1, "--env-host", "local1")
 SET_ENV = ("set-env", *L1, "--service", "api")
@@ -155,6 +160,25 @@ CASES = [
          {"name": "q", "metrics": "http://127.0.0.1:9/metrics", "red": BIG}]}, want=("give one line",)),
     case("env-files-hostile-path", *SET_ENV, "--set", "A=1",
          vars={"env_files": {"api": ".env\n; reboot"}}, want=("env_files:",)),
+    # systemd services: --unit and the systemd_units var
+    *unit_cases("restart-service"),
+    case("restart-service-unit-socket", "restart-service", *L1, "--unit", "ssh.socket",
+         want=("--unit 'ssh.socket': not a systemd service name",)),
+    case("restart-service-unit-template", "restart-service", *L1, "--unit", "getty@.service",
+         want=("--unit 'getty@.service'",)),
+    case("restart-service-unit-option", "restart-service", *L1, "--unit", "--force",
+         want=("--unit '--force'",)),
+    case("restart-service-no-unit", "restart-service", *L1, want=("--unit is required",)),
+    case("systemd-units-hostile-name", "restart-service", *L1, "--unit", "shop",
+         vars={"systemd_units": {"shop;reboot": {}}}, want=("systemd_units:",)),
+    case("systemd-units-bad-url", "restart-service", *L1, "--unit", "shop",
+         vars={"systemd_units": {"shop": {"health_url": "file:///etc/shadow"}}}, want=("systemd_units:",)),
+    case("systemd-units-bad-escalation", "restart-service", *L1, "--unit", "shop",
+         vars={"systemd_units": {"shop": {"escalate": ["restart", "reboot"]}}}, want=("systemd_units:",)),
+    case("systemd-units-unknown-key", "restart-service", *L1, "--unit", "shop",
+         vars={"systemd_units": {"shop": {"helth_url": "http://127.0.0.1/"}}}, want=("systemd_units:",)),
+    case("systemd-units-not-a-mapping", "restart-service", *L1, "--unit", "shop",
+         vars={"systemd_units": "shop"}, want=("systemd_units: 'shop' is not a mapping",)),
     case("var-100kB", "restart-api", *L1, vars={"compose_project_name": BIG},
          want=("compose_project_name: 'xxx",)),
     case("var-nul", "restart-api", *L1, vars={"compose_project_dir": "/srv/\0shop"},

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "remediations"
-DOMAINS = {"docker", "host", "firewall", "s3", "postgres", "secrets", "bots"}
+DOMAINS = {"docker", "host", "firewall", "s3", "postgres", "secrets", "bots", "systemd"}
 BELOW = {
     "core": {"core", "reporting"},
     "reporting": {"core", "reporting"},

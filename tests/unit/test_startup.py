@@ -19,7 +19,7 @@ from remediations.cli import PendingTask, collection, every_task, only_named
 from remediations.core import registry
 
 ROOT = Path(__file__).resolve().parents[2]
-DOMAINS = ("docker", "host", "firewall", "s3", "postgres", "secrets", "bots")
+DOMAINS = ("docker", "host", "firewall", "s3", "postgres", "secrets", "bots", "systemd")
 HEAVY = ("boto3", "botocore", "psycopg", "docker", "fabric")  # none of them is restart-api's
 
 # Runs Invoke's own `inv` program in this process and prints, once it is done, which remediation

@@ -722,4 +722,4 @@ def test_a_backup_dir_holding_a_database_is_refused(tmp_path: Any, marker: str) 
 def test_health_service_repeats_or_takes_a_comma_list(given: list[str], services: tuple[str, ...]) -> None:
     values = health.Health.params.parse({"service": given})
     assert health.Health.from_values(values).services == services  # type: ignore[attr-defined]
-    assert health.Health.params.repeatable() == ["service"]
+    assert health.Health.params.repeatable() == ["service", "unit"]
