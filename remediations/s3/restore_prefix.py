@@ -16,10 +16,11 @@ verify  one listing of the destination's current objects (ListObjectsV2), read a
 from __future__ import annotations
 
 import datetime as dt
+import queue
 import threading
 import time
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, ThreadPoolExecutor, as_completed, wait
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TextIO
@@ -285,23 +286,27 @@ class RestorePrefix(S3Task):
         progress.begin(f"copying {meter.keys:,} key(s), {human_bytes(meter.size)}, "
                        f"{self._tuning.workers} at a time …")
         futures: dict[Future[str], KeyPlan] = {}
+        finished: queue.SimpleQueue[Future[str]] = queue.SimpleQueue()  # each future once it is done
 
-        def collect(done: Iterable[Future[str]]) -> None:
-            for future in done:
-                self._collect(s3, future, futures, applied)
-                meter.add(copied(futures.pop(future)))
-                progress.update(lambda: f"copying: {meter.text()}")
+        def collect() -> None:
+            future = finished.get()
+            self._collect(s3, future, futures, applied)
+            meter.add(copied(futures.pop(future)))
+            progress.update(lambda: f"copying: {meter.text()}")
 
         work = spool.work()
         try:
             with ThreadPoolExecutor(max_workers=self._tuning.workers, thread_name_prefix="s3copy") as pool:
                 for plan in work:
-                    futures[pool.submit(self._send, s3, plan, silent, gate)] = plan
+                    future = pool.submit(self._send, s3, plan, silent, gate)
+                    futures[future] = plan
+                    future.add_done_callback(finished.put)
                     while len(futures) >= self._tuning.workers * QUEUED_PER_WORKER:
-                        collect(wait(futures, return_when=FIRST_COMPLETED).done)
+                        collect()
                     if applied.silence:
                         break
-                collect(as_completed(list(futures)))
+                while futures:
+                    collect()
             applied.not_sent += [plan.dest_key for plan in work]  # never handed to the pool
         finally:
             ended = "copying stopped" if applied.silence else "copied"  # failures: the result line
