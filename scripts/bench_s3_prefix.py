@@ -33,6 +33,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import resource
 import shlex
 import signal
 import socket
@@ -252,9 +253,12 @@ def bench_side(label: str, endpoint: str, s3: Any, bucket: str, at: str, workers
     argvs = sides(endpoint, bucket, dest, at, workers, pit, folder)
     results: dict[str, dict[str, Any]] = {}
     for side in ("floor", "s3-pit-restore", "inv", "inv re-run"):
-        before = proxy.forwarded if proxy else 0
+        before, mine = (proxy.forwarded if proxy else 0), resource.getrusage(resource.RUSAGE_SELF)
         results[side] = measured(argvs[side.split()[0]], env)
         results[side]["requests"] = proxy.forwarded - before if proxy else None
+        after = resource.getrusage(resource.RUSAGE_SELF)  # this process: the proxy, the pipes' readers
+        results[side]["proxy_cpu"] = (after.ru_utime + after.ru_stime - mine.ru_utime - mine.ru_stime
+                                      if proxy else None)  # fmt: skip
         if side.startswith("inv"):
             host = json.loads(results[side]["out"])["hosts"][0]
             results[side]["status"] = host["status"]
@@ -272,11 +276,14 @@ def bench_side(label: str, endpoint: str, s3: Any, bucket: str, at: str, workers
 
 def report(label: str, results: dict[str, dict[str, Any]], keys: int) -> None:
     print(f"\n{label}")
-    print(f"{'side':16} {'wall s':>8} {'keys/s':>8} {'CPU s':>7} {'RSS MiB':>8} {'requests':>9}")
+    print(f"{'side':16} {'wall s':>8} {'keys/s':>8} {'CPU s':>7} {'RSS MiB':>8} {'requests':>9} "
+          f"{'proxy CPU s':>12}")  # fmt: skip
     for side, r in results.items():
         rate = f"{keys / r['wall']:8.0f}" if side != "inv re-run" else f"{'-':>8}"
         requests = "-" if r["requests"] is None else str(r["requests"])
-        print(f"{side:16} {r['wall']:8.2f} {rate} {r['cpu']:7.2f} {r['rss']:8.1f} {requests:>9}")
+        proxy_cpu = "-" if r.get("proxy_cpu") is None else f"{r['proxy_cpu']:.2f}"
+        print(f"{side:16} {r['wall']:8.2f} {rate} {r['cpu']:7.2f} {r['rss']:8.1f} {requests:>9} "
+              f"{proxy_cpu:>12}")  # fmt: skip
     wall = {side: r["wall"] for side, r in results.items()}
     print(f"inv / floor: {wall['inv'] / wall['floor']:.2f}   s3-pit-restore / floor: "
           f"{wall['s3-pit-restore'] / wall['floor']:.2f}   inv throughput / s3-pit-restore's: "
@@ -322,7 +329,8 @@ def main() -> None:
         server, endpoint = start_weed(args.weed, Path(data.name))
     else:
         server, endpoint = start_moto()
-    print(f"endpoint: {args.endpoint} at {endpoint}")
+    print(f"endpoint: {args.endpoint} at {endpoint}; {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, "
+          "load average " + " ".join(f"{n:.2f}" for n in os.getloadavg()))  # fmt: skip
     proxy = S3Proxy(endpoint, delay=args.delay).start()
     try:
         s3 = client(endpoint)
@@ -344,6 +352,7 @@ def main() -> None:
                    args.keys)
         report(f"behind a loopback proxy adding {args.delay * 1000:.0f} ms per request, each tool at its "
                f"defaults (requests counted by the proxy){rounds}", median(behind), args.keys)
+        print("\nload average at the end: " + " ".join(f"{n:.2f}" for n in os.getloadavg()))
     finally:
         proxy.stop()
         server.send_signal(signal.SIGTERM)
@@ -357,8 +366,10 @@ def main() -> None:
 
 def median(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
     """Each side's median wall time, CPU and RSS over the rounds (requests: the first round's)."""
+    fields = ("wall", "cpu", "rss", "proxy_cpu") if rounds[0]["floor"].get("proxy_cpu") is not None \
+        else ("wall", "cpu", "rss")  # fmt: skip
     return {side: {**rounds[0][side], **{field: statistics.median(r[side][field] for r in rounds)
-                                         for field in ("wall", "cpu", "rss")}}
+                                         for field in fields}}
             for side in rounds[0]}  # fmt: skip
 
 

@@ -7,11 +7,15 @@ multipart objects), delete-marker removal (undelete), archive retrievals. `Tunin
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+import itertools
+import queue
+import threading
+import weakref
+from collections.abc import Callable, Generator, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 from remediations.actions import s3client
@@ -37,6 +41,7 @@ from remediations.facts.s3 import (
 )  # fmt: skip
 
 S3Client = Any  # boto3's client is generated at run time; no stubs are installed
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,56 @@ class Tuning:
             raise UsageError(f"--restore-days {self.restore_days}: give at least 1")
 
 
+
+
+_END = object()  # what `read_ahead` hands over after the last item
+
+
+def read_ahead(items: Iterator[T], name: str = "s3-read-ahead") -> Generator[T, None, None]:
+    """The items of `items` (listing pages), produced from now on in a thread of their own, one
+    item ahead of the consumer: the endpoint's time to answer the next page overlaps the parse and
+    the planning of this one, and two listings read side by side overlap each other. At most two
+    items wait (one handed over, one made); an exception is raised to the consumer where it
+    happened; closing the returned iterator, or dropping it, stops the producer after the request
+    it is making, so nothing is asked beyond what the consumer takes and one more."""
+    handoff: queue.Queue[tuple[Any, BaseException | None]] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def hand(item: Any, error: BaseException | None = None) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put((item, error), timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not hand(item):
+                    return
+        except BaseException as exc:  # handed to the consumer, raised there
+            hand(_END, exc)
+            return
+        hand(_END)
+
+    def consume() -> Generator[T, None, None]:
+        try:
+            while True:
+                item, error = handoff.get()
+                if item is _END:
+                    if error is not None:
+                        raise error
+                    return
+                yield item
+        finally:
+            stop.set()
+
+    consumer = consume()
+    weakref.finalize(consumer, stop.set)  # dropped before it was started: its finally never runs
+    threading.Thread(target=produce, daemon=True, name=name).start()
+    return consumer
 
 
 class S3(s3client.Client):
@@ -149,21 +204,31 @@ class S3(s3client.Client):
 
     def stream_versions(self, bucket: str, prefix: str, page_size: int, listing: Listing,
                         on_page: Callable[[Listing], None] | None = None
-                        ) -> Iterator[tuple[str, list[Version]]]:  # fmt: skip
+                        ) -> Generator[tuple[str, list[Version]], None, None]:  # fmt: skip
         """Every key under `prefix` with its versions and delete markers, in key order, as the pages
-        come: at most one page of entries is held, whatever the size of the prefix. `listing` keeps
+        come (`read_ahead`, from this call on: the next page is asked for while this one is read):
+        at most three pages of entries are held, whatever the size of the prefix. `listing` keeps
         the counts (pages, entries, keys); `on_page` sees it after each page."""
         request: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": page_size}
-        while True:
-            with self.waits.doing(f"ListObjectVersions page {listing.pages + 1} of {bucket}/{prefix}"):
-                page = self.client.list_object_versions(**request)
-            listing.add_page(page)
-            more = next_page(request, page)
-            if on_page is not None:
-                on_page(listing)
-            yield from complete_keys(listing, more)
-            if not more:
-                return
+
+        def pages() -> Iterator[Mapping[str, Any]]:
+            for number in itertools.count(1):
+                with self.waits.doing(f"ListObjectVersions page {number} of {bucket}/{prefix}"):
+                    page = self.client.list_object_versions(**request)
+                yield page
+                if not next_page(request, page):
+                    return
+
+        def keys(ahead: Generator[Mapping[str, Any], None, None]
+                 ) -> Generator[tuple[str, list[Version]], None, None]:  # fmt: skip
+            with closing(ahead):
+                for page in ahead:
+                    listing.add_page(page)
+                    if on_page is not None:
+                        on_page(listing)
+                    yield from complete_keys(listing, bool(page.get("IsTruncated")))
+
+        return keys(read_ahead(pages(), "s3-versions"))
 
     def list_current(self, bucket: str, prefix: str, page_size: int,
                      on_page: Callable[[int, int], None] | None = None) -> dict[str, Content]:
@@ -171,24 +236,36 @@ class S3(s3client.Client):
         return dict(self.iter_current(bucket, prefix, page_size, on_page))
 
     def iter_current(self, bucket: str, prefix: str, page_size: int,
-                     on_page: Callable[[int, int], None] | None = None) -> Iterator[tuple[str, Content]]:
+                     on_page: Callable[[int, int], None] | None = None
+                     ) -> Generator[tuple[str, Content], None, None]:  # fmt: skip
         """The current objects under `prefix` (deleted keys are absent) in key order, as the pages
-        come (ListObjectsV2, one page held at a time); `on_page` sees (pages, objects) after each page."""
+        come (ListObjectsV2, `read_ahead` from this call on: at most three pages held); `on_page`
+        sees (pages, objects) after each page."""
         request: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": page_size}
-        pages = found = 0
-        while True:
-            pages += 1
-            with self.waits.doing(f"ListObjectsV2 page {pages} of {bucket}/{prefix}"):
-                page = self.client.list_objects_v2(**request)
-            contents = page.get("Contents") or []
-            found += len(contents)
-            if on_page is not None:
-                on_page(pages, found)
-            for entry in contents:
-                yield str(entry["Key"]), Content(int(entry.get("Size", 0)), str(entry.get("ETag", "")))
-            if not page.get("IsTruncated"):
-                return
-            request["ContinuationToken"] = page["NextContinuationToken"]
+
+        def pages() -> Iterator[Mapping[str, Any]]:
+            for number in itertools.count(1):
+                with self.waits.doing(f"ListObjectsV2 page {number} of {bucket}/{prefix}"):
+                    page = self.client.list_objects_v2(**request)
+                yield page
+                if not page.get("IsTruncated"):
+                    return
+                request["ContinuationToken"] = page["NextContinuationToken"]
+
+        def objects(ahead: Generator[Mapping[str, Any], None, None]
+                    ) -> Generator[tuple[str, Content], None, None]:  # fmt: skip
+            found = 0
+            with closing(ahead):
+                for number, page in enumerate(ahead, 1):
+                    contents = page.get("Contents") or []
+                    found += len(contents)
+                    if on_page is not None:
+                        on_page(number, found)
+                    for entry in contents:
+                        size, etag = int(entry.get("Size", 0)), str(entry.get("ETag", ""))
+                        yield str(entry["Key"]), Content(size, etag)
+
+        return objects(read_ahead(pages(), "s3-current"))
 
     # apply ------------------------------------------------------------------------------------
 

@@ -12,14 +12,14 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
-from remediations.core import connection, interrupt
+from remediations.core import interrupt
 from remediations.core.context import HostContext, _Recorded, incident_message
 from remediations.core.errors import HostError
 from remediations.core.inventory import Host, Inventory, run_wide_vars
 from remediations.core.lock import DEFAULT_LOCK_DIR, HostLock
 from remediations.core.options import MaxFail, RunOptions
 from remediations.core.remediation import Remediation
-from remediations.core.remote import Remote
+from remediations.core.remote import Remote, connect
 from remediations.core.results import HostResult, RunResult, Status, StepResult, timed
 from remediations.core.validate import check_vars
 from remediations.reporting.audit import Actor, AuditLog, audit_path
@@ -46,7 +46,7 @@ class Engine:
         *,
         actor: Actor | None = None,
         listener: Listener | None = None,
-        connect: Callable[[Host, float], Remote] = connection.connect,
+        connect: Callable[[Host, float], Remote] = connect,
     ) -> None:
         self.inventory = inventory
         self.options = options

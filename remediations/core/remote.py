@@ -323,3 +323,16 @@ def must(result: CommandResult, what: str) -> CommandResult:
     if not result.ok:
         raise HostError(f"{what} failed (exit {result.exit_code}): {result.tail()}", result)
     return result
+
+
+def connect(host: Host, connect_timeout: float = CONNECT_TIMEOUT) -> Remote:
+    """An open connection to `host` (the engine's default): the local machine here, SSH through
+    `core.connection`, imported only then: paramiko and tenacity cost a run that never leaves the
+    controller (the S3 tasks, a local host) a fifth of a second of start-up."""
+    if not host.is_local:
+        from remediations.core import connection
+
+        return connection.connect(host, connect_timeout)
+    remote = LocalRemote(host)
+    remote.open()
+    return remote

@@ -16,10 +16,12 @@ verify  one listing of the destination's current objects (ListObjectsV2), read a
 from __future__ import annotations
 
 import datetime as dt
+import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, ThreadPoolExecutor, as_completed, wait
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TextIO
 
@@ -177,12 +179,13 @@ class RestorePrefix(S3Task):
             current = Ahead(self._list_current(facts.s3, facts.progress, "verifying: "))
             left: list[KeyPlan] = []  # the first LISTED_KEYS keys not settled
             unsettled = 0
-            for wanted in facts.spool:
-                if not settled(wanted, current.take(wanted.dest_key)):
-                    unsettled += 1
-                    if len(left) < LISTED_KEYS:
-                        left.append(wanted)
-            found = current.drain()
+            with closing(current):
+                for wanted in facts.spool:
+                    if not settled(wanted, current.take(wanted.dest_key)):
+                        unsettled += 1
+                        if len(left) < LISTED_KEYS:
+                            left.append(wanted)
+                found = current.drain()
             facts.progress.end(f"verifying: listed {found:,} current object(s) under s3://{dest_bucket}/{dest_prefix}")
             if unsettled:
                 more = f"\n… and {unsettled - len(left):,} more key(s)" if unsettled > len(left) else ""
@@ -214,11 +217,15 @@ class RestorePrefix(S3Task):
         listing alongside (both in key order) when restoring elsewhere: neither the versions nor a
         plan per key stay in memory (the plans go to the spool, a page at a time)."""
         dest_prefix = None if self.in_place else self.destination[1]
-        current: Ahead[Content] = Ahead(() if self.in_place else self._list_current(s3, progress, phase))
         listing, spool, batch = Listing(), Spool(LISTED_KEYS), []
+        # Both listings are asked for from here on, side by side (each a page ahead of its reader).
+        dest_objects = () if self.in_place else self._list_current(s3, progress, phase)
+        versions = self._stream_versions(s3, progress, phase, listing)
+        current: Ahead[Content] = Ahead(dest_objects)
         heads = _Heads(self, s3, progress, phase)
-        with ThreadPoolExecutor(max_workers=self._tuning.workers, thread_name_prefix="s3head") as pool:
-            for key, entries in self._stream_versions(s3, progress, phase, listing):
+        with closing(current), closing(versions), \
+                ThreadPoolExecutor(max_workers=self._tuning.workers, thread_name_prefix="s3head") as pool:
+            for key, entries in versions:
                 hist = history(entries)
                 target = dest_key(key, self.prefix, dest_prefix)
                 batch += self._only_there(current.before(target))
@@ -244,8 +251,9 @@ class RestorePrefix(S3Task):
                 for target, now in entries]  # fmt: skip
 
     def _stream_versions(self, s3: S3, progress: Progress, phase: str, listing: Listing
-                         ) -> Iterator[tuple[str, list[Version]]]:  # fmt: skip
-        """The prefix's keys with their entries as the pages come, with the listing's progress lines."""
+                         ) -> Generator[tuple[str, list[Version]], None, None]:  # fmt: skip
+        """The prefix's keys with their entries as the pages come (asked for from this call on),
+        with the listing's progress lines."""
         where = f"s3://{self.bucket}/{self.prefix}"
         started = time.monotonic()
 
@@ -254,10 +262,16 @@ class RestorePrefix(S3Task):
                     f"{listing.keys:,} key(s) so far ({listing.pages} page(s))")  # fmt: skip
 
         progress.begin(f"{phase}listing versions under {where} …")
-        yield from s3.stream_versions(self.bucket, self.prefix, self._tuning.page_size, listing,
-                                      on_page=lambda _: progress.update(so_far))
-        progress.end(f"{phase}listed {listing.entries:,} version(s) of {listing.keys:,} key(s) under {where} "
-                     f"in {listing.pages} page(s), {human_age(time.monotonic() - started)}")  # fmt: skip
+        keys = s3.stream_versions(self.bucket, self.prefix, self._tuning.page_size, listing,
+                                  on_page=lambda _: progress.update(so_far))  # fmt: skip
+
+        def listed() -> Generator[tuple[str, list[Version]], None, None]:
+            with closing(keys):
+                yield from keys
+            progress.end(f"{phase}listed {listing.entries:,} version(s) of {listing.keys:,} key(s) under "
+                         f"{where} in {listing.pages} page(s), {human_age(time.monotonic() - started)}")
+
+        return listed()
 
     def _apply(self, s3: S3, spool: Spool, progress: Progress) -> Applied:
         """Every planned change in the copy pool, read from the spool as the pool takes them (at
@@ -272,23 +286,27 @@ class RestorePrefix(S3Task):
         progress.begin(f"copying {meter.keys:,} key(s), {human_bytes(meter.size)}, "
                        f"{self._tuning.workers} at a time …")
         futures: dict[Future[str], KeyPlan] = {}
+        finished: queue.SimpleQueue[Future[str]] = queue.SimpleQueue()  # each future once it is done
 
-        def collect(done: Iterable[Future[str]]) -> None:
-            for future in done:
-                self._collect(s3, future, futures, applied)
-                meter.add(copied(futures.pop(future)))
-                progress.update(lambda: f"copying: {meter.text()}")
+        def collect() -> None:
+            future = finished.get()
+            self._collect(s3, future, futures, applied)
+            meter.add(copied(futures.pop(future)))
+            progress.update(lambda: f"copying: {meter.text()}")
 
         work = spool.work()
         try:
             with ThreadPoolExecutor(max_workers=self._tuning.workers, thread_name_prefix="s3copy") as pool:
                 for plan in work:
-                    futures[pool.submit(self._send, s3, plan, silent, gate)] = plan
+                    future = pool.submit(self._send, s3, plan, silent, gate)
+                    futures[future] = plan
+                    future.add_done_callback(finished.put)
                     while len(futures) >= self._tuning.workers * QUEUED_PER_WORKER:
-                        collect(wait(futures, return_when=FIRST_COMPLETED).done)
+                        collect()
                     if applied.silence:
                         break
-                collect(as_completed(list(futures)))
+                while futures:
+                    collect()
             applied.not_sent += [plan.dest_key for plan in work]  # never handed to the pool
         finally:
             ended = "copying stopped" if applied.silence else "copied"  # failures: the result line

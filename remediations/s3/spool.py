@@ -139,6 +139,12 @@ class Ahead(Generic[T]):
             return self._advance()[1]
         return None
 
+    def close(self) -> None:
+        """Stop reading the stream (a listing read ahead in a thread stops asking for pages)."""
+        close = getattr(self._entries, "close", None)
+        if close is not None:
+            close()
+
     def drain(self) -> int:
         """Take out what is left; how many entries there were in all."""
         for _ in self.before(None):
