@@ -29,6 +29,7 @@ from remediations.alerts.payload import Alert
 from remediations.core import registry
 from remediations.core.errors import UsageError
 from remediations.core.inventory import Host, Inventory
+from remediations.core.labels import Matcher
 from remediations.core.located import FileError, Located, known_keys, line_of, read
 from remediations.core.units import parse_seconds
 
@@ -42,23 +43,6 @@ MATCHER = re.compile(r'\s*(?P<label>[A-Za-z_][A-Za-z0-9_]*)\s*(?P<op>=~|!~|!=|=)
 
 class RulesError(FileError):
     """A rules file that does not read: `file:line: what is wrong`."""
-
-
-@dataclass(frozen=True)
-class Matcher:
-    label: str
-    op: str  # = != =~ !~
-    value: str
-
-    def matches(self, labels: Mapping[str, str]) -> bool:
-        seen = labels.get(self.label, "")  # as in Alertmanager: a missing label is the empty value
-        if self.op in ("=", "!="):
-            return (seen == self.value) == (self.op == "=")
-        found = re.fullmatch(self.value, seen) is not None  # anchored, as Alertmanager's are
-        return found == (self.op == "=~")
-
-    def __str__(self) -> str:
-        return f"{self.label}{self.op}{self.value}"
 
 
 @dataclass(frozen=True)

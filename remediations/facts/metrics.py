@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from remediations.core.errors import UsageError
+from remediations.core.labels import OPS, Matcher
 from remediations.core.validate import shown
 from remediations.facts.sections import MARK
 
@@ -33,28 +34,8 @@ COMPARISONS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge, "<=": operator.le, "==": operator.eq, "!=": operator.ne,
     ">": operator.gt, "<": operator.lt,
 }  # fmt: skip
-MATCH_OPS = ("=~", "!~", "!=", "=")  # longest first
+MATCH_OPS = OPS
 GREEN, YELLOW, RED = "green", "yellow", "red"
-
-
-@dataclass(frozen=True)
-class Matcher:
-    label: str
-    op: str  # = != =~ !~
-    value: str
-
-    def matches(self, labels: Mapping[str, str]) -> bool:
-        got = labels.get(self.label, "")  # an absent label is the empty string, as in PromQL
-        if self.op == "=":
-            return got == self.value
-        if self.op == "!=":
-            return got != self.value
-        found = re.fullmatch(self.value, got) is not None
-        return found if self.op == "=~" else not found
-
-    def __str__(self) -> str:
-        escaped = self.value.replace("\\", "\\\\").replace('"', '\\"')
-        return f'{self.label}{self.op}"{escaped}"'
 
 
 @dataclass(frozen=True)
