@@ -36,7 +36,7 @@ from tenacity import (
     wait_exponential,
 )
 
-from remediations.core import jump, known_hosts
+from remediations.core import jump, known_hosts, private_keys
 from remediations.core.errors import (
     CommandResult,
     ConnectionLost,
@@ -186,6 +186,7 @@ class SSHRemote:
             raise HostUnreachable(f"~/.ssh/config: the SSH settings for {host.address}: {exc}") from None
         if gateway is None:
             jump.configured_jump(host, conn, connect_timeout, via_jump, SSHRemote._build)
+        conn.connect_kwargs = private_keys.given(conn.connect_kwargs)  # parsed once per run, not per host
         files = list(options.known_hosts_files)
         if not files:
             configured = conn.ssh_config.get("userknownhostsfile", "")
