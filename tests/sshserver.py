@@ -75,7 +75,8 @@ def _end(channel: paramiko.Channel) -> None:
 
 
 @contextmanager
-def serving(authorized: paramiko.PKey) -> Iterator[Server]:
+def serving(authorized: paramiko.PKey, ciphers: tuple[str, ...] | None = None) -> Iterator[Server]:
+    """The server, running until the block ends; `ciphers`: the only ones it accepts."""
     host_key = paramiko.RSAKey.generate(2048)
     listener = socket.create_server(("127.0.0.1", 0))
     server = Server(listener.getsockname()[1], host_key, authorized.asbytes())
@@ -89,6 +90,8 @@ def serving(authorized: paramiko.PKey) -> Iterator[Server]:
                 return
             transport = paramiko.Transport(conn)
             transport.add_server_key(host_key)
+            if ciphers is not None:
+                transport.get_security_options().ciphers = ciphers
             server.transports.append(transport)
             try:
                 transport.start_server(server=_Interface(server))
