@@ -174,6 +174,38 @@ def _fabric_config() -> Config:
         return config
 
 
+_connection_type: type[Connection] | None = None
+
+
+def _connection_class() -> type[Connection]:
+    """Fabric's Connection, with its own attributes set as plain attributes.
+
+    Fabric's Connection is an Invoke config proxy: setting an attribute first lists the object's
+    every attribute (`dir`) to tell its own from config keys, and `inline_ssh_env`, which it does not
+    declare, is written into the Config it was given, which merges all its levels again (the one
+    Config shared by every connection of the run: `_fabric_config`). That was two thirds of the
+    Connection's construction on the controller. Declared here, the attribute stays on the
+    connection (only Fabric's own `run` reads it, which this project does not use) and the shared
+    Config is never modified."""
+    global _connection_type
+    if _connection_type is None:
+        from fabric import Connection
+
+        own = frozenset(k for k in vars(Connection) if not k.startswith("__")) | {"inline_ssh_env"}
+
+        class OneHostConnection(Connection):  # type: ignore[misc]
+            inline_ssh_env = None
+
+            def __setattr__(self, key: str, value: object) -> None:
+                if key in own or key.startswith("_"):
+                    object.__setattr__(self, key, value)  # as Fabric does for its own attributes
+                else:
+                    super().__setattr__(key, value)
+
+        _connection_type = OneHostConnection
+    return _connection_type
+
+
 class SSHRemote:
     """A host reached over SSH through a Fabric connection with strict host key checking."""
 
@@ -185,8 +217,6 @@ class SSHRemote:
 
     @staticmethod
     def _build(host: Host, connect_timeout: float, via_jump: bool = False) -> Connection:
-        from fabric import Connection
-
         options = host.ssh_options
         connect_kwargs: dict[str, object] = {}
         if host.key_file:
@@ -195,7 +225,7 @@ class SSHRemote:
         if options.proxy_jump and not via_jump:
             gateway = jump.jump_connection(host, options.proxy_jump, connect_timeout, SSHRemote._build)
         try:
-            conn = Connection(
+            conn = _connection_class()(
                 host.address,
                 user=host.user,
                 port=host.port,

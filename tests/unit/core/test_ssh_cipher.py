@@ -73,3 +73,24 @@ def test_the_order_offered() -> None:
     assert sorted(offered) == sorted(paramikos)  # nothing added, nothing dropped
     assert [c for c in offered if "gcm" not in c] == [c for c in paramikos if "gcm" not in c]
     assert connection.cheap_cipher_first(("aes256-ctr", "aes128-ctr")) == ("aes256-ctr", "aes128-ctr")
+
+
+def test_building_connections_leaves_the_shared_fabric_config_unmodified(
+    tmp_path: Path, key: tuple[Path, paramiko.PKey]
+) -> None:
+    """Every connection of a run reads one Fabric Config; Fabric's Connection used to write
+    `inline_ssh_env` into it for each host (and merge all its levels again: most of a connection's
+    construction on the controller)."""
+    with sshserver.serving(key[1]) as server:
+        host = host_of(tmp_path, server, key[0], server.known_hosts_line())
+        config = connection._fabric_config()
+        before = {k: config[k] for k in ("user", "port", "inline_ssh_env", "connect_kwargs")}
+        remotes = [connection.SSHRemote(host) for _ in range(3)]
+        assert config._modifications == {}
+        assert {k: config[k] for k in before} == before
+        for remote in remotes:
+            conn = remote.connection
+            assert (conn.host, conn.port, conn.user) == ("127.0.0.1", server.port, "root")
+            assert conn.inline_ssh_env is True  # Fabric's default, kept on the connection itself
+            assert conn.connect_kwargs["pkey"].asbytes() == key[1].asbytes()
+        assert negotiated(host)[0] == "aes128-gcm@openssh.com"  # and it connects
