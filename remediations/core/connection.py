@@ -549,20 +549,34 @@ class SSHProcess:
     def readline(self, timeout: float) -> str | None:
         """One line of stdout, or None on timeout or end of output."""
         deadline = time.monotonic() + timeout
-        while not self.lines.ready:
+        while not self.lines.ready and self._chunk(deadline):
+            pass
+        return self.lines.pop()
+
+    def read_through(self, prefix: str, silence: float) -> list[str] | None:
+        """Every line of stdout up to the first that starts with `prefix`, that one last; None when
+        the output ends, or nothing more comes for `silence` seconds, before it."""
+        while (taken := self.lines.take_through(prefix)) is None:
+            if not self._chunk(time.monotonic() + silence):
+                return None
+        return taken
+
+    def _chunk(self, deadline: float) -> bool:
+        """Wait for the next piece of stdout and take it in; False at the end of the output or
+        when nothing came before `deadline`."""
+        while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return None
+                return False
             if self.channel.recv_ready():
                 chunk = self.channel.recv(65536)
                 if not chunk:
-                    break
+                    return False
                 self.lines.feed(chunk)
-                continue
+                return True
             if _output_ended(self.channel):
-                break
+                return False
             select.select([self.channel], [], [], min(remaining, 0.5))
-        return self.lines.pop()
 
     @property
     def ended(self) -> bool:
