@@ -238,8 +238,10 @@ def sides_of(args: argparse.Namespace, names: list[str], work: Path, env: dict[s
         unblock, blocked = (lambda t=t: put_back(names, t) for t in states)
     sides: list[Side] = [
         (f"OpenSSH xargs -P {p}", blocked, lambda: run(openssh)),
-        (f"pyinfra --parallel {p}", None, lambda: run(pyinfra, None, work)),
+        (f"pyinfra --parallel {p}", blocked if args.no_openssh else None, lambda: run(pyinfra, None, work)),
     ]
+    if args.no_openssh:
+        del sides[0]
     for label, tree in checkouts:
         tree_env = {**env, "PYTHONPATH": str(tree)}
         sides.append((f"inv block-ip (re-run){label}", None, partial(run, block, tree_env, tree, names)))
@@ -274,6 +276,7 @@ def main() -> None:
     parser.add_argument("--no-prepare", action="store_true", help="hosts are blocked already")
     parser.add_argument("--change", action="store_true", help="also the change: block-ip and pyinfra")
     parser.add_argument("--baseline", type=Path, help="also the inv sides of this checkout's HEAD")
+    parser.add_argument("--no-openssh", action="store_true", help="leave the (slow) OpenSSH side out")
     args = parser.parse_args()
     if args.change and args.no_prepare:
         parser.error("--change needs the setup (it puts the hosts' state back before each change)")
@@ -306,17 +309,18 @@ def main() -> None:
                       (f", RSS {sample.rss_mb:.0f} MB, threads {sample.threads}, fds {sample.fds}, "
                        f"results {sample.hosts_ok}" if sample.hosts_ok else ""))  # fmt: skip
             print(f"round {r + 1} {name}: {sample.wall:.2f}s{detail}", flush=True)
-    report(results, n, p, sides[0][0], sides[1][0])
+    openssh = f"OpenSSH xargs -P {p}"
+    report(results, n, p, openssh if openssh in results else None, f"pyinfra --parallel {p}")
     if args.down:
         lab.fleet(0)
 
 
-def report(results: dict[str, list[Sample]], n: int, p: int, openssh: str, pyinfra: str) -> None:
+def report(results: dict[str, list[Sample]], n: int, p: int, openssh: str | None, pyinfra: str) -> None:
     def med(name: str) -> float:
         return statistics.median(s.wall for s in results[name])
 
     load = os.getloadavg()[0]
-    print(f"\nno-op over {n} fleet hosts, --parallel {p}, {len(results[openssh])} round(s) interleaved, "
+    print(f"\nno-op over {n} fleet hosts, --parallel {p}, {len(results[pyinfra])} round(s) interleaved, "
           f"load {load:.1f}; wall seconds (median)")  # fmt: skip
     print(f"{'side':34} {'wall':>7} {'/pyinfra':>9} {'/OpenSSH':>9} {'CPU ms/host':>12} "
           f"{'all CPU ms/host':>16} {'RSS MB':>7} {'threads':>8} {'fds':>5} {'results':>8}")  # fmt: skip
@@ -329,7 +333,8 @@ def report(results: dict[str, list[Sample]], n: int, p: int, openssh: str, pyinf
             extra += (f"{max(s.rss_mb for s in samples):7.0f} {max(s.threads for s in samples):8d} "
                      f"{max(s.fds for s in samples):5d} {min(s.hosts_ok for s in samples):8d}")  # fmt: skip
         anchor = f"{pyinfra} (change)" if "(change)" in name else pyinfra
-        print(f"{name:34} {wall:7.2f} {wall / med(anchor):9.2f} {wall / med(openssh):9.2f} {extra}")
+        to_openssh = f"{wall / med(openssh):9.2f}" if openssh else f"{'':9}"
+        print(f"{name:34} {wall:7.2f} {wall / med(anchor):9.2f} {to_openssh} {extra}")
     loads = " ".join(f"{v:.1f}" for v in os.getloadavg())
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     print(f"a change side's /pyinfra is to pyinfra's change; load average now {loads}, {when}")
