@@ -4,6 +4,7 @@ requests that run nothing: each ends with exit status 0 and no output as soon as
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 from collections.abc import Iterator
@@ -104,6 +105,8 @@ def serving(authorized: paramiko.PKey, ciphers: tuple[str, ...] | None = None) -
         yield server
     finally:
         stop.set()
+        with contextlib.suppress(OSError):
+            listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() the serving thread waits in
         listener.close()
         for transport in server.transports:
             transport.close()
