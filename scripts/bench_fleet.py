@@ -119,7 +119,13 @@ def run(argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = N
     out.seek(0)
     output = out.read().decode(errors="replace")
     if proc.returncode != 0:
-        sys.exit(f"failed ({proc.returncode}): {shlex.join(argv)[:300]}\n{output[-2000:]}\n{err[-1500:]!r}")
+        try:  # ours: the hosts that failed, and why
+            hosts = json.loads(output)["hosts"]
+            output = "\n".join(f"{h['host']}: {h['status']}: {h['message']}" for h in hosts
+                               if h["status"] not in (status, "ok"))[-3000:]  # fmt: skip
+        except (ValueError, KeyError, TypeError):
+            output = output[-2000:]
+        sys.exit(f"failed ({proc.returncode}): {shlex.join(argv)[:300]}\n{output}\n{err[-1500:]!r}")
     if expect:
         sample.rss_mb = usage.ru_maxrss / 1024
         results = {h["host"]: h for h in json.loads(output)["hosts"]}
