@@ -184,9 +184,11 @@ def _connection_class() -> type[Connection]:
     every attribute (`dir`) to tell its own from config keys, and `inline_ssh_env`, which it does not
     declare, is written into the Config it was given, which merges all its levels again (the one
     Config shared by every connection of the run: `_fabric_config`). That was two thirds of the
-    Connection's construction on the controller. Declared here, the attribute stays on the
-    connection (only Fabric's own `run` reads it, which this project does not use) and the shared
-    Config is never modified."""
+    Connection's construction on the controller, and a race: while one thread's merge rebuilt the
+    Config, another thread's Connection found keys missing from it ("AttributeError: No attribute
+    or config key found for 'port'": hosts failed with an internal error at 200 hosts under load).
+    Declared here, the attribute stays on the connection (only Fabric's own `run` reads it, which
+    this project does not use) and the shared Config is never modified."""
     global _connection_type
     if _connection_type is None:
         from fabric import Connection
@@ -218,9 +220,17 @@ class SSHRemote:
     @staticmethod
     def _build(host: Host, connect_timeout: float, via_jump: bool = False) -> Connection:
         options = host.ssh_options
-        connect_kwargs: dict[str, object] = {}
+        config = _fabric_config()
         if host.key_file:
-            connect_kwargs["key_filename"] = [host.key_file]
+            connect_kwargs: dict[str, object] = {"key_filename": [host.key_file]}
+        else:
+            # Given no kwargs of its own, Fabric takes the Config's and adds ~/.ssh/config's
+            # IdentityFile to them in place: into the Config every connection shares, while other
+            # threads read it. A copy (without its key files: Fabric adds those itself) is given
+            # instead; allow_agent is paramiko's default, there only so the copy is not empty.
+            shared = dict(config.connect_kwargs)
+            connect_kwargs = {k: v for k, v in shared.items() if k != "key_filename"}
+            connect_kwargs.setdefault("allow_agent", True)
         gateway = None
         if options.proxy_jump and not via_jump:
             gateway = jump.jump_connection(host, options.proxy_jump, connect_timeout, SSHRemote._build)
@@ -229,7 +239,7 @@ class SSHRemote:
                 host.address,
                 user=host.user,
                 port=host.port,
-                config=_fabric_config(),
+                config=config,
                 connect_timeout=int(connect_timeout),
                 connect_kwargs=connect_kwargs,
                 gateway=gateway if gateway is not None else (False if via_jump else None),

@@ -94,3 +94,30 @@ def test_building_connections_leaves_the_shared_fabric_config_unmodified(
             assert conn.inline_ssh_env is True  # Fabric's default, kept on the connection itself
             assert conn.connect_kwargs["pkey"].asbytes() == key[1].asbytes()
         assert negotiated(host)[0] == "aes128-gcm@openssh.com"  # and it connects
+
+
+def test_a_host_without_a_key_file_leaves_the_shared_config_unmodified_too(
+    tmp_path: Path, key: tuple[Path, paramiko.PKey], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a key file of its own, Fabric used the shared Config's connect_kwargs and added the
+    host's IdentityFile from ~/.ssh/config to them in place: every later host got that host's key
+    file, and the write raced the other threads reading the Config (hosts failed at 200 hosts with
+    "No attribute or config key found for 'port'")."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / ".ssh").mkdir()
+    (tmp_path / ".ssh" / "config").write_text(f"Host 127.0.0.1\n    IdentityFile {key[0]}\n")
+    with sshserver.serving(key[1]) as server:
+        known = tmp_path / "known_hosts"
+        known.write_text(server.known_hosts_line())
+        common = f"-o UserKnownHostsFile={known} -o StrictHostKeyChecking=yes"
+        host_vars = {"ansible_host": "127.0.0.1", "ansible_port": server.port, "ansible_user": "root",
+                     "ansible_ssh_common_args": common}  # fmt: skip
+        path = tmp_path / "inventory.yml"
+        path.write_text(yaml.safe_dump({"all": {"hosts": {"h1": host_vars}}}))
+        host = inventory.load(path).hosts["h1"]
+        config = connection._fabric_config()
+        remote = connection.SSHRemote(host)
+        assert config._modifications == {}
+        assert "key_filename" not in config.connect_kwargs
+        assert remote.connection.connect_kwargs["pkey"].asbytes() == key[1].asbytes()  # ~/.ssh/config's key
+        assert negotiated(host)[0] == "aes128-gcm@openssh.com"  # and it logs in with it
