@@ -8,6 +8,10 @@ Sides (every host already blocked, so each side changes nothing):
   block-ip  `inv block-ip --ip 203.0.113.77 --parallel P --json` (the re-run: "already blocked")
   list-blocks `inv list-blocks --parallel P --json` (read-only; `restart-api --check` needs Docker,
             which fleet hosts do not run: the script shows what it says on one host)
+With --change, two more sides start from every host active but not blocked (the state is put back
+before each of them): pyinfra's guarded deny and `inv block-ip`, each making the change on every host.
+With --baseline DIR, the inv sides run a second time from another checkout (a copy of DIR's HEAD),
+before/after in the same run.
 
 For our two sides it also reports the controller's peak RSS (wait4's ru_maxrss), the most threads and
 open file descriptors seen (sampling /proc/PID/status and /proc/PID/fd every 20 ms), and checks that
@@ -21,6 +25,7 @@ Python a thousand times. pyinfra is installed into its own venv (as scripts/benc
 
 Usage (root):
     .venv/bin/python scripts/bench_fleet.py [--hosts 1000] [--parallel 100] [--rounds 3] [--down]
+        [--change] [--baseline /work/main]
 """
 
 from __future__ import annotations
@@ -39,13 +44,13 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from lab import hosts as lab  # noqa: E402
-from lab.base import fleet_host  # noqa: E402
 from remediations.facts import firewall as fwfacts  # noqa: E402
 from remediations.facts import ufw  # noqa: E402
 
@@ -114,7 +119,13 @@ def run(argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = N
     out.seek(0)
     output = out.read().decode(errors="replace")
     if proc.returncode != 0:
-        sys.exit(f"failed ({proc.returncode}): {shlex.join(argv)[:300]}\n{output[-2000:]}\n{err[-1500:]!r}")
+        try:  # ours: the hosts that failed, and why
+            hosts = json.loads(output)["hosts"]
+            output = "\n".join(f"{h['host']}: {h['status']}: {h['message']}" for h in hosts
+                               if h["status"] not in (status, "ok"))[-3000:]  # fmt: skip
+        except (ValueError, KeyError, TypeError):
+            output = output[-2000:]
+        sys.exit(f"failed ({proc.returncode}): {shlex.join(argv)[:300]}\n{output}\n{err[-1500:]!r}")
     if expect:
         sample.rss_mb = usage.ru_maxrss / 1024
         results = {h["host"]: h for h in json.loads(output)["hosts"]}
@@ -126,33 +137,63 @@ def run(argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = N
     return sample
 
 
-def exec_all(names: list[str], argv: list[str], workers: int = 16) -> None:
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        list(pool.map(lambda n: lab.exec_on(n, argv, timeout=120), names))
+@dataclass
+class Template:
+    """One host's firewall state, to copy to every other host: ufw's files, block-ip's state file
+    (None: no state file) and the loaded iptables / ip6tables rules."""
+
+    ufw: Path
+    default_ufw: Path
+    state: Path | None
+    rules: dict[str, bytes]
 
 
-def prepare(names: list[str], inventory: str, env: dict[str, str]) -> None:
-    """Every host blocked: block-ip on the first, its state copied to the rest."""
-    first = names[0]
-    lab.exec_on(first, ["sh", "-c", "ufw --force reset >/dev/null; ufw allow 22/tcp >/dev/null"])
-    run([sys.executable, "-m", "invoke", "block-ip", "--host", first, "--ip", BLOCKED, "--enable",
-         "--json", "--inventory", inventory], env, ROOT, expect=[first], status="changed")  # fmt: skip
-    template = fleet_host(1).dir
-    rules = {
-        tool: lab.exec_on(first, [f"{tool}-save"]).stdout for tool in ("iptables", "ip6tables")
-    }
-    state = template / "remediations" / fwfacts.STATE_FILE_NAME
+def capture(name: str, into: Path) -> Template:
+    d = lab.LAB_ROOT / "hosts" / name
+    into.mkdir(parents=True)
+    shutil.copytree(d / "ufw", into / "ufw", symlinks=True)
+    shutil.copy2(d / "default-ufw", into / "default-ufw")
+    state = d / "remediations" / fwfacts.STATE_FILE_NAME
+    kept = None
+    if state.exists():
+        kept = into / fwfacts.STATE_FILE_NAME
+        shutil.copy2(state, kept)
+    rules = {tool: lab.exec_on(name, [f"{tool}-save"]).stdout for tool in ("iptables", "ip6tables")}
+    return Template(into / "ufw", into / "default-ufw", kept, rules)
 
-    def clone(name: str) -> None:
+
+def put_back(names: list[str], template: Template) -> None:
+    """Every host in `names` gets the template's state (16 at a time; not timed)."""
+
+    def copy(name: str) -> None:
         d = lab.LAB_ROOT / "hosts" / name
-        shutil.copytree(template / "ufw", d / "ufw", symlinks=True, dirs_exist_ok=True)
-        shutil.copy2(template / "default-ufw", d / "default-ufw")
-        shutil.copy2(state, d / "remediations" / fwfacts.STATE_FILE_NAME)
-        for tool, dump in rules.items():
+        shutil.copytree(template.ufw, d / "ufw", symlinks=True, dirs_exist_ok=True)
+        shutil.copy2(template.default_ufw, d / "default-ufw")
+        state = d / "remediations" / fwfacts.STATE_FILE_NAME
+        if template.state is None:
+            state.unlink(missing_ok=True)
+        else:
+            shutil.copy2(template.state, state)
+        for tool, dump in template.rules.items():
             lab.exec_on(name, [f"{tool}-restore"], input=dump, timeout=120)
 
     with ThreadPoolExecutor(max_workers=16) as pool:
-        list(pool.map(clone, names[1:]))
+        list(pool.map(copy, names))
+
+
+def prepare(names: list[str], inventory: str, env: dict[str, str], work: Path) -> tuple[Template, Template]:
+    """Every host blocked: ufw enabled and block-ip run on the first, its state copied to the rest.
+    Returns the two states: active and not blocked, blocked."""
+    first = names[0]
+    lab.exec_on(first, ["sh", "-c", "ufw --force reset >/dev/null; ufw allow 22/tcp >/dev/null; "
+                        f"ufw --force enable >/dev/null; rm -f {fwfacts.DEFAULT_STATE_DIR}/"
+                        f"{fwfacts.STATE_FILE_NAME}"])  # fmt: skip
+    unblocked = capture(first, work / "unblocked")
+    run([sys.executable, "-m", "invoke", "block-ip", "--host", first, "--ip", BLOCKED,
+         "--json", "--inventory", inventory], env, ROOT, expect=[first], status="changed")  # fmt: skip
+    blocked = capture(first, work / "blocked")
+    put_back(names[1:], blocked)
+    return unblocked, blocked
 
 
 def write_pyinfra(work: Path, addresses: list[str]) -> None:
@@ -169,6 +210,68 @@ def write_pyinfra(work: Path, addresses: list[str]) -> None:
     )
 
 
+Side = tuple[str, Callable[[], None] | None, Callable[[], Sample]]  # name, untimed setup, the timed run
+
+
+def baseline_copy(checkout: Path, work: Path) -> Path:
+    """A copy of `checkout`'s HEAD (git archive): the checkout may change while the benchmark runs."""
+    into = work / f"baseline-{checkout.name}"
+    into.mkdir()
+    archive = subprocess.run(["git", "-C", str(checkout), "archive", "HEAD"], check=True,
+                             capture_output=True).stdout  # fmt: skip
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
+def sides_of(args: argparse.Namespace, names: list[str], work: Path, env: dict[str, str],
+             states: tuple[Template, Template] | None) -> list[Side]:  # fmt: skip
+    p, inventory = args.parallel, str(lab.FLEET_INVENTORY)
+    selection = "fleet" if args.fleet in (0, args.hosts) else ",".join(names)
+    ssh = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+           "-o", f"UserKnownHostsFile={lab.KNOWN_HOSTS}", "-i", str(lab.SSH_KEY), "-l", "root"]  # fmt: skip
+    openssh = ["sh", "-c", f"xargs -P {p} -I{{}} {shlex.join(ssh)} {{}} {shlex.quote(GUARDED)} "
+               f"<{shlex.quote(str(work / 'addresses'))} >/dev/null"]  # fmt: skip
+    pyinfra = [str(ensure_pyinfra() / "pyinfra"), "-y", "--parallel", str(p), str(work / "inventory.py"),
+               str(work / "deploy.py")]  # fmt: skip
+    flags = ["--host", selection, "--json", "--parallel", str(p), "--inventory", inventory]
+    block = [sys.executable, "-m", "invoke", "block-ip", "--ip", BLOCKED, *flags]
+    listing = [sys.executable, "-m", "invoke", "list-blocks", *flags]
+    checkouts = [("", ROOT)]
+    if args.baseline:
+        checkouts.append((f" ({args.baseline.name})", baseline_copy(args.baseline, work)))
+    unblock = blocked = None
+    if states is not None:
+        unblock, blocked = (lambda t=t: put_back(names, t) for t in states)
+    sides: list[Side] = [
+        (f"OpenSSH xargs -P {p}", blocked, lambda: run(openssh)),
+        (f"pyinfra --parallel {p}", blocked if args.no_openssh else None, lambda: run(pyinfra, None, work)),
+    ]
+    if args.no_openssh:
+        del sides[0]
+    for label, tree in checkouts:
+        tree_env = {**env, "PYTHONPATH": str(tree)}
+        sides.append((f"inv block-ip (re-run){label}", None, partial(run, block, tree_env, tree, names)))
+    sides.append(("inv list-blocks", None, lambda: run(listing, env, ROOT, expect=names)))
+    if args.change:
+        sides.append((f"pyinfra --parallel {p} (change)", unblock, lambda: run(pyinfra, None, work)))
+        for label, tree in checkouts:
+            tree_env = {**env, "PYTHONPATH": str(tree)}
+            change = partial(run, block, tree_env, tree, names, "changed")
+            sides.append((f"inv block-ip (change){label}", unblock, change))
+    return sides
+
+
+def probe_restart_check(name: str, inventory: str, env: dict[str, str]) -> None:
+    probe = subprocess.run([sys.executable, "-m", "invoke", "restart-api", "--check", "--host", name,
+                            "--json", "--inventory", inventory], env=env, cwd=ROOT,
+                           capture_output=True, text=True, check=False)  # fmt: skip
+    try:
+        why = json.loads(probe.stdout)["hosts"][0]["message"]
+    except (ValueError, KeyError, IndexError):
+        why = (probe.stdout + probe.stderr).strip()[-300:]
+    print(f"restart-api --check on {name} (sshd only): exit {probe.returncode}: {why}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--hosts", type=int, default=1000)
@@ -177,72 +280,55 @@ def main() -> None:
     parser.add_argument("--fleet", type=int, default=0, help="fleet size to run (default: --hosts)")
     parser.add_argument("--down", action="store_true", help="remove the fleet at the end")
     parser.add_argument("--no-prepare", action="store_true", help="hosts are blocked already")
+    parser.add_argument("--change", action="store_true", help="also the change: block-ip and pyinfra")
+    parser.add_argument("--baseline", type=Path, help="also the inv sides of this checkout's HEAD")
+    parser.add_argument("--no-openssh", action="store_true", help="leave the (slow) OpenSSH side out")
     args = parser.parse_args()
+    if args.change and args.no_prepare:
+        parser.error("--change needs the setup (it puts the hosts' state back before each change)")
     n, p = args.hosts, args.parallel
 
-    venv = ensure_pyinfra()
+    ensure_pyinfra()
     t0 = time.monotonic()
     specs = lab.fleet(max(args.fleet, n))[:n]
     print(f"fleet of {max(args.fleet, n)} up in {time.monotonic() - t0:.1f}s", flush=True)
     names = [h.name for h in specs]
-    inventory = str(lab.FLEET_INVENTORY)
     work = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
     env = {**os.environ, "REMEDIATIONS_AUDIT_LOG": str(work / "audit.jsonl")}
+    states = None
     if not args.no_prepare:
         t0 = time.monotonic()
-        prepare(names, inventory, env)
+        states = prepare(names, str(lab.FLEET_INVENTORY), env, work)
         print(f"{n} hosts blocked in {time.monotonic() - t0:.1f}s", flush=True)
     write_pyinfra(work, [h.address for h in specs])
-    selection = "fleet" if args.fleet in (0, n) else ",".join(names)
-
-    probe = subprocess.run([sys.executable, "-m", "invoke", "restart-api", "--check", "--host", names[0],
-                            "--json", "--inventory", inventory], env=env, cwd=ROOT,
-                           capture_output=True, text=True, check=False)  # fmt: skip
-    try:
-        why = json.loads(probe.stdout)["hosts"][0]["message"]
-    except (ValueError, KeyError, IndexError):
-        why = (probe.stdout + probe.stderr).strip()[-300:]
-    print(f"restart-api --check on {names[0]} (sshd only): exit {probe.returncode}: {why}", flush=True)
-
-    ssh = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
-           "-o", f"UserKnownHostsFile={lab.KNOWN_HOSTS}", "-i", str(lab.SSH_KEY), "-l", "root"]  # fmt: skip
     (work / "addresses").write_text("".join(f"{h.address}\n" for h in specs))
-    openssh = ["sh", "-c", f"xargs -P {p} -I{{}} {shlex.join(ssh)} {{}} {shlex.quote(GUARDED)} "
-               f"<{shlex.quote(str(work / 'addresses'))} >/dev/null"]  # fmt: skip
-    pyinfra = [str(venv / "pyinfra"), "-y", "--parallel", str(p), str(work / "inventory.py"),
-               str(work / "deploy.py")]  # fmt: skip
-    invoke = [sys.executable, "-m", "invoke"]
-    flags = ["--host", selection, "--json", "--parallel", str(p), "--inventory", inventory]
-    block = [*invoke, "block-ip", "--ip", BLOCKED, *flags]
-    listing = [*invoke, "list-blocks", *flags]
-    sides: list[tuple[str, Callable[[], Sample]]] = [
-        (f"OpenSSH xargs -P {p}", lambda: run(openssh)),
-        (f"pyinfra --parallel {p}", lambda: run(pyinfra, None, work)),
-        ("inv block-ip (re-run)", lambda: run(block, env, ROOT, expect=names)),
-        ("inv list-blocks", lambda: run(listing, env, ROOT, expect=names)),
-    ]
-    results: dict[str, list[Sample]] = {name: [] for name, _ in sides}
+    probe_restart_check(names[0], str(lab.FLEET_INVENTORY), env)
+    sides = sides_of(args, names, work, env, states)
+    results: dict[str, list[Sample]] = {name: [] for name, _, _ in sides}
     for r in range(args.rounds):
-        for name, side in sides:
+        for name, setup, side in sides:
+            if setup is not None:
+                setup()
             sample = side()
             results[name].append(sample)
             detail = (f", CPU {sample.cpu:.1f}s, all cores {sample.machine_cpu:.1f}s" +
                       (f", RSS {sample.rss_mb:.0f} MB, threads {sample.threads}, fds {sample.fds}, "
                        f"results {sample.hosts_ok}" if sample.hosts_ok else ""))  # fmt: skip
             print(f"round {r + 1} {name}: {sample.wall:.2f}s{detail}", flush=True)
-    report(results, n, p, sides[0][0], sides[1][0])
+    openssh = f"OpenSSH xargs -P {p}"
+    report(results, n, p, openssh if openssh in results else None, f"pyinfra --parallel {p}")
     if args.down:
         lab.fleet(0)
 
 
-def report(results: dict[str, list[Sample]], n: int, p: int, openssh: str, pyinfra: str) -> None:
+def report(results: dict[str, list[Sample]], n: int, p: int, openssh: str | None, pyinfra: str) -> None:
     def med(name: str) -> float:
         return statistics.median(s.wall for s in results[name])
 
     load = os.getloadavg()[0]
-    print(f"\nno-op over {n} fleet hosts, --parallel {p}, {len(results[openssh])} round(s) interleaved, "
+    print(f"\nno-op over {n} fleet hosts, --parallel {p}, {len(results[pyinfra])} round(s) interleaved, "
           f"load {load:.1f}; wall seconds (median)")  # fmt: skip
-    print(f"{'side':26} {'wall':>7} {'/pyinfra':>9} {'/OpenSSH':>9} {'CPU ms/host':>12} "
+    print(f"{'side':34} {'wall':>7} {'/pyinfra':>9} {'/OpenSSH':>9} {'CPU ms/host':>12} "
           f"{'all CPU ms/host':>16} {'RSS MB':>7} {'threads':>8} {'fds':>5} {'results':>8}")  # fmt: skip
     for name, samples in results.items():
         wall = med(name)
@@ -252,7 +338,12 @@ def report(results: dict[str, list[Sample]], n: int, p: int, openssh: str, pyinf
         if samples[0].hosts_ok:
             extra += (f"{max(s.rss_mb for s in samples):7.0f} {max(s.threads for s in samples):8d} "
                      f"{max(s.fds for s in samples):5d} {min(s.hosts_ok for s in samples):8d}")  # fmt: skip
-        print(f"{name:26} {wall:7.2f} {wall / med(pyinfra):9.2f} {wall / med(openssh):9.2f} {extra}")
+        anchor = f"{pyinfra} (change)" if "(change)" in name else pyinfra
+        to_openssh = f"{wall / med(openssh):9.2f}" if openssh else f"{'':9}"
+        print(f"{name:34} {wall:7.2f} {wall / med(anchor):9.2f} {to_openssh} {extra}")
+    loads = " ".join(f"{v:.1f}" for v in os.getloadavg())
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    print(f"a change side's /pyinfra is to pyinfra's change; load average now {loads}, {when}")
     print("targets: block-ip <= 1.0x pyinfra, <= 0.5x OpenSSH; RSS <= 300 MB; threads bounded by "
           f"--parallel {p}; results = {n}")
 

@@ -36,7 +36,7 @@ from tenacity import (
     wait_exponential,
 )
 
-from remediations.core import jump, known_hosts
+from remediations.core import jump, known_hosts, private_keys
 from remediations.core.errors import (
     CommandResult,
     ConnectionLost,
@@ -124,6 +124,28 @@ def connect_retrying(attempts: int = 3, max_delay: float = 20.0) -> _Retrying:
     )
 
 
+# AES-GCM (an AEAD cipher: no separate MAC) costs both ends less CPU per packet than paramiko's first
+# choice, AES-CTR with HMAC-SHA2-256, whose MAC paramiko checks byte by byte in Python: offered
+# first, so that a host that supports it (OpenSSH does since 6.2) uses it; any other host negotiates
+# from the rest of paramiko's list, in its own order, as before.
+PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+
+
+def cheap_cipher_first(ciphers: Iterable[str]) -> tuple[str, ...]:
+    """`ciphers` (paramiko's list, in its order) with the AES-GCM ones it has moved to the front."""
+    offered = tuple(ciphers)
+    first = tuple(c for c in PREFERRED_CIPHERS if c in offered)
+    return first + tuple(c for c in offered if c not in first)
+
+
+def _transport(sock: object, **kwargs: object) -> paramiko.Transport:
+    """The transport paramiko's SSHClient makes (its `transport_factory`), AES-GCM offered first."""
+    transport = paramiko.Transport(sock, **kwargs)
+    options = transport.get_security_options()
+    options.ciphers = cheap_cipher_first(options.ciphers)
+    return transport
+
+
 _configs: dict[tuple[object, ...], Config] = {}
 _configs_lock = threading.Lock()
 
@@ -152,6 +174,40 @@ def _fabric_config() -> Config:
         return config
 
 
+_connection_type: type[Connection] | None = None
+
+
+def _connection_class() -> type[Connection]:
+    """Fabric's Connection, with its own attributes set as plain attributes.
+
+    Fabric's Connection is an Invoke config proxy: setting an attribute first lists the object's
+    every attribute (`dir`) to tell its own from config keys, and `inline_ssh_env`, which it does not
+    declare, is written into the Config it was given, which merges all its levels again (the one
+    Config shared by every connection of the run: `_fabric_config`). That was two thirds of the
+    Connection's construction on the controller, and a race: while one thread's merge rebuilt the
+    Config, another thread's Connection found keys missing from it ("AttributeError: No attribute
+    or config key found for 'port'": hosts failed with an internal error at 200 hosts under load).
+    Declared here, the attribute stays on the connection (only Fabric's own `run` reads it, which
+    this project does not use) and the shared Config is never modified."""
+    global _connection_type
+    if _connection_type is None:
+        from fabric import Connection
+
+        own = frozenset(k for k in vars(Connection) if not k.startswith("__")) | {"inline_ssh_env"}
+
+        class OneHostConnection(Connection):  # type: ignore[misc]
+            inline_ssh_env = None
+
+            def __setattr__(self, key: str, value: object) -> None:
+                if key in own or key.startswith("_"):
+                    object.__setattr__(self, key, value)  # as Fabric does for its own attributes
+                else:
+                    super().__setattr__(key, value)
+
+        _connection_type = OneHostConnection
+    return _connection_type
+
+
 class SSHRemote:
     """A host reached over SSH through a Fabric connection with strict host key checking."""
 
@@ -163,21 +219,27 @@ class SSHRemote:
 
     @staticmethod
     def _build(host: Host, connect_timeout: float, via_jump: bool = False) -> Connection:
-        from fabric import Connection
-
         options = host.ssh_options
-        connect_kwargs: dict[str, object] = {}
+        config = _fabric_config()
         if host.key_file:
-            connect_kwargs["key_filename"] = [host.key_file]
+            connect_kwargs: dict[str, object] = {"key_filename": [host.key_file]}
+        else:
+            # Given no kwargs of its own, Fabric takes the Config's and adds ~/.ssh/config's
+            # IdentityFile to them in place: into the Config every connection shares, while other
+            # threads read it. A copy (without its key files: Fabric adds those itself) is given
+            # instead; allow_agent is paramiko's default, there only so the copy is not empty.
+            shared = dict(config.connect_kwargs)
+            connect_kwargs = {k: v for k, v in shared.items() if k != "key_filename"}
+            connect_kwargs.setdefault("allow_agent", True)
         gateway = None
         if options.proxy_jump and not via_jump:
             gateway = jump.jump_connection(host, options.proxy_jump, connect_timeout, SSHRemote._build)
         try:
-            conn = Connection(
+            conn = _connection_class()(
                 host.address,
                 user=host.user,
                 port=host.port,
-                config=_fabric_config(),
+                config=config,
                 connect_timeout=int(connect_timeout),
                 connect_kwargs=connect_kwargs,
                 gateway=gateway if gateway is not None else (False if via_jump else None),
@@ -186,6 +248,9 @@ class SSHRemote:
             raise HostUnreachable(f"~/.ssh/config: the SSH settings for {host.address}: {exc}") from None
         if gateway is None:
             jump.configured_jump(host, conn, connect_timeout, via_jump, SSHRemote._build)
+        # the key parsed once per run, not per host; AES-GCM offered first
+        connect_kwargs = private_keys.given(dict(conn.connect_kwargs))
+        conn.connect_kwargs = {**connect_kwargs, "transport_factory": _transport}
         files = list(options.known_hosts_files)
         if not files:
             configured = conn.ssh_config.get("userknownhostsfile", "")
@@ -494,20 +559,34 @@ class SSHProcess:
     def readline(self, timeout: float) -> str | None:
         """One line of stdout, or None on timeout or end of output."""
         deadline = time.monotonic() + timeout
-        while not self.lines.ready:
+        while not self.lines.ready and self._chunk(deadline):
+            pass
+        return self.lines.pop()
+
+    def read_through(self, prefix: str, silence: float) -> list[str] | None:
+        """Every line of stdout up to the first that starts with `prefix`, that one last; None when
+        the output ends, or nothing more comes for `silence` seconds, before it."""
+        while (taken := self.lines.take_through(prefix)) is None:
+            if not self._chunk(time.monotonic() + silence):
+                return None
+        return taken
+
+    def _chunk(self, deadline: float) -> bool:
+        """Wait for the next piece of stdout and take it in; False at the end of the output or
+        when nothing came before `deadline`."""
+        while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return None
+                return False
             if self.channel.recv_ready():
                 chunk = self.channel.recv(65536)
                 if not chunk:
-                    break
+                    return False
                 self.lines.feed(chunk)
-                continue
+                return True
             if _output_ended(self.channel):
-                break
+                return False
             select.select([self.channel], [], [], min(remaining, 0.5))
-        return self.lines.pop()
 
     @property
     def ended(self) -> bool:

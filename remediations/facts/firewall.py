@@ -288,6 +288,46 @@ def _chains_read(about: Target | None) -> tuple[bool, ...]:
     return (False, True) if about is None or about.v6 else (False,)
 
 
+PROC_CONNTRACK = "/proc/net/nf_conntrack"
+# Counts, as `conntrack -L -f ipv4 -s NET [-p PROTO] [--dport PORT]` does, the tracked IPv4 flows whose
+# original source is in NET (and protocol in `protos`, original destination port `port`, when
+# given), from the kernel's own table as text, and says so in conntrack's words. The `conntrack` tool
+# asks netlink for every flow of the host and filters them itself: about ten times the CPU of this
+# read (11 ms against 1 ms for 1,500 flows), and a busy host tracks many more.
+_PROC_FLOWS_AWK = r"""
+function number(address, part) {
+  split(address, part, "."); return ((part[1] * 256 + part[2]) * 256 + part[3]) * 256 + part[4]
+}
+BEGIN {
+  size = 2 ^ (32 - bits); wanted = int(number(net) / size)
+  split(protos, list, " "); for (i in list) ok[list[i]] = 1
+}
+$1 == "ipv4" && (protos == "" || ($3 in ok)) {
+  src = ""; dport = ""
+  for (i = 5; i <= NF && (src == "" || dport == ""); i++) {
+    if (src == "" && substr($i, 1, 4) == "src=") src = substr($i, 5)
+    else if (dport == "" && substr($i, 1, 6) == "dport=") dport = substr($i, 7)
+  }
+  if (src != "" && int(number(src) / size) == wanted && (port == "" || dport == port)) n++
+}
+END { printf "%d flow entries have been shown.\n", n }
+"""
+
+
+def _flows_command(about: Target) -> str:
+    """How the facts count the source's tracked flows: from /proc for an IPv4 block where the host
+    has it readable, else with `conntrack -L` (its count on stderr)."""
+    listing = "; ".join(shlex.join(["conntrack", "-L", *f]) for f in about.conntrack_filters())
+    by_tool = f"{{ {listing}; }} 2>&1 >/dev/null"
+    if about.v6:
+        return by_tool
+    protos = about.proto or ("tcp udp" if about.port is not None else "")
+    assigned = [f"net={about.network.network_address}", f"bits={about.network.prefixlen}",
+                f"protos={protos}", f"port={'' if about.port is None else about.port}"]  # fmt: skip
+    by_proc = shlex.join(["awk", *(a for v in assigned for a in ("-v", v)), _PROC_FLOWS_AWK, PROC_CONNTRACK])
+    return f"if [ -r {PROC_CONNTRACK} ]; then {by_proc}; else {by_tool}; fi"
+
+
 def facts_command(state: StatePath, about: Target | None = None) -> str:
     """Shell text that prints every fact in marked sections; every value quoted. With `about` (the
     block a task acts on), also the number of tracked flows (conntrack) that source opened, and
@@ -305,10 +345,8 @@ def facts_command(state: StatePath, about: Target | None = None) -> str:
         for v6 in _chains_read(about)
     ]
     flows = []
-    if about is not None:
-        listing = "; ".join(shlex.join(["conntrack", "-L", *f]) for f in about.conntrack_filters())
-        # conntrack says on stderr how many it listed: no `wc` needed
-        flows = [f'[ "$ct" = yes ] && {{ echo "{MARK}flows"; {{ {listing}; }} 2>&1 >/dev/null; }}']
+    if about is not None:  # counted where the conntrack tool is installed, as before
+        flows = [f'[ "$ct" = yes ] && {{ echo "{MARK}flows"; {_flows_command(about)}; }}']
     return "\n".join(
         [
             "set --",
