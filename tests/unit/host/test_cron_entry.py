@@ -126,9 +126,8 @@ def test_the_default_inv_is_the_one_beside_this_python() -> None:
 def test_a_restore_pitr_switch_is_refused_at_install_and_its_drill_is_not() -> None:
     """Every cron run of a switch would refuse (a person must run it): refused now, in one line."""
     with pytest.raises(UsageError) as caught:
-        cron.InstallCron(
-            "restore-pitr", "@weekly", args="--host db1 --to '2024-01-15 14:30:00+03' --yes", inventory="/i.yml"
-        )
+        switch = "--host db1 --to '2024-01-15 14:30:00+03' --yes"
+        cron.InstallCron("restore-pitr", "@weekly", args=switch, inventory="/i.yml")
     message = str(caught.value)
     assert "inv restore-pitr would refuse it on every run" in message and "give --drill" in message, message
     assert "\n" not in message
