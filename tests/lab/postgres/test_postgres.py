@@ -577,7 +577,6 @@ def test_install_cron_refuses_hostile_values_and_changes_nothing(
     assert not planted.exists()
 
 
-
 def test_install_cron_refuses_a_restore_pitr_switch(db1_crontab: bytes, audit: Path) -> None:
     """A restore-pitr entry without --drill would refuse on every run (a switch needs a person):
     refused at install, one line, exit 2, db1's crontab as it was."""

@@ -122,7 +122,6 @@ def test_the_default_inv_is_the_one_beside_this_python() -> None:
     assert line.endswith(f" -- {bin_dir}/inv health --inventory /i.yml --host db1 >> {cron.DEFAULT_LOG} 2>&1")
 
 
-
 def test_a_restore_pitr_switch_is_refused_at_install_and_its_drill_is_not() -> None:
     """Every cron run of a switch would refuse (a person must run it): refused now, in one line."""
     with pytest.raises(UsageError) as caught:
