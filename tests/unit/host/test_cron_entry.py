@@ -133,6 +133,7 @@ def test_a_restore_pitr_switch_is_refused_at_install_and_its_drill_is_not() -> N
     assert "REMEDIATIONS_RUN_ID" not in os.environ, "the check leaves the environment as it was"
     cron.InstallCron("restore-pitr", "@weekly", args="--host db1 --drill", inventory="/i.yml")
 
+
 @pytest.mark.parametrize(
     ("args", "words"),
     [("--host db9", "the entry would fail on every run: its inventory: "), ("", "needs --host")],
