@@ -235,6 +235,29 @@ def expected_timeline(target: int, histories: Mapping[int, str]) -> int:
     return newest + 1
 
 
+def disagreement(local: Mapping[int, str], s3: Mapping[int, str], where: str, s3_where: str) -> str:
+    """ "" when every timeline history file the S3 copy holds is in the local archive with the same
+    lines; else the refusal. The restore_command reads the local archive first and S3 after it, so
+    PostgreSQL would pick its new timeline (and the timeline path) from both: a stray history file
+    only in S3 moves the promotion to another timeline than the one planned."""
+    only = sorted(t for t in s3 if t not in local)
+    differ = sorted(
+        t for t in s3 if t in local and parse_timeline_history(s3[t]) != parse_timeline_history(local[t])
+    )
+    if not only and not differ:
+        return ""
+    words = []
+    if only:
+        words.append(", ".join(f"{t:08X}.history" for t in only) + f" only in {s3_where}")
+    if differ:
+        words.append(", ".join(f"{t:08X}.history" for t in differ) + f" different in {where} and {s3_where}")
+    return (
+        "the WAL archive's two copies disagree on the timeline history: "
+        + "; ".join(words)
+        + " (the restore_command would fetch them: remove the stray file or copy the right one into both)"
+    )
+
+
 @dataclass(frozen=True)
 class Segment:
     size: int

@@ -8,13 +8,19 @@ from typing import Any
 from remediations.actions import pitr_host as hostside
 from remediations.actions.pg_checks import TABLE_RE
 from remediations.core import units
-from remediations.core.errors import UsageError
+from remediations.core.errors import HostError, UsageError
 from remediations.core.inventory import Host
 from remediations.facts.postgres import PgTarget, positive_number
 from remediations.postgres import restore_drill
 
+NOTHING = "nothing changed"
 DEFAULT_JSON = "/var/lib/remediations/restore-pitr-{host}.json"
 DEFAULT_METRICS = "/var/lib/prometheus/node-exporter/restore_pitr_{host}.prom"
+
+
+def refuse(why: str) -> HostError:
+    """A refusal before anything was touched."""
+    return HostError(f"{why}; {NOTHING}")
 
 
 def target_time(value: Any, flag: str) -> float:

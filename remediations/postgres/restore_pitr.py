@@ -54,11 +54,9 @@ from remediations.facts.postgres import (
     parse_sections,
     script,
 )
-from remediations.postgres import restore_drill
-from remediations.postgres.pitr_settings import Settings, settings, target_time
+from remediations.postgres import pitr_s3, restore_drill
+from remediations.postgres.pitr_settings import Settings, refuse, settings, target_time
 from remediations.reporting.cronlog import RUN_ID_ENV
-
-NOTHING = "nothing changed"
 
 
 @dataclass
@@ -80,10 +78,6 @@ class Restore:
     @property
     def target_text(self) -> str:
         return pitr.iso(self.target) if self.target is not None else "the end of the archive"
-
-
-def refuse(why: str) -> HostError:
-    return HostError(f"{why}; {NOTHING}")
 
 
 class RestorePitr(Remediation):
@@ -184,8 +178,9 @@ class RestorePitr(Remediation):
                 f"config_file {server.config_file} is outside the data directory {data_dir}: "
                 "restore-pitr switches clusters whose configuration lives in their data directory"
             )
-        timeline = server.timeline or max([1, *facts.timelines])
-        path = pitr.timeline_path(timeline, facts.timelines)
+        segments, timelines = self._archive(ctx, conf, facts)
+        timeline = server.timeline or max([1, *timelines])
+        path = pitr.timeline_path(timeline, timelines)
         if isinstance(path, str):
             raise refuse(path)
         backups = pitr.match_backups(facts.folders, facts.histories)
@@ -200,7 +195,7 @@ class RestorePitr(Remediation):
                 f"base backup {backup.folder} is on timeline {history.timeline}, not in the history "
                 f"of timeline {timeline}"
             )
-        wal = pitr.wal_range(history.start_lsn, path, self._segments(ctx, conf, facts), self.to)
+        wal = pitr.wal_range(history.start_lsn, path, segments, self.to)
         if wal.refused:
             raise refuse(wal.refused)
         if self.to is not None and self.to > time.time() + 60:
@@ -218,36 +213,24 @@ class RestorePitr(Remediation):
                 f"{human_bytes(free)} free beside {data_dir}, the restore needs about {human_bytes(needed)}"
             )
         return Restore(
-            conf, pg, lay, backup, wal, self.to, timeline, pitr.expected_timeline(timeline, facts.timelines)
+            conf, pg, lay, backup, wal, self.to, timeline, pitr.expected_timeline(timeline, timelines)
         )
 
     @staticmethod
-    def _segments(ctx: HostContext, conf: Settings, facts: pitr.PitrFacts) -> dict[str, pitr.Segment]:
-        """The archive's segments, with those only S3 holds (when configured: the restore_command
-        fetches them from there)."""
+    def _archive(
+        ctx: HostContext, conf: Settings, facts: pitr.PitrFacts
+    ) -> tuple[dict[str, pitr.Segment], dict[int, str]]:
+        """The segments and timeline history files the restore_command can reach: the local
+        archive's and, when configured, the S3 copy's (a segment only S3 holds counts; a history
+        file S3 holds must be the local archive's too, else the run refuses)."""
         if conf.s3 is None:
-            return facts.segments
-        mode, _, owner = facts.credentials.partition(" ")
-        user = PgTarget.from_host(ctx.host).os_user
-        if not mode:
-            raise refuse(f"pitr_s3_credentials_file {conf.s3.credentials_file} does not exist on the host")
-        if owner != user:
-            raise refuse(
-                f"pitr_s3_credentials_file {conf.s3.credentials_file} belongs to {owner}, not {user}"
-            )
-        if mode not in ("600", "400"):
-            raise refuse(f"pitr_s3_credentials_file {conf.s3.credentials_file} has mode {mode}: make it 0600")
-        from remediations.actions.s3client import S3Store
-
-        store = S3Store(ctx.host.vars)
-        for secret in store.secrets:
-            ctx.redactor.add_value(secret)
-        merged = dict(facts.segments)
-        for found in store.list(conf.s3_bucket, conf.s3_prefix):
-            name = found.key[len(conf.s3_prefix) :]
-            if pitr.SEGMENT_RE.match(name) and name not in merged:
-                merged[name] = pitr.Segment(found.size, found.modified.timestamp())
-        return merged
+            return facts.segments, facts.timelines
+        pitr_s3.check_credentials(conf, facts.credentials, PgTarget.from_host(ctx.host).os_user)
+        s3 = pitr_s3.read_archive(ctx, conf)
+        problem = pitr.disagreement(facts.timelines, s3.timelines, conf.archive_dir, s3.where)
+        if problem:
+            raise refuse(problem)
+        return {**s3.segments, **facts.segments}, facts.timelines
 
     @staticmethod
     def _describe(plan: Restore) -> str:

@@ -345,6 +345,24 @@ def test_a_segment_only_in_s3_is_fetched_from_there(cluster: Path, audit: Path) 
         pglab.s3().put_object(Bucket=pglab.BUCKET, Key=S3_PREFIX + start, Body=body)
 
 
+def test_a_stray_history_file_in_s3_refuses_before_the_restore(cluster: Path, audit: Path) -> None:
+    """PostgreSQL's restore_command also fetches timeline history files from S3: one the local
+    archive lacks (another cluster's, an earlier run's) would move the promotion to another timeline
+    than planned. Refused in the facts step, before anything is unpacked."""
+    key = S3_PREFIX + "00000002.history"
+    pglab.s3().put_object(Bucket=pglab.BUCKET, Key=key, Body=b"1\t0/9000000\tno recovery target specified\n")
+    try:
+        before = state()
+        ran = run(cluster, audit, "--drill")
+        assert ran.code == 1, ran.stdout + ran.stderr
+        message = ran.host("db1")["message"]
+        assert "00000002.history only in s3://" in message and "nothing changed" in message, message
+        assert "restore" not in steps(ran), "refused before the restore"
+        assert state() == before
+    finally:
+        pglab.s3().delete_object(Bucket=pglab.BUCKET, Key=key)
+
+
 def test_a_restore_that_fails_its_checks_leaves_the_cluster_alone(cluster: Path, audit: Path) -> None:
     data = yaml.safe_load(cluster.read_text())
     data["all"]["children"]["db"]["hosts"]["db1"]["pitr_check_tables"] = {"items": 100000}

@@ -277,3 +277,13 @@ def test_judge_the_promoted_server() -> None:
     assert "is after the target" in pitr_host.judge(late, RECOVERY_LOG, target, 3)[0][0]
     assert "not after the target" in pitr_host.judge(good, RECOVERY_LOG, utc("2026-12-01 19:09:18"), 3)[0][0]
     assert pitr_host.judge(good, no_stop, None, 3)[0] == [], "to the archive's end: no stop line expected"
+
+
+def test_history_files_only_or_different_in_s3_are_a_disagreement() -> None:
+    local = {2: TL2_HISTORY}
+    assert pitr.disagreement(local, {}, "/arch", "s3://b/wal/") == ""
+    assert pitr.disagreement(local, {2: TL2_HISTORY + "\n"}, "/arch", "s3://b/wal/") == "", "same lines"
+    stray = pitr.disagreement(local, {2: TL2_HISTORY, 3: TL3_HISTORY}, "/arch", "s3://b/wal/")
+    assert "00000003.history only in s3://b/wal/" in stray, stray
+    other = pitr.disagreement(local, {2: "1\t0/3000000\tno recovery target specified\n"}, "/arch", "s3://b/")
+    assert "00000002.history different in /arch and s3://b/" in other, other
