@@ -31,17 +31,19 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from contextlib import ExitStack
+from dataclasses import replace
 from typing import Any, ClassVar
 
 from remediations.actions import pitr_host as hostside
+from remediations.actions import pitr_s3host
 from remediations.actions.drill_report import previous_success, write_results
 from remediations.actions.pitr_report import metrics_text
 from remediations.core import interrupt
 from remediations.core.args import Arg, args
 from remediations.core.context import HostContext
 from remediations.core.errors import HostError, UsageError
-from remediations.core.inventory import Host
+from remediations.core.inventory import Host, Inventory
 from remediations.core.plan import Change, Plan
 from remediations.core.remediation import Remediation
 from remediations.core.results import Status
@@ -49,35 +51,14 @@ from remediations.facts import pitr
 from remediations.facts.drill import checks_sql, split
 from remediations.facts.postgres import (
     PgTarget,
-    human_bytes,
     must_ok,
     parse_sections,
     script,
 )
-from remediations.postgres import pitr_s3, restore_drill
-from remediations.postgres.pitr_settings import Settings, refuse, settings, target_time
+from remediations.postgres import pitr_plan, restore_drill
+from remediations.postgres.pitr_plan import Restore
+from remediations.postgres.pitr_settings import Onto, onto_settings, refuse, settings, target_time
 from remediations.reporting.cronlog import RUN_ID_ENV
-
-
-@dataclass
-class Restore:
-    """What gather decided on, and what the run made as it went."""
-
-    conf: Settings
-    pg: PgTarget
-    lay: hostside.Layout
-    backup: pitr.BaseBackup
-    wal: pitr.WalRange
-    target: float | None
-    timeline: int  # recovery_target_timeline
-    expected: int  # the timeline the promotion makes
-    report: dict[str, Any] = field(default_factory=dict)
-    started: float = field(default_factory=time.monotonic)
-    made: bool = False  # the new directory exists
-
-    @property
-    def target_text(self) -> str:
-        return pitr.iso(self.target) if self.target is not None else "the end of the archive"
 
 
 class RestorePitr(Remediation):
@@ -91,7 +72,10 @@ class RestorePitr(Remediation):
     timeline with its last replayed commit at or before the target and pitr_check_tables holding
     their minimum rows (in pitr_check_database) before the switch. A switch needs --yes or the host
     name typed at the prompt. --drill restores and verifies, then removes the restore: the
-    production cluster is not touched (without --to: to the archive's end; cron-safe). Writes JSON
+    production cluster is not touched (without --to: to the archive's end; cron-safe). --drill
+    --onto HOST restores onto another host (a restore host with PostgreSQL of the same major
+    version) from S3 only: a base backup base-backup uploaded, the WAL in wal_s3_prefix, fetched
+    with HOST's pitr_s3_credentials_file, into its pitr_restore_dir. Writes JSON
     (restore_pitr_json) and Prometheus metrics (restore_pitr_metrics) of every applied run.
     """
 
@@ -110,11 +94,18 @@ class RestorePitr(Remediation):
             help="restore and verify on the spare port, then remove it; the cluster is not touched",
         ),
         Arg("yes", kind="flag", help="switch without asking (else type the host name at the prompt)"),
+        Arg(
+            "onto",
+            "with --drill: restore onto this inventory host (from S3 only) instead of the db host",
+            example="dbrestore",
+        ),
     )
     required_vars: ClassVar[tuple[str, ...]] = ("wal_archive_dir", "basebackup_local_dir")
     default_serial: ClassVar[int | None] = 1
 
-    def __init__(self, to: float | None = None, drill: bool = False, yes: bool = False) -> None:
+    def __init__(
+        self, to: float | None = None, drill: bool = False, yes: bool = False, onto: str | None = None
+    ) -> None:
         if to is None and not drill:
             raise UsageError(
                 "--to is required: the point in time to recover to, e.g. --to '2024-01-15 "
@@ -124,11 +115,48 @@ class RestorePitr(Remediation):
             raise UsageError(
                 "restore-pitr switches a cluster only when a person runs it: from cron, give --drill"
             )
-        self.to, self.drill, self.yes = to, drill, yes
+        if onto is not None and not drill:
+            raise UsageError(
+                f"--onto {onto}: only a --drill restores onto another host (a switch replaces the db "
+                "host's own data directory): add --drill"
+            )
+        self.to, self.drill, self.yes, self.onto = to, drill, yes, onto
+        self._onto: Onto | None = None
+        self._subs: dict[str, HostContext] = {}  # db host → the --onto host's context
+
+    def prepare(self, inventory: Inventory) -> None:
+        if self.onto is None:
+            return
+        host = inventory.hosts.get(self.onto)
+        if host is None:
+            raise UsageError(f"--onto {self.onto}: no host {self.onto} in {inventory.source}")
+        self._onto = onto_settings(host)
 
     def validate(self, host: Host) -> None:
         super().validate(host)
-        settings(host)
+        conf = settings(host)
+        if self._onto is not None:
+            if self._onto.host.name == host.name:
+                raise UsageError(f"--onto {host.name} is the db host itself: leave --onto out")
+            if conf.s3 is None or conf.base_s3 is None:
+                raise UsageError(
+                    f"{host.source}: host {host.name}: --onto restores from S3 only: set "
+                    "pitr_s3_credentials_file and backup_s3_bucket on the db host"
+                )
+
+    def run(self, ctx: HostContext) -> None:
+        """With --onto the restore host stays open (and locked) from the facts to the end."""
+        with ExitStack() as stack:
+            if self._onto is not None:
+                self._subs[ctx.host.name] = stack.enter_context(ctx.open(self._onto.host))
+            try:
+                super().run(ctx)
+            finally:
+                self._subs.pop(ctx.host.name, None)
+
+    def _remote(self, ctx: HostContext) -> Any:
+        """The connection the restore's commands run on: the --onto host's, or the db host's."""
+        return self._subs.get(ctx.host.name, ctx).remote
 
     def deadline(self, host: Host) -> float:
         configured = host.get("run_deadline")
@@ -145,11 +173,14 @@ class RestorePitr(Remediation):
             if "@@pg" not in result.stdout:
                 raise HostError(f"gathering facts failed (exit {result.exit_code}): {result.tail()}", result)
             facts = pitr.parse_facts(parse_sections(result.stdout))
-            plan = self._choose(ctx, conf, pg, facts)
+            sub = self._subs.get(ctx.host.name)
+            plan = pitr_plan.choose(ctx, conf, facts, self.to, self._onto, sub)
             step.done(
                 Status.OK,
-                self._describe(plan),
+                pitr_plan.describe(plan),
                 backup=plan.backup.folder,
+                in_s3=plan.backup.in_s3,
+                onto=plan.onto.host.name if plan.onto else None,
                 wal_first=plan.wal.first,
                 wal_last=plan.wal.last,
                 segments=plan.wal.count,
@@ -160,105 +191,22 @@ class RestorePitr(Remediation):
             )
         return plan
 
-    def _choose(self, ctx: HostContext, conf: Settings, pg: PgTarget, facts: pitr.PitrFacts) -> Restore:
-        """The backup, the WAL and the directories; a HostError (nothing changed) for what refuses."""
-        server = facts.server
-        if facts.archive_missing:
-            raise refuse(f"the WAL archive {conf.archive_dir} does not exist on the host")
-        if server.error:
-            raise refuse(
-                f"PostgreSQL on port {pg.port} does not answer ({server.error}): restore-pitr needs the "
-                "cluster's settings from it"
-            )
-        if server.in_recovery:
-            raise refuse(f"the server on port {pg.port} is in recovery (a standby): restore its primary")
-        data_dir = server.data_directory.rstrip("/")
-        if not server.config_file.startswith(data_dir + "/"):
-            raise refuse(
-                f"config_file {server.config_file} is outside the data directory {data_dir}: "
-                "restore-pitr switches clusters whose configuration lives in their data directory"
-            )
-        segments, timelines = self._archive(ctx, conf, facts)
-        timeline = server.timeline or max([1, *timelines])
-        path = pitr.timeline_path(timeline, timelines)
-        if isinstance(path, str):
-            raise refuse(path)
-        backups = pitr.match_backups(facts.folders, facts.histories)
-        if facts.base_missing or not backups:
-            raise refuse(f"no base backup under {conf.base_dir} (make one: pg_basebackup -Ft -X none -D DIR)")
-        choice = pitr.choose_backup(backups, self.to)
-        if choice.backup is None or choice.backup.history is None:
-            raise refuse(choice.refused)
-        backup, history = choice.backup, choice.backup.history
-        if history.timeline not in [s.timeline for s in path]:
-            raise refuse(
-                f"base backup {backup.folder} is on timeline {history.timeline}, not in the history "
-                f"of timeline {timeline}"
-            )
-        wal = pitr.wal_range(history.start_lsn, path, segments, self.to)
-        if wal.refused:
-            raise refuse(wal.refused)
-        if self.to is not None and self.to > time.time() + 60:
-            raise refuse(f"the target {pitr.iso(self.to)} is in the future")
-        lay = hostside.layout(pg, data_dir, server.socket_dir, conf.spare_port, dt.datetime.now(dt.UTC))
-        probe = ctx.remote.run(hostside.probe_command(lay, os.path.dirname(data_dir)), timeout=60)
-        free, taken = hostside.parse_probe(probe.stdout)
-        if taken:
-            raise refuse(
-                f"pitr_spare_port {conf.spare_port} is taken (a socket in {lay.socket_dir}): set another"
-            )
-        needed = max(server.bytes, float(backup.size)) * 1.1
-        if free is not None and free < needed:
-            raise refuse(
-                f"{human_bytes(free)} free beside {data_dir}, the restore needs about {human_bytes(needed)}"
-            )
-        return Restore(
-            conf, pg, lay, backup, wal, self.to, timeline, pitr.expected_timeline(timeline, timelines)
-        )
-
-    @staticmethod
-    def _archive(
-        ctx: HostContext, conf: Settings, facts: pitr.PitrFacts
-    ) -> tuple[dict[str, pitr.Segment], dict[int, str]]:
-        """The segments and timeline history files the restore_command can reach: the local
-        archive's and, when configured, the S3 copy's (a segment only S3 holds counts; a history
-        file S3 holds must be the local archive's too, else the run refuses)."""
-        if conf.s3 is None:
-            return facts.segments, facts.timelines
-        pitr_s3.check_credentials(conf, facts.credentials, PgTarget.from_host(ctx.host).os_user)
-        s3 = pitr_s3.read_archive(ctx, conf)
-        problem = pitr.disagreement(facts.timelines, s3.timelines, conf.archive_dir, s3.where)
-        if problem:
-            raise refuse(problem)
-        return {**s3.segments, **facts.segments}, facts.timelines
-
-    @staticmethod
-    def _describe(plan: Restore) -> str:
-        history = plan.backup.history
-        ended = pitr.iso(history.ended) if history else "?"
-        return (
-            f"base backup {plan.backup.folder} ({plan.backup.tar}, {human_bytes(plan.backup.size)}, ended "
-            f"{ended}); WAL {plan.wal.first} … {plan.wal.last} ({plan.wal.count} segment(s), all archived; "
-            f"archive ends at {plan.wal.archive_end}); target {plan.target_text} on timeline "
-            f"{plan.timeline}, the restore makes timeline {plan.expected}"
-        )
-
     # ---------------------------------------------------------------------------------- decide
 
     def decide(self, ctx: HostContext, facts: Restore) -> Plan:
         lay = facts.lay
         restore = Change(
             "restore",
-            f"restore {facts.backup.folder} into {lay.new_dir}, recover on port "
+            f"restore {facts.backup.label} into {lay.new_dir}{facts.where}, recover on port "
             f"{lay.spare_port} to {facts.target_text} and verify it",
             lambda ctx: self._restore(ctx, facts),
             own_steps=True,
-            commands=(hostside.restore_script(lay, self._tar(facts)),),
+            commands=(hostside.restore_script(lay, unpack=self._unpack(facts)),),
         )
         if self.drill:
             end = Change(
                 "drill",
-                f"then remove {lay.new_dir}; the cluster in {lay.data_dir} is not touched",
+                f"then remove {lay.new_dir}{facts.where}; the cluster is not touched",
                 lambda ctx: self._drill_end(ctx, facts),
                 own_steps=True,
             )
@@ -274,8 +222,18 @@ class RestorePitr(Remediation):
         return Plan.of(restore, end, check_step="decide")
 
     @staticmethod
-    def _tar(facts: Restore) -> str:
-        return f"{facts.conf.base_dir}/{facts.backup.folder}/{facts.backup.tar}"
+    def _unpack(facts: Restore) -> str:
+        """Shell text that fills the new directory: the local tar, or the S3 parts fetched by the
+        restore's host (with its own credentials file)."""
+        lay, backup, conf = facts.lay, facts.backup, facts.conf
+        if not backup.in_s3:
+            tar = f"{conf.base_dir}/{backup.folder}/{backup.tar}"
+            return hostside.as_user(lay, "tar", "-xf", tar, "-C", lay.new_dir)
+        assert conf.base_s3 is not None
+        source = facts.onto.credentials_file if facts.onto else conf.base_s3.source.credentials_file
+        fetch = replace(conf.base_s3.source, credentials_file=source)
+        gz = backup.tar.endswith(".gz")
+        return pitr_s3host.fetch_command(lay.user, fetch, backup.folder, backup.parts, lay.new_dir, gz)
 
     def _switch_text(self, facts: Restore) -> str:
         lay, conf = facts.lay, facts.conf
@@ -305,8 +263,8 @@ class RestorePitr(Remediation):
             step.done(Status.OK, "drill: the cluster is not touched" if self.drill else "switch confirmed")
         try:
             with self._phase(ctx, facts, "restore") as step:
-                result = ctx.remote.run(
-                    hostside.restore_script(facts.lay, self._tar(facts)),
+                result = self._remote(ctx).run(
+                    hostside.restore_script(facts.lay, unpack=self._unpack(facts)),
                     timeout=6 * 3600,
                     stdin=self._overrides(facts).encode(),
                 )
@@ -314,7 +272,7 @@ class RestorePitr(Remediation):
                 must_ok(result, f"unpacking {facts.backup.folder} into {facts.lay.new_dir}")
                 step.done(
                     Status.CHANGED,
-                    f"unpacked {facts.backup.folder} into {facts.lay.new_dir}; recovery "
+                    f"unpacked {facts.backup.label} into {facts.lay.new_dir}{facts.where}; recovery "
                     f"started on port {facts.lay.spare_port}",
                 )
             with self._phase(ctx, facts, "recover") as step:
@@ -334,15 +292,21 @@ class RestorePitr(Remediation):
             raise
 
     def _overrides(self, facts: Restore) -> str:
+        """The recovery settings; --onto: WAL from S3 only (with the restore host's credentials
+        file), and the socket in the restore's own directory."""
         target = pitr.iso(facts.target) if facts.target is not None else ""
-        return hostside.overrides(
-            facts.conf.archive_dir, target, facts.timeline, facts.lay.spare_port, self.drill, facts.conf.s3
-        )
+        conf, lay = facts.conf, facts.lay
+        if facts.onto is None or conf.s3 is None:
+            return hostside.overrides(
+                conf.archive_dir, target, facts.timeline, lay.spare_port, self.drill, conf.s3
+            )
+        s3 = replace(conf.s3, credentials_file=facts.onto.credentials_file)
+        return hostside.overrides("", target, facts.timeline, lay.spare_port, True, s3, lay.socket_dir)
 
     def _recover(self, ctx: HostContext, facts: Restore) -> str:
         """Wait for the promotion, then judge it; the step's message."""
         lay = facts.lay
-        result = ctx.remote.run(
+        result = self._remote(ctx).run(
             hostside.wait_script(lay, facts.conf.recovery_timeout), timeout=facts.conf.recovery_timeout + 120
         )
         sections = {s.name: s for s in parse_sections(result.stdout)}
@@ -358,7 +322,9 @@ class RestorePitr(Remediation):
             )
         spare = replace(facts.pg, port=lay.spare_port, socket_dir=lay.socket_dir)
         state = json.loads(
-            self._psql(ctx, spare, hostside.VERIFY_SQL, "asking the restored server").splitlines()[-1]
+            self._psql(
+                self._remote(ctx), spare, hostside.VERIFY_SQL, "asking the restored server"
+            ).splitlines()[-1]
         )
         return self._judge(facts, state, log)
 
@@ -377,25 +343,25 @@ class RestorePitr(Remediation):
     def _checks(self, ctx: HostContext, facts: Restore) -> restore_drill.CheckOutcome:
         checks, database = facts.conf.checks, facts.conf.check_database
         spare = replace(facts.pg, port=facts.lay.spare_port, socket_dir=facts.lay.socket_dir)
-        answer = self._psql(ctx, spare, checks_sql(list(checks.tables), ""), "checks", database)
+        answer = self._psql(self._remote(ctx), spare, checks_sql(list(checks.tables), ""), "checks", database)
         exists, measured = split(json.loads(answer))
         return restore_drill.evaluate(checks, exists, measured)
 
     @staticmethod
-    def _psql(ctx: HostContext, pg: PgTarget, sql: str, what: str, database: str = "postgres") -> str:
-        result = ctx.remote.run(script(pg.psql(database)), stdin=sql.encode(), timeout=600)
+    def _psql(remote: Any, pg: PgTarget, sql: str, what: str, database: str = "postgres") -> str:
+        result = remote.run(script(pg.psql(database)), stdin=sql.encode(), timeout=600)
         return must_ok(result, what).stdout.strip()
 
     def _remove(self, ctx: HostContext, facts: Restore, message: str) -> None:
         with ctx.step("cleanup") as step:
             must_ok(
-                ctx.remote.run(hostside.cleanup_script(facts.lay), timeout=600),
+                self._remote(ctx).run(hostside.cleanup_script(facts.lay), timeout=600),
                 f"removing {facts.lay.new_dir}",
             )
             facts.made = False
             step.done(
                 Status.OK,
-                f"{message} {facts.lay.new_dir}; the cluster in {facts.lay.data_dir} was not touched",
+                f"{message} {facts.lay.new_dir}{facts.where}; the cluster was not touched",
             )
 
     def _drill_end(self, ctx: HostContext, facts: Restore) -> None:
@@ -438,7 +404,7 @@ class RestorePitr(Remediation):
             return
         with ctx.step("verify") as step:
             state = json.loads(
-                self._psql(ctx, facts.pg, hostside.VERIFY_SQL, "asking the cluster").splitlines()[-1]
+                self._psql(ctx.remote, facts.pg, hostside.VERIFY_SQL, "asking the cluster").splitlines()[-1]
             )
             if state.get("in_recovery") or state.get("timeline") != facts.expected:
                 raise HostError(
@@ -457,6 +423,8 @@ class RestorePitr(Remediation):
         return {
             "host": ctx.host.name,
             "drill": self.drill,
+            "onto": facts.onto.host.name if facts.onto else "",
+            "backup_in_s3": facts.backup.in_s3,
             "target": facts.target_text,
             "backup": facts.backup.folder,
             "wal_first": facts.wal.first,
