@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from remediations.actions import pitr_host as hostside
 from remediations.actions.pg_checks import TABLE_RE
@@ -62,7 +63,7 @@ def _url(host: Host, bucket: str, prefix: str, credentials: str) -> hostside.S3S
     region = str(host.get("s3_region") or "us-east-1")
     endpoint = str(host.get("s3_endpoint_url") or "").rstrip("/")
     base = f"{endpoint}/{bucket}" if endpoint else f"https://{bucket}.s3.{region}.amazonaws.com"
-    return hostside.S3Source(f"{base}/{prefix}", credentials, region)
+    return hostside.S3Source(f"{base}/{quote(prefix, safe='/')}", credentials, region)
 
 
 def s3_source(host: Host, where: str = "") -> tuple[hostside.S3Source | None, str, str]:
