@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from remediations.actions import pitr_host as hostside
+from remediations.actions import pitr_s3host
 from remediations.core.context import HostContext
 from remediations.facts import pitr
 from remediations.facts.postgres import PgTarget, human_bytes, script
@@ -225,6 +226,31 @@ def onto_layout(
         )
     lay = hostside.layout(onto.pg, f"{onto.restore_dir}/{source}", "", onto.spare_port, now)
     return replace(lay, socket_dir=lay.new_dir)
+
+
+def unpack(facts: Restore) -> str:
+    """Shell text that fills the new directory: the local tar, or the S3 parts fetched by the
+    restore's host (with its own credentials file)."""
+    lay, backup, conf = facts.lay, facts.backup, facts.conf
+    if not backup.in_s3:
+        tar = f"{conf.base_dir}/{backup.folder}/{backup.tar}"
+        return hostside.as_user(lay, "tar", "-xf", tar, "-C", lay.new_dir)
+    assert conf.base_s3 is not None
+    source = facts.onto.credentials_file if facts.onto else conf.base_s3.source.credentials_file
+    fetch = replace(conf.base_s3.source, credentials_file=source)
+    gz = backup.tar.endswith(".gz")
+    return pitr_s3host.fetch_command(lay.user, fetch, backup.folder, backup.parts, lay.new_dir, gz)
+
+
+def overrides(facts: Restore, drill: bool) -> str:
+    """The recovery settings; --onto: WAL from S3 only (with the restore host's credentials
+    file), and the socket in the restore's own directory."""
+    target = pitr.iso(facts.target) if facts.target is not None else ""
+    conf, lay = facts.conf, facts.lay
+    if facts.onto is None or conf.s3 is None:
+        return hostside.overrides(conf.archive_dir, target, facts.timeline, lay.spare_port, drill, conf.s3)
+    s3 = replace(conf.s3, credentials_file=facts.onto.credentials_file)
+    return hostside.overrides("", target, facts.timeline, lay.spare_port, True, s3, lay.socket_dir)
 
 
 def describe(plan: Restore) -> str:

@@ -1,22 +1,27 @@
-"""restore-pitr: point-in-time recovery from a local base backup and the archived WAL.
+"""restore-pitr: point-in-time recovery from a base backup and the archived WAL.
 
 facts   one round trip to the db host: the WAL archive (`wal_archive_dir`: names, sizes, mtimes,
         the base backup and timeline history files), the base backups under
         `basebackup_local_dir` (one folder each: `pg_basebackup -Ft -X none`, base.tar[.gz] and
-        backup_manifest) and the server's settings; a second one for the free space beside the
-        data directory and whether the spare port is taken;
+        backup_manifest) and the server's settings; with `pitr_s3_credentials_file`, from the
+        controller, the archive's S3 copy (segments, history files) and the base backups
+        base-backup uploaded (pitr_s3); then the free space and the spare port (pitr_plan); before
+        a switch, whether each writer (restore_db_writers, --stop) runs;
 decide  pure (facts.pitr): the newest base backup that *ended* before the target (refused when
         none did, naming the oldest); every WAL segment from its start to the first one archived
         at or after the target, along the target timeline's history; a target past the archive's
-        end, a missing segment or history file refuse with nothing changed;
-apply   unpack the backup into a new data directory beside the old one, recovery settings in its
-        postgresql.auto.conf (restore_command from the archive, recovery_target_time in UTC,
-        promote, the timeline; archiving off in a drill, held before a switch), start it on the
-        spare port (socket only) and wait until it promoted; then verify it (out of recovery, on
-        the expected new timeline, the last replayed commit at or before the target and the
-        recovery stopped before the next one, the configured tables and row minimums); then
-        switch the data directory (the old one renamed `DATA.pre-pitr-STAMP`, kept) or, in a
-        drill, stop it and remove it;
+        end, a missing segment or history file, a history file S3 holds that the local archive
+        does not refuse with nothing changed;
+apply   unpack the backup (the local tar, or its S3 parts fetched by the host) into a new data
+        directory beside the old one, recovery settings in its postgresql.auto.conf
+        (restore_command from the archive, recovery_target_time in UTC, promote, the timeline;
+        archiving off in a drill, held before a switch), start it on the spare port (socket only)
+        and wait until it promoted; then verify it (out of recovery, on the expected new
+        timeline, the last replayed commit at or before the target and the recovery stopped
+        before the next one, the configured tables and row minimums); then stop the running
+        writers, switch the data directory (the old one renamed `DATA.pre-pitr-STAMP`, kept) and
+        start the writers again; or, in a drill, stop the restore and remove it. `--drill --onto
+        HOST` does the drill on a restore host, from S3 only;
 verify  the cluster answers on its own port from the new directory, out of recovery, on the new
         timeline.
 
@@ -31,14 +36,16 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import replace
 from typing import Any, ClassVar
 
 from remediations.actions import pitr_host as hostside
-from remediations.actions import pitr_s3host
+from remediations.actions import writers
 from remediations.actions.drill_report import previous_success, write_results
 from remediations.actions.pitr_report import metrics_text
+from remediations.actions.writers import Writer
 from remediations.core import interrupt
 from remediations.core.args import Arg, args
 from remediations.core.context import HostContext
@@ -95,6 +102,14 @@ class RestorePitr(Remediation):
         ),
         Arg("yes", kind="flag", help="switch without asking (else type the host name at the prompt)"),
         Arg(
+            "stop",
+            "also stop this writer (HOST:SERVICE) during the switch; repeatable (restore_db_writers "
+            "of the db host are stopped too)",
+            kind="list",
+            parse=lambda value, flag: [Writer.parse(v, flag) for v in value],
+            example="api1:celery-worker",
+        ),
+        Arg(
             "onto",
             "with --drill: restore onto this inventory host (from S3 only) instead of the db host",
             example="dbrestore",
@@ -104,7 +119,12 @@ class RestorePitr(Remediation):
     default_serial: ClassVar[int | None] = 1
 
     def __init__(
-        self, to: float | None = None, drill: bool = False, yes: bool = False, onto: str | None = None
+        self,
+        to: float | None = None,
+        drill: bool = False,
+        yes: bool = False,
+        onto: str | None = None,
+        stop: Sequence[Writer] = (),
     ) -> None:
         if to is None and not drill:
             raise UsageError(
@@ -120,11 +140,22 @@ class RestorePitr(Remediation):
                 f"--onto {onto}: only a --drill restores onto another host (a switch replaces the db "
                 "host's own data directory): add --drill"
             )
-        self.to, self.drill, self.yes, self.onto = to, drill, yes, onto
+        if stop and drill:
+            raise UsageError("--stop: a drill stops no writer (the cluster is not touched): leave it out")
+        self.to, self.drill, self.yes, self.onto, self.stop = to, drill, yes, onto, tuple(stop)
         self._onto: Onto | None = None
         self._subs: dict[str, HostContext] = {}  # db host → the --onto host's context
+        self._inventory: Inventory | None = None
+        self._writers: dict[str, list[tuple[Host, list[str]]]] = {}  # db host → writer hosts, services
+        self._writer_subs: dict[str, dict[str, HostContext]] = {}
+        self._running: dict[str, list[str]] = {}  # db host → the writers running before the switch
+
+    def arguments(self) -> dict[str, Any]:
+        return {"to": self.to, "drill": self.drill, "yes": self.yes, "onto": self.onto,
+                "stop": [w.label for w in self.stop]}  # fmt: skip
 
     def prepare(self, inventory: Inventory) -> None:
+        self._inventory = inventory
         if self.onto is None:
             return
         host = inventory.hosts.get(self.onto)
@@ -135,6 +166,9 @@ class RestorePitr(Remediation):
     def validate(self, host: Host) -> None:
         super().validate(host)
         conf = settings(host)
+        if not self.drill:  # the writers of the database: stopped during the switch
+            assert self._inventory is not None
+            self._writers[host.name] = writers.resolve(self._inventory, host, self.stop)
         if self._onto is not None:
             if self._onto.host.name == host.name:
                 raise UsageError(f"--onto {host.name} is the db host itself: leave --onto out")
@@ -145,14 +179,22 @@ class RestorePitr(Remediation):
                 )
 
     def run(self, ctx: HostContext) -> None:
-        """With --onto the restore host stays open (and locked) from the facts to the end."""
+        """With --onto the restore host, before a switch the writers' hosts stay open (and locked)
+        from the facts to the end."""
+        name = ctx.host.name
         with ExitStack() as stack:
             if self._onto is not None:
-                self._subs[ctx.host.name] = stack.enter_context(ctx.open(self._onto.host))
+                self._subs[name] = stack.enter_context(ctx.open(self._onto.host))
+            resolved = self._writers.get(name, [])
+            self._writer_subs[name] = {t.name: stack.enter_context(ctx.open(t)) for t, _ in resolved}
             try:
+                if resolved:
+                    found = writers.gather(self._writer_subs[name], resolved)
+                    self._running[name] = [f.writer.label for f in found if f.running]
                 super().run(ctx)
             finally:
-                self._subs.pop(ctx.host.name, None)
+                self._subs.pop(name, None)
+                self._writer_subs.pop(name, None)
 
     def _remote(self, ctx: HostContext) -> Any:
         """The connection the restore's commands run on: the --onto host's, or the db host's."""
@@ -201,7 +243,7 @@ class RestorePitr(Remediation):
             f"{lay.spare_port} to {facts.target_text} and verify it",
             lambda ctx: self._restore(ctx, facts),
             own_steps=True,
-            commands=(hostside.restore_script(lay, unpack=self._unpack(facts)),),
+            commands=(hostside.restore_script(lay, unpack=pitr_plan.unpack(facts)),),
         )
         if self.drill:
             end = Change(
@@ -213,7 +255,7 @@ class RestorePitr(Remediation):
         else:
             end = Change(
                 "switch",
-                f"then switch the cluster to it: {lay.data_dir} kept as {lay.kept_dir}, "
+                f"then switch the cluster to it{self._stopping(ctx)}: {lay.data_dir} kept as {lay.kept_dir}, "
                 f"{lay.new_dir} becomes {lay.data_dir}",
                 lambda ctx: self._switch(ctx, facts),
                 own_steps=True,
@@ -221,19 +263,9 @@ class RestorePitr(Remediation):
             )
         return Plan.of(restore, end, check_step="decide")
 
-    @staticmethod
-    def _unpack(facts: Restore) -> str:
-        """Shell text that fills the new directory: the local tar, or the S3 parts fetched by the
-        restore's host (with its own credentials file)."""
-        lay, backup, conf = facts.lay, facts.backup, facts.conf
-        if not backup.in_s3:
-            tar = f"{conf.base_dir}/{backup.folder}/{backup.tar}"
-            return hostside.as_user(lay, "tar", "-xf", tar, "-C", lay.new_dir)
-        assert conf.base_s3 is not None
-        source = facts.onto.credentials_file if facts.onto else conf.base_s3.source.credentials_file
-        fetch = replace(conf.base_s3.source, credentials_file=source)
-        gz = backup.tar.endswith(".gz")
-        return pitr_s3host.fetch_command(lay.user, fetch, backup.folder, backup.parts, lay.new_dir, gz)
+    def _stopping(self, ctx: HostContext) -> str:
+        running = self._running.get(ctx.host.name, [])
+        return f" (its writers {', '.join(running)} stopped during it, then started)" if running else ""
 
     def _switch_text(self, facts: Restore) -> str:
         lay, conf = facts.lay, facts.conf
@@ -264,9 +296,9 @@ class RestorePitr(Remediation):
         try:
             with self._phase(ctx, facts, "restore") as step:
                 result = self._remote(ctx).run(
-                    hostside.restore_script(facts.lay, unpack=self._unpack(facts)),
+                    hostside.restore_script(facts.lay, unpack=pitr_plan.unpack(facts)),
                     timeout=6 * 3600,
-                    stdin=self._overrides(facts).encode(),
+                    stdin=pitr_plan.overrides(facts, self.drill).encode(),
                 )
                 facts.made = result.exit_code != 65
                 must_ok(result, f"unpacking {facts.backup.folder} into {facts.lay.new_dir}")
@@ -290,18 +322,6 @@ class RestorePitr(Remediation):
                     self._remove(ctx, facts, "the restore failed: removed")
                 self._finish(ctx, facts)
             raise
-
-    def _overrides(self, facts: Restore) -> str:
-        """The recovery settings; --onto: WAL from S3 only (with the restore host's credentials
-        file), and the socket in the restore's own directory."""
-        target = pitr.iso(facts.target) if facts.target is not None else ""
-        conf, lay = facts.conf, facts.lay
-        if facts.onto is None or conf.s3 is None:
-            return hostside.overrides(
-                conf.archive_dir, target, facts.timeline, lay.spare_port, self.drill, conf.s3
-            )
-        s3 = replace(conf.s3, credentials_file=facts.onto.credentials_file)
-        return hostside.overrides("", target, facts.timeline, lay.spare_port, True, s3, lay.socket_dir)
 
     def _recover(self, ctx: HostContext, facts: Restore) -> str:
         """Wait for the promotion, then judge it; the step's message."""
@@ -372,6 +392,23 @@ class RestorePitr(Remediation):
             self._finish(ctx, facts)
 
     def _switch(self, ctx: HostContext, facts: Restore) -> None:
+        """Stop the running writers, switch, start them again (whatever the switch did)."""
+        labels, subs = self._running.get(ctx.host.name, []), self._writer_subs.get(ctx.host.name, {})
+        try:
+            for label in labels:
+                writer = Writer.parse(label)
+                writers.stop(subs[writer.host], writer)
+            self._switch_only(ctx, facts)
+        finally:
+            with interrupt.shielded():
+                failed = writers.start(ctx, subs, labels) if labels else []
+        if failed:
+            raise HostError(
+                f"{', '.join(failed)} did not come back healthy after the switch (the cluster is "
+                "restored): start them by hand"
+            )
+
+    def _switch_only(self, ctx: HostContext, facts: Restore) -> None:
         try:
             with self._phase(ctx, facts, "switch") as step:
                 result = ctx.remote.run(self._switch_text(facts), timeout=900)

@@ -130,6 +130,15 @@ def base_backup() -> str:
     return stamp
 
 
+WRITER = "api1:worker"
+
+
+def running(label: str) -> bool:
+    host, service = label.split(":")
+    ids = labhosts.exec_on(host, [*labkit.COMPOSE, "ps", "-q", "--status", "running", service]).stdout
+    return bool(ids.split())
+
+
 def stamp(epoch: float) -> str:
     return (
         dt.datetime.fromtimestamp(epoch, dt.UTC).astimezone(dt.timezone(dt.timedelta(hours=3))).isoformat(" ")
@@ -231,6 +240,7 @@ def cluster(lab: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path
                 "wal_s3_prefix": S3_PREFIX,
                 "basebackup_s3_prefix": S3_BASE,
                 "basebackup_s3_part_size": PART,
+                "restore_db_writers": {},  # the lab's writers write to db1's own cluster (see --stop)
                 "restore_pitr_json": str(tmp_path_factory.getbasetemp() / "pitr.json"),
                 "restore_pitr_metrics": str(tmp_path_factory.getbasetemp() / "pitr.prom"),
             },
@@ -485,10 +495,15 @@ def test_damage_then_restore_to_the_noted_time(cluster: Path, audit: Path) -> No
     switch_wal()
     assert sql("select count(*) from items", db="shop") == "121"
 
-    ran = run(cluster, audit, "--to", stamp(noted), "--yes")
+    assert running(WRITER)
+    ran = run(cluster, audit, "--to", stamp(noted), "--yes", "--stop", WRITER)
     assert ran.code == 0, ran.stdout + ran.stderr
     done = steps(ran)
     assert done["switch"]["status"] == "changed" and done["verify"]["status"] == "ok", done
+    order = [s["step"] for s in ran.host("db1")["steps"]]
+    assert order.index(f"stop {WRITER}") < order.index("switch"), order
+    assert done[f"stop {WRITER}"]["status"] == "changed"
+    assert running(WRITER), "the writer is started again after the switch"
     assert sql("select count(*), max(id) from items", db="shop") == "150|150"
     assert sql("select x from keepme", db="shop") == "42"
     assert sql("select substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)") == "00000002"

@@ -371,3 +371,14 @@ def test_onto_is_a_drill_onto_another_inventory_host(tmp_path: Path) -> None:
         RestorePitr(drill=True, onto="nohost").prepare(loaded)
     with pytest.raises(UsageError, match="needs pitr_s3_credentials_file on it"):
         RestorePitr(drill=True, onto="dbrestore").prepare(loaded)
+
+
+def test_writers_stop_only_for_a_switch() -> None:
+    from remediations.actions.writers import Writer
+    from remediations.postgres.restore_pitr import RestorePitr
+
+    with pytest.raises(UsageError, match="a drill stops no writer"):
+        RestorePitr(drill=True, stop=[Writer("api1", "worker")])
+    assert RestorePitr(to=1.0, yes=True, stop=[Writer("api1", "worker")]).arguments()["stop"] == [
+        "api1:worker"
+    ]
