@@ -60,6 +60,7 @@ from remediations.facts.postgres import (
     PgTarget,
     must_ok,
     parse_sections,
+    positive_number,
     script,
 )
 from remediations.postgres import pitr_plan, restore_drill
@@ -201,8 +202,12 @@ class RestorePitr(Remediation):
         return self._subs.get(ctx.host.name, ctx).remote
 
     def deadline(self, host: Host) -> float:
+        """The recovery's timeout and half an hour (the --onto and writer hosts too: they are held
+        as long as the db host)."""
         configured = host.get("run_deadline")
-        return float(configured) if configured is not None else settings(host).recovery_timeout + 1800
+        if configured is not None:
+            return float(configured)
+        return positive_number(host, "pitr_recovery_timeout", 3600) + 1800
 
     # ---------------------------------------------------------------------------------- gather
 
