@@ -9,6 +9,7 @@ carries a secret: the restore_command copies from the local archive directory.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 import shlex
 from collections.abc import Sequence
@@ -74,20 +75,28 @@ class S3Source:
 
 
 def restore_command(archive_dir: str, s3: S3Source | None) -> str:
-    """Copy a WAL file from the local archive; failing that, from S3 (when configured)."""
+    """Copy a WAL file from the local archive; failing that, from S3 (when configured). Without an
+    archive directory (a restore host), from S3 only."""
     q = shlex.quote
     local = f'cp {q(archive_dir.rstrip("/"))}/%f "%p"'
     if s3 is None:
         return local
     sign = q(f"aws:amz:{s3.region}:s3")
-    return (
-        f"{local} 2>/dev/null || curl -fsS -K {q(s3.credentials_file)} --aws-sigv4 {sign} "
+    fetch = (
+        f"curl -fsS -K {q(s3.credentials_file)} --aws-sigv4 {sign} "
         f'--connect-timeout 5 --max-time 600 -o "%p" {q(s3.url)}%f'
     )
+    return f"{local} 2>/dev/null || {fetch}" if archive_dir else fetch
 
 
 def overrides(
-    archive_dir: str, target: str, timeline: int, spare_port: int, drill: bool, s3: S3Source | None = None
+    archive_dir: str,
+    target: str,
+    timeline: int,
+    spare_port: int,
+    drill: bool,
+    s3: S3Source | None = None,
+    socket_dir: str = "",
 ) -> str:
     """postgresql.auto.conf lines for the recovery on the spare port (read last: they win).
 
@@ -100,6 +109,7 @@ def overrides(
         MARK,
         f"port = {spare_port}",
         "listen_addresses = ''",
+        *([f"unix_socket_directories = {conf_value(socket_dir)}"] if socket_dir else []),
         "cluster_name = 'restore-pitr'",
         f"restore_command = {conf_value(restore)}",
         "recovery_target_action = 'promote'",
@@ -115,14 +125,19 @@ def _as(lay: Layout, *argv: str) -> str:
     return f"as_user {shlex.quote(lay.user)} {shlex.join(argv)}"
 
 
-def restore_script(lay: Layout, tar_path: str) -> str:
-    """Unpack the backup into the new directory, add the recovery settings (on stdin), start it."""
+as_user = _as
+
+
+def restore_script(lay: Layout, tar_path: str = "", unpack: str = "") -> str:
+    """Unpack the backup into the new directory (`tar -xf TAR_PATH`, or the shell text `unpack`),
+    add the recovery settings (on stdin), start it."""
     new = lay.new_dir
     return script(
         "set -e",
         f"if [ -e {shlex.quote(new)} ]; then echo {shlex.quote(new + ' exists already')} >&2; exit 65; fi",
+        _as(lay, "mkdir", "-p", "--", os.path.dirname(new)),
         _as(lay, "mkdir", "-m", "700", "--", new),
-        _as(lay, "tar", "-xf", tar_path, "-C", new),
+        unpack or _as(lay, "tar", "-xf", tar_path, "-C", new),
         _as(
             lay, "rm", "-f", "--", f"{new}/postmaster.pid", f"{new}/postmaster.opts", f"{new}/standby.signal"
         ),

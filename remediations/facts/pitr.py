@@ -15,7 +15,7 @@ import json
 import re
 import shlex
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from remediations.facts.postgres import PgTarget, Section, script
 from remediations.facts.wal import parse_lsn, segment_name
@@ -40,6 +40,11 @@ def segment_number(name: str) -> int:
 
 def name_of(timeline: int, number: int) -> str:
     return segment_name(timeline, number * SEGMENT_SIZE, SEGMENT_SIZE)
+
+
+def format_lsn(lsn: int) -> str:
+    """A position as PostgreSQL writes it: `16/B374D848`."""
+    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
 
 
 def pg_time(text: str) -> float | None:
@@ -119,14 +124,38 @@ MANIFEST_TL_RE = re.compile(r'"Timeline"\s*:\s*(\d+)')
 
 
 @dataclass(frozen=True)
-class BaseBackup:
-    """A backup folder on the host, and its history file once matched."""
+class Part:
+    """One object of a base backup's tar in S3."""
 
-    folder: str  # its name under basebackup_local_dir
+    name: str
+    size: int
+    md5: str
+
+
+@dataclass(frozen=True)
+class BaseBackup:
+    """A base backup (a folder on the host, or one in S3), and its history file once matched."""
+
+    folder: str  # its name under basebackup_local_dir (or basebackup_s3_prefix)
     tar: str  # base.tar or base.tar.gz
     size: int
-    start_lsn: int | None  # from backup_manifest's WAL-Ranges
+    start_lsn: int | None  # from backup_manifest's WAL-Ranges (or the S3 marker)
     history: BackupHistory | None = None
+    parts: tuple[Part, ...] = ()  # in S3: the tar's parts, in order; () for a local folder
+    timeline: int = 0  # in S3: from the marker
+
+    @property
+    def in_s3(self) -> bool:
+        return bool(self.parts)
+
+    @property
+    def label(self) -> str:
+        return f"{self.folder} (S3)" if self.in_s3 else self.folder
+
+
+def history_name(timeline: int, start_lsn: int) -> str:
+    """The name of a base backup's history file in the archive (BackupHistoryFileName)."""
+    return f"{segment_name(timeline, start_lsn, SEGMENT_SIZE)}.{start_lsn % SEGMENT_SIZE:08X}.backup"
 
 
 def manifest_start(tail: str) -> int | None:
@@ -139,14 +168,7 @@ def match_backups(folders: Sequence[BaseBackup], histories: Sequence[BackupHisto
     """Each folder with the history file of the same start LSN."""
     by_start = {h.start_lsn: h for h in histories}
     return [
-        BaseBackup(
-            f.folder,
-            f.tar,
-            f.size,
-            f.start_lsn,
-            by_start.get(f.start_lsn) if f.start_lsn is not None else None,
-        )
-        for f in folders
+        replace(f, history=by_start.get(f.start_lsn) if f.start_lsn is not None else None) for f in folders
     ]
 
 
@@ -233,6 +255,29 @@ def expected_timeline(target: int, histories: Mapping[int, str]) -> int:
     while newest + 1 in histories:
         newest += 1
     return newest + 1
+
+
+def disagreement(local: Mapping[int, str], s3: Mapping[int, str], where: str, s3_where: str) -> str:
+    """ "" when every timeline history file the S3 copy holds is in the local archive with the same
+    lines; else the refusal. The restore_command reads the local archive first and S3 after it, so
+    PostgreSQL would pick its new timeline (and the timeline path) from both: a stray history file
+    only in S3 moves the promotion to another timeline than the one planned."""
+    only = sorted(t for t in s3 if t not in local)
+    differ = sorted(
+        t for t in s3 if t in local and parse_timeline_history(s3[t]) != parse_timeline_history(local[t])
+    )
+    if not only and not differ:
+        return ""
+    words = []
+    if only:
+        words.append(", ".join(f"{t:08X}.history" for t in only) + f" only in {s3_where}")
+    if differ:
+        words.append(", ".join(f"{t:08X}.history" for t in differ) + f" different in {where} and {s3_where}")
+    return (
+        "the WAL archive's two copies disagree on the timeline history: "
+        + "; ".join(words)
+        + " (the restore_command would fetch them: remove the stray file or copy the right one into both)"
+    )
 
 
 @dataclass(frozen=True)

@@ -6,19 +6,22 @@ The entry's command (every value quoted; see remediations/reporting/cronlog.py f
         INV TASK --inventory FILE ARGS >> LOG 2>&1
 
 Refused before anything is written: --args Invoke would reject for the task (an unknown flag, a
-flag without its value), a task that needs --host given none, and (`preflight`, run where cron
+flag without its value), values the task refuses (checked as under cron: restore-pitr without
+--drill), a task that needs --host given none, and (`preflight`, run where cron
 will run the entry, with its interpreter and cron's PATH) an inv that is not there, a lock folder
 that is not writable, an inventory that does not exist or does not parse, a --host it has no host for.
 """
 
 from __future__ import annotations
 
+import os
 import shlex
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from remediations.core.errors import UsageError
-from remediations.reporting.cronlog import PREFLIGHT_ERROR, PREFLIGHT_OK
+from remediations.reporting.cronlog import PREFLIGHT_ERROR, PREFLIGHT_OK, RUN_ID_ENV
 
 RUNNER = "remediations.reporting.cronlog"
 CRON_PATH = "/usr/bin:/bin"  # the PATH cron gives a job (Debian's cron, cronie)
@@ -77,6 +80,22 @@ def task_flags(task: str, tokens: Sequence[str]) -> dict[str, Any]:
     return {name: arg.value for name, arg in parsed[0].args.items() if arg.got_value}
 
 
+@contextmanager
+def as_under_cron() -> Iterator[None]:
+    """The environment a cron run of the entry has (the runner sets RUN_ID_ENV), for the task's own
+    checks: a task that refuses some flags only under cron (restore-pitr's switch) refuses them at
+    install time too, instead of failing every run."""
+    saved = os.environ.get(RUN_ID_ENV)
+    os.environ[RUN_ID_ENV] = "install-cron-check"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(RUN_ID_ENV, None)
+        else:
+            os.environ[RUN_ID_ENV] = saved
+
+
 def check_task_flags(task: str, flags: dict[str, Any]) -> None:
     """UsageError for flags that make the entry wrong: its own --inventory, a missing --host."""
     from remediations.core import registry
@@ -86,9 +105,10 @@ def check_task_flags(task: str, flags: dict[str, Any]) -> None:
     cls = registry.discover()[task]
     from remediations.cli import COMMON_NAMES
 
-    try:  # what the task itself checks before it connects anywhere (values, rules between flags)
+    try:  # what the task itself checks before it connects anywhere, as cron will run it
         given = {k.replace("-", "_"): v for k, v in flags.items()}
-        cls.from_values(dict(cls.params.parse({k: v for k, v in given.items() if k not in COMMON_NAMES})))
+        with as_under_cron():
+            cls.from_values(dict(cls.params.parse({k: v for k, v in given.items() if k not in COMMON_NAMES})))
     except UsageError as exc:
         raise UsageError(f"--args: inv {task} would refuse it on every run: {exc}") from None
     if not flags.get("host") and not cls.runs_on_controller and not cls.default_hosts:

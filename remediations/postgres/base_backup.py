@@ -1,10 +1,15 @@
-"""base-backup: take a base backup where restore-pitr looks for them.
+"""base-backup: take a base backup where restore-pitr looks for them, and put it in S3.
 
-facts   the server answers (its version) and `basebackup_local_dir` exists on the host;
-decide  one backup into `basebackup_local_dir/STAMP` (UTC, to the second);
+facts   the server answers (its version) and `basebackup_local_dir` exists on the host; with
+        `pitr_s3_credentials_file` and `backup_s3_bucket`, that file (owner, mode);
+decide  one backup into `basebackup_local_dir/STAMP` (UTC, to the second), then its upload to
+        `basebackup_s3_prefix/STAMP/` (when S3 is configured);
 apply   `pg_basebackup -Ft -X none -c fast -l STAMP` as the database's OS user into
         `DIR/.STAMP.partial`, renamed to `DIR/STAMP` once it finished (restore-pitr never sees half a
-        backup; a failed one is removed); `--gzip` compresses the tar;
+        backup; a failed one is removed); `--gzip` compresses the tar. The upload: the host itself
+        PUTs the tar in parts (actions.pitr_s3host: one part staged at a time, each part's ETag
+        checked against its MD5), the manifest, then the marker `backup.json` last: a folder
+        without it is never restored. Nothing is ever deleted, here or in S3;
 verify  the folder holds the tar and `backup_manifest`, and (with `wal_archive_dir`) the backup's
         history file reached the WAL archive: without it restore-pitr cannot tell when it ended.
 """
@@ -18,6 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import ClassVar
 
+from remediations.actions import pitr_s3host
 from remediations.core.args import Arg, args
 from remediations.core.context import HostContext
 from remediations.core.errors import HostError, UsageError
@@ -28,6 +34,8 @@ from remediations.core.results import Status
 from remediations.facts import pitr
 from remediations.facts.postgres import PgTarget, human_bytes, must_ok, script
 from remediations.facts.wal import parse_lsn
+from remediations.postgres import pitr_s3
+from remediations.postgres.pitr_settings import BaseS3, base_s3
 
 VERSION_SQL = "select json_build_object('version', current_setting('server_version'));\n"
 
@@ -38,6 +46,16 @@ class Found:
     base_dir: str
     archive_dir: str
     stamp: str
+    s3: BaseS3 | None = None
+
+
+@dataclass(frozen=True)
+class Made:
+    """The backup the first change took, for the upload."""
+
+    tar: str
+    start: int
+    timeline: int
 
 
 class BaseBackup(Remediation):
@@ -45,8 +63,10 @@ class BaseBackup(Remediation):
 
     Written to a hidden .STAMP.partial folder and renamed when complete (a failed one is removed).
     Verified: the tar and backup_manifest are there and, with wal_archive_dir, the backup's history
-    file reached the archive. --gzip compresses the tar (base.tar.gz). Cron-safe: each run adds one
-    backup; removing old ones is not this task's (wal-cleanup keeps the WAL of the newest ones).
+    file reached the archive. --gzip compresses the tar (base.tar.gz). With pitr_s3_credentials_file
+    and backup_s3_bucket the host also uploads it to basebackup_s3_prefix/STAMP/ (in parts of
+    basebackup_s3_part_size, then backup.json last), where restore-pitr (and --onto a restore host)
+    finds it. Cron-safe: each run adds one backup; it never deletes one, locally or in S3.
     """
 
     task: ClassVar[str] = "base-backup"
@@ -56,10 +76,11 @@ class BaseBackup(Remediation):
 
     def __init__(self, gzip: bool = False) -> None:
         self.gzip = gzip
-        self._starts: dict[str, int] = {}  # host → the start LSN of the backup it took
+        self._made: dict[str, Made] = {}  # host → the backup it took
 
     def validate(self, host: Host) -> None:
         super().validate(host)
+        base_s3(host)
         for name in ("basebackup_local_dir", "wal_archive_dir"):
             path = str(host.get(name) or "/")
             if not path.startswith("/"):
@@ -68,28 +89,45 @@ class BaseBackup(Remediation):
     def gather(self, ctx: HostContext) -> Found:
         pg = PgTarget.from_host(ctx.host)
         base_dir = str(ctx.var("basebackup_local_dir")).rstrip("/")
+        s3 = base_s3(ctx.host)
         with ctx.step("facts") as step:
-            command = script(f"test -d {shlex.quote(base_dir)} || {{ echo '@@nodir'; exit 0; }}", pg.psql())
+            command = script(
+                f"test -d {shlex.quote(base_dir)} || {{ echo '@@nodir'; exit 0; }}",
+                *([pitr_s3.stat_command(s3.source.credentials_file)] if s3 else []),
+                pg.psql(),
+            )
             result = must_ok(
                 ctx.remote.run(command, stdin=VERSION_SQL.encode(), timeout=60), "asking PostgreSQL"
             )
             if "@@nodir" in result.stdout:
                 raise HostError(f"basebackup_local_dir {base_dir} does not exist on the host")
+            if s3:
+                stat = result.stdout.partition("@@credentials")[2].splitlines()[0].strip()
+                pitr_s3.check_credentials(s3.source.credentials_file, stat, pg.os_user)
             version = json.loads(result.stdout.strip().splitlines()[-1])["version"]
-            step.done(Status.OK, f"PostgreSQL {version} answers; backups go to {base_dir}")
+            where = f"; then to s3://{s3.bucket}/{s3.prefix}" if s3 else ""
+            step.done(Status.OK, f"PostgreSQL {version} answers; backups go to {base_dir}{where}")
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-        return Found(pg, base_dir, str(ctx.var("wal_archive_dir") or "").rstrip("/"), stamp)
+        return Found(pg, base_dir, str(ctx.var("wal_archive_dir") or "").rstrip("/"), stamp, s3)
 
     def decide(self, ctx: HostContext, facts: Found) -> Plan:
         target = f"{facts.base_dir}/{facts.stamp}"
-        return Plan.of(
-            Change(
-                "backup",
-                f"pg_basebackup into {target}",
-                lambda ctx: self._backup(ctx, facts),
-                commands=(self._command(facts),),
-            )
+        backup = Change(
+            "backup",
+            f"pg_basebackup into {target}",
+            lambda ctx: self._backup(ctx, facts),
+            commands=(self._command(facts),),
         )
+        if facts.s3 is None:
+            return Plan.of(backup)
+        s3 = facts.s3
+        upload = Change(
+            "upload",
+            f"upload it to s3://{s3.bucket}/{s3.prefix}{facts.stamp}/ (parts of "
+            f"{human_bytes(s3.part_size)}, then {pitr_s3host.MARKER} last)",
+            lambda ctx: self._upload(ctx, facts),
+        )
+        return Plan.of(backup, upload)
 
     def _command(self, facts: Found) -> str:
         partial, final = f"{facts.base_dir}/.{facts.stamp}.partial", f"{facts.base_dir}/{facts.stamp}"
@@ -122,8 +160,50 @@ class BaseBackup(Remediation):
         start = pitr.manifest_start(manifest)
         if tar not in sizes or "backup_manifest" not in sizes or start is None:
             raise HostError(f"{facts.base_dir}/{facts.stamp} lacks {tar} or backup_manifest: {sorted(sizes)}")
-        self._starts[ctx.host.name] = start
+        timelines = pitr.MANIFEST_TL_RE.findall(manifest)
+        self._made[ctx.host.name] = Made(tar, start, int(timelines[0]) if timelines else 1)
         return f"base backup {facts.base_dir}/{facts.stamp}: {tar} {human_bytes(int(sizes[tar]))}"
+
+    def _upload(self, ctx: HostContext, facts: Found) -> str:
+        """The host PUTs the parts and the manifest; then the marker, only when every part arrived
+        as sent. A failure leaves the local backup complete and the S3 folder without its marker."""
+        assert facts.s3 is not None
+        s3, made, user = facts.s3, self._made[ctx.host.name], facts.pg.os_user
+        folder = f"{facts.base_dir}/{facts.stamp}"
+        kept = (
+            f"the local backup {folder} is complete; the S3 copy has no {pitr_s3host.MARKER}, "
+            "so it is never used"
+        )
+        command = script(
+            pitr_s3host.upload_script(user, folder, made.tar, s3.source, facts.stamp, s3.part_size)
+        )
+        result = ctx.remote.run(command, timeout=12 * 3600)
+        if not result.ok:
+            raise HostError(
+                f"uploading {folder} failed (exit {result.exit_code}): {result.tail(3)}; {kept}", result
+            )
+        try:
+            parts = pitr_s3host.parse_parts(result.stdout)
+        except ValueError as exc:
+            raise HostError(f"uploading {folder}: {exc}; {kept}") from None
+        tars = [p for p in parts if p.name != pitr_s3host.MANIFEST]
+        if not tars or len(tars) == len(parts):
+            raise HostError(f"uploading {folder}: the host reported no tar part or no manifest; {kept}")
+        marker = pitr_s3host.marker_text(
+            facts.stamp, made.tar, parts, pitr.format_lsn(made.start), made.timeline, ctx.host.name
+        )
+        marked = ctx.remote.run(
+            script(pitr_s3host.marker_script(user, facts.base_dir, s3.source, facts.stamp)),
+            stdin=marker.encode(),
+            timeout=600,
+        )
+        if "@@marked" not in marked.stdout:
+            raise HostError(f"writing {pitr_s3host.MARKER} failed: {marked.tail(3)}; {kept}", marked)
+        total = sum(p.size for p in tars)
+        return (
+            f"uploaded to s3://{s3.bucket}/{s3.prefix}{facts.stamp}/: {made.tar} in {len(tars)} part(s), "
+            f"{human_bytes(total)}, each checked against its MD5; {pitr_s3host.MARKER} written last"
+        )
 
     def verify(self, ctx: HostContext, facts: Found, plan: Plan) -> None:
         """Its history file (START WAL LOCATION = the manifest's start) is in the WAL archive."""
@@ -142,7 +222,8 @@ class BaseBackup(Remediation):
                     for line in result.stdout.splitlines()
                     if line.startswith("START WAL LOCATION: ")
                 }
-                if self._starts.get(ctx.host.name) in starts:
+                made = self._made.get(ctx.host.name)
+                if made is not None and made.start in starts:
                     break
                 if time.monotonic() > deadline:
                     raise HostError(

@@ -1,22 +1,27 @@
-"""restore-pitr: point-in-time recovery from a local base backup and the archived WAL.
+"""restore-pitr: point-in-time recovery from a base backup and the archived WAL.
 
 facts   one round trip to the db host: the WAL archive (`wal_archive_dir`: names, sizes, mtimes,
         the base backup and timeline history files), the base backups under
         `basebackup_local_dir` (one folder each: `pg_basebackup -Ft -X none`, base.tar[.gz] and
-        backup_manifest) and the server's settings; a second one for the free space beside the
-        data directory and whether the spare port is taken;
+        backup_manifest) and the server's settings; with `pitr_s3_credentials_file`, from the
+        controller, the archive's S3 copy (segments, history files) and the base backups
+        base-backup uploaded (pitr_s3); then the free space and the spare port (pitr_plan); before
+        a switch, whether each writer (restore_db_writers, --stop) runs;
 decide  pure (facts.pitr): the newest base backup that *ended* before the target (refused when
         none did, naming the oldest); every WAL segment from its start to the first one archived
         at or after the target, along the target timeline's history; a target past the archive's
-        end, a missing segment or history file refuse with nothing changed;
-apply   unpack the backup into a new data directory beside the old one, recovery settings in its
-        postgresql.auto.conf (restore_command from the archive, recovery_target_time in UTC,
-        promote, the timeline; archiving off in a drill, held before a switch), start it on the
-        spare port (socket only) and wait until it promoted; then verify it (out of recovery, on
-        the expected new timeline, the last replayed commit at or before the target and the
-        recovery stopped before the next one, the configured tables and row minimums); then
-        switch the data directory (the old one renamed `DATA.pre-pitr-STAMP`, kept) or, in a
-        drill, stop it and remove it;
+        end, a missing segment or history file, a history file S3 holds that the local archive
+        does not refuse with nothing changed;
+apply   unpack the backup (the local tar, or its S3 parts fetched by the host) into a new data
+        directory beside the old one, recovery settings in its postgresql.auto.conf
+        (restore_command from the archive, recovery_target_time in UTC, promote, the timeline;
+        archiving off in a drill, held before a switch), start it on the spare port (socket only)
+        and wait until it promoted; then verify it (out of recovery, on the expected new
+        timeline, the last replayed commit at or before the target and the recovery stopped
+        before the next one, the configured tables and row minimums); then stop the running
+        writers, switch the data directory (the old one renamed `DATA.pre-pitr-STAMP`, kept) and
+        start the writers again; or, in a drill, stop the restore and remove it. `--drill --onto
+        HOST` does the drill on a restore host, from S3 only;
 verify  the cluster answers on its own port from the new directory, out of recovery, on the new
         timeline.
 
@@ -31,17 +36,21 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import replace
 from typing import Any, ClassVar
 
 from remediations.actions import pitr_host as hostside
+from remediations.actions import writers
 from remediations.actions.drill_report import previous_success, write_results
 from remediations.actions.pitr_report import metrics_text
+from remediations.actions.writers import Writer
 from remediations.core import interrupt
 from remediations.core.args import Arg, args
 from remediations.core.context import HostContext
 from remediations.core.errors import HostError, UsageError
-from remediations.core.inventory import Host
+from remediations.core.inventory import Host, Inventory
 from remediations.core.plan import Change, Plan
 from remediations.core.remediation import Remediation
 from remediations.core.results import Status
@@ -49,41 +58,15 @@ from remediations.facts import pitr
 from remediations.facts.drill import checks_sql, split
 from remediations.facts.postgres import (
     PgTarget,
-    human_bytes,
     must_ok,
     parse_sections,
+    positive_number,
     script,
 )
-from remediations.postgres import restore_drill
-from remediations.postgres.pitr_settings import Settings, settings, target_time
+from remediations.postgres import pitr_plan, restore_drill
+from remediations.postgres.pitr_plan import Restore
+from remediations.postgres.pitr_settings import Onto, onto_settings, refuse, settings, target_time
 from remediations.reporting.cronlog import RUN_ID_ENV
-
-NOTHING = "nothing changed"
-
-
-@dataclass
-class Restore:
-    """What gather decided on, and what the run made as it went."""
-
-    conf: Settings
-    pg: PgTarget
-    lay: hostside.Layout
-    backup: pitr.BaseBackup
-    wal: pitr.WalRange
-    target: float | None
-    timeline: int  # recovery_target_timeline
-    expected: int  # the timeline the promotion makes
-    report: dict[str, Any] = field(default_factory=dict)
-    started: float = field(default_factory=time.monotonic)
-    made: bool = False  # the new directory exists
-
-    @property
-    def target_text(self) -> str:
-        return pitr.iso(self.target) if self.target is not None else "the end of the archive"
-
-
-def refuse(why: str) -> HostError:
-    return HostError(f"{why}; {NOTHING}")
 
 
 class RestorePitr(Remediation):
@@ -97,7 +80,10 @@ class RestorePitr(Remediation):
     timeline with its last replayed commit at or before the target and pitr_check_tables holding
     their minimum rows (in pitr_check_database) before the switch. A switch needs --yes or the host
     name typed at the prompt. --drill restores and verifies, then removes the restore: the
-    production cluster is not touched (without --to: to the archive's end; cron-safe). Writes JSON
+    production cluster is not touched (without --to: to the archive's end; cron-safe). --drill
+    --onto HOST restores onto another host (a restore host with PostgreSQL of the same major
+    version) from S3 only: a base backup base-backup uploaded, the WAL in wal_s3_prefix, fetched
+    with HOST's pitr_s3_credentials_file, into its pitr_restore_dir. Writes JSON
     (restore_pitr_json) and Prometheus metrics (restore_pitr_metrics) of every applied run.
     """
 
@@ -116,11 +102,31 @@ class RestorePitr(Remediation):
             help="restore and verify on the spare port, then remove it; the cluster is not touched",
         ),
         Arg("yes", kind="flag", help="switch without asking (else type the host name at the prompt)"),
+        Arg(
+            "stop",
+            "also stop this writer (HOST:SERVICE) during the switch; repeatable (restore_db_writers "
+            "of the db host are stopped too)",
+            kind="list",
+            parse=lambda value, flag: [Writer.parse(v, flag) for v in value],
+            example="api1:celery-worker",
+        ),
+        Arg(
+            "onto",
+            "with --drill: restore onto this inventory host (from S3 only) instead of the db host",
+            example="dbrestore",
+        ),
     )
     required_vars: ClassVar[tuple[str, ...]] = ("wal_archive_dir", "basebackup_local_dir")
     default_serial: ClassVar[int | None] = 1
 
-    def __init__(self, to: float | None = None, drill: bool = False, yes: bool = False) -> None:
+    def __init__(
+        self,
+        to: float | None = None,
+        drill: bool = False,
+        yes: bool = False,
+        onto: str | None = None,
+        stop: Sequence[Writer] = (),
+    ) -> None:
         if to is None and not drill:
             raise UsageError(
                 "--to is required: the point in time to recover to, e.g. --to '2024-01-15 "
@@ -130,15 +136,78 @@ class RestorePitr(Remediation):
             raise UsageError(
                 "restore-pitr switches a cluster only when a person runs it: from cron, give --drill"
             )
-        self.to, self.drill, self.yes = to, drill, yes
+        if onto is not None and not drill:
+            raise UsageError(
+                f"--onto {onto}: only a --drill restores onto another host (a switch replaces the db "
+                "host's own data directory): add --drill"
+            )
+        if stop and drill:
+            raise UsageError("--stop: a drill stops no writer (the cluster is not touched): leave it out")
+        self.to, self.drill, self.yes, self.onto, self.stop = to, drill, yes, onto, tuple(stop)
+        self._onto: Onto | None = None
+        self._subs: dict[str, HostContext] = {}  # db host → the --onto host's context
+        self._inventory: Inventory | None = None
+        self._writers: dict[str, list[tuple[Host, list[str]]]] = {}  # db host → writer hosts, services
+        self._writer_subs: dict[str, dict[str, HostContext]] = {}
+        self._running: dict[str, list[str]] = {}  # db host → the writers running before the switch
+
+    def arguments(self) -> dict[str, Any]:
+        return {"to": self.to, "drill": self.drill, "yes": self.yes, "onto": self.onto,
+                "stop": [w.label for w in self.stop]}  # fmt: skip
+
+    def prepare(self, inventory: Inventory) -> None:
+        self._inventory = inventory
+        if self.onto is None:
+            return
+        host = inventory.hosts.get(self.onto)
+        if host is None:
+            raise UsageError(f"--onto {self.onto}: no host {self.onto} in {inventory.source}")
+        self._onto = onto_settings(host)
 
     def validate(self, host: Host) -> None:
         super().validate(host)
-        settings(host)
+        conf = settings(host)
+        if not self.drill:  # the writers of the database: stopped during the switch
+            assert self._inventory is not None
+            self._writers[host.name] = writers.resolve(self._inventory, host, self.stop)
+        if self._onto is not None:
+            if self._onto.host.name == host.name:
+                raise UsageError(f"--onto {host.name} is the db host itself: leave --onto out")
+            if conf.s3 is None or conf.base_s3 is None:
+                raise UsageError(
+                    f"{host.source}: host {host.name}: --onto restores from S3 only: set "
+                    "pitr_s3_credentials_file and backup_s3_bucket on the db host"
+                )
+
+    def run(self, ctx: HostContext) -> None:
+        """With --onto the restore host, before a switch the writers' hosts stay open (and locked)
+        from the facts to the end."""
+        name = ctx.host.name
+        with ExitStack() as stack:
+            if self._onto is not None:
+                self._subs[name] = stack.enter_context(ctx.open(self._onto.host))
+            resolved = self._writers.get(name, [])
+            self._writer_subs[name] = {t.name: stack.enter_context(ctx.open(t)) for t, _ in resolved}
+            try:
+                if resolved:
+                    found = writers.gather(self._writer_subs[name], resolved)
+                    self._running[name] = [f.writer.label for f in found if f.running]
+                super().run(ctx)
+            finally:
+                self._subs.pop(name, None)
+                self._writer_subs.pop(name, None)
+
+    def _remote(self, ctx: HostContext) -> Any:
+        """The connection the restore's commands run on: the --onto host's, or the db host's."""
+        return self._subs.get(ctx.host.name, ctx).remote
 
     def deadline(self, host: Host) -> float:
+        """The recovery's timeout and half an hour (the --onto and writer hosts too: they are held
+        as long as the db host)."""
         configured = host.get("run_deadline")
-        return float(configured) if configured is not None else settings(host).recovery_timeout + 1800
+        if configured is not None:
+            return float(configured)
+        return positive_number(host, "pitr_recovery_timeout", 3600) + 1800
 
     # ---------------------------------------------------------------------------------- gather
 
@@ -151,11 +220,14 @@ class RestorePitr(Remediation):
             if "@@pg" not in result.stdout:
                 raise HostError(f"gathering facts failed (exit {result.exit_code}): {result.tail()}", result)
             facts = pitr.parse_facts(parse_sections(result.stdout))
-            plan = self._choose(ctx, conf, pg, facts)
+            sub = self._subs.get(ctx.host.name)
+            plan = pitr_plan.choose(ctx, conf, facts, self.to, self._onto, sub)
             step.done(
                 Status.OK,
-                self._describe(plan),
+                pitr_plan.describe(plan),
                 backup=plan.backup.folder,
+                in_s3=plan.backup.in_s3,
+                onto=plan.onto.host.name if plan.onto else None,
                 wal_first=plan.wal.first,
                 wal_last=plan.wal.last,
                 segments=plan.wal.count,
@@ -166,123 +238,29 @@ class RestorePitr(Remediation):
             )
         return plan
 
-    def _choose(self, ctx: HostContext, conf: Settings, pg: PgTarget, facts: pitr.PitrFacts) -> Restore:
-        """The backup, the WAL and the directories; a HostError (nothing changed) for what refuses."""
-        server = facts.server
-        if facts.archive_missing:
-            raise refuse(f"the WAL archive {conf.archive_dir} does not exist on the host")
-        if server.error:
-            raise refuse(
-                f"PostgreSQL on port {pg.port} does not answer ({server.error}): restore-pitr needs the "
-                "cluster's settings from it"
-            )
-        if server.in_recovery:
-            raise refuse(f"the server on port {pg.port} is in recovery (a standby): restore its primary")
-        data_dir = server.data_directory.rstrip("/")
-        if not server.config_file.startswith(data_dir + "/"):
-            raise refuse(
-                f"config_file {server.config_file} is outside the data directory {data_dir}: "
-                "restore-pitr switches clusters whose configuration lives in their data directory"
-            )
-        timeline = server.timeline or max([1, *facts.timelines])
-        path = pitr.timeline_path(timeline, facts.timelines)
-        if isinstance(path, str):
-            raise refuse(path)
-        backups = pitr.match_backups(facts.folders, facts.histories)
-        if facts.base_missing or not backups:
-            raise refuse(f"no base backup under {conf.base_dir} (make one: pg_basebackup -Ft -X none -D DIR)")
-        choice = pitr.choose_backup(backups, self.to)
-        if choice.backup is None or choice.backup.history is None:
-            raise refuse(choice.refused)
-        backup, history = choice.backup, choice.backup.history
-        if history.timeline not in [s.timeline for s in path]:
-            raise refuse(
-                f"base backup {backup.folder} is on timeline {history.timeline}, not in the history "
-                f"of timeline {timeline}"
-            )
-        wal = pitr.wal_range(history.start_lsn, path, self._segments(ctx, conf, facts), self.to)
-        if wal.refused:
-            raise refuse(wal.refused)
-        if self.to is not None and self.to > time.time() + 60:
-            raise refuse(f"the target {pitr.iso(self.to)} is in the future")
-        lay = hostside.layout(pg, data_dir, server.socket_dir, conf.spare_port, dt.datetime.now(dt.UTC))
-        probe = ctx.remote.run(hostside.probe_command(lay, os.path.dirname(data_dir)), timeout=60)
-        free, taken = hostside.parse_probe(probe.stdout)
-        if taken:
-            raise refuse(
-                f"pitr_spare_port {conf.spare_port} is taken (a socket in {lay.socket_dir}): set another"
-            )
-        needed = max(server.bytes, float(backup.size)) * 1.1
-        if free is not None and free < needed:
-            raise refuse(
-                f"{human_bytes(free)} free beside {data_dir}, the restore needs about {human_bytes(needed)}"
-            )
-        return Restore(
-            conf, pg, lay, backup, wal, self.to, timeline, pitr.expected_timeline(timeline, facts.timelines)
-        )
-
-    @staticmethod
-    def _segments(ctx: HostContext, conf: Settings, facts: pitr.PitrFacts) -> dict[str, pitr.Segment]:
-        """The archive's segments, with those only S3 holds (when configured: the restore_command
-        fetches them from there)."""
-        if conf.s3 is None:
-            return facts.segments
-        mode, _, owner = facts.credentials.partition(" ")
-        user = PgTarget.from_host(ctx.host).os_user
-        if not mode:
-            raise refuse(f"pitr_s3_credentials_file {conf.s3.credentials_file} does not exist on the host")
-        if owner != user:
-            raise refuse(
-                f"pitr_s3_credentials_file {conf.s3.credentials_file} belongs to {owner}, not {user}"
-            )
-        if mode not in ("600", "400"):
-            raise refuse(f"pitr_s3_credentials_file {conf.s3.credentials_file} has mode {mode}: make it 0600")
-        from remediations.actions.s3client import S3Store
-
-        store = S3Store(ctx.host.vars)
-        for secret in store.secrets:
-            ctx.redactor.add_value(secret)
-        merged = dict(facts.segments)
-        for found in store.list(conf.s3_bucket, conf.s3_prefix):
-            name = found.key[len(conf.s3_prefix) :]
-            if pitr.SEGMENT_RE.match(name) and name not in merged:
-                merged[name] = pitr.Segment(found.size, found.modified.timestamp())
-        return merged
-
-    @staticmethod
-    def _describe(plan: Restore) -> str:
-        history = plan.backup.history
-        ended = pitr.iso(history.ended) if history else "?"
-        return (
-            f"base backup {plan.backup.folder} ({plan.backup.tar}, {human_bytes(plan.backup.size)}, ended "
-            f"{ended}); WAL {plan.wal.first} … {plan.wal.last} ({plan.wal.count} segment(s), all archived; "
-            f"archive ends at {plan.wal.archive_end}); target {plan.target_text} on timeline "
-            f"{plan.timeline}, the restore makes timeline {plan.expected}"
-        )
-
     # ---------------------------------------------------------------------------------- decide
 
     def decide(self, ctx: HostContext, facts: Restore) -> Plan:
         lay = facts.lay
         restore = Change(
             "restore",
-            f"restore {facts.backup.folder} into {lay.new_dir}, recover on port "
+            f"restore {facts.backup.label} into {lay.new_dir}{facts.where}, recover on port "
             f"{lay.spare_port} to {facts.target_text} and verify it",
             lambda ctx: self._restore(ctx, facts),
             own_steps=True,
-            commands=(hostside.restore_script(lay, self._tar(facts)),),
+            commands=(hostside.restore_script(lay, unpack=pitr_plan.unpack(facts)),),
         )
         if self.drill:
             end = Change(
                 "drill",
-                f"then remove {lay.new_dir}; the cluster in {lay.data_dir} is not touched",
+                f"then remove {lay.new_dir}{facts.where}; the cluster is not touched",
                 lambda ctx: self._drill_end(ctx, facts),
                 own_steps=True,
             )
         else:
             end = Change(
                 "switch",
-                f"then switch the cluster to it: {lay.data_dir} kept as {lay.kept_dir}, "
+                f"then switch the cluster to it{self._stopping(ctx)}: {lay.data_dir} kept as {lay.kept_dir}, "
                 f"{lay.new_dir} becomes {lay.data_dir}",
                 lambda ctx: self._switch(ctx, facts),
                 own_steps=True,
@@ -290,9 +268,9 @@ class RestorePitr(Remediation):
             )
         return Plan.of(restore, end, check_step="decide")
 
-    @staticmethod
-    def _tar(facts: Restore) -> str:
-        return f"{facts.conf.base_dir}/{facts.backup.folder}/{facts.backup.tar}"
+    def _stopping(self, ctx: HostContext) -> str:
+        running = self._running.get(ctx.host.name, [])
+        return f" (its writers {', '.join(running)} stopped during it, then started)" if running else ""
 
     def _switch_text(self, facts: Restore) -> str:
         lay, conf = facts.lay, facts.conf
@@ -322,16 +300,16 @@ class RestorePitr(Remediation):
             step.done(Status.OK, "drill: the cluster is not touched" if self.drill else "switch confirmed")
         try:
             with self._phase(ctx, facts, "restore") as step:
-                result = ctx.remote.run(
-                    hostside.restore_script(facts.lay, self._tar(facts)),
+                result = self._remote(ctx).run(
+                    hostside.restore_script(facts.lay, unpack=pitr_plan.unpack(facts)),
                     timeout=6 * 3600,
-                    stdin=self._overrides(facts).encode(),
+                    stdin=pitr_plan.overrides(facts, self.drill).encode(),
                 )
                 facts.made = result.exit_code != 65
                 must_ok(result, f"unpacking {facts.backup.folder} into {facts.lay.new_dir}")
                 step.done(
                     Status.CHANGED,
-                    f"unpacked {facts.backup.folder} into {facts.lay.new_dir}; recovery "
+                    f"unpacked {facts.backup.label} into {facts.lay.new_dir}{facts.where}; recovery "
                     f"started on port {facts.lay.spare_port}",
                 )
             with self._phase(ctx, facts, "recover") as step:
@@ -350,16 +328,10 @@ class RestorePitr(Remediation):
                 self._finish(ctx, facts)
             raise
 
-    def _overrides(self, facts: Restore) -> str:
-        target = pitr.iso(facts.target) if facts.target is not None else ""
-        return hostside.overrides(
-            facts.conf.archive_dir, target, facts.timeline, facts.lay.spare_port, self.drill, facts.conf.s3
-        )
-
     def _recover(self, ctx: HostContext, facts: Restore) -> str:
         """Wait for the promotion, then judge it; the step's message."""
         lay = facts.lay
-        result = ctx.remote.run(
+        result = self._remote(ctx).run(
             hostside.wait_script(lay, facts.conf.recovery_timeout), timeout=facts.conf.recovery_timeout + 120
         )
         sections = {s.name: s for s in parse_sections(result.stdout)}
@@ -375,7 +347,9 @@ class RestorePitr(Remediation):
             )
         spare = replace(facts.pg, port=lay.spare_port, socket_dir=lay.socket_dir)
         state = json.loads(
-            self._psql(ctx, spare, hostside.VERIFY_SQL, "asking the restored server").splitlines()[-1]
+            self._psql(
+                self._remote(ctx), spare, hostside.VERIFY_SQL, "asking the restored server"
+            ).splitlines()[-1]
         )
         return self._judge(facts, state, log)
 
@@ -394,25 +368,25 @@ class RestorePitr(Remediation):
     def _checks(self, ctx: HostContext, facts: Restore) -> restore_drill.CheckOutcome:
         checks, database = facts.conf.checks, facts.conf.check_database
         spare = replace(facts.pg, port=facts.lay.spare_port, socket_dir=facts.lay.socket_dir)
-        answer = self._psql(ctx, spare, checks_sql(list(checks.tables), ""), "checks", database)
+        answer = self._psql(self._remote(ctx), spare, checks_sql(list(checks.tables), ""), "checks", database)
         exists, measured = split(json.loads(answer))
         return restore_drill.evaluate(checks, exists, measured)
 
     @staticmethod
-    def _psql(ctx: HostContext, pg: PgTarget, sql: str, what: str, database: str = "postgres") -> str:
-        result = ctx.remote.run(script(pg.psql(database)), stdin=sql.encode(), timeout=600)
+    def _psql(remote: Any, pg: PgTarget, sql: str, what: str, database: str = "postgres") -> str:
+        result = remote.run(script(pg.psql(database)), stdin=sql.encode(), timeout=600)
         return must_ok(result, what).stdout.strip()
 
     def _remove(self, ctx: HostContext, facts: Restore, message: str) -> None:
         with ctx.step("cleanup") as step:
             must_ok(
-                ctx.remote.run(hostside.cleanup_script(facts.lay), timeout=600),
+                self._remote(ctx).run(hostside.cleanup_script(facts.lay), timeout=600),
                 f"removing {facts.lay.new_dir}",
             )
             facts.made = False
             step.done(
                 Status.OK,
-                f"{message} {facts.lay.new_dir}; the cluster in {facts.lay.data_dir} was not touched",
+                f"{message} {facts.lay.new_dir}{facts.where}; the cluster was not touched",
             )
 
     def _drill_end(self, ctx: HostContext, facts: Restore) -> None:
@@ -423,6 +397,23 @@ class RestorePitr(Remediation):
             self._finish(ctx, facts)
 
     def _switch(self, ctx: HostContext, facts: Restore) -> None:
+        """Stop the running writers, switch, start them again (whatever the switch did)."""
+        labels, subs = self._running.get(ctx.host.name, []), self._writer_subs.get(ctx.host.name, {})
+        try:
+            for label in labels:
+                writer = Writer.parse(label)
+                writers.stop(subs[writer.host], writer)
+            self._switch_only(ctx, facts)
+        finally:
+            with interrupt.shielded():
+                failed = writers.start(ctx, subs, labels) if labels else []
+        if failed:
+            raise HostError(
+                f"{', '.join(failed)} did not come back healthy after the switch (the cluster is "
+                "restored): start them by hand"
+            )
+
+    def _switch_only(self, ctx: HostContext, facts: Restore) -> None:
         try:
             with self._phase(ctx, facts, "switch") as step:
                 result = ctx.remote.run(self._switch_text(facts), timeout=900)
@@ -455,7 +446,7 @@ class RestorePitr(Remediation):
             return
         with ctx.step("verify") as step:
             state = json.loads(
-                self._psql(ctx, facts.pg, hostside.VERIFY_SQL, "asking the cluster").splitlines()[-1]
+                self._psql(ctx.remote, facts.pg, hostside.VERIFY_SQL, "asking the cluster").splitlines()[-1]
             )
             if state.get("in_recovery") or state.get("timeline") != facts.expected:
                 raise HostError(
@@ -474,6 +465,8 @@ class RestorePitr(Remediation):
         return {
             "host": ctx.host.name,
             "drill": self.drill,
+            "onto": facts.onto.host.name if facts.onto else "",
+            "backup_in_s3": facts.backup.in_s3,
             "target": facts.target_text,
             "backup": facts.backup.folder,
             "wal_first": facts.wal.first,

@@ -577,6 +577,16 @@ def test_install_cron_refuses_hostile_values_and_changes_nothing(
     assert not planted.exists()
 
 
+def test_install_cron_refuses_a_restore_pitr_switch(db1_crontab: bytes, audit: Path) -> None:
+    """A restore-pitr entry without --drill would refuse on every run (a switch needs a person):
+    refused at install, one line, exit 2, db1's crontab as it was."""
+    args = ("install-cron", "--task", "restore-pitr", "--host", CRON_HOST, "--schedule", "0 5 * * 0")
+    ran = run(*args, "--args", f"--host {CRON_HOST} --to '2024-01-15 14:30:00+03' --yes", audit=audit)
+    assert ran.code == 2, (ran.code, ran.stdout, ran.stderr)
+    assert ran.stderr.startswith("error: ") and ran.stderr.count("\n") == 1, ran.stderr
+    assert "inv restore-pitr would refuse it on every run" in ran.stderr and "--drill" in ran.stderr
+    assert host_crontab() == (0, db1_crontab)
+
 def test_install_cron_on_a_host_keeps_every_other_line(
     db1_crontab: bytes, audit: Path, host_inventory: Path
 ) -> None:

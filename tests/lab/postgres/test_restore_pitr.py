@@ -28,7 +28,14 @@ DATA = f"{ROOT}/data"
 ARCHIVE = f"{ROOT}/archive"
 BASE = f"{ROOT}/base"
 S3_PREFIX = "pitr-test-wal/"
+S3_BASE = "pitr-test-base/"  # base-backup's uploads (not the lab's basebackups/, backup-check's)
+PART = 8 * 1024 * 1024  # small parts: a backup of this cluster is uploaded in several
 CREDENTIALS = f"{ROOT}/s3-credentials"
+# --onto: the restore host has PostgreSQL, none of db1's folders, its own credentials file.
+ONTO = "dbrestore"
+ONTO_ROOT = "/var/lib/postgresql/pitr-test-onto"
+ONTO_CREDENTIALS = f"{ONTO_ROOT}/s3-credentials"
+ONTO_DIR = f"{ONTO_ROOT}/restore"
 # The lab's archive_command (local copy, then one PUT to S3), with this cluster's folder and prefix.
 ARCHIVE_COMMAND = shlex.join(
     [
@@ -123,6 +130,15 @@ def base_backup() -> str:
     return stamp
 
 
+WRITER = "api1:worker"
+
+
+def running(label: str) -> bool:
+    host, service = label.split(":")
+    ids = labhosts.exec_on(host, [*labkit.COMPOSE, "ps", "-q", "--status", "running", service]).stdout
+    return bool(ids.split())
+
+
 def stamp(epoch: float) -> str:
     return (
         dt.datetime.fromtimestamp(epoch, dt.UTC).astimezone(dt.timezone(dt.timedelta(hours=3))).isoformat(" ")
@@ -135,11 +151,36 @@ def dirs() -> list[str]:
 
 def empty_s3_archive() -> None:
     """No WAL or history file of an earlier run under S3_PREFIX: PostgreSQL picks a new timeline
-    past every history file it can fetch, so leftovers would move the restore to another one."""
+    past every history file it can fetch, so leftovers would move the restore to another one. No
+    base backup of an earlier run under S3_BASE either."""
     s3 = pglab.s3()
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=pglab.BUCKET, Prefix=S3_PREFIX):
-        for item in page.get("Contents", []):
-            s3.delete_object(Bucket=pglab.BUCKET, Key=item["Key"])
+    for prefix in (S3_PREFIX, S3_BASE):
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=pglab.BUCKET, Prefix=prefix):
+            for item in page.get("Contents", []):
+                s3.delete_object(Bucket=pglab.BUCKET, Key=item["Key"])
+
+
+def s3_objects(prefix: str) -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = {}
+    for page in pglab.s3().get_paginator("list_objects_v2").paginate(Bucket=pglab.BUCKET, Prefix=prefix):
+        found.update({item["Key"]: item for item in page.get("Contents", [])})
+    return found
+
+
+def on_onto(*argv: str, check: bool = True) -> str:
+    done = labhosts.exec_on(ONTO, list(argv), check=check, timeout=120)
+    return done.stdout.decode().strip()
+
+
+def onto_cleanup() -> None:
+    """Whatever a failed --onto run left on the restore host: stopped and removed."""
+    on_onto(
+        "sh",
+        "-c",
+        f'for d in {ONTO_DIR}/*/; do [ -d "$d" ] && runuser -u postgres -- {pglab.BIN}/pg_ctl '
+        f'-D "$d" -m immediate stop >/dev/null 2>&1; done; rm -rf {ONTO_ROOT}',
+        check=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -155,6 +196,13 @@ def cluster(lab: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path
     # The S3 copy's credentials for the restore_command, in a curl config file only postgres reads
     # (moto takes any key; the lab's is no secret).
     as_postgres("sh", "-c", f"umask 077 && cat > {CREDENTIALS}", input='user = "rmlab:rmlab-lab-only"\n')
+    onto_cleanup()
+    on_onto("sh", "-c", f"mkdir -p {ONTO_ROOT} && chown postgres:postgres {ONTO_ROOT}")
+    labhosts.exec_on(
+        ONTO,
+        ["runuser", "-u", "postgres", "--", "sh", "-c", f"umask 077 && cat > {ONTO_CREDENTIALS}"],
+        input=b'user = "rmlab:rmlab-lab-only"\n',
+    )
     as_postgres(
         f"{pglab.BIN}/initdb",
         "-D",
@@ -190,9 +238,13 @@ def cluster(lab: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path
                 "pitr_check_tables": {"items": 100},
                 "pitr_s3_credentials_file": CREDENTIALS,
                 "wal_s3_prefix": S3_PREFIX,
+                "basebackup_s3_prefix": S3_BASE,
+                "basebackup_s3_part_size": PART,
+                "restore_db_writers": {},  # the lab's writers write to db1's own cluster (see --stop)
                 "restore_pitr_json": str(tmp_path_factory.getbasetemp() / "pitr.json"),
                 "restore_pitr_metrics": str(tmp_path_factory.getbasetemp() / "pitr.prom"),
-            }
+            },
+            ONTO: {"pitr_s3_credentials_file": ONTO_CREDENTIALS, "pitr_restore_dir": ONTO_DIR},
         },
     )
     try:
@@ -210,6 +262,7 @@ def cluster(lab: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path
             if name.startswith("data"):
                 pg_ctl(f"{ROOT}/{name}", "-m", "immediate", "stop", check=False)
         labhosts.exec_on("db1", ["rm", "-rf", ROOT])
+        onto_cleanup()
         empty_s3_archive()
 
 
@@ -307,10 +360,52 @@ def test_base_backup_makes_one_restore_pitr_uses(cluster: Path, audit: Path) -> 
     newest = sorted(p for p in (HERE / "base").iterdir())[-1]
     assert sorted(p.name for p in newest.iterdir()) == ["backup_manifest", "base.tar"]
     assert not [p for p in (HERE / "base").iterdir() if p.name.startswith(".")], "no partial folder left"
+    # The host uploaded it: the tar in parts (each one PUT), the manifest, the marker last.
+    assert made["upload"]["status"] == "changed", made
+    uploaded = s3_objects(f"{S3_BASE}{newest.name}/")
+    tar = (newest / "base.tar").read_bytes()
+    parts = sorted(k for k in uploaded if "/base.tar." in k)
+    assert len(parts) == -(-len(tar) // PART) > 1, (len(tar), parts)
+    joined = b"".join(pglab.s3().get_object(Bucket=pglab.BUCKET, Key=k)["Body"].read() for k in parts)
+    assert joined == tar, "the parts are the tar, byte for byte"
+    marker = uploaded[f"{S3_BASE}{newest.name}/backup.json"]
+    assert all(marker["LastModified"] >= item["LastModified"] for item in uploaded.values())
+    assert f"{S3_BASE}{newest.name}/backup_manifest" in uploaded
+    assert not [p for p in (HERE / "base").iterdir() if p.name.startswith(".upload")], "no part left staged"
     switch_wal()
     ran = run(cluster, audit, "--drill")
     assert ran.code == 0, ran.stdout + ran.stderr
     assert steps(ran)["facts"]["data"]["backup"] == newest.name
+
+
+def test_a_drill_onto_the_restore_host_reads_s3_only(cluster: Path, audit: Path) -> None:
+    """--drill --onto dbrestore: the restore host has neither db1's archive nor its backup folders;
+    it fetches the uploaded base backup's parts and the WAL from S3 with its own credentials file,
+    recovers, is verified, and removed. An upload without its marker (a newer, unfinished one) is
+    never chosen. db1's cluster is not touched and nothing is archived."""
+    for path in (ARCHIVE, BASE):
+        assert labhosts.exec_on(ONTO, ["test", "-e", path], check=False).returncode == 1, path
+    uploaded = sorted({k[len(S3_BASE) :].split("/")[0] for k in s3_objects(S3_BASE)})
+    unfinished = f"{S3_BASE}29991231T000000Z/base.tar.00000"
+    pglab.s3().put_object(Bucket=pglab.BUCKET, Key=unfinished, Body=b"half a backup")
+    before, archived_before = state(), set(archived())
+    try:
+        ran = run(cluster, audit, "--drill", "--onto", ONTO)
+    finally:
+        pglab.s3().delete_object(Bucket=pglab.BUCKET, Key=unfinished)
+    assert ran.code == 0, ran.stdout + ran.stderr
+    done = steps(ran)
+    facts = done["facts"]["data"]
+    assert facts["onto"] == ONTO and facts["in_s3"] and facts["backup"] == uploaded[-1], facts
+    assert facts["new_dir"].startswith(f"{ONTO_DIR}/db1.pitr-"), facts
+    assert "promoted on timeline 2" in done["recover"]["message"], done["recover"]
+    assert done["checks"]["data"]["rows"] == {"items": 120}
+    assert f"on {ONTO}" in done["cleanup"]["message"], done["cleanup"]
+    assert on_onto("ls", "-A", ONTO_DIR, check=False) == "", "the restore is removed from the restore host"
+    assert state() == before, "db1's cluster is not touched"
+    assert set(archived()) == archived_before, "the drill archived nothing"
+    report = json.loads((cluster.parent.parent / "pitr.json").read_text())
+    assert report["success"] and report["onto"] == ONTO and report["backup_in_s3"]
 
 
 def test_a_segment_only_in_s3_is_fetched_from_there(cluster: Path, audit: Path) -> None:
@@ -343,6 +438,24 @@ def test_a_segment_only_in_s3_is_fetched_from_there(cluster: Path, audit: Path) 
     finally:
         local.write_bytes(body)
         pglab.s3().put_object(Bucket=pglab.BUCKET, Key=S3_PREFIX + start, Body=body)
+
+
+def test_a_stray_history_file_in_s3_refuses_before_the_restore(cluster: Path, audit: Path) -> None:
+    """PostgreSQL's restore_command also fetches timeline history files from S3: one the local
+    archive lacks (another cluster's, an earlier run's) would move the promotion to another timeline
+    than planned. Refused in the facts step, before anything is unpacked."""
+    key = S3_PREFIX + "00000002.history"
+    pglab.s3().put_object(Bucket=pglab.BUCKET, Key=key, Body=b"1\t0/9000000\tno recovery target specified\n")
+    try:
+        before = state()
+        ran = run(cluster, audit, "--drill")
+        assert ran.code == 1, ran.stdout + ran.stderr
+        message = ran.host("db1")["message"]
+        assert "00000002.history only in s3://" in message and "nothing changed" in message, message
+        assert "restore" not in steps(ran), "refused before the restore"
+        assert state() == before
+    finally:
+        pglab.s3().delete_object(Bucket=pglab.BUCKET, Key=key)
 
 
 def test_a_restore_that_fails_its_checks_leaves_the_cluster_alone(cluster: Path, audit: Path) -> None:
@@ -382,10 +495,15 @@ def test_damage_then_restore_to_the_noted_time(cluster: Path, audit: Path) -> No
     switch_wal()
     assert sql("select count(*) from items", db="shop") == "121"
 
-    ran = run(cluster, audit, "--to", stamp(noted), "--yes")
+    assert running(WRITER)
+    ran = run(cluster, audit, "--to", stamp(noted), "--yes", "--stop", WRITER)
     assert ran.code == 0, ran.stdout + ran.stderr
     done = steps(ran)
     assert done["switch"]["status"] == "changed" and done["verify"]["status"] == "ok", done
+    order = [s["step"] for s in ran.host("db1")["steps"]]
+    assert order.index(f"stop {WRITER}") < order.index("switch"), order
+    assert done[f"stop {WRITER}"]["status"] == "changed"
+    assert running(WRITER), "the writer is started again after the switch"
     assert sql("select count(*), max(id) from items", db="shop") == "150|150"
     assert sql("select x from keepme", db="shop") == "42"
     assert sql("select substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)") == "00000002"

@@ -122,6 +122,18 @@ def test_the_default_inv_is_the_one_beside_this_python() -> None:
     assert line.endswith(f" -- {bin_dir}/inv health --inventory /i.yml --host db1 >> {cron.DEFAULT_LOG} 2>&1")
 
 
+def test_a_restore_pitr_switch_is_refused_at_install_and_its_drill_is_not() -> None:
+    """Every cron run of a switch would refuse (a person must run it): refused now, in one line."""
+    with pytest.raises(UsageError) as caught:
+        switch = "--host db1 --to '2024-01-15 14:30:00+03' --yes"
+        cron.InstallCron("restore-pitr", "@weekly", args=switch, inventory="/i.yml")
+    message = str(caught.value)
+    assert "inv restore-pitr would refuse it on every run" in message and "give --drill" in message, message
+    assert "\n" not in message
+    assert "REMEDIATIONS_RUN_ID" not in os.environ, "the check leaves the environment as it was"
+    cron.InstallCron("restore-pitr", "@weekly", args="--host db1 --drill", inventory="/i.yml")
+
+
 @pytest.mark.parametrize(
     ("args", "words"),
     [("--host db9", "the entry would fail on every run: its inventory: "), ("", "needs --host")],

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from remediations.actions import pitr_host
+from remediations.actions import pitr_host, pitr_s3host
 from remediations.core.errors import UsageError
 from remediations.core.units import parse_timestamp
 from remediations.facts import pitr
@@ -277,3 +277,108 @@ def test_judge_the_promoted_server() -> None:
     assert "is after the target" in pitr_host.judge(late, RECOVERY_LOG, target, 3)[0][0]
     assert "not after the target" in pitr_host.judge(good, RECOVERY_LOG, utc("2026-12-01 19:09:18"), 3)[0][0]
     assert pitr_host.judge(good, no_stop, None, 3)[0] == [], "to the archive's end: no stop line expected"
+
+
+def test_history_files_only_or_different_in_s3_are_a_disagreement() -> None:
+    local = {2: TL2_HISTORY}
+    assert pitr.disagreement(local, {}, "/arch", "s3://b/wal/") == ""
+    assert pitr.disagreement(local, {2: TL2_HISTORY + "\n"}, "/arch", "s3://b/wal/") == "", "same lines"
+    stray = pitr.disagreement(local, {2: TL2_HISTORY, 3: TL3_HISTORY}, "/arch", "s3://b/wal/")
+    assert "00000003.history only in s3://b/wal/" in stray, stray
+    other = pitr.disagreement(local, {2: "1\t0/3000000\tno recovery target specified\n"}, "/arch", "s3://b/")
+    assert "00000002.history different in /arch and s3://b/" in other, other
+
+
+# ------------------------------------------------------------------------ base backups in S3, --onto
+
+
+def s3_source() -> pitr_host.S3Source:
+    return pitr_host.S3Source("http://198.18.0.1:9000/b/base it's/", "/etc/pg s3.conf", "us-east-1")
+
+
+def test_upload_and_fetch_scripts_quote_every_value_and_carry_no_secret() -> None:
+    upload = pitr_s3host.upload_script(
+        "postgres", "/b k/20261201T190000Z", "base.tar", s3_source(), "20261201T190000Z", 8 << 20
+    )
+    fetch = pitr_s3host.fetch_command(
+        "postgres",
+        s3_source(),
+        "20261201T190000Z",
+        (pitr.Part("base.tar.00000", 5, "0" * 32),),
+        "/d n/x",
+        gz=False,
+    )
+    for text in (upload, fetch):
+        assert text.startswith("as_user postgres sh -c ") and "-K " in text and "--aws-sigv4" in text
+        assert "rmlab" not in text and "user =" not in text, "the key stays in the credentials file"
+    assert "n=8" in upload and "backup_manifest" in upload
+    assert "0" * 32 in fetch and "tar -xf - -C" in fetch
+
+
+def test_parts_are_read_back_and_a_wrong_etag_refuses() -> None:
+    md5 = "9e107d9d372bb6826bd81d3542a419d6"
+    out = f"noise\n@@part base.tar.00000 10 {md5} {md5}\n@@part backup_manifest 3 {md5} -\n"
+    parts = pitr_s3host.parse_parts(out)
+    assert [p.name for p in parts] == ["base.tar.00000", "backup_manifest"]
+    assert pitr_s3host.parse_parts(f"@@part base.tar.00000 10 {md5} {'a' * 32}-2\n"), (
+        "a multipart ETag is not an MD5"
+    )
+    with pytest.raises(ValueError, match="is not the MD5"):
+        pitr_s3host.parse_parts(f"@@part base.tar.00000 10 {md5} {'a' * 32}\n")
+
+
+def test_a_marker_makes_a_backup_only_with_every_part_whole() -> None:
+    import datetime as dt
+
+    from remediations.actions.s3client import S3Object
+    from remediations.postgres import pitr_s3
+
+    parts = [pitr.Part("base.tar.00000", 8, "a" * 32), pitr.Part("base.tar.00001", 3, "b" * 32)]
+    marker = pitr_s3host.marker_text(
+        "S", "base.tar", [*parts, pitr.Part("backup_manifest", 1, "c" * 32)], "0/2000028", 1, "db1"
+    )
+    now = dt.datetime.now(dt.UTC)
+    objects = {p.name: S3Object(f"x/S/{p.name}", p.size, now) for p in parts}
+    found = pitr_s3.as_backup("S", marker, objects)
+    assert found is not None and found.in_s3 and found.size == 11 and found.start_lsn == 0x2000028
+    assert [p.name for p in found.parts] == ["base.tar.00000", "base.tar.00001"], "the manifest is not a part"
+    assert found.label == "S (S3)"
+    short = {**objects, "base.tar.00001": S3Object("x/S/base.tar.00001", 2, now)}
+    assert pitr_s3.as_backup("S", marker, short) is None, "a part cut short"
+    assert pitr_s3.as_backup("S", marker, {"base.tar.00000": objects["base.tar.00000"]}) is None
+    assert pitr_s3.as_backup("S", "{not json", objects) is None
+
+
+def test_a_restore_host_reads_wal_from_s3_only_on_its_own_socket() -> None:
+    onto = pitr_host.overrides("", "", 1, 5433, True, s3_source(), "/r/db1.pitr-X")
+    assert "restore_command = 'curl " in onto and "cp " not in onto
+    assert "unix_socket_directories = '/r/db1.pitr-X'" in onto and "archive_mode = off" in onto
+
+
+def test_onto_is_a_drill_onto_another_inventory_host(tmp_path: Path) -> None:
+    from remediations.core.inventory import load
+    from remediations.postgres.restore_pitr import RestorePitr
+
+    with pytest.raises(UsageError, match="only a --drill restores onto another host"):
+        RestorePitr(to=1.0, yes=True, onto="dbrestore")
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text(
+        "all:\n  hosts:\n    db1: {wal_archive_dir: /a, basebackup_local_dir: /b}\n"
+        "    dbrestore: {postgres_port: 5432}\n"
+    )
+    loaded = load(str(inventory))
+    with pytest.raises(UsageError, match="no host nohost"):
+        RestorePitr(drill=True, onto="nohost").prepare(loaded)
+    with pytest.raises(UsageError, match="needs pitr_s3_credentials_file on it"):
+        RestorePitr(drill=True, onto="dbrestore").prepare(loaded)
+
+
+def test_writers_stop_only_for_a_switch() -> None:
+    from remediations.actions.writers import Writer
+    from remediations.postgres.restore_pitr import RestorePitr
+
+    with pytest.raises(UsageError, match="a drill stops no writer"):
+        RestorePitr(drill=True, stop=[Writer("api1", "worker")])
+    assert RestorePitr(to=1.0, yes=True, stop=[Writer("api1", "worker")]).arguments()["stop"] == [
+        "api1:worker"
+    ]
