@@ -39,6 +39,7 @@ def install() -> None:
     parse_tasks, parse_cleanup = Program.parse_tasks, Program.parse_cleanup
 
     def tasks_step(self: Program) -> None:
+        _remember_remainder(self.argv)
         _guarded(self, lambda: _parse_named(self, parse_tasks))
 
     def cleanup_step(self: Program) -> None:
@@ -47,6 +48,24 @@ def install() -> None:
     Program.parse_tasks = tasks_step  # type: ignore[method-assign]
     Program.parse_cleanup = cleanup_step  # type: ignore[method-assign]
     Program._one_line_errors = True  # type: ignore[attr-defined]
+
+
+_REMAINDER: list[list[str]] = []  # the words after `--` of the command line Invoke parsed last
+
+
+def _remember_remainder(argv: Iterable[str] | None) -> None:
+    words = list(argv or ())
+    _REMAINDER[:] = [words[words.index("--") + 1 :] if "--" in words else []]
+
+
+def remainder() -> list[str]:
+    """The words after `--` on the command line, each one as typed: Invoke itself keeps only their
+    space-joined text (`core.remainder`), which loses the quoting of `-- sh -c 'echo a b'`. Read from
+    the argv Invoke parsed (recorded by `install`), else from this process's own argv."""
+    if _REMAINDER:
+        return list(_REMAINDER[0])
+    words = sys.argv[1:]
+    return words[words.index("--") + 1 :] if "--" in words else []
 
 
 def _parse_named(program: Program, parse: Callable[[Program], None]) -> None:
