@@ -173,7 +173,9 @@ def choose_via(via: str, facts: ServiceFacts) -> tuple[str, str]:
         why = facts.verdict()[1]
         raise HostError(f"{facts.service} has no running container to exec into ({why}); --via run "
                         "runs the command in a one-off container instead")  # fmt: skip
-    return "exec", running[0].name
+    # compose exec runs in the service's first replica (--index 1): name that one
+    first = next((c for c in running if c.name.endswith(("-1", "_1"))), running[0])
+    return "exec", first.name
 
 
 class ServiceCommand(Remediation):
