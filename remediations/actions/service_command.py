@@ -271,7 +271,7 @@ class ServiceCommand(Remediation):
                 step.done(Status.CHANGED, f"ran {said}", exit_code=0, output=lines, cut=out.cut,
                           service=service)  # fmt: skip
             else:
-                tail = " | ".join(lines[-3:]) or "no output"
+                tail = " | ".join([line.strip() for line in lines if line.strip()][-3:]) or "no output"
                 step.done(Status.FAILED, f"{said}: {tail}", exit_code=out.exit_code, output=lines,
                           cut=out.cut, service=service)  # fmt: skip
 
