@@ -224,6 +224,13 @@ def _write_shop_files(host: HostSpec) -> None:
     _write_if_changed(shop / "compose.yaml", (ASSETS / "compose.yaml").read_bytes())
     _write_if_changed(shop / ".env", (ASSETS / "env").read_bytes(), mode=0o600)
     _write_if_changed(shop / "www" / "health", (ASSETS / "health").read_bytes())
+    # alembic for migrate / run-in-service (bind-mounted: the image stays as built), the baseline
+    # migrations, and its database folder (left as it is: tests reset what they change)
+    for folder in ("bin", "migrations", "appdb"):
+        (shop / folder).mkdir(exist_ok=True)
+    _write_if_changed(shop / "bin" / "alembic", (ASSETS / "alembic").read_bytes(), mode=0o755)
+    for migration in sorted((ASSETS / "migrations").iterdir()):
+        _write_if_changed(shop / "migrations" / migration.name, migration.read_bytes())
 
 
 def _api_health(host: HostSpec) -> str:

@@ -254,11 +254,17 @@ def run_task(cls: type[Remediation], flags: Flags, given: Mapping[str, Any]) -> 
 def declared_task(cls: type[Remediation]) -> Task[Any]:
     """The Invoke task of a declared remediation: its flags, help and docstring from the class."""
     keyword = inspect.Parameter.KEYWORD_ONLY
-    own = [inspect.Parameter(a.name, keyword, default=a.cli_default) for a in cls.params]
+    own = [inspect.Parameter(a.name, keyword, default=a.cli_default) for a in cls.params.flags()]
+    rest = cls.params.rest()
 
     def body(c: Context, **kwargs: Any) -> None:
         flags = Flags(**{k: v for k, v in kwargs.items() if k in COMMON_NAMES})
-        code, _ = run_task(cls, flags, {k: v for k, v in kwargs.items() if k not in COMMON_NAMES})
+        given = {k: v for k, v in kwargs.items() if k not in COMMON_NAMES}
+        if rest is not None:  # the words after `--`, as typed (Invoke keeps them only space-joined)
+            from remediations.invoke_errors import remainder
+
+            given[rest.name] = remainder()
+        code, _ = run_task(cls, flags, given)
         if code:
             raise Exit(code=code)
 

@@ -41,6 +41,7 @@ def install() -> None:
 
     def tasks_step(self: Program) -> None:
         listing_runbooks(self.core.unparsed)
+        _remember_remainder(self.argv)
         _guarded(self, lambda: _parse_named(self, parse_tasks))
 
     def cleanup_step(self: Program) -> None:
@@ -58,6 +59,22 @@ def listing_runbooks(tokens: list[str]) -> None:
         return
     if "--list" in tokens or any(t == "--show" or t.startswith("--show=") for t in tokens):
         tokens.insert(1, "--name=")
+_REMAINDER: list[list[str]] = []  # the words after `--` of the command line Invoke parsed last
+
+
+def _remember_remainder(argv: Iterable[str] | None) -> None:
+    words = list(argv or ())
+    _REMAINDER[:] = [words[words.index("--") + 1 :] if "--" in words else []]
+
+
+def remainder() -> list[str]:
+    """The words after `--` on the command line, each one as typed: Invoke itself keeps only their
+    space-joined text (`core.remainder`), which loses the quoting of `-- sh -c 'echo a b'`. Read from
+    the argv Invoke parsed (recorded by `install`), else from this process's own argv."""
+    if _REMAINDER:
+        return list(_REMAINDER[0])
+    words = sys.argv[1:]
+    return words[words.index("--") + 1 :] if "--" in words else []
 
 
 def _parse_named(program: Program, parse: Callable[[Program], None]) -> None:

@@ -29,7 +29,9 @@ class Arg:
 
     name        the Python name (`if_unhealthy`); the flag is `--if-unhealthy`
     help        one line for `inv --help TASK`
-    kind        "text", "flag" (a boolean switch) or "list" (repeatable: `--service a --service b`)
+    kind        "text", "flag" (a boolean switch), "list" (repeatable: `--service a --service b`) or
+                "rest" (the words after `--` on the command line, as a list: a command to run; not a
+                flag, so `inv --help TASK` names it only in the task's docstring)
     default     the value when the flag is not given (parsed values only: None, False, ())
     parse       turns the given text into the value the remediation receives; raises UsageError
     secret      the value is never shown: audit records and JSON say "…"
@@ -49,12 +51,12 @@ class Arg:
     required: bool = False
 
     def __post_init__(self) -> None:
-        if self.kind not in ("text", "flag", "list"):
-            raise ValueError(f"{self.name}: kind is text, flag or list, not {self.kind!r}")
+        if self.kind not in ("text", "flag", "list", "rest"):
+            raise ValueError(f"{self.name}: kind is text, flag, list or rest, not {self.kind!r}")
 
     @property
     def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
+        return "the command after --" if self.kind == "rest" else "--" + self.name.replace("_", "-")
 
     @property
     def cli_default(self) -> Any:
@@ -72,7 +74,7 @@ class Arg:
             return self.default
         if self.kind == "flag":
             return bool(raw)
-        if self.kind == "list":
+        if self.kind in ("list", "rest"):
             return self.parse(list(raw), self.flag)
         return self.parse(raw, self.flag)
 
@@ -82,13 +84,13 @@ class Arg:
             return "…"
         if self.audit is not None and not _absent(raw, self.kind):
             return self.audit(raw)
-        return list(raw) if self.kind == "list" and raw is not None else raw
+        return list(raw) if self.kind in ("list", "rest") and raw is not None else raw
 
 
 def _absent(raw: Any, kind: str) -> bool:
     if raw is None:
         return True
-    if kind == "list":
+    if kind in ("list", "rest"):
         return len(raw) == 0
     if kind == "flag":
         return raw is False
@@ -122,10 +124,18 @@ class Args:
 
     def help(self) -> dict[str, str]:
         return {a.name.replace("_", "-"): a.help + (f" (e.g. {a.example})" if a.example else "")
-                for a in self.items}  # fmt: skip
+                for a in self.flags()}  # fmt: skip
 
     def repeatable(self) -> list[str]:
         return [a.name for a in self.items if a.kind == "list"]
+
+    def flags(self) -> list[Arg]:
+        """The arguments that are flags (all but the words after `--`)."""
+        return [a for a in self.items if a.kind != "rest"]
+
+    def rest(self) -> Arg | None:
+        """The argument that takes the words after `--`, if the task has one."""
+        return next((a for a in self.items if a.kind == "rest"), None)
 
 
 def args(*items: Arg | Sequence[Arg]) -> Args:

@@ -250,6 +250,24 @@ def _systemd_units(value: Any) -> dict[str, dict[str, Any]]:
 
 SYSTEMD_UNITS = Kind("a mapping of systemd service names to {health_url: URL, escalate: [restart, "
                      "stop-start], health_timeout: seconds}, each optional", _systemd_units)  # fmt: skip
+def _service_checks(value: Any) -> dict[str, dict[str, str]]:
+    """{name: {verify: COMMAND, expect_same_as: COMMAND}}: each a command line of one line
+    (expect_same_as optional), split into words by the task that runs it."""
+    if not isinstance(value, Mapping):
+        raise ValueError
+    checks: dict[str, dict[str, str]] = {}
+    for name, spec in value.items():
+        if not isinstance(spec, Mapping) or not set(spec) <= {"verify", "expect_same_as"}:
+            raise ValueError
+        checks[_text(name, pattern=WORD)] = {k: _text(v, max_length=2000) for k, v in spec.items()
+                                             if k == "verify" or v not in (None, "")}  # fmt: skip
+        if "verify" not in checks[str(name)]:
+            raise ValueError
+    return checks
+
+
+SERVICE_CHECKS = Kind("a mapping of check names to {verify: COMMAND, expect_same_as: COMMAND}",
+                      _service_checks)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -305,6 +323,9 @@ VARS: dict[str, Var] = {
     "env_backups_keep": Var(number(1, 1000, whole=True), "10", 10),
     # systemd services (restart-service, ensure-healthy, health)
     "systemd_units": Var(SYSTEMD_UNITS, "{ringo-api: {health_url: 'http://127.0.0.1:8000/health'}}", {}),
+    # run-in-service --verify-check NAME: the verifies of commands run in a service
+    "service_checks": Var(SERVICE_CHECKS, "{migrations: {verify: alembic current, expect_same_as: alembic "
+                          "heads}}", {}),
     # PostgreSQL
     "postgres_port": Var(PORT, "5432", 5432),
     "postgres_tcp_host": Var(WORD_KIND, "127.0.0.1", "127.0.0.1"),

@@ -5,8 +5,11 @@ TASKS: task name → module (the registry's index, see remediations/core/registr
 
 TASKS = {
     "ensure-healthy": "ensure_healthy",
+    "logs": "logs",
+    "migrate": "migrate",
     "prune": "prune",
     "restart-api": "restart_api",
     "rollback": "rollback",
+    "run-in-service": "run_in_service",
     "set-env": "set_env",
 }

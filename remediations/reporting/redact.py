@@ -102,3 +102,13 @@ class Redactor:
             self.add_value(rest)
             return f"{name}={MASK}"
         return self.text(text)
+
+
+# The password of a URL's user info (postgres://shop:PASSWORD@db/shop): a DSN in an env var that is
+# not named like a secret (DATABASE_URL) still shows up in a log line or a command's output.
+URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^/\s:@]*:)[^@\s/]+@", re.IGNORECASE)
+
+
+def url_passwords_masked(text: str) -> str:
+    """`text` with the password of every URL's user info masked (`postgres://shop:*****@db`)."""
+    return URL_PASSWORD.sub(lambda m: f"{m.group(1)}{MASK}@", text)

@@ -24,8 +24,9 @@ BASE: dict[str, dict[str, Any]] = {
     "rotate-aws-key": {"user": "app", "env_host": "api1"},
     "rotate-db-password": {"role": "shop_app", "env_host": "db1"},
     "rotate-secret": {"name": "API_TOKEN"},
+    "run-in-service": {"command": ["true"]},
 }
-DURATION_NAMES = {"ttl", "grace", "max_age", "older_than", "at"}
+DURATION_NAMES = {"ttl", "grace", "max_age", "older_than", "at", "since", "timeout"}
 LOOKS_LIKE_A_DURATION = re.compile(r"\b\d+(?:\.\d+)?[smhdw]\b|\bago\b")
 SUFFIX = {"at": " ago"}  # --at takes a duration followed by "ago" (or an ISO 8601 time)
 
