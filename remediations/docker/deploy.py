@@ -131,7 +131,7 @@ def decide(s: Situation) -> Decision:
         return Decision(
             "none", f"{service} already runs {s.target} ({short(current)}) and is healthy ({why})"
         )
-    if not s.pull and current == s.target_id and not s.marker:
+    if not s.pull and current == s.target_id and pinned and not s.marker:
         return Decision("fail", f"{service} already runs {s.target} ({short(current)}) but is not healthy "
                         f"({why}): a deploy would change nothing; restart-api or rollback")  # fmt: skip
     if retag and s.shared and not s.also_move:
