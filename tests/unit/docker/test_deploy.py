@@ -66,8 +66,11 @@ def test_the_name_to_deploy(wanted: str | None, current: str, expected: str) -> 
 
 
 def test_image_template_is_the_last_file_naming_one() -> None:
-    files: list[dict[str, object]] = [{"api": {"image": "local/api:1"}}, {"api": {"ports": []}},
-                                      {"api": {"image": "local/api:${T}"}, "worker": {"image": "w"}}]  # fmt: skip
+    files: list[dict[str, object]] = [
+        {"api": {"image": "local/api:1"}},
+        {"api": {"ports": []}},
+        {"api": {"image": "local/api:${T}"}, "worker": {"image": "w"}},
+    ]
     assert pins.image_template(files, "api") == "local/api:${T}"
     assert pins.image_template(files[:2], "api") == "local/api:1"
     assert pins.image_template(files, "nosuch") == ""
@@ -77,7 +80,7 @@ def test_image_template_is_the_last_file_naming_one() -> None:
     "value", ["$(touch /tmp/x)", "api;reboot", "a b", "../etc/passwd", "local/../x", "-rm", "x" * 300, "é"]
 )
 def test_hostile_images_are_refused(value: str) -> None:
-    with pytest.raises(UsageError, match="--image .*: not an image name or tag"):
+    with pytest.raises(UsageError, match=r"--image .*: not an image name or tag"):
         deploy.image_arg(value, "--image")
 
 
@@ -147,7 +150,8 @@ MARKER = pins.Marker(OTHER, "local/api:0", "local/api:2", NEW, started="2026-12-
         (
             situation(target_id="", looked_up="Error: No such image: local/api:2"),
             "fail",
-            "local/api:2 is not on the host (Error: No such image: local/api:2): build or load it there, or give --pull",
+            "local/api:2 is not on the host (Error: No such image: local/api:2): build or load it there, "
+            "or give --pull",
         ),
         (situation(target_id="", pull=True), "deploy", ""),
         (situation(shared=("shop/worker",)), "fail", "local/api:1 is also the image name of shop/worker"),
