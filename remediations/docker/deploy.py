@@ -264,7 +264,7 @@ class Deploy(Remediation):
             marker_error += f": check what {service} runs, then remove {marker}"
         shared = tuple(sorted({
             f"{c.project}/{c.service}" if c.service else c.name for c in docker.containers
-            if c.ref == ref and c.service != service and c.state == "running"
+            if c.ref == ref and (c.project, c.service) != (settings.project.name, service)
         }))  # fmt: skip
         looked_up = "" if target_id or not said else said.splitlines()[-1]
         ref_id = found.get("refid", ("", ""))[1].strip()
@@ -277,7 +277,8 @@ class Deploy(Remediation):
         if decision.action == "none":
             return Plan.nothing(decision.reason)
         if decision.action == "finish":
-            return Plan.of(Change("recover", decision.reason, lambda c: self._finish(c, facts)))
+            summary = f"remove {facts.marker_path}: {decision.reason}"
+            return Plan.of(Change("recover", summary, lambda c: self._finish(c, facts)))
         if s.pin.by_env:
             pin = f"set ${s.pin.variable}={decision.env_value} in {facts.env_path}"
         else:
