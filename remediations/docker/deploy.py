@@ -215,7 +215,7 @@ class Deploy(Remediation):
                 ctx.options.check,
                 project.record,
             )
-            s, paths = self._situation(ctx, settings, service, before, project.facts)
+            s, paths = self._situation(ctx, settings, service, before)
             decision = decide(s)
             now, ref = s.current
             data: dict[str, Any] = {
@@ -233,9 +233,8 @@ class Deploy(Remediation):
         return Facts(s, decision, settings, paths[0], paths[1], paths[2])
 
     def _situation(
-        self, ctx: HostContext, settings: ServiceSettings, service: str, before: ServiceFacts,
-        every: dict[str, ServiceFacts],
-    ) -> tuple[Situation, tuple[str, str, str]]:  # fmt: skip
+        self, ctx: HostContext, settings: ServiceSettings, service: str, before: ServiceFacts
+    ) -> tuple[Situation, tuple[str, str, str]]:
         """The rest of the facts (the compose files' image, Docker's view of the names, the marker,
         the .env variable) in two more round trips."""
         template = pins.image_template(compose_services(compose_texts(ctx.remote, settings.project)), service)
@@ -303,7 +302,7 @@ class Deploy(Remediation):
         return f"; host {index + 1} of {len(self._order)}, batch {index // serial + 1} of {batches}"
 
     def _finish(self, ctx: HostContext, facts: Facts) -> str:
-        ctx.remote.run(f"rm -f {shlex.quote(facts.marker_path)}", timeout=30)
+        deploy_apply.drop_marker(ctx, facts.marker_path)
         return facts.decision.reason
 
     def _apply(self, ctx: HostContext, facts: Facts) -> None:

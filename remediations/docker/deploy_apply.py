@@ -78,7 +78,7 @@ def _after_pull(ctx: HostContext, facts: Facts, decision: Decision) -> None:
         if decision.action == "fail":
             raise HostError(decision.reason)
         if decision.action == "finish":
-            ctx.remote.run(f"rm -f {shlex.quote(facts.marker_path)}", timeout=30)
+            drop_marker(ctx, facts.marker_path)
             step.done(Status.CHANGED, decision.reason)
             return
         step.done(Status.OK, decision.reason)
@@ -148,7 +148,7 @@ def _forward(ctx: HostContext, facts: Facts) -> bool:
             step.done(Status.FAILED, f"{s.service} is healthy but runs {ids}, not {s.target} "
                       f"({short(s.target_id)}): is the image pinned elsewhere too?")  # fmt: skip
             return False
-        ctx.remote.run(f"rm -f {shlex.quote(facts.marker_path)}", timeout=30)
+        drop_marker(ctx, facts.marker_path)
         step.done(
             Status.CHANGED, f"deployed {s.target} ({short(s.target_id)}): {s.service} runs it and is healthy"
         )
@@ -171,7 +171,7 @@ def _roll_back(ctx: HostContext, facts: Facts) -> None:
                       f"did not come up healthy either ({why}); {facts.marker_path} is kept (it names the "
                       "image to go back to)")  # fmt: skip
             return
-        ctx.remote.run(f"rm -f {shlex.quote(facts.marker_path)}", timeout=30)
+        drop_marker(ctx, facts.marker_path)
         _forget(ctx, facts)
         step.done(Status.FAILED, f"deploy of {s.target} ({short(s.target_id)}) failed: not healthy within "
                   f"{settings.timeout:g}s; rolled back to {back}: it runs and is healthy")  # fmt: skip
@@ -186,3 +186,10 @@ def _forget(ctx: HostContext, facts: Facts) -> None:
     trimmed = pins.without_failed(records.get(name, []), d.back_id, s.target_id)
     if trimmed != records.get(name, []):
         images.write(ctx.remote, ctx.host, {**records, name: trimmed})
+
+
+def drop_marker(ctx: HostContext, path: str) -> None:
+    """The deploy ended (healthy on the new image, or back on the recorded one): its marker goes."""
+    result = ctx.remote.run(f"rm -f {shlex.quote(path)}", timeout=30)
+    if result.exit_code != 0:
+        raise HostError(f"removing the deploy marker {path} failed: {result.tail()}", result)

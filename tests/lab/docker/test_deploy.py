@@ -189,32 +189,71 @@ def start_deploy(fixture: dict[str, Any], audit: Path, *args: str) -> subprocess
     )  # fmt: skip
 
 
-def test_sigterm_mid_deploy_leaves_the_marker_and_the_next_run_rolls_forward(
-    images: dict[str, Any], audit: Path
-) -> None:
-    """SIGTERM once the new container runs, before it is healthy (local/api:slow answers 3 s after it
-    starts): the run stops, the marker stays; the next run finds the new image running healthy and
-    keeps it (rolled forward)."""
-    ids = images["ids"]["api1"]
-    before, target = running("api1"), SLOW
-    proc = start_deploy(images, audit, "--image", target, "--also-move")
+def interrupt_once_running(fixture: dict[str, Any], audit: Path, target: str) -> dict[str, Any]:
+    """Start a deploy of `target` on api1 and SIGTERM it once the new container runs: the run's result."""
+    new = fixture["ids"]["api1"][target]
+    proc = start_deploy(fixture, audit, "--image", target, "--also-move")
     try:
         deadline = time.monotonic() + 60
-        while running("api1") != ids[target] and time.monotonic() < deadline and proc.poll() is None:
+        while running("api1") != new and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.05)
-        assert running("api1") == ids[target], "the new container never started"
+        assert running("api1") == new, "the new container never started"
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 143, out[-3000:] + err[-3000:]
-    stopped = json.loads(out)["hosts"][0]
+    stopped: dict[str, Any] = json.loads(out)["hosts"][0]
     assert stopped["status"] == "failed" and "is kept" in stopped["steps"][-1]["message"], stopped
+    return stopped
+
+
+@pytest.mark.parametrize(
+    ("target", "outcome"),
+    [(SLOW, "rolled forward"), pytest.param(BAD, "rolled back", marks=pytest.mark.slow_faults)],
+)
+def test_sigterm_mid_deploy_leaves_the_marker_and_the_next_run_recovers(
+    images: dict[str, Any], audit: Path, target: str, outcome: str
+) -> None:
+    """SIGTERM once the new container runs, before it is healthy (local/api:slow answers 3 s after it
+    starts; local/api:bad never): the run stops, the marker stays. The same command again finds it:
+    the new image running healthy is kept (rolled forward); one that is not goes back to the image
+    the marker recorded, not to the broken one running (rolled back)."""
+    ids = images["ids"]["api1"]
+    before = running("api1")
+    interrupt_once_running(images, audit, target)
     left = json.loads(marker("api1"))
     assert (left["from_id"], left["to_id"]) == (before, ids[target])
-    labkit.wait_health("api1", "healthy")
+    if target == SLOW:
+        labkit.wait_health("api1", "healthy")
     again = deploy(images, audit, "--image", target, "--also-move")
-    assert again.code in (0, 3) and again.host("api1")["status"] == "changed", again.stdout
-    assert "rolled forward" in again.host("api1")["message"] and not marker("api1")
-    assert running("api1") == ids[target] and labkit.health("api1") == "healthy"
+    assert outcome in again.stdout and not marker("api1"), again.stdout
+    assert labkit.health("api1") == "healthy"
+    if target == SLOW:
+        assert again.code in (0, 3) and again.host("api1")["status"] == "changed", again.stdout
+        assert running("api1") == ids[SLOW]
+    else:
+        assert again.code == 1 and "rolled back to" in again.host("api1")["message"], again.stdout
+        assert running("api1") == before
+
+
+def test_an_image_named_by_a_variable_is_pinned_in_dot_env(images: dict[str, Any], audit: Path) -> None:
+    """api2's compose file names api `${API_IMAGE:-local/busybox:1}` for this test: deploy sets
+    API_IMAGE in the project's .env (worker, still on the fixed name, does not move: no --also-move)."""
+    compose = sh("api2", "cat /srv/shop/compose.yaml")
+    templated = compose.replace("image: local/busybox:1", "image: ${API_IMAGE:-local/busybox:1}", 1)
+    assert templated != compose
+    sh("api2", "cat > /srv/shop/compose.yaml", stdin=templated)
+    ids = images["ids"]["api2"]
+    try:
+        runs = quartet("deploy", "--host", "api2", "--service", "api", "--image", GOOD, hosts=["api2"],
+                       audit=audit, inventory=images["inventory"],
+                       state=lambda: (running("api2"), sh("api2", f"cat {labkit.SHOP_ENV}")))  # fmt: skip
+        assert running("api2") == ids[GOOD] and labkit.health("api2") == "healthy"
+        assert f"API_IMAGE={GOOD}" in sh("api2", f"cat {labkit.SHOP_ENV}").splitlines()
+        assert image_of("api2", NAME) == ids["original"]  # nothing retagged
+        assert "set $API_IMAGE=local/api:good" in steps(runs.check, "api2")["decide"]["message"]
+    finally:
+        sh("api2", "cat > /srv/shop/compose.yaml", stdin=compose)
+        labkit.reset_shop("api2", STATE)
