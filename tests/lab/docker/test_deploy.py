@@ -9,6 +9,7 @@ image, which moves worker at its next recreate too, so every retagging run says 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -35,11 +36,12 @@ STATE = f"/var/lib/remediations/images.json {MARKER}"
 HOSTS = ("api1", "api2")
 DOCKERFILES = {
     GOOD: f"FROM {NAME}\nLABEL lab.deploy=good\n",
-    BAD: f"FROM {NAME}\nRUN rm /bin/httpd && printf '#!/bin/sh\\nexec sleep 100000\\n' > /bin/httpd"
-    " && chmod 755 /bin/httpd\nLABEL lab.deploy=bad\n",
-    # healthy, 3 s after it starts: a window for the SIGTERM test
-    SLOW: f"FROM {NAME}\nRUN rm /bin/httpd && printf '#!/bin/sh\\nsleep 3\\nexec busybox httpd \"$@\"\\n'"
-    " > /bin/httpd && chmod 755 /bin/httpd\nLABEL lab.deploy=slow\n",
+    # the shop's app starts unhealthy with LAB_BREAK_HEALTH=1 (lab/assets/compose.yaml): a broken build
+    BAD: f"FROM {NAME}\nENV LAB_BREAK_HEALTH=1\nLABEL lab.deploy=bad\n",
+    # healthy 3 s after it starts (its /bin/sh sleeps first): a window for the SIGTERM test. Busybox's
+    # sh runs its own applets without looking at /bin, so it is sh itself that is wrapped.
+    SLOW: f"FROM {NAME}\nRUN rm /bin/sh && printf '#!/bin/busybox sh\\nsleep 3\\nexec /bin/busybox sh"
+    ' "$@"\\n\' > /bin/sh && /bin/busybox chmod 755 /bin/sh\nLABEL lab.deploy=slow\n',
 }
 
 
@@ -53,8 +55,32 @@ def image_of(host: str, name: str) -> str:
     return sh(host, f"docker image inspect --format '{{{{.Id}}}}' {name} 2>/dev/null", check=False).strip()
 
 
+def api_containers(host: str) -> list[tuple[str, str]]:
+    """(image id, state) of every api container: two while compose replaces one."""
+    ids = sh(host, f"{' '.join(labkit.COMPOSE)} ps -a -q api").split()
+    return [
+        (c["Image"], c["State"]["Status"]) for c in json.loads(sh(host, f"docker inspect {' '.join(ids)}"))
+    ]
+
+
 def running(host: str) -> str:
-    return str(labkit.api_container(host)["Image"])
+    """The image the one api container runs (waiting a little for a replacement to settle)."""
+    deadline = time.monotonic() + 15
+    while len(found := api_containers(host)) != 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(found) == 1, f"{host}: api containers {found}"
+    return found[0][0]
+
+
+def built(host: str, name: str, dockerfile: str) -> str:
+    """`name` built from `dockerfile` on `host`, unless an image of that name was built from it already."""
+    digest = hashlib.sha256(dockerfile.encode()).hexdigest()[:16]
+    label = sh(host, f"docker image inspect --format '{{{{index .Config.Labels \"lab.dockerfile\"}}}}' {name}"
+               " 2>/dev/null", check=False).strip()  # fmt: skip
+    if label != digest:
+        sh(host, f"DOCKER_BUILDKIT=0 docker build -q -t {name} - >/dev/null",
+           stdin=f"{dockerfile}LABEL lab.dockerfile={digest}\n")  # fmt: skip
+    return image_of(host, name)
 
 
 def record(host: str) -> list[str]:
@@ -75,10 +101,8 @@ def images(lab: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[
     for host in HOSTS:
         original = image_of(host, NAME)
         sh(host, f"docker tag {original} {BASE}")
-        for name, dockerfile in DOCKERFILES.items():
-            if not image_of(host, name):
-                sh(host, f"DOCKER_BUILDKIT=0 docker build -q -t {name} - >/dev/null", stdin=dockerfile)
-        ids[host] = {"original": original, **{n: image_of(host, n) for n in (GOOD, BAD, SLOW, BASE)}}
+        made = {name: built(host, name, dockerfile) for name, dockerfile in DOCKERFILES.items()}
+        ids[host] = {"original": original, BASE: original, **made}
         labkit.reset_shop(host, STATE)
     path = tmp_path_factory.mktemp("deploy") / "lab.yml"
     yield {"ids": ids, "inventory": labkit.write_inventory(path, all_vars={"health_timeout": 8})}
@@ -195,9 +219,10 @@ def interrupt_once_running(fixture: dict[str, Any], audit: Path, target: str) ->
     proc = start_deploy(fixture, audit, "--image", target, "--also-move")
     try:
         deadline = time.monotonic() + 60
-        while running("api1") != new and time.monotonic() < deadline and proc.poll() is None:
+        while (new, "running") not in api_containers("api1") and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()
             time.sleep(0.05)
-        assert running("api1") == new, "the new container never started"
+        assert (new, "running") in api_containers("api1"), "the new container never started"
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=120)
     finally:
@@ -211,7 +236,7 @@ def interrupt_once_running(fixture: dict[str, Any], audit: Path, target: str) ->
 
 @pytest.mark.parametrize(
     ("target", "outcome"),
-    [(SLOW, "rolled forward"), pytest.param(BAD, "rolled back", marks=pytest.mark.slow_faults)],
+    [(SLOW, "rolled forward"), pytest.param(BAD, "rolled back", marks=pytest.mark.deploy_faults)],
 )
 def test_sigterm_mid_deploy_leaves_the_marker_and_the_next_run_recovers(
     images: dict[str, Any], audit: Path, target: str, outcome: str
@@ -238,6 +263,7 @@ def test_sigterm_mid_deploy_leaves_the_marker_and_the_next_run_recovers(
         assert running("api1") == before
 
 
+@pytest.mark.deploy_faults
 def test_an_image_named_by_a_variable_is_pinned_in_dot_env(images: dict[str, Any], audit: Path) -> None:
     """api2's compose file names api `${API_IMAGE:-local/busybox:1}` for this test: deploy sets
     API_IMAGE in the project's .env (worker, still on the fixed name, does not move: no --also-move)."""
@@ -245,14 +271,14 @@ def test_an_image_named_by_a_variable_is_pinned_in_dot_env(images: dict[str, Any
     templated = compose.replace("image: local/busybox:1", "image: ${API_IMAGE:-local/busybox:1}", 1)
     assert templated != compose
     sh("api2", "cat > /srv/shop/compose.yaml", stdin=templated)
-    ids = images["ids"]["api2"]
+    ids, name_was = images["ids"]["api2"], image_of("api2", NAME)
     try:
         runs = quartet("deploy", "--host", "api2", "--service", "api", "--image", GOOD, hosts=["api2"],
                        audit=audit, inventory=images["inventory"],
                        state=lambda: (running("api2"), sh("api2", f"cat {labkit.SHOP_ENV}")))  # fmt: skip
         assert running("api2") == ids[GOOD] and labkit.health("api2") == "healthy"
         assert f"API_IMAGE={GOOD}" in sh("api2", f"cat {labkit.SHOP_ENV}").splitlines()
-        assert image_of("api2", NAME) == ids["original"]  # nothing retagged
+        assert image_of("api2", NAME) == name_was  # nothing retagged
         assert "set $API_IMAGE=local/api:good" in steps(runs.check, "api2")["decide"]["message"]
     finally:
         sh("api2", "cat > /srv/shop/compose.yaml", stdin=compose)
