@@ -4,6 +4,7 @@ TASKS: task name → module (the registry's index, see remediations/core/registr
 """
 
 TASKS = {
+    "deploy": "deploy",
     "ensure-healthy": "ensure_healthy",
     "logs": "logs",
     "migrate": "migrate",
