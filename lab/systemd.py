@@ -11,7 +11,8 @@ mount, PID, UTS and IPC namespaces. The root is ``--volatile=overlay``: the tree
 and every change made while it runs (a test's unit files, the journal) is gone at the next boot.
 Before a boot the lab writes into the tree: the lab's client key (root's authorized_keys), svc1's
 host key (known_hosts holds it), an sshd drop-in (key auth only, no PAM: a container has no
-loginuid to set), and ``shop-health.service`` (lab/assets/systemd: a Python HTTP health endpoint on
+loginuid to set), /etc/hosts and an empty resolv.conf (no DNS: a lab host reaches lab addresses
+only), and ``shop-health.service`` (lab/assets/systemd: a Python HTTP health endpoint on
 127.0.0.1:8000 that fails to start while /etc/shop/fail-start exists).
 """
 
@@ -100,6 +101,11 @@ def _provision(host: HostSpec) -> None:
     )
     _write_if_changed(root / "etc/ssh/sshd_config.d/rmlab.conf", dropin.encode())
     _write_if_changed(root / "etc/hostname", f"{host.name}\n".encode())
+    # Names from files only: the lab has no DNS, and debootstrap copied this machine's resolver
+    # (which a lab host must never ask: only lab addresses are reached from a lab host).
+    hosts = f"127.0.0.1 localhost\n::1 localhost\n{host.address} {host.name}\n"
+    _write_if_changed(root / "etc/hosts", hosts.encode())
+    _write_if_changed(root / "etc/resolv.conf", b"# The lab has no DNS (lab/systemd.py): see /etc/hosts.\n")
     assets = ASSETS / "systemd"
     _write_if_changed(root / "opt/shop/shop-health.py", (assets / "shop-health.py").read_bytes(), 0o755)
     _write_if_changed(root / "etc/systemd/system" / UNIT, (assets / UNIT).read_bytes())

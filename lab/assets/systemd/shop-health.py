@@ -8,6 +8,7 @@ answers 503 while the service keeps running.
 
 import http.server
 import os
+import socketserver
 import sys
 
 if os.path.exists("/etc/shop/fail-start"):
@@ -29,5 +30,12 @@ class Health(http.server.BaseHTTPRequestHandler):
         pass
 
 
+class Server(http.server.ThreadingHTTPServer):
+    def server_bind(self) -> None:
+        # HTTPServer's own asks socket.getfqdn(), a DNS lookup: the lab has no DNS, so it would wait
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = "127.0.0.1", 8000
+
+
 print(f"shop-health listening on 127.0.0.1:8000 (pid {os.getpid()})", flush=True)
-http.server.ThreadingHTTPServer(("127.0.0.1", 8000), Health).serve_forever()
+Server(("127.0.0.1", 8000), Health).serve_forever()
