@@ -165,7 +165,7 @@ def test_a_bad_image_is_rolled_back_and_the_rollout_stops(images: dict[str, Any]
     assert (
         f"deploy of {BAD}" in verify
         and f"rolled back to {NAME}" in verify
-        and "runs it and is healthy" in verify
+        and "it runs and is healthy" in verify
     )
     assert running("api1") == was["api1"] and image_of("api1", NAME) == names["api1"]
     assert labkit.health("api1") == "healthy" and not marker("api1")
