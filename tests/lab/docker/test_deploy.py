@@ -129,7 +129,7 @@ def test_deploy_a_good_image_then_again_is_ok_and_check_changes_nothing(
                    state=lambda: (running("api1"), image_of("api1", NAME), marker("api1")))  # fmt: skip
     assert running("api1") == ids[GOOD] and labkit.health("api1") == "healthy"
     assert image_of("api1", NAME) == ids[GOOD] and not marker("api1")
-    facts = steps(runs.check)["facts"]
+    facts = steps(runs.check)["facts"]["data"]
     assert facts["image_now"] == {"ref": NAME, "id": ids["original"]}, facts
     assert facts["image_to_be"] == {"ref": GOOD, "id": ids[GOOD]}, facts
     assert "would deploy local/api:good" in steps(runs.check)["decide"]["message"]
@@ -175,6 +175,7 @@ def test_a_bad_image_is_rolled_back_and_the_rollout_stops(images: dict[str, Any]
     assert running("api2") == was["api2"] and image_of("api2", NAME) == names["api2"]
 
 
+@pytest.mark.deploy_faults  # the failed pull takes about 20 s here
 def test_an_image_not_on_the_host_and_a_pull_without_registry_fail_changing_nothing(
     images: dict[str, Any], audit: Path
 ) -> None:
