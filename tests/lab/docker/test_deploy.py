@@ -94,9 +94,10 @@ def marker(host: str) -> str:
 
 @pytest.fixture(scope="module")
 def images(lab: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """The shop at its baseline on api1 and api2, the deploy images built there (kept: built only when
-    missing), a copy of the lab inventory with a short health wait; afterwards the shop's name back on
-    its own image and every service back on it."""
+    """The shop at its baseline on api1 and api2, the deploy images built there, a copy of the lab
+    inventory with a short health wait; afterwards the shop's name back on its own image, every
+    service back on it, and the deploy images gone (rollback's tests read every image of the host as
+    a candidate: images left here made them fail)."""
     ids: dict[str, dict[str, str]] = {}
     for host in HOSTS:
         original = image_of(host, NAME)
@@ -109,6 +110,8 @@ def images(lab: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[
     for host in HOSTS:
         sh(host, f"docker tag {ids[host]['original']} {NAME}")
         labkit.reset_shop(host, STATE)
+        names = " ".join([BASE, *DOCKERFILES])
+        sh(host, f"docker rmi {names} >/dev/null 2>&1; docker image prune -f >/dev/null", check=False)
 
 
 def deploy(fixture: dict[str, Any], audit: Path, *args: str, host: str = "api1") -> labkit.Ran:
