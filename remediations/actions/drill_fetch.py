@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,7 +61,7 @@ def curl_config(url: str, checksum: bool = False) -> bytes:
     `checksum`, the header the URL was signed with."""
     if any(c in url for c in '"\\\n\r'):
         raise ValueError("a presigned URL with a quote, backslash or line break")
-    header = 'header = "x-amz-checksum-mode: ENABLED"\n' if checksum else ""
+    header = 'header = "x-amz-checksum-mode: ENABLED"\n' if checksum else "# no header\n"
     return f'url = "{url}"\n{header}'.encode()
 
 
@@ -85,6 +86,23 @@ HASHERS = {"crc32": f"python3 -c {shlex.quote(CRC32_PY)}", "md5": "md5sum | cut 
 SPOOL_MARGIN = 64 * 1024 * 1024
 
 
+def keepalive(config: bytes, tick: float = 0.1) -> Iterator[bytes]:
+    """stdin for a watched fetch (`stream_body(watch=True)`, through the remote's `run_stream`):
+    curl's config, then a line every `tick` seconds while the command runs (the remote ends the
+    feed when the command exits); a stop request (SIGINT, SIGTERM) ends it with Interrupted: the
+    channel closes, the host kills its curl, and pg_restore fails on the cut dump."""
+    from remediations.core import interrupt
+    from remediations.core.errors import Interrupted
+
+    yield config
+    while True:
+        stopping = interrupt.requested()
+        if stopping:
+            raise Interrupted(f"interrupted by {stopping} while the host fetched the dump")
+        time.sleep(tick)
+        yield b"\n"
+
+
 def choose_hash(etag: str, algorithms: Sequence[str], checksum_type: str, python: bool) -> str:
     """How the host checks the whole object: "crc32" when S3 holds the object's full CRC32 (the
     SDKs send one with every upload: the listing names the algorithm; a single-part object's, or
@@ -98,11 +116,35 @@ def choose_hash(etag: str, algorithms: Sequence[str], checksum_type: str, python
     return "md5" if single and re.fullmatch(r"[0-9a-f]{32}", etag) else ""
 
 
-def _curl() -> str:
+def _curl(config: str = "-") -> str:
     # an endpoint the host cannot reach fails within 10 s (auto then streams); no stall limit: a
     # slow pg_restore may leave curl waiting on the pipe for as long as it takes
-    return ("curl -sS --fail --connect-timeout 10 -K - -D \"$d/h\" -o - "
+    return (f"curl -sS --fail --connect-timeout 10 -K {config} -D \"$d/h\" -o - "
             "-w '%{stderr}fetch-bytes %{size_download}\\n' 2>\"$d/err\"")  # fmt: skip
+
+
+CONFIG_LINES = 2  # `curl_config` writes exactly this many lines (the URL, the header or a comment)
+
+
+def _watched_curl() -> tuple[list[str], str]:
+    """(lines before the pipeline, its curl stage) for a fetch the controller can stop: curl's
+    config is the first CONFIG_LINES lines on stdin (read into shell variables, handed to curl
+    through a FIFO: never on a command line or on disk); the rest of stdin is the controller's
+    keepalive, and when it ends (the controller stopped the run, or its connection is gone)
+    before the fetch did, curl is killed: pg_restore reads a cut dump and fails."""
+    before = [
+        f'IFS= read -r c1 && IFS= read -r c2 && mkfifo "$d/k" || exit {NO_TEMP}',
+        # an asynchronous list reads /dev/null unless told otherwise: the keepalive comes on fd 3
+        "exec 3<&0",
+        '( while IFS= read -r _; do :; done; [ -f "$d/end" ] || { : > "$d/stopped"; '
+        'kill "$(cat "$d/cpid" 2>/dev/null)"; } ) <&3 >/dev/null 2>&1 &',
+        "w=$!",
+    ]
+    stage = (
+        f'{{ printf \'%s\\n%s\\n\' "$c1" "$c2" > "$d/k" & {_curl(chr(34) + "$d/k" + chr(34))} & '
+        'echo $! > "$d/cpid"; wait $!; echo $? > "$d/curl"; }'
+    )
+    return before, stage
 
 
 def _report() -> list[str]:
@@ -121,21 +163,27 @@ def _hashing(hasher: str) -> tuple[list[str], str]:
     """(lines that start the hasher on a FIFO, the pipeline's tee stage) for `hasher`."""
     if not hasher:
         return [], ""
-    return [f'mkfifo "$d/m" || exit {NO_TEMP}', f'{{ {HASHERS[hasher]}; }} < "$d/m" > "$d/sum" &'], 'tee "$d/m" | '
+    fifo = f'mkfifo "$d/m" || exit {NO_TEMP}'
+    return [fifo, f'{{ {HASHERS[hasher]}; }} < "$d/m" > "$d/sum" &'], 'tee "$d/m" | '
 
 
-def stream_body(consumer: str, hasher: str) -> list[str]:
+def stream_body(consumer: str, hasher: str, to_stdout: bool = False, watch: bool = False) -> list[str]:
     """Shell lines: curl (its config on stdin) → [tee → the hasher] → `consumer` (which reads
-    stdin; when it stops early the rest is still read, so the whole object is counted and hashed);
-    then the fetch-KEY lines; sets $failed."""
+    stdin; when it stops early the rest is still read, so the whole object is counted and hashed;
+    its output goes to stderr, or with `to_stdout` to stdout); then the fetch-KEY lines; sets
+    $failed. With `watch`, the controller can stop it (`_watched_curl`, `keepalive`)."""
     start, tee = _hashing(hasher)
+    out = "" if to_stdout else " >&2"
+    before, curl = _watched_curl() if watch else ([], f'{{ {_curl()}; echo $? > "$d/curl"; }}')
     return [
         f"d=$(mktemp -d /tmp/restore-test.XXXXXX) || exit {NO_TEMP}",
         "trap 'rm -rf \"$d\"' EXIT",
+        *before,
         *start,
-        f'{{ {_curl()}; echo $? > "$d/curl"; }} | {tee}'
-        f'{{ {consumer} >&2; echo $? > "$d/restore"; cat > /dev/null; }}',
+        f'{curl} | {tee}{{ {consumer}{out}; echo $? > "$d/restore"; cat > /dev/null; }}',
+        *([': > "$d/end"; kill "$w" 2>/dev/null'] if watch else []),
         "wait",
+        *(['[ -f "$d/stopped" ] && echo "fetch-stopped 1"'] if watch else []),
         *_report(),
     ]
 

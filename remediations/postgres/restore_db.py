@@ -46,6 +46,7 @@ from remediations.core.results import Status
 from remediations.facts.drill import CheckOutcome, checks_sql, evaluate, split
 from remediations.facts.postgres import PgTarget, human_bytes, must_ok, script
 from remediations.facts.sections import parse_sections
+from remediations.postgres import restore_db_fetch as fetch
 from remediations.postgres import restore_db_plan as plan
 from remediations.postgres import restore_db_sql as sql
 from remediations.postgres.restore_db_plan import SWAPPED, Decision, Dump, Facts, State, Writer
@@ -214,7 +215,8 @@ class RestoreDb(Remediation):
         free = found.get("df", "").strip()
         if "server" not in found or not free.isdigit():
             raise HostError(f"reading the server's facts failed: {result.tail(3) or 'no output'}", result)
-        return sql.parse_server(json.loads(found["server"].strip()), int(free)), state
+        server = sql.parse_server(json.loads(found["server"].strip()), int(free))
+        return replace(server, tools=tuple(found.get("tools", "").split())), state
 
     def _count(self, ctx: HostContext, pg: PgTarget, conf: plan.Settings, database: str) -> CheckOutcome:
         """The checks of restore-test on `database`: tables, row minimums, freshness."""
@@ -250,17 +252,24 @@ class RestoreDb(Remediation):
                 ctx.redactor.add_value(secret)
             where = store.where(conf.bucket, conf.prefix)
             found = choose_dump(store.list(conf.bucket, conf.prefix), conf.prefix, self.dump, where)
-            dump = Dump(found.key, found.size, found.modified, found.etag)
+            dump = Dump(
+                found.key, found.size, found.modified, found.etag, found.checksums, found.checksum_type
+            )
             words = dump.describe(conf.bucket, dt.datetime.now(dt.UTC))
             if plan.already_live(state, server, dump):
                 step.done(Status.OK, f"{words}: already live")
                 return store, dump, sql.DumpRead(True)
-            got = Received()
-            chunks = stoppable(store.stream(conf.bucket, dump.key, got))
-            result = stream_into(ctx.remote, sql.read_command(pg), chunks, RESTORE_TIMEOUT)
-            read = sql.parse_dump_read(result.stdout, result.stderr)
+            read, checked = None, ""
+            if fetch.host_fetches(conf, server):
+                read, checked = fetch.read(ctx, store, pg, conf, dump, server)
+                words += "" if read else f" (the database host could not fetch it: {checked}; streamed)"
+            if read is None:
+                got = Received()
+                chunks = stoppable(store.stream(conf.bucket, dump.key, got))
+                result = stream_into(ctx.remote, sql.read_command(pg), chunks, RESTORE_TIMEOUT)
+                read = sql.parse_dump_read(result.stdout, result.stderr)
+                checked = "its MD5 matches the ETag" if got.md5_checked else "the size matches Content-Length"
             if read.ok:
-                checked = "MD5 = ETag" if got.md5_checked else "size = Content-Length"
                 words += (
                     f": reads to its end ({checked}); pg_dump {read.dumped_by} of PostgreSQL "
                     f"{read.dumped_from}, {read.entries} entries ({read.data_entries} with data)"
@@ -395,8 +404,6 @@ class RestoreDb(Remediation):
             writers.stop(run.subs[writer.host], writer)
 
     def _restore(self, ctx: HostContext, run: Run) -> None:
-        from remediations.actions.s3client import Received
-
         conf, decision, dump = run.facts.conf, run.decision, run.facts.dump
         self._save(ctx, run, replace(run.state, phase=plan.RESTORING))
         for name in decision.drop_first:
@@ -407,18 +414,34 @@ class RestoreDb(Remediation):
             new = decision.new_database
             create = sql.create_sql(new, run.facts.server, sql.NEW_COMMENT + dump.key)
             self._psql(ctx, run.pg, create, f"creating {new}")
-            got = Received()
-            chunks = stoppable(run.store.stream(conf.bucket, dump.key, got))
-            command = sql.restore_command(run.pg, new, decision.single_transaction)
-            result = stream_into(ctx.remote, command, chunks, RESTORE_TIMEOUT)
-            if not result.ok:
-                raise HostError(
-                    f"pg_restore into {new} failed (exit {result.exit_code}): {result.tail(3)}; "
-                    f"{conf.database} was not touched",
-                    result,
-                )
             mode = "one transaction" if decision.single_transaction else "--exit-on-error"
-            step.done(Status.CHANGED, f"restored {human_bytes(got.received)} into {new} ({mode})")
+            server, fell_back = run.facts.server, ""
+            if fetch.host_fetches(conf, server):
+                args = (ctx, run.store, run.pg, conf, dump, server, new, decision.single_transaction)
+                done = fetch.restore(*args)
+                if not isinstance(done, str):
+                    words = f"the database host fetched {human_bytes(done[0])} from S3 ({done[1]})"
+                    step.done(Status.CHANGED, f"restored into {new} ({mode}): {words}")
+                    return
+                fell_back = f"; the database host could not fetch it ({done})"
+            step.done(Status.CHANGED, self._stream_restore(ctx, run, new) + f" ({mode}){fell_back}")
+
+    def _stream_restore(self, ctx: HostContext, run: Run, new: str) -> str:
+        """The dump streamed from S3 through the controller into pg_restore on the host."""
+        from remediations.actions.s3client import Received
+
+        conf, dump = run.facts.conf, run.facts.dump
+        got = Received()
+        chunks = stoppable(run.store.stream(conf.bucket, dump.key, got))
+        command = sql.restore_command(run.pg, new, run.decision.single_transaction)
+        result = stream_into(ctx.remote, command, chunks, RESTORE_TIMEOUT)
+        if not result.ok:
+            raise HostError(
+                f"pg_restore into {new} failed (exit {result.exit_code}): {result.tail(3)}; "
+                f"{conf.database} was not touched",
+                result,
+            )
+        return f"streamed {human_bytes(got.received)} into {new}"
 
     def _checks(self, ctx: HostContext, run: Run) -> None:
         conf, new = run.facts.conf, run.decision.new_database

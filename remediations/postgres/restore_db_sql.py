@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from remediations.actions import drill_fetch
 from remediations.facts.postgres import PgTarget, script, sql_identifier, sql_literal
 
 NEW_COMMENT = "remediations restore-db: being restored from "
@@ -39,6 +40,7 @@ class Server:
     ctype: str = ""
     connections: int = 0
     databases: tuple[str, ...] = ()  # every database's name (leftovers, old copies)
+    tools: tuple[str, ...] = ()  # of curl and python3, those the host has (its own GET of the dump)
 
     @property
     def major(self) -> int:
@@ -145,16 +147,37 @@ def facts_command(pg: PgTarget, database: str, state_path: str) -> str:
         'echo "@@server"; printf "%s\\n" "$out" | tail -n 1',
         f"dd=$(printf '%s' 'show data_directory;' | {pg.psql()})",
         'echo "@@df"; df -P -B1 -- "$dd" | awk \'NR == 2 { print $4 }\'',
+        'echo "@@tools"; for t in curl python3; do command -v "$t" >/dev/null 2>&1 && echo "$t"; done',
     )
+
+
+def read_pipeline(pg: PgTarget) -> str:
+    """Shell text: the dump on stdin read to its end by the host's pg_restore (`-f -`: the SQL it
+    would run), only the comments kept that name the versions and the entries, then `@@rc` and
+    its exit code."""
+    keep = shlex.quote(KEEP_PATTERN)
+    return "{ " + pg.shell("pg_restore", "-f", "-") + f'; echo "@@rc $?"; }} | grep -a -E {keep}'
 
 
 def read_command(pg: PgTarget) -> str:
-    """The dump on stdin read to its end by the host's pg_restore (`-f -`: the SQL it would run),
-    only the comments kept that name the versions and the entries, then `@@rc` and its exit code."""
-    return script(
-        "{ " + pg.shell("pg_restore", "-f", "-") + '; echo "@@rc $?"; } | '
-        f"grep -a -E {shlex.quote(KEEP_PATTERN)}"
-    )
+    """`read_pipeline` as a command (the dump streamed from the controller on its stdin)."""
+    return script(read_pipeline(pg))
+
+
+def host_read_command(pg: PgTarget, hasher: str, watch: bool) -> str:
+    """`read_pipeline` fed by the host's own GET (`drill_fetch`: curl with a presigned URL on its
+    stdin, the whole object counted and hashed; with `watch` a stop ends it)."""
+    return script(*drill_fetch.stream_body(read_pipeline(pg), hasher, to_stdout=True, watch=watch))
+
+
+def host_restore_command(pg: PgTarget, new: str, single: bool, hasher: str, watch: bool) -> str:
+    """`restore_command`'s pg_restore fed by the host's own GET; on any failure (a cut download
+    included, and with `watch` a stop of the run) the host drops `new` itself."""
+    options = ["--exit-on-error", *(["--single-transaction"] if single else [])]
+    restore = pg.shell("pg_restore", *options, "-d", new)
+    drop = f"printf '%s' {shlex.quote(drop_sql(new))} | {pg.psql()} >/dev/null 2>&1"
+    body = drill_fetch.stream_body(restore, hasher, watch=watch)
+    return script(*body, f'if [ "$failed" != 0 ]; then {drop}; exit 1; fi')
 
 
 # --------------------------------------------------------------------------------------------
