@@ -84,6 +84,34 @@ CRC32_PY = ("import sys,zlib,base64,functools as f;"
 HASHERS = {"crc32": f"python3 -c {shlex.quote(CRC32_PY)}", "md5": "md5sum | cut -c1-32"}
 # a dump spooled to a file for `pg_restore -j` needs its size free there, and this much more
 SPOOL_MARGIN = 64 * 1024 * 1024
+DEFAULT_JOBS = 1  # measured: see README, "How the dump gets to pg_restore"
+DEFAULT_SPOOL = "/var/tmp"
+
+
+def jobs_and_spool(host: Any, where: str) -> tuple[int, str]:
+    """`restore_jobs` (1 streams; N > 1 spools the dump to a file for `pg_restore -j N`) and
+    `restore_spool_dir`, validated (bad input names the var)."""
+    from remediations.core.errors import UsageError
+
+    jobs = host.get("restore_jobs", DEFAULT_JOBS)
+    text = str(jobs)
+    if isinstance(jobs, bool) or not text.isdigit() or not 1 <= int(text) <= 64:
+        raise UsageError(f"{where}: restore_jobs {jobs!r} must be a whole number from 1 to 64")
+    spool = str(host.get("restore_spool_dir") or DEFAULT_SPOOL)
+    if not spool.startswith("/") or any(ord(c) < 32 for c in spool):
+        raise UsageError(f"{where}: restore_spool_dir {spool!r} must be an absolute path")
+    return int(text), spool
+
+
+def checks_then_drop(pg: PgTarget, scratch: str, checks: str, drop_sql: str) -> str:
+    """Shell text run by the restore's own command once pg_restore succeeded: the checks' query
+    (its answer on a `fetch-checks` line), then, when it answered, the drop of the scratch
+    database (`fetch-dropped 1`): no round trip or connection more for either. The controller
+    evaluates the answer; when there is none it asks again and drops the database itself."""
+    return (
+        f"out=$(printf '%s' {shlex.quote(checks)} | {pg.psql(scratch)}) && echo \"fetch-checks $out\" && "
+        f"printf '%s' {shlex.quote(drop_sql)} | {pg.psql()} >/dev/null && echo 'fetch-dropped 1'"
+    )
 
 
 def keepalive(config: bytes, tick: float = 0.1) -> Iterator[bytes]:

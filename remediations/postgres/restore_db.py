@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 from remediations.actions import remote_write, writers
-from remediations.actions.pg_checks import choose_dump, stoppable, stream_into
+from remediations.actions.pg_checks import choose_dump
 from remediations.core import interrupt, validate
 from remediations.core.args import Arg, args
 from remediations.core.context import HostContext
@@ -244,7 +244,7 @@ class RestoreDb(Remediation):
     ) -> tuple[Any, Dump, sql.DumpRead]:
         """The dump to restore, read to its end by the host's pg_restore (unless production already
         holds it: then there is nothing to read it for)."""
-        from remediations.actions.s3client import Received, S3Store
+        from remediations.actions.s3client import S3Store
 
         with ctx.step("dump") as step:
             store = S3Store(ctx.host.vars)
@@ -259,16 +259,8 @@ class RestoreDb(Remediation):
             if plan.already_live(state, server, dump):
                 step.done(Status.OK, f"{words}: already live")
                 return store, dump, sql.DumpRead(True)
-            read, checked = None, ""
-            if fetch.host_fetches(conf, server):
-                read, checked = fetch.read(ctx, store, pg, conf, dump, server)
-                words += "" if read else f" (the database host could not fetch it: {checked}; streamed)"
-            if read is None:
-                got = Received()
-                chunks = stoppable(store.stream(conf.bucket, dump.key, got))
-                result = stream_into(ctx.remote, sql.read_command(pg), chunks, RESTORE_TIMEOUT)
-                read = sql.parse_dump_read(result.stdout, result.stderr)
-                checked = "its MD5 matches the ETag" if got.md5_checked else "the size matches Content-Length"
+            read, checked, note = fetch.read_dump(ctx, store, pg, conf, dump, server)
+            words += note
             if read.ok:
                 words += (
                     f": reads to its end ({checked}); pg_dump {read.dumped_by} of PostgreSQL "
@@ -424,24 +416,10 @@ class RestoreDb(Remediation):
                     step.done(Status.CHANGED, f"restored into {new} ({mode}): {words}")
                     return
                 fell_back = f"; the database host could not fetch it ({done})"
-            step.done(Status.CHANGED, self._stream_restore(ctx, run, new) + f" ({mode}){fell_back}")
-
-    def _stream_restore(self, ctx: HostContext, run: Run, new: str) -> str:
-        """The dump streamed from S3 through the controller into pg_restore on the host."""
-        from remediations.actions.s3client import Received
-
-        conf, dump = run.facts.conf, run.facts.dump
-        got = Received()
-        chunks = stoppable(run.store.stream(conf.bucket, dump.key, got))
-        command = sql.restore_command(run.pg, new, run.decision.single_transaction)
-        result = stream_into(ctx.remote, command, chunks, RESTORE_TIMEOUT)
-        if not result.ok:
-            raise HostError(
-                f"pg_restore into {new} failed (exit {result.exit_code}): {result.tail(3)}; "
-                f"{conf.database} was not touched",
-                result,
+            streamed = fetch.stream_restore(
+                ctx, run.store, run.pg, conf, dump, new, decision.single_transaction
             )
-        return f"streamed {human_bytes(got.received)} into {new}"
+            step.done(Status.CHANGED, f"{streamed} ({mode}){fell_back}")
 
     def _checks(self, ctx: HostContext, run: Run) -> None:
         conf, new = run.facts.conf, run.decision.new_database

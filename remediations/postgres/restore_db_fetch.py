@@ -11,9 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 from remediations.actions import drill_fetch
+from remediations.actions.pg_checks import stoppable, stream_into
+from remediations.actions.s3client import Received
 from remediations.core.context import HostContext
 from remediations.core.errors import CommandResult, HostError
-from remediations.facts.postgres import PgTarget
+from remediations.facts.postgres import PgTarget, human_bytes
 from remediations.postgres import restore_db_sql as sql
 from remediations.postgres.restore_db_plan import Dump, Settings
 
@@ -59,7 +61,7 @@ def _not_fetched(conf: Settings, got: drill_fetch.Fetched, result: CommandResult
     return why
 
 
-def read(
+def host_read(
     ctx: HostContext, store: Any, pg: PgTarget, conf: Settings, dump: Dump, server: sql.Server
 ) -> tuple[sql.DumpRead | None, str]:
     """(what the host's pg_restore made of the whole dump, what the object was checked against);
@@ -92,3 +94,38 @@ def restore(
         why = problem or f"exit {got.restore}: {result.tail(3)}"
         raise HostError(f"pg_restore into {new} failed ({why}); {conf.database} was not touched", result)
     return got.bytes, checked
+
+
+def read_dump(
+    ctx: HostContext, store: Any, pg: PgTarget, conf: Settings, dump: Dump, server: sql.Server
+) -> tuple[sql.DumpRead, str, str]:
+    """The preflight's full read: by the host's own GET when it may (`host_fetches`), else (or when
+    the host got none of the dump) streamed from the controller. (the read, what the object was
+    checked against, a note for the step's message)."""
+    note = ""
+    if host_fetches(conf, server):
+        read, checked = host_read(ctx, store, pg, conf, dump, server)
+        if read is not None:
+            return read, checked, ""
+        note = f" (the database host could not fetch it: {checked}; streamed)"
+    got = Received()
+    chunks = stoppable(store.stream(conf.bucket, dump.key, got))
+    result = stream_into(ctx.remote, sql.read_command(pg), chunks, TIMEOUT)
+    checked = "its MD5 matches the ETag" if got.md5_checked else "the size matches Content-Length"
+    return sql.parse_dump_read(result.stdout, result.stderr), checked, note
+
+
+def stream_restore(
+    ctx: HostContext, store: Any, pg: PgTarget, conf: Settings, dump: Dump, new: str, single: bool
+) -> str:
+    """The dump streamed from S3 through the controller into pg_restore on the host."""
+    got = Received()
+    chunks = stoppable(store.stream(conf.bucket, dump.key, got))
+    result = stream_into(ctx.remote, sql.restore_command(pg, new, single), chunks, TIMEOUT)
+    if not result.ok:
+        raise HostError(
+            f"pg_restore into {new} failed (exit {result.exit_code}): {result.tail(3)}; "
+            f"{conf.database} was not touched",
+            result,
+        )
+    return f"streamed {human_bytes(got.received)} into {new}"

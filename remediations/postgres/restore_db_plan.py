@@ -12,8 +12,6 @@ repeatable and an interrupted one recoverable:
     live       the last restore that finished: its dump (key, ETag), the database's oid, when
 """
 
-
-
 from __future__ import annotations
 
 import datetime as dt

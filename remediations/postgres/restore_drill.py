@@ -37,7 +37,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-import shlex
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -79,8 +78,6 @@ NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 RESTORE_TIMEOUT = 6 * 3600
 FETCH_MODES = ("auto", "host", "controller")
 URL_SECONDS = 120  # a presigned URL's life: the host's GET starts within it
-DEFAULT_JOBS = 1  # measured: see README, "How the dump gets to pg_restore"
-DEFAULT_SPOOL = "/var/tmp"
 
 
 # --------------------------------------------------------------------------------------------
@@ -101,7 +98,7 @@ class Settings:
     notify_success: bool
     fetch: str = "auto"  # who downloads the dump: the restore host (presigned URL) or the controller
     jobs: int = 1  # pg_restore -j: > 1 downloads the dump to a file on the host first (restore_jobs)
-    spool: str = DEFAULT_SPOOL  # where that file goes (restore_spool_dir)
+    spool: str = drill_fetch.DEFAULT_SPOOL  # where that file goes (restore_spool_dir)
 
 
 def settings(host: Host) -> Settings:
@@ -122,17 +119,7 @@ def settings(host: Host) -> Settings:
     fetch = str(host.get("restore_fetch") or "auto")
     if fetch not in FETCH_MODES:
         raise UsageError(f"{where}: restore_fetch {fetch!r} must be one of {', '.join(FETCH_MODES)}")
-    jobs = host.get("restore_jobs", DEFAULT_JOBS)
-    if (
-        isinstance(jobs, bool)
-        or not isinstance(jobs, int | str)
-        or not str(jobs).isdigit()
-        or not (1 <= int(jobs) <= 64)
-    ):
-        raise UsageError(f"{where}: restore_jobs {jobs!r} must be a whole number from 1 to 64")
-    spool = str(host.get("restore_spool_dir") or DEFAULT_SPOOL)
-    if not spool.startswith("/") or any(c in spool for c in "\n\r\t"):
-        raise UsageError(f"{where}: restore_spool_dir {spool!r} must be an absolute path")
+    jobs, spool = drill_fetch.jobs_and_spool(host, where)
     return Settings(
         fetch=fetch,
         jobs=int(jobs),
@@ -181,17 +168,6 @@ def restore_command(pg: PgTarget, scratch: str, after: str = "") -> str:
     body = f"failed=0; {restore} || failed=1"
     lines = drill_fetch.create_then(pg, create_sql(scratch), drop_sql(scratch), body)
     return script(*lines, *([after] if after else []))
-
-
-def checks_then_drop(pg: PgTarget, scratch: str, checks: str) -> str:
-    """Shell text run by the restore's own command once pg_restore succeeded: the checks' query
-    (its answer on a `fetch-checks` line), then, when it answered, the drop of the scratch
-    database (`fetch-dropped 1`): no round trip or connection more for either. The controller
-    evaluates the answer; when there is none it asks again and drops the database itself."""
-    return (
-        f"out=$(printf '%s' {shlex.quote(checks)} | {pg.psql(scratch)}) && echo \"fetch-checks $out\" && "
-        f"printf '%s' {shlex.quote(drop_sql(scratch))} | {pg.psql()} >/dev/null && echo 'fetch-dropped 1'"
-    )
 
 
 def facts_command(pg: PgTarget) -> str:
@@ -493,7 +469,9 @@ class RestoreTest(Remediation):
     def _after(self, drill: Drill) -> str:
         """The checks and the drop, run by the restore's own command (`checks_then_drop`)."""
         checks = checks_sql(list(drill.conf.tables), drill.conf.freshness)
-        return checks_then_drop(drill.pg, drill.conf.scratch, checks)
+        return drill_fetch.checks_then_drop(
+            drill.pg, drill.conf.scratch, checks, drop_sql(drill.conf.scratch)
+        )
 
     def _ran_checks(self, drill: Drill, got: drill_fetch.Fetched) -> None:
         """The checks' answer the restore's command printed; a scratch database it dropped is no
