@@ -5,12 +5,14 @@ ones) that record what they read."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import getpass
 import hashlib
 import http.server
 import os
 import subprocess
 import threading
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from remediations.actions import drill_fetch
-from remediations.facts.postgres import PgTarget
+from remediations.facts.postgres import PgTarget, script
+from remediations.postgres import restore_db_sql
 
 DUMP = os.urandom(3 * 1024 * 1024 + 17)
 
@@ -29,6 +32,7 @@ class Server(http.server.ThreadingHTTPServer):
     crc32 = base64.b64encode(zlib.crc32(DUMP).to_bytes(4, "big")).decode()
     status = 200
     cut_after = 0  # close the connection after this many body bytes (0: send all)
+    slow = 0.0  # seconds between 64 KiB pieces of the body (0: all at once)
     asked: list[str] = []  # each GET's x-amz-checksum-mode header
 
 
@@ -49,7 +53,17 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if self.headers.get("x-amz-checksum-mode") == "ENABLED":  # as S3 answers
             self.send_header("x-amz-checksum-crc32", server.crc32)
         self.end_headers()
-        self.wfile.write(server.body[: server.cut_after] if server.cut_after else server.body)
+        body = server.body[: server.cut_after] if server.cut_after else server.body
+        if not server.slow:
+            self.wfile.write(body)
+            return
+        for at in range(0, len(body), 65536):
+            try:
+                self.wfile.write(body[at : at + 65536])
+                self.wfile.flush()
+            except OSError:
+                return
+            time.sleep(server.slow)
 
     def log_message(self, *args: object) -> None:
         pass
@@ -271,3 +285,71 @@ def test_with_jobs_and_no_room_to_spool_the_dump_streams(server: Server, tools: 
 )
 def test_choose_hash(etag: str, algorithms: tuple[str, ...], kind: str, python: bool, hasher: str) -> None:
     assert drill_fetch.choose_hash(etag, algorithms, kind, python) == hasher
+
+
+def watched(tools: Path, server: Server, stop_after: int) -> tuple[int, drill_fetch.Fetched, str]:
+    """restore-db's watched restore command fed as `keepalive` feeds it: the config, then a line
+    a tick; the feed ends (as when the run is stopped) once pg_restore got `stop_after` bytes
+    (0: never, the command ends by itself)."""
+    pg = PgTarget(os_user=getpass.getuser(), bin_dir=str(tools))
+    command = restore_db_sql.host_restore_command(pg, "shop_restore_x", True, "md5", watch=True)
+    proc = subprocess.Popen(["sh", "-c", command], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdin is not None
+    proc.stdin.write(drill_fetch.curl_config(url_of(server)).decode())
+    proc.stdin.flush()
+    restored = tools.parent / "restored"
+    deadline = time.monotonic() + 30
+    while proc.poll() is None and time.monotonic() < deadline:
+        if stop_after and restored.exists() and restored.stat().st_size >= stop_after:
+            break
+        try:
+            proc.stdin.write("\n")
+            proc.stdin.flush()
+        except BrokenPipeError:
+            break
+        time.sleep(0.05)
+    with contextlib.suppress(BrokenPipeError):
+        proc.stdin.close()
+    proc.stdin = None
+    out, err = proc.communicate(timeout=30)
+    return proc.returncode, drill_fetch.parse(out), err
+
+
+def test_a_watched_fetch_runs_to_its_end_while_the_feed_goes_on(server: Server, tools: Path) -> None:
+    code, got, err = watched(tools, server, 0)
+    assert code == 0, err
+    assert got.curl == 0 and got.restore == 0 and got.sum == server.etag
+    assert (tools.parent / "restored").read_bytes() == DUMP
+    log = tools.parent / "sql.log"
+    assert not log.exists() or "drop database" not in log.read_text()
+
+
+def test_a_watched_fetch_whose_feed_ends_kills_curl_and_drops_the_new_database(
+    server: Server, tools: Path
+) -> None:
+    server.slow = 0.05  # 3 MiB in about 2.5 s
+    started = time.monotonic()
+    code, got, err = watched(tools, server, 256 * 1024)
+    assert code == 1 and time.monotonic() - started < 10, err
+    assert got.curl != 0 and len((tools.parent / "restored").read_bytes()) < len(DUMP)
+    assert 'drop database if exists "shop_restore_x"' in (tools.parent / "sql.log").read_text()
+
+
+def test_the_curl_config_is_read_from_stdin_never_a_command_line(tools: Path) -> None:
+    body = drill_fetch.stream_body("cat", "", watch=True)
+    assert "-K \"$d/k\"" in script(*body) and "X-Amz" not in script(*body)
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"), [(1, True), ("4", True), (0, False), (65, False), ("two", False), (True, False), (2.5, False)]
+)
+def test_restore_jobs_is_validated(value: object, ok: bool) -> None:
+    from remediations.core.errors import UsageError
+
+    host = {"restore_jobs": value}
+    if ok:
+        assert drill_fetch.jobs_and_spool(host, "inv: host h")[0] == int(str(value))
+    else:
+        with pytest.raises(UsageError, match="restore_jobs"):
+            drill_fetch.jobs_and_spool(host, "inv: host h")
