@@ -16,6 +16,7 @@ import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -33,7 +34,7 @@ class Server(http.server.ThreadingHTTPServer):
     status = 200
     cut_after = 0  # close the connection after this many body bytes (0: send all)
     slow = 0.0  # seconds between 64 KiB pieces of the body (0: all at once)
-    asked: list[str] = []  # each GET's x-amz-checksum-mode header
+    asked: ClassVar[list[str]] = []  # each GET's x-amz-checksum-mode header (reset per server)
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -342,7 +343,8 @@ def test_the_curl_config_is_read_from_stdin_never_a_command_line(tools: Path) ->
 
 
 @pytest.mark.parametrize(
-    ("value", "ok"), [(1, True), ("4", True), (0, False), (65, False), ("two", False), (True, False), (2.5, False)]
+    ("value", "ok"),
+    [(1, True), ("4", True), (0, False), (65, False), ("two", False), (True, False), (2.5, False)],
 )
 def test_restore_jobs_is_validated(value: object, ok: bool) -> None:
     from remediations.core.errors import UsageError
