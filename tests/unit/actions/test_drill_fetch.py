@@ -16,7 +16,6 @@ import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import ClassVar
 
 import pytest
 
@@ -34,7 +33,7 @@ class Server(http.server.ThreadingHTTPServer):
     status = 200
     cut_after = 0  # close the connection after this many body bytes (0: send all)
     slow = 0.0  # seconds between 64 KiB pieces of the body (0: all at once)
-    asked: ClassVar[list[str]] = []  # each GET's x-amz-checksum-mode header (reset per server)
+    asked: list[str]  # each GET's x-amz-checksum-mode header (set by the fixture)
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
