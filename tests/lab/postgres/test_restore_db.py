@@ -167,7 +167,8 @@ def test_check_mode_and_a_run_without_yes_change_nothing(
     ran = run(tmp_path, audit, "--dump", dumps["good"], "--check")
     assert ran.code == 0, ran.stdout + ran.stderr
     got = steps(ran)
-    assert got["dump"]["status"] == "ok" and "reads to its end (MD5 = ETag)" in got["dump"]["message"]
+    assert got["dump"]["status"] == "ok"
+    assert "reads to its end (its CRC32 matches S3's x-amz-checksum-crc32)" in got["dump"]["message"]
     assert "stop api1:api, api1:worker, api2:api, api2:worker" in got["stop"]["message"]
     assert got["restore"]["message"].startswith("would restore it into a new database shop_restore_")
     assert "rename shop to shop_old_" in got["swap"]["message"] and "(kept)" in got["swap"]["message"]
@@ -192,6 +193,7 @@ def test_restore_brings_the_rows_back_keeps_the_old_database_and_restarts_the_wr
     ran = run(tmp_path, audit, "--dump", dumps["good"], "--yes")
     assert ran.code == 0, ran.stdout + ran.stderr
     assert count("orders") == dumps["orders"]
+    assert "the database host fetched" in steps(ran)["restore"]["message"], "its own GET, not the stream"
     olds = [n for n in db_names() if n.startswith("shop_old_")]
     assert len(olds) == 1 and count("orders", db=olds[0]) == damaged, "the old database is kept, renamed"
     assert pglab.sql("db1", f"select oid from pg_database where datname = '{olds[0]}'") == oid
