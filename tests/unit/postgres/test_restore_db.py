@@ -176,7 +176,8 @@ def test_the_dump_read_parses_the_listing_of_pg_restore_l() -> None:
         "@@rc 0",
     ])  # fmt: skip
     read = sql.parse_dump_read(out, "")
-    assert read == DumpRead(True, "", "15.18 (Debian 15.18-0+deb12u1)", "15.18 (Debian 15.18-0+deb12u1)", 3, 1)
+    version = "15.18 (Debian 15.18-0+deb12u1)"
+    assert read == DumpRead(True, "", version, version, 3, 1)
     assert not sql.parse_dump_read(out.replace("@@rc 0", "@@rc 1"), "pg_restore: error: x\n").ok
 
 
