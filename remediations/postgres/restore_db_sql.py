@@ -187,13 +187,17 @@ def host_read_command(pg: PgTarget, hasher: str, watch: bool) -> str:
 
 
 def host_restore_command(pg: PgTarget, new: str, single: bool, hasher: str, watch: bool) -> str:
-    """`restore_command`'s pg_restore fed by the host's own GET; on any failure (a cut download
-    included, and with `watch` a stop of the run) the host drops `new` itself."""
+    """`restore_command`'s pg_restore fed by the host's own GET; on any failure once some of the
+    dump came (a cut download included, and with `watch` a stop of the run) the host drops `new`
+    itself."""
     options = ["--exit-on-error", *(["--single-transaction"] if single else [])]
     restore = pg.shell("pg_restore", *options, "-d", new)
     drop = f"printf '%s' {shlex.quote(drop_sql(new))} | {pg.psql()} >/dev/null 2>&1"
     body = drill_fetch.stream_body(restore, hasher, watch=watch)
-    return script(*body, f'if [ "$failed" != 0 ]; then {drop}; exit 1; fi')
+    # when the host got none of the dump, pg_restore touched nothing: `new` stays for the
+    # controller's stream (or its rollback)
+    got_some = '{ [ "$(cat "$d/curl")" = 0 ] || ! grep -q "^fetch-bytes 0$" "$d/err"; }'
+    return script(*body, f'if [ "$failed" != 0 ]; then {got_some} && {drop}; exit 1; fi')
 
 
 # --------------------------------------------------------------------------------------------

@@ -354,3 +354,16 @@ def test_restore_jobs_is_validated(value: object, ok: bool) -> None:
     else:
         with pytest.raises(UsageError, match="restore_jobs"):
             drill_fetch.jobs_and_spool(host, "inv: host h")
+
+
+def test_restore_dbs_host_restore_keeps_the_new_database_when_it_got_none_of_the_dump(tools: Path) -> None:
+    """The host's GET reached nothing (the controller then streams the dump into the database it
+    made): the host does not drop it."""
+    pg = PgTarget(os_user=getpass.getuser(), bin_dir=str(tools))
+    command = restore_db_sql.host_restore_command(pg, "shop_restore_x", True, "md5", watch=False)
+    done = subprocess.run(["sh", "-c", command], input=drill_fetch.curl_config("http://127.0.0.1:9/b/d").decode(),
+                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    got = drill_fetch.parse(done.stdout)
+    assert done.returncode == 1 and drill_fetch.not_fetched(got)
+    log = tools.parent / "sql.log"
+    assert not log.exists() or "drop database" not in log.read_text()
