@@ -105,9 +105,13 @@ def main() -> None:
         inv = inventory(Path(folder))
         try:
             for n in range(args.rounds):
+                if n % 2:  # A B, then B A: a load that rises or falls favours neither side
+                    reset()
+                    ours.append(restore_db_round(inv))
                 raw.append(drill.raw_round())
-                reset()
-                ours.append(restore_db_round(inv))
+                if not n % 2:
+                    reset()
+                    ours.append(restore_db_round(inv))
                 print(f"round {n + 1}: raw pg_restore {raw[-1]:.1f} s, inv restore-db (RTO) "
                       f"{ours[-1]:.1f} s; load average {drill.load()}", flush=True)  # fmt: skip
         finally:

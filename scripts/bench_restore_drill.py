@@ -342,7 +342,8 @@ def main() -> None:
             side: drill_inventory(Path(folder), side) for side in {*sides, "ctl"} if is_drill(side)
         }
         for n in range(args.rounds):
-            for side in sides:
+            # A B C, then C B A: a load that rises or falls through a round favours no side
+            for side in sides if n % 2 == 0 else sides[::-1]:
                 if is_drill(side):
                     print(f"  {side}:", flush=True)
                     times[side].append(drill_round(ROOT, inventories[side]))
