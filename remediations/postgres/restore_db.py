@@ -72,6 +72,7 @@ class Run:
     touched: bool = False  # the record says a run is in progress: a failure from here rolls back
     swapped: bool = False
     new_oid: int = 0
+    stream: bool = False  # the host's own GET got none of the dump in the preflight: stream it
 
 
 class RestoreDb(Remediation):
@@ -133,6 +134,7 @@ class RestoreDb(Remediation):
         self.yes, self.abort = yes, abort
         self._inventory: Inventory | None = None
         self._writers: dict[str, list[tuple[Host, list[str]]]] = {}
+        self._notes: dict[str, str] = {}  # host name -> how its preflight read went, when not as asked
 
     def arguments(self) -> dict[str, Any]:
         return {
@@ -193,7 +195,9 @@ class RestoreDb(Remediation):
             store, dump, read = self._dump(ctx, pg, conf, state, server)
         found = tuple(writers.gather(subs, self._writers[ctx.host.name]))
         facts = Facts(conf, server, state, dump, read, found, dt.datetime.now(dt.UTC))
-        return Run(facts, plan.decide(facts, self.abort), pg, store, subs, before, state)
+        made = Run(facts, plan.decide(facts, self.abort), pg, store, subs, before, state)
+        made.stream = "could not fetch it" in self._notes.pop(ctx.host.name, "")
+        return made
 
     def _open_recorded(
         self, ctx: HostContext, subs: dict[str, HostContext], stack: ExitStack, state: State
@@ -261,6 +265,7 @@ class RestoreDb(Remediation):
                 return store, dump, sql.DumpRead(True)
             read, checked, note = fetch.read_dump(ctx, store, pg, conf, dump, server)
             words += note
+            self._notes[ctx.host.name] = note
             if read.ok:
                 words += (
                     f": reads to its end ({checked}); pg_dump {read.dumped_by} of PostgreSQL "
@@ -408,7 +413,7 @@ class RestoreDb(Remediation):
             self._psql(ctx, run.pg, create, f"creating {new}")
             mode = "one transaction" if decision.single_transaction else "--exit-on-error"
             server, fell_back = run.facts.server, ""
-            if fetch.host_fetches(conf, server):
+            if fetch.host_fetches(conf, server) and not run.stream:  # not twice a GET that gets nothing
                 args = (ctx, run.store, run.pg, conf, dump, server, new, decision.single_transaction)
                 done = fetch.restore(*args)
                 if not isinstance(done, str):

@@ -293,8 +293,10 @@ def test_sigterm_mid_restore_rolls_back_and_a_killed_run_is_rolled_back_or_finis
     s3_host, s3_port = labhosts.S3_ENDPOINT.removeprefix("http://").split(":")
     proxy = Proxy((s3_host, int(s3_port)))
     proxy.rate = 1024 * 1024
-    # its own file: run() rewrites rdb.yml without the proxy
-    slow = inventory(tmp_path, "slow.yml", s3_endpoint_url=proxy.url)
+    # its own file: run() rewrites rdb.yml without the proxy; the controller streams (db1 cannot
+    # reach the proxy on the controller's loopback: test_sigterm_while_the_host_fetches… is the
+    # host's own GET)
+    slow = inventory(tmp_path, "slow.yml", s3_endpoint_url=proxy.url, restore_fetch="controller")
     oid, orders, names = shop_oid(), count("orders"), db_names()
     try:
         proc = start_inv(slow, audit, "--dump", dumps["big"], "--yes")
