@@ -2,8 +2,9 @@
 """Benchmark: the RTO of `inv restore-db` (start to the writers healthy) next to a raw `pg_restore` of
 the same dump, in one run.
 
-The dump is bench_restore_drill's (pg_dump -Fc -Z 0 of a generated table of at least --gib GiB, kept
-on dbrestore as a file and in the lab's S3 in one PUT; made when missing, never removed here). On
+The dump is bench_restore_drill's (pg_dump -Fc -Z 0 of a generated shop of four tables with their
+keys and indexes, at least --gib GiB, kept on dbrestore as a file and in the lab's S3 in one PUT;
+made when missing, never removed here: bench_restore_drill.py --clean-only removes it). On
 dbrestore (no WAL archive: the restore's WAL costs no S3 upload) a database `rmbench_prod` plays
 production, with api1's `api` and `worker` as its writers. Rounds interleave the sides:
 
@@ -14,8 +15,9 @@ production, with api1's `api` and `worker` as its writers. Rounds interleave the
                 transaction, the checks, the swap, starting the writers and waiting until healthy)
 
 Between rounds production is put back (the restored copy and the kept old one dropped, the record
-removed, the writers up). Each round restores the dump twice over the wire (the preflight reads it to
-its end before anything stops), so the RTO is about one streamed read more than a restore.
+removed, the writers up). Each round reads the dump twice (the preflight reads it to its end before
+anything stops; the database host fetches it both times), so the RTO is about one read more than a
+restore. Each round prints restore-db's steps and their wall times (from --json).
 
 Usage (root; the lab up; under the lab's lock):
     .venv/bin/python scripts/bench_restore_db.py [--gib 1] [--rounds 1]
@@ -24,6 +26,7 @@ Usage (root; the lab up; under the lab's lock):
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -50,8 +53,8 @@ COMPOSE = ["docker", "compose", "-p", "shop", "-f", "/srv/shop/compose.yaml"]
 def inventory(folder: Path) -> Path:
     data = yaml.safe_load((ROOT / "inventories" / "lab.yml").read_text())
     body = data["all"]["children"]["restore"]["hosts"][drill.HOST]
-    body.update({"dump_s3_prefix": "bench-restore/", "restore_check_tables": {"bench_rows": 1},
-                 "restore_freshness_column": "", "restore_db_database": PROD,
+    body.update({"dump_s3_prefix": "bench-restore/", "restore_check_tables": drill.TABLES,
+                 "restore_freshness_column": drill.FRESHNESS, "restore_db_database": PROD,
                  "restore_db_writers": {"api1": ["api", "worker"]}})  # fmt: skip
     path = folder / "bench.yml"
     path.write_text(yaml.safe_dump(data))
@@ -65,8 +68,8 @@ def reset() -> None:
         if name == PROD or name.startswith((f"{PROD}_old_", f"{PROD}_restore_")):
             drill.sql(f'drop database "{name}" with (force)')
     drill.sql(f"create database {PROD}")
-    drill.sql("create table bench_rows (id bigint primary key, payload text not null); "
-              "insert into bench_rows values (1, 'before')", db=PROD)  # fmt: skip
+    drill.sql("create table customers (id bigint primary key, email text not null); "
+              "insert into customers values (1, 'before@example.com')", db=PROD)  # fmt: skip
     lab.exec_on(drill.HOST, ["rm", "-f", STATE])
     lab.exec_on("api1", [*COMPOSE, "up", "-d", "--wait"], timeout=120)
 
@@ -75,14 +78,18 @@ def restore_db_round(inv: Path) -> float:
     env = {**os.environ, **drill.AWS_ENV, "PYTHONPATH": str(ROOT), "NO_COLOR": "1",
            "REMEDIATIONS_AUDIT_LOG": str(inv.parent / "audit.jsonl")}  # fmt: skip
     argv = [sys.executable, "-m", "invoke", "restore-db", "--host", drill.HOST, "--dump", drill.KEY, "--yes",
-            "--inventory", str(inv)]  # fmt: skip
+            "--inventory", str(inv), "--json"]  # fmt: skip
     t0 = time.monotonic()
     done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, check=False,
                           stdin=subprocess.DEVNULL)  # fmt: skip
     took = time.monotonic() - t0
     if done.returncode != 0:
         sys.exit(f"restore-db failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-2000:]}")
-    print(done.stdout.strip().splitlines()[0][:300], flush=True)
+    steps = json.loads(done.stdout)["hosts"][0]["steps"]
+    print("    steps: " + ", ".join(f"{s['step']} {s['duration']:.2f}" for s in steps), flush=True)
+    for step in steps:
+        if step["step"] in ("dump", "restore"):
+            print(f"    {step['step']}: {step['message'][:300]}", flush=True)
     return took
 
 
@@ -98,11 +105,15 @@ def main() -> None:
         inv = inventory(Path(folder))
         try:
             for n in range(args.rounds):
+                if n % 2:  # A B, then B A: a load that rises or falls favours neither side
+                    reset()
+                    ours.append(restore_db_round(inv))
                 raw.append(drill.raw_round())
-                reset()
-                ours.append(restore_db_round(inv))
-                print(f"round {n + 1}: raw pg_restore {raw[-1]:.1f} s, inv restore-db (RTO) {ours[-1]:.1f} s",
-                      flush=True)  # fmt: skip
+                if not n % 2:
+                    reset()
+                    ours.append(restore_db_round(inv))
+                print(f"round {n + 1}: raw pg_restore {raw[-1]:.1f} s, inv restore-db (RTO) "
+                      f"{ours[-1]:.1f} s; load average {drill.load()}", flush=True)  # fmt: skip
         finally:
             reset()
             drill.sql(f"drop database if exists {PROD} with (force)")

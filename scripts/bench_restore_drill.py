@@ -1,19 +1,24 @@
 #!/usr/bin/env python3
 """Benchmark: `inv restore-test` end to end next to a raw `pg_restore` of the same dump, in one run.
 
-The dump (pg_dump -Fc of a generated table, at least --gib GiB) is made on the lab's restore host
-(dbrestore: no WAL archive, so the generation costs no S3 upload) and kept there as a file, the
-raw side's input; the same bytes are uploaded to the lab's S3 (moto) in one PUT (its ETag is its
-MD5, so the drill checks it). Rounds interleave the sides so machine noise hits both alike:
+The dump (pg_dump -Fc of a generated shop: customers, orders, order_items, events, each with its
+primary key, foreign keys and secondary indexes; at least --gib GiB) is made on the lab's restore
+host (dbrestore: no WAL archive, so the generation costs no S3 upload) and kept there as a file,
+the raw side's input; the same bytes are uploaded to the lab's S3 (moto) in one PUT under
+bench-restore/ (boto3 sends its CRC32, which S3 keeps; its ETag is its MD5). Rounds interleave
+the sides so machine noise hits both alike:
 
     raw     createdb, then `pg_restore --exit-on-error --no-owner --no-acl -d DB FILE` on dbrestore
             (timed: pg_restore alone), then dropdb
+    raw-jN  the same with `pg_restore -j N FILE`
     piped   the same with `cat FILE | pg_restore …`: what pg_restore costs reading a pipe
     curl    the same with `curl URL | pg_restore …` on the host (a presigned URL on curl's stdin):
             the floor of a host-side fetch
     file-jN option (b): `curl URL -o FILE; pg_restore -j N FILE` on the host (timed: both)
     host    `inv restore-test --dump KEY` (timed: the whole process: start, facts, listing, create,
             the restore, the checks, the drop), restore_fetch: host (the host fetches the dump)
+    host-jN the same with restore_jobs: N (the host downloads the dump to a file, checks it, then
+            pg_restore -j N)
     ctl     the same with restore_fetch: controller (S3 → controller → SSH stdin → pg_restore)
     old     (with --old DIR, e.g. a `git archive` of main) the same `inv restore-test` from DIR
 
@@ -58,20 +63,53 @@ from lab import hosts as lab  # noqa: E402
 HOST = "dbrestore"
 SOURCE_DB = "rmbench_source"
 RAW_DB = "rmbench_raw"
-KEY = "bench-restore/rmbench.dump"
-DUMP_ON_HOST = "/var/lib/postgresql/rmbench.dump"
-DUMP_HERE = lab.LAB_ROOT / "hosts" / HOST / "postgresql" / "rmbench.dump"
+KEY = "bench-restore/rmbench-shop.dump"
+DUMP_ON_HOST = "/var/lib/postgresql/rmbench-shop.dump"
+DUMP_HERE = lab.LAB_ROOT / "hosts" / HOST / "postgresql" / "rmbench-shop.dump"
+OLD_DUMPS = ("rmbench.dump",)  # an earlier version's single-table dump: removed when this one is made
 BIN = f"/usr/lib/postgresql/{lab.PG_VERSION}/bin"
-ROW_BYTES = 264  # bytes per row in the dump (8 md5s of text, the id, the COPY framing), measured
-FILL_SQL = """create table bench_rows (id bigint primary key, payload text not null);
-insert into bench_rows select g, PAYLOAD from generate_series(1, ROWS) g;
+# rows per GiB of dump (about 1.05 GB of COPY text per GiB asked), measured
+ROWS_PER_GIB = {"customers": 1_100_000, "orders": 4_400_000, "order_items": 11_000_000, "events": 1_550_000}
+TABLES = {name: 1 for name in ROWS_PER_GIB}  # the drill's restore_check_tables
+FRESHNESS = "events.at"
+FILL_SQL = """
+create table customers (id bigint primary key, email text not null, name text not null,
+  created_at timestamptz not null);
+insert into customers select g, 'c' || g || '@example.com', md5(g::text),
+  now() - (g % 1000000) * interval '1 minute' from generate_series(1, {customers}) g;
+create unique index customers_email on customers (email);
+create table orders (id bigint primary key, customer_id bigint not null, created_at timestamptz not null,
+  status text not null, total numeric(12, 2) not null);
+insert into orders select g, 1 + g % {customers}, now() - (g % 500000) * interval '1 minute',
+  (array['new', 'paid', 'shipped', 'done'])[1 + g % 4], (g % 100000) / 100.0
+  from generate_series(1, {orders}) g;
+alter table orders add foreign key (customer_id) references customers;
+create index orders_customer on orders (customer_id);
+create index orders_created on orders (created_at);
+create table order_items (id bigint primary key, order_id bigint not null, sku text not null,
+  qty int not null, price numeric(10, 2) not null);
+insert into order_items select g, 1 + g % {orders}, 'SKU-' || (g % 50000), 1 + g % 5, (g % 10000) / 100.0
+  from generate_series(1, {order_items}) g;
+alter table order_items add foreign key (order_id) references orders;
+create index order_items_order on order_items (order_id);
+create table events (id bigint primary key, at timestamptz not null, kind text not null,
+  payload text not null);
+insert into events select g, now() - (g % 86400) * interval '1 second', 'k' || (g % 20),
+  md5(g::text) || md5((g + 1)::text) || md5((g + 2)::text) || md5((g + 3)::text) || md5((g + 4)::text)
+  || md5((g + 5)::text) from generate_series(1, {events}) g;
+create index events_at on events (at);
 """
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "AKIDLABTEST", "AWS_SECRET_ACCESS_KEY": "lab-test-secret-key",
            "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
 
 
-DRILLS = {"host": "host", "ctl": "controller"}  # side: restore_fetch
-LABELS = {"raw": "raw pg_restore (file on the host)", "piped": "cat FILE | pg_restore (on the host)",
+def is_drill(side: str) -> bool:
+    return side in ("host", "ctl") or side.startswith("host-j")
+
+
+LABELS = {"raw": "raw pg_restore (file on the host)", "raw-j2": "raw pg_restore -j 2 (file on the host)",
+          "file-j2": "curl -o FILE; pg_restore -j 2 FILE (host)",
+          "host-j2": "inv restore-test, restore_jobs 2", "piped": "cat FILE | pg_restore (on the host)",
           "curl": "curl URL | pg_restore (on the host)", "host": "inv restore-test (the host fetches)",
           "ctl": "inv restore-test (streamed by the controller)"}  # fmt: skip
 
@@ -103,7 +141,7 @@ def s3_size(client: object) -> int:
 def prepare(gib: float) -> int:
     """The dump on dbrestore and in S3 (made when missing); returns its size."""
     client = s3()
-    if DUMP_HERE.exists() and DUMP_HERE.stat().st_size >= gib * 1024**3 * 0.95:
+    if DUMP_HERE.exists() and DUMP_HERE.stat().st_size >= gib * 0.9e9:  # made by an earlier run
         size = DUMP_HERE.stat().st_size
         if s3_size(client) != size:
             upload(client)
@@ -113,18 +151,23 @@ def prepare(gib: float) -> int:
     print(f"df /: {free / 1024**3:.1f} GiB free, need about {need / 1024**3:.1f} GiB", flush=True)
     if free < need:
         sys.exit("not enough free disk for the benchmark")
-    rows = int(gib * 1024**3 / ROW_BYTES) + 1
+    for old in OLD_DUMPS:
+        (DUMP_HERE.parent / old).unlink(missing_ok=True)
+    rows = {name: int(gib * count) for name, count in ROWS_PER_GIB.items()}
     t0 = time.monotonic()
     sql(f"drop database if exists {SOURCE_DB}")
     sql(f"create database {SOURCE_DB}")
-    payload = " || ".join(f"md5((g + {i})::text)" for i in range(8))
-    sql(FILL_SQL.replace("PAYLOAD", payload).replace("ROWS", str(rows)), db=SOURCE_DB, timeout=1800)
-    print(f"generated {rows} rows in {time.monotonic() - t0:.0f} s", flush=True)
+    sql(FILL_SQL.format(**rows), db=SOURCE_DB, timeout=1800)
+    print(f"generated {sum(rows.values())} rows ({rows}) in {time.monotonic() - t0:.0f} s", flush=True)
     dump = as_postgres(f"{BIN}/pg_dump", "-Fc", "-Z", "0", "-d", SOURCE_DB, "-f", DUMP_ON_HOST)
     lab.exec_on(HOST, dump, timeout=1800)
     sql(f"drop database {SOURCE_DB}")  # the dump is what both sides restore
     upload(client)
     return DUMP_HERE.stat().st_size
+
+
+def load() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def upload(client: object) -> None:
@@ -137,6 +180,10 @@ def upload(client: object) -> None:
     except Exception:
         client.create_bucket(Bucket=lab.S3_BACKUP_BUCKET)  # type: ignore[attr-defined]
     client.upload_file(str(DUMP_HERE), lab.S3_BACKUP_BUCKET, KEY, Config=one_put)  # type: ignore[attr-defined]
+    for old in OLD_DUMPS:
+        client.delete_object(Bucket=lab.S3_BACKUP_BUCKET, Key=f"bench-restore/{old}")  # type: ignore[attr-defined]
+    head = client.head_object(Bucket=lab.S3_BACKUP_BUCKET, Key=KEY, ChecksumMode="ENABLED")  # type: ignore[attr-defined]
+    print(f"  ETag {head['ETag']}, CRC32 {head.get('ChecksumCRC32')}", flush=True)
     print(f"uploaded to s3://{lab.S3_BACKUP_BUCKET}/{KEY} in {time.monotonic() - t0:.0f} s", flush=True)
 
 
@@ -144,6 +191,8 @@ def clean() -> None:
     sql(f"drop database if exists {SOURCE_DB}")
     sql(f"drop database if exists {RAW_DB}")
     DUMP_HERE.unlink(missing_ok=True)
+    for old in OLD_DUMPS:
+        (DUMP_HERE.parent / old).unlink(missing_ok=True)
     try:
         s3().delete_object(Bucket=lab.S3_BACKUP_BUCKET, Key=KEY)  # type: ignore[attr-defined]
     except Exception as exc:
@@ -158,21 +207,23 @@ def presigned() -> str:
 
 
 def raw_round(how: str = "raw") -> float:
-    """pg_restore of the file on the host (raw); of the same file through a pipe (piped:
-    `cat FILE | pg_restore`, what a streamed restore reads from); from curl on the host (curl);
-    or curl to a file on the host, then `pg_restore -j N` (file-jN)."""
+    """pg_restore of the file on the host (raw; raw-jN with -j N); of the same file through a pipe
+    (piped: `cat FILE | pg_restore`, what a streamed restore reads from); from curl on the host
+    (curl); or curl to a file on the host, then `pg_restore -j N` (file-jN)."""
     sql(f"drop database if exists {RAW_DB}")
     sql(f"create database {RAW_DB}")
-    jobs = ["-j", how.removeprefix("file-j")] if how.startswith("file-j") else []
+    count = how.removeprefix("file-j").removeprefix("raw-j")
+    jobs = ["-j", count] if how.startswith(("file-j", "raw-j")) else []
+    on_file = how == "raw" or how.startswith("raw-j")
     restore = as_postgres(f"{BIN}/pg_restore", "--exit-on-error", "--no-owner", "--no-acl", "-d", RAW_DB,
-                          *jobs, *([DUMP_ON_HOST] if how == "raw" else []))  # fmt: skip
+                          *jobs, *([DUMP_ON_HOST] if on_file else []))  # fmt: skip
     config = b""
     if how == "piped":
         restore = ["sh", "-c", f"cat {DUMP_ON_HOST} | {shlex.join(restore)}"]
     elif how == "curl":
         config = f'url = "{presigned()}"\n'.encode()
         restore = ["sh", "-c", f"curl -sS --fail -K - | {shlex.join(restore)}"]
-    elif jobs:
+    elif jobs and not on_file:
         config = f'url = "{presigned()}"\n'.encode()
         copy = "/var/lib/postgresql/rmbench.fetched"
         restore = ["sh", "-c", f"curl -sS --fail -K - -o {copy} && chown postgres {copy} && "
@@ -215,14 +266,17 @@ def moto_cpu() -> float:
     return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
-def drill_inventory(folder: Path, fetch: str) -> Path:
+def drill_inventory(folder: Path, side: str) -> Path:
+    """An inventory for the drill side `side` (host, host-jN, ctl)."""
     data = yaml.safe_load((ROOT / "inventories" / "lab.yml").read_text())
     body = data["all"]["children"]["restore"]["hosts"][HOST]
-    body.update({"dump_s3_prefix": "bench-restore/", "restore_check_tables": {"bench_rows": 1},
-                 "restore_fetch": fetch,
-                 "restore_freshness_column": "", "restore_test_json": str(folder / "r.json"),
+    fetch = "controller" if side == "ctl" else "host"
+    jobs = int(side.removeprefix("host-j")) if side.startswith("host-j") else 1
+    body.update({"dump_s3_prefix": "bench-restore/", "restore_check_tables": TABLES,
+                 "restore_fetch": fetch, "restore_jobs": jobs,
+                 "restore_freshness_column": FRESHNESS, "restore_test_json": str(folder / "r.json"),
                  "restore_test_metrics": str(folder / "r.prom")})  # fmt: skip
-    path = folder / f"bench-{fetch}.yml"
+    path = folder / f"bench-{side}.yml"
     path.write_text(yaml.safe_dump(data))
     return path
 
@@ -267,30 +321,38 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--sides", default="raw,host,ctl,piped,curl",
                         help="what to time, in this order each round (first: the base of the ratios): "
-                             "raw, piped, curl, file-jN, host, ctl")  # fmt: skip
+                             "raw, raw-jN, piped, curl, file-jN, host, host-jN, ctl")  # fmt: skip
     parser.add_argument("--old", type=Path, help="also time the restore-test of this tree (e.g. main)")
     parser.add_argument("--clean", action="store_true", help="remove the dump, object and databases")
     parser.add_argument("--clean-only", action="store_true", help="only clean up")
+    parser.add_argument("--prepare-only", action="store_true", help="only make the dump (file and S3)")
     args = parser.parse_args()
     if args.clean_only:
         clean()
         return
     size = prepare(args.gib)
     print(f"dump: {size / 1024**3:.2f} GiB ({size} bytes)", flush=True)
+    if args.prepare_only:
+        return
     sides = args.sides.split(",")
     times: dict[str, list[float]] = {side: [] for side in sides}
     old: list[float] = []
     with tempfile.TemporaryDirectory(prefix="rmbench-") as folder:
-        inventories = {side: drill_inventory(Path(folder), fetch) for side, fetch in DRILLS.items()}
+        inventories = {
+            side: drill_inventory(Path(folder), side) for side in {*sides, "ctl"} if is_drill(side)
+        }
         for n in range(args.rounds):
-            for side in sides:
-                if side in DRILLS:
+            # A B C, then C B A: a load that rises or falls through a round favours no side
+            for side in sides if n % 2 == 0 else sides[::-1]:
+                if is_drill(side):
                     print(f"  {side}:", flush=True)
                     times[side].append(drill_round(ROOT, inventories[side]))
                 else:
                     times[side].append(raw_round(side))
             print(
-                f"round {n + 1}: " + ", ".join(f"{side} {times[side][-1]:.1f} s" for side in sides),
+                f"round {n + 1}: "
+                + ", ".join(f"{side} {times[side][-1]:.1f} s" for side in sides)
+                + f"; load average {load()}",
                 flush=True,
             )
         if args.old:

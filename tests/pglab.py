@@ -147,14 +147,15 @@ def sync_archive_to_s3(host: str = "db1") -> int:
     return sent
 
 
-def put_object(key: str, body: bytes, *, multipart: bool = False) -> str:
+def put_object(key: str, body: bytes, *, multipart: bool = False, checksum: bool = True) -> str:
     """Store `body` under `key`: one PUT (the ETag is its MD5), or a multipart upload of 8 MiB parts
-    (an `…-N` ETag, as `aws s3 cp` makes for a 16 MiB segment). Returns the ETag."""
+    (an `…-N` ETag, as `aws s3 cp` makes for a 16 MiB segment). boto3 sends the body's CRC32, which
+    S3 keeps; without `checksum` it sends none (as older tools upload). Returns the ETag."""
     import io
 
     from boto3.s3.transfer import TransferConfig
 
-    client = s3()
+    client = s3(checksum)
     if multipart:
         parts = TransferConfig(multipart_threshold=5 * 1024**2, multipart_chunksize=8 * 1024**2)
         client.upload_fileobj(io.BytesIO(body), BUCKET, key, Config=parts)
@@ -163,8 +164,9 @@ def put_object(key: str, body: bytes, *, multipart: bool = False) -> str:
     return str(client.head_object(Bucket=BUCKET, Key=key)["ETag"]).strip('"')
 
 
-def s3() -> Any:
+def s3(checksum: bool = True) -> Any:
     import boto3
+    from botocore.config import Config
 
     client = boto3.client(
         "s3",
@@ -172,6 +174,7 @@ def s3() -> Any:
         region_name="us-east-1",
         aws_access_key_id=AWS_ENV["AWS_ACCESS_KEY_ID"],
         aws_secret_access_key=AWS_ENV["AWS_SECRET_ACCESS_KEY"],
+        config=Config(request_checksum_calculation="when_supported" if checksum else "when_required"),
     )
     try:
         client.head_bucket(Bucket=BUCKET)

@@ -351,6 +351,7 @@ class Client:
         self.bounds = Bounds.from_vars(host_vars)
         self.waits = Waits(label, self.endpoint, self.bounds)
         self.secrets: list[str] = []
+        self.session: Any = None  # boto3's, when this client made its own (presigning reuses it)
         self.client: Any = client
         if client is None:
             self.client = self._connect(host_vars, pool, strict)
@@ -366,6 +367,7 @@ class Client:
             region = _var(host_vars, "s3_region")
             session = boto3.session.Session(botocore_session=core, profile_name=self.profile,
                                             region_name=region)  # fmt: skip
+            self.session = session
         except ProfileNotFound as exc:
             if not strict:
                 raise
@@ -401,6 +403,8 @@ class S3Object:
     size: int
     modified: dt.datetime
     etag: str = ""  # without its quotes; the MD5 in hex for a single-part upload without SSE-KMS/SSE-C
+    checksums: tuple[str, ...] = ()  # the listing's ChecksumAlgorithm (e.g. CRC32): S3 keeps those
+    checksum_type: str = ""  # the listing's ChecksumType (FULL_OBJECT or COMPOSITE), when it says
 
 
 def s3_endpoint(host_vars: Mapping[str, Any]) -> str | None:
@@ -475,6 +479,8 @@ class S3Store(Client):
                             int(item["Size"]),
                             item["LastModified"],
                             str(item.get("ETag") or "").strip('"'),
+                            tuple(str(a) for a in item.get("ChecksumAlgorithm") or ()),
+                            str(item.get("ChecksumType") or ""),
                         )
                     )
         return found

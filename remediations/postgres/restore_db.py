@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 from remediations.actions import remote_write, writers
-from remediations.actions.pg_checks import choose_dump, stoppable, stream_into
+from remediations.actions.pg_checks import choose_dump
 from remediations.core import interrupt, validate
 from remediations.core.args import Arg, args
 from remediations.core.context import HostContext
@@ -46,6 +46,7 @@ from remediations.core.results import Status
 from remediations.facts.drill import CheckOutcome, checks_sql, evaluate, split
 from remediations.facts.postgres import PgTarget, human_bytes, must_ok, script
 from remediations.facts.sections import parse_sections
+from remediations.postgres import restore_db_fetch as fetch
 from remediations.postgres import restore_db_plan as plan
 from remediations.postgres import restore_db_sql as sql
 from remediations.postgres.restore_db_plan import SWAPPED, Decision, Dump, Facts, State, Writer
@@ -71,6 +72,7 @@ class Run:
     touched: bool = False  # the record says a run is in progress: a failure from here rolls back
     swapped: bool = False
     new_oid: int = 0
+    stream: bool = False  # the host's own GET got none of the dump in the preflight: stream it
 
 
 class RestoreDb(Remediation):
@@ -132,6 +134,7 @@ class RestoreDb(Remediation):
         self.yes, self.abort = yes, abort
         self._inventory: Inventory | None = None
         self._writers: dict[str, list[tuple[Host, list[str]]]] = {}
+        self._notes: dict[str, str] = {}  # host name -> how its preflight read went, when not as asked
 
     def arguments(self) -> dict[str, Any]:
         return {
@@ -192,7 +195,9 @@ class RestoreDb(Remediation):
             store, dump, read = self._dump(ctx, pg, conf, state, server)
         found = tuple(writers.gather(subs, self._writers[ctx.host.name]))
         facts = Facts(conf, server, state, dump, read, found, dt.datetime.now(dt.UTC))
-        return Run(facts, plan.decide(facts, self.abort), pg, store, subs, before, state)
+        made = Run(facts, plan.decide(facts, self.abort), pg, store, subs, before, state)
+        made.stream = "could not fetch it" in self._notes.pop(ctx.host.name, "")
+        return made
 
     def _open_recorded(
         self, ctx: HostContext, subs: dict[str, HostContext], stack: ExitStack, state: State
@@ -214,7 +219,8 @@ class RestoreDb(Remediation):
         free = found.get("df", "").strip()
         if "server" not in found or not free.isdigit():
             raise HostError(f"reading the server's facts failed: {result.tail(3) or 'no output'}", result)
-        return sql.parse_server(json.loads(found["server"].strip()), int(free)), state
+        server = sql.parse_server(json.loads(found["server"].strip()), int(free))
+        return replace(server, tools=tuple(found.get("tools", "").split())), state
 
     def _count(self, ctx: HostContext, pg: PgTarget, conf: plan.Settings, database: str) -> CheckOutcome:
         """The checks of restore-test on `database`: tables, row minimums, freshness."""
@@ -242,7 +248,7 @@ class RestoreDb(Remediation):
     ) -> tuple[Any, Dump, sql.DumpRead]:
         """The dump to restore, read to its end by the host's pg_restore (unless production already
         holds it: then there is nothing to read it for)."""
-        from remediations.actions.s3client import Received, S3Store
+        from remediations.actions.s3client import S3Store
 
         with ctx.step("dump") as step:
             store = S3Store(ctx.host.vars)
@@ -250,17 +256,17 @@ class RestoreDb(Remediation):
                 ctx.redactor.add_value(secret)
             where = store.where(conf.bucket, conf.prefix)
             found = choose_dump(store.list(conf.bucket, conf.prefix), conf.prefix, self.dump, where)
-            dump = Dump(found.key, found.size, found.modified, found.etag)
+            dump = Dump(
+                found.key, found.size, found.modified, found.etag, found.checksums, found.checksum_type
+            )
             words = dump.describe(conf.bucket, dt.datetime.now(dt.UTC))
             if plan.already_live(state, server, dump):
                 step.done(Status.OK, f"{words}: already live")
                 return store, dump, sql.DumpRead(True)
-            got = Received()
-            chunks = stoppable(store.stream(conf.bucket, dump.key, got))
-            result = stream_into(ctx.remote, sql.read_command(pg), chunks, RESTORE_TIMEOUT)
-            read = sql.parse_dump_read(result.stdout, result.stderr)
+            read, checked, note = fetch.read_dump(ctx, store, pg, conf, dump, server)
+            words += note
+            self._notes[ctx.host.name] = note
             if read.ok:
-                checked = "MD5 = ETag" if got.md5_checked else "size = Content-Length"
                 words += (
                     f": reads to its end ({checked}); pg_dump {read.dumped_by} of PostgreSQL "
                     f"{read.dumped_from}, {read.entries} entries ({read.data_entries} with data)"
@@ -395,8 +401,6 @@ class RestoreDb(Remediation):
             writers.stop(run.subs[writer.host], writer)
 
     def _restore(self, ctx: HostContext, run: Run) -> None:
-        from remediations.actions.s3client import Received
-
         conf, decision, dump = run.facts.conf, run.decision, run.facts.dump
         self._save(ctx, run, replace(run.state, phase=plan.RESTORING))
         for name in decision.drop_first:
@@ -407,18 +411,20 @@ class RestoreDb(Remediation):
             new = decision.new_database
             create = sql.create_sql(new, run.facts.server, sql.NEW_COMMENT + dump.key)
             self._psql(ctx, run.pg, create, f"creating {new}")
-            got = Received()
-            chunks = stoppable(run.store.stream(conf.bucket, dump.key, got))
-            command = sql.restore_command(run.pg, new, decision.single_transaction)
-            result = stream_into(ctx.remote, command, chunks, RESTORE_TIMEOUT)
-            if not result.ok:
-                raise HostError(
-                    f"pg_restore into {new} failed (exit {result.exit_code}): {result.tail(3)}; "
-                    f"{conf.database} was not touched",
-                    result,
-                )
             mode = "one transaction" if decision.single_transaction else "--exit-on-error"
-            step.done(Status.CHANGED, f"restored {human_bytes(got.received)} into {new} ({mode})")
+            server, fell_back = run.facts.server, ""
+            if fetch.host_fetches(conf, server) and not run.stream:  # not twice a GET that gets nothing
+                args = (ctx, run.store, run.pg, conf, dump, server, new, decision.single_transaction)
+                done = fetch.restore(*args)
+                if not isinstance(done, str):
+                    words = f"the database host fetched {human_bytes(done[0])} from S3 ({done[1]})"
+                    step.done(Status.CHANGED, f"restored into {new} ({mode}): {words}")
+                    return
+                fell_back = f"; the database host could not fetch it ({done})"
+            streamed = fetch.stream_restore(
+                ctx, run.store, run.pg, conf, dump, new, decision.single_transaction
+            )
+            step.done(Status.CHANGED, f"{streamed} ({mode}){fell_back}")
 
     def _checks(self, ctx: HostContext, run: Run) -> None:
         conf, new = run.facts.conf, run.decision.new_database

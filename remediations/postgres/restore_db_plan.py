@@ -12,8 +12,6 @@ repeatable and an interrupted one recoverable:
     live       the last restore that finished: its dump (key, ETag), the database's oid, when
 """
 
-
-
 from __future__ import annotations
 
 import datetime as dt
@@ -47,6 +45,7 @@ DEFAULT_EXPANSION = 4.0  # a custom-format dump restores to about this many time
 WAL_MARGIN = 1.25  # the restore also writes about its size of WAL, mostly recycled as it goes
 STATE_FILE = "restore-db-{database}.json"
 IDLE, STOPPING, RESTORING, SWAPPED = "idle", "stopping", "restoring", "swapped"
+FETCH_MODES = ("auto", "host", "controller")
 
 
 def _human_bytes(count: float) -> str:
@@ -88,6 +87,7 @@ class Settings:
     rpo_hours: float
     expansion: float
     state_path: str
+    fetch: str = "auto"  # restore_fetch: who downloads the dump (the host with curl, or the controller)
 
 
 def settings(host: Host, database: str | None) -> Settings:
@@ -103,6 +103,9 @@ def settings(host: Host, database: str | None) -> Settings:
     )
     tables, freshness = check_vars(host)
     state_dir = str(host.get("state_dir") or "/var/lib/remediations").rstrip("/")
+    fetch = str(host.get("restore_fetch") or "auto")
+    if fetch not in FETCH_MODES:
+        raise UsageError(f"{where}: restore_fetch {fetch!r} must be one of {', '.join(FETCH_MODES)}")
     return Settings(
         database=name,
         bucket=str(host.require("backup_s3_bucket")),
@@ -112,6 +115,7 @@ def settings(host: Host, database: str | None) -> Settings:
         rpo_hours=positive_number(host, "backup_rpo_hours", DEFAULT_RPO_HOURS),
         expansion=positive_number(host, "restore_db_expansion", DEFAULT_EXPANSION),
         state_path=f"{state_dir}/{STATE_FILE.format(database=name)}",
+        fetch=fetch,
     )
 
 
@@ -126,6 +130,8 @@ class Dump:
     size: int
     modified: dt.datetime
     etag: str = ""
+    checksums: tuple[str, ...] = ()  # the listing's ChecksumAlgorithm (S3 keeps those)
+    checksum_type: str = ""
 
     def describe(self, bucket: str, now: dt.datetime) -> str:
         age = human_age((now - self.modified).total_seconds())

@@ -13,10 +13,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from remediations.actions import drill_fetch
 from remediations.facts.postgres import PgTarget, script, sql_identifier, sql_literal
 
 NEW_COMMENT = "remediations restore-db: being restored from "
-KEEP_PATTERN = r"^-- (Dumped (from|by) |(Data for )?Name: )|^@@rc "
 
 # --------------------------------------------------------------------------------------------
 # Facts: the server (one round trip with the record), the dump's read
@@ -39,6 +39,7 @@ class Server:
     ctype: str = ""
     connections: int = 0
     databases: tuple[str, ...] = ()  # every database's name (leftovers, old copies)
+    tools: tuple[str, ...] = ()  # of curl and python3, those the host has (its own GET of the dump)
 
     @property
     def major(self) -> int:
@@ -100,10 +101,15 @@ class DumpRead:
 DUMPED_FROM = "-- Dumped from database version "
 DUMPED_BY = "-- Dumped by pg_dump version "
 ENTRY = re.compile(r"^-- (?:Data for )?Name: .*; Type: ([A-Z ]+); Schema: ")
+# the same in `pg_restore -l`'s listing (after read_pipeline's "@@toc " prefix)
+TOC_FROM = re.compile(r"^@@toc ;\s+Dumped from database version: (.*)$")
+TOC_BY = re.compile(r"^@@toc ;\s+Dumped by pg_dump version: (.*)$")
+TOC_ENTRY = re.compile(r"^@@toc \d+; \d+ \d+ ")
 
 
 def parse_dump_read(stdout: str, stderr: str) -> DumpRead:
-    """Pure parser of the read: the lines `read_dump_command` keeps, then `@@rc N`."""
+    """Pure parser of the read: `read_pipeline`'s `@@toc` lines (or an older read's SQL comments),
+    then `@@rc N`."""
     code, dumped_from, dumped_by, entries, data = None, "", "", 0, 0
     for line in stdout.splitlines():
         if line.startswith("@@rc "):
@@ -112,6 +118,13 @@ def parse_dump_read(stdout: str, stderr: str) -> DumpRead:
             dumped_from = line[len(DUMPED_FROM) :].strip()
         elif line.startswith(DUMPED_BY):
             dumped_by = line[len(DUMPED_BY) :].strip()
+        elif line.startswith("@@toc "):
+            found_from, found_by = TOC_FROM.match(line), TOC_BY.match(line)
+            dumped_from = found_from.group(1).strip() if found_from else dumped_from
+            dumped_by = found_by.group(1).strip() if found_by else dumped_by
+            if TOC_ENTRY.match(line):
+                entries += 1
+                data += " TABLE DATA " in line
         else:
             match = ENTRY.match(line)
             if match:
@@ -145,16 +158,46 @@ def facts_command(pg: PgTarget, database: str, state_path: str) -> str:
         'echo "@@server"; printf "%s\\n" "$out" | tail -n 1',
         f"dd=$(printf '%s' 'show data_directory;' | {pg.psql()})",
         'echo "@@df"; df -P -B1 -- "$dd" | awk \'NR == 2 { print $4 }\'',
+        'echo "@@tools"; for t in curl python3; do command -v "$t" >/dev/null 2>&1 && echo "$t"; done',
+    )
+
+
+def read_pipeline(pg: PgTarget) -> str:
+    """Shell text: the dump on stdin read to its end by the host's pg_restore (`-f /dev/null`: it
+    makes all the SQL it would run, and throws it away), then `@@rc` and its exit code; tee hands
+    a copy to `pg_restore -l` (a FIFO in a private folder), which reads the table of contents at
+    its start (the versions, the entries: `@@toc` lines) while `cat` drains the rest."""
+    listing, full = pg.shell("pg_restore", "-l"), pg.shell("pg_restore", "-f", "/dev/null")
+    return (
+        f't=$(mktemp -d /tmp/restore-db-read.XXXXXX) && mkfifo "$t/toc" || exit {drill_fetch.NO_TEMP}; '
+        f"{{ {listing} 2>/dev/null | sed 's/^/@@toc /'; cat > /dev/null; }} < \"$t/toc\" & "
+        f'tee "$t/toc" | {full}; echo "@@rc $?"; wait; rm -rf "$t"'
     )
 
 
 def read_command(pg: PgTarget) -> str:
-    """The dump on stdin read to its end by the host's pg_restore (`-f -`: the SQL it would run),
-    only the comments kept that name the versions and the entries, then `@@rc` and its exit code."""
-    return script(
-        "{ " + pg.shell("pg_restore", "-f", "-") + '; echo "@@rc $?"; } | '
-        f"grep -a -E {shlex.quote(KEEP_PATTERN)}"
-    )
+    """`read_pipeline` as a command (the dump streamed from the controller on its stdin)."""
+    return script(read_pipeline(pg))
+
+
+def host_read_command(pg: PgTarget, hasher: str, watch: bool) -> str:
+    """`read_pipeline` fed by the host's own GET (`drill_fetch`: curl with a presigned URL on its
+    stdin, the whole object counted and hashed; with `watch` a stop ends it)."""
+    return script(*drill_fetch.stream_body(read_pipeline(pg), hasher, to_stdout=True, watch=watch))
+
+
+def host_restore_command(pg: PgTarget, new: str, single: bool, hasher: str, watch: bool) -> str:
+    """`restore_command`'s pg_restore fed by the host's own GET; on any failure once some of the
+    dump came (a cut download included, and with `watch` a stop of the run) the host drops `new`
+    itself."""
+    options = ["--exit-on-error", *(["--single-transaction"] if single else [])]
+    restore = pg.shell("pg_restore", *options, "-d", new)
+    drop = f"printf '%s' {shlex.quote(drop_sql(new))} | {pg.psql()} >/dev/null 2>&1"
+    body = drill_fetch.stream_body(restore, hasher, watch=watch)
+    # when the host got none of the dump, pg_restore touched nothing: `new` stays for the
+    # controller's stream (or its rollback)
+    got_some = '{ [ "$(cat "$d/curl")" = 0 ] || ! grep -q "^fetch-bytes 0$" "$d/err"; }'
+    return script(*body, f'if [ "$failed" != 0 ]; then {got_some} && {drop}; exit 1; fi')
 
 
 # --------------------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ from typing import Any, ClassVar
 
 from remediations.actions import drill_fetch
 from remediations.actions.drill_report import metrics_text, previous_success, write_results
-from remediations.actions.pg_checks import check_vars, stream_into
+from remediations.actions.pg_checks import check_vars, choose_dump, stream_into
 from remediations.actions.s3client import Received, S3Store
 from remediations.core import interrupt, validate
 from remediations.core.args import Arg, args
@@ -97,6 +97,8 @@ class Settings:
     metrics_path: str
     notify_success: bool
     fetch: str = "auto"  # who downloads the dump: the restore host (presigned URL) or the controller
+    jobs: int = 1  # pg_restore -j: > 1 downloads the dump to a file on the host first (restore_jobs)
+    spool: str = drill_fetch.DEFAULT_SPOOL  # where that file goes (restore_spool_dir)
 
 
 def settings(host: Host) -> Settings:
@@ -117,8 +119,11 @@ def settings(host: Host) -> Settings:
     fetch = str(host.get("restore_fetch") or "auto")
     if fetch not in FETCH_MODES:
         raise UsageError(f"{where}: restore_fetch {fetch!r} must be one of {', '.join(FETCH_MODES)}")
+    jobs, spool = drill_fetch.jobs_and_spool(host, where)
     return Settings(
         fetch=fetch,
+        jobs=int(jobs),
+        spool=spool,
         scratch=scratch,
         bucket=bucket,
         prefix=str(host.get("dump_s3_prefix", "dumps/") or ""),
@@ -155,18 +160,24 @@ def create_sql(scratch: str) -> str:
     )
 
 
-def restore_command(pg: PgTarget, scratch: str) -> str:
+def restore_command(pg: PgTarget, scratch: str, after: str = "") -> str:
     """Create the scratch database, then pg_restore reading the dump on stdin; when it fails (a
     cut stream included: the controller may be gone by then), the host itself drops the scratch
-    database."""
+    database; then `after` (`checks_then_drop`)."""
     restore = pg.shell("pg_restore", "--exit-on-error", "--no-owner", "--no-acl", "-d", scratch)
     body = f"failed=0; {restore} || failed=1"
-    return script(*drill_fetch.create_then(pg, create_sql(scratch), drop_sql(scratch), body))
+    lines = drill_fetch.create_then(pg, create_sql(scratch), drop_sql(scratch), body)
+    return script(*lines, *([after] if after else []))
 
 
 def facts_command(pg: PgTarget) -> str:
-    """The server's facts (facts_sql on stdin), and whether the host has curl: one round trip."""
-    return script("command -v curl >/dev/null 2>&1 && echo curl", pg.psql())
+    """The server's facts (facts_sql on stdin), and whether the host has curl and python3 (for
+    the CRC32 of the dump): one round trip."""
+    return script(
+        "command -v curl >/dev/null 2>&1 && echo curl",
+        "command -v python3 >/dev/null 2>&1 && echo python3",
+        pg.psql(),
+    )
 
 
 @dataclass
@@ -180,11 +191,15 @@ class Drill:
     store: Any = None  # S3Store
     key: str = ""
     size: int = 0
+    dump: Any = None  # the S3Object (its ETag and the checksums S3 keeps)
     leftover: bool = False
     version: str = ""  # of the server
     curl: bool = False  # on the restore host
+    python: bool = False  # python3 on the restore host (the CRC32 of the dump)
+    answer: str = ""  # the checks' JSON, when the restore's command ran them
     error: str = ""  # gather failed (its step is recorded); a real run still writes the result
     created: bool = False
+    dropped_by_host: bool = False  # the restore's command dropped the scratch database itself
 
 
 def new_report(host: Host, conf: Settings) -> dict[str, Any]:
@@ -260,7 +275,8 @@ class RestoreTest(Remediation):
                 drill.store = store = S3Store(ctx.host.vars)
                 for secret in store.secrets:
                     ctx.redactor.add_value(secret)
-                drill.key, drill.size = self._choose(store, conf)
+                drill.dump = self._choose(store, conf)
+                drill.key, drill.size = drill.dump.key, drill.dump.size
             except HostError as exc:
                 if type(exc) is not HostError:  # lost, interrupted, past the deadline: the host ends
                     raise
@@ -281,6 +297,7 @@ class RestoreTest(Remediation):
             return f"PostgreSQL on the restore host does not answer: {result.tail(2)}"
         lines = result.stdout.strip().splitlines()
         drill.curl = "curl" in lines[:-1]
+        drill.python = "python3" in lines[:-1]
         facts = json.loads(lines[-1])
         scratch = facts.get("scratch")
         if scratch is not None and scratch.get("comment") != SCRATCH_COMMENT:
@@ -292,18 +309,11 @@ class RestoreTest(Remediation):
         drill.version = str(facts.get("version"))
         return ""
 
-    def _choose(self, store: Any, conf: Settings) -> tuple[str, int]:
-        objects = [o for o in store.list(conf.bucket, conf.prefix) if not o.key.endswith("/")]
-        if self.dump:
-            wanted = {self.dump, conf.prefix + self.dump}
-            named = [o for o in objects if o.key in wanted]
-            if not named:
-                raise HostError(f"no dump {self.dump!r} under s3://{conf.bucket}/{conf.prefix}")
-            return named[0].key, named[0].size
-        if not objects:
-            raise HostError(f"no dump under s3://{conf.bucket}/{conf.prefix}")
-        newest = max(objects, key=lambda o: (o.modified, o.key))
-        return newest.key, newest.size
+    def _choose(self, store: Any, conf: Settings) -> Any:
+        """The S3 object to restore: --dump's, else the newest under the prefix."""
+        return choose_dump(
+            store.list(conf.bucket, conf.prefix), conf.prefix, self.dump, f"s3://{conf.bucket}/{conf.prefix}"
+        )
 
     # ---------------------------------------------------------------------------------- decide
 
@@ -402,12 +412,13 @@ class RestoreTest(Remediation):
         conf = drill.conf
         got = Received()
         chunks = drill.store.stream(conf.bucket, drill.key, got)
-        command = restore_command(drill.pg, conf.scratch)
+        command = restore_command(drill.pg, conf.scratch, self._after(drill))
         send = lambda: stream_into(ctx.remote, command, chunks, RESTORE_TIMEOUT)  # noqa: E731
         result = self._run_restore(ctx, drill, send)
         if not result.ok:
             raise HostError(f"pg_restore failed (exit {result.exit_code}): {result.tail(3)}", result)
         checked = "its MD5 matches the ETag" if got.md5_checked else "the size matches Content-Length"
+        self._ran_checks(drill, drill_fetch.parse(result.stdout))
         drill.report["streamed_bytes"] = got.received
         drill.report["fetched_by"] = "controller"
         return (f"streamed {human_bytes(got.received)} from S3 into pg_restore ({checked}); "
@@ -419,36 +430,63 @@ class RestoreTest(Remediation):
         any other failure raises."""
         conf = drill.conf
         where = f"s3://{conf.bucket}/{drill.key}"
+        dump = drill.dump
+        hasher = drill_fetch.choose_hash(dump.etag, dump.checksums, dump.checksum_type, drill.python)
         with drill.store.failing(f"presigning a GET of {where}"):
-            url = drill_fetch.presigned_get(drill.store, conf.bucket, drill.key, URL_SECONDS)
+            url = drill_fetch.presigned_get(
+                drill.store, conf.bucket, drill.key, URL_SECONDS, checksum=hasher == "crc32"
+            )
         ctx.redactor.add_value(url)
         ctx.redactor.add_value(url.partition("Signature=")[2].partition("&")[0])  # also alone
         command = drill_fetch.fetch_script(
-            drill.pg, conf.scratch, create_sql(conf.scratch), drop_sql(conf.scratch)
-        )
-        config = drill_fetch.curl_config(url)
+            drill.pg, conf.scratch, create_sql(conf.scratch), drop_sql(conf.scratch), hasher=hasher,
+            jobs=conf.jobs, size=drill.size, spool=conf.spool, after=self._after(drill),
+        )  # fmt: skip
+        config = drill_fetch.curl_config(url, checksum=hasher == "crc32")
         result = self._run_restore(
             ctx, drill, lambda: ctx.remote.run(command, stdin=config, timeout=RESTORE_TIMEOUT)
         )
         got = drill_fetch.parse(result.stdout)
         if drill_fetch.not_fetched(got):  # the script dropped the scratch database
             return drill_fetch.why_not(got, result.tail(1))
-        problem, md5_checked = drill_fetch.verdict(got, where)
+        problem, checked = drill_fetch.verdict(got, where, hasher)
         drill.report["streamed_bytes"] = got.bytes
         if problem:
             raise HostError(problem + (f"; pg_restore exit {got.restore}" if got.restore else ""), result)
         if not result.ok:
             raise HostError(f"pg_restore failed (exit {got.restore}): {result.tail(3)}", result)
         drill.report["fetched_by"] = "host"
-        checked = "its MD5 matches the ETag" if md5_checked else "the size matches Content-Length"
+        drill.report["integrity"] = checked
+        self._ran_checks(drill, got)
+        how = (
+            f"to a file, then pg_restore -j {conf.jobs}"
+            if got.mode == "file"
+            else "into pg_restore" + (f" ({got.mode})" if got.mode.startswith("stream (") else "")
+        )
         return (f"restored into {conf.scratch}: the restore host fetched {human_bytes(got.bytes)} "
-                f"from S3 into pg_restore ({checked})")  # fmt: skip
+                f"from S3 {how} ({checked})")  # fmt: skip
+
+    def _after(self, drill: Drill) -> str:
+        """The checks and the drop, run by the restore's own command (`checks_then_drop`)."""
+        checks = checks_sql(list(drill.conf.tables), drill.conf.freshness)
+        return drill_fetch.checks_then_drop(
+            drill.pg, drill.conf.scratch, checks, drop_sql(drill.conf.scratch)
+        )
+
+    def _ran_checks(self, drill: Drill, got: drill_fetch.Fetched) -> None:
+        """The checks' answer the restore's command printed; a scratch database it dropped is no
+        longer the drill's to drop."""
+        drill.answer = got.checks
+        if got.checks and got.dropped:
+            drill.created = False
+            drill.dropped_by_host = True
 
     def _checks(self, ctx: HostContext, drill: Drill) -> bool:
         conf, report = drill.conf, drill.report
         with self._phase(ctx, "checks", report) as step:
             sql = checks_sql(list(conf.tables), conf.freshness)
-            exists, measured = split(json.loads(self._psql(ctx, drill, sql, "checks", conf.scratch)))
+            answer = drill.answer or self._psql(ctx, drill, sql, "checks", conf.scratch)
+            exists, measured = split(json.loads(answer))
             outcome = evaluate(conf, exists, measured)
             report["rows"] = outcome.rows
             report["newest_age_seconds"] = outcome.newest_age
@@ -458,6 +496,10 @@ class RestoreTest(Remediation):
         return outcome.ok
 
     def _clean(self, ctx: HostContext, drill: Drill) -> None:
+        if drill.dropped_by_host:
+            done = f"dropped scratch database {drill.conf.scratch} (by the restore's command)"
+            ctx.record("drop", Status.OK, done)
+            return
         if drill.created:
             with ctx.step("drop") as step:
                 self._psql(ctx, drill, drop_sql(drill.conf.scratch), f"dropping {drill.conf.scratch}")

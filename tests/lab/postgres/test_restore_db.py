@@ -167,7 +167,8 @@ def test_check_mode_and_a_run_without_yes_change_nothing(
     ran = run(tmp_path, audit, "--dump", dumps["good"], "--check")
     assert ran.code == 0, ran.stdout + ran.stderr
     got = steps(ran)
-    assert got["dump"]["status"] == "ok" and "reads to its end (MD5 = ETag)" in got["dump"]["message"]
+    assert got["dump"]["status"] == "ok"
+    assert "reads to its end (its CRC32 matches S3's x-amz-checksum-crc32)" in got["dump"]["message"]
     assert "stop api1:api, api1:worker, api2:api, api2:worker" in got["stop"]["message"]
     assert got["restore"]["message"].startswith("would restore it into a new database shop_restore_")
     assert "rename shop to shop_old_" in got["swap"]["message"] and "(kept)" in got["swap"]["message"]
@@ -192,6 +193,7 @@ def test_restore_brings_the_rows_back_keeps_the_old_database_and_restarts_the_wr
     ran = run(tmp_path, audit, "--dump", dumps["good"], "--yes")
     assert ran.code == 0, ran.stdout + ran.stderr
     assert count("orders") == dumps["orders"]
+    assert "the database host fetched" in steps(ran)["restore"]["message"], "its own GET, not the stream"
     olds = [n for n in db_names() if n.startswith("shop_old_")]
     assert len(olds) == 1 and count("orders", db=olds[0]) == damaged, "the old database is kept, renamed"
     assert pglab.sql("db1", f"select oid from pg_database where datname = '{olds[0]}'") == oid
@@ -291,8 +293,10 @@ def test_sigterm_mid_restore_rolls_back_and_a_killed_run_is_rolled_back_or_finis
     s3_host, s3_port = labhosts.S3_ENDPOINT.removeprefix("http://").split(":")
     proxy = Proxy((s3_host, int(s3_port)))
     proxy.rate = 1024 * 1024
-    # its own file: run() rewrites rdb.yml without the proxy
-    slow = inventory(tmp_path, "slow.yml", s3_endpoint_url=proxy.url)
+    # its own file: run() rewrites rdb.yml without the proxy; the controller streams (db1 cannot
+    # reach the proxy on the controller's loopback: test_sigterm_while_the_host_fetches… is the
+    # host's own GET)
+    slow = inventory(tmp_path, "slow.yml", s3_endpoint_url=proxy.url, restore_fetch="controller")
     oid, orders, names = shop_oid(), count("orders"), db_names()
     try:
         proc = start_inv(slow, audit, "--dump", dumps["big"], "--yes")
@@ -334,3 +338,38 @@ def test_sigterm_mid_restore_rolls_back_and_a_killed_run_is_rolled_back_or_finis
     assert not [n for n in db_names() if n.startswith("shop_restore_")]
     assert all_running()
     assert state()["phase"] == "idle" and state()["live"]["key"] == dumps["big"]
+
+
+def test_sigterm_while_the_host_fetches_the_dump_ends_its_get_and_rolls_back(
+    dumps: dict[str, Any], audit: Path, tmp_path: Path
+) -> None:
+    """The database host's own GET of the dump (through a 1 MiB/s proxy on the bridge, which db1
+    reaches): a SIGTERM mid-restore ends the host's curl at once (the keepalive on its stdin stops,
+    so the host kills it, and pg_restore fails on the cut dump), and the run rolls back."""
+    s3_host, s3_port = labhosts.S3_ENDPOINT.removeprefix("http://").split(":")
+    proxy = Proxy((s3_host, int(s3_port)), address=s3_host)
+    proxy.rate = 1024 * 1024
+    slow = inventory(tmp_path, "slowhost.yml", s3_endpoint_url=proxy.url)
+    oid, orders, names = shop_oid(), count("orders"), db_names()
+    try:
+        proc = start_inv(slow, audit, "--dump", dumps["big"], "--yes")
+        try:
+            wait_restoring(proc, proxy, dumps["big_size"])
+            assert proxy.presigned == 2, "the preflight's read and the restore are the host's own GETs"
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        ended_at = proxy.forwarded
+        time.sleep(2)
+        assert proxy.forwarded - ended_at < 256 * 1024, "the host's GET went on after the run ended"
+        assert ended_at < 2 * dumps["big_size"], "the restore's GET never finished"
+    finally:
+        proxy.close()
+    assert proc.returncode == 143, out[-3000:] + err[-3000:]
+    result = json.loads(out)["hosts"][0]
+    rolled = {s["step"]: s for s in result["steps"]}
+    assert rolled["rollback"]["status"] == "changed" and "interrupted by SIGTERM" in result["message"]
+    assert (shop_oid(), count("orders"), db_names()) == (oid, orders, names)
+    assert all_running() and state()["phase"] == "idle"

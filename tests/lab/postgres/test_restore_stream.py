@@ -173,6 +173,16 @@ def start_inv(inv: Path, audit: Path, file_limit: int | None = None) -> subproce
     )  # fmt: skip
 
 
+def start_dump(inv: Path, audit: Path, key: str) -> subprocess.Popen[str]:
+    """`inv restore-test --json --dump KEY` in a fresh process."""
+    env = {**os.environ, **pglab.AWS_ENV, "REMEDIATIONS_AUDIT_LOG": str(audit), "NO_COLOR": "1",
+           "PYTHONDONTWRITEBYTECODE": "1"}  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "invoke", "restore-test", "--json", "--dump", key, "--inventory", str(inv)],
+        cwd=labkit.ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+
+
 def finish(proc: subprocess.Popen[str], timeout: float = 180) -> labkit.Ran:
     out, err = proc.communicate(timeout=timeout)
     return labkit.Ran(proc.returncode, out, err)
@@ -187,30 +197,46 @@ def scratch_exists() -> bool:
     return found == "1"
 
 
+def spooled_files() -> str:
+    found = labhosts.exec_on("dbrestore", ["sh", "-c", "ls -d /var/tmp/restore-test.* 2>/dev/null || true"])
+    return found.stdout.decode().strip()
+
+
 def host_scratch_files() -> str:
     found = labhosts.exec_on("dbrestore", ["sh", "-c", "ls -d /tmp/restore-test.* 2>/dev/null || true"])
     return found.stdout.decode().strip()
 
 
-@pytest.mark.parametrize("fetch", ["host", "controller"])
+@pytest.mark.parametrize("fetch", ["host", "host-j2", "controller"])
 def test_the_dump_streams_without_a_file_on_the_controller(
     big_dump: tuple[str, int], audit: Path, tmp_path: Path, fetch: str
 ) -> None:
     """No file the controller writes may grow past 1 MiB, the dump is 4: the drill passes anyway,
-    and the restore host holds no copy either; the MD5 was checked against the ETag."""
+    and the restore host holds no copy either (with restore_jobs 2 only while pg_restore -j reads
+    it); the host checked the CRC32 S3 keeps, the controller the MD5 against the ETag."""
     key, size = big_dump
     assert size > 3 * 1024 * 1024
-    ran = finish(start_inv(inventory(tmp_path, restore_fetch=fetch), audit, file_limit=1024 * 1024))
+    jobs = 2 if fetch == "host-j2" else 1
+    inv = inventory(tmp_path, restore_fetch=fetch.removesuffix("-j2"), restore_jobs=jobs)
+    ran = finish(start_inv(inv, audit, file_limit=1024 * 1024))
     assert ran.code == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
     got = steps(ran)
-    assert "its MD5 matches the ETag" in got["restore"]["message"]
-    said = "the restore host fetched" if fetch == "host" else "streamed"
+    checked = (
+        "its MD5 matches the ETag" if fetch == "controller" else "its CRC32 matches S3's x-amz-checksum-crc32"
+    )
+    assert checked in got["restore"]["message"]
+    said = {"host": "the restore host fetched", "host-j2": "to a file, then pg_restore -j 2"}.get(
+        fetch, "streamed"
+    )
     assert said in got["restore"]["message"] and "could not fetch" not in got["restore"]["message"]
     assert got["checks"]["status"] == "ok" and got["checks"]["data"]["rows"] == {"rows": ROWS}
+    assert "by the restore's command" in got["drop"]["message"]
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["success"] is True and report["streamed_bytes"] == size
-    assert report["dump"] == f"s3://{pglab.BUCKET}/{key}" and report["fetched_by"] == fetch
-    assert not scratch_exists() and host_scratch_files() == ""
+    assert report["dump"] == f"s3://{pglab.BUCKET}/{key}" and report["fetched_by"] == fetch.removesuffix(
+        "-j2"
+    )
+    assert not scratch_exists() and host_scratch_files() == "" and spooled_files() == ""
 
 
 def command_lines() -> list[str]:
@@ -274,22 +300,32 @@ def test_a_refused_presigned_url_falls_back_to_the_stream_or_fails_clearly(
     assert not scratch_exists() and host_scratch_files() == ""
 
 
-def test_a_dump_corrupted_on_the_way_to_the_host_fails_the_drill_on_its_md5(
-    big_dump: tuple[str, int], bridge_proxy: Proxy, audit: Path, tmp_path: Path
+@pytest.mark.parametrize("kept", ["CRC32", "MD5"])
+def test_a_dump_corrupted_on_the_way_to_the_host_fails_the_drill_on_its_checksum(
+    big_dump: tuple[str, int], bridge_proxy: Proxy, audit: Path, tmp_path: Path, kept: str
 ) -> None:
     """One byte of the host's GET flipped (by a proxy in front of S3): the whole object is
-    still hashed, the MD5 is not the ETag, the drill fails saying so, and nothing is left."""
+    still hashed, its CRC32 is not the one S3 keeps (or, for an object uploaded without one, its
+    MD5 not the ETag), the drill fails saying so, and nothing is left."""
     key, size = big_dump
+    if kept == "MD5":  # the same bytes, uploaded without a checksum
+        data = pglab.s3().get_object(Bucket=pglab.BUCKET, Key=key)["Body"].read()
+        key = key.replace(".dump", "-nocrc.dump")
+        pglab.put_object(key, data, checksum=False)
     bridge_proxy.flip_at = size // 2
-    ran = finish(
-        start_inv(inventory(tmp_path, s3_endpoint_url=bridge_proxy.url, restore_fetch="host"), audit)
-    )
+    inv = inventory(tmp_path, s3_endpoint_url=bridge_proxy.url, restore_fetch="host")
+    try:
+        ran = finish(start_inv(inv, audit) if kept == "CRC32" else start_dump(inv, audit, key))
+    finally:
+        if kept == "MD5":
+            pglab.s3().delete_object(Bucket=pglab.BUCKET, Key=key)
     assert ran.code == 1, ran.stdout[-3000:] + ran.stderr[-3000:]
     assert bridge_proxy.presigned >= 1
     restore = steps(ran)["restore"]
     assert restore["status"] == "failed" and "\n" not in restore["message"]
-    assert restore["message"].startswith(f"s3://{pglab.BUCKET}/{key}: the content's MD5 ")
-    assert "is not the ETag" in restore["message"] and "the dump is corrupt" in restore["message"]
+    assert restore["message"].startswith(f"s3://{pglab.BUCKET}/{key}: the content's {kept} ")
+    against = "is not S3's x-amz-checksum-crc32" if kept == "CRC32" else "is not the ETag"
+    assert against in restore["message"] and "the dump is corrupt" in restore["message"]
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["success"] is False and "the dump is corrupt" in report["error"]
     assert steps(ran)["drop"]["status"] == "ok"

@@ -164,6 +164,23 @@ def test_the_dump_read_keeps_versions_and_entries_and_fails_on_a_cut_dump() -> N
     assert not sql.parse_dump_read("", "").ok  # the read never ended: no exit status at all
 
 
+def test_the_dump_read_parses_the_listing_of_pg_restore_l() -> None:
+    out = "\n".join([
+        "@@toc ;     TOC Entries: 7",
+        "@@toc ;     Dumped from database version: 15.18 (Debian 15.18-0+deb12u1)",
+        "@@toc ;     Dumped by pg_dump version: 15.18 (Debian 15.18-0+deb12u1)",
+        "@@toc ; Selected TOC Entries:",
+        "@@toc 214; 1259 17178 TABLE public orders postgres",
+        "@@toc 3340; 0 17178 TABLE DATA public orders postgres",
+        "@@toc 3197; 2606 17184 CONSTRAINT public orders orders_pkey postgres",
+        "@@rc 0",
+    ])  # fmt: skip
+    read = sql.parse_dump_read(out, "")
+    version = "15.18 (Debian 15.18-0+deb12u1)"
+    assert read == DumpRead(True, "", version, version, 3, 1)
+    assert not sql.parse_dump_read(out.replace("@@rc 0", "@@rc 1"), "pg_restore: error: x\n").ok
+
+
 @pytest.mark.parametrize(("text", "major"), [("15.5", 150000), ("16.2 (Debian 16.2-1)", 160000),
                                              ("9.6.24", 90600), ("", 0), ("devel", 0)])  # fmt: skip
 def test_major_versions(text: str, major: int) -> None:
