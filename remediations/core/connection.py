@@ -54,6 +54,7 @@ from remediations.core.remote import (
     KEEPALIVE_INTERVAL,
     TIMED_OUT,
     Guard,
+    LineReader,
     Lines,
     LocalProcess,
     LocalRemote,
@@ -551,25 +552,10 @@ def _output_ended(channel: paramiko.Channel) -> bool:
     return bool(channel.eof_received and not channel.recv_ready() and not channel.recv_stderr_ready())
 
 
-class SSHProcess:
+class SSHProcess(LineReader):
     def __init__(self, channel: paramiko.Channel) -> None:
         self.channel = channel
         self.lines = Lines()
-
-    def readline(self, timeout: float) -> str | None:
-        """One line of stdout, or None on timeout or end of output."""
-        deadline = time.monotonic() + timeout
-        while not self.lines.ready and self._chunk(deadline):
-            pass
-        return self.lines.pop()
-
-    def read_through(self, prefix: str, silence: float) -> list[str] | None:
-        """Every line of stdout up to the first that starts with `prefix`, that one last; None when
-        the output ends, or nothing more comes for `silence` seconds, before it."""
-        while (taken := self.lines.take_through(prefix)) is None:
-            if not self._chunk(time.monotonic() + silence):
-                return None
-        return taken
 
     def _chunk(self, deadline: float) -> bool:
         """Wait for the next piece of stdout and take it in; False at the end of the output or

@@ -250,19 +250,14 @@ class LocalRemote:
         """Nothing to close."""
 
 
-class LocalProcess:
-    def __init__(self, command: str, host: Host) -> None:
-        self.proc = subprocess.Popen(
-            ["sh", "-c", wrap_become(host, command)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-        )
-        self.lines = Lines()
+class LineReader:
+    """Lines of a long-running command's stdout, for `Process`: a subclass keeps `self.lines` and takes
+    in each piece of output in `_chunk`."""
+
+    lines: Lines
 
     def readline(self, timeout: float) -> str | None:
-        """One line of stdout, or None on timeout or end of output (read unbuffered: a select on a
-        buffered reader would miss lines already in its buffer)."""
+        """One line of stdout, or None on timeout or end of output."""
         deadline = time.monotonic() + timeout
         while not self.lines.ready and self._chunk(deadline):
             pass
@@ -279,6 +274,23 @@ class LocalProcess:
     def _chunk(self, deadline: float) -> bool:
         """Wait for the next piece of stdout and take it in; False at the end of the output or
         when nothing came before `deadline`."""
+        raise NotImplementedError
+
+
+class LocalProcess(LineReader):
+    def __init__(self, command: str, host: Host) -> None:
+        self.proc = subprocess.Popen(
+            ["sh", "-c", wrap_become(host, command)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        self.lines = Lines()
+
+    def _chunk(self, deadline: float) -> bool:
+        """Wait for the next piece of stdout (read unbuffered: a select on a buffered reader would
+        miss lines already in its buffer) and take it in; False at the end of the output or when
+        nothing came before `deadline`."""
         assert self.proc.stdout is not None
         fd = self.proc.stdout.fileno()
         ready, _, _ = select.select([fd], [], [], max(deadline - time.monotonic(), 0))
