@@ -383,3 +383,67 @@ def test_approve_reset_and_status_from_the_command_line(tmp_path: Path) -> None:
         assert rig.store.action(1).state == "queued"  # type: ignore[union-attr]
         assert "is not open" in inv("alerts.reset", "api-down@api1", "--store", store).stdout
         assert inv("alerts.reset", "api-down", "--store", store).returncode == 2
+
+
+# ---- the receiver as a process: killed mid-run, started again ---------------------------------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _serve(tmp_path: Path, port: int) -> subprocess.Popen[str]:
+    import os
+
+    env = {**os.environ, "REMEDIATIONS_ALERTS_TOKEN": TOKEN,
+           "REMEDIATIONS_AUDIT_LOG": str(tmp_path / "audit"),
+           "FAKE_INV_CALLS": str(tmp_path / "calls.jsonl"),
+           "FAKE_INV_BEHAVIOUR": str(tmp_path / "behaviour.json")}
+    argv = [sys.executable, "-m", "invoke", "alerts.serve", "--rules", str(tmp_path / "rules.yml"),
+            "-i", str(tmp_path / "inv.yml"), "--store", str(tmp_path / "store.sqlite"),
+            "--listen", f"127.0.0.1:{port}", "--inv", str(tmp_path / "inv")]
+    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    assert proc.stdout is not None
+    first = proc.stdout.readline()
+    assert "listening on" in first, first + proc.stdout.read()
+    return proc
+
+
+def test_a_receiver_killed_mid_run_loses_nothing_and_runs_nothing_twice(tmp_path: Path) -> None:
+    (tmp_path / "rules.yml").write_text(RULES.format(mode="auto", cooldown="0s", attempts=3))
+    (tmp_path / "inv.yml").write_text(INVENTORY)
+    (tmp_path / "inv").write_text(f"#!/bin/sh\nexec {sys.executable} {FAKE_INV} \"$@\"\n")
+    (tmp_path / "inv").chmod(0o755)
+    (tmp_path / "behaviour.json").write_text(json.dumps({"code": 0, "sleep": 3}))
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    rig = Rig(Store(tmp_path / "store.sqlite"), None, url, tmp_path / "calls.jsonl",  # type: ignore[arg-type]
+              tmp_path / "behaviour.json", tmp_path / "audit")
+    first = _serve(tmp_path, port)
+    try:
+        assert rig.post(firing())[0] == 200
+        end = time.monotonic() + 20
+        while not rig.calls.exists() and time.monotonic() < end:
+            time.sleep(0.05)
+        first.kill()  # SIGKILL: no goodbye
+        first.wait(10)
+        with pytest.raises(urllib.error.URLError):
+            rig.post(firing())  # down: Alertmanager keeps it and sends it again
+        second = _serve(tmp_path, port)
+        try:
+            assert rig.post(firing())[0] == 200  # the re-send after the restart
+            end = time.monotonic() + 30
+            while rig.states() != ["succeeded"] and time.monotonic() < end:
+                time.sleep(0.1)
+            assert rig.states() == ["succeeded"] and len(rig.ran()) == 1
+            second.terminate()
+            assert second.wait(20) == 0
+        finally:
+            second.kill()
+    finally:
+        first.kill()
