@@ -97,7 +97,8 @@ class Rig:
 
 
 @contextlib.contextmanager
-def make_rig(tmp_path: Path, mode: str = "auto", cooldown: str = "0s", attempts: int = 3) -> Iterator[Rig]:
+def make_rig(tmp_path: Path, mode: str = "auto", cooldown: str = "0s", attempts: int = 3,
+             notify: NotifyConfig | None = None) -> Iterator[Rig]:  # fmt: skip
     text = RULES.format(mode=mode, cooldown=cooldown, attempts=attempts)
     parsed = rules.parse(text, "rules.yml")
     (tmp_path / "inv.yml").write_text(INVENTORY)
@@ -105,8 +106,8 @@ def make_rig(tmp_path: Path, mode: str = "auto", cooldown: str = "0s", attempts:
     store = Store(tmp_path / "store.sqlite")
     audit_file = tmp_path / "audit.jsonl"
     redactor = Redactor([TOKEN])
-    log = journal.Journal(AuditLog(audit_file, Actor("t", "c", "r"), redactor), NotifyConfig(), redactor,
-                          journal.Metrics(), say=lambda _text: None)  # fmt: skip
+    audit = AuditLog(audit_file, Actor("t", "c", "r"), redactor)
+    log = journal.Journal(audit, notify or NotifyConfig(), redactor, journal.Metrics(), say=lambda _: None)
     calls, behaviour = tmp_path / "calls.jsonl", tmp_path / "behaviour.json"
     env = {"FAKE_INV_CALLS": str(calls), "FAKE_INV_BEHAVIOUR": str(behaviour), "PATH": "/usr/bin:/bin"}
     settings = worker.Settings([sys.executable, str(FAKE_INV)], str(tmp_path), tmp_path / "runs", 2, 3600.0,
@@ -447,3 +448,29 @@ def test_a_receiver_killed_mid_run_loses_nothing_and_runs_nothing_twice(tmp_path
             second.kill()
     finally:
         first.kill()
+
+
+def test_the_channel_gets_one_line_per_decision_that_matters_and_never_a_secret(tmp_path: Path) -> None:
+    from tests.unit.reporting.chat_apis import chat_apis
+
+    bot = "123456:AAbot-token-for-the-receiver-test"
+    with chat_apis() as apis:
+        config = NotifyConfig(telegram_bot_token=bot, telegram_chat_id="-100123", telegram_api=apis.url)
+        with make_rig(tmp_path, notify=config) as rig:
+            rig.behave(code=1)
+            for _ in range(3):
+                rig.post(firing())  # one alert, sent three times
+            rig.settle()
+            rig.post(firing(starts="2026-12-01T23:00:00Z"))
+            rig.settle()
+            end = time.monotonic() + 10
+            while len(apis.delivered) < 4 and time.monotonic() < end:
+                time.sleep(0.05)
+        texts = [d.text for d in apis.delivered]
+    assert len(texts) == 4, texts  # running, FAILED, circuit opened, circuit-open for the second alert
+    assert texts[0] == "alerts: APIDown on api1: running `inv restart-api --host api1 --service api` " \
+        "(action 1)"
+    assert "FAILED (exit 1): api1 failed: restarted" in texts[1]
+    assert "circuit api-down@api1 opened" in texts[2] and "inv alerts.reset api-down@api1" in texts[2]
+    assert "circuit api-down@api1 is open" in texts[3]
+    assert not any(bot in t or TOKEN in t for t in texts)
