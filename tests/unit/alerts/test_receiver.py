@@ -474,3 +474,25 @@ def test_the_channel_gets_one_line_per_decision_that_matters_and_never_a_secret(
     assert "circuit api-down@api1 opened" in texts[2] and "inv alerts.reset api-down@api1" in texts[2]
     assert "circuit api-down@api1 is open" in texts[3]
     assert not any(bot in t or TOKEN in t for t in texts)
+
+
+def test_a_rule_naming_a_runbook_runs_inv_runbook_and_an_approval_says_yes(tmp_path: Path) -> None:
+    from remediations.alerts import intake, payload
+
+    text = "rules:\n  - {name: api-rb, matchers: [alertname=APIDown], runbook: api-down, mode: approve}\n"
+    parsed = rules.parse(text, "rules.yml")
+    assert intake.command_for(parsed[0], "api1", check=True) == ["runbook", "api-down", "--host", "api1",
+                                                                 "--check", "--json"]  # fmt: skip
+    (tmp_path / "inv.yml").write_text(INVENTORY)
+    store = Store(tmp_path / "store.sqlite")
+    intake.receive(store, payload.parse(firing()), parsed, inventory.load(tmp_path / "inv.yml"))
+    action = store.actions()[0]
+    assert action.state == "planning"
+    assert action.command == ("runbook", "api-down", "--host", "api1", "--json")
+    store.set_state(action.id, "awaiting-approval", "posted", expires=time.time() + 60)
+    server.approve(store, action.id, "carol")
+    argv = store.actions()[0].command
+    assert argv == ("runbook", "api-down", "--host", "api1", "--yes", "--json")
+    # the shape `inv runbook` reads: given a host the inventory lacks, it gets as far as the inventory
+    done = inv(*argv[:3], "api9", *argv[4:], "-i", str(tmp_path / "inv.yml"))
+    assert done.returncode == 2 and "unknown host or group 'api9'" in done.stderr, done.stderr
