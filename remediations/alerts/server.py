@@ -135,6 +135,7 @@ def approve(store: Store, action_id: int, by: str, now: float | None = None) -> 
 
 class _Handler(BaseHTTPRequestHandler):
     server_version = "remediations-alerts"
+    timeout = READ_TIMEOUT  # a client that sends nothing (headers or body) is dropped, not waited for
     receiver: Receiver  # set on the class made per server
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -191,7 +192,6 @@ class _Handler(BaseHTTPRequestHandler):
         if length < 0 or length > MAX_BODY:
             self._answer(413, {"error": f"the body is larger than {MAX_BODY} bytes"})
             return None
-        self.connection.settimeout(READ_TIMEOUT)
         try:
             return self.rfile.read(length)
         except OSError:

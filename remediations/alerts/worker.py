@@ -155,7 +155,7 @@ class Worker:
             return False
         last = self.store.query(
             "SELECT id, COALESCE(ended, started) AS at FROM actions WHERE rule = ? "
-            "AND host = ? AND started IS NOT NULL AND id != ? AND plan IS NULL "
+            "AND host = ? AND started IS NOT NULL AND id != ? "
             "ORDER BY at DESC LIMIT 1",
             (action.rule, action.host, action.id),
         )
@@ -168,7 +168,7 @@ class Worker:
             self.tell(action, "cooled-down", f"{action.alert_name} on {action.host}: {reason}")
             return False
         recent = self.store.query(
-            "SELECT COUNT(*) AS n FROM actions WHERE rule = ? AND host = ? AND started > ? AND plan IS NULL",
+            "SELECT COUNT(*) AS n FROM actions WHERE rule = ? AND host = ? AND started > ?",
             (action.rule, action.host, now - rule.circuit.window),
         )
         if recent[0]["n"] >= rule.circuit.attempts:

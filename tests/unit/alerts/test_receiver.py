@@ -496,3 +496,16 @@ def test_a_rule_naming_a_runbook_runs_inv_runbook_and_an_approval_says_yes(tmp_p
     # the shape `inv runbook` reads: given a host the inventory lacks, it gets as far as the inventory
     done = inv(*argv[:3], "api9", *argv[4:], "-i", str(tmp_path / "inv.yml"))
     assert done.returncode == 2 and "unknown host or group 'api9'" in done.stderr, done.stderr
+
+
+def test_a_client_that_sends_nothing_is_dropped_and_others_are_answered(rig: Rig) -> None:
+    import socket
+
+    host, port = rig.url.removeprefix("http://").split(":")
+    silent = socket.create_connection((host, int(port)), timeout=30)
+    silent.sendall(b"POST /alertmanager HTTP/1.1\r\nHost: x\r\n")  # and then nothing
+    assert rig.post(firing())[0] == 200  # another request meanwhile
+    started = time.monotonic()
+    assert silent.recv(100) == b""  # closed by the server after its read timeout
+    assert time.monotonic() - started < 15
+    silent.close()
