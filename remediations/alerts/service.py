@@ -178,7 +178,26 @@ def approve_main(action: str | None, store: str | None, by: str | None) -> str:
     except StoreError as exc:
         raise UsageError(str(exc)) from None
     who = by or os.environ.get("SUDO_USER") or os.environ.get("USER") or "someone"
-    return approve(db, int(action), who[:100])
+    message = approve(db, int(action), who[:100])
+    found = db.action(int(action))
+    _audit("approved", message, found.fingerprint if found else "", found.rule if found else "",
+           found.host if found else "", int(action))  # fmt: skip
+    return message
+
+
+def _audit(decision: str, message: str, fingerprint: str, rule: str, host: str, action: int | None) -> None:
+    """A person's decision, in the same audit log as the receiver's (task alerts.serve)."""
+    from remediations.alerts.journal import TASK
+    from remediations.reporting.audit import Actor, AuditLog, audit_path
+    from remediations.reporting.redact import Redactor
+
+    log = AuditLog(audit_path(), Actor.current(), Redactor())
+    fields = {"check": False, "host": host or None, "step": decision, "status": decision, "message": message,
+              "duration": 0.0, "fingerprint": fingerprint, "rule": rule, "action": action}  # fmt: skip
+    try:
+        log.write_lines([log._record(TASK, {"rule": rule}, **fields)])
+    except OSError as exc:
+        print(f"warning: audit log not written: {exc.strerror}", file=sys.stderr)
 
 
 def reset_main(key: str | None, store: str | None) -> str:
@@ -196,7 +215,9 @@ def reset_main(key: str | None, store: str | None) -> str:
         raise UsageError(str(exc)) from None
     if not closed:
         return f"circuit {key} is not open: nothing to reset"
-    return f"circuit {key} closed: the next alert for it runs again"
+    message = f"circuit {key} closed: the next alert for it runs again"
+    _audit("circuit-reset", message, "", rule, host, None)
+    return message
 
 
 def status_main(store: str | None, limit: int = 20) -> dict[str, Any]:

@@ -375,12 +375,17 @@ def test_approve_reset_and_status_from_the_command_line(tmp_path: Path) -> None:
         rig.post(firing())
         rig.settle()
         store = str(tmp_path / "store.sqlite")
+        import os
+
+        env = {**os.environ, "REMEDIATIONS_AUDIT_LOG": str(tmp_path / "people.jsonl")}
         shown = inv("alerts.status", "--store", store)
         assert shown.returncode == 0, shown.stderr
         assert "awaiting-approval" in shown.stdout and "api-down@api1" in shown.stdout
         assert inv("alerts.approve", "99", "--store", store).returncode == 2
-        done = inv("alerts.approve", "1", "--store", store, "--by", "bob")
+        done = inv("alerts.approve", "1", "--store", store, "--by", "bob", env=env)
         assert done.returncode == 0 and "approved by bob" in done.stdout
+        record = json.loads((tmp_path / "people.jsonl").read_text())
+        assert (record["status"], record["action"], record["host"]) == ("approved", 1, "api1")
         assert rig.store.action(1).state == "queued"  # type: ignore[union-attr]
         assert "is not open" in inv("alerts.reset", "api-down@api1", "--store", store).stdout
         assert inv("alerts.reset", "api-down", "--store", store).returncode == 2
