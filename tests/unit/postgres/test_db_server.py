@@ -97,7 +97,8 @@ def test_the_facts_script_is_valid_shell_and_quotes_every_value(tmp_path: Path) 
 
 def test_the_log_is_the_units_journal_the_file_or_the_newest_in_var_log() -> None:
     assert "journalctl" in pg_server.log_command(Cluster(PgTarget(), unit="postgresql@15-main.service"))
-    assert "tail -n 30 -- /l.log" in pg_server.log_command(Cluster(PgTarget(), data_dir="/d", log_file="/l.log"))
+    with_file = Cluster(PgTarget(), data_dir="/d", log_file="/l.log")
+    assert "tail -n 30 -- /l.log" in pg_server.log_command(with_file)
     assert "/d.server.log" in pg_server.log_command(Cluster(PgTarget(), data_dir="/d"))  # pg_ctl's default
     assert "ls -1t -- /var/log/postgresql/*.log" in pg_server.log_command(
         Cluster(PgTarget(), start_command="pg_ctlcluster 15 main start"))
@@ -128,7 +129,7 @@ def test_bad_vars_are_one_line_naming_the_var(vars: dict[str, object], words: st
 
 
 def test_restart_db_needs_to_know_how_the_cluster_runs() -> None:
-    with pytest.raises(UsageError, match="set postgres_unit .*postgres_start_command, or postgres_data_dir"):
+    with pytest.raises(UsageError, match=r"set postgres_unit .*postgres_start_command, or postgres_data_dir"):
         restart_db.RestartDb().validate(host())
     restart_db.RestartDb().validate(host(postgres_data_dir="/d"))
 
@@ -186,7 +187,8 @@ def test_start_and_stop_commands_from_the_inventory() -> None:
     cluster = Cluster(PgTarget(), start_command="pg_ctlcluster 15 main start",
                       stop_command="pg_ctlcluster 15 main stop")  # fmt: skip
     assert restart_db.commands(cluster, "start") == ["pg_ctlcluster 15 main start"]
-    assert restart_db.commands(cluster, "restart") == ["pg_ctlcluster 15 main stop", "pg_ctlcluster 15 main start"]
+    assert restart_db.commands(cluster, "restart") == ["pg_ctlcluster 15 main stop",
+                                                       "pg_ctlcluster 15 main start"]
     with pytest.raises(HostError, match="a restart needs postgres_stop_command"):
         restart_db.commands(Cluster(PgTarget(), start_command="x"), "restart")
 
@@ -234,7 +236,8 @@ def test_the_database_runbooks_read_and_gate_their_restores_on_an_approval() -> 
     assert down["restore"].target == "restore-db" and down["restore"].approve
     assert down["restart"].on_failure == "escalate" and down["verify"].on_success == "tell-fixed"
     loss = {s.id: s for s in books["data-loss"].steps}
-    assert loss["preview"].mode == "check" and loss["restore"].approve and loss["restore"].target == "restore-pitr"
+    assert loss["preview"].mode == "check" and loss["restore"].approve
+    assert loss["restore"].target == "restore-pitr"
     assert books["data-loss"].variables["to"].required
 
 
