@@ -337,6 +337,11 @@ VARS: dict[str, Var] = {
     "postgres_os_user": Var(WORD_KIND, "postgres"),
     "postgres_bin_dir": Var(ABSOLUTE, "/usr/lib/postgresql/15/bin"),
     "postgres_socket_dir": Var(ABSOLUTE, "/var/run/postgresql"),
+    # how the cluster is run (restart-db, db-health): a systemd unit, or pg_ctl on its data directory
+    "postgres_unit": Var(UNIT_KIND, "postgresql@15-main"),
+    "postgres_data_dir": Var(ABSOLUTE, "/var/lib/postgresql/15/main"),
+    "postgres_log_file": Var(ABSOLUTE, "/var/log/postgresql/postgresql-15-main.log"),
+    "postgres_start_timeout": Var(number(0, DAY, above=True, unit="seconds"), "120", 120.0),
     # backups, WAL archive, the restore drill, disk cleanup, the health check
     "backup_s3_bucket": Var(BUCKET_KIND, "shop-backups"),
     "wal_s3_bucket": Var(BUCKET_KIND, "shop-wal"),

@@ -6,6 +6,8 @@ TASKS: task name → module (the registry's index, see remediations/core/registr
 TASKS = {
     "backup-check": "backup_check",
     "base-backup": "base_backup",
+    "db-health": "db_health",
+    "restart-db": "restart_db",
     "restore-db": "restore_db",
     "restore-pitr": "restore_pitr",
     "restore-test": "restore_drill",

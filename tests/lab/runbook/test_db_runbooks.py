@@ -1,0 +1,130 @@
+"""The database runbooks on the lab, with the real `inv` in a fresh process.
+
+database-down: db1's own cluster (the lab starts it with pg_ctl, not systemd) has its postmaster
+killed with SIGKILL; check mode shows the path and leaves it down; a real run starts it again and
+its rows are there; on a healthy server the runbook stops after its probe. db1 is started again
+after every test, whatever happened.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lab import hosts as lab_mod
+from tests import labkit, pglab
+from tests.labkit import inv
+
+pytestmark = pytest.mark.lab
+
+HOST = "db1"
+DATA = lab_mod.PG_DATA
+LOG = f"/var/log/postgresql/postgresql-{lab_mod.PG_VERSION}-lab.log"
+
+
+def pg_isready() -> int:
+    argv = ["runuser", "-u", "postgres", "--", f"{pglab.BIN}/pg_isready", "-h", "/run/postgresql", "-p",
+            "5432", "-t", "3"]  # fmt: skip
+    return lab_mod.exec_on(HOST, argv, check=False, timeout=30).returncode
+
+
+def postmaster_pid() -> int:
+    text = lab_mod.exec_on(HOST, ["head", "-n", "1", f"{DATA}/postmaster.pid"], timeout=30).stdout.decode()
+    return int(text.strip())
+
+
+def alive(pid: int) -> bool:
+    return lab_mod.exec_on(HOST, ["kill", "-0", str(pid)], check=False, timeout=30).returncode == 0
+
+
+def kill_postmaster() -> int:
+    """SIGKILL to db1's postmaster; waits until it is gone and the server answers no more."""
+    pid = postmaster_pid()
+    lab_mod.exec_on(HOST, ["kill", "-KILL", str(pid)], timeout=30)
+    deadline = time.monotonic() + 30
+    while alive(pid) or pg_isready() == 0:
+        assert time.monotonic() < deadline, "db1's postmaster did not die"
+        time.sleep(0.2)
+    return pid
+
+
+def ensure_db1_up() -> None:
+    """db1's cluster running again, as the lab starts it (a stale postmaster.pid is pg_ctl's)."""
+    if pg_isready() == 0:
+        return
+    start = ["runuser", "-u", "postgres", "--", f"{pglab.BIN}/pg_ctl", "-D", DATA, "-l", LOG, "-w",
+             "-t", "60", "start"]  # fmt: skip
+    for _ in range(5):
+        if lab_mod.exec_on(HOST, start, check=False, timeout=90).returncode == 0 or pg_isready() == 0:
+            return
+        time.sleep(2)  # the killed postmaster's backends may still hold its shared memory
+    raise AssertionError("db1's cluster did not start again: run `python -m lab up`")
+
+
+def rows() -> str:
+    return pglab.sql(HOST, "select count(*) from orders; select count(*) from customers", db="shop")
+
+
+@pytest.fixture
+def db1(lab: Any) -> Iterator[str]:
+    """db1 up, with the shop database restore_check_tables asks for; up again afterwards."""
+    ensure_db1_up()
+    has = pglab.sql(HOST, "select count(*) from pg_database where datname = 'shop'")
+    count = pglab.sql(HOST, "select count(*) from orders", db="shop", check=False) if has == "1" else ""
+    if not count.isdigit() or int(count) < 100:
+        pglab.make_shop(150)
+    try:
+        yield rows()
+    finally:
+        ensure_db1_up()
+
+
+def path_of(ran: labkit.Ran) -> list[tuple[str, str]]:
+    [host] = json.loads(ran.stdout)["hosts"]
+    return [(s["id"], s["status"]) for s in host["steps"]]
+
+
+def test_database_down_on_a_healthy_server_stops_after_its_probe(db1: str, audit: Path) -> None:
+    started = postmaster_pid()
+    check = inv("runbook", "database-down", "--host", HOST, "--check", "--json", audit=audit)
+    assert check.code == 0, check.stderr + check.stdout
+    assert path_of(check) == [("probe", "ok")]
+    [host] = json.loads(check.stdout)["hosts"]
+    assert "database shop: checks passed: orders" in host["steps"][0]["message"], host
+    real = inv("runbook", "database-down", "--host", HOST, audit=audit)
+    assert real.code == 0 and "database-down on db1: ok: probe ok" in real.stdout, real.stdout
+    assert postmaster_pid() == started and rows() == db1
+
+
+def test_database_down_after_a_killed_postmaster_check_then_repair(db1: str, audit: Path) -> None:
+    killed = kill_postmaster()
+
+    check = inv("runbook", "database-down", "--host", HOST, "--check", "--json", audit=audit)
+    assert check.code == 0, check.stderr + check.stdout
+    path = path_of(check)
+    assert path[:2] == [("probe", "failed"), ("restart", "changed")], path
+    assert [p[0] for p in path] == ["probe", "restart", "verify", "tell-fixed"], path
+    [host] = json.loads(check.stdout)["hosts"]
+    probe = host["steps"][0]["message"]
+    assert "no answer on port 5432" in probe and "no postmaster runs" in probe, probe
+    assert "the server log's last" in probe, probe  # the seeds' "check the logs"
+    assert "start the cluster with pg_ctl -D /var/lib/postgresql/15/lab" in host["steps"][1]["message"]
+    assert pg_isready() != 0, "check mode started nothing"
+
+    real = inv("runbook", "database-down", "--host", HOST, "--json", audit=audit)
+    assert real.code == 0, real.stderr + real.stdout
+    assert path_of(real) == [("probe", "failed"), ("restart", "changed"), ("verify", "ok"),
+                             ("tell-fixed", "ok")]  # fmt: skip
+    assert pg_isready() == 0 and postmaster_pid() != killed
+    assert rows() == db1, "the rows are there after the crash and the start"
+    task = [r for r in labkit.audit_lines(audit) if r["task"] == "restart-db" and not r.get("check")]
+    assert any(r.get("status") == "changed" for r in task), task
+
+    again = inv("restart-db", "--host", HOST, "--json", audit=audit)
+    assert again.code == 0, again.stderr + again.stdout
+    assert again.host(HOST)["status"] == "ok" and "left alone" in again.host(HOST)["message"]
