@@ -16,7 +16,7 @@ from typing import Any
 
 from remediations.alerts.payload import Alert, Notification
 from remediations.alerts.rules import Rule, decide, host_name
-from remediations.alerts.store import WAITING, Store
+from remediations.alerts.store import WAITING, Action, Store
 from remediations.core import registry
 from remediations.core.inventory import Inventory
 
@@ -33,6 +33,12 @@ class Event:
     host: str = ""
     action: int | None = None
     tell: bool = True
+
+
+def about(action: Action, decision: str, message: str, tell: bool = True) -> Event:
+    """An event about a stored action."""
+    where = (action.fingerprint, action.alert_name, action.rule, action.host, action.id)
+    return Event(decision, message, *where, tell=tell)
 
 
 @dataclass

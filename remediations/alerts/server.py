@@ -88,19 +88,7 @@ class Receiver:
             return 409, {"error": str(exc)}
         action = self.store.action(action_id)
         if action is not None:
-            self.journal.record(
-                [
-                    intake.Event(
-                        "approved",
-                        message,
-                        action.fingerprint,
-                        action.alert_name,
-                        action.rule,
-                        action.host,
-                        action.id,
-                    )
-                ]
-            )
+            self.journal.record([intake.about(action, "approved", message)])
         self.wake()
         return 200, {"approved": action_id, "message": message}
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from remediations.alerts.intake import Event, command_text
+from remediations.alerts.intake import about, command_text
 from remediations.alerts.journal import Journal
 from remediations.alerts.rules import Rule
 from remediations.alerts.store import Action, Store, StoreError
@@ -109,20 +109,13 @@ class Worker:
         self.journal.metrics.circuits.set(len(self.store.open_circuits()))
 
     def tell(self, action: Action, decision: str, message: str, tell: bool = True) -> None:
-        self.journal.record(
-            [
-                Event(
-                    decision,
-                    message,
-                    action.fingerprint,
-                    action.alert_name,
-                    action.rule,
-                    action.host,
-                    action.id,
-                    tell,
-                )
-            ]
-        )
+        self.journal.record([about(action, decision, message, tell)])
+
+    def _not_run(self, action: Action, state: str, reason: str, decision: str = "") -> bool:
+        """Record why `action` does not run, tell the channel; False (for _allowed)."""
+        self.store.set_state(action.id, state, reason)
+        self.tell(action, decision or state, f"{action.alert_name} on {action.host}: {reason}")
+        return False
 
     # ---- deciding to start ---------------------------------------------------------------------
 
@@ -150,9 +143,7 @@ class Worker:
                 f"circuit {action.key} is open ({circuit['reason']}): not run; "
                 f"`inv alerts.reset {action.key}` lets it run again"
             )
-            self.store.set_state(action.id, "circuit-open", reason)
-            self.tell(action, "circuit-open", f"{action.alert_name} on {action.host}: {reason}")
-            return False
+            return self._not_run(action, "circuit-open", reason)
         last = self.store.query(
             "SELECT id, COALESCE(ended, started) AS at FROM actions WHERE rule = ? "
             "AND host = ? AND started IS NOT NULL AND id != ? "
@@ -164,9 +155,7 @@ class Worker:
                 f"cooled down: action {last[0]['id']} ran {action.rule} on {action.host} "
                 f"{now - last[0]['at']:.0f} s ago (cooldown {rule.cooldown:g} s): not run"
             )
-            self.store.set_state(action.id, "cooled-down", reason)
-            self.tell(action, "cooled-down", f"{action.alert_name} on {action.host}: {reason}")
-            return False
+            return self._not_run(action, "cooled-down", reason)
         recent = self.store.query(
             "SELECT COUNT(*) AS n FROM actions WHERE rule = ? AND host = ? AND started > ?",
             (action.rule, action.host, now - rule.circuit.window),
@@ -181,9 +170,7 @@ class Worker:
             text = (
                 f"circuit {action.key} is open ({reason}): not run; `inv alerts.reset {action.key}` to go on"
             )
-            self.store.set_state(action.id, "circuit-open", text)
-            self.tell(action, "circuit-opened", f"{action.alert_name} on {action.host}: {text}")
-            return False
+            return self._not_run(action, "circuit-open", text, "circuit-opened")
         return True
 
     # ---- running -------------------------------------------------------------------------------
