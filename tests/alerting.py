@@ -225,7 +225,7 @@ class Alertmanager:
         return (self.folder / "alertmanager.log").read_text(errors="replace")[-3000:]
 
 
-def _answers(url: str) -> bool:
+def answers(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=1) as answer:
             return bool(answer.status == 200)
@@ -233,7 +233,7 @@ def _answers(url: str) -> bool:
         return False
 
 
-def _stop(proc: subprocess.Popen[bytes], timeout: float = 10) -> None:
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -264,11 +264,11 @@ def alertmanager(webhook_url: str, *, name: str = "am", token: str = TOKEN, addr
     running = Alertmanager(name, f"http://{address}:{port}", folder, proc)
     try:
         wait_until(f"{name} ready on {running.url}",
-                   lambda: proc.poll() is not None or _answers(f"{running.url}/-/ready"), 20)  # fmt: skip
+                   lambda: proc.poll() is not None or answers(f"{running.url}/-/ready"), 20)  # fmt: skip
         assert proc.poll() is None, f"{name} exited {proc.returncode}:\n{running.log()}"
         yield running
     finally:
-        _stop(proc)
+        stop_process(proc)
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -360,6 +360,18 @@ def write_prometheus_files(folder: Path, alertmanagers: Sequence[str], instance:
     return config
 
 
+def api_serves_metrics(host: str) -> None:
+    """The host's api answers /metrics (lab/assets/metrics). A container started before the lab had
+    that file copies its web root only when it starts, so it is recreated once."""
+    from lab import hosts as lab
+
+    probe = ["wget", "-qO-", "http://127.0.0.1:8080/metrics"]
+    if lab.exec_on(host, probe, check=False).returncode != 0:
+        compose = ["docker", "compose", "-p", "shop", "-f", "/srv/shop/compose.yaml"]
+        lab.exec_on(host, [*compose, "up", "-d", "--force-recreate", "--wait", "api"], timeout=120)
+    assert b"lab_api_up 1" in lab.exec_on(host, probe).stdout, f"{host}'s api serves no /metrics"
+
+
 @contextlib.contextmanager
 def prometheus_on(host: str, alertmanagers: Sequence[str], *, instance: str | None = None,
                   target: str = f"{LOOPBACK}:8080", port: int = 19090) -> Iterator[Prometheus]:  # fmt: skip
@@ -384,5 +396,5 @@ def prometheus_on(host: str, alertmanagers: Sequence[str], *, instance: str | No
         assert proc.poll() is None, f"prometheus on {host} exited {proc.returncode}:\n{running.log()}"
         yield running
     finally:
-        _stop(proc)
+        stop_process(proc)
         shutil.rmtree(folder, ignore_errors=True)
