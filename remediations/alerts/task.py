@@ -1,4 +1,5 @@
-"""The `alerts` tasks: `inv alerts.test --rules FILE PAYLOAD` (offline), for now."""
+"""The `alerts` tasks: `inv alerts.test --rules FILE PAYLOAD` (offline), `alerts.serve` (the receiver),
+`alerts.approve ID`, `alerts.reset RULE@HOST`, `alerts.status`."""
 
 from __future__ import annotations
 
@@ -82,9 +83,114 @@ def _read(name: str, what: str) -> str:
         raise UsageError(f"{name}: cannot read the {what}: {getattr(exc, 'strerror', None) or exc}") from None
 
 
+STORE_HELP = (
+    "the receiver's SQLite file (default: $REMEDIATIONS_ALERTS_STORE, else "
+    "/var/lib/remediations/alerts.sqlite when writable, else ~/.local/state/remediations/alerts.sqlite)"
+)
+SERVE_HELP = {
+    "rules": TEST_HELP["rules"],
+    "inventory": COMMON_HELP["inventory"],
+    "listen": "ADDRESS:PORT to listen on (default 127.0.0.1:9095)",
+    "token-env": "the variable holding the bearer token Alertmanager sends (default "
+    "REMEDIATIONS_ALERTS_TOKEN)",
+    "token-file": "read the bearer token from this file instead",
+    "store": STORE_HELP,
+    "workers": "actions run at once, at most (default 2)",
+    "approval-ttl": "how long an approval may wait before it expires (default 1h)",
+    "inv": "the inv that runs the actions (default: the one beside this Python)",
+}
+
+
+def serve_body(
+    c: Context,
+    rules: str | None = None,
+    inventory: str | None = None,
+    listen: str = "127.0.0.1:9095",
+    token_env: str | None = None,
+    token_file: str | None = None,
+    store: str | None = None,
+    workers: str | None = None,
+    approval_ttl: str | None = None,
+    inv: str | None = None,
+) -> None:
+    """The Alertmanager receiver: POST /alertmanager stores each alert and runs what the rules say from
+    a bounded worker (deduped, cooled down, behind a circuit breaker; approve and dry-run modes). Runs
+    until SIGTERM or Ctrl-C; actions still running then finish on their own and are read at the next
+    start.
+
+    Exit code: 0 stopped by SIGTERM, 130 by Ctrl-C, 2 bad input (nothing started).
+    """
+    from remediations.alerts import service
+
+    try:
+        given = (token_env, token_file, store, workers, approval_ttl, inv)
+        code = service.serve(rules, inventory, listen, *given)
+    except UsageError as exc:
+        code = _refused(exc, "alerts.serve", {"rules": rules, "listen": listen}, Flags(inventory=inventory))
+    if code:
+        raise Exit(code=code)
+
+
+def approve_body(
+    c: Context, action: str | None = None, store: str | None = None, by: str | None = None
+) -> None:
+    """Approve an action waiting in approve mode (its number is in the channel's message and in
+    `inv alerts.status`): the receiver runs it next.
+
+    Exit code: 0 approved, 2 not waiting, expired or unknown.
+    """
+    from remediations.alerts import service
+
+    _say(lambda: service.approve_main(action, store, by), "alerts.approve", {"action": action})
+
+
+def reset_body(c: Context, key: str | None = None, store: str | None = None) -> None:
+    """Close an open circuit (RULE@HOST): automatic runs for it start again. Exit code: 0, 2 bad input."""
+    from remediations.alerts import service
+
+    _say(lambda: service.reset_main(key, store), "alerts.reset", {"key": key})
+
+
+def status_body(c: Context, store: str | None = None, json: bool = False) -> None:
+    """Open circuits, actions waiting or running, and the latest actions with their reasons."""
+    from remediations.alerts import service
+
+    try:
+        data = service.status_main(store)
+    except UsageError as exc:
+        raise Exit(code=_refused(exc, "alerts.status", {}, Flags(json=json))) from None
+    if json:
+        service.print_json(data)
+    else:
+        print("\n".join(service.status_lines(data)))
+
+
+def _refused(exc: UsageError, name: str, arguments: dict[str, Any], flags: Flags) -> int:
+    from remediations.reporting.audit import Actor
+
+    return _usage_error(exc, flags, name, arguments, None, Actor.current())
+
+
+def _say(work: Any, name: str, arguments: dict[str, Any]) -> None:
+    try:
+        print(work())
+    except UsageError as exc:
+        raise Exit(code=_refused(exc, name, arguments, Flags())) from None
+
+
 def alerts_collection() -> Collection:
     ns = Collection("alerts")
-    made: Task[Any] = task(name="test", help=TEST_HELP, klass=RemediationTask,
-                           positional=["payload"])(test_body)  # fmt: skip
-    ns.add_task(made)
+    approve_help = {"action": "the action's number", "store": STORE_HELP,
+                    "by": "who approves (default: $SUDO_USER or $USER)"}  # fmt: skip
+    made: list[Task[Any]] = [
+        task(name="test", help=TEST_HELP, klass=RemediationTask, positional=["payload"])(test_body),
+        task(name="serve", help=SERVE_HELP, klass=RemediationTask, positional=[])(serve_body),
+        task(name="approve", help=approve_help, klass=RemediationTask, positional=["action"])(approve_body),
+        task(name="reset", help={"key": "the circuit, RULE@HOST", "store": STORE_HELP}, klass=RemediationTask,
+             positional=["key"])(reset_body),
+        task(name="status", help={"store": STORE_HELP, "json": "print it as JSON"}, klass=RemediationTask,
+             positional=[])(status_body),
+    ]
+    for made_task in made:
+        ns.add_task(made_task)
     return ns
