@@ -14,7 +14,8 @@ import pytest
 from lab import hosts as lab
 from tests import alerting, labkit
 
-pytestmark = pytest.mark.lab
+# the receiver's end-to-end test (test_receiver_e2e.py) takes the same path in the default run
+pytestmark = [pytest.mark.lab, pytest.mark.alerting]
 
 HOST = "api1"
 
