@@ -8,6 +8,7 @@ time (README, "Alerts: the receiver")."""
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import os
 import subprocess
@@ -65,6 +66,10 @@ class Receiver:
                 name, _, value = line.rpartition(" ")
                 series[name] = float(value)
         return series
+
+    def actions(self, host: str) -> list[dict[str, Any]]:
+        """Its actions on `host` (`inv alerts.status --json`), newest first."""
+        return [a for a in self.status()["recent"] if a["host"] == host]
 
     def runs(self) -> list[dict[str, Any]]:
         """The restart-api runs the receiver started, from the audit log (one `start` record each)."""
@@ -149,5 +154,30 @@ def test_a_stopped_api_is_restarted_once_by_the_receiver_and_the_alert_resolves(
     series = loop.receiver.metrics()
     # both peers posted the firing alert, and re-posted it: many POSTs, one run
     assert series['remediations_alerts_received_total{status="firing"}'] >= 2
-    actions = [a for a in loop.receiver.status()["recent"] if a["rule"] == "api-down"]
-    assert [(a["host"], a["state"]) for a in actions] == [(HOST, "succeeded")], actions
+    actions = loop.receiver.actions(HOST)
+    assert [(a["rule"], a["state"]) for a in actions] == [("api-down", "succeeded")], actions
+
+
+def test_re_sends_and_both_peers_copies_of_one_alert_run_it_once(loop: Loop) -> None:
+    """The same alert kept firing (pushed with amtool, for api2) is posted by both peers and re-posted
+    every repeat_interval: many POSTs of one alert, one run."""
+    labels = {"alertname": "APIDown", "instance": "api2:8080", "job": "api", "severity": "critical"}
+    start = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    firing = 'remediations_alerts_received_total{status="firing"}'
+    before = loop.receiver.metrics().get(firing, 0)
+    for peer in loop.peers:
+        peer.add(labels, start=start, annotations={"summary": "pushed by amtool"})
+    on_api2 = lambda: [r for r in loop.receiver.runs() if r["host"] == "api2"]  # noqa: E731
+    alerting.wait_until("restart-api on api2", on_api2, 40, 0.5)
+    # each peer sends after group_wait, then again every repeat_interval (4s): 3 POSTs each
+    alerting.wait_until("two re-sends from each peer",
+                        lambda: loop.receiver.metrics().get(firing, 0) - before >= 6, 30, 0.5)  # fmt: skip
+    for peer in loop.peers:
+        peer.resolve(labels, start=start)
+    ended = ("succeeded", "failed", "interrupted")
+    done = lambda: [a for a in loop.receiver.actions("api2") if a["state"] in ended]  # noqa: E731
+    alerting.wait_until("api2's action ended", done, 60, 0.5)
+    assert len(on_api2()) == 1
+    actions = loop.receiver.actions("api2")
+    assert [(a["rule"], a["state"]) for a in actions] == [("api-down", "succeeded")], actions
+    labkit.wait_health("api2", "healthy")

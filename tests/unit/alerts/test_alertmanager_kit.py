@@ -6,6 +6,8 @@ repeat_interval, the same alert from both HA peers, a resolved notice, and retri
 from __future__ import annotations
 
 import datetime as dt
+import os
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -95,5 +97,17 @@ def test_a_5xx_answer_makes_alertmanager_post_again_until_a_2xx() -> None:
         assert payload.parse(first.body).alerts[0].key == payload.parse(retry.body).alerts[0].key
         sink.status = 200
         [delivered] = sink.wait(lambda p: p.answered == 200, timeout=20)
-        time.sleep(3)
+        time.sleep(2)
         assert sink.seen(lambda p: p.at > delivered.at) == []
+
+
+def test_no_packaged_prometheus_or_alertmanager_daemon_runs_here() -> None:
+    """scripts/bootstrap (run by scripts/test before the tests) stops and disables the packages' own
+    daemons: they run as the user prometheus; the tests' own run as root, on ports of their own."""
+    if not os.environ.get("CI"):
+        pytest.skip("checked after scripts/bootstrap, under CI (scripts/test)")
+    mine = os.readlink("/proc/self/ns/net")
+    found = subprocess.run(["pgrep", "-u", "prometheus", "-a"], capture_output=True, text=True, check=False)
+    here = [line for line in found.stdout.splitlines()
+            if os.readlink(f"/proc/{line.split()[0]}/ns/net") == mine]  # fmt: skip
+    assert here == [], f"packaged daemons running (scripts/bootstrap stops them): {here}"
