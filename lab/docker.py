@@ -224,6 +224,8 @@ def _write_shop_files(host: HostSpec) -> None:
     _write_if_changed(shop / "compose.yaml", (ASSETS / "compose.yaml").read_bytes())
     _write_if_changed(shop / ".env", (ASSETS / "env").read_bytes(), mode=0o600)
     _write_if_changed(shop / "www" / "health", (ASSETS / "health").read_bytes())
+    # /metrics: a valid Prometheus text body while the api answers (the alerting tests scrape it)
+    _write_if_changed(shop / "www" / "metrics", (ASSETS / "metrics").read_bytes())
     # alembic for migrate / run-in-service (bind-mounted: the image stays as built), the baseline
     # migrations, and its database folder (left as it is: tests reset what they change)
     for folder in ("bin", "migrations", "appdb"):

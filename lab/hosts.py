@@ -59,6 +59,7 @@ from lab.ops import cut_link as cut_link
 from lab.ops import exec_on as exec_on
 from lab.ops import heal_link as heal_link
 from lab.ops import kill_ssh_sessions as kill_ssh_sessions
+from lab.ops import popen_on as popen_on
 from lab.ops import start_sshd as start_sshd
 from lab.ops import stop_sshd as stop_sshd
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import signal
 import subprocess
+from typing import IO
 
-from lab.base import BRIDGE, LabError, _in_host, _is_ns_handle, _run, _tcp_open, _wait_for
+from lab.base import BRIDGE, LabError, _env, _in_host, _is_ns_handle, _ns_argv, _run, _tcp_open, _wait_for
 from lab.procs import _scan, _signal, _stop_pids
 from lab.ssh import _sshd_listener, _sshd_pids, _start_sshd
 from lab.state import _host, _require_root
@@ -28,6 +29,18 @@ def exec_on(
     if not (_is_ns_handle(spec.netns) and _is_ns_handle(spec.mntns)):
         raise LabError(f"lab host {host} is not up (python -m lab up)")
     return _in_host(spec, argv, input=input, check=check, timeout=timeout)
+
+
+def popen_on(host: str, argv: list[str], stdout: IO[bytes] | int | None = None) -> subprocess.Popen[bytes]:
+    """Start ``argv`` inside ``host``'s namespaces (as ``exec_on`` runs it) and return at once: a
+    long-running process of a test's own (a Prometheus on the host). Its environment carries the
+    lab's marker, so ``python -m lab down`` stops it if the test could not; stderr goes with stdout."""
+    _require_root()
+    spec = _host(host)
+    if not (_is_ns_handle(spec.netns) and _is_ns_handle(spec.mntns)):
+        raise LabError(f"lab host {host} is not up (python -m lab up)")
+    return subprocess.Popen(_ns_argv(spec, argv), stdin=subprocess.DEVNULL, stdout=stdout,
+                            stderr=subprocess.STDOUT, env=_env(host), cwd="/")  # fmt: skip
 
 
 def stop_sshd(host: str) -> None:
