@@ -8,7 +8,7 @@ seconds and the shell answers each one. Either side notices the other is gone wi
 - the controller declares the connection lost when no answer came for BEAT_LOST seconds, sooner
   than the host releases, so a run never goes on believing it holds a lock the host let go. A lost
   connection is never reopened (see `connection.Guard`): the host fails, "may be half-changed".
-A host without `timeout(1)` holds the lock until its stdin closes, as before (no bound).
+A host with neither bash nor `timeout(1)` holds the lock until its stdin closes, as before (no bound).
 """
 
 from __future__ import annotations
@@ -35,7 +35,9 @@ BEAT_RELEASE = 20  # the host releases the lock after this long without a heartb
 # $5 seconds without a heartbeat after which the lock is released (0: hold until stdin closes).
 # Children get `9>&-` so that nothing but this shell holds the lock's file descriptor. Every
 # process started on the host costs about a millisecond of its CPU per run: the directory is made
-# only when missing, and `$4` runs in a subshell (a fork, no new shell).
+# only when missing, and `$4` runs in a subshell (a fork, no new shell). Where the host has bash, the
+# lease is read by bash's own timed `read` (the shell execs it, keeping the lock's descriptor), not a
+# `timeout` and a `dd` per heartbeat; `timeout` and `dd` where it has none.
 LOCK_SCRIPT = r"""
 lock=$1; wait=$2; holder=$3; then=${4:-}; beat=${5:-0}
 dir=${lock%/*}
@@ -51,7 +53,13 @@ if [ -n "$then" ]; then
   (eval "$then") </dev/null 2>&1 9>&-
   printf '\n%s %s\n' "@@lock-then-end" "$?"
 fi
-if [ "$beat" -gt 0 ] && command -v timeout >/dev/null 2>&1; then
+if [ "$beat" -gt 0 ] && command -v bash >/dev/null 2>&1; then
+  echo HEARTBEAT
+  # bash's read times out by itself: no process per heartbeat (timeout and dd below are two)
+  unset BASH_ENV ENV
+  exec bash --norc --noprofile -c 'while IFS= read -r -n 1 -t "$1" got; do echo beat; done
+: > "$2.holder"' lock "$beat" "$lock"
+elif [ "$beat" -gt 0 ] && command -v timeout >/dev/null 2>&1; then
   echo HEARTBEAT
   while got=$(timeout "$beat" dd bs=64 count=1 2>/dev/null 9>&-) && [ -n "$got" ]; do
     echo beat

@@ -269,11 +269,44 @@ APPS_DIR = "/etc/ufw/applications.d"
 # the time in seconds; an operand `s=NAME` is an assignment made when awk reaches it, before the
 # file after it is read; consecutive files of one section (the app profiles) print one marker; every
 # line is printed with its newline (a profile without a final newline does not run into the next).
+# The same awk counts the source's tracked flows (see `_FLOWS_AWK`) when the kernel's table is among
+# its operands (`s=flows`): its lines are counted, not printed, and the count is printed at the end.
 # /dev/null last: awk never reads its stdin (the state file's bytes, in the apply step).
-_READ_FILES = (
-    """awk 'BEGIN { srand(); print "@@now " srand() } """
-    """FNR == 1 && s != last { print "@@" s; last = s } { print }' "$@" /dev/null 2>/dev/null"""
+PROC_CONNTRACK = "/proc/net/nf_conntrack"
+# Counts, as `conntrack -L -f ipv4 -s NET [-p PROTO] [--dport PORT]` does, the tracked IPv4 flows whose
+# original source is in NET (and protocol in `protos`, original destination port `port`, when
+# given), from the kernel's own table as text, and says so in conntrack's words. The `conntrack` tool
+# asks netlink for every flow of the host and filters them itself: about ten times the CPU of this
+# read (11 ms against 1 ms for 1,500 flows), and a busy host tracks many more. net, bits, protos,
+# port and counting=1 are operand assignments made just before the table is read.
+_FLOWS_AWK = r"""
+function number(address, part) {
+  split(address, part, "."); return ((part[1] * 256 + part[2]) * 256 + part[3]) * 256 + part[4]
+}
+s == "flows" && !ready {
+  size = 2 ^ (32 - bits); wanted = int(number(net) / size)
+  split(protos, list, " "); for (i in list) ok[list[i]] = 1
+  ready = 1
+}
+s == "flows" {
+  if ($1 == "ipv4" && (protos == "" || ($3 in ok))) {
+    src = ""; dport = ""
+    for (i = 5; i <= NF && (src == "" || dport == ""); i++) {
+      if (src == "" && substr($i, 1, 4) == "src=") src = substr($i, 5)
+      else if (dport == "" && substr($i, 1, 6) == "dport=") dport = substr($i, 7)
+    }
+    if (src != "" && int(number(src) / size) == wanted && (port == "" || dport == port)) n++
+  }
+  next
+}
+"""
+_FILES_AWK = (
+    'BEGIN { srand(); print "@@now " srand() }\n'
+    + _FLOWS_AWK
+    + 'FNR == 1 && s != last { print "@@" s; last = s }\n{ print }\n'
+    + 'END { if (counting) { print "@@flows"; printf "%d flow entries have been shown.\\n", n } }\n'
 )
+_READ_FILES = f'awk {shlex.quote(_FILES_AWK)} "$@" /dev/null 2>/dev/null'
 _FLOWS_SHOWN_RE = re.compile(r"(\d+) flow entries have been shown")
 
 
@@ -288,44 +321,23 @@ def _chains_read(about: Target | None) -> tuple[bool, ...]:
     return (False, True) if about is None or about.v6 else (False,)
 
 
-PROC_CONNTRACK = "/proc/net/nf_conntrack"
-# Counts, as `conntrack -L -f ipv4 -s NET [-p PROTO] [--dport PORT]` does, the tracked IPv4 flows whose
-# original source is in NET (and protocol in `protos`, original destination port `port`, when
-# given), from the kernel's own table as text, and says so in conntrack's words. The `conntrack` tool
-# asks netlink for every flow of the host and filters them itself: about ten times the CPU of this
-# read (11 ms against 1 ms for 1,500 flows), and a busy host tracks many more.
-_PROC_FLOWS_AWK = r"""
-function number(address, part) {
-  split(address, part, "."); return ((part[1] * 256 + part[2]) * 256 + part[3]) * 256 + part[4]
-}
-BEGIN {
-  size = 2 ^ (32 - bits); wanted = int(number(net) / size)
-  split(protos, list, " "); for (i in list) ok[list[i]] = 1
-}
-$1 == "ipv4" && (protos == "" || ($3 in ok)) {
-  src = ""; dport = ""
-  for (i = 5; i <= NF && (src == "" || dport == ""); i++) {
-    if (src == "" && substr($i, 1, 4) == "src=") src = substr($i, 5)
-    else if (dport == "" && substr($i, 1, 6) == "dport=") dport = substr($i, 7)
-  }
-  if (src != "" && int(number(src) / size) == wanted && (port == "" || dport == port)) n++
-}
-END { printf "%d flow entries have been shown.\n", n }
-"""
-
-
-def _flows_command(about: Target) -> str:
-    """How the facts count the source's tracked flows: from /proc for an IPv4 block where the host
-    has it readable, else with `conntrack -L` (its count on stderr)."""
+def _flows_commands(about: Target) -> tuple[str, str]:
+    """How the facts count the source's tracked flows, where the conntrack tool is installed ($ct):
+    shell text that, for an IPv4 block with the kernel's table readable, adds the table to the
+    files awk reads (and sets flows=awk); and the fallback run after it otherwise, `conntrack -L`
+    (its count on stderr)."""
     listing = "; ".join(shlex.join(["conntrack", "-L", *f]) for f in about.conntrack_filters())
-    by_tool = f"{{ {listing}; }} 2>&1 >/dev/null"
+    by_tool = (f'[ "$ct" = yes ] && [ "$flows" != awk ] && '
+               f'{{ echo "{MARK}flows"; {{ {listing}; }} 2>&1 >/dev/null; }}')  # fmt: skip
     if about.v6:
-        return by_tool
+        return "flows=tool", by_tool
     protos = about.proto or ("tcp udp" if about.port is not None else "")
     assigned = [f"net={about.network.network_address}", f"bits={about.network.prefixlen}",
-                f"protos={protos}", f"port={'' if about.port is None else about.port}"]  # fmt: skip
-    by_proc = shlex.join(["awk", *(a for v in assigned for a in ("-v", v)), _PROC_FLOWS_AWK, PROC_CONNTRACK])
-    return f"if [ -r {PROC_CONNTRACK} ]; then {by_proc}; else {by_tool}; fi"
+                f"protos={protos}", f"port={'' if about.port is None else about.port}", "counting=1",
+                "s=flows", PROC_CONNTRACK]  # fmt: skip
+    by_proc = (f'flows=tool; [ "$ct" = yes ] && [ -r {PROC_CONNTRACK} ] && '
+               f'set -- "$@" {shlex.join(assigned)} && flows=awk')  # fmt: skip
+    return by_proc, by_tool
 
 
 def facts_command(state: StatePath, about: Target | None = None) -> str:
@@ -333,9 +345,9 @@ def facts_command(state: StatePath, about: Target | None = None) -> str:
     block a task acts on), also the number of tracked flows (conntrack) that source opened, and
     for an IPv4 block only the IPv4 tables (see `_chains_read`).
 
-    Processes started on the host: one awk for the clock and the files, one `iptables -S` per
-    family (the whole filter table: ufw's chain and DOCKER-USER in one call), conntrack with
-    `about`; the rest are shell builtins."""
+    Processes started on the host: one awk for the clock, the files and (IPv4, where the kernel's
+    table is readable) the flows, one `iptables -S` per family (the whole filter table: ufw's chain
+    and DOCKER-USER in one call), conntrack for an IPv6 block; the rest are shell builtins."""
     q = shlex.quote
     files = [f"[ -f {q(path)} ] && [ -r {q(path)} ] && set -- \"$@\" s={name} {q(_operand(path))}"
              for name, path in (*UFW_FILES, ("state", state.file))]  # fmt: skip
@@ -344,23 +356,23 @@ def facts_command(state: StatePath, about: Target | None = None) -> str:
         f'echo "{MARK}table{6 if v6 else 4}rc $?"'
         for v6 in _chains_read(about)
     ]
-    flows = []
-    if about is not None:  # counted where the conntrack tool is installed, as before
-        flows = [f'[ "$ct" = yes ] && {{ echo "{MARK}flows"; {_flows_command(about)}; }}']
+    # counted where the conntrack tool is installed, as before
+    flows_in_awk, flows_after = _flows_commands(about) if about is not None else ("", "")
     return "\n".join(
         [
             "set --",
             *files,
             f'for f in {APPS_DIR}/*; do [ -f "$f" ] && [ -r "$f" ] && set -- "$@" s=apps "$f"; done',
+            "ct=no; command -v conntrack >/dev/null 2>&1 && ct=yes",
+            *([flows_in_awk] if flows_in_awk else []),
             _READ_FILES,
             f'echo "{MARK}files $?"',
             _CONNECTION_SCRIPT.strip(),
             f'echo "{MARK}ssh $conn"',
             f'if command -v ufw >/dev/null 2>&1; then echo "{MARK}ufw yes"; else echo "{MARK}ufw no"; fi',
             *tables,
-            "ct=no; command -v conntrack >/dev/null 2>&1 && ct=yes",
             f'echo "{MARK}conntrack $ct"',
-            *flows,
+            *([flows_after] if flows_after else []),
             f'echo "{MARK}end"',
         ]
     )

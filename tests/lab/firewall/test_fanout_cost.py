@@ -95,13 +95,14 @@ def programs(trace: Path, since: int = 0) -> list[str]:
 
 
 @pytest.mark.usefixtures("api1")
-def test_a_no_op_block_ip_is_one_channel_and_nine_processes_on_the_host(
+def test_a_no_op_block_ip_is_one_channel_and_seven_processes_on_the_host(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, traced: Path
 ) -> None:
     """The change is two channels (the lock with the facts; the apply with its verification); the
-    re-run is one, and the host starts only sshd, the login shell (bash, exec'ing sh), flock, awk,
-    iptables, a second awk counting the source's flows in /proc/net/nf_conntrack (the conntrack
-    tool where that file is not readable) and the heartbeat's reader (timeout, dd). The old
+    re-run is one, and the host starts only sshd, the login shell (bash, exec'ing sh), flock, awk
+    (the files, and the source's flows counted in /proc/net/nf_conntrack: the conntrack tool where
+    that file is not readable), iptables and the heartbeat's reader (bash, whose `read` times out by
+    itself; timeout and dd, two processes per heartbeat, where the host has no bash). The old
     command started 31 (a cat per ufw file and app profile, date, dirname, mkdir, four iptables,
     wc, a second sh), and then conntrack, about ten times the CPU of that awk."""
     changed: list[str] = []
@@ -115,6 +116,30 @@ def test_a_no_op_block_ip_is_one_channel_and_nine_processes_on_the_host(
     time.sleep(0.5)
     started = programs(traced, since)
     assert "ufw" not in started and "cat" not in started
-    counter = "awk" if os.access("/proc/net/nf_conntrack", os.R_OK) else "conntrack"  # one kernel
-    expected = ["sshd", "bash", "sh", "flock", "awk", "iptables", counter, "timeout", "dd"]
+    # the flows: counted by the facts' one awk where the kernel's table is readable (one kernel)
+    counter = [] if os.access("/proc/net/nf_conntrack", os.R_OK) else ["conntrack"]
+    lease = ["bash"] if shutil.which("bash") else ["timeout", "dd"]  # bash's timed read (one process)
+    expected = ["sshd", "bash", "sh", "flock", "awk", "iptables", *counter, *lease]
     assert started == sorted(expected), started
+
+
+@pytest.mark.usefixtures("api1")
+def test_a_block_ip_change_runs_ufw_once_and_the_state_write_starts_no_helpers(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, traced: Path
+) -> None:
+    """The change: the lock with the facts, then one channel with `ufw prepend`, the DOCKER-USER
+    rule, the checked state write and the facts again. ufw is the only Python started; the state
+    write starts head, sha256sum, stat (none for a new file), sync, mv and sync, not the dirname,
+    mkdir, rm, wc, tr, cut, a second stat and chmod it started before (every process about a
+    millisecond of the host's CPU), and the lease no timeout or dd per heartbeat."""
+    changed: list[str] = []
+    assert run_block_ip(changed, monkeypatch, tmp_path) == Status.CHANGED
+    assert len(changed) == 2
+    time.sleep(0.5)
+    started = programs(traced)
+    assert started.count("ufw") == 1, started
+    assert started.count("awk") == 2 and started.count("sha256sum") == 1, started  # facts twice, one write
+    helpers = {"dirname", "wc", "tr", "cut", "chmod", "chown", "rm"}  # mkdir: where the folder is missing
+    if shutil.which("bash"):
+        helpers |= {"timeout", "dd"}
+    assert not helpers & set(started), sorted(helpers & set(started))

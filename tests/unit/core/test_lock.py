@@ -140,21 +140,98 @@ def test_release_does_not_wait_for_the_watchers_next_poll(remote: LocalRemote, t
     assert sum(took) < 0.5, took  # the old order: about 1.25 s for five
 
 
-def test_the_lock_shell_starts_only_flock_and_the_heartbeats_reader(tmp_path: Path) -> None:
-    """No dirname or mkdir when the lock's directory exists, no second shell for the facts."""
-    if shutil.which("strace") is None:
-        pytest.skip("strace is not installed")
+def lock_argv(lock_dir: Path, release_after: int = 20) -> list[str]:
     from remediations.core.lock import LOCK_SCRIPT
 
+    lock = str(lock_dir / "remediations.lock")
+    return ["sh", "-c", LOCK_SCRIPT, "lock", lock, "5", "me", "echo facts", str(release_after)]
+
+
+def path_without(tmp_path: Path, *missing: str) -> str:
+    """A PATH of links to the tools the lock shell may use, less `missing`."""
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    for tool in ("sh", "bash", "mkdir", "flock", "cat", "timeout", "dd", "touch"):
+        real = shutil.which(tool)
+        if real and tool not in missing:
+            (folder / tool).symlink_to(real)
+    return str(folder)
+
+
+def started(argv: list[str], tmp_path: Path, env: dict[str, str] | None = None) -> tuple[bytes, list[str]]:
     trace = tmp_path / "trace"
-    lock = str(tmp_path / "remediations.lock")
-    argv = ["sh", "-c", LOCK_SCRIPT, "lock", lock, "5", "me", "echo facts", "20"]
-    done = subprocess.run(["strace", "-f", "-qq", "-e", "trace=execve", "-o", str(trace), *argv],
-                          input=b"", capture_output=True, check=True)  # fmt: skip
-    assert b"facts" in done.stdout and b"HEARTBEAT" in done.stdout
-    started = [line for line in trace.read_text().splitlines() if "execve(" in line and "= 0" in line]
-    programs = sorted(line.split('"')[1].rsplit("/", 1)[-1] for line in started)
+    tracer = shutil.which("strace") or "strace"
+    done = subprocess.run([tracer, "-f", "-qq", "-e", "trace=execve", "-o", str(trace), *argv],
+                          input=b"", capture_output=True, check=True, env=env)  # fmt: skip
+    lines = [line for line in trace.read_text().splitlines() if "execve(" in line and "= 0" in line]
+    return done.stdout, sorted(line.split('"')[1].rsplit("/", 1)[-1] for line in lines)
+
+
+needs_strace = pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
+needs_bash = pytest.mark.skipif(shutil.which("bash") is None, reason="bash is not installed")
+
+
+@needs_strace
+@needs_bash
+def test_the_lock_shell_starts_only_flock_and_bash_for_the_lease(tmp_path: Path) -> None:
+    """No dirname or mkdir when the lock's directory exists, no second shell for the facts, and the
+    lease read by bash's timed `read`: no `timeout` and `dd` per heartbeat (two processes each time,
+    about 2.5 ms of the host's CPU, every two seconds a run holds the lock)."""
+    out, programs = started(lock_argv(tmp_path), tmp_path)
+    assert b"facts" in out and b"HEARTBEAT" in out
+    assert programs == ["bash", "flock", "sh"], programs
+
+
+@needs_strace
+def test_without_bash_the_lease_is_read_by_timeout_and_dd(tmp_path: Path) -> None:
+    env = {"PATH": path_without(tmp_path, "bash")}
+    out, programs = started(lock_argv(tmp_path), tmp_path, env)
+    assert b"HEARTBEAT" in out
     assert programs == ["dd", "flock", "sh", "timeout"], programs
+
+
+@needs_bash
+def test_the_leases_bash_reads_no_startup_files(tmp_path: Path) -> None:
+    """bash run by sshd reads ~/.bashrc (Debian's build), and any bash reads $BASH_ENV: neither for
+    the lease (on the lab's hosts root's .bashrc runs `pyenv init`, 0.3 s of CPU)."""
+    marker = tmp_path / "read"
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".bashrc").write_text(f"touch {marker}\n")
+    (tmp_path / "env.sh").write_text(f"touch {marker}\n")
+    env = {"PATH": path_without(tmp_path), "HOME": str(home), "BASH_ENV": str(tmp_path / "env.sh"),
+           "ENV": str(tmp_path / "env.sh"), "SSH_CLIENT": "198.18.0.1 50000 22", "SHLVL": "0"}  # fmt: skip
+    done = subprocess.run(
+        lock_argv(tmp_path), input=b"bb", capture_output=True, env=env, timeout=20, check=True
+    )
+    assert done.stdout.split(b"HEARTBEAT\n", 1)[1] == b"beat\nbeat\n"
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("bash", [True, False], ids=["bash", "timeout-and-dd"])
+def test_the_host_holds_the_lease_while_heartbeats_come_and_releases_it_on_silence(
+    tmp_path: Path, bash: bool
+) -> None:
+    if bash and shutil.which("bash") is None:
+        pytest.skip("bash is not installed")
+    env = {"PATH": path_without(tmp_path, *(() if bash else ("bash",)))}
+    shell = subprocess.Popen(lock_argv(tmp_path, release_after=2), stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, env=env)  # fmt: skip
+    assert shell.stdin is not None and shell.stdout is not None
+    try:
+        for _ in range(8):  # 4 s, twice the lease: only the heartbeats keep it
+            shell.stdin.write(b"b")
+            shell.stdin.flush()
+            time.sleep(0.5)
+            assert not lock_is_free(tmp_path)
+        started = time.monotonic()
+        shell.wait(10)  # silent now, stdin still open: released within the lease
+        assert 1.5 < time.monotonic() - started < 5
+        assert lock_is_free(tmp_path)
+        assert shell.stdout.read().count(b"beat\n") == 8
+    finally:
+        shell.kill()
+        shell.wait()
 
 
 def test_the_facts_under_the_lock_are_taken_in_whole_not_a_line_at_a_time(
