@@ -10,8 +10,12 @@ development tasks are a separate collection: `inv -r lab --list`.
 
 import sys
 
-from remediations import invoke_errors
-from remediations.cli import collection
+from remediations.core import startup
+
+startup.pause()  # the collector is off while the modules are imported; the engine turns it back on
+
+from remediations import invoke_errors  # noqa: E402
+from remediations.cli import collection  # noqa: E402
 
 # Invoke turns bytecode writing off (no tasks.pyc beside a tasks file; tasks.py is read by now). Left
 # off, a checkout's modules would be compiled from source on every `inv` until some other Python run

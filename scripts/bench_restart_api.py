@@ -8,7 +8,10 @@ Sides, rounds interleaved (raw, inv, engine, raw, …) so that machine noise hit
 - inv: `inv restart-api --host HOST` end to end (interpreter start and imports included);
 - engine: the engine run alone, in this process (no interpreter start), with its round trips counted
   (SSH exec requests: the lock, commands, polls).
-Reported: the overhead of each over raw, in seconds (issue 14's target: at most 0.5 s).
+Reported: the overhead of each over raw, in seconds (issue 14's target: at most 0.5 s), the CPU
+time of the `inv` process, and the load average at the start and the end. The inv side runs with the
+tree's bytecode compiled first, as an installed copy runs (PYTHONDONTWRITEBYTECODE, which test
+runners set, would otherwise make every round compile the package from source).
 
 Usage (root; starts the lab if needed):
     .venv/bin/python scripts/bench_restart_api.py [--host api1] [--rounds 5] [--tree DIR]
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shlex
 import statistics
 import subprocess
@@ -45,14 +49,17 @@ def raw_command(host: Any) -> str:
     )
 
 
-def timed(argv: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT) -> float:
+def timed(argv: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the process and its children) of one run that must succeed."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)  # one child at a time: the difference is its
     t0 = time.monotonic()
     done = subprocess.run(argv, capture_output=True, env=env, cwd=cwd, check=False, timeout=300)
     wall = time.monotonic() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         sys.exit(f"failed ({done.returncode}): {shlex.join(argv)[:200]}\n{done.stderr.decode()[-2000:]}"
                  f"{done.stdout.decode()[-2000:]}")  # fmt: skip
-    return wall
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def engine_run(inventory_path: Path, host_name: str) -> tuple[float, int]:
@@ -106,30 +113,38 @@ def main() -> None:
     ssh = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
            "-o", f"UserKnownHostsFile={lab.KNOWN_HOSTS}", "-i", str(lab.SSH_KEY), "-l", "root", host.address]
     raw_argv = [*ssh, raw_command(host)]
-    env = {**os.environ, "PYTHONPATH": str(tree)}
+    sources = [str(tree / "remediations"), str(tree / "tasks.py")]
+    subprocess.run([sys.executable, "-m", "compileall", "-q", *sources], capture_output=True, check=True)
+    unset = ("PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX")
+    env = {**{k: v for k, v in os.environ.items() if k not in unset}, "PYTHONPATH": str(tree)}
     inv_argv = [sys.executable, "-m", "invoke", "restart-api", "--host", args.host, "--json",
                 "--inventory", str(inventory_path)]  # fmt: skip
 
     timed(raw_argv)  # warm caches on every side once
     timed(inv_argv, env, tree)
     engine_run(inventory_path, args.host)
-    raw, ours, engine, execs = [], [], [], []
+    raw, ours, engine, execs, cpu = [], [], [], [], []
+    load_at_start = os.getloadavg()[0]
     for _ in range(args.rounds):
-        raw.append(timed(raw_argv))
-        ours.append(timed(inv_argv, env, tree))
+        raw.append(timed(raw_argv)[0])
+        wall, used = timed(inv_argv, env, tree)
+        ours.append(wall)
+        cpu.append(used)
         wall, count = engine_run(inventory_path, args.host)
         engine.append(wall)
         execs.append(count)
 
     floor = statistics.median(raw)
     print(f"restart-api on {args.host} ({tree}), {args.rounds} interleaved rounds, medians; "
-          f"load average {os.getloadavg()[0]:.1f}")  # fmt: skip
+          f"load average {load_at_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end")  # fmt: skip
     print(f"{'side':44} {'wall s':>8} {'over raw s':>11}")
     for name, values in (("raw: ssh compose restart + 50 ms health poll", raw),
                          ("inv restart-api (interpreter start included)", ours),
                          ("engine run only (in process)", engine)):  # fmt: skip
         median = statistics.median(values)
         print(f"{name:44} {median:8.2f} {median - floor:11.2f}")
+    rounds = ", ".join(f"{c:.3f}" for c in cpu)
+    print(f"CPU of the inv process: {statistics.median(cpu):.3f} s (rounds: {rounds})")
     print(f"SSH exec requests per engine run: {statistics.median(execs):.0f} (rounds: {execs})")
     print("target: inv - raw <= 0.5 s")
 

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
-from remediations.core import interrupt
+from remediations.core import interrupt, startup
 from remediations.core.context import HostContext, _Recorded, incident_message
 from remediations.core.errors import HostError
 from remediations.core.inventory import Host, Inventory, run_wide_vars
@@ -74,6 +74,9 @@ class Engine:
             remediation.validate(host)
             if not host.is_local:
                 host.ssh_options  # noqa: B018 - raises UsageError for options that are bad input
+        if any(not host.is_local for host in hosts):
+            from remediations.core import connection  # noqa: F401 - the SSH client: part of start-up
+        startup.done()
         run = RunResult(remediation.task, self.options.check)
         serial = self.options.serial or (None if self.options.check else remediation.default_serial)
         batches = _batches(list(hosts), serial)

@@ -17,6 +17,7 @@ from invoke.tasks import Task
 
 from remediations.cli import PendingTask, collection, every_task, only_named
 from remediations.core import registry
+from tests import sshserver
 
 ROOT = Path(__file__).resolve().parents[2]
 DOMAINS = ("docker", "host", "firewall", "s3", "postgres", "secrets", "bots", "systemd")
@@ -25,10 +26,17 @@ HEAVY = ("boto3", "botocore", "psycopg", "docker", "fabric")  # none of them is 
 # Runs Invoke's own `inv` program in this process and prints, once it is done, which remediation
 # modules and heavy libraries it imported.
 PROBE = f"""
-import atexit, json, sys
+import atexit, gc, json, sys
+def frozen(module, name):  # an object gc.freeze moved out of the collector's sight is in no generation
+    if module not in sys.modules:
+        return None
+    return id(getattr(sys.modules[module], name)) not in {{id(o) for o in gc.get_objects()}}
 def seen():
     names = sorted(sys.modules)
     print(json.dumps({{
+        "gc": {{"enabled": gc.isenabled(), "frozen": gc.get_freeze_count(),
+                "paramiko_frozen": frozen("paramiko", "Transport"),
+                "engine_frozen": frozen("remediations.core.engine", "Engine")}},
         "remediations": [m for m in names if m.count(".") == 2 and m.split(".")[1] in {DOMAINS!r}
                          and m.startswith("remediations.")],
         "heavy": [m for m in names if m.split(".")[0] in {HEAVY!r}],
@@ -65,6 +73,37 @@ def test_task_help_imports_that_task_alone() -> None:
     assert seen["heavy"] == [] and not seen["paramiko"]
 
 
+def test_the_collector_is_paused_during_start_up() -> None:
+    """tasks.py pauses Python's cyclic garbage collector; `--help` runs nothing, so nothing ends it."""
+    done, seen = probe("restart-api", "--help")
+    assert done.returncode == 0, done.stderr
+    assert seen["gc"]["enabled"] is False and seen["gc"]["frozen"] == 0
+
+
+def test_a_run_over_ssh_freezes_the_start_up_with_the_ssh_client_and_collects_again(tmp_path: Path) -> None:
+    """A real run over SSH (tests/sshserver.py on loopback: its commands print nothing, so the facts
+    find no compose once connected): the engine ended the pause once the SSH client was imported, so
+    paramiko's objects were frozen with the rest, and the run collected its own garbage."""
+    key_file = tmp_path / "id_ed25519"
+    key = sshserver.ed25519_key_file(key_file)
+    with sshserver.serving(key) as server:
+        known = tmp_path / "known_hosts"
+        known.write_text(server.known_hosts_line())
+        host = {"ansible_host": "127.0.0.1", "ansible_port": server.port, "ansible_user": "root",
+                "ansible_ssh_private_key_file": str(key_file),
+                "ansible_ssh_common_args": f"-o UserKnownHostsFile={known} -o StrictHostKeyChecking=yes",
+                "compose_project_dir": "/srv/shop", "compose_project_name": "shop", "api_service": "api"}
+        inventory = tmp_path / "hosts.yml"
+        inventory.write_text(yaml.safe_dump({"all": {"hosts": {"ssh1": host}}}))
+        argv = ("restart-api", "--check", "--host", "ssh1", "--inventory", str(inventory))
+        done, seen = probe(*argv, cwd=tmp_path)
+        assert server.accepted, done.stdout  # it connected (and authenticated) before the facts failed
+    assert done.returncode == 1 and "neither 'docker compose'" in done.stdout, done.stdout + done.stderr
+    assert seen["gc"]["enabled"] is True
+    assert seen["gc"]["paramiko_frozen"] is True and seen["gc"]["engine_frozen"] is True
+    assert seen["gc"]["frozen"] > 20_000  # start-up's objects, paramiko's and cryptography's among them
+
+
 def test_help_of_a_task_named_after_help_imports_that_task_alone() -> None:
     done, seen = probe("--help", "block-ip")
     assert done.returncode == 0, done.stderr
@@ -87,6 +126,8 @@ def test_a_check_run_imports_no_other_remediation_and_no_boto_or_psycopg(tmp_pat
     assert_only(seen, "remediations.docker.restart_api")
     assert seen["heavy"] == []
     assert seen["http"] == []  # no notification channel configured: nothing imported to send one
+    assert seen["gc"]["enabled"] is True and seen["gc"]["engine_frozen"] is True  # the pause ended
+    assert seen["gc"]["paramiko_frozen"] is None  # a local host: no SSH client imported
 
 
 def test_two_tasks_on_one_command_line_import_both() -> None:
