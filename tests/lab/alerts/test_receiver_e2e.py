@@ -181,3 +181,24 @@ def test_re_sends_and_both_peers_copies_of_one_alert_run_it_once(loop: Loop) -> 
     actions = loop.receiver.actions("api2")
     assert [(a["rule"], a["state"]) for a in actions] == [("api-down", "succeeded")], actions
     labkit.wait_health("api2", "healthy")
+
+
+def test_an_alertmanager_with_the_wrong_token_is_refused_and_nothing_runs(loop: Loop) -> None:
+    """A real Alertmanager whose credentials_file holds another token: 401 to each of its POSTs, no
+    alert stored, nothing run (Alertmanager does not retry a 4xx; it tries again at the next tick)."""
+    refused = 'remediations_alert_posts_total{code="401"}'
+    before = loop.receiver.metrics()
+    runs = len(loop.receiver.runs())
+    with alerting.alertmanager(f"{loop.receiver.url}/alertmanager", name="am-wrong",
+                               token="not-the-receivers-token-0000000000") as wrong:  # noqa: S106
+        wrong.add({"alertname": "APIDown", "instance": "api2:8080", "severity": "critical"},
+                  start=dt.datetime.now(dt.UTC))  # fmt: skip
+        more = lambda: loop.receiver.metrics().get(refused, 0) > before.get(refused, 0)  # noqa: E731
+        alerting.wait_until("a 401 at the receiver", more, 20, 0.3)
+        # Alertmanager's own log says why its notification failed
+        alerting.wait_until("Alertmanager's log of the 401", lambda: "401" in wrong.log(), 10, 0.3)
+    after = loop.receiver.metrics()
+    for name in ('remediations_alerts_received_total{status="firing"}',
+                 'remediations_alert_decisions_total{decision="queued"}'):  # fmt: skip
+        assert after.get(name, 0) == before.get(name, 0), name
+    assert len(loop.receiver.runs()) == runs
