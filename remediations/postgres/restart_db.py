@@ -193,7 +193,8 @@ def read(ctx: HostContext, cluster: Cluster) -> ServerFacts:
 
 def failure(ctx: HostContext, cluster: Cluster, facts: ServerFacts, when: str) -> str:
     lines = [ctx.redactor.text(mask_line(line)) for line in facts.log]
-    tail = f"; the server log's last {len(lines)} lines:\n" + "\n".join(lines) if lines else ""
+    where = f" ({facts.log_file})" if facts.log_file else ""
+    tail = f"; the server log's last {len(lines)} lines{where}:\n" + "\n".join(lines) if lines else ""
     return f"not accepting connections {when}: {facts.describe(cluster.pg.port)}{tail}"
 
 
