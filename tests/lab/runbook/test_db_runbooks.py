@@ -190,3 +190,45 @@ def test_database_down_restores_a_damaged_database_only_after_approval(damaged_s
     olds = [n for n in db_names() if n.startswith("shop_old_")]
     assert olds and pglab.sql(HOST, "select to_regclass('orders_gone') is not null", db=olds[-1]) == "t"
     assert postmaster_pid() == started, "the server was never restarted"
+
+
+def test_restart_db_force_restarts_a_healthy_server_check_mode_changes_nothing(db1: str, audit: Path) -> None:
+    started = postmaster_pid()
+    check = inv("restart-db", "--host", HOST, "--force", "--check", "--json", audit=audit)
+    assert check.code == 0 and check.host(HOST)["status"] == "changed", check.stdout + check.stderr
+    assert "would restart the cluster with pg_ctl" in check.host(HOST)["message"]
+    assert postmaster_pid() == started
+
+    real = inv("restart-db", "--host", HOST, "--force", "--json", audit=audit)
+    assert real.code == 0 and real.host(HOST)["status"] == "changed", real.stdout + real.stderr
+    done = {s["step"]: s for s in real.host(HOST)["steps"]}
+    assert done["restart"]["status"] == "changed" and done["verify"]["status"] == "ok", done
+    assert postmaster_pid() != started and pg_isready() == 0 and rows() == db1
+
+    for args in ((), ("--check",)):
+        again = inv("restart-db", "--host", HOST, *args, "--json", audit=audit)
+        assert again.code == 0 and again.host(HOST)["status"] == "ok", again.stdout
+
+
+@pytest.mark.slow_faults
+def test_a_postmaster_that_ignores_shutdown_is_escalated_never_killed(db1: str, audit: Path) -> None:
+    """SIGSTOP: the postmaster runs but answers nothing, and cannot stop. restart-db tries a fast
+    then an immediate shutdown (60 s each), then fails without starting anything; the runbook
+    escalates. The postmaster is the same process afterwards (SIGCONT in the end)."""
+    pid = postmaster_pid()
+    lab_mod.exec_on(HOST, ["kill", "-STOP", str(pid)], timeout=30)
+    try:
+        ran = inv("runbook", "database-down", "--host", HOST, "--json", audit=audit, timeout=400)
+        assert ran.code == 1, ran.stderr + ran.stdout
+        assert path_of(ran) == [("probe", "failed"), ("restart", "failed")], path_of(ran)
+        [host] = json.loads(ran.stdout)["hosts"]
+        assert "a postmaster runs" in host["steps"][0]["message"], host
+        restart = host["steps"][1]
+        assert "the server did not stop" in restart["message"], restart
+        assert restart["note"].startswith("not sent: no channel"), restart  # escalated (no channel here)
+        assert alive(pid) and postmaster_pid() == pid, "never killed"
+    finally:
+        lab_mod.exec_on(HOST, ["kill", "-CONT", str(pid)], timeout=30)
+        deadline = time.monotonic() + 60  # the shutdowns asked for meanwhile now take effect
+        while alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
