@@ -114,7 +114,7 @@ def log_command(cluster: Cluster, lines: int = LOG_LINES) -> str:
         return f"as_user {user} tail -n {int(lines)} -- {q(where)} 2>&1"
     return (
         f"f=$(ls -1t -- {q(where)}/*.log 2>/dev/null | head -n 1); "
-        f'if [ -n "$f" ]; then echo "($f)"; as_user {user} tail -n {int(lines)} -- "$f" 2>&1; '
+        f'if [ -n "$f" ]; then echo "@@log $f"; as_user {user} tail -n {int(lines)} -- "$f" 2>&1; '
         f"else echo {q('no *.log in ' + where + ': set postgres_log_file')}; fi"
     )
 
@@ -158,6 +158,7 @@ class ServerFacts:
     checks: dict[str, Any] | None = None  # the checks query's answer (None: not run or failed)
     checks_error: str = ""
     log: tuple[str, ...] = ()
+    log_file: str = ""  # the file found in the log directory (none when the inventory names it)
     error: str = ""  # the host could not be asked
 
     @property
@@ -237,6 +238,7 @@ def parse_facts(output: str) -> ServerFacts:
         checks = _json(section.body) if _code(section.arg) == 0 else None
         checks_error = "" if checks is not None else " ".join(section.body.split())[-300:]
     log = found["log"].body.splitlines()[-LOG_LINES:] if "log" in found else []
+    log_file = found["log"].arg if "log" in found else ""
     return ServerFacts(
         isready=_code(found["isready"].arg),
         ctl=_code(ctl.arg) if ctl is not None else None,
@@ -246,4 +248,5 @@ def parse_facts(output: str) -> ServerFacts:
         checks=checks,
         checks_error=checks_error,
         log=tuple(log),
+        log_file=log_file,
     )

@@ -66,7 +66,8 @@ def judge(facts: ServerFacts, port: int, database: str, tables: Mapping[str, int
     if server_ok and primary and facts.server.get("in_recovery"):
         server_ok, said = False, f"{said}: --primary wants it out of recovery"
     if not server_ok and facts.log:
-        said += f"; the server log's last {len(facts.log)} lines:\n" + "\n".join(facts.log)
+        where = f" ({facts.log_file})" if facts.log_file else ""
+        said += f"; the server log's last {len(facts.log)} lines{where}:\n" + "\n".join(facts.log)
     if not database or not server_ok:
         return Verdict(server_ok, said, None, "")
     if facts.server.get("database_exists") is False:

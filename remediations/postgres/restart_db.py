@@ -193,7 +193,8 @@ def read(ctx: HostContext, cluster: Cluster) -> ServerFacts:
 
 def failure(ctx: HostContext, cluster: Cluster, facts: ServerFacts, when: str) -> str:
     lines = [ctx.redactor.text(mask_line(line)) for line in facts.log]
-    tail = f"; the server log's last {len(lines)} lines:\n" + "\n".join(lines) if lines else ""
+    where = f" ({facts.log_file})" if facts.log_file else ""
+    tail = f"; the server log's last {len(lines)} lines{where}:\n" + "\n".join(lines) if lines else ""
     return f"not accepting connections {when}: {facts.describe(cluster.pg.port)}{tail}"
 
 
@@ -231,10 +232,15 @@ def act(ctx: HostContext, cluster: Cluster, before: ServerFacts, unit: UnitFacts
             systemd_unit.recover(ctx, settings, unit, how, "systemd ")
             now = wait_until_up(ctx, cluster, started=True)
         else:
-            for command in commands(cluster, action):
-                done = ctx.remote.run(script(command), timeout=START_ATTEMPTS * cluster.start_timeout + 180)
-                if not done.ok:
-                    break
+            *stops, start = commands(cluster, action)
+            for stop in stops:
+                if not ctx.remote.run(script(stop), timeout=300).ok:
+                    # a postmaster that ignores even an immediate shutdown (stopped, stuck in the
+                    # kernel) is for a person: it is never sent SIGKILL here
+                    now = read(ctx, cluster)
+                    raise HostError(f"the server did not stop ({now.describe(cluster.pg.port)}); not "
+                                    "started again: look at the postmaster's process")  # fmt: skip
+            ctx.remote.run(script(start), timeout=START_ATTEMPTS * cluster.start_timeout + 180)
             now = wait_until_up(ctx, cluster, started=True)
         waited = time.monotonic() - begun
         if now.state != "up":

@@ -128,3 +128,107 @@ def test_database_down_after_a_killed_postmaster_check_then_repair(db1: str, aud
     again = inv("restart-db", "--host", HOST, "--json", audit=audit)
     assert again.code == 0, again.stderr + again.stdout
     assert again.host(HOST)["status"] == "ok" and "left alone" in again.host(HOST)["message"]
+
+
+PREFIX = "dbdown-runbook/"  # this test's dump, not the lab's dumps/
+
+
+def db_names() -> list[str]:
+    return pglab.sql(HOST, "select datname from pg_database order by datname").split()
+
+
+@pytest.fixture
+def damaged_shop(db1: str, tmp_path: Path) -> Iterator[Path]:
+    """A dump of the healthy shop under PREFIX, then the damage: its orders table renamed away.
+    Afterwards shop has its orders again (the restored copy, or the table renamed back), the
+    databases the restore made or kept are dropped, the dump deleted, the writers up."""
+    before = set(db_names())
+    dump = lab_mod.exec_on(HOST, ["runuser", "-u", "postgres", "--", f"{pglab.BIN}/pg_dump", "-Fc", "-d",
+                                  "shop"], timeout=180).stdout  # fmt: skip
+    key = f"{PREFIX}shop-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.dump"
+    pglab.put_object(key, dump)
+    pglab.sql(HOST, "alter table orders rename to orders_gone", db="shop")
+    try:
+        yield labkit.write_inventory(tmp_path / "inventory.yml", host_vars={HOST: {"dump_s3_prefix": PREFIX}})
+    finally:
+        ensure_db1_up()
+        gone = pglab.sql(HOST, "select to_regclass('orders_gone') is not null", db="shop")
+        if gone == "t":
+            pglab.sql(HOST, "alter table orders_gone rename to orders", db="shop")
+        for name in set(db_names()) - before:
+            pglab.sql(HOST, f'drop database "{name}" with (force)')
+        lab_mod.exec_on(HOST, ["rm", "-f", "/var/lib/remediations/restore-db-shop.json"])
+        pglab.s3().delete_object(Bucket=pglab.BUCKET, Key=key)
+        for api in ("api1", "api2"):
+            lab_mod.exec_on(api, [*labkit.COMPOSE, "up", "-d", "--wait"], timeout=120)
+
+
+def test_database_down_restores_a_damaged_database_only_after_approval(damaged_shop: Path, db1: str,
+                                                                       audit: Path) -> None:  # fmt: skip
+    started = postmaster_pid()
+    given = ("runbook", "database-down", "--host", HOST)
+    check = inv(*given, "--check", "--json", audit=audit, inventory=damaged_shop, env=pglab.AWS_ENV)
+    assert check.code == 0, check.stderr + check.stdout
+    path = path_of(check)
+    assert path[:4] == [("probe", "failed"), ("restart", "ok"), ("verify", "failed"), ("restore", "changed")]
+    assert [p[0] for p in path] == ["probe", "restart", "verify", "restore", "verify-restore",
+                                    "tell-restored"], path  # fmt: skip
+    [host] = json.loads(check.stdout)["hosts"]
+    assert "table orders is missing" in host["steps"][0]["message"], host
+    assert "left alone" in host["steps"][1]["message"], host  # the server answers: not restarted
+    assert host["steps"][3]["note"] == "a real run asks for approval here"
+
+    paused = inv(*given, audit=audit, inventory=damaged_shop, env=pglab.AWS_ENV, stdin="")
+    assert paused.code == 3, paused.stderr + paused.stdout
+    assert "waiting for approval" in paused.stdout and "--from restore --yes" in paused.stdout
+    assert pglab.sql(HOST, "select to_regclass('orders') is null", db="shop") == "t", "nothing restored"
+
+    done = inv(*given, "--from", "restore", "--yes", audit=audit, inventory=damaged_shop, env=pglab.AWS_ENV)
+    assert done.code == 0, done.stderr + done.stdout
+    assert "database-down on db1: changed" in done.stdout, done.stdout
+    assert rows() == db1, "shop holds the dump's rows again"
+    olds = [n for n in db_names() if n.startswith("shop_old_")]
+    assert olds and pglab.sql(HOST, "select to_regclass('orders_gone') is not null", db=olds[-1]) == "t"
+    assert postmaster_pid() == started, "the server was never restarted"
+
+
+def test_restart_db_force_restarts_a_healthy_server_check_mode_changes_nothing(db1: str, audit: Path) -> None:
+    started = postmaster_pid()
+    check = inv("restart-db", "--host", HOST, "--force", "--check", "--json", audit=audit)
+    assert check.code == 0 and check.host(HOST)["status"] == "changed", check.stdout + check.stderr
+    assert "would restart the cluster with pg_ctl" in check.host(HOST)["message"]
+    assert postmaster_pid() == started
+
+    real = inv("restart-db", "--host", HOST, "--force", "--json", audit=audit)
+    assert real.code == 0 and real.host(HOST)["status"] == "changed", real.stdout + real.stderr
+    done = {s["step"]: s for s in real.host(HOST)["steps"]}
+    assert done["restart"]["status"] == "changed" and done["verify"]["status"] == "ok", done
+    assert postmaster_pid() != started and pg_isready() == 0 and rows() == db1
+
+    for args in ((), ("--check",)):
+        again = inv("restart-db", "--host", HOST, *args, "--json", audit=audit)
+        assert again.code == 0 and again.host(HOST)["status"] == "ok", again.stdout
+
+
+@pytest.mark.slow_faults
+def test_a_postmaster_that_ignores_shutdown_is_escalated_never_killed(db1: str, audit: Path) -> None:
+    """SIGSTOP: the postmaster runs but answers nothing, and cannot stop. restart-db tries a fast
+    then an immediate shutdown (60 s each), then fails without starting anything; the runbook
+    escalates. The postmaster is the same process afterwards (SIGCONT in the end)."""
+    pid = postmaster_pid()
+    lab_mod.exec_on(HOST, ["kill", "-STOP", str(pid)], timeout=30)
+    try:
+        ran = inv("runbook", "database-down", "--host", HOST, "--json", audit=audit, timeout=400)
+        assert ran.code == 1, ran.stderr + ran.stdout
+        assert path_of(ran) == [("probe", "failed"), ("restart", "failed")], path_of(ran)
+        [host] = json.loads(ran.stdout)["hosts"]
+        assert "a postmaster runs" in host["steps"][0]["message"], host
+        restart = host["steps"][1]
+        assert "the server did not stop" in restart["message"], restart
+        assert restart["note"].startswith("not sent: no channel"), restart  # escalated (no channel here)
+        assert alive(pid) and postmaster_pid() == pid, "never killed"
+    finally:
+        lab_mod.exec_on(HOST, ["kill", "-CONT", str(pid)], timeout=30)
+        deadline = time.monotonic() + 60  # the shutdowns asked for meanwhile now take effect
+        while alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)

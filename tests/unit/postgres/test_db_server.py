@@ -247,3 +247,12 @@ def test_the_lab_inventory_says_how_db1s_cluster_runs() -> None:
     db1 = inventory.load(labkit.LAB_INVENTORY).hosts["db1"]
     cluster = Cluster.of(db1)
     assert cluster.how == "pg_ctl" and cluster.data_dir == "/var/lib/postgresql/15/lab"
+
+
+def test_the_log_file_found_in_the_log_directory_is_named_not_counted_as_a_line() -> None:
+    text = "@@isready 2\n@@log\n@@log /var/log/postgresql/postgresql-15-main.log\nLOG:  a\nFATAL:  b\n"
+    facts = parse_facts(text)
+    assert facts.log == ("LOG:  a", "FATAL:  b") and facts.log_file.endswith("postgresql-15-main.log")
+    verdict = db_health.judge(facts, 5432, "", {}, primary=False)
+    where = "(/var/log/postgresql/postgresql-15-main.log)"
+    assert f"the server log's last 2 lines {where}:\nLOG:  a" in verdict.server
