@@ -16,7 +16,7 @@ from remediations.core import interrupt, validate
 from remediations.core.context import HostContext
 from remediations.core.errors import HostError
 from remediations.core.inventory import Host
-from remediations.core.remote import Remote
+from remediations.core.remote import Remote, must
 from remediations.core.results import Status
 from remediations.facts.compose import (
     Project,
@@ -26,7 +26,9 @@ from remediations.facts.compose import (
     container_logs,
     gather_project,
     health_urls,
+    parse_poll,
     poll,
+    poll_command,
     unknown_service,
 )
 
@@ -126,24 +128,50 @@ class _Recovery:
     stop_timeout: int
     step_prefix: str
 
-    def wait(self, after: ServiceFacts) -> tuple[ServiceFacts, float]:
+    def wait(self, after: ServiceFacts, first: ServiceFacts | None = None) -> tuple[ServiceFacts, float]:
         """Poll until the service started anew and is healthy, or `timeout` passed (`wait_until`):
         the last facts read either way. The poll is the cheap one (`facts.compose.poll`) when the
-        project's compose label is known, else the full facts."""
+        project's compose label is known, else the full facts. `first`: the first poll, read
+        already (by `_compose_then_poll`, in the round trip of the command waited on)."""
         start = time.monotonic()
         label = after.project_label(self.project)
         remote, probe = self.ctx.remote, min(self.timeout, 10.0)
-        read = (lambda: poll(remote, label, after, probe)) if label else self.facts
+        polled: Callable[[], ServiceFacts] = self.facts
+        if label:
+            polled = lambda: poll(remote, label, after, probe)  # noqa: E731
+        pending = [first] if first is not None else []
+
+        def read() -> ServiceFacts:
+            return pending.pop() if pending else polled()
+
         current = wait_until(read, lambda now: now.restarted_since(after) and now.healthy, self.timeout)
         return current, time.monotonic() - start
+
+    def _compose_then_poll(
+        self, before: ServiceFacts, what: str, args: Sequence[str], timeout: float
+    ) -> ServiceFacts | None:
+        """Run compose `args` (failing as `compose_run` does), and in the same round trip, once it
+        succeeded, the health wait's first poll (its facts returned) when the poll can be the cheap
+        one (the project's compose label is known); else compose alone, and None. Compose's own
+        output goes to stderr: the poll's sections are all of stdout."""
+        label = before.project_label(self.project)
+        if not label:
+            compose_run(self.ctx.remote, self.project, before.variant, what, *args, timeout=timeout)
+            return None
+        probe = min(self.timeout, 10.0)
+        compose = self.project.command(before.variant, *args)
+        first_poll = poll_command(label, before.service, before.http_url, probe)
+        command = f'{{ {compose}; }} >&2; rc=$?; [ "$rc" = 0 ] || exit "$rc"\n{first_poll}'
+        result = must(self.ctx.remote.run(command, timeout=timeout + probe + 30), what)
+        return parse_poll(before, result)
 
     def restart(self, before: ServiceFacts) -> tuple[bool, ServiceFacts]:
         """`compose restart`, waited on: (healthy, the facts to escalate from when not)."""
         service, stop = self.service, self.stop_timeout
         with self.ctx.step(f"{self.step_prefix}restart") as step:
-            compose_run(self.ctx.remote, self.project, before.variant, f"compose restart {service}",
-                        "restart", "-t", str(stop), service, timeout=stop + 120)  # fmt: skip
-            current, waited = self.wait(before)
+            first = self._compose_then_poll(before, f"compose restart {service}",
+                                            ("restart", "-t", str(stop), service), stop + 120)  # fmt: skip
+            current, waited = self.wait(before, first)
             ok, why = current.verdict()
             if ok and current.restarted_since(before):
                 step.done(Status.CHANGED, f"restarted {service}; healthy after {waited:.1f}s ({why})")
@@ -164,8 +192,8 @@ class _Recovery:
             args = ["up", "-d", "--force-recreate", "--no-deps", "-t", str(stop), service]
         with self.ctx.step(f"{self.step_prefix}{step_name}") as step:
             what = f"compose {' '.join(args[:-1])} {service}"
-            compose_run(self.ctx.remote, self.project, before.variant, what, *args, timeout=stop + 300)
-            current, waited = self.wait(before)
+            first = self._compose_then_poll(before, what, args, stop + 300)
+            current, waited = self.wait(before, first)
             note_replacement(self.ctx, self.project, service, before, current)
             ok, why = current.verdict()
             if ok and current.restarted_since(before):

@@ -115,8 +115,8 @@ def test_a_service_that_never_answers_still_fails_clearly(rswait: Path, audit: P
 
 
 def test_round_trips_of_one_restart(rswait: Path) -> None:
-    """One exec for the lock with the facts and the image record, one for the restart, then only
-    the cheap polls (no compose in them); nothing else."""
+    """One exec for the lock with the facts and the image record, one for the restart carrying the
+    wait's first poll, then only the cheap polls (no compose in them); nothing else."""
     from remediations.core import connection, inventory
     from remediations.core.engine import Engine
     from remediations.core.options import RunOptions
@@ -147,6 +147,7 @@ def test_round_trips_of_one_restart(rswait: Path) -> None:
     lock, restart, *polls = execs
     assert "flock" in lock and "config --services" in lock and "images.json" in lock
     assert "compose -p rswait -f compose.yaml restart -t 1 web" in restart
-    assert polls
+    assert "docker ps" in restart and restart.count("compose -p") == 1  # the first poll, after it
+    assert polls  # the service answers 503 for a second after its start: more polls follow
     for poll in polls:
         assert "docker ps" in poll and "compose" not in poll.replace("com.docker.compose", "")
