@@ -22,9 +22,11 @@ class Metrics:
     """The receiver's own series, in a registry of its own (prometheus_client)."""
 
     def __init__(self) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge
+        from prometheus_client import GC_COLLECTOR, CollectorRegistry, Counter, Gauge, ProcessCollector
 
         self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)  # a long-lived service: its memory, fds, CPU
+        self.registry.register(GC_COLLECTOR)  # and its collector (on: the start-up pause is over)
         self.posts = Counter(
             "remediations_alert_posts", "Webhook POSTs by HTTP status code", ["code"], registry=self.registry
         )

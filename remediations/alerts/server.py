@@ -13,6 +13,7 @@ retry by Alertmanager is the only thing that can bring an alert twice, and the s
 
 from __future__ import annotations
 
+import gc
 import hmac
 import json
 import re
@@ -147,7 +148,8 @@ class _Handler(BaseHTTPRequestHandler):
         elif self.path == "/healthz":
             try:
                 self.receiver.store.query("SELECT 1")
-                self._answer(200, {"ok": True})
+                # the collector is on in a long-lived receiver (tasks.py pauses it for start-up)
+                self._answer(200, {"ok": True, "gc_enabled": gc.isenabled()})
             except StoreError as exc:
                 self._answer(503, {"error": str(exc)})
         else:

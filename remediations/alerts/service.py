@@ -136,7 +136,9 @@ def serve(
 
 def _run(http: Any, work: Any, log: Any, banner: str) -> int:
     from remediations.alerts import server
+    from remediations.core import startup
 
+    startup.done()  # tasks.py paused the collector for the imports; no engine run will end the pause here
     stopping = threading.Event()
     got: list[int] = []
 

@@ -341,7 +341,7 @@ def test_metrics_count_what_came_and_what_was_decided(rig: Rig) -> None:
     assert samples[("remediations_alert_posts_total", (("code", "401"),))] == 1
     assert samples[("remediations_alert_decisions_total", (("decision", "succeeded"),))] == 1
     assert samples[("remediations_alert_decisions_total", (("decision", "deduped"),))] == 1
-    assert json.loads(rig.get("/healthz")) == {"ok": True}
+    assert json.loads(rig.get("/healthz"))["ok"] is True
 
 
 def inv(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -447,6 +447,10 @@ def test_a_receiver_killed_mid_run_loses_nothing_and_runs_nothing_twice(tmp_path
             while rig.states() != ["succeeded"] and time.monotonic() < end:
                 time.sleep(0.1)
             assert rig.states() == ["succeeded"] and len(rig.ran()) == 1
+            assert json.loads(rig.get("/healthz")) == {"ok": True, "gc_enabled": True}  # start-up pause over
+            families = text_string_to_metric_families(rig.get("/metrics"))
+            samples = {(s.name, tuple(s.labels.items())): s.value for f in families for s in f.samples}
+            assert samples[("process_resident_memory_bytes", ())] > 0
             second.terminate()
             assert second.wait(20) == 0
         finally:
