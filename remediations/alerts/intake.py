@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from remediations.alerts.payload import Alert, Notification
+from remediations.alerts.payload import Alert, Notification, shown
 from remediations.alerts.rules import Rule, decide, host_name
 from remediations.alerts.store import WAITING, Action, Store
 from remediations.core import registry
@@ -118,8 +118,8 @@ def receive(
 
 
 def _says(alert: Alert) -> str:
-    where = alert.labels.get("instance") or alert.labels.get("host") or ""
-    return f"{alert.name or 'an alert'}{' on ' + where if where else ''}"
+    where = shown(alert.labels.get("instance") or alert.labels.get("host") or "", 80)
+    return f"{shown(alert.name, 80) or 'an alert'}{' on ' + where if where else ''}"
 
 
 def _store_alert(db: sqlite3.Connection, alert: Alert, now: float) -> bool:
@@ -247,6 +247,10 @@ def _refire(
     ).fetchone()
     if row is None or row["ended"] is None or now - row["ended"] > rule.circuit.refire:
         return
+    reset = db.execute("SELECT since FROM circuits WHERE rule = ? AND host = ? AND state = 'closed'",
+                       (rule.name, host)).fetchone()  # fmt: skip
+    if reset is not None and reset["since"] >= row["ended"]:
+        return  # a person closed the circuit after that fix: it does not count against the next one
     reason = (
         f"{alert.name} fired again {now - row['ended']:.0f} s after action {row['id']} fixed it "
         f"(within {rule.circuit.refire:g} s): the fix does not hold"

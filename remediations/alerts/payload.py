@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -150,6 +151,20 @@ def _alert(value: Any, index: int) -> Alert:
         fingerprint=fingerprint,
         generator_url=_text(value.get("generatorURL", ""), f"{where}.generatorURL"),
     )
+
+
+def shown(text: str, limit: int = 200) -> str:
+    """A label value as a person reads it in a message or a log: control, format (bidi overrides) and
+    line-separator characters escaped so no value can start a line of its own or reorder one, and a
+    long value cut with its length said."""
+    out = "".join(_shown(c) for c in text[:limit])
+    return out if len(text) <= limit else f"{out}…({len(text)} characters)"
+
+
+def _shown(char: str) -> str:
+    if char == " " or (char.isprintable() and unicodedata.category(char) != "Cf"):
+        return char
+    return f"\\u{ord(char):04x}" if ord(char) > 0xFF else f"\\x{ord(char):02x}"
 
 
 def _fingerprint(labels: Mapping[str, str]) -> str:

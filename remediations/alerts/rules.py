@@ -82,6 +82,9 @@ def parse(text: str, source: str) -> list[Rule]:
     if not isinstance(data, Located) or not isinstance(data.get("rules"), list):
         raise RulesError(f"{source}:1: a rules file is a mapping with `rules:`, a list of rules")
     known_keys(data, {"rules"}, source, "a rules file", RulesError)
+    if not data["rules"]:
+        where = f"{source}:{line_of(data, 'rules')}"
+        raise RulesError(f"{where}: no rules: the receiver would take every alert and run nothing")
     rules: list[Rule] = []
     for raw in data["rules"]:
         rule = _rule(raw, source, line_of(data, "rules"))

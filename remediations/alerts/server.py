@@ -25,7 +25,7 @@ from typing import Any
 
 from remediations.alerts import intake
 from remediations.alerts.journal import Journal
-from remediations.alerts.payload import PayloadError, parse
+from remediations.alerts.payload import PayloadError, parse, shown
 from remediations.alerts.rules import Rule
 from remediations.alerts.store import Store, StoreError
 from remediations.core.errors import UsageError
@@ -52,10 +52,24 @@ class Receiver:
         self.journal = journal
         self.token = token
         self.wake = wake
+        self._last_refusal: dict[str, float] = {}
 
-    def authorized(self, header: str | None) -> bool:
-        scheme, _, given = (header or "").partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self.token.encode())
+    def refusal(self, header: str | None, client: str) -> str:
+        """Why the request is not authorized ("" when it is); said in the log at most every 10 s."""
+        scheme, _, given = (header or "").strip().partition(" ")
+        if not header:
+            why = "no Authorization header: a bearer token is required (Alertmanager: authorization)"
+        elif scheme.lower() != "bearer":
+            why = f"Authorization is {shown(scheme, 20)!r}, not Bearer (Alertmanager: type: Bearer)"
+        elif not hmac.compare_digest(given.strip().encode(), self.token.encode()):
+            why = "the bearer token is not this receiver's (its --token-env / --token-file)"
+        else:
+            return ""
+        now = time.monotonic()
+        if now - self._last_refusal.get(why, -60.0) >= 10.0:
+            self._last_refusal[why] = now
+            self.journal.say(f"refused a request from {client}: {why}")
+        return why
 
     def notification(self, body: bytes) -> tuple[int, dict[str, Any]]:
         try:
@@ -160,10 +174,9 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path != "/alertmanager" and approve_id is None:
             self._answer(404, {"error": "POST /alertmanager (the webhook) or /approve/ID"})
             return
-        if not self.receiver.authorized(self.headers.get("Authorization")):
-            self._answer(
-                401, {"error": "a bearer token is required (Alertmanager: http_config.authorization)"}
-            )
+        refused = self.receiver.refusal(self.headers.get("Authorization"), self.client_address[0])
+        if refused:
+            self._answer(401, {"error": refused})
             return
         body = self._body()
         if body is None:

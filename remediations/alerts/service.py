@@ -176,11 +176,14 @@ def approve_main(action: str | None, store: str | None, by: str | None) -> str:
     if not action or not action.isdigit():
         raise UsageError(f"give the action's number (`inv alerts.status` lists them), not {action!r}")
     try:
-        db = Store(store_path(store))
+        db = Store(store_path(store), create=False)
     except StoreError as exc:
         raise UsageError(str(exc)) from None
     who = by or os.environ.get("SUDO_USER") or os.environ.get("USER") or "someone"
-    message = approve(db, int(action), who[:100])
+    try:
+        message = approve(db, int(action), who[:100])
+    except UsageError as exc:
+        raise UsageError(f"{exc} (store {db.path})") from None
     found = db.action(int(action))
     _audit("approved", message, found.fingerprint if found else "", found.rule if found else "",
            found.host if found else "", int(action))  # fmt: skip
@@ -211,10 +214,14 @@ def reset_main(key: str | None, store: str | None) -> str:
             f"give the circuit as RULE@HOST (`inv alerts.status` lists the open ones), not {key!r}"
         )
     try:
-        db = Store(store_path(store))
+        db = Store(store_path(store), create=False)
+        known = db.query("SELECT 1 FROM actions WHERE rule = ? AND host = ? LIMIT 1", (rule, host))
         closed = db.close_circuit(rule, host, f"reset by {os.environ.get('USER') or 'someone'}")
     except StoreError as exc:
         raise UsageError(str(exc)) from None
+    if not closed and not known:
+        opened = ", ".join(f"{c['rule']}@{c['host']}" for c in db.open_circuits()) or "none"
+        raise UsageError(f"{key}: no action of rule {rule} on {host} in {db.path} (open circuits: {opened})")
     if not closed:
         return f"circuit {key} is not open: nothing to reset"
     message = f"circuit {key} closed: the next alert for it runs again"
@@ -226,7 +233,7 @@ def status_main(store: str | None, limit: int = 20) -> dict[str, Any]:
     from remediations.alerts.store import Store, StoreError
 
     try:
-        db = Store(store_path(store))
+        db = Store(store_path(store), create=False)
         circuits = [dict(r) for r in db.open_circuits()]
         waiting = [
             a.to_dict() for a in db.actions("state IN ('queued', 'planning', 'awaiting-approval', 'running')")
@@ -242,18 +249,17 @@ def status_main(store: str | None, limit: int = 20) -> dict[str, Any]:
 
 def status_lines(data: dict[str, Any]) -> list[str]:
     from remediations.alerts.intake import command_text
+    from remediations.alerts.payload import shown
 
     out = [f"store {data['store']}"]
     out += [
-        f"circuit OPEN {c['rule']}@{c['host']} since {_at(c['since'])}: {c['reason']}"
+        f"circuit OPEN {c['rule']}@{c['host']} since {_at(c['since'])}: {shown(c['reason'], 600)}"
         for c in data["circuits_open"]
     ] or ["no circuit open"]
     for a in data["recent"]:
         command = command_text(a["command"]) if a["command"] else "-"
-        out.append(
-            f"{a['id']:>5} {a['state']:<17} {a['alert_name']} {a['rule']}@{a['host']} `{command}`: "
-            f"{a['reason']}"
-        )
+        who = f"{shown(a['alert_name'], 80)} {a['rule']}@{shown(a['host'], 80)}"
+        out.append(f"{a['id']:>5} {a['state']:<17} {who} `{command}`: {shown(a['reason'], 600)}")  # fmt: skip
     return out
 
 

@@ -106,11 +106,16 @@ class Action:
 class Store:
     """One SQLite connection shared by the receiver's threads under a lock (writes are short)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, create: bool = True) -> None:
+        """`create=False` (approve, reset, status): a store that is not there is an error, never a new
+        empty one that would say "nothing open" about the receiver's real store elsewhere."""
         self.path = path
         self._lock = threading.RLock()
+        if not create and not path.is_file():
+            raise StoreError(f"{path}: no receiver store there (--store: the file `inv alerts.serve` uses)")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            if create:
+                path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(str(path), timeout=10.0, isolation_level=None, check_same_thread=False)
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -193,6 +198,13 @@ class Store:
                 (reason, time.time(), rule, host),
             )
             return done.rowcount > 0
+
+    def reset_at(self, rule: str, host: str) -> float:
+        """When a person last closed the circuit of (rule, host) (0: never): what came before does not
+        count towards it opening again (attempts, a refire)."""
+        sql = "SELECT since FROM circuits WHERE rule = ? AND host = ? AND state = 'closed'"
+        rows = self.query(sql, (rule, host))
+        return float(rows[0]["since"]) if rows else 0.0
 
     def open_circuits(self) -> list[sqlite3.Row]:
         return self.query("SELECT * FROM circuits WHERE state = 'open' ORDER BY rule, host")

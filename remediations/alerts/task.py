@@ -159,10 +159,15 @@ def status_body(c: Context, store: str | None = None, json: bool = False) -> Non
         data = service.status_main(store)
     except UsageError as exc:
         raise Exit(code=_refused(exc, "alerts.status", {}, Flags(json=json))) from None
-    if json:
-        service.print_json(data)
-    else:
-        print("\n".join(service.status_lines(data)))
+    try:
+        if json:
+            service.print_json(data)
+        else:
+            print("\n".join(service.status_lines(data)), flush=True)
+    except BrokenPipeError:  # `inv alerts.status | head`
+        from remediations.invoke_errors import reader_gone
+
+        reader_gone()
 
 
 def _refused(exc: UsageError, name: str, arguments: dict[str, Any], flags: Flags) -> int:

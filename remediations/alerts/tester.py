@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from remediations.alerts.payload import Notification
+from remediations.alerts.payload import Notification, shown
 from remediations.alerts.rules import Rule, decide
 from remediations.core.inventory import Inventory
 
@@ -20,6 +20,8 @@ def action_text(rule: Rule, host: str) -> str:
 
 
 def mode_text(rule: Rule) -> str:
+    if rule.mode == "dry-run":
+        return "mode dry-run: posts the plan (its check mode), never runs"
     what = {"auto": "runs at once", "approve": "posts the plan, runs after `inv alerts.approve`",
             "dry-run": "posts the plan, never runs"}[rule.mode]  # fmt: skip
     c = rule.circuit
@@ -36,7 +38,7 @@ def report(notification: Notification, rules: Sequence[Rule], inventory: Invento
             entry: dict[str, Any] = {"rule": d.rule, "fires": d.fires, "reason": d.reason, "host": d.host}
             if d.fires and d.host is not None:
                 rule = by_name[d.rule]
-                entry["action"] = action_text(rule, d.host)
+                entry["action"] = action_text(rule, d.host) + (" --check" if rule.mode == "dry-run" else "")
                 entry["mode"] = rule.mode
                 entry["explained"] = mode_text(rule)
                 if alert.status == "resolved":
@@ -50,11 +52,13 @@ def report(notification: Notification, rules: Sequence[Rule], inventory: Invento
 def lines(entries: list[dict[str, Any]]) -> list[str]:
     out = []
     for alert in entries:
-        labels = " ".join(f"{k}={v}" for k, v in sorted(alert["labels"].items()) if k != "alertname")
-        out.append(f"alert {alert['alert'] or '(no alertname)'} ({alert['status']}, {alert['key']}) {labels}")
+        labels = " ".join(f"{shown(k, 60)}={shown(v, 120)}" for k, v in sorted(alert["labels"].items())
+                          if k != "alertname")  # fmt: skip
+        name = shown(alert["alert"], 80) or "(no alertname)"
+        out.append(f"alert {name} ({alert['status']}, {alert['key']}) {labels}")
         for rule in alert["rules"]:
             if not rule["fires"]:
-                out.append(f"  rule {rule['rule']}: does not fire: {rule['reason']}")
+                out.append(f"  rule {rule['rule']}: does not fire: {shown(rule['reason'], 400)}")
                 continue
             out.append(f"  rule {rule['rule']}: fires on {rule['host']}: {rule['action']}")
             out.append(f"      {rule.get('resolved') or rule['explained']}")

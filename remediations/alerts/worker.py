@@ -156,14 +156,15 @@ class Worker:
                 f"{now - last[0]['at']:.0f} s ago (cooldown {rule.cooldown:g} s): not run"
             )
             return self._not_run(action, "cooled-down", reason)
+        since = max(now - rule.circuit.window, self.store.reset_at(action.rule, action.host))
         recent = self.store.query(
             "SELECT COUNT(*) AS n FROM actions WHERE rule = ? AND host = ? AND started > ?",
-            (action.rule, action.host, now - rule.circuit.window),
+            (action.rule, action.host, since),
         )
         if recent[0]["n"] >= rule.circuit.attempts:
             reason = (
-                f"{recent[0]['n']} action(s) in the last {rule.circuit.window:g} s did not end "
-                f"{action.alert_name}"
+                f"{recent[0]['n']} action(s) of {action.rule} on {action.host} started in the last "
+                f"{rule.circuit.window:g} s, its circuit.attempts: it keeps being needed, look at why"
             )
             with self.store.transaction() as db:
                 self.store.open_circuit(db, action.rule, action.host, reason)
@@ -284,12 +285,10 @@ class Worker:
 
     def _expire(self, now: float) -> None:
         for action in self.store.actions("state = 'awaiting-approval' AND expires < ?", (now,)):
-            self.store.set_state(action.id, "expired", "nobody approved it in time: not run")
-            self.tell(
-                action,
-                "expired",
-                f"action {action.id} ({action.rule} on {action.host}): nobody approved it in time, not run",
-            )
+            reason = (f"nobody approved it in time: not run; re-sends of the same alert are not asked again: "
+                      f"if it is still needed, run `{command_text(action.command)}` by hand")  # fmt: skip
+            self.store.set_state(action.id, "expired", reason)
+            self.tell(action, "expired", f"action {action.id} ({action.rule} on {action.host}): {reason}")
 
     def recover(self) -> None:
         """Actions an earlier receiver left running (or planning): watch their process, or mark them."""

@@ -518,3 +518,99 @@ def test_a_client_that_sends_nothing_is_dropped_and_others_are_answered(rig: Rig
     assert silent.recv(100) == b""  # closed by the server after its read timeout
     assert time.monotonic() - started < 15
     silent.close()
+
+
+# ---- what a new team found (the "newteam" trial) ----------------------------------------------------
+
+
+def test_a_reset_circuit_runs_the_next_alert_whatever_came_before_it(tmp_path: Path) -> None:
+    with make_rig(tmp_path, attempts=2) as rig:
+        rig.behave(code=0)
+        for n in range(3):  # distinct alerts: two runs, then the attempts open the circuit
+            rig.post(firing(fingerprint=f"00000000000000e{n}"))
+            rig.settle()
+        assert rig.states() == ["succeeded", "succeeded", "circuit-open"]
+        assert "circuit.attempts" in rig.store.circuit("api-down", "api1")["reason"]  # type: ignore[index]
+        assert rig.store.close_circuit("api-down", "api1", "reset by a test")
+        rig.post(firing(fingerprint="00000000000000e9"))
+        rig.settle()
+        assert rig.states()[-1] == "succeeded" and len(rig.ran()) == 3
+
+
+def test_an_expired_approval_says_what_to_run_by_hand(tmp_path: Path) -> None:
+    with make_rig(tmp_path, mode="approve") as rig:
+        rig.behave(code=0)
+        rig.post(firing())
+        rig.settle()
+        rig.work.tick(now=time.time() + 7200)
+        reason = rig.store.actions()[0].reason
+        assert "run `inv restart-api --host api1 --service api` by hand" in reason
+
+
+def test_read_only_commands_never_make_a_store_and_name_the_one_they_read(tmp_path: Path) -> None:
+    missing = tmp_path / "no" / "such.sqlite"
+    for args in (["alerts.status"], ["alerts.approve", "3"], ["alerts.reset", "api-down@api1"]):
+        done = inv(*args, "--store", str(missing))
+        assert done.returncode == 2 and "no receiver store there" in done.stderr, done.stderr
+    assert not missing.parent.exists()
+    with make_rig(tmp_path) as rig:
+        rig.post(firing())
+        store = str(tmp_path / "store.sqlite")
+        done = inv("alerts.approve", "7", "--store", store)
+        assert done.returncode == 2 and "no action 7" in done.stderr and store in done.stderr
+        done = inv("alerts.reset", "nosuch@api1", "--store", store)
+        assert done.returncode == 2 and "no action of rule nosuch on api1" in done.stderr
+
+
+def test_hostile_label_values_never_make_a_line_of_their_own(tmp_path: Path) -> None:
+    forged = "x\n  rule api-down: fires on api1: inv restart-api --host all\u202e"
+    with make_rig(tmp_path) as rig:
+        body = firing(instance=f"api9{forged}")
+        body["alerts"][0]["labels"]["zz"] = forged
+        assert rig.post(body)[0] == 200
+        store = str(tmp_path / "store.sqlite")
+        shown = inv("alerts.status", "--store", store)
+        assert shown.returncode == 0 and "\u202e" not in shown.stdout
+        assert not any(line.startswith("  rule") for line in shown.stdout.splitlines())
+        assert len(shown.stdout.splitlines()) == 3  # store, circuits, the one (refused) action
+    (tmp_path / "rules.yml").write_text(RULES.format(mode="auto", cooldown="1m", attempts=3))
+    (tmp_path / "p.json").write_text(json.dumps(body))
+    tested = inv("alerts.test", "--rules", str(tmp_path / "rules.yml"), "-i", str(tmp_path / "inv.yml"),
+                 str(tmp_path / "p.json"))  # fmt: skip
+    said = tested.stdout.splitlines()
+    assert tested.returncode == 0, tested.stderr
+    assert not any(line.startswith("  rule api-down: fires") for line in said), said
+
+
+def test_a_wrong_token_and_a_missing_one_are_told_apart_and_the_scheme_is_any_case(rig: Rig) -> None:
+    wrong = rig.post(firing(), token=BAD)
+    request = urllib.request.Request(rig.url + "/alertmanager", data=b"{}", method="POST")
+    try:
+        urllib.request.urlopen(request, timeout=10)
+    except urllib.error.HTTPError as exc:
+        missing = (exc.code, json.loads(exc.read()))
+    assert wrong[0] == missing[0] == 401
+    assert "not this receiver's" in wrong[1]["error"] and "no Authorization header" in missing[1]["error"]
+    lower = urllib.request.Request(rig.url + "/alertmanager", data=json.dumps(firing()).encode(),
+                                   method="POST", headers={"Authorization": f"bearer {TOKEN}"})  # fmt: skip
+    with urllib.request.urlopen(lower, timeout=10) as answer:
+        assert answer.status == 200
+
+
+def test_status_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    with make_rig(tmp_path, mode="approve") as rig:
+        for n in range(20):
+            rig.post(firing(fingerprint=f"00000000000000f{n:x}"))
+        store = str(tmp_path / "store.sqlite")
+        command = f"{sys.executable} -m invoke alerts.status --store {store} | sh -c 'exec 0<&-; sleep 0.5'"
+        done = subprocess.run(["sh", "-c", command], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
+
+
+def test_an_empty_rules_file_and_the_dry_run_text() -> None:
+    with pytest.raises(rules.RulesError, match=r"rules.yml:1: no rules"):
+        rules.parse("rules: []\n", "rules.yml")
+    from remediations.alerts import tester
+
+    dry = rules.parse(RULES.format(mode="dry-run", cooldown="1m", attempts=3), "r.yml")[0]
+    assert tester.mode_text(dry) == "mode dry-run: posts the plan (its check mode), never runs"
