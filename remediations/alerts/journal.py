@@ -60,6 +60,14 @@ class Metrics:
         return bytes(generate_latest(self.registry))
 
 
+def audit_record(audit: AuditLog, event: Event) -> dict[str, Any]:
+    """One decision as an audit line (task alerts.serve): the receiver's, or a person's."""
+    fields = {"check": False, "host": event.host or None, "step": event.decision, "status": event.decision,
+              "message": event.message, "duration": 0.0, "fingerprint": event.fingerprint,
+              "alert": event.alert, "rule": event.rule, "action": event.action}  # fmt: skip
+    return audit._record(TASK, {"rule": event.rule, "alert": event.alert}, **fields)
+
+
 class Journal:
     def __init__(
         self,
@@ -82,20 +90,7 @@ class Journal:
         records: list[dict[str, Any]] = []
         for event in events:
             self.metrics.decisions.labels(event.decision).inc()
-            fields = {
-                "check": False,
-                "host": event.host or None,
-                "step": event.decision,
-                "status": event.decision,
-                "message": event.message,
-                "duration": 0.0,
-                "fingerprint": event.fingerprint,
-                "alert": event.alert,
-                "rule": event.rule,
-                "action": event.action,
-            }
-            args = {"rule": event.rule, "alert": event.alert}
-            records.append(self.audit._record(TASK, args, **fields))
+            records.append(audit_record(self.audit, event))
             self.say(self.redactor.text(f"{event.decision}: {event.message}"))
             if event.tell:
                 try:

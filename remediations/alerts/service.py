@@ -192,15 +192,14 @@ def approve_main(action: str | None, store: str | None, by: str | None) -> str:
 
 def _audit(decision: str, message: str, fingerprint: str, rule: str, host: str, action: int | None) -> None:
     """A person's decision, in the same audit log as the receiver's (task alerts.serve)."""
-    from remediations.alerts.journal import TASK
+    from remediations.alerts.intake import Event
+    from remediations.alerts.journal import audit_record
     from remediations.reporting.audit import Actor, AuditLog, audit_path
     from remediations.reporting.redact import Redactor
 
     log = AuditLog(audit_path(), Actor.current(), Redactor())
-    fields = {"check": False, "host": host or None, "step": decision, "status": decision, "message": message,
-              "duration": 0.0, "fingerprint": fingerprint, "rule": rule, "action": action}  # fmt: skip
     try:
-        log.write_lines([log._record(TASK, {"rule": rule}, **fields)])
+        log.write_lines([audit_record(log, Event(decision, message, fingerprint, "", rule, host, action))])
     except OSError as exc:
         print(f"warning: audit log not written: {exc.strerror}", file=sys.stderr)
 
