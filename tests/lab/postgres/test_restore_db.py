@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -287,6 +287,33 @@ def kill_mid_restore(slow: Path, audit: Path, key: str, proxy: Proxy, size: int)
     assert not running("api1", "api") and not running("api2", "worker")
 
 
+def sigterm_mid_restore(inv_path: Path, audit: Path, key: str, proxy: Proxy, size: int,
+                        during: Callable[[], None] = lambda: None) -> tuple[int, str, str]:  # fmt: skip
+    """A real run SIGTERMed while the dump streams into its new database (`during` checks what holds
+    just before): its exit code and output."""
+    proc = start_inv(inv_path, audit, "--dump", key, "--yes")
+    try:
+        wait_restoring(proc, proxy, size)
+        during()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, out, err
+
+
+def assert_rolled_back(ended: tuple[int, str, str], before: tuple[Any, ...]) -> None:
+    """Exit 143, the rollback step changed, production (oid, rows, databases) as `before`, writers up."""
+    code, out, err = ended
+    assert code == 143, out[-3000:] + err[-3000:]
+    result = json.loads(out)["hosts"][0]
+    rolled = {s["step"]: s for s in result["steps"]}
+    assert rolled["rollback"]["status"] == "changed" and "interrupted by SIGTERM" in result["message"]
+    assert (shop_oid(), count("orders"), db_names()) == before
+    assert all_running() and state()["phase"] == "idle"
+
+
 def test_sigterm_mid_restore_rolls_back_and_a_killed_run_is_rolled_back_or_finished_by_the_next(
     dumps: dict[str, Any], audit: Path, tmp_path: Path
 ) -> None:
@@ -299,22 +326,12 @@ def test_sigterm_mid_restore_rolls_back_and_a_killed_run_is_rolled_back_or_finis
     slow = inventory(tmp_path, "slow.yml", s3_endpoint_url=proxy.url, restore_fetch="controller")
     oid, orders, names = shop_oid(), count("orders"), db_names()
     try:
-        proc = start_inv(slow, audit, "--dump", dumps["big"], "--yes")
-        try:
-            wait_restoring(proc, proxy, dumps["big_size"])
+        def while_restoring() -> None:
             assert any(n.startswith("shop_restore_") for n in db_names())
             assert not running("api1", "api"), "the writers are stopped during the restore"
-            proc.send_signal(signal.SIGTERM)
-            out, err = proc.communicate(timeout=120)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-        assert proc.returncode == 143, out[-3000:] + err[-3000:]
-        result = json.loads(out)["hosts"][0]
-        rolled = {s["step"]: s for s in result["steps"]}
-        assert rolled["rollback"]["status"] == "changed" and "interrupted by SIGTERM" in result["message"]
-        assert (shop_oid(), count("orders"), db_names()) == (oid, orders, names)
-        assert all_running() and state()["phase"] == "idle"
+
+        ended = sigterm_mid_restore(slow, audit, dumps["big"], proxy, dumps["big_size"], while_restoring)
+        assert_rolled_back(ended, (oid, orders, names))
 
         kill_mid_restore(slow, audit, dumps["big"], proxy, dumps["big_size"])
         aborted = run(tmp_path, audit, "--abort")
@@ -352,24 +369,14 @@ def test_sigterm_while_the_host_fetches_the_dump_ends_its_get_and_rolls_back(
     slow = inventory(tmp_path, "slowhost.yml", s3_endpoint_url=proxy.url)
     oid, orders, names = shop_oid(), count("orders"), db_names()
     try:
-        proc = start_inv(slow, audit, "--dump", dumps["big"], "--yes")
-        try:
-            wait_restoring(proc, proxy, dumps["big_size"])
+        def host_fetches() -> None:
             assert proxy.presigned == 2, "the preflight's read and the restore are the host's own GETs"
-            proc.send_signal(signal.SIGTERM)
-            out, err = proc.communicate(timeout=120)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+
+        ended = sigterm_mid_restore(slow, audit, dumps["big"], proxy, dumps["big_size"], host_fetches)
         ended_at = proxy.forwarded
         time.sleep(2)
         assert proxy.forwarded - ended_at < 256 * 1024, "the host's GET went on after the run ended"
         assert ended_at < 2 * dumps["big_size"], "the restore's GET never finished"
     finally:
         proxy.close()
-    assert proc.returncode == 143, out[-3000:] + err[-3000:]
-    result = json.loads(out)["hosts"][0]
-    rolled = {s["step"]: s for s in result["steps"]}
-    assert rolled["rollback"]["status"] == "changed" and "interrupted by SIGTERM" in result["message"]
-    assert (shop_oid(), count("orders"), db_names()) == (oid, orders, names)
-    assert all_running() and state()["phase"] == "idle"
+    assert_rolled_back(ended, (oid, orders, names))
